@@ -1,0 +1,157 @@
+"""Checkpoints: a folder holding `model.safetensors` and `config.json`. Never pickle.
+
+config.json carries everything inference needs to reproduce training exactly: the backbone's
+ViT config, the rendering settings, the wavelength grid, the label normalisation, the class
+names, the package version, and the training summary (recipe, split, metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import CLASS_NAMES, __version__
+from .errors import CheckpointError
+from .grid import WavelengthGrid
+from .render import RenderSettings
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "spectromer-tiny"
+
+
+@dataclass(frozen=True)
+class LabelNorm:
+    """Regression targets are trained as (transform(value) - mean) / std.
+
+    transform 'log1p10' is log10(1 + value) (redshift); 'identity' otherwise.
+    """
+
+    mean: float
+    std: float
+    transform: str = "identity"
+
+    def encode(self, value):
+        value = np.log10(1.0 + value) if self.transform == "log1p10" else value
+        return (value - self.mean) / self.std
+
+    def decode(self, encoded):
+        value = encoded * self.std + self.mean
+        return 10.0**value - 1.0 if self.transform == "log1p10" else value
+
+    def decode_sigma(self, encoded_mean, encoded_sigma):
+        """σ in physical units from σ in the normalised space (delta method)."""
+        sigma = encoded_sigma * self.std
+        if self.transform == "log1p10":
+            return np.log(10.0) * (1.0 + self.decode(encoded_mean)) * sigma
+        return sigma
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    backbone: dict
+    render: RenderSettings
+    grid: WavelengthGrid
+    label_norm: dict
+    class_names: tuple = CLASS_NAMES
+    name: str = ""
+    annotate_version: str = __version__
+    training: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION, "name": self.name, "annotate_version": self.annotate_version,
+            "class_names": list(self.class_names), "backbone": self.backbone, "render": self.render.to_dict(),
+            "grid": self.grid.to_dict(),
+            "label_norm": {k: vars(v) for k, v in self.label_norm.items()}, "training": self.training,
+        }
+
+
+def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: str | Path, half: bool = False) -> Path:
+    """Write weights (safetensors, optionally float16) and config into `folder`, atomically per file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "annotate_version": __version__})
+    tmp.replace(folder / WEIGHTS)
+    tmp = folder / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    tmp.replace(folder / CONFIG)
+    return folder
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    folder = Path(folder)
+    if folder.is_file():
+        raise CheckpointError(f"{folder}: a checkpoint is a folder with {WEIGHTS} and {CONFIG}; "
+                              "weights are only loaded from safetensors, never from pickle files")
+    try:
+        raw = json.loads((folder / CONFIG).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no {CONFIG} (not a checkpoint folder)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{folder}/{CONFIG}: unreadable ({exc})") from None
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: checkpoint format {raw.get('format_version')}, expected {FORMAT_VERSION}")
+    try:
+        return ModelCard(
+            backbone=raw["backbone"], render=RenderSettings.from_dict(raw["render"]),
+            grid=WavelengthGrid(**raw["grid"]),
+            label_norm={k: LabelNorm(**v) for k, v in raw["label_norm"].items()},
+            class_names=tuple(raw["class_names"]), name=raw.get("name", folder.name),
+            annotate_version=raw.get("annotate_version", ""), training=raw.get("training", {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder}/{CONFIG}: missing or malformed entry {exc}") from None
+
+
+def weights_sha256(folder: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
+    """(model in eval mode, ModelCard) from a checkpoint folder (default: the shipped model)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import ViTConfig
+
+    from .model import SpectromerModel
+
+    folder = Path(folder) if folder is not None else DEFAULT_MODEL
+    card = read_card(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS}")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
+    config = ViTConfig(**card.backbone)
+    config._attn_implementation = "sdpa"
+    model = SpectromerModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: tensors do not match the model (missing: {', '.join(missing[:3]) or 'none'}"
+                              f"{'…' if len(missing) > 3 else ''}; unexpected: {', '.join(unexpected[:3]) or 'none'})")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                  f"model expects {tuple(expected[name].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), card

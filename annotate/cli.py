@@ -1,0 +1,141 @@
+"""The `annotate` command. `main(argv) -> int` is callable from tests.
+
+Errors the user can act on print one line (`annotate: error: ...`) and exit with the error's code
+(2 for bad input, 3 when some rows got no prediction); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AnnotateError, IncompleteRun
+
+EXAMPLES = {
+    "demo": "annotate demo --out annotate-demo",
+    "run": "annotate run --catalog dr18.fits --survey sdss_dr18 --spectra-root /data/sdss/spectro/redux",
+    "train": "annotate train --recipe training/demo.yaml --out runs/demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="annotate", description=(
+        "Annotate spectroscopic survey catalogs with Spectromer predictions (class, z, Teff, logg, [Fe/H])."))
+    parser.add_argument("--version", action="version", version=f"annotate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str):
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {EXAMPLES[name]}")
+
+    demo = command("demo", "write a small SDSS DR18-style sample and run the whole pipeline on it")
+    demo.add_argument("--out", type=Path, default=Path("annotate-demo"), help="folder for the sample and outputs")
+    demo.add_argument("--n-objects", type=int, default=300, help="objects in the sample (default 300)")
+    demo.add_argument("--seed", type=int, default=2026)
+    _add_execution(demo)
+
+    run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
+    run.add_argument("--catalog", type=Path, required=True, help="input FITS catalog (never modified)")
+    run.add_argument("--survey", default="sdss_dr18", help="survey definition name or YAML path")
+    run.add_argument("--spectra-root", type=Path, help="folder the catalog's spectrum paths are relative to "
+                     "(default: the catalog's folder)")
+    run.add_argument("--store", type=Path, help="HDF5 spectra store to create or resume")
+    run.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped model)")
+    run.add_argument("--out", type=Path, help="output catalog (default: <catalog>.annotated.fits)")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_execution(run)
+
+    train = command("train", "fine-tune a model from a training recipe")
+    train.add_argument("--recipe", type=Path, required=True, help="recipe YAML (see training/)")
+    train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
+    return parser
+
+
+def _add_execution(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheduler", default="distributed", choices=("distributed", "threads", "sync"),
+                        help="Dask scheduler for reading spectra (default: a local distributed cluster)")
+    parser.add_argument("--workers", type=int, help="Dask workers (default: CPU cores)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _print_result(result) -> None:
+    summary = result.summary
+    print(f"rows: {result.n_rows}  predicted: {result.n_predicted}  without prediction: {result.n_failed}")
+    if result.n_failed:
+        print("rows without a prediction (first 5):")
+        for line in result.errors[:5]:
+            print(f"  {line}")
+    print(f"cross-check over {summary['rows_compared']} selected rows with a reference class and z:")
+    print(f"  class accuracy        {summary['class_accuracy']:.3f}")
+    print(f"  z R²                  {summary['z_r2']:.3f}   NMAD {summary['z_nmad']:.4f}   η {summary['z_eta']:.3f}")
+    print(f"  catastrophic z rate   {summary['z_catastrophic_rate']:.3f}  (Ross et al. 2020: >1000 km/s, QSO >3000 km/s)")
+    for role, label in (("teff", "Teff"), ("logg", "logg"), ("feh", "[Fe/H]")):
+        print(f"  {label:<7} R² (stars)    {summary[f'{role}_r2']:.3f}  (n={summary[f'{role}_n']})")
+    print(f"annotated catalog: {result.output}")
+    print(f"spectra store:     {result.store}")
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress)
+    print(f"demo catalog:      {Path(args.out) / 'dr18.fits'}")
+    _print_result(result)
+    return _finish(result)
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import RunSettings, run
+
+    result = run(RunSettings(catalog=args.catalog, survey=args.survey, spectra_root=args.spectra_root,
+                             store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
+                             n_workers=args.workers, batch_size=args.batch_size, device=args.device,
+                             progress=not args.no_progress))
+    _print_result(result)
+    return _finish(result)
+
+
+def _finish(result) -> int:
+    if result.n_failed:
+        raise IncompleteRun(f"{result.n_failed} of {result.n_rows} rows got no prediction "
+                            f"(NaN, PRED_FLAGS set); output written to {result.output}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import Recipe, train
+
+    recipe = Recipe.from_yaml(args.recipe)
+    out = args.out or Path("runs") / recipe.name
+    summary = train(recipe, out)
+    print(json.dumps(summary.get("test", {}), indent=1))
+    print(f"checkpoint: {out}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AnnotateError as exc:
+        if args.debug:
+            raise
+        print(f"annotate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("annotate: interrupted; outputs were not replaced (rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

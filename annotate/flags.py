@@ -1,0 +1,24 @@
+"""PRED_FLAGS: the quality bitmask written with every prediction (documented in the README)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class PredFlag(enum.IntFlag):
+    """Bits of PRED_FLAGS. A row with NO_SPECTRUM, NO_USABLE_PIXELS or PATH_REFUSED has NaN predictions."""
+
+    NO_SPECTRUM = 1 << 0        # spectrum file missing, unreadable or of an unknown format
+    NO_USABLE_PIXELS = 1 << 1   # fewer than 100 usable pixels on the grid (all NaN/inf flux, zero ivar, ...)
+    LOW_COVERAGE = 1 << 2       # predicted, but under half of the grid had usable pixels
+    NO_REFERENCE_Z = 1 << 3     # the catalog has no usable reference z (missing, NaN, ZWARNING != 0)
+    NOT_SELECTED = 1 << 4       # the row fails the survey's selection rules (excluded from cross-checks)
+    UNKNOWN_REFERENCE_CLASS = 1 << 5  # the catalog's class is not GALAXY/QSO/STAR
+    PATH_REFUSED = 1 << 6       # the catalog's path points outside the spectra root; not read
+
+    @classmethod
+    def describe(cls) -> str:
+        return "; ".join(f"{flag.value}={flag.name}" for flag in cls)
+
+
+NO_PREDICTION = PredFlag.NO_SPECTRUM | PredFlag.NO_USABLE_PIXELS | PredFlag.PATH_REFUSED

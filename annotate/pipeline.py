@@ -1,0 +1,171 @@
+"""`annotate run`: catalog -> spectra store -> predictions -> annotated catalog -> summary.
+
+Plain functions over a frozen `RunSettings`; the CLI and the demo are thin clients.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import CatalogError, OutputError, StoreError
+from .flags import PredFlag
+from .store import STATUS, create_store, ingest, open_store
+from .surveys import Survey, load_survey
+from .writeback import default_output_path, prediction_columns, provenance_cards, write_fits
+
+LOW_COVERAGE = 0.5
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What `annotate run` does. Paths may be str or Path; None means the default beside the catalog."""
+
+    catalog: Path
+    survey: str = "sdss_dr18"
+    spectra_root: Path | None = None
+    store: Path | None = None
+    model: Path | None = None
+    out: Path | None = None
+    scheduler: str = "distributed"
+    n_workers: int | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    output: Path
+    store: Path
+    n_rows: int
+    n_predicted: int
+    counts: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_rows - self.n_predicted
+
+
+def read_catalog(path: Path, survey: Survey, hdu: int = 1) -> dict:
+    """The columns the survey needs (roles, path fields, selection) as name -> array."""
+    if not path.is_file():
+        raise CatalogError(f"catalog not found: {path}")
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
+                raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
+            data = hdul[hdu].data
+            names = list(hdul[hdu].columns.names)
+            survey.check_catalog(names)
+            if data is None or len(data) == 0:
+                raise CatalogError(f"{path}: the catalog has no rows")
+            wanted = {str(c).upper() for c in survey.columns.values() if c}
+            wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
+            wanted |= {str(rule["column"]).upper() for rule in survey.selection}
+            wanted |= {str(b).upper() for b in survey.snr_bands or ()}
+            return {name: np.array(data[name]) for name in names if name.upper() in wanted}
+    except OSError as exc:
+        raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+
+
+def resolve_paths(relative: list[str], root: Path) -> tuple[list[str], np.ndarray]:
+    """Absolute paths under `root`, and a (n,) bool of rows refused because their path leaves it.
+    A missing `x.fits` is looked for as `x.fits.gz`."""
+    root = root.resolve()
+    paths, refused = [], np.zeros(len(relative), bool)
+    for i, rel in enumerate(relative):
+        candidate = (root / rel).resolve()
+        if not candidate.is_relative_to(root):
+            refused[i] = True
+            paths.append("")
+            continue
+        if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
+            candidate = candidate.with_name(candidate.name + ".gz")
+        paths.append(str(candidate))
+    return paths, refused
+
+
+def row_flags(status: np.ndarray, coverage: np.ndarray, reference: dict, selected: np.ndarray) -> np.ndarray:
+    """PRED_FLAGS per row from the store status, pixel coverage and the catalog's reference values."""
+    flags = np.zeros(len(status), np.int64)
+    flags[status == STATUS["NO_SPECTRUM"]] |= int(PredFlag.NO_SPECTRUM)
+    flags[status == STATUS["NO_USABLE_PIXELS"]] |= int(PredFlag.NO_USABLE_PIXELS)
+    flags[status == STATUS["PATH_REFUSED"]] |= int(PredFlag.PATH_REFUSED)
+    flags[(status == STATUS["OK"]) & (coverage < LOW_COVERAGE)] |= int(PredFlag.LOW_COVERAGE)
+    with np.errstate(invalid="ignore"):
+        no_ref_z = ~np.isfinite(reference["z"]) | (np.nan_to_num(reference["zwarning"], nan=0) != 0)
+    flags[no_ref_z] |= int(PredFlag.NO_REFERENCE_Z)
+    flags[reference["class"] == ""] |= int(PredFlag.UNKNOWN_REFERENCE_CLASS)
+    flags[~selected] |= int(PredFlag.NOT_SELECTED)
+    return flags
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="spec", disable=not enabled, leave=True, mininterval=0.5)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def run(settings: RunSettings) -> RunResult:
+    """Annotate one catalog; returns counts, paths and the cross-check summary."""
+    from .checkpoint import load_checkpoint, weights_sha256, DEFAULT_MODEL
+    from .metrics import summary
+    from .predict import predict_store
+
+    catalog = Path(settings.catalog)
+    survey = load_survey(settings.survey)
+    table = read_catalog(catalog, survey)
+    n_rows = len(next(iter(table.values())))
+    out = Path(settings.out) if settings.out else default_output_path(catalog)
+    if out.resolve() == catalog.resolve():
+        raise OutputError(f"refusing to overwrite the input catalog {catalog}")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise OutputError(f"output directory is missing or not writable: {out.parent}")
+    model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
+    model, card = load_checkpoint(model_dir, settings.device)
+
+    reference = survey.reference(table)
+    selected = survey.selected(table)
+    root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
+    paths, refused = resolve_paths(survey.spectrum_paths(table), root)
+
+    store_path = Path(settings.store) if settings.store else out.with_name(out.name.replace(".fits", "") + ".spectra.h5")
+    if store_path.exists():
+        info = open_store(store_path)
+        if info.n_rows != n_rows:
+            raise StoreError(f"{store_path} has {info.n_rows} rows but the catalog has {n_rows}; use a new --store")
+    else:
+        create_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
+                     reader=survey.reader, catalog=str(catalog))
+    with _progress(settings.progress, n_rows, "ingest") as update:
+        counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
+                        n_workers=settings.n_workers, progress=update)
+    with _progress(settings.progress, n_rows, "predict") as update:
+        pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
+                             progress=update)
+    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
+    columns = prediction_columns(pred, reference, flags)
+    predicted = pred["status"] == STATUS["OK"]
+    provenance = provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding,
+                                  survey.name, int((~predicted).sum()))
+    write_fits(catalog, out, columns, provenance)
+    usable = predicted & selected & ((flags & int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)) == 0)
+    from .store import read_status
+
+    _, errors = read_status(store_path)
+    return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
+                     summary=summary(reference, columns, usable),
+                     errors=[e for e in errors if e])

@@ -1,0 +1,70 @@
+"""Inference: rows of a spectra store -> per-row predictions (arrays), in batches."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import CLASS_NAMES
+from .checkpoint import ModelCard
+from .errors import CheckpointError
+from .render import render, to_model_input
+from .store import STATUS, open_store, read_rows
+
+PREDICTION_KEYS = ("prob", "z", "z_err", "teff", "logg", "feh", "coverage", "status")
+
+
+def check_compatible(card: ModelCard, grid) -> None:
+    """The store's grid must be the one the model was trained on (rendering depends on it)."""
+    if card.grid != grid:
+        raise CheckpointError(f"model was trained on grid {card.grid} but the store uses {grid}; "
+                              "re-ingest with the model's grid")
+
+
+@torch.no_grad()
+def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mask: np.ndarray,
+                  device: str = "cpu") -> dict:
+    """Predictions for (B, n_pix) flux and mask: prob (B, 3), z, z_err, teff, logg, feh (B,)."""
+    images = render(flux, mask, card.render)
+    pixels = to_model_input(images).to(device)
+    out = model(pixels)
+    prob = torch.softmax(out["class_logits"].float(), dim=1).cpu().numpy()
+    z_mean = out["z_mean"].float().cpu().numpy().astype(np.float64)
+    z_sigma = np.exp(out["z_log_sigma"].float().cpu().numpy().astype(np.float64))
+    stellar = out["stellar"].float().cpu().numpy().astype(np.float64)
+    norm = card.label_norm
+    result = {"prob": prob, "z": norm["z"].decode(z_mean), "z_err": norm["z"].decode_sigma(z_mean, z_sigma)}
+    for i, name in enumerate(("teff", "logg", "feh")):
+        result[name] = norm[name].decode(stellar[:, i])
+    return result
+
+
+def predict_store(model: torch.nn.Module, card: ModelCard, store_path, start: int = 0, stop: int | None = None,
+                  batch_size: int = 64, device: str = "cpu", progress: Callable[[int], None] | None = None) -> dict:
+    """Predict rows [start, stop) of a store. Rows not ingested OK get NaN; 'status' is the store's
+    status per row and 'coverage' the fraction of usable grid pixels."""
+    info = open_store(store_path)
+    check_compatible(card, info.grid)
+    stop = info.n_rows if stop is None else stop
+    n = stop - start
+    out = {"prob": np.full((n, len(CLASS_NAMES)), np.nan), "status": np.zeros(n, np.int8),
+           "coverage": np.zeros(n)}
+    for key in ("z", "z_err", "teff", "logg", "feh"):
+        out[key] = np.full(n, np.nan)
+    for first in range(start, stop, batch_size):
+        last = min(first + batch_size, stop)
+        rows = read_rows(store_path, first, last)
+        local = slice(first - start, last - start)
+        out["status"][local] = rows["status"]
+        out["coverage"][local] = 1.0 - rows["mask"].mean(axis=1)
+        ok = rows["status"] == STATUS["OK"]
+        if ok.any():
+            batch = predict_batch(model, card, rows["flux"][ok], rows["mask"][ok], device)
+            idx = np.arange(first - start, last - start)[ok]
+            for key, values in batch.items():
+                out[key][idx] = values
+        if progress is not None:
+            progress(last - first)
+    return out

@@ -1,0 +1,66 @@
+"""LAMOST DR10 low-resolution spectra, both published layouts.
+
+Newer files: binary table HDU 'COADD', one row, array cells FLUX, IVAR, WAVELENGTH, ANDMASK, ORMASK.
+Older files: a 5-row primary image with rows flux, ivar, wavelength, andmask, ormask.
+Wavelengths are vacuum Å; flux is relative-calibrated (same unit label as SDSS for the store).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from . import Spectrum, register, table_column
+from ..errors import SpectrumError
+
+LABEL_KEYWORDS = {"CLASS": "CLASS", "SUBCLASS": "SUBCLASS", "Z": "Z", "Z_ERR": "Z_ERR", "OBSID": "OBSID"}
+
+
+def _is_lamost(hdul: fits.HDUList) -> bool:
+    telescope = str(hdul[0].header.get("TELESCOP", "")).upper()
+    return "LAMOST" in telescope
+
+
+def identify_table(hdul: fits.HDUList) -> bool:
+    if "COADD" not in hdul:
+        return False
+    names = {name.upper() for name in hdul["COADD"].columns.names}
+    return {"FLUX", "IVAR", "WAVELENGTH"} <= names
+
+
+def identify_image(hdul: fits.HDUList) -> bool:
+    data = hdul[0].data
+    return _is_lamost(hdul) and data is not None and data.ndim == 2 and data.shape[0] >= 3
+
+
+@register("lamost_lrs", identify_table, priority=5)
+def read_table(hdul: fits.HDUList) -> Spectrum:
+    table = hdul["COADD"].data
+    if table is None or len(table) == 0:
+        raise SpectrumError("COADD HDU is empty")
+    wavelength = np.asarray(table_column(table, "WAVELENGTH")[0], dtype=np.float64)
+    flux = np.asarray(table_column(table, "FLUX")[0], dtype=np.float32)
+    ivar = np.asarray(table_column(table, "IVAR")[0], dtype=np.float32)
+    try:
+        bad = np.asarray(table_column(table, "ANDMASK")[0]) != 0
+    except SpectrumError:
+        bad = np.zeros(flux.shape, dtype=bool)
+    return Spectrum(wavelength, flux, ivar, bad, labels=_labels(hdul[0].header))
+
+
+@register("lamost_lrs_image", identify_image, priority=4)
+def read_image(hdul: fits.HDUList) -> Spectrum:
+    data = np.asarray(hdul[0].data)
+    flux, ivar, wavelength = data[0], data[1], data[2]
+    bad = data[3] != 0 if data.shape[0] > 3 else np.zeros(flux.shape, dtype=bool)
+    return Spectrum(wavelength.astype(np.float64), flux.astype(np.float32), ivar.astype(np.float32),
+                    bad, labels=_labels(hdul[0].header))
+
+
+def _labels(header: fits.Header) -> dict:
+    labels = {}
+    for keyword, role in LABEL_KEYWORDS.items():
+        if keyword in header:
+            value = header[keyword]
+            labels[role] = value.strip() if isinstance(value, str) else value
+    return labels

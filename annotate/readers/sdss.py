@@ -1,0 +1,71 @@
+"""SDSS spec-*.fits (DR8 to DR19): HDU 'COADD' with flux, loglam, ivar, and_mask (lower-case in
+real files), labels in the 'SPALL' (SDSS-V) or 'SPECOBJ' (SDSS-I/II/III) HDU."""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from . import Spectrum, register, table_column
+from ..errors import SpectrumError
+
+# SPPIXMASK bits (idlutils sdssMaskbits.par) that mean the pixel holds no usable data.
+SPPIXMASK_BAD = {"NOPLUG": 0, "BADTRACE": 1, "BADFLAT": 2, "BADARC": 3, "FULLREJECT": 18, "NODATA": 24}
+BAD_PIXEL_BITS = sum(1 << bit for bit in SPPIXMASK_BAD.values())
+
+LABEL_COLUMNS = ("CLASS", "SUBCLASS", "Z", "Z_ERR", "ZWARNING", "SN_MEDIAN_ALL",
+                 "ELODIE_TEFF", "ELODIE_LOGG", "ELODIE_FEH", "XCSAO_TEFF", "XCSAO_LOGG", "XCSAO_FEH")
+
+
+def _coadd(hdul: fits.HDUList):
+    if "COADD" in hdul:
+        return hdul["COADD"]
+    return hdul[1]
+
+
+def identify(hdul: fits.HDUList) -> bool:
+    hdu = _coadd(hdul)
+    names = {name.lower() for name in getattr(hdu, "columns", fits.ColDefs([])).names}
+    return {"flux", "loglam", "ivar"} <= names
+
+
+@register("sdss_spec", identify, priority=10)
+def read(hdul: fits.HDUList) -> Spectrum:
+    if "COADD" not in hdul and len(hdul) < 2:
+        raise SpectrumError("no COADD HDU")
+    table = _coadd(hdul).data
+    if table is None or len(table) == 0:
+        raise SpectrumError("COADD HDU is empty")
+    try:
+        loglam = table_column(table, "loglam").astype(np.float64)
+        flux = table_column(table, "flux").astype(np.float32)
+        ivar = table_column(table, "ivar").astype(np.float32)
+    except (ValueError, TypeError) as exc:
+        raise SpectrumError(f"COADD columns have the wrong type ({exc})") from None
+    if loglam.ndim != 1:
+        raise SpectrumError("COADD loglam is not one value per row")
+    if np.nanmedian(loglam) > 10:
+        raise SpectrumError("LOGLAM holds wavelengths in Å, not log10(Å)")
+    try:
+        and_mask = table_column(table, "and_mask").astype(np.int64)
+        bad = (and_mask & BAD_PIXEL_BITS) != 0
+    except SpectrumError:
+        bad = np.zeros(flux.shape, dtype=bool)
+    return Spectrum(10.0**loglam, flux, ivar, bad, labels=_labels(hdul))
+
+
+def _labels(hdul: fits.HDUList) -> dict:
+    for name in ("SPALL", "SPECOBJ"):
+        if name in hdul and hdul[name].data is not None and len(hdul[name].data):
+            row = hdul[name].data[0]
+            names = set(hdul[name].columns.names)
+            return {col: _plain(row[col]) for col in LABEL_COLUMNS if col in names}
+    return {}
+
+
+def _plain(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode().strip()
+    if isinstance(value, str):
+        return value.strip()
+    return value.item() if hasattr(value, "item") else value

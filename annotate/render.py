@@ -1,0 +1,149 @@
+"""Spectra to images (Spectromer's encodings). Pure numpy functions over batches.
+
+2D Map: each flux value of the store grid fills a `block_size` × `block_size` block of an
+`image_size` × `image_size` image, row-major from the top-left; flux is normalised per spectrum
+(divided by its median over usable pixels), scaled linearly between fixed thresholds
+`flux_min`..`flux_max` (clipped), and coloured with a matplotlib colormap. Masked pixels and
+non-finite flux become background (black), as do the blocks past the end of the spectrum and
+the image border the blocks do not fill. A grid with more pixels than blocks is refused when the
+settings are checked against it: spectra are never silently cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import ConfigError
+
+ENCODINGS = ("2dmap",)
+NORMALISATIONS = ("median", "none")
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How spectra become images; saved in every checkpoint so inference renders as training did."""
+
+    encoding: str = "2dmap"
+    image_size: int = 224
+    block_size: int = 3
+    flux_min: float = -0.5
+    flux_max: float = 3.0
+    normalise: str = "median"
+    colormap: str = "viridis"
+
+    def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"unknown encoding {self.encoding!r}; valid: {', '.join(ENCODINGS)}")
+        if self.normalise not in NORMALISATIONS:
+            raise ConfigError(f"unknown normalise {self.normalise!r}; valid: {', '.join(NORMALISATIONS)}")
+        if not self.flux_max > self.flux_min:
+            raise ConfigError("flux_max must be greater than flux_min")
+        if self.block_size < 1 or self.image_size < self.block_size:
+            raise ConfigError("need 1 <= block_size <= image_size")
+
+    @property
+    def blocks_per_side(self) -> int:
+        return self.image_size // self.block_size
+
+    @property
+    def capacity(self) -> int:
+        """How many flux values one image holds."""
+        return self.blocks_per_side**2
+
+    def check_grid(self, n_pix: int) -> None:
+        if n_pix > self.capacity:
+            raise ConfigError(f"a {self.image_size}px 2D Map with {self.block_size}px blocks holds "
+                              f"{self.capacity} pixels; the grid has {n_pix}: use a coarser grid or smaller blocks")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "RenderSettings":
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown render settings {', '.join(sorted(unknown))}; "
+                              f"valid: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**raw)
+
+
+@lru_cache(maxsize=8)
+def colormap_lut(name: str) -> np.ndarray:
+    """(257, 3) uint8: the colormap's 256 colours, then the background colour (black) at index 256."""
+    from matplotlib import colormaps
+
+    try:
+        cmap = colormaps[name]
+    except KeyError:
+        raise ConfigError(f"unknown colormap {name!r}") from None
+    rgb = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    return np.vstack([rgb, np.zeros((1, 3), np.uint8)])
+
+
+def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> np.ndarray:
+    """(B, n) flux divided by each row's median over usable pixels (its mean |flux| if that median
+    is not positive). Rows without usable pixels are returned as zeros."""
+    if how == "none":
+        return flux.astype(np.float32, copy=True)
+    good = ~mask & np.isfinite(flux)
+    masked = np.where(good, flux, np.nan)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scale = np.nanmedian(masked, axis=1)
+            fallback = np.nanmean(np.abs(masked), axis=1)
+    scale = np.where(scale > 0, scale, fallback)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return np.where(good, flux / scale[:, None], 0.0).astype(np.float32)
+
+
+def colour_index(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:
+    """(B, n) uint16 colormap index 0..255 per pixel, 256 for background (masked or non-finite)."""
+    norm = normalise_flux(flux, mask, settings.normalise)
+    scaled = (norm - settings.flux_min) / (settings.flux_max - settings.flux_min)
+    index = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint16)
+    background = mask | ~np.isfinite(flux)
+    index[background] = 256
+    return index
+
+
+def render_2dmap(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:
+    """Render a batch as 2D Maps.
+
+    flux: (B, n_pix) float, mask: (B, n_pix) bool (True = no data). Returns (B, S, S, 3) uint8 with
+    S = settings.image_size; pixel value k of a spectrum lands in block (k // m, k % m),
+    m = settings.blocks_per_side.
+    """
+    flux = np.atleast_2d(flux)
+    mask = np.atleast_2d(mask).astype(bool)
+    batch, n_pix = flux.shape
+    settings.check_grid(n_pix)
+    m, b, size = settings.blocks_per_side, settings.block_size, settings.image_size
+    index = np.full((batch, m * m), 256, np.uint16)
+    index[:, :n_pix] = colour_index(flux, mask, settings)
+    blocks = colormap_lut(settings.colormap)[index.reshape(batch, m, m)]  # (B, m, m, 3)
+    image = np.zeros((batch, size, size, 3), np.uint8)
+    filled = blocks.repeat(b, axis=1).repeat(b, axis=2)
+    image[:, : m * b, : m * b] = filled
+    return image
+
+
+RENDERERS = {"2dmap": render_2dmap}
+
+
+def render(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:
+    """Render a batch with the encoding named in `settings`: (B, S, S, 3) uint8."""
+    return RENDERERS[settings.encoding](flux, mask, settings)
+
+
+def to_model_input(images: np.ndarray, mean: float = 0.5, std: float = 0.5):
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 torch tensor scaled to [0, 1] then (x - mean) / std."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor.sub_(mean).div_(std)

@@ -1,0 +1,249 @@
+"""Observed spectra from rest-frame templates: redshift, broaden, resample, add noise.
+
+Pure numpy. Stars are MILES stars (Doppler-shifted by a radial velocity); galaxies are mixtures
+of two stellar-population templates plus nebular emission lines; quasars are a power law with broad
+emission lines and Lyman-alpha forest absorption (no quasar template is used; see QSO_LINES).
+
+Line lists (vacuum rest wavelengths, Å):
+- QSO_LINES: Vanden Berk et al. 2001, AJ 122, 549, Table 2 (composite SDSS quasar): rest
+  equivalent widths of the strongest broad lines, rounded.
+- GALAXY_LINES: the SDSS spectro1d line list (vacuum), with typical H II region line ratios.
+Lyman-alpha forest mean optical depth: τ_eff(z) = 0.0018 (1 + z)^3.92, Faucher-Giguère et al.
+2008, ApJ 681, 831; fluctuations are log-normal per pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
+from ..grid import WavelengthGrid, resample
+from .templates import TemplateLibrary
+
+LN10 = np.log(10.0)
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+# (name, rest wavelength Å, rest equivalent width Å)
+QSO_LINES = (
+    ("Lya", 1215.67, 93.0), ("NV", 1240.81, 10.0), ("SiIV+OIV]", 1399.8, 8.1),
+    ("CIV", 1549.06, 23.8), ("CIII]", 1908.73, 21.2), ("MgII", 2798.75, 32.3),
+    ("Hgamma", 4341.68, 12.6), ("Hbeta", 4862.68, 46.2), ("Halpha", 6564.61, 194.5),
+)
+QSO_NARROW = (("[OIII]4959", 4960.30, 3.5), ("[OIII]5007", 5008.24, 13.8), ("[OII]3727", 3728.48, 1.6))
+# (name, rest wavelength Å, flux relative to H-alpha)
+GALAXY_LINES = (
+    ("[OII]3726", 3727.09, 0.35), ("[OII]3729", 3729.88, 0.45), ("Hdelta", 4102.89, 0.09),
+    ("Hgamma", 4341.68, 0.16), ("Hbeta", 4862.68, 0.35), ("[OIII]4959", 4960.30, 0.12),
+    ("[OIII]5007", 5008.24, 0.36), ("[NII]6548", 6549.86, 0.12), ("Halpha", 6564.61, 1.0),
+    ("[NII]6584", 6585.27, 0.35), ("[SII]6717", 6718.29, 0.2), ("[SII]6731", 6732.67, 0.15),
+)
+LYA = 1215.67
+LYMAN_LIMIT = 911.75
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """Distributions of the synthetic sample. Redshifts are uniform in the ranges; S/N (median per
+    pixel) and flux level (median, 1e-17 erg/s/cm²/Å) log-uniform; instrument resolution as a
+    Gaussian σ in km/s (SDSS/BOSS: about one 69 km/s pixel)."""
+
+    class_fractions: tuple = (0.4, 0.25, 0.35)
+    z_galaxy: tuple = (0.0, 0.7)
+    z_qso: tuple = (0.1, 4.0)
+    star_rv_sigma_kms: float = 80.0
+    snr: tuple = (1.5, 60.0)
+    flux_level: tuple = (1.0, 50.0)
+    resolution_sigma_kms: float = 69.0
+    edge_mask_probability: float = 0.15
+
+
+def loguniform(rng: np.random.Generator, low: float, high: float, size=None):
+    return np.exp(rng.uniform(np.log(low), np.log(high), size))
+
+
+def gaussian_kernel(sigma_pix: float) -> np.ndarray:
+    half = max(1, int(np.ceil(4.0 * sigma_pix)))
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma_pix) ** 2)
+    return kernel / kernel.sum()
+
+
+def broaden(flux: np.ndarray, sigma_kms: float, loglam_step: float) -> np.ndarray:
+    """Convolve a log-linear spectrum (n,) with a Gaussian of σ = sigma_kms; NaN pixels stay NaN
+    (they are filled with the nearest valid value for the convolution only)."""
+    if sigma_kms <= 0:
+        return flux
+    sigma_pix = sigma_kms / (SPEED_OF_LIGHT_KMS * LN10 * loglam_step)
+    if sigma_pix < 0.3:
+        return flux
+    valid = np.isfinite(flux)
+    if not valid.any():
+        return flux
+    idx = np.where(valid, np.arange(flux.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    filled = flux[idx]
+    first = np.argmax(valid)
+    filled[:first] = flux[first]
+    kernel = gaussian_kernel(sigma_pix)
+    padded = np.pad(filled, len(kernel) // 2, mode="edge")
+    out = np.convolve(padded, kernel, mode="valid")
+    out[~valid] = np.nan
+    return out
+
+
+def add_lines(loglam: np.ndarray, flux: np.ndarray, lines, amplitudes, sigma_kms: float) -> np.ndarray:
+    """Add Gaussian lines (integrated flux `amplitudes`, same unit × Å) at rest wavelengths."""
+    wave = 10.0**loglam
+    out = flux.copy()
+    for (_, centre, _), amplitude in zip(lines, amplitudes):
+        sigma_aa = centre * sigma_kms / SPEED_OF_LIGHT_KMS
+        near = np.abs(wave - centre) < 6 * sigma_aa
+        if near.any():
+            out[near] += amplitude / (np.sqrt(2 * np.pi) * sigma_aa) * np.exp(-0.5 * ((wave[near] - centre) / sigma_aa) ** 2)
+    return out
+
+
+def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settings: SimulationSettings):
+    """(rest loglam, rest flux, z, labels) for MILES star `index` with a random radial velocity."""
+    velocity = rng.normal(0.0, settings.star_rv_sigma_kms)
+    z = np.sqrt((1 + velocity / SPEED_OF_LIGHT_KMS) / (1 - velocity / SPEED_OF_LIGHT_KMS)) - 1
+    flux = lib.star_flux[index].astype(np.float64)
+    template_sigma = lib.star_fwhm_aa * FWHM_TO_SIGMA / 5000.0 * SPEED_OF_LIGHT_KMS
+    extra = np.sqrt(max(settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
+    flux = broaden(flux, extra, lib.star_loglam[1] - lib.star_loglam[0])
+    labels = {"teff": lib.star_teff[index], "logg": lib.star_logg[index], "feh": lib.star_feh[index],
+              "template": str(lib.star_name[index])}
+    return lib.star_loglam, flux, z, labels
+
+
+def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings):
+    """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines."""
+    z = rng.uniform(*settings.z_galaxy)
+    old, young = rng.integers(0, lib.n_gal, size=2)
+    weight = rng.uniform(0.0, 0.6) if rng.random() < 0.6 else 0.0
+    flux = (1 - weight) * lib.gal_flux[old].astype(np.float64) + weight * lib.gal_flux[young]
+    step = lib.gal_loglam[1] - lib.gal_loglam[0]
+    dispersion = rng.uniform(60.0, 300.0)
+    template_sigma = max(lib.gal_sigma_kms[old], lib.gal_sigma_kms[young])
+    extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
+    flux = broaden(flux, extra, step)
+    if rng.random() < 0.55:  # star-forming: emission lines scaled to a random H-alpha EW
+        wave = 10.0**lib.gal_loglam
+        near_ha = np.abs(wave - 6564.61) < 50
+        continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
+        ew_halpha = loguniform(rng, 2.0, 150.0)
+        ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
+        ratios[GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))] = 1.0
+        sigma_gas = np.sqrt(rng.uniform(40.0, 150.0) ** 2 + settings.resolution_sigma_kms**2)
+        flux = add_lines(lib.gal_loglam, flux, GALAXY_LINES, ew_halpha * continuum * ratios, sigma_gas)
+    return lib.gal_loglam, flux, z, {"template": f"{lib.gal_set[old]}+{lib.gal_set[young]}"}
+
+
+def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float | None = None,
+                loglam_step: float = 1e-4):
+    """(rest loglam, rest flux, z, labels): power law, broad lines, Lyα forest at the object's z."""
+    z = rng.uniform(*settings.z_qso) if z is None else z
+    loglam = np.arange(np.log10(650.0), np.log10(11000.0), loglam_step)
+    wave = 10.0**loglam
+    alpha_nu = rng.normal(-0.5, 0.3)
+    flux = (wave / 3000.0) ** (-(2.0 + alpha_nu))
+    fwhm_kms = rng.uniform(2500.0, 8000.0)
+    ew = np.array([e for _, _, e in QSO_LINES]) * loguniform(rng, 0.5, 2.0, len(QSO_LINES))
+    continuum_at = (np.array([c for _, c, _ in QSO_LINES]) / 3000.0) ** (-(2.0 + alpha_nu))
+    flux = add_lines(loglam, flux, QSO_LINES, ew * continuum_at, fwhm_kms * FWHM_TO_SIGMA)
+    ew_narrow = np.array([e for _, _, e in QSO_NARROW]) * loguniform(rng, 0.3, 3.0)
+    continuum_narrow = (np.array([c for _, c, _ in QSO_NARROW]) / 3000.0) ** (-(2.0 + alpha_nu))
+    flux = add_lines(loglam, flux, QSO_NARROW, ew_narrow * continuum_narrow,
+                     np.hypot(rng.uniform(150.0, 400.0), settings.resolution_sigma_kms))
+    flux = flux * lyman_transmission(wave, z, rng)
+    return loglam, flux, z, {"template": "powerlaw+lines"}
+
+
+def lyman_transmission(rest_wave: np.ndarray, z: float, rng: np.random.Generator) -> np.ndarray:
+    """Transmission (n,) of the intergalactic medium for a source at z: Lyα forest blueward of Lyα
+    (mean τ from Faucher-Giguère et al. 2008, log-normal fluctuations per pixel, Lyβ adding 16 %
+    of that depth below 1026 Å) and a Lyman-limit drop of random depth below 912 Å."""
+    transmission = np.ones_like(rest_wave)
+    forest = rest_wave < LYA
+    if not forest.any():
+        return transmission
+    z_abs = rest_wave[forest] * (1.0 + z) / LYA - 1.0
+    tau_mean = 0.0018 * (1.0 + np.clip(z_abs, 0.0, None)) ** 3.92
+    tau_mean = np.where(rest_wave[forest] < 1025.72, tau_mean * 1.16, tau_mean)
+    sigma = 1.0
+    fluctuation = np.exp(rng.normal(-0.5 * sigma**2, sigma, forest.sum()))
+    transmission[forest] = np.exp(-tau_mean * fluctuation)
+    transmission[rest_wave < LYMAN_LIMIT] *= np.exp(-rng.uniform(0.5, 4.0))
+    return transmission
+
+
+def observe(rest_loglam: np.ndarray, rest_flux: np.ndarray, z: float, grid: WavelengthGrid,
+            snr: float, flux_level: float, rng: np.random.Generator):
+    """Redshift a rest-frame spectrum to z, resample onto `grid`, scale to `flux_level` and add
+    Gaussian noise of median per-pixel S/N `snr` (variance grows with the source flux).
+
+    Returns flux, ivar (float32, 1e-17 erg/s/cm²/Å units) and mask (bool) on the grid.
+    """
+    observed_wave = 10.0 ** (rest_loglam + np.log10(1.0 + z))
+    bad = ~np.isfinite(rest_flux)
+    # flux density per Å dilutes by (1 + z) when stretched; the overall level is set below anyway
+    flux, _, mask = resample(observed_wave, np.where(bad, 0.0, rest_flux) / (1.0 + z),
+                             np.ones_like(rest_flux), bad, grid)
+    good = ~mask
+    if good.sum() < 10:
+        return flux, np.zeros_like(flux), np.ones_like(mask)
+    median = np.median(np.abs(flux[good]))
+    median = median if median > 0 else 1.0
+    flux = flux * (flux_level / median)
+    sigma = (flux_level / snr) * np.sqrt(0.5 + 0.5 * np.abs(flux) / flux_level)
+    noisy = flux + rng.normal(0.0, 1.0, flux.shape) * sigma
+    ivar = np.where(good, 1.0 / sigma**2, 0.0)
+    return np.where(good, noisy, 0.0).astype(np.float32), ivar.astype(np.float32), mask
+
+
+def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 0,
+                settings: SimulationSettings = SimulationSettings(), star_indices: np.ndarray | None = None):
+    """Simulate n observed spectra on `grid`.
+
+    star_indices: the MILES stars this sample may use (for star-level train/test splits);
+    default all. Returns a dict of arrays: flux, ivar (n, n_pix) float32, mask (n, n_pix) bool,
+    class (n,) str, z, teff, logg, feh, snr, flux_level (n,) float64, template (n,) str.
+    """
+    rng = np.random.default_rng(seed)
+    star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
+    classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
+    out = {
+        "flux": np.zeros((n, grid.n_pix), np.float32), "ivar": np.zeros((n, grid.n_pix), np.float32),
+        "mask": np.ones((n, grid.n_pix), bool), "class": np.array([CLASS_NAMES[c] for c in classes]),
+        "z": np.zeros(n), "teff": np.full(n, np.nan), "logg": np.full(n, np.nan), "feh": np.full(n, np.nan),
+        "snr": loguniform(rng, *settings.snr, n), "flux_level": loguniform(rng, *settings.flux_level, n),
+        "template": np.empty(n, dtype=object),
+    }
+    for i, cls in enumerate(classes):
+        name = CLASS_NAMES[cls]
+        if name == "STAR":
+            loglam, flux, z, labels = star_rest(lib, int(rng.choice(star_indices)), rng, settings)
+            out["teff"][i], out["logg"][i], out["feh"][i] = labels["teff"], labels["logg"], labels["feh"]
+        elif name == "GALAXY":
+            loglam, flux, z, labels = galaxy_rest(lib, rng, settings)
+        else:
+            loglam, flux, z, labels = quasar_rest(rng, settings)
+        out["z"][i], out["template"][i] = z, labels["template"]
+        flux_obs, ivar, mask = observe(loglam, flux, z, grid, out["snr"][i], out["flux_level"][i], rng)
+        mask = mask | edge_mask(grid.n_pix, rng, settings.edge_mask_probability)
+        out["flux"][i], out["ivar"][i], out["mask"][i] = np.where(mask, 0, flux_obs), np.where(mask, 0, ivar), mask
+    out["template"] = out["template"].astype(str)
+    return out
+
+
+def edge_mask(n_pix: int, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """Random unusable stretches at either end (as real spectra have), so that a masked edge is
+    never a give-away of the class or redshift."""
+    mask = np.zeros(n_pix, bool)
+    if rng.random() < probability:
+        mask[: rng.integers(1, n_pix // 8)] = True
+    if rng.random() < probability:
+        mask[n_pix - rng.integers(1, n_pix // 8):] = True
+    return mask

@@ -1,0 +1,52 @@
+"""The compact template library (rest-frame vacuum, log-linear 1e-4 dex, median-normalised)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+LIBRARY_PATH = Path(__file__).resolve().parent / "data" / "templates.npz"
+
+
+@dataclass(frozen=True)
+class TemplateLibrary:
+    """star_flux: (n_star, n_star_pix) on star_loglam (log10 Å); gal_flux: (n_gal, n_gal_pix) on
+    gal_loglam; NaN where a template has no data. Stellar labels NaN where unknown."""
+
+    star_loglam: np.ndarray
+    star_flux: np.ndarray
+    star_teff: np.ndarray
+    star_logg: np.ndarray
+    star_feh: np.ndarray
+    star_name: np.ndarray
+    star_fwhm_aa: float
+    gal_loglam: np.ndarray
+    gal_flux: np.ndarray
+    gal_age_gyr: np.ndarray
+    gal_sigma_kms: np.ndarray
+    gal_set: np.ndarray
+
+    @property
+    def n_star(self) -> int:
+        return self.star_flux.shape[0]
+
+    @property
+    def n_gal(self) -> int:
+        return self.gal_flux.shape[0]
+
+
+@lru_cache(maxsize=2)
+def load_library(path: str | Path = LIBRARY_PATH) -> TemplateLibrary:
+    with np.load(path, allow_pickle=False) as data:
+        return TemplateLibrary(
+            star_loglam=data["star_loglam"], star_flux=data["star_flux"].astype(np.float32),
+            star_teff=data["star_teff"].astype(np.float64), star_logg=data["star_logg"].astype(np.float64),
+            star_feh=data["star_feh"].astype(np.float64), star_name=data["star_name"],
+            star_fwhm_aa=float(data["star_fwhm_aa"]),
+            gal_loglam=data["gal_loglam"], gal_flux=data["gal_flux"].astype(np.float32),
+            gal_age_gyr=data["gal_age_gyr"].astype(np.float64),
+            gal_sigma_kms=data["gal_sigma_kms"].astype(np.float64), gal_set=data["gal_set"],
+        )

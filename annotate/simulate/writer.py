@@ -1,0 +1,101 @@
+"""Write spectra as survey files in their real layouts (SDSS DR18 spec files, LAMOST DR10 LRS)
+and spAll-like catalogs. Used by the demo and by tests that need files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..readers.sdss import SPPIXMASK_BAD
+
+
+def _atomic_write(hdul: fits.HDUList, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    hdul.writeto(tmp, overwrite=True)
+    tmp.replace(path)
+
+
+def write_sdss_spec(path: str | Path, loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                    mask: np.ndarray, spall_row: dict, header: dict | None = None,
+                    wdisp_pix: float = 1.0) -> Path:
+    """A spec-*.fits in the DR18 layout: primary header, 'COADD' (flux, loglam, ivar, and_mask,
+    or_mask, wdisp, sky, model; lower-case), 'SPALL' one-row table with the catalog values.
+
+    loglam: (n,) log10 vacuum Å; flux, ivar: (n,) 1e-17 erg/s/cm²/Å and its inverse variance;
+    mask: (n,) bool, written as SPPIXMASK NODATA in and_mask.
+    """
+    path = Path(path)
+    n = len(loglam)
+    and_mask = np.where(mask, 1 << SPPIXMASK_BAD["NODATA"], 0).astype(np.int32)
+    coadd = fits.BinTableHDU.from_columns([
+        fits.Column("flux", "E", array=np.asarray(flux, np.float32)),
+        fits.Column("loglam", "E", array=np.asarray(loglam, np.float32)),
+        fits.Column("ivar", "E", array=np.asarray(ivar, np.float32)),
+        fits.Column("and_mask", "J", array=and_mask),
+        fits.Column("or_mask", "J", array=and_mask),
+        fits.Column("wdisp", "E", array=np.full(n, wdisp_pix, np.float32)),
+        fits.Column("sky", "E", array=np.zeros(n, np.float32)),
+        fits.Column("model", "E", array=np.zeros(n, np.float32)),
+    ], name="COADD")
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"] = ("SDSS 2.5-M", "Sloan Digital Sky Survey")
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    spall = table_hdu({k: np.asarray([v]) for k, v in spall_row.items()}, name="SPALL")
+    _atomic_write(fits.HDUList([primary, coadd, spall]), path)
+    return path
+
+
+def table_hdu(columns: dict, name: str | None = None, units: dict | None = None) -> fits.BinTableHDU:
+    """A binary table HDU from name -> (n,) array (strings become fixed-width ASCII)."""
+    from astropy.table import Table
+
+    table = Table({key: np.asarray(values).astype(str) if np.asarray(values).dtype.kind in "UO" else values
+                   for key, values in columns.items()})
+    for key, unit in (units or {}).items():
+        table[key].unit = unit
+    hdu = fits.table_to_hdu(table)
+    if name:
+        hdu.name = name
+    return hdu
+
+
+def write_catalog(path: str | Path, columns: dict, header: dict | None = None) -> Path:
+    """An spAll-like FITS catalog: empty primary HDU + one binary table (HDU 1)."""
+    primary = fits.PrimaryHDU()
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    table = table_hdu(columns, name="SPALL")
+    path = Path(path)
+    _atomic_write(fits.HDUList([primary, table]), path)
+    return path
+
+
+def write_lamost_table(path: str | Path, wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                       mask: np.ndarray, header: dict | None = None) -> Path:
+    """A LAMOST DR10 LRS file, newer layout: 'COADD' binary table, one row of array cells."""
+    n = len(wavelength)
+    cells = {"FLUX": ("E", flux), "IVAR": ("E", ivar), "WAVELENGTH": ("D", wavelength),
+             "ANDMASK": ("J", np.where(mask, 1, 0)), "ORMASK": ("J", np.where(mask, 1, 0))}
+    cols = [fits.Column(name, f"{n}{code}", array=np.asarray(values)[None, :]) for name, (code, values) in cells.items()]
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"] = "LAMOST"
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    _atomic_write(fits.HDUList([primary, fits.BinTableHDU.from_columns(cols, name="COADD")]), Path(path))
+    return Path(path)
+
+
+def write_lamost_image(path: str | Path, wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                       mask: np.ndarray, header: dict | None = None) -> Path:
+    """A LAMOST LRS file, older layout: primary image of 5 rows flux, ivar, wavelength, andmask, ormask."""
+    data = np.vstack([flux, ivar, wavelength, np.where(mask, 1, 0), np.where(mask, 1, 0)]).astype(np.float32)
+    primary = fits.PrimaryHDU(data)
+    primary.header["TELESCOP"] = "LAMOST"
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    _atomic_write(fits.HDUList([primary]), Path(path))
+    return Path(path)

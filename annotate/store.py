@@ -1,0 +1,215 @@
+"""The HDF5 spectra store: every spectrum of a catalog resampled onto one wavelength grid.
+
+Layout (version 1), one row per catalog row, in catalog order:
+
+    /flux       (n_rows, n_pix) float32, flux density, 1e-17 erg/s/cm²/Å
+    /ivar       (n_rows, n_pix) float32, inverse variance of flux
+    /mask       (n_rows, n_pix) uint8, 1 = no usable data in that pixel
+    /object_id  (n_rows,) str, the catalog's object id
+    /source     (n_rows,) str, the spectrum file the row was read from
+    /status     (n_rows,) int8, see STATUS
+    /error      (n_rows,) str, why a row could not be ingested
+    attrs: layout_version, loglam_start, loglam_step, n_pix, survey, reader, catalog,
+           annotate_version, created
+
+Chunked by rows and gzip-compressed. Ingest is resumable: rows whose status is not PENDING are
+skipped. This is the only module (with the simulator's writer) that writes HDF5.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import SpectrumError, StoreError
+from .grid import WavelengthGrid, resample
+
+LAYOUT_VERSION = 1
+STATUS = {"PENDING": 0, "OK": 1, "NO_SPECTRUM": 2, "NO_USABLE_PIXELS": 3, "PATH_REFUSED": 4}
+ROW_CHUNK = 64
+MIN_GOOD_PIXELS = 100
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    path: Path
+    n_rows: int
+    grid: WavelengthGrid
+    survey: str
+    reader: str
+
+
+def _str_dtype():
+    return h5py.string_dtype(encoding="utf-8")
+
+
+def create_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, survey: str = "",
+                 reader: str = "", catalog: str = "", labels: dict | None = None) -> StoreInfo:
+    """Create an empty store for len(object_ids) rows; `sources` are spectrum paths (or '' for none).
+
+    labels: optional mapping name -> (n_rows,) array stored under /labels (simulated sets carry
+    their truth there).
+    """
+    path = Path(path)
+    n_rows = len(object_ids)
+    tmp = path.with_name(path.name + ".tmp")
+    chunks = (max(1, min(ROW_CHUNK, n_rows)), grid.n_pix)
+    with h5py.File(tmp, "w") as h5:
+        for name, dtype in (("flux", "f4"), ("ivar", "f4"), ("mask", "u1")):
+            h5.create_dataset(name, shape=(n_rows, grid.n_pix), dtype=dtype, chunks=chunks if n_rows else None,
+                              compression="gzip" if n_rows else None, compression_opts=1 if n_rows else None,
+                              shuffle=bool(n_rows), fillvalue=1 if name == "mask" else 0)
+        h5.create_dataset("object_id", data=np.array([str(v) for v in object_ids], dtype=object), dtype=_str_dtype())
+        h5.create_dataset("source", data=np.array([str(v) for v in sources], dtype=object), dtype=_str_dtype())
+        h5.create_dataset("status", data=np.zeros(n_rows, dtype=np.int8))
+        h5.create_dataset("error", shape=(n_rows,), dtype=_str_dtype())
+        for name, values in (labels or {}).items():
+            values = np.asarray(values)
+            if values.dtype.kind in "UO":
+                h5.create_dataset(f"labels/{name}", data=values.astype(object), dtype=_str_dtype())
+            else:
+                h5.create_dataset(f"labels/{name}", data=values)
+        h5.attrs.update({
+            "layout_version": LAYOUT_VERSION, **grid.to_dict(), "survey": survey, "reader": reader,
+            "catalog": catalog, "annotate_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    tmp.replace(path)
+    return open_store(path)
+
+
+def open_store(path: str | Path) -> StoreInfo:
+    """Read a store's description; StoreError if it is missing or of another layout version."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"spectra store not found: {path}")
+    try:
+        with h5py.File(path, "r") as h5:
+            version = int(h5.attrs.get("layout_version", -1))
+            if version != LAYOUT_VERSION:
+                raise StoreError(f"{path}: store layout version {version}, this annotate reads version "
+                                 f"{LAYOUT_VERSION}; re-ingest the catalog into a new store")
+            grid = WavelengthGrid(float(h5.attrs["loglam_start"]), float(h5.attrs["loglam_step"]),
+                                  int(h5.attrs["n_pix"]))
+            return StoreInfo(path, int(h5["status"].shape[0]), grid, str(h5.attrs.get("survey", "")),
+                             str(h5.attrs.get("reader", "")))
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 store ({str(exc).splitlines()[0]})") from None
+
+
+def read_rows(path: str | Path, start: int, stop: int) -> dict:
+    """Rows [start, stop) as arrays: flux, ivar (float32), mask (bool), status (int8)."""
+    with h5py.File(path, "r") as h5:
+        return {
+            "flux": h5["flux"][start:stop], "ivar": h5["ivar"][start:stop],
+            "mask": h5["mask"][start:stop].astype(bool), "status": h5["status"][start:stop],
+        }
+
+
+def read_labels(path: str | Path) -> dict:
+    """The /labels group as name -> array (strings decoded)."""
+    with h5py.File(path, "r") as h5:
+        if "labels" not in h5:
+            return {}
+        out = {}
+        for name, dataset in h5["labels"].items():
+            values = dataset[()]
+            if dataset.dtype.kind == "O":
+                values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+            out[name] = values
+        return out
+
+
+def read_status(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    with h5py.File(path, "r") as h5:
+        errors = [e.decode() if isinstance(e, bytes) else e for e in h5["error"][()]]
+        return h5["status"][()], errors
+
+
+def write_rows(path: str | Path, start: int, rows: dict) -> None:
+    """Write arrays for rows [start, start + len) (keys flux, ivar, mask, status, error)."""
+    stop = start + len(rows["status"])
+    with h5py.File(path, "r+") as h5:
+        for name in ("flux", "ivar", "mask", "status"):
+            h5[name][start:stop] = rows[name]
+        if "error" in rows:
+            h5["error"][start:stop] = np.array(rows["error"], dtype=object)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ingest: read spectrum files in parallel (Dask), resample, write rows in the main process.
+
+def ingest_rows(task: dict) -> dict:
+    """Read and resample the spectra of one task (runs on a Dask worker).
+
+    task: {'start': int, 'paths': [str | None], 'refused': [bool], 'grid': dict, 'reader': str | None}.
+    Returns the rows' flux, ivar, mask, status and error arrays.
+    """
+    from .readers import read_spectrum
+
+    grid = WavelengthGrid(**task["grid"])
+    n = len(task["paths"])
+    out = {
+        "flux": np.zeros((n, grid.n_pix), np.float32), "ivar": np.zeros((n, grid.n_pix), np.float32),
+        "mask": np.ones((n, grid.n_pix), np.uint8), "status": np.zeros(n, np.int8), "error": [""] * n,
+    }
+    for i, path in enumerate(task["paths"]):
+        if task["refused"][i]:
+            out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], f"path outside the spectra root: {path}"
+            continue
+        if not path:
+            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], "no spectrum path for this row"
+            continue
+        try:
+            spectrum = read_spectrum(path, task["reader"])
+        except SpectrumError as exc:
+            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], str(exc)
+            continue
+        flux, ivar, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, grid)
+        n_good = int((~mask).sum())
+        out["flux"][i], out["ivar"][i], out["mask"][i] = flux, ivar, mask
+        if n_good < MIN_GOOD_PIXELS:
+            out["status"][i] = STATUS["NO_USABLE_PIXELS"]
+            out["error"][i] = f"{path}: {n_good} usable pixels on the grid (need {MIN_GOOD_PIXELS})"
+        else:
+            out["status"][i] = STATUS["OK"]
+    return out
+
+
+def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
+           scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
+           progress: Callable[[int], None] | None = None) -> dict:
+    """Fill the PENDING rows of an existing store from spectrum files, in parallel.
+
+    paths: (n_rows,) absolute spectrum paths (None or '' where the row has none); refused: rows whose
+    path was refused (outside the spectra root). Returns counts per status name.
+    """
+    from .parallel import map_unordered
+
+    info = open_store(store_path)
+    if len(paths) != info.n_rows:
+        raise StoreError(f"{store_path}: store has {info.n_rows} rows, catalog has {len(paths)}")
+    refused = np.zeros(info.n_rows, bool) if refused is None else np.asarray(refused, bool)
+    status, _ = read_status(store_path)
+    tasks = []
+    for start in range(0, info.n_rows, rows_per_task):
+        stop = min(start + rows_per_task, info.n_rows)
+        pending = np.flatnonzero(status[start:stop] == STATUS["PENDING"])
+        if len(pending) == 0:
+            continue
+        first, last = start + pending[0], start + pending[-1] + 1
+        tasks.append({"start": int(first), "paths": [paths[i] or None for i in range(first, last)],
+                      "refused": [bool(refused[i]) for i in range(first, last)],
+                      "grid": info.grid.to_dict(), "reader": reader})
+    for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers):
+        write_rows(store_path, tasks[index]["start"], rows)
+        if progress is not None:
+            progress(len(rows["status"]))
+    status, _ = read_status(store_path)
+    return {name: int((status == code).sum()) for name, code in STATUS.items()}

@@ -1,0 +1,252 @@
+"""Survey definitions: which catalog columns hold ids, labels and spectrum paths.
+
+Each survey is one YAML file in the repository's `catalogs/` folder (or a folder named by the
+ANNOTATE_SURVEYS environment variable); adding a survey adds a file, not code. The file's schema is
+documented in `catalogs/README.md`.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import CLASS_NAMES
+from .errors import CatalogError, ConfigError
+
+ROLES = ("object_id", "class", "subclass", "z", "z_err", "zwarning", "snr", "teff", "logg", "feh")
+SELECTION_OPS = {
+    "==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
+    "<": operator.lt, "<=": operator.le,
+    "in": lambda col, values: np.isin(col, values),
+    "not_in": lambda col, values: ~np.isin(col, values),
+}
+
+
+def plate_suffix(fields: dict) -> str:
+    """SDSS-V BOSS reductions put plate-era fields (field id < 16000) in `{field:06d}p` folders."""
+    return "p" if int(fields["field"]) < 16000 else ""
+
+
+DERIVED_FIELDS = {"plate_suffix": plate_suffix}
+
+
+@dataclass(frozen=True)
+class PathRule:
+    name: str
+    template: str
+    fields: dict
+    derived: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """A survey's catalog conventions, loaded from `catalogs/<name>.yaml`."""
+
+    name: str
+    reader: str
+    columns: dict
+    required: tuple
+    paths: tuple
+    selection: tuple = ()
+    class_names: dict = field(default_factory=lambda: {c: c for c in CLASS_NAMES})
+    snr_bands: tuple | None = None
+    missing_value: float | None = None
+    description: str = ""
+
+    # -- column lookup ----------------------------------------------------------------------
+    def column(self, role: str, colnames) -> str | None:
+        """Catalog column name (as spelt in the catalog) for a role, or None if absent."""
+        wanted = self.columns.get(role)
+        if wanted is None:
+            return None
+        lookup = {name.upper(): name for name in colnames}
+        return lookup.get(str(wanted).upper())
+
+    def path_rule(self, colnames) -> PathRule:
+        upper = {name.upper() for name in colnames}
+        for rule in self.paths:
+            if all(str(col).upper() in upper for col in rule.fields.values()):
+                return rule
+        options = "; ".join(f"{r.name}: {', '.join(r.fields.values())}" for r in self.paths)
+        raise CatalogError(f"catalog has no columns to build spectrum paths from (need one of: {options})")
+
+    def check_catalog(self, colnames) -> None:
+        """Raise CatalogError naming every required column the catalog lacks."""
+        missing = [str(self.columns[r]) for r in self.required
+                   if self.columns.get(r) and self.column(r, colnames) is None]
+        if self.snr_bands and "snr" in self.required:
+            missing += [band for band in self.snr_bands
+                        if band.upper() not in {n.upper() for n in colnames}]
+        if missing:
+            raise CatalogError(f"catalog lacks columns required by survey {self.name}: {', '.join(missing)}")
+        self.path_rule(colnames)
+
+    # -- per-row values -----------------------------------------------------------------------
+    def spectrum_paths(self, table) -> list[str]:
+        """Relative spectrum path for every row of `table` (a mapping of column name -> array)."""
+        colnames = list(table.keys()) if hasattr(table, "keys") else table.colnames
+        rule = self.path_rule(colnames)
+        lookup = {name.upper(): name for name in colnames}
+        columns = {var: np.asarray(table[lookup[str(col).upper()]]) for var, col in rule.fields.items()}
+        n_rows = len(next(iter(columns.values())))
+        paths = []
+        for i in range(n_rows):
+            values = {var: _scalar(col[i]) for var, col in columns.items()}
+            for var, func_name in rule.derived.items():
+                values[var] = DERIVED_FIELDS[func_name](values)
+            paths.append(rule.template.format(**values))
+        return paths
+
+    def reference(self, table) -> dict:
+        """The survey pipeline's values per row: class (GALAXY/QSO/STAR or ''), z, z_err, zwarning,
+        snr, teff, logg, feh, object_id; missing roles come back as NaN (or '' for class)."""
+        colnames = list(table.keys()) if hasattr(table, "keys") else table.colnames
+        n_rows = len(table[colnames[0]]) if colnames else 0
+        out = {}
+        for role in ROLES:
+            name = self.column(role, colnames)
+            if name is None:
+                out[role] = np.full(n_rows, np.nan) if role not in ("class", "subclass", "object_id") \
+                    else np.array([""] * n_rows, dtype=object)
+                continue
+            values = np.asarray(table[name])
+            if role in ("class", "subclass", "object_id"):
+                values = np.array([_text(v) for v in values], dtype=object)
+            else:
+                values = _as_float(values)
+                if self.missing_value is not None:
+                    values[values == self.missing_value] = np.nan
+            out[role] = values
+        if self.snr_bands:
+            out["snr"] = self.band_snr(table, colnames)
+        out["class"] = np.array([self.class_names.get(c.upper(), "") for c in out["class"]], dtype=object)
+        return out
+
+    def band_snr(self, table, colnames) -> np.ndarray:
+        """LAMOST snMedian = sqrt(snru² + snrg² + snrr² + snri² + snrz²); NaN where a band is missing."""
+        lookup = {name.upper(): name for name in colnames}
+        bands = [_as_float(np.asarray(table[lookup[b.upper()]])) for b in self.snr_bands
+                 if b.upper() in lookup]
+        if len(bands) != len(self.snr_bands):
+            return np.full(len(table[colnames[0]]), np.nan)
+        stack = np.stack(bands)
+        if self.missing_value is not None:
+            stack[stack == self.missing_value] = np.nan
+        return np.sqrt(np.sum(stack**2, axis=0))
+
+    def selected(self, table) -> np.ndarray:
+        """(n_rows,) bool: rows passing every selection rule (the Spectromer paper's sample)."""
+        colnames = list(table.keys()) if hasattr(table, "keys") else table.colnames
+        lookup = {name.upper(): name for name in colnames}
+        n_rows = len(table[colnames[0]]) if colnames else 0
+        keep = np.ones(n_rows, dtype=bool)
+        for rule in self.selection:
+            name = lookup.get(str(rule["column"]).upper())
+            if name is None:
+                continue  # the rule's column is absent: it cannot be applied
+            values = np.asarray(table[name])
+            if values.dtype.kind in "SUO":
+                values = np.array([_text(v) for v in values])
+            keep &= np.asarray(SELECTION_OPS[rule["op"]](values, rule["value"]), dtype=bool)
+        if self.missing_value is not None:
+            for role in ("z", "z_err"):
+                name = self.column(role, colnames)
+                if name is not None:
+                    keep &= _as_float(np.asarray(table[name])) != self.missing_value
+            for band in self.snr_bands or ():
+                if band.upper() in lookup:
+                    keep &= _as_float(np.asarray(table[lookup[band.upper()]])) != self.missing_value
+        return keep
+
+
+def _text(value) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode(errors="replace").strip()
+    return str(value).strip()
+
+
+def _scalar(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode().strip()
+    if isinstance(value, str):
+        return value.strip()
+    return value.item() if hasattr(value, "item") else value
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    try:
+        out = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CatalogError(f"column of type {values.dtype} cannot be read as numbers") from None
+    if np.ma.isMaskedArray(values):
+        out[np.ma.getmaskarray(values)] = np.nan
+    return out
+
+
+def survey_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("ANNOTATE_SURVEYS"):
+        dirs.append(Path(os.environ["ANNOTATE_SURVEYS"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "catalogs")
+    return dirs
+
+
+def available_surveys() -> list[str]:
+    names = set()
+    for folder in survey_dirs():
+        names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def load_survey(name_or_path: str) -> Survey:
+    """Load a survey definition by name (searched in `survey_dirs()`) or by YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = next((d / f"{name_or_path}.yaml" for d in survey_dirs() if (d / f"{name_or_path}.yaml").is_file()),
+                    None)
+        if path is None:
+            raise ConfigError(f"unknown survey {name_or_path!r}; known: {', '.join(available_surveys())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read survey file {path}: {str(exc).splitlines()[0]}") from None
+    return survey_from_dict(raw, source=str(path))
+
+
+def survey_from_dict(raw: dict, source: str = "<dict>") -> Survey:
+    known = {"name", "description", "reader", "columns", "required", "paths", "selection",
+             "class_names", "snr_bands", "missing_value", "mask_bits_bad"}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a survey file must be a mapping")
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    for key in ("name", "reader", "columns", "paths"):
+        if key not in raw:
+            raise ConfigError(f"{source}: missing key {key!r}")
+    bad_roles = set(raw["columns"]) - set(ROLES)
+    if bad_roles:
+        raise ConfigError(f"{source}: unknown column roles {', '.join(sorted(bad_roles))}; valid: {', '.join(ROLES)}")
+    for rule in raw.get("selection") or ():
+        if rule.get("op") not in SELECTION_OPS:
+            raise ConfigError(f"{source}: selection op {rule.get('op')!r} not one of {', '.join(SELECTION_OPS)}")
+    paths = []
+    for item in raw["paths"]:
+        for func in (item.get("derived") or {}).values():
+            if func not in DERIVED_FIELDS:
+                raise ConfigError(f"{source}: unknown derived field {func!r}; known: {', '.join(DERIVED_FIELDS)}")
+        paths.append(PathRule(item["name"], item["template"], dict(item["fields"]), dict(item.get("derived") or {})))
+    class_names = {str(k).upper(): str(v).upper() for k, v in (raw.get("class_names") or {}).items()} \
+        or {c: c for c in CLASS_NAMES}
+    return Survey(
+        name=raw["name"], reader=raw["reader"], columns=dict(raw["columns"]),
+        required=tuple(raw.get("required") or ("object_id", "class", "z")), paths=tuple(paths),
+        selection=tuple(raw.get("selection") or ()), class_names=class_names,
+        snr_bands=tuple(raw["snr_bands"]) if raw.get("snr_bands") else None,
+        missing_value=raw.get("missing_value"), description=raw.get("description", ""),
+    )
