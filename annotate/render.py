@@ -105,7 +105,8 @@ def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> n
 def colour_index(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:
     """(B, n) uint16 colormap index 0..255 per pixel, 256 for background (masked or non-finite)."""
     norm = normalise_flux(flux, mask, settings.normalise)
-    scaled = (norm - settings.flux_min) / (settings.flux_max - settings.flux_min)
+    scaled = np.nan_to_num((norm - settings.flux_min) / (settings.flux_max - settings.flux_min),
+                           nan=0.0, posinf=1.0, neginf=0.0)
     index = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint16)
     background = mask | ~np.isfinite(flux)
     index[background] = 256

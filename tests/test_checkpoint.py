@@ -1,0 +1,101 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from annotate.checkpoint import LabelNorm, ModelCard, load_checkpoint, read_card, save_checkpoint, weights_sha256
+from annotate.errors import CheckpointError
+from annotate.grid import WavelengthGrid
+from annotate.model import BACKBONES, build_model
+from annotate.render import RenderSettings
+from annotate.train import backbone_dict
+
+NORMS = {"z": LabelNorm(0.1, 0.2, "log1p10"), "teff": LabelNorm(5500.0, 1000.0),
+         "logg": LabelNorm(4.0, 1.0), "feh": LabelNorm(-0.3, 0.4)}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("vit-micro")
+    card = ModelCard(backbone=backbone_dict(model.backbone.config), render=RenderSettings(), grid=WavelengthGrid(),
+                     label_norm=NORMS, name="micro")
+    save_checkpoint(model, card, tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize("preset", sorted(BACKBONES))
+def test_presets_build_and_give_every_head(preset):
+    model = build_model(preset).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 224, 224))
+    assert out["class_logits"].shape == (2, 3)
+    assert out["z_mean"].shape == (2,) and out["z_log_sigma"].shape == (2,)
+    assert out["stellar"].shape == (2, 3)
+
+
+def test_round_trip_gives_identical_outputs(checkpoint):
+    model, folder = checkpoint
+    loaded, card = load_checkpoint(folder)
+    x = torch.randn(2, 3, 224, 224)
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x)["z_mean"].numpy(), loaded(x)["z_mean"].numpy(), rtol=1e-5, atol=1e-6)
+    assert card.render == RenderSettings()
+    assert card.grid == WavelengthGrid()
+    assert card.label_norm["teff"].decode(1.0) == 6500.0
+    assert len(weights_sha256(folder)) == 64
+
+
+def test_label_norm_redshift_round_trip():
+    norm = NORMS["z"]
+    z = np.array([0.0, 0.5, 3.0])
+    np.testing.assert_allclose(norm.decode(norm.encode(z)), z)
+    # delta method: dz = ln10 (1+z) d(log10(1+z))
+    assert norm.decode_sigma(norm.encode(1.0), 0.01) == pytest.approx(np.log(10) * 2.0 * 0.01 * 0.2)
+
+
+def test_pickle_file_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(CheckpointError, match="never from pickle"):
+        load_checkpoint(path)
+
+
+def test_missing_tensor_is_reported(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = checkpoint
+    state = load_file(str(folder / "model.safetensors"))
+    del state["class_head.weight"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="class_head.weight"):
+        load_checkpoint(folder)
+
+
+def test_not_a_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        read_card(tmp_path)
+
+
+def test_pretrained_backbone_absent_offline_names_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="nothing is downloaded"):
+        build_model("facebook/dino-vitb16")
+
+
+def test_pretrained_backbone_from_local_folder(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       patch_size=32, image_size=224)
+    torch.manual_seed(3)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "dino-like")
+    model = build_model(str(tmp_path / "dino-like"))
+    reference = ViTModel.from_pretrained(tmp_path / "dino-like", add_pooling_layer=False)
+    assert torch.equal(model.backbone.embeddings.patch_embeddings.projection.weight,
+                       reference.embeddings.patch_embeddings.projection.weight)

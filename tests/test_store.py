@@ -1,0 +1,79 @@
+import h5py
+import numpy as np
+import pytest
+
+from annotate.errors import StoreError
+from annotate.grid import WavelengthGrid
+from annotate.simulate.writer import write_sdss_spec
+from annotate.store import STATUS, create_store, ingest, open_store, read_rows, read_status
+
+GRID = WavelengthGrid(3.6, 1e-4, 300)
+
+
+def _files(tmp_path, n=6):
+    loglam = 3.595 + 1e-4 * np.arange(420)
+    paths = []
+    for i in range(n):
+        flux = np.full(420, 10.0 + i, np.float32)
+        paths.append(str(write_sdss_spec(tmp_path / f"spec-{i}.fits", loglam, flux, np.ones(420, np.float32),
+                                         np.zeros(420, bool), {"CLASS": "GALAXY", "Z": 0.1})))
+    return paths
+
+
+def test_ingest_resamples_every_row_and_reports_bad_ones(tmp_path):
+    paths = _files(tmp_path)
+    paths[2] = str(tmp_path / "missing.fits")
+    (tmp_path / "broken.fits").write_bytes(b"SIMPLE  = not fits")
+    paths[4] = str(tmp_path / "broken.fits")
+    store = tmp_path / "store.h5"
+    create_store(store, [f"id{i}" for i in range(6)], paths, GRID, survey="sdss_dr18")
+    counts = ingest(store, paths, scheduler="sync", rows_per_task=4)
+    assert counts == {"PENDING": 0, "OK": 4, "NO_SPECTRUM": 2, "NO_USABLE_PIXELS": 0, "PATH_REFUSED": 0}
+    rows = read_rows(store, 0, 6)
+    assert rows["flux"].shape == (6, 300)
+    np.testing.assert_allclose(rows["flux"][3], 13.0, rtol=1e-5)
+    assert rows["mask"][2].all() and not rows["mask"][0].any()
+    status, errors = read_status(store)
+    assert "not found" in errors[2] and "unreadable" in errors[4]
+
+
+def test_ingest_with_dask_distributed_matches_sync(tmp_path):
+    paths = _files(tmp_path, n=5)
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for store in (a, b):
+        create_store(store, list(range(5)), paths, GRID)
+    ingest(a, paths, scheduler="sync")
+    ingest(b, paths, scheduler="distributed", n_workers=2, rows_per_task=2)
+    np.testing.assert_array_equal(read_rows(a, 0, 5)["flux"], read_rows(b, 0, 5)["flux"])
+
+
+def test_ingest_is_resumable(tmp_path):
+    paths = _files(tmp_path, n=4)
+    store = tmp_path / "store.h5"
+    create_store(store, list(range(4)), paths, GRID)
+    ingest(store, paths[:2] + ["", ""], scheduler="sync")  # first pass: rows 2, 3 have no path
+    with h5py.File(store, "r+") as h5:  # mark rows 2, 3 as not yet done (an interrupted ingest)
+        h5["status"][2:] = STATUS["PENDING"]
+        h5["flux"][0] = -1.0  # a done row that must not be read again
+    ingest(store, paths, scheduler="sync")
+    rows = read_rows(store, 0, 4)
+    assert (rows["status"] == STATUS["OK"]).all()
+    assert (rows["flux"][0] == -1.0).all()
+
+
+def test_store_attributes_and_layout_version(tmp_path):
+    store = tmp_path / "s.h5"
+    create_store(store, ["a"], ["x"], GRID, survey="lamost_dr10")
+    info = open_store(store)
+    assert info.grid == GRID and info.n_rows == 1 and info.survey == "lamost_dr10"
+    with h5py.File(store, "r+") as h5:
+        h5.attrs["layout_version"] = 0
+    with pytest.raises(StoreError, match="layout version 0"):
+        open_store(store)
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "x.h5"
+    path.write_text("hello")
+    with pytest.raises(StoreError, match="not a readable HDF5"):
+        open_store(path)
