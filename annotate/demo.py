@@ -22,7 +22,7 @@ from .surveys import load_survey
 
 RUN2D = "v6_0_4"
 NATIVE_GRID = WavelengthGrid(3.5530, 1e-4, 4640)  # a BOSS coadd's own pixels (3572-10386 Å)
-FIELDS = (15143, 101077)  # a plate-era field (folder with 'p') and a robotic-era field
+FIELDS = (15143, 15170)  # DR18 (v6_0_4) fields are plate-era: folders 15143p/, 15170p/
 
 
 def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026) -> Path:

@@ -32,7 +32,13 @@ def plate_suffix(fields: dict) -> str:
     return "p" if int(fields["field"]) < 16000 else ""
 
 
-DERIVED_FIELDS = {"plate_suffix": plate_suffix}
+def legacy_subdir(fields: dict) -> str:
+    """SDSS-I/II spectrograph reductions (run2d 26, 103, 104) keep spec files in `spectra/{plate}`;
+    BOSS/eBOSS ones (v5_*) in `spectra/full/{plate}`."""
+    return "spectra" if str(fields["run2d"]).strip() in ("26", "103", "104") else "spectra/full"
+
+
+DERIVED_FIELDS = {"plate_suffix": plate_suffix, "legacy_subdir": legacy_subdir}
 
 
 @dataclass(frozen=True)

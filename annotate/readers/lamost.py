@@ -1,7 +1,9 @@
 """LAMOST DR10 low-resolution spectra, both published layouts.
 
-Newer files: binary table HDU 'COADD', one row, array cells FLUX, IVAR, WAVELENGTH, ANDMASK, ORMASK.
-Older files: a 5-row primary image with rows flux, ivar, wavelength, andmask, ormask.
+Newer files (DR8 on): binary table HDU 1 (named 'COADD'), one row, array cells FLUX, IVAR,
+WAVELENGTH, ANDMASK, ORMASK. Older files: a 5-row primary image with rows flux, ivar, wavelength,
+andmask, ormask; where the header gives the log-linear solution (COEFF0/COEFF1 or CRVAL1/CD1_1)
+the wavelengths are computed from it, since row 2 is not a wavelength row in pilot-survey files.
 Wavelengths are vacuum Å; flux is relative-calibrated (same unit label as SDSS for the store).
 """
 
@@ -21,10 +23,14 @@ def _is_lamost(hdul: fits.HDUList) -> bool:
     return "LAMOST" in telescope
 
 
+def _table(hdul: fits.HDUList):
+    return hdul["COADD"] if "COADD" in hdul else hdul[1]
+
+
 def identify_table(hdul: fits.HDUList) -> bool:
-    if "COADD" not in hdul:
+    if len(hdul) < 2 or not isinstance(_table(hdul), fits.BinTableHDU):
         return False
-    names = {name.upper() for name in hdul["COADD"].columns.names}
+    names = {name.upper() for name in _table(hdul).columns.names}
     return {"FLUX", "IVAR", "WAVELENGTH"} <= names
 
 
@@ -35,9 +41,9 @@ def identify_image(hdul: fits.HDUList) -> bool:
 
 @register("lamost_lrs", identify_table, priority=5)
 def read_table(hdul: fits.HDUList) -> Spectrum:
-    table = hdul["COADD"].data
+    table = _table(hdul).data
     if table is None or len(table) == 0:
-        raise SpectrumError("COADD HDU is empty")
+        raise SpectrumError("spectrum table HDU is empty")
     wavelength = np.asarray(table_column(table, "WAVELENGTH")[0], dtype=np.float64)
     flux = np.asarray(table_column(table, "FLUX")[0], dtype=np.float32)
     ivar = np.asarray(table_column(table, "IVAR")[0], dtype=np.float32)
@@ -52,6 +58,10 @@ def read_table(hdul: fits.HDUList) -> Spectrum:
 def read_image(hdul: fits.HDUList) -> Spectrum:
     data = np.asarray(hdul[0].data)
     flux, ivar, wavelength = data[0], data[1], data[2]
+    header = hdul[0].header
+    start, step = header.get("COEFF0", header.get("CRVAL1")), header.get("COEFF1", header.get("CD1_1"))
+    if start is not None and step is not None and 2.0 < float(start) < 5.0:
+        wavelength = 10.0 ** (float(start) + float(step) * np.arange(flux.shape[0]))
     bad = data[3] != 0 if data.shape[0] > 3 else np.zeros(flux.shape, dtype=bool)
     return Spectrum(wavelength.astype(np.float64), flux.astype(np.float32), ivar.astype(np.float32),
                     bad, labels=_labels(hdul[0].header))

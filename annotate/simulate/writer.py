@@ -95,6 +95,9 @@ def write_lamost_image(path: str | Path, wavelength: np.ndarray, flux: np.ndarra
     data = np.vstack([flux, ivar, wavelength, np.where(mask, 1, 0), np.where(mask, 1, 0)]).astype(np.float32)
     primary = fits.PrimaryHDU(data)
     primary.header["TELESCOP"] = "LAMOST"
+    loglam = np.log10(wavelength)
+    primary.header["COEFF0"] = (float(loglam[0]), "log10 of the first wavelength (Angstrom)")
+    primary.header["COEFF1"] = (float(np.median(np.diff(loglam))), "log10 wavelength step")
     for key, value in (header or {}).items():
         primary.header[key] = value
     _atomic_write(fits.HDUList([primary]), Path(path))
