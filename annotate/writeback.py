@@ -138,7 +138,7 @@ def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: s
     return {
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),
-        "ANNWSHA": (weights_sha, "sha256 of model.safetensors"),
+        "ANNWSHA": (weights_sha, ""),  # 64 hex digits leave no room for a comment
         "ANNENC": (encoding, "spectrum rendering encoding"),
         "ANNSURV": (survey, "survey definition used"),
         "ANNDATE": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of annotation"),

@@ -1,0 +1,134 @@
+"""`annotate run` end to end on a small catalog with a random-init model (no template library)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.table import Table
+
+from annotate.checkpoint import LabelNorm, ModelCard, save_checkpoint
+from annotate.cli import main
+from annotate.errors import CatalogError
+from annotate.flags import PredFlag
+from annotate.grid import WavelengthGrid
+from annotate.model import build_model
+from annotate.pipeline import RunSettings, run
+from annotate.render import RenderSettings
+from annotate.simulate.writer import write_catalog, write_sdss_spec
+from annotate.surveys import load_survey
+from annotate.train import backbone_dict
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("vit-micro")
+    norms = {"z": LabelNorm(0.2, 0.2, "log1p10"), "teff": LabelNorm(6000.0, 1500.0),
+             "logg": LabelNorm(4.0, 1.0), "feh": LabelNorm(-0.5, 0.5)}
+    card = ModelCard(backbone=backbone_dict(model.backbone.config), render=RenderSettings(), grid=WavelengthGrid(),
+                     label_norm=norms, name="micro-random")
+    return save_checkpoint(model, card, tmp_path_factory.mktemp("model") / "micro")
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """An SDSS-V style catalog of N rows; row 3's file is missing, row 5's flux is all NaN,
+    row 6 has ZWARNING set, row 7's class is unknown."""
+    rng = np.random.default_rng(0)
+    columns = {
+        "SPECOBJID": np.arange(1000, 1000 + N, dtype=np.int64), "RUN2D": np.array(["v6_0_4"] * N),
+        "FIELD": np.full(N, 15143), "MJD": np.full(N, 59205), "CATALOGID": np.arange(N, dtype=np.int64) + 4_000_000,
+        "CLASS": np.array(["GALAXY", "QSO", "STAR", "GALAXY", "STAR", "QSO", "GALAXY", "SKY"]),
+        "Z": np.array([0.1, 2.0, 0.0, 0.3, 0.0001, 1.0, 0.5, 0.0]), "ZWARNING": np.array([0, 0, 0, 0, 0, 0, 4, 0]),
+        "XCSAO_TEFF": np.array([np.nan, np.nan, 5800, np.nan, 4500, np.nan, np.nan, np.nan]),
+    }
+    survey = load_survey("sdss_dr18")
+    relative = survey.spectrum_paths(columns)
+    loglam = 3.5530 + 1e-4 * np.arange(4640)
+    for i in range(N):
+        if i == 3:
+            continue
+        flux = rng.normal(10, 1, 4640).astype(np.float32)
+        if i == 5:
+            flux[:] = np.nan
+        write_sdss_spec(tmp_path / "spectra" / relative[i], loglam, flux, np.ones(4640, np.float32),
+                        np.zeros(4640, bool), {"CLASS": columns["CLASS"][i]})
+    return write_catalog(tmp_path / "cat.fits", columns)
+
+
+def test_run_flags_bad_rows_and_keeps_input(catalog, micro_model, tmp_path):
+    before = hashlib.sha256(catalog.read_bytes()).hexdigest()
+    result = run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
+                             scheduler="sync", progress=False))
+    assert hashlib.sha256(catalog.read_bytes()).hexdigest() == before
+    assert result.n_rows == N and result.n_predicted == N - 2
+    table = Table.read(result.output, hdu=1, mask_invalid=False)
+    assert len(table) == N
+    assert list(table["SPECOBJID"]) == list(range(1000, 1000 + N))
+    flags = np.asarray(table["PRED_FLAGS"])
+    assert flags[3] & PredFlag.NO_SPECTRUM and np.isnan(table["PRED_Z"][3])
+    assert flags[5] & PredFlag.NO_USABLE_PIXELS and table["PRED_CLASS"][5] == ""
+    assert flags[6] & PredFlag.NO_REFERENCE_Z and flags[6] & PredFlag.NOT_SELECTED
+    assert flags[7] & PredFlag.UNKNOWN_REFERENCE_CLASS
+    assert flags[0] == 0
+    ok = [0, 1, 2, 4, 6, 7]
+    probs = np.stack([table[f"PRED_PROB_{c}"][ok] for c in ("GALAXY", "QSO", "STAR")], axis=1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all(np.asarray(table["PRED_Z"][ok]) > -1)
+    assert np.all(np.asarray(table["PRED_Z_ERR"][ok]) > 0)
+    assert not table["PRED_Z_CATASTROPHIC"][6]  # no usable reference z: never catastrophic
+    assert str(table["PRED_TEFF"].unit) == "K"
+    with fits.open(result.output) as hdul:
+        assert hdul[1].header["ANNNFAIL"] == 2
+        assert hdul[1].header["ANNMODEL"] == "micro-random"
+    assert result.summary["rows_compared"] == 4  # rows 0, 1, 2, 4
+
+
+def test_rerun_resumes_from_the_store(catalog, micro_model, tmp_path):
+    settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
+                           scheduler="sync", progress=False)
+    first = Table.read(run(settings).output, hdu=1, mask_invalid=False)
+    second = Table.read(run(settings).output, hdu=1, mask_invalid=False)
+    np.testing.assert_array_equal(first["PRED_Z"], second["PRED_Z"])
+
+
+def test_cli_exit_code_says_rows_were_missed(catalog, micro_model, tmp_path, capsys):
+    code = main(["run", "--catalog", str(catalog), "--spectra-root", str(tmp_path / "spectra"), "--model",
+                 str(micro_model), "--scheduler", "sync", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "2 of 8 rows got no prediction" in captured.err
+    assert "cat.annotated.fits" in captured.out
+
+
+def test_path_outside_root_is_refused(tmp_path, micro_model):
+    columns = {"SPECOBJID": np.array([1]), "CLASS": np.array(["STAR"]), "Z": np.array([0.0]),
+               "RUN2D": np.array(["../../../../etc"]), "PLATE": np.array([1]), "MJD": np.array([1]),
+               "FIBERID": np.array([1])}
+    catalog = write_catalog(tmp_path / "evil.fits", columns)
+    (tmp_path / "spectra").mkdir()
+    result = run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
+                             scheduler="sync", progress=False))
+    table = Table.read(result.output, hdu=1, mask_invalid=False)
+    assert table["PRED_FLAGS"][0] & PredFlag.PATH_REFUSED
+
+
+def test_catalog_missing_columns_is_one_line(tmp_path, micro_model, capsys):
+    catalog = write_catalog(tmp_path / "bad.fits", {"CLASS": np.array(["STAR"]), "PLATE": np.array([1])})
+    code = main(["run", "--catalog", str(catalog), "--model", str(micro_model), "--scheduler", "sync"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("annotate: error: catalog lacks columns") and "SPECOBJID" in err and "Z" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_empty_catalog(tmp_path, micro_model):
+    catalog = write_catalog(tmp_path / "empty.fits", {
+        "SPECOBJID": np.array([], np.int64), "CLASS": np.array([], "U6"), "Z": np.array([]),
+        "RUN2D": np.array([], "U6"), "PLATE": np.array([], int), "MJD": np.array([], int), "FIBERID": np.array([], int)})
+    with pytest.raises(CatalogError, match="no rows"):
+        run(RunSettings(catalog=catalog, model=micro_model, scheduler="sync", progress=False))

@@ -1,0 +1,88 @@
+import hashlib
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from annotate.errors import OutputError
+from annotate.flags import PredFlag
+from annotate.writeback import OUTPUT_COLUMNS, default_output_path, prediction_columns, provenance_cards, write_fits
+
+
+def _catalog(path):
+    primary = fits.PrimaryHDU()
+    primary.header["SURVEY"] = ("toy", "a card that must survive")
+    table = fits.BinTableHDU.from_columns([
+        fits.Column("SPECOBJID", "K", array=np.array([10, 11, 12])),
+        fits.Column("Z", "E", unit="", array=np.array([0.1, 2.0, 0.0])),
+        fits.Column("FLUXES", "5E", unit="nanomaggies", array=np.arange(15, dtype=np.float32).reshape(3, 5)),
+    ], name="SPALL")
+    table.header["RUN2D"] = ("v6_0_4", "kept")
+    extra = fits.ImageHDU(np.ones((2, 2)), name="EXTRA")
+    fits.HDUList([primary, table, extra]).writeto(path)
+    return path
+
+
+def _columns(n=3):
+    pred = {"prob": np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [np.nan] * 3]),
+            "z": np.array([0.1005, 2.5, np.nan]), "z_err": np.array([0.001, 0.01, np.nan]),
+            "teff": np.array([5000.0, 6000.0, np.nan]), "logg": np.array([4.0, 4.1, np.nan]),
+            "feh": np.array([0.0, -1.0, np.nan])}
+    reference = {"class": np.array(["GALAXY", "QSO", "STAR"], dtype=object), "z": np.array([0.1, 2.0, 0.0])}
+    flags = np.array([0, 0, int(PredFlag.NO_SPECTRUM)])
+    return prediction_columns(pred, reference, flags)
+
+
+def test_columns_values_and_catastrophic_flag():
+    columns = _columns()
+    assert columns["PRED_CLASS"].tolist() == ["GALAXY", "QSO", ""]
+    # 0.1005 vs 0.1: 136 km/s, fine; 2.5 vs 2.0 for a QSO: 50,000 km/s, catastrophic
+    assert columns["PRED_Z_CATASTROPHIC"].tolist() == [False, True, False]
+    assert np.isnan(columns["PRED_Z"][2]) and columns["PRED_FLAGS"][2] == 1
+
+
+def test_write_keeps_everything_and_adds_units_comments_provenance(tmp_path):
+    catalog = _catalog(tmp_path / "cat.fits")
+    before = hashlib.sha256(catalog.read_bytes()).hexdigest()
+    out = write_fits(catalog, default_output_path(catalog), _columns(),
+                     provenance_cards("toy-model", "ab" * 32, "2dmap", "sdss_dr18", 1))
+    assert out.name == "cat.annotated.fits"
+    assert hashlib.sha256(catalog.read_bytes()).hexdigest() == before
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SPALL", "EXTRA"]
+        assert hdul[0].header["SURVEY"] == "toy"
+        header = hdul[1].header
+        assert header["RUN2D"] == "v6_0_4"
+        assert header["ANNWSHA"] == "ab" * 32 and header["ANNENC"] == "2dmap"
+        names = hdul[1].columns.names
+        assert names[:3] == ["SPECOBJID", "Z", "FLUXES"]
+        assert names[3:] == [c.name for c in OUTPUT_COLUMNS]
+        index = names.index("PRED_TEFF") + 1
+        assert header[f"TUNIT{index}"] == "K"
+        assert "effective temperature" in header.comments[f"TTYPE{index}"]
+        np.testing.assert_array_equal(hdul[1].data["FLUXES"][2], np.arange(10, 15))
+    table = Table.read(out, hdu=1)
+    assert str(table["PRED_LOGG"].unit) == "dex"
+
+
+def test_rerun_replaces_pred_columns(tmp_path):
+    catalog = _catalog(tmp_path / "cat.fits")
+    first = write_fits(catalog, tmp_path / "a.fits", _columns(), provenance_cards("m", "0" * 64, "2dmap", "s", 0))
+    second = write_fits(first, tmp_path / "b.fits", _columns(), provenance_cards("m", "1" * 64, "2dmap", "s", 0))
+    with fits.open(second) as hdul:
+        names = hdul[1].columns.names
+        assert names.count("PRED_Z") == 1 and len(names) == 3 + len(OUTPUT_COLUMNS)
+        assert hdul[1].header["ANNWSHA"] == "1" * 64
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    catalog = _catalog(tmp_path / "cat.fits")
+    with pytest.raises(OutputError, match="overwrite the input"):
+        write_fits(catalog, catalog, _columns(), {})
+
+
+def test_unwritable_directory(tmp_path):
+    catalog = _catalog(tmp_path / "cat.fits")
+    with pytest.raises(OutputError, match="does not exist"):
+        write_fits(catalog, tmp_path / "nope" / "x.fits", _columns(), {})
