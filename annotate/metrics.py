@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import CLASS_NAMES
-from .writeback import catastrophic
+from . import CLASS_NAMES, SPEED_OF_LIGHT_KMS
+
+CATASTROPHIC_KMS = {"GALAXY": 1000.0, "STAR": 1000.0, "QSO": 3000.0}
+
+
+def velocity_offset_kms(z_pred: np.ndarray, z_ref: np.ndarray) -> np.ndarray:
+    """|z_pred - z_ref| c / (1 + z_ref), km/s (Ross et al. 2020)."""
+    return np.abs(z_pred - z_ref) * SPEED_OF_LIGHT_KMS / (1.0 + z_ref)
+
+
+def catastrophic(z_pred: np.ndarray, z_ref: np.ndarray, ref_class: np.ndarray) -> np.ndarray:
+    """(n,) bool: Ross et al. 2020 redshift failure against the reference, by the reference class;
+    False wherever the reference or the prediction is missing."""
+    threshold = np.array([CATASTROPHIC_KMS.get(str(c), np.nan) for c in ref_class])
+    with np.errstate(invalid="ignore"):
+        offset = velocity_offset_kms(z_pred, z_ref)
+        return np.where(np.isfinite(offset) & np.isfinite(threshold), offset > threshold, False)
 
 
 def accuracy(true: np.ndarray, pred: np.ndarray) -> float:

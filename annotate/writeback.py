@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import CLASS_NAMES, SPEED_OF_LIGHT_KMS, __version__
+from . import CLASS_NAMES, __version__
 from .errors import OutputError
 from .flags import NO_PREDICTION, PredFlag
+from .metrics import catastrophic
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,6 @@ OUTPUT_COLUMNS = (
     OutputColumn("PRED_FEH", "E", "dex", "predicted [Fe/H] (stars)"),
     OutputColumn("PRED_FLAGS", "J", "", "quality bitmask, see PRED_FLAGS_BITS / README"),
 )
-CATASTROPHIC_KMS = {"GALAXY": 1000.0, "STAR": 1000.0, "QSO": 3000.0}
-
-
-def velocity_offset_kms(z_pred: np.ndarray, z_ref: np.ndarray) -> np.ndarray:
-    """|z_pred - z_ref| c / (1 + z_ref), km/s (Ross et al. 2020)."""
-    return np.abs(z_pred - z_ref) * SPEED_OF_LIGHT_KMS / (1.0 + z_ref)
-
-
-def catastrophic(z_pred: np.ndarray, z_ref: np.ndarray, ref_class: np.ndarray) -> np.ndarray:
-    """(n,) bool: Ross et al. 2020 redshift failure against the reference, by the reference class;
-    False wherever the reference or the prediction is missing."""
-    threshold = np.array([CATASTROPHIC_KMS.get(str(c), np.nan) for c in ref_class])
-    with np.errstate(invalid="ignore"):
-        offset = velocity_offset_kms(z_pred, z_ref)
-        return np.where(np.isfinite(offset) & np.isfinite(threshold), offset > threshold, False)
-
-
 def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     """name -> (n,) array for every OUTPUT_COLUMNS entry, from predict_store's output, the survey's
     reference values (class, z, zwarning) and the PRED_FLAGS computed by the pipeline."""

@@ -3,7 +3,7 @@ import pytest
 
 from annotate.metrics import accuracy, confusion_matrix, nmad, outlier_fraction, r2_score
 from annotate.train import gaussian_crps
-from annotate.writeback import catastrophic, velocity_offset_kms
+from annotate.metrics import catastrophic, velocity_offset_kms
 
 
 def test_confusion_matrix_known_case():
