@@ -25,11 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="annotate", description=(
         "Annotate spectroscopic survey catalogs with Spectromer predictions (class, z, Teff, logg, [Fe/H])."))
     parser.add_argument("--version", action="version", version=f"annotate {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str):
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {EXAMPLES[name]}")
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {EXAMPLES[name]}",
+                              parents=[common])
 
     demo = command("demo", "write a small SDSS DR18-style sample and run the whole pipeline on it")
     demo.add_argument("--out", type=Path, default=Path("annotate-demo"), help="folder for the sample and outputs")

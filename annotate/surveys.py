@@ -27,9 +27,24 @@ SELECTION_OPS = {
 }
 
 
-def plate_suffix(fields: dict) -> str:
-    """SDSS-V BOSS reductions put plate-era fields (field id < 16000) in `{field:06d}p` folders."""
-    return "p" if int(fields["field"]) < 16000 else ""
+def _is_v6_0(fields: dict) -> bool:
+    return str(fields["run2d"]).strip() in ("v6_0_1", "v6_0_2", "v6_0_3", "v6_0_4")
+
+
+def sdss5_field_dir(fields: dict) -> str:
+    """SDSS-V BOSS field folder (sdss_access `isplate`/`pad_fieldid`): run2d v6_0_1..v6_0_4 (DR18) use
+    the unpadded field id plus 'p' (`15170p`); later reductions (DR19 v6_1_x) pad to 6 digits (`015000`)."""
+    return f"{int(fields['field'])}p" if _is_v6_0(fields) else f"{int(fields['field']):06d}"
+
+
+def sdss5_field_name(fields: dict) -> str:
+    """The field id as written in SDSS-V spec file names: unpadded for v6_0_x, 6 digits after."""
+    return str(int(fields["field"])) if _is_v6_0(fields) else f"{int(fields['field']):06d}"
+
+
+def sdss5_catalogid(fields: dict) -> str:
+    """CATALOGID in SDSS-V spec file names: zero-padded to 11 digits for v6_0_x, as is after."""
+    return f"{int(fields['catalogid']):011d}" if _is_v6_0(fields) else str(int(fields["catalogid"]))
 
 
 def legacy_subdir(fields: dict) -> str:
@@ -38,7 +53,8 @@ def legacy_subdir(fields: dict) -> str:
     return "spectra" if str(fields["run2d"]).strip() in ("26", "103", "104") else "spectra/full"
 
 
-DERIVED_FIELDS = {"plate_suffix": plate_suffix, "legacy_subdir": legacy_subdir}
+DERIVED_FIELDS = {"sdss5_field_dir": sdss5_field_dir, "sdss5_field_name": sdss5_field_name,
+                  "sdss5_catalogid": sdss5_catalogid, "legacy_subdir": legacy_subdir}
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,10 @@ def test_misspelt_key_lists_valid_ones():
 def test_unknown_survey_lists_known():
     with pytest.raises(ConfigError, match="sdss_dr18"):
         load_survey("desi_dr1")
+
+
+def test_sdss_dr19_paths_pad_the_field_and_drop_the_p():
+    survey = load_survey("sdss_dr18")
+    table = {"RUN2D": np.array(["v6_1_3"]), "FIELD": np.array([15000]), "MJD": np.array([59146]),
+             "CATALOGID": np.array([4375786564])}
+    assert survey.spectrum_paths(table) == ["v6_1_3/spectra/full/015000/59146/spec-015000-59146-4375786564.fits"]
