@@ -83,20 +83,25 @@ def colormap_lut(name: str) -> np.ndarray:
     return np.vstack([rgb, np.zeros((1, 3), np.uint8)])
 
 
+def row_median(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """(B,) median of each row of (B, n) `values` over its `good` entries; NaN for rows with none."""
+    ordered = np.where(good, values, np.nan)
+    ordered.sort(axis=1)  # NaNs sort last
+    n_good = good.sum(axis=1)
+    lo = np.take_along_axis(ordered, np.maximum((n_good - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, np.maximum(n_good // 2, 0)[:, None], axis=1)[:, 0]
+    return np.where(n_good > 0, 0.5 * (lo + hi), np.nan)
+
+
 def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> np.ndarray:
     """(B, n) flux divided by each row's median over usable pixels (its mean |flux| if that median
-    is not positive). Rows without usable pixels are returned as zeros."""
-    if how == "none":
-        return flux.astype(np.float32, copy=True)
+    is not positive). Unusable pixels (masked or non-finite) are returned as 0."""
     good = ~mask & np.isfinite(flux)
-    masked = np.where(good, flux, np.nan)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scale = np.nanmedian(masked, axis=1)
-            fallback = np.nanmean(np.abs(masked), axis=1)
+    if how == "none":
+        return np.where(good, flux, 0.0).astype(np.float32)
+    scale = row_median(flux, good)
+    n_good = np.maximum(good.sum(axis=1), 1)
+    fallback = np.where(good, np.abs(flux), 0.0).sum(axis=1) / n_good
     scale = np.where(scale > 0, scale, fallback)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     return np.where(good, flux / scale[:, None], 0.0).astype(np.float32)
@@ -117,8 +122,8 @@ def render_2dmap(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -
     """Render a batch as 2D Maps.
 
     flux: (B, n_pix) float, mask: (B, n_pix) bool (True = no data). Returns (B, S, S, 3) uint8 with
-    S = settings.image_size; pixel value k of a spectrum lands in block (k // m, k % m),
-    m = settings.blocks_per_side.
+    S = settings.image_size (a view of an RGBA buffer: strided, not C-contiguous); pixel value k
+    of a spectrum lands in block (k // m, k % m), m = settings.blocks_per_side.
     """
     flux = np.atleast_2d(flux)
     mask = np.atleast_2d(mask).astype(bool)
@@ -127,11 +132,19 @@ def render_2dmap(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -
     m, b, size = settings.blocks_per_side, settings.block_size, settings.image_size
     index = np.full((batch, m * m), 256, np.uint16)
     index[:, :n_pix] = colour_index(flux, mask, settings)
-    blocks = colormap_lut(settings.colormap)[index.reshape(batch, m, m)]  # (B, m, m, 3)
-    image = np.zeros((batch, size, size, 3), np.uint8)
-    filled = blocks.repeat(b, axis=1).repeat(b, axis=2)
-    image[:, : m * b, : m * b] = filled
-    return image
+    # gather 4-byte RGBA words (one memory op per block), then broadcast each into its b x b block
+    blocks = _packed_lut(settings.colormap)[index].reshape(batch, m, 1, m, 1)
+    packed = np.zeros((batch, size, size), np.uint32)
+    packed[:, : m * b, : m * b].reshape(batch, m, b, m, b)[...] = blocks
+    return packed.view(np.uint8).reshape(batch, size, size, 4)[..., :3]
+
+
+@lru_cache(maxsize=8)
+def _packed_lut(name: str) -> np.ndarray:
+    """(257,) uint32: the colormap LUT as RGBA words (alpha 0), for one-word gathers."""
+    rgba = np.zeros((257, 4), np.uint8)
+    rgba[:, :3] = colormap_lut(name)
+    return rgba.view(np.uint32).ravel()
 
 
 RENDERERS = {"2dmap": render_2dmap}
@@ -146,5 +159,6 @@ def to_model_input(images: np.ndarray, mean: float = 0.5, std: float = 0.5):
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 torch tensor scaled to [0, 1] then (x - mean) / std."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    channels_first = torch.from_numpy(images).permute(0, 3, 1, 2)
+    tensor = channels_first.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
     return tensor.sub_(mean).div_(std)
