@@ -192,7 +192,7 @@ def evaluate(model, loader, norms: dict, device, autocast) -> dict:
             with autocast():
                 out = model(batch["pixels"])
             loss, _ = multitask_loss(out, batch, {})
-            rows["loss"].append(float(loss))
+            rows["loss"].append(float(loss.detach()))
             rows["cls_true"].append(batch["class"].cpu().numpy())
             rows["cls_pred"].append(out["class_logits"].float().argmax(1).cpu().numpy())
             rows["z_true"].append(batch["z"].cpu().numpy())
@@ -302,7 +302,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if recipe.max_steps and step >= recipe.max_steps:
                 break

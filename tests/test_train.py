@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from annotate.checkpoint import load_checkpoint
+from annotate.errors import ConfigError
+from annotate.grid import WavelengthGrid
+from annotate.store import STATUS, create_store, write_rows
+from annotate.train import Recipe, encode_targets, fit_label_norm, split_by_object, train
+
+
+def _labelled_store(path, n=48):
+    """A store whose classes differ visibly: GALAXY flat, QSO a blue slope, STAR a red slope."""
+    grid = WavelengthGrid()
+    rng = np.random.default_rng(0)
+    classes = np.array(["GALAXY", "QSO", "STAR"] * (n // 3))
+    x = np.linspace(-1, 1, grid.n_pix)
+    slope = {"GALAXY": 0.0, "QSO": -0.8, "STAR": 0.8}
+    flux = np.stack([1.5 + slope[c] * x + rng.normal(0, 0.05, grid.n_pix) for c in classes]).astype(np.float32)
+    z = np.where(classes == "QSO", 2.0, np.where(classes == "GALAXY", 0.3, 0.0))
+    teff = np.where(classes == "STAR", rng.uniform(4000, 7000, n), np.nan)
+    labels = {"class": classes, "z": z, "teff": teff, "logg": np.where(classes == "STAR", 4.0, np.nan),
+              "feh": np.full(n, np.nan), "object": np.arange(n)}
+    create_store(path, np.arange(n), [""] * n, grid, labels=labels)
+    write_rows(path, 0, {"flux": flux, "ivar": np.ones_like(flux), "mask": np.zeros(flux.shape, np.uint8),
+                         "status": np.full(n, STATUS["OK"], np.int8)})
+    return path
+
+
+def _recipe(tmp_path, store, **overrides):
+    raw = {"name": "tiny-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 2, "batch_size": 8,
+           "lr": 1e-3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 1, "device": "cpu", **overrides}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return Recipe.from_yaml(path)
+
+
+def test_split_is_by_object_and_seeded():
+    objects = np.repeat(np.arange(50), 2)
+    a = split_by_object(objects, 0.2, 0.2, seed=3)
+    assert (a == split_by_object(objects, 0.2, 0.2, seed=3)).all()
+    assert (a[::2] == a[1::2]).all()  # both rows of an object share a split
+    assert set(a) == {"train", "val", "test"}
+
+
+def test_missing_labels_are_masked_not_zero_filled():
+    data = {"class": np.array(["STAR", "STAR", "GALAXY"]), "z": np.array([0.0, 0.0, 0.5]),
+            "teff": np.array([5000.0, np.nan, np.nan]), "logg": np.array([4.0, 4.5, np.nan]),
+            "feh": np.array([np.nan, np.nan, np.nan])}
+    norms = fit_label_norm(data, np.ones(3, bool))
+    targets = encode_targets(data, norms)
+    assert targets["stellar_mask"].tolist() == [[True, True, False], [False, True, False], [False, False, False]]
+    assert norms["teff"].mean == 5000.0 and norms["feh"].std == 1.0
+
+
+def test_training_writes_a_checkpoint_that_loads(tmp_path):
+    store = _labelled_store(tmp_path / "train.h5")
+    summary = train(_recipe(tmp_path, store), tmp_path / "ckpt", log=lambda line: None)
+    history = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    model, card = load_checkpoint(tmp_path / "ckpt")
+    assert card.name == "tiny-test"
+    assert card.training["split_counts"]["train"] + card.training["split_counts"]["val"] \
+        + card.training["split_counts"]["test"] == 48
+    assert summary["test"]["n"] == card.training["split_counts"]["test"]
+    assert 0.0 <= summary["test"]["class_accuracy"] <= 1.0
+    assert card.label_norm["z"].transform == "log1p10"
+
+
+def test_unknown_recipe_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndata: {store: s.h5}\nepoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown recipe keys epoch"):
+        Recipe.from_yaml(path)
