@@ -25,8 +25,10 @@ NATIVE_GRID = WavelengthGrid(3.5530, 1e-4, 4640)  # a BOSS coadd's own pixels (3
 FIELDS = (15143, 15170)  # DR18 (v6_0_4) fields are plate-era: folders 15143p/, 15170p/
 
 
-def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026) -> Path:
+def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, progress: bool = False) -> Path:
     """Write the demo catalog and its spectra; returns the catalog path."""
+    from tqdm.auto import tqdm
+
     out_dir = Path(out_dir)
     lib = load_library()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
@@ -55,7 +57,7 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026) -> 
     relative = survey.spectrum_paths(columns)
     spectra_root = out_dir / "spectra"
     loglam = NATIVE_GRID.loglam
-    for i in range(n):
+    for i in tqdm(range(n), desc="write sample", unit="file", disable=not progress, mininterval=0.5):
         row = {key: values[i] for key, values in columns.items()}
         header = {"FIELD": int(field[i]), "MJD": int(mjd[i]), "CATID": int(catalogid[i]), "RUN2D": RUN2D}
         write_sdss_spec(spectra_root / relative[i], loglam, sample["flux"][i], sample["ivar"][i], sample["mask"][i],
@@ -70,6 +72,6 @@ def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: 
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = out_dir / "dr18.fits"
     if not catalog.exists():
-        make_sample(out_dir, n_objects, seed)
+        make_sample(out_dir, n_objects, seed, progress)
     return run(RunSettings(catalog=catalog, survey="sdss_dr18", spectra_root=out_dir / "spectra",
                            scheduler=scheduler, progress=progress))

@@ -77,3 +77,14 @@ def test_not_hdf5(tmp_path):
     path.write_text("hello")
     with pytest.raises(StoreError, match="not a readable HDF5"):
         open_store(path)
+
+
+def test_zero_ivar_everywhere_is_no_usable_pixels(tmp_path):
+    loglam = 3.595 + 1e-4 * np.arange(420)
+    path = write_sdss_spec(tmp_path / "zero.fits", loglam, np.ones(420, np.float32), np.zeros(420, np.float32),
+                           np.zeros(420, bool), {"CLASS": "STAR"})
+    store = tmp_path / "s.h5"
+    create_store(store, ["a"], [str(path)], GRID)
+    counts = ingest(store, [str(path)], scheduler="sync")
+    assert counts["NO_USABLE_PIXELS"] == 1
+    assert "0 usable pixels" in read_status(store)[1][0]
