@@ -34,6 +34,7 @@ class Preset:
 BACKBONES = {
     "vit-micro": Preset(32, 1, 2, 64, patch_size=32),
     "vit-tiny": Preset(128, 4, 4, 512),
+    "vit-tiny-p32": Preset(128, 4, 4, 512, patch_size=32),
     "vit-small": Preset(384, 12, 6, 1536),
 }
 PRETRAINED = ("facebook/dino-vitb16", "facebook/dino-vits16", "google/vit-base-patch16-224-in21k")

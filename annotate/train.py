@@ -111,7 +111,8 @@ def load_training_data(recipe: Recipe, grid: WavelengthGrid) -> dict:
 def split_by_object(objects: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """(n,) array of 'train'/'val'/'test', all rows of one object in the same split (seeded)."""
     unique = np.unique(objects)
-    rng = np.random.default_rng(seed)
+    # a stream of its own: default_rng(seed) would repeat the simulator's draws for the same seed
+    rng = np.random.default_rng([seed, 0x53504C54])
     draw = rng.random(len(unique))
     assign = np.where(draw < test_fraction, "test", np.where(draw < test_fraction + val_fraction, "val", "train"))
     lookup = dict(zip(unique.tolist(), assign))

@@ -57,6 +57,8 @@ class SimulationSettings:
     flux_level: tuple = (1.0, 50.0)
     resolution_sigma_kms: float = 69.0
     edge_mask_probability: float = 0.15
+    blue_mask_probability: float = 0.4
+    observed_blue_aa: float = 3600.0
 
 
 def loguniform(rng: np.random.Generator, low: float, high: float, size=None):
@@ -121,7 +123,13 @@ def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settin
 def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings):
     """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines."""
     z = rng.uniform(*settings.z_galaxy)
-    old, young = rng.integers(0, lib.n_gal, size=2)
+    # populations whose rest-frame coverage reaches the blue end observed at this z, where any do
+    # (the MaNGA sets start at 3000-3622 Å, so at higher z the blue end stays masked)
+    blue_end = np.log10(settings.observed_blue_aa / (1.0 + z))
+    usable = np.flatnonzero(lib.gal_first_loglam <= blue_end + 1e-4)
+    if usable.size == 0:
+        usable = np.flatnonzero(lib.gal_first_loglam <= lib.gal_first_loglam.min() + 1e-4)
+    old, young = rng.choice(usable, size=2)
     weight = rng.uniform(0.0, 0.6) if rng.random() < 0.6 else 0.0
     flux = (1 - weight) * lib.gal_flux[old].astype(np.float64) + weight * lib.gal_flux[young]
     step = lib.gal_loglam[1] - lib.gal_loglam[0]
@@ -232,18 +240,22 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
             loglam, flux, z, labels = quasar_rest(rng, settings)
         out["z"][i], out["template"][i] = z, labels["template"]
         flux_obs, ivar, mask = observe(loglam, flux, z, grid, out["snr"][i], out["flux_level"][i], rng)
-        mask = mask | edge_mask(grid.n_pix, rng, settings.edge_mask_probability)
+        mask = mask | edge_mask(grid.n_pix, rng, settings.edge_mask_probability, settings.blue_mask_probability)
         out["flux"][i], out["ivar"][i], out["mask"][i] = np.where(mask, 0, flux_obs), np.where(mask, 0, ivar), mask
     out["template"] = out["template"].astype(str)
     return out
 
 
-def edge_mask(n_pix: int, rng: np.random.Generator, probability: float) -> np.ndarray:
+def edge_mask(n_pix: int, rng: np.random.Generator, probability: float, blue_probability: float = 0.0) -> np.ndarray:
     """Random unusable stretches at either end (as real spectra have), so that a masked edge is
-    never a give-away of the class or redshift."""
+    never a give-away of the class or redshift: short ones at either end with `probability`, and
+    with `blue_probability` a blue-end stretch of up to a third of the spectrum, as long as the
+    stretch a galaxy at the top of its redshift range has no template for."""
     mask = np.zeros(n_pix, bool)
     if rng.random() < probability:
         mask[: rng.integers(1, n_pix // 8)] = True
     if rng.random() < probability:
         mask[n_pix - rng.integers(1, n_pix // 8):] = True
+    if rng.random() < blue_probability:
+        mask[: rng.integers(1, n_pix // 3)] = True
     return mask

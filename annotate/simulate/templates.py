@@ -30,6 +30,11 @@ class TemplateLibrary:
     gal_set: np.ndarray
 
     @property
+    def gal_first_loglam(self) -> np.ndarray:
+        """(n_gal,) log10 of each population's first rest wavelength with data."""
+        return self.gal_loglam[np.argmax(np.isfinite(self.gal_flux), axis=1)]
+
+    @property
     def n_star(self) -> int:
         return self.star_flux.shape[0]
 
