@@ -58,7 +58,7 @@ class SimulationSettings:
     resolution_sigma_kms: float = 69.0
     edge_mask_probability: float = 0.15
     blue_mask_probability: float = 0.4
-    observed_blue_aa: float = 3600.0
+    observed_range_aa: tuple = (3600.0, 10400.0)
 
 
 def loguniform(rng: np.random.Generator, low: float, high: float, size=None):
@@ -123,12 +123,12 @@ def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settin
 def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings):
     """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines."""
     z = rng.uniform(*settings.z_galaxy)
-    # populations whose rest-frame coverage reaches the blue end observed at this z, where any do
-    # (the MaNGA sets start at 3000-3622 Å, so at higher z the blue end stays masked)
-    blue_end = np.log10(settings.observed_blue_aa / (1.0 + z))
-    usable = np.flatnonzero(lib.gal_first_loglam <= blue_end + 1e-4)
-    if usable.size == 0:
-        usable = np.flatnonzero(lib.gal_first_loglam <= lib.gal_first_loglam.min() + 1e-4)
+    # populations that cover the rest-frame range observed at this z, as far as any does (the
+    # MaNGA sets start at 3000-3622 Å, so at higher z the blue end stays masked)
+    blue_end = np.log10(settings.observed_range_aa[0] / (1.0 + z))
+    red_end = np.log10(settings.observed_range_aa[1] / (1.0 + z))
+    missing = (np.clip(lib.gal_first_loglam - blue_end, 0, None) + np.clip(red_end - lib.gal_last_loglam, 0, None))
+    usable = np.flatnonzero(missing <= missing.min() + 0.005)  # within 50 pixels of the best
     old, young = rng.choice(usable, size=2)
     weight = rng.uniform(0.0, 0.6) if rng.random() < 0.6 else 0.0
     flux = (1 - weight) * lib.gal_flux[old].astype(np.float64) + weight * lib.gal_flux[young]

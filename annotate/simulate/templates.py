@@ -35,6 +35,11 @@ class TemplateLibrary:
         return self.gal_loglam[np.argmax(np.isfinite(self.gal_flux), axis=1)]
 
     @property
+    def gal_last_loglam(self) -> np.ndarray:
+        """(n_gal,) log10 of each population's last rest wavelength with data."""
+        return self.gal_loglam[-1 - np.argmax(np.isfinite(self.gal_flux[:, ::-1]), axis=1)]
+
+    @property
     def n_star(self) -> int:
         return self.star_flux.shape[0]
 

@@ -1,0 +1,99 @@
+"""The simulator: redshifting, noise, line positions, class mixes and masks."""
+
+import numpy as np
+import pytest
+
+from annotate import CLASS_NAMES
+from annotate.grid import WavelengthGrid
+from annotate.simulate.spectra import (
+    SimulationSettings, add_lines, draw_sample, galaxy_rest, lyman_transmission, observe, quasar_rest,
+)
+from annotate.simulate.templates import load_library
+
+GRID = WavelengthGrid()
+
+
+def test_observe_puts_a_rest_line_at_its_redshifted_wavelength():
+    rest_loglam = np.arange(np.log10(2000), np.log10(8000), 1e-4)
+    flux = add_lines(rest_loglam, np.ones_like(rest_loglam), [("line", 5000.0, 0)], [200.0], 100.0)
+    observed, ivar, mask = observe(rest_loglam, flux, 0.5, GRID, snr=1e6, flux_level=10.0,
+                                   rng=np.random.default_rng(0))
+    peak = GRID.wavelength[np.argmax(observed)]
+    assert peak == pytest.approx(7500.0, rel=2e-4)
+    assert not mask[(GRID.wavelength > 3700) & (GRID.wavelength < 11900)].any()
+
+
+def test_observe_noise_matches_the_requested_snr():
+    rest_loglam = np.arange(np.log10(3000), np.log10(11000), 1e-4)
+    flux = np.ones_like(rest_loglam)
+    observed, ivar, mask = observe(rest_loglam, flux, 0.0, GRID, snr=10.0, flux_level=5.0, rng=np.random.default_rng(1))
+    good = ~mask
+    assert np.median(observed[good]) == pytest.approx(5.0, rel=0.02)
+    assert np.median(observed[good] * np.sqrt(ivar[good])) == pytest.approx(10.0, rel=0.05)
+    # the scatter agrees with the stated ivar
+    pull = (observed[good] - 5.0) * np.sqrt(ivar[good])
+    assert np.std(pull) == pytest.approx(1.0, rel=0.05)
+
+
+def test_lyman_forest_absorbs_more_at_higher_redshift():
+    rest = np.linspace(1050, 1300, 2000)
+    low = lyman_transmission(rest, 2.0, np.random.default_rng(0))
+    high = lyman_transmission(rest, 4.0, np.random.default_rng(0))
+    forest = rest < 1215.67
+    assert (low[~forest] == 1).all()
+    # mean τ_eff(z=3) = 0.0018·4^3.92 ≈ 0.41 → <T> ≈ 0.67 near 1200 Å for a z=2 source: between 0.5 and 0.95
+    assert 0.5 < low[forest].mean() < 0.95
+    assert high[forest].mean() < low[forest].mean() - 0.2
+
+
+def test_quasar_has_its_broad_lines_in_the_rest_frame():
+    loglam, flux, z, labels = quasar_rest(np.random.default_rng(3), SimulationSettings(), z=2.5)
+    wave = 10**loglam
+    for centre in (1549.06, 2798.75, 4862.68):
+        near = np.abs(wave - centre) < 20
+        side = (np.abs(wave - centre) > 150) & (np.abs(wave - centre) < 200)
+        assert flux[near].max() > 1.1 * np.median(flux[side])
+    assert z == 2.5 and labels["template"] == "powerlaw+lines"
+
+
+def test_galaxy_uses_populations_that_cover_its_blue_end():
+    lib = load_library()
+    low_z = SimulationSettings(z_galaxy=(0.15, 0.15))
+    for seed in range(5):
+        _, _, z, labels = galaxy_rest(lib, np.random.default_rng(seed), low_z)
+        # rest blue end 3600/1.15 = 3130 Å: only the M11 MARCS set (from 3000 Å) reaches it
+        assert labels["template"].split("+") == ["m11_marcs", "m11_marcs"]
+    # at z = 0.02 the observed 3600-10400 Å is rest 3529-10196 Å: M11 (3000-12000 Å) covers it all,
+    # MaStar SSPs (from 3622 Å) miss 110 blue pixels and BC03 (to 9294 Å) 400 red ones
+    for seed in range(5):
+        _, flux, _, labels = galaxy_rest(lib, np.random.default_rng(seed), SimulationSettings(z_galaxy=(0.02, 0.02)))
+        assert "bc03_mpajhu" not in labels["template"]
+        rest = (lib.gal_loglam >= np.log10(3650 / 1.02)) & (lib.gal_loglam <= np.log10(10300 / 1.02))
+        assert np.isfinite(flux[rest]).all()
+
+
+def test_sample_classes_labels_and_masks():
+    lib = load_library()
+    sample = draw_sample(300, lib, GRID, seed=5)
+    classes = sample["class"]
+    counts = {name: int((classes == name).sum()) for name in CLASS_NAMES}
+    assert sum(counts.values()) == 300 and min(counts.values()) > 50
+    stars = classes == "STAR"
+    assert np.isfinite(sample["teff"][stars]).mean() > 0.95 and np.isnan(sample["teff"][~stars]).all()
+    assert np.abs(sample["z"][stars]).max() < 0.002  # radial velocities of a few hundred km/s
+    assert sample["z"][classes == "QSO"].max() > 1.5
+    assert (sample["flux"][sample["mask"]] == 0).all() and (sample["ivar"][sample["mask"]] == 0).all()
+    assert (sample["ivar"][~sample["mask"]] > 0).all()
+    # galaxies lose their blue end more often than the other classes, but not always
+    blue_masked = sample["mask"][:, :300].all(axis=1)
+    for name in CLASS_NAMES:
+        assert 0.1 < blue_masked[classes == name].mean() < 0.9
+
+
+def test_sample_is_reproducible_and_star_indices_are_respected():
+    lib = load_library()
+    a = draw_sample(40, lib, GRID, seed=9, star_indices=np.array([10, 11]))
+    b = draw_sample(40, lib, GRID, seed=9, star_indices=np.array([10, 11]))
+    assert np.array_equal(a["flux"], b["flux"])
+    stars = a["class"] == "STAR"
+    assert set(a["template"][stars]) <= {str(lib.star_name[10]), str(lib.star_name[11])}
