@@ -167,7 +167,7 @@ def ingest_rows(task: dict) -> dict:
             out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], "no spectrum path for this row"
             continue
         try:
-            spectrum = read_spectrum(path, task["reader"])
+            spectrum = read_spectrum(path, task["reader"], labels=False)
         except SpectrumError as exc:
             out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], str(exc)
             continue

@@ -76,10 +76,17 @@ def default_output_path(catalog: str | Path) -> Path:
     return catalog.with_name(name + ".annotated.fits")
 
 
+CHUNK_BYTES = 32 * 2**20
+BLOCK = 2880
+
+
 def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: dict, hdu_index: int = 1) -> Path:
     """Copy `catalog` to `out` with the prediction `columns` added to table HDU `hdu_index`.
 
-    provenance: FITS keyword -> (value, comment), added to that HDU's header.
+    provenance: FITS keyword -> (value, comment), added to that HDU's header. Rows stream through
+    in chunks of CHUNK_BYTES, so memory stays flat in the number of rows; other HDUs are copied
+    byte for byte. A compressed input, or a table with variable-length arrays (a heap), goes
+    through astropy's in-memory writer instead.
     """
     catalog, out = Path(catalog), Path(out)
     if out.resolve() == catalog.resolve():
@@ -90,24 +97,17 @@ def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: 
         raise OutputError(f"output directory is not writable: {out.parent}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with fits.open(catalog, memmap=True) as hdul:
+        with fits.open(catalog, memmap=True, lazy_load_hdus=False) as hdul:
             table = hdul[hdu_index]
-            kept = [col for col in table.columns if col.name.upper() not in {c.name for c in OUTPUT_COLUMNS}]
-            new = [fits.Column(spec.name, spec.fits_format, unit=spec.unit or None, array=columns[spec.name])
-                   for spec in OUTPUT_COLUMNS]
-            header = table.header.copy()
-            for key in [k for k in header if k.startswith(("ANN", "PFLAG"))]:
-                del header[key]
-            new_table = fits.BinTableHDU.from_columns(fits.ColDefs(kept) + fits.ColDefs(new), header=header,
-                                                      name=table.name)
-            for i, name in enumerate(new_table.columns.names, start=1):
-                spec = next((s for s in OUTPUT_COLUMNS if s.name == name), None)
-                if spec is not None:
-                    new_table.header.comments[f"TTYPE{i}"] = spec.comment
-            for key, (value, comment) in provenance.items():
-                new_table.header[key] = (value, comment)
-            hdus = [h if i != hdu_index else new_table for i, h in enumerate(hdul)]
-            fits.HDUList(hdus).writeto(tmp, overwrite=False, output_verify="silentfix")
+            if not isinstance(table, fits.BinTableHDU):
+                raise OutputError(f"{catalog}: HDU {hdu_index} is not a binary table")
+            streamable = not catalog.name.lower().endswith((".gz", ".bz2", ".zip")) and \
+                table.header.get("PCOUNT", 0) == 0 and table.header.get("THEAP") is None
+            header = _output_header(table, columns, provenance)
+            if streamable:
+                _stream_copy(catalog, tmp, hdul, hdu_index, header, columns)
+            else:
+                _astropy_copy(hdul, hdu_index, header, columns, tmp)
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -116,6 +116,118 @@ def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: 
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _kept_columns(table: fits.BinTableHDU) -> list:
+    """The input's columns except earlier PRED_* ones (which are replaced, not duplicated)."""
+    replaced = {c.name for c in OUTPUT_COLUMNS}
+    return [col for col in table.columns if col.name.upper() not in replaced]
+
+
+def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> fits.Header:
+    """The table header with the kept columns, the PRED_* columns (units, comments) and the
+    provenance cards; NAXIS2 as the input's. Checksums of the input no longer apply and go."""
+    n_rows = table.header["NAXIS2"]
+    for name, values in columns.items():
+        if len(values) != n_rows:
+            raise OutputError(f"column {name} has {len(values)} values for {n_rows} catalog rows")
+    header = table.header.copy()
+    for key in [k for k in header if k.startswith(("ANN", "PFLAG")) or k in ("CHECKSUM", "DATASUM")]:
+        del header[key]
+    kept = [fits.Column(name=c.name, format=c.format, unit=c.unit, null=c.null, bscale=c.bscale, bzero=c.bzero,
+                        disp=c.disp, dim=c.dim, coord_type=c.coord_type, coord_unit=c.coord_unit,
+                        coord_ref_point=c.coord_ref_point, coord_ref_value=c.coord_ref_value,
+                        coord_inc=c.coord_inc, time_ref_pos=c.time_ref_pos) for c in _kept_columns(table)]
+    new = [fits.Column(spec.name, spec.fits_format, unit=spec.unit or None) for spec in OUTPUT_COLUMNS]
+    shell = fits.BinTableHDU.from_columns(fits.ColDefs(kept + new), header=header, nrows=0, name=table.name)
+    out = shell.header
+    out["NAXIS2"] = n_rows
+    for i, name in enumerate(shell.columns.names, start=1):
+        spec = next((s for s in OUTPUT_COLUMNS if s.name == name), None)
+        if spec is not None:
+            out.comments[f"TTYPE{i}"] = spec.comment
+    for key, (value, comment) in provenance.items():
+        out[key] = (value, comment)
+    return out
+
+
+def _encode(spec: OutputColumn, values: np.ndarray) -> np.ndarray:
+    """(m, width) uint8: the FITS big-endian bytes of one output column for m rows."""
+    values = np.asarray(values)
+    if spec.fits_format.endswith("A"):
+        width = int(spec.fits_format[:-1])
+        raw = np.char.encode(values.astype(f"U{width}"), "ascii").astype(f"S{width}")
+    elif spec.fits_format == "L":
+        raw = np.where(values.astype(bool), ord("T"), ord("F")).astype(np.uint8)
+    else:
+        raw = values.astype({"E": ">f4", "D": ">f8", "J": ">i4"}[spec.fits_format])
+    return np.ascontiguousarray(raw).view(np.uint8).reshape(len(values), -1)
+
+
+def _stream_copy(catalog: Path, tmp: Path, hdul: fits.HDUList, hdu_index: int, header: fits.Header,
+                 columns: dict) -> None:
+    table = hdul[hdu_index]
+    info = hdul.fileinfo(hdu_index)
+    row_in = table.header["NAXIS1"]
+    n_rows = table.header["NAXIS2"]
+    kept_names = {c.name for c in _kept_columns(table)}
+    # byte ranges of the kept columns inside an input row, merged where adjacent
+    spans = []
+    for col, offset in zip(table.columns, _column_offsets(table)):
+        if col.name in kept_names:
+            width = table.columns.dtype.fields[col.name][0].itemsize
+            if spans and spans[-1][1] == offset:
+                spans[-1][1] = offset + width
+            else:
+                spans.append([offset, offset + width])
+    row_out = header["NAXIS1"]
+    chunk_rows = max(1, CHUNK_BYTES // max(row_in, row_out))
+    with open(catalog, "rb") as src, open(tmp, "xb") as dst:
+        _copy_range(src, dst, 0, info["hdrLoc"])
+        dst.write(header.tostring().encode("ascii"))
+        src.seek(info["datLoc"])
+        for start in range(0, n_rows, chunk_rows):
+            m = min(chunk_rows, n_rows - start)
+            raw = np.frombuffer(src.read(m * row_in), np.uint8).reshape(m, row_in)
+            rows = np.empty((m, row_out), np.uint8)
+            at = 0
+            for lo, hi in spans:
+                rows[:, at:at + hi - lo] = raw[:, lo:hi]
+                at += hi - lo
+            for spec in OUTPUT_COLUMNS:
+                encoded = _encode(spec, columns[spec.name][start:start + m])
+                rows[:, at:at + encoded.shape[1]] = encoded
+                at += encoded.shape[1]
+            dst.write(rows.tobytes())
+        written = n_rows * row_out
+        dst.write(b"\0" * (-written % BLOCK))
+        _copy_range(src, dst, info["datLoc"] + info["datSpan"], None)
+
+
+def _column_offsets(table: fits.BinTableHDU) -> list:
+    return [table.columns.dtype.fields[name][1] for name in table.columns.names]
+
+
+def _copy_range(src, dst, start: int, end: int | None) -> None:
+    src.seek(start)
+    remaining = None if end is None else end - start
+    while remaining is None or remaining > 0:
+        block = src.read(CHUNK_BYTES if remaining is None else min(CHUNK_BYTES, remaining))
+        if not block:
+            break
+        dst.write(block)
+        if remaining is not None:
+            remaining -= len(block)
+
+
+def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, columns: dict, tmp: Path) -> None:
+    table = hdul[hdu_index]
+    new = [fits.Column(spec.name, spec.fits_format, unit=spec.unit or None, array=columns[spec.name])
+           for spec in OUTPUT_COLUMNS]
+    new_table = fits.BinTableHDU.from_columns(fits.ColDefs(_kept_columns(table)) + fits.ColDefs(new),
+                                              header=header, name=table.name)
+    hdus = [h if i != hdu_index else new_table for i, h in enumerate(hdul)]
+    fits.HDUList(hdus).writeto(tmp, overwrite=False, output_verify="silentfix")
 
 
 def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int) -> dict:

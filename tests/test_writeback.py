@@ -86,3 +86,63 @@ def test_unwritable_directory(tmp_path):
     catalog = _catalog(tmp_path / "cat.fits")
     with pytest.raises(OutputError, match="does not exist"):
         write_fits(catalog, tmp_path / "nope" / "x.fits", _columns(), {})
+
+
+def _wide_catalog(path, n=1000, compress=False):
+    """Columns of every kind a catalog has: unsigned (TZERO), strings, arrays, bools, and an old
+    PRED_Z in the middle that a rerun must drop."""
+    rng = np.random.default_rng(0)
+    table = fits.BinTableHDU.from_columns([
+        fits.Column("CATALOGID", "K", array=np.arange(n, dtype=np.int64) + 27021600000000000),
+        fits.Column("FLAGS", "J", bzero=2**31, array=rng.integers(0, 2**32 - 1, n, dtype=np.uint32)),
+        fits.Column("PRED_Z", "D", array=np.full(n, -1.0)),
+        fits.Column("CLASS", "6A", array=np.array(["GALAXY", "QSO", "STAR"])[rng.integers(0, 3, n)]),
+        fits.Column("MAGS", "5E", array=rng.normal(size=(n, 5)).astype(np.float32)),
+        fits.Column("GOOD", "L", array=rng.random(n) < 0.5),
+    ], name="SPALL")
+    fits.HDUList([fits.PrimaryHDU(), table, fits.ImageHDU(np.arange(6.0).reshape(2, 3), name="EXTRA")]).writeto(path)
+    if compress:
+        import gzip
+        gz = path.with_name(path.name + ".gz")
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        return gz
+    return path
+
+
+def _random_columns(n, seed=1):
+    rng = np.random.default_rng(seed)
+    prob = rng.dirichlet(np.ones(3), n)
+    prob[::7] = np.nan
+    flags = np.where(np.isnan(prob[:, 0]), int(PredFlag.NO_SPECTRUM), 0)
+    pred = {"prob": prob, "z": rng.uniform(0, 3, n), "z_err": rng.uniform(0, 0.1, n),
+            "teff": rng.uniform(3000, 9000, n), "logg": rng.uniform(0, 5, n), "feh": rng.uniform(-2, 0.5, n)}
+    reference = {"class": np.array(["GALAXY", "QSO", "STAR"], dtype=object)[rng.integers(0, 3, n)],
+                 "z": rng.uniform(0, 3, n)}
+    return prediction_columns(pred, reference, flags)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["streamed", "gzip-via-astropy"])
+def test_every_column_kind_survives_in_chunks(tmp_path, monkeypatch, compress):
+    import annotate.writeback as writeback
+
+    monkeypatch.setattr(writeback, "CHUNK_BYTES", 4096)  # many chunks, with a short last one
+    n = 1000
+    catalog = _wide_catalog(tmp_path / "wide.fits", n, compress)
+    columns = _random_columns(n)
+    out = write_fits(catalog, tmp_path / "out.fits", columns, provenance_cards("m", "0" * 64, "2dmap", "s", 0))
+    with fits.open(catalog) as a, fits.open(out, checksum=False) as b:
+        assert b[1].columns.names == ["CATALOGID", "FLAGS", "CLASS", "MAGS", "GOOD"] + [c.name for c in OUTPUT_COLUMNS]
+        for name in ("CATALOGID", "FLAGS", "CLASS", "MAGS", "GOOD"):
+            np.testing.assert_array_equal(b[1].data[name], a[1].data[name])
+        assert b[1].data["FLAGS"].dtype.kind == "u"
+        for name, values in columns.items():
+            got = b[1].data[name]
+            if values.dtype.kind in "fc":
+                np.testing.assert_allclose(got, values, rtol=1e-7, equal_nan=True)
+            else:
+                np.testing.assert_array_equal(np.asarray(got).astype(values.dtype), values)
+        np.testing.assert_array_equal(b["EXTRA"].data, a["EXTRA"].data)
+        assert b[1].header["NAXIS2"] == n
+    # the file is valid FITS to astropy's verifier
+    with fits.open(out) as hdul:
+        hdul.verify("exception")

@@ -42,16 +42,20 @@ class Loader:
     identify: Callable[[fits.HDUList], bool]
     read: Callable[[fits.HDUList], Spectrum]
     priority: int = 0
+    # optional fast path from a file path, without labels; returns None where it cannot read the file
+    read_path: Callable[[Path], "Spectrum | None"] | None = None
 
 
 _LOADERS: dict[str, Loader] = {}
 
 
-def register(name: str, identify: Callable[[fits.HDUList], bool], priority: int = 0):
-    """Decorator registering `read(hdul) -> Spectrum` as the loader `name`."""
+def register(name: str, identify: Callable[[fits.HDUList], bool], priority: int = 0,
+             read_path: Callable[[Path], "Spectrum | None"] | None = None):
+    """Decorator registering `read(hdul) -> Spectrum` as the loader `name`; `read_path`, when
+    given, reads flux, ivar and mask without astropy (and without labels) for bulk ingest."""
 
     def decorate(read):
-        _LOADERS[name] = Loader(name, identify, read, priority)
+        _LOADERS[name] = Loader(name, identify, read, priority, read_path)
         return read
 
     return decorate
@@ -72,14 +76,26 @@ def identify_loader(hdul: fits.HDUList) -> Loader:
     raise SpectrumError(f"no reader recognises this file (known formats: {', '.join(loader_names())})")
 
 
-def read_spectrum(path: str | Path, loader: str | None = None) -> Spectrum:
+def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = True) -> Spectrum:
     """Read one spectrum file (FITS, optionally gzip-compressed) with the named or identified loader.
 
-    Raises SpectrumError with a one-line reason for a missing, truncated or unrecognised file.
+    labels=False lets a named loader take its fast path (no astropy, no pipeline labels) where it
+    has one and the file allows. Raises SpectrumError with a one-line reason for a missing,
+    truncated or unrecognised file.
     """
     path = Path(path)
     if not path.is_file():
         raise SpectrumError(f"spectrum file not found: {path}")
+    fast = _LOADERS[loader].read_path if not labels and loader in _LOADERS else None
+    if fast is not None:
+        try:
+            spectrum = fast(path)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise SpectrumError(f"{path}: unreadable FITS ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+        except SpectrumError as exc:
+            raise SpectrumError(f"{path}: {exc}") from None
+        if spectrum is not None:
+            return validate(spectrum)
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
             if loader is None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
+from pathlib import Path
+
 from . import Spectrum, register, table_column
+from .rawfits import read_table
 from ..errors import SpectrumError
 
 # SPPIXMASK bits (idlutils sdssMaskbits.par) that mean the pixel holds no usable data.
@@ -29,17 +32,32 @@ def identify(hdul: fits.HDUList) -> bool:
     return {"flux", "loglam", "ivar"} <= names
 
 
-@register("sdss_spec", identify, priority=10)
+def read_path(path: Path) -> Spectrum | None:
+    """The COADD HDU without astropy (see rawfits); None where the file needs astropy."""
+    columns = read_table(path, "COADD")
+    if columns is None or not {"loglam", "flux", "ivar"} <= set(columns):
+        return None
+    return _spectrum(lambda name: columns[name], len(columns["flux"]), {})
+
+
+@register("sdss_spec", identify, priority=10, read_path=read_path)
 def read(hdul: fits.HDUList) -> Spectrum:
     if "COADD" not in hdul and len(hdul) < 2:
         raise SpectrumError("no COADD HDU")
     table = _coadd(hdul).data
-    if table is None or len(table) == 0:
+    if table is None:
+        raise SpectrumError("COADD HDU is empty")
+    return _spectrum(lambda name: table_column(table, name), len(table), _labels(hdul))
+
+
+def _spectrum(column, n_rows: int, labels: dict) -> Spectrum:
+    """Spectrum from a column getter (lower-case name -> array) of a COADD table."""
+    if n_rows == 0:
         raise SpectrumError("COADD HDU is empty")
     try:
-        loglam = table_column(table, "loglam").astype(np.float64)
-        flux = table_column(table, "flux").astype(np.float32)
-        ivar = table_column(table, "ivar").astype(np.float32)
+        loglam = np.asarray(column("loglam"), dtype=np.float64)
+        flux = np.asarray(column("flux"), dtype=np.float32)
+        ivar = np.asarray(column("ivar"), dtype=np.float32)
     except (ValueError, TypeError) as exc:
         raise SpectrumError(f"COADD columns have the wrong type ({exc})") from None
     if loglam.ndim != 1:
@@ -47,11 +65,11 @@ def read(hdul: fits.HDUList) -> Spectrum:
     if np.nanmedian(loglam) > 10:
         raise SpectrumError("LOGLAM holds wavelengths in Å, not log10(Å)")
     try:
-        and_mask = table_column(table, "and_mask").astype(np.int64)
+        and_mask = np.asarray(column("and_mask")).astype(np.int64)
         bad = (and_mask & BAD_PIXEL_BITS) != 0
-    except SpectrumError:
+    except (SpectrumError, KeyError):
         bad = np.zeros(flux.shape, dtype=bool)
-    return Spectrum(10.0**loglam, flux, ivar, bad, labels=_labels(hdul))
+    return Spectrum(10.0**loglam, flux, ivar, bad, labels=labels)
 
 
 def _labels(hdul: fits.HDUList) -> dict:

@@ -86,3 +86,47 @@ def test_file_without_coadd_is_not_recognised(tmp_path):
     fits.PrimaryHDU(np.zeros((3, 3))).writeto(path)
     with pytest.raises(SpectrumError, match="no reader"):
         read_spectrum(path)
+
+
+@pytest.mark.parametrize("name", ["NGC3522_SDSS_DR18.fits", "NGC3073_SDSS_DR18.fits"])
+def test_fast_path_reads_the_real_files_exactly_as_astropy(ppxf_spectra, name):
+    from annotate.readers.sdss import read_path
+
+    assert read_path(ppxf_spectra / name) is not None  # the fast path, not a fallback
+    slow = read_spectrum(ppxf_spectra / name, "sdss_spec")
+    fast = read_spectrum(ppxf_spectra / name, "sdss_spec", labels=False)
+    for field in ("wavelength", "flux", "ivar", "bad"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))
+    assert fast.labels == {} and slow.labels["Z"] > 0
+
+
+def test_fast_path_falls_back_to_astropy_for_gzip_and_scaled_columns(ppxf_spectra, tmp_path):
+    from annotate.readers.sdss import read_path
+
+    source = ppxf_spectra / "NGC3522_SDSS_DR18.fits"
+    gz = tmp_path / "spec.fits.gz"
+    with open(source, "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    assert read_path(gz) is None
+    np.testing.assert_array_equal(read_spectrum(gz, "sdss_spec", labels=False).flux,
+                                  read_spectrum(source).flux)
+    # an integer and_mask stored with TZERO (unsigned) needs astropy's scaling
+    n = 100
+    coadd = fits.BinTableHDU.from_columns([
+        fits.Column("flux", "E", array=np.ones(n, np.float32)),
+        fits.Column("loglam", "E", array=np.linspace(3.6, 3.9, n).astype(np.float32)),
+        fits.Column("ivar", "E", array=np.ones(n, np.float32)),
+        fits.Column("and_mask", "J", bzero=2**31, array=np.where(np.arange(n) < 10, 1 << 24, 0).astype(np.uint32)),
+    ], name="COADD")
+    path = tmp_path / "scaled.fits"
+    fits.HDUList([fits.PrimaryHDU(), coadd]).writeto(path)
+    assert read_path(path) is None
+    assert read_spectrum(path, "sdss_spec", labels=False).bad.sum() == 10
+
+
+def test_fast_path_reports_a_truncated_file(ppxf_spectra, tmp_path):
+    data = (ppxf_spectra / "NGC3522_SDSS_DR18.fits").read_bytes()
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(data[: 2880 * 3])
+    with pytest.raises(SpectrumError, match="cut.fits"):
+        read_spectrum(cut, "sdss_spec", labels=False)
