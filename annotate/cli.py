@@ -18,6 +18,7 @@ EXAMPLES = {
     "demo": "annotate demo --out annotate-demo",
     "run": "annotate run --catalog dr18.fits --survey sdss_dr18 --spectra-root /data/sdss/spectro/redux",
     "train": "annotate train --recipe training/demo.yaml --out runs/demo",
+    "bench": "annotate bench --quick --out bench.json",
 }
 
 
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     train = command("train", "fine-tune a model from a training recipe")
     train.add_argument("--recipe", type=Path, required=True, help="recipe YAML (see training/)")
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
+
+    bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
+    bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
+    bench.add_argument("--steps", nargs="+", default=["ingest", "render", "end_to_end", "writeback"],
+                       choices=["ingest", "render", "end_to_end", "writeback"], help="steps to measure")
+    bench.add_argument("--out", type=Path, help="also write the results as JSON here")
+    bench.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system's)")
     return parser
 
 
@@ -119,7 +127,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train}
+def _cmd_bench(args) -> int:
+    from .bench import format_table, machine, run_bench
+
+    rows = run_bench(quick=args.quick, steps=tuple(args.steps), out=args.out, workdir=args.workdir)
+    print(f"machine: {machine()}")
+    print(format_table(rows))
+    if args.out:
+        print(f"results: {args.out}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

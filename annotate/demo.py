@@ -42,6 +42,8 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
     zwarning = np.where(rng.random(n) < 0.03, 4, 0).astype(np.int32)  # a few SMALL_DELTA_CHI2 rows
     is_star = sample["class"] == "STAR"
     columns = {
+        # spAll-v6_0_4 SPECOBJID is an int64; these are unique, not the survey's bit packing
+        "SPECOBJID": (field.astype(np.int64) << 40) + (mjd.astype(np.int64) << 16) + np.arange(n, dtype=np.int64),
         "FIELD": field, "MJD": mjd, "CATALOGID": catalogid, "RUN2D": np.array([RUN2D] * n),
         "FIBERID": (np.arange(n) % 500 + 1).astype(np.int32),
         "RACAT": rng.uniform(150.0, 160.0, n), "DECCAT": rng.uniform(0.0, 5.0, n),

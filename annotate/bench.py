@@ -1,0 +1,379 @@
+"""`annotate bench`: throughput and memory of each pipeline step beside the plain way of doing it.
+
+Every row is measured at three sizes, so that a cost that grows faster than the work shows. Rates
+are per core where the target is per core (the step runs in one process with one thread); the
+end-to-end row uses the whole machine. Peak memory is measured in a child process per case
+(`os.wait4` reports the child's own maximum RSS). Results print as a table and go to JSON.
+
+The baselines are what a user would write without this package:
+- ingest: an astropy loop opening each SDSS spec file and copying its COADD columns;
+- render: matplotlib drawing the same 2D Map as Spectromer does (figure 2.24 in at 100 dpi, imshow,
+  savefig to PNG);
+- end to end: the same model fed one PNG per spectrum (the paper's way);
+- write-back: `cp` of the input file, and astropy reading the whole table, appending the columns
+  and writing it all out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {"ingest": (200, 400, 800), "render": (1000, 2000, 4000), "end_to_end": (200, 400, 800),
+         "writeback": (10_000, 100_000, 1_000_000)}
+QUICK_SIZES = {"ingest": (20, 40, 80), "render": (100, 200, 400), "end_to_end": (30, 60, 120),
+               "writeback": (1_000, 2_000, 4_000)}
+BASELINE_LIMIT = {"render": 200, "end_to_end": 60}  # the slow baselines run on at most this many items
+
+
+@dataclass
+class Row:
+    step: str
+    unit: str
+    sizes: list = field(default_factory=list)
+    ours: list = field(default_factory=list)  # rate (items/s) or seconds, per size
+    baseline: list = field(default_factory=list)
+    baseline_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def ratio(self) -> list:
+        if self.unit.endswith("/s"):
+            return [o / b if b else float("nan") for o, b in zip(self.ours, self.baseline)]
+        return [b / o if o else float("nan") for o, b in zip(self.ours, self.baseline)]
+
+
+def _timed(func, *args, repeat: int = 1):
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = func(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+# ------------------------------------------------------------------------------------------------
+# ingest
+
+def _astropy_loop(paths: list[str]) -> int:
+    from astropy.io import fits
+
+    for path in paths:
+        with fits.open(path) as hdul:
+            coadd = hdul[1].data
+            for name in ("flux", "loglam", "ivar", "and_mask"):
+                np.array(coadd[name])
+    return len(paths)
+
+
+def _ingest_once(paths: list[str], workdir: Path) -> int:
+    from .grid import WavelengthGrid
+    from .store import create_store, ingest
+
+    store = workdir / f"bench-{time.monotonic_ns()}.h5"
+    create_store(store, np.arange(len(paths)), paths, WavelengthGrid())
+    counts = ingest(store, paths, reader="sdss_spec", scheduler="sync")
+    store.unlink()
+    return counts["OK"]
+
+
+def bench_ingest(sizes, workdir: Path) -> Row:
+    from .demo import make_sample
+    from .surveys import load_survey
+    from .pipeline import read_catalog
+
+    sample = workdir / "ingest"
+    catalog = make_sample(sample, max(sizes), seed=7)
+    survey = load_survey("sdss_dr18")
+    paths = [str(sample / "spectra" / p) for p in survey.spectrum_paths(read_catalog(catalog, survey))]
+    row = Row("ingest SDSS spec files (1 core)", "files/s", baseline_name="astropy loop over the same files")
+    _astropy_loop(paths[:10])  # warm the page cache and imports
+    for n in sizes:
+        seconds, ok = _timed(_ingest_once, paths[:n], workdir, repeat=2)
+        base, _ = _timed(_astropy_loop, paths[:n], repeat=2)
+        row.sizes.append(n)
+        row.ours.append(n / seconds)
+        row.baseline.append(n / base)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+def _synthetic_batch(n: int, n_pix: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    flux = (1.0 + 0.3 * np.sin(np.linspace(0, 20, n_pix))[None, :] + rng.normal(0, 0.2, (n, n_pix))).astype(np.float32)
+    mask = np.zeros((n, n_pix), bool)
+    mask[:, :50] = True
+    return flux, mask
+
+
+def matplotlib_2dmap_png(flux: np.ndarray, mask: np.ndarray, settings) -> bytes:
+    """The reference rendering of one spectrum: the 2D Map drawn and saved by matplotlib, as
+    Spectromer renders (figure 2.24 in, 100 dpi, no axes, savefig PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .render import normalise_flux
+
+    m, b = settings.blocks_per_side, settings.block_size
+    values = np.full(m * m, np.nan)
+    norm = normalise_flux(flux[None], mask[None], settings.normalise)[0]
+    values[: flux.size] = np.where(mask, np.nan, norm)
+    image = np.kron(values.reshape(m, m), np.ones((b, b)))
+    fig = plt.figure(figsize=(settings.image_size / 100, settings.image_size / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(image, cmap=settings.colormap, vmin=settings.flux_min, vmax=settings.flux_max, interpolation="nearest")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def bench_render(sizes) -> Row:
+    from .grid import WavelengthGrid
+    from .render import RenderSettings, render
+
+    settings = RenderSettings()
+    n_pix = WavelengthGrid().n_pix
+    row = Row("render 2D Map (1 core)", "spectra/s", baseline_name="matplotlib imshow + savefig PNG per spectrum")
+    for n in sizes:
+        flux, mask = _synthetic_batch(n, n_pix)
+        render(flux[:256], mask[:256], settings)  # warm-up: LUTs, allocator
+        seconds, _ = _timed(lambda: [render(flux[i:i + 256], mask[i:i + 256], settings) for i in range(0, n, 256)],
+                            repeat=3)
+        m = min(n, BASELINE_LIMIT["render"])
+        matplotlib_2dmap_png(flux[0], mask[0], settings)
+        base, _ = _timed(lambda: [matplotlib_2dmap_png(flux[i], mask[i], settings) for i in range(m)])
+        row.sizes.append(n)
+        row.ours.append(n / seconds)
+        row.baseline.append(m / base)
+    row.extra["not measured"] = "Simple and Overlap encodings are not implemented yet"
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end
+
+def _png_pipeline(catalog: Path, n: int) -> int:
+    """The paper's way: read each spectrum, render a PNG, decode it, run the model one batch."""
+    import torch
+    from PIL import Image
+
+    from .checkpoint import load_checkpoint
+    from .grid import resample
+    from .pipeline import read_catalog
+    from .readers import read_spectrum
+    from .surveys import load_survey
+
+    model, card = load_checkpoint(None, "cpu")
+    survey = load_survey("sdss_dr18")
+    paths = survey.spectrum_paths(read_catalog(catalog, survey))[:n]
+    images = []
+    for rel in paths:
+        spectrum = read_spectrum(catalog.parent / "spectra" / rel)
+        flux, _, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, card.grid)
+        png = matplotlib_2dmap_png(flux, mask, card.render)
+        images.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    with torch.no_grad():
+        for i in range(0, len(pixels), 64):
+            model(pixels[i:i + 64])
+    return len(images)
+
+
+def bench_end_to_end(sizes, workdir: Path) -> Row:
+    from .demo import make_sample
+    from .pipeline import RunSettings, run
+
+    row = Row(f"end-to-end annotate run ({os.cpu_count()} cores)", "spectra/s",
+              baseline_name="same model, one matplotlib PNG per spectrum")
+    for n in sizes:
+        folder = workdir / f"e2e-{n}"
+        catalog = make_sample(folder, n, seed=11)
+        settings = RunSettings(catalog=catalog, spectra_root=folder / "spectra", progress=False,
+                               out=folder / "out.fits", store=folder / "store.h5")
+        seconds, result = _timed(lambda: run(settings))
+        m = min(n, BASELINE_LIMIT["end_to_end"])
+        base, _ = _timed(_png_pipeline, catalog, m)
+        row.sizes.append(n)
+        row.ours.append(n / seconds)
+        row.baseline.append(m / base)
+        for path in (folder / "out.fits", folder / "store.h5"):
+            path.unlink(missing_ok=True)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# write-back: each case in a child process, for its own peak RSS
+
+def make_catalog(path: Path, n: int, seed: int = 0) -> Path:
+    """An spAll-like FITS table of n rows (about 150 bytes a row) for the write-back benchmark."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(seed)
+    columns = [
+        fits.Column("CATALOGID", "K", array=np.arange(n, dtype=np.int64) + 27021600000000000),
+        fits.Column("FIELD", "J", array=rng.integers(15000, 16000, n).astype(np.int32)),
+        fits.Column("MJD", "J", array=rng.integers(59000, 60500, n).astype(np.int32)),
+        fits.Column("RUN2D", "6A", array=np.array(["v6_0_4"] * n)),
+        fits.Column("RACAT", "D", array=rng.uniform(0, 360, n)),
+        fits.Column("DECCAT", "D", array=rng.uniform(-10, 80, n)),
+        fits.Column("CLASS", "6A", array=np.array(["GALAXY", "QSO", "STAR"])[rng.integers(0, 3, n)]),
+        fits.Column("SUBCLASS", "21A", array=np.array([""] * n)),
+        fits.Column("Z", "E", array=rng.uniform(0, 3, n).astype(np.float32)),
+        fits.Column("Z_ERR", "E", array=rng.uniform(0, 0.01, n).astype(np.float32)),
+        fits.Column("ZWARNING", "J", array=np.zeros(n, np.int32)),
+        fits.Column("SN_MEDIAN_ALL", "E", array=rng.uniform(1, 50, n).astype(np.float32)),
+        fits.Column("SPECTROFLUX", "5E", array=rng.uniform(0, 100, (n, 5)).astype(np.float32)),
+        fits.Column("XCSAO_TEFF", "E", array=rng.uniform(3000, 9000, n).astype(np.float32)),
+    ]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(columns, name="SPALL")]).writeto(path, overwrite=True)
+    return path
+
+
+def _prediction_columns(n: int) -> dict:
+    from .writeback import prediction_columns
+
+    rng = np.random.default_rng(1)
+    pred = {"prob": rng.dirichlet(np.ones(3), n), "z": rng.uniform(0, 3, n), "z_err": rng.uniform(0, 0.1, n),
+            "teff": rng.uniform(3000, 9000, n), "logg": rng.uniform(0, 5, n), "feh": rng.uniform(-2, 0.5, n)}
+    reference = {"class": np.array(["GALAXY", "QSO", "STAR"], dtype=object)[rng.integers(0, 3, n)],
+                 "z": rng.uniform(0, 3, n)}
+    return prediction_columns(pred, reference, np.zeros(n, np.int64))
+
+
+def writeback_case(case: str, catalog: str, out: str) -> float:
+    """Run one write-back case in this (child) process; returns the seconds the write took,
+    with imports and making the prediction columns left out."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from .writeback import provenance_cards, write_fits
+
+    with fits.open(catalog, memmap=True) as hdul:
+        n = hdul[1].header["NAXIS2"]
+    columns = _prediction_columns(n)
+    start = time.perf_counter()
+    if case == "ours":
+        write_fits(catalog, out, columns, provenance_cards("bench", "0" * 64, "2dmap", "bench", 0))
+    elif case == "astropy":
+        table = Table.read(catalog, hdu=1)
+        for name, values in columns.items():
+            table[name] = values
+        table.write(out, overwrite=True)
+    else:
+        raise ValueError(case)
+    return time.perf_counter() - start
+
+
+def _child(case: str, catalog: Path, out: Path) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of one case in its own process: `cp` itself, or a fresh interpreter
+    running `writeback_case` (its RSS includes the interpreter, numpy and astropy)."""
+    if case == "cp":
+        command = ["cp", str(catalog), str(out)]
+    else:
+        command = [sys.executable, "-c", "import sys; from annotate.bench import writeback_case; "
+                   "print(writeback_case(*sys.argv[1:]))", case, str(catalog), str(out)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    printed = proc.stdout.read()
+    proc.stdout.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"write-back case {case} failed")
+    seconds = wall if case == "cp" else float(printed)
+    return seconds, usage.ru_maxrss / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def bench_writeback(sizes, workdir: Path) -> Row:
+    row = Row("write-back PRED_* columns", "seconds", baseline_name="cp of the input; astropy read/append/write")
+    row.extra.update({"rss_mb": [], "cp_seconds": [], "astropy_seconds": [], "astropy_rss_mb": [], "input_mb": []})
+    for n in sizes:
+        catalog = make_catalog(workdir / f"catalog-{n}.fits", n)
+        out = workdir / f"catalog-{n}.out.fits"
+        cp_seconds, _ = _child("cp", catalog, out)
+        ours, rss = _child("ours", catalog, out)
+        astropy_seconds, astropy_rss = _child("astropy", catalog, out)
+        row.sizes.append(n)
+        row.ours.append(ours)
+        row.baseline.append(cp_seconds)
+        row.extra["rss_mb"].append(rss)
+        row.extra["cp_seconds"].append(cp_seconds)
+        row.extra["astropy_seconds"].append(astropy_seconds)
+        row.extra["astropy_rss_mb"].append(astropy_rss)
+        row.extra["input_mb"].append(catalog.stat().st_size / 1e6)
+        catalog.unlink()
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def linearity(row: Row) -> float:
+    """Cost per item at the largest size over cost per item at the smallest (1.0 = linear)."""
+    per_item = [1 / r if row.unit.endswith("/s") else r / n for r, n in zip(row.ours, row.sizes)]
+    return per_item[-1] / per_item[0]
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| step | sizes | ours | baseline | ratio | cost/item largest÷smallest |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        fmt = (lambda v: f"{v:,.0f}") if row.unit.endswith("/s") else (lambda v: f"{v:.3f}")
+        lines.append(f"| {row.step} ({row.unit}) | {' / '.join(f'{n:,}' for n in row.sizes)} | "
+                     f"{' / '.join(fmt(v) for v in row.ours)} | {' / '.join(fmt(v) for v in row.baseline)} "
+                     f"({row.baseline_name}) | {' / '.join(f'{r:.1f}×' for r in row.ratio())} | {linearity(row):.2f} |")
+        if row.step.startswith("write-back"):
+            e = row.extra
+            lines.append(f"| ↳ write-back peak RSS (MB; child process) | | {' / '.join(f'{v:.0f}' for v in e['rss_mb'])} | "
+                         f"astropy: {' / '.join(f'{v:.0f}' for v in e['astropy_rss_mb'])} MB, "
+                         f"{' / '.join(f'{v:.2f}' for v in e['astropy_seconds'])} s | input "
+                         f"{' / '.join(f'{v:.1f}' for v in e['input_mb'])} MB | |")
+    return "\n".join(lines)
+
+
+def run_bench(quick: bool = False, steps: tuple = ("ingest", "render", "end_to_end", "writeback"),
+              out: Path | None = None, workdir: Path | None = None) -> list[Row]:
+    sizes = QUICK_SIZES if quick else SIZES
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="annotate-bench-", dir=workdir) as tmp:
+        tmp = Path(tmp)
+        for step in steps:
+            if step == "ingest":
+                rows.append(bench_ingest(sizes["ingest"], tmp))
+            elif step == "render":
+                rows.append(bench_render(sizes["render"]))
+            elif step == "end_to_end":
+                rows.append(bench_end_to_end(sizes["end_to_end"], tmp))
+            elif step == "writeback":
+                rows.append(bench_writeback(sizes["writeback"], tmp))
+            else:
+                raise ValueError(f"unknown step {step!r}")
+    if out is not None:
+        payload = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick,
+                   "rows": [row.__dict__ | {"ratio": row.ratio(), "linearity": linearity(row)} for row in rows]}
+        out.write_text(json.dumps(payload, indent=1))
+    return rows
