@@ -132,10 +132,12 @@ def render_2dmap(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -
     m, b, size = settings.blocks_per_side, settings.block_size, settings.image_size
     index = np.full((batch, m * m), 256, np.uint16)
     index[:, :n_pix] = colour_index(flux, mask, settings)
-    # gather 4-byte RGBA words (one memory op per block), then broadcast each into its b x b block
-    blocks = _packed_lut(settings.colormap)[index].reshape(batch, m, 1, m, 1)
+    # gather 4-byte RGBA words (one memory op per block), widen each block row to b pixels, then
+    # copy that image row b times (contiguous rows of m*b words: far faster than a 5-D broadcast)
+    words = _packed_lut(settings.colormap)[index].reshape(batch, m, m)
+    rows = np.repeat(words, b, axis=2)
     packed = np.zeros((batch, size, size), np.uint32)
-    packed[:, : m * b, : m * b].reshape(batch, m, b, m, b)[...] = blocks
+    packed[:, : m * b, : m * b].reshape(batch, m, b, m * b)[...] = rows[:, :, None, :]
     return packed.view(np.uint8).reshape(batch, size, size, 4)[..., :3]
 
 
