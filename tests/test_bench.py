@@ -1,0 +1,67 @@
+"""`annotate bench` machinery at tiny sizes (the figures themselves come from `annotate bench`)."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+import annotate.bench as bench
+from annotate.cli import main
+from annotate.render import RenderSettings, render
+
+
+def test_matplotlib_reference_draws_the_same_2dmap(tmp_path):
+    """The baseline renders what we render: same blocks, same colours (up to PNG/Agg rounding)."""
+    import io
+
+    flux, mask = bench._synthetic_batch(1, 4608)
+    settings = RenderSettings()
+    png = bench.matplotlib_2dmap_png(flux[0], mask[0], settings)
+    reference = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    ours = render(flux, mask, settings)[0].astype(int)
+    assert reference.shape == ours.shape == (224, 224, 3)
+    # compare block centres that hold flux (the reference draws masked pixels white, we draw black)
+    centres = [(1 + 3 * (k // 74), 1 + 3 * (k % 74)) for k in range(60, 4608, 97)]
+    diffs = [np.abs(reference[r, c] - ours[r, c]).max() for r, c in centres]
+    assert np.median(diffs) <= 2
+
+
+def test_writeback_rows_measure_time_and_memory(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.QUICK_SIZES, "writeback", (300, 600, 1200))
+    rows = bench.run_bench(quick=True, steps=("writeback",), out=tmp_path / "b.json", workdir=tmp_path)
+    row = rows[0]
+    assert row.sizes == [300, 600, 1200]
+    assert all(s > 0 for s in row.ours) and all(s > 0 for s in row.baseline)
+    assert all(30 < rss < 2000 for rss in row.extra["rss_mb"])
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["rows"][0]["sizes"] == [300, 600, 1200] and "cores" in saved["machine"]
+    table = bench.format_table(rows)
+    assert "write-back" in table and "peak RSS" in table
+    assert not list(tmp_path.glob("annotate-bench-*"))  # temporary files are cleaned up
+
+
+def test_benchmark_catalog_is_an_spall_like_table(tmp_path):
+    path = bench.make_catalog(tmp_path / "c.fits", 50)
+    with fits.open(path) as hdul:
+        assert hdul[1].name == "SPALL" and len(hdul[1].data) == 50
+        assert {"CATALOGID", "CLASS", "Z", "ZWARNING"} <= set(hdul[1].columns.names)
+
+
+def test_linearity_and_ratio():
+    rate = bench.Row("x", "items/s", sizes=[10, 20, 40], ours=[100.0, 100.0, 50.0], baseline=[10.0, 20.0, 25.0])
+    assert rate.ratio() == [10.0, 5.0, 2.0]
+    assert bench.linearity(rate) == pytest.approx(2.0)  # per-item cost doubled: not linear
+    seconds = bench.Row("y", "seconds", sizes=[10, 100, 1000], ours=[1.0, 10.0, 100.0], baseline=[0.5, 5.0, 50.0])
+    assert seconds.ratio() == [0.5, 0.5, 0.5] and bench.linearity(seconds) == pytest.approx(1.0)
+
+
+def test_bench_command_prints_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.QUICK_SIZES, "render", (20, 40, 80))
+    monkeypatch.setitem(bench.BASELINE_LIMIT, "render", 5)
+    assert main(["bench", "--quick", "--steps", "render", "--out", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "render 2D Map" in printed and "machine:" in printed
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert row["ratio"][0] > 1  # array rendering beats one matplotlib figure per spectrum
