@@ -74,3 +74,15 @@ def test_unknown_recipe_key_lists_valid_keys(tmp_path):
     path.write_text("name: x\ndata: {store: s.h5}\nepoch: 3\n")
     with pytest.raises(ConfigError, match="unknown recipe keys epoch"):
         Recipe.from_yaml(path)
+
+
+def test_split_is_independent_of_the_simulated_classes():
+    """split_by_object draws its own random stream: with default_rng(seed) it repeated the
+    simulator's class draws for the same seed and put almost no stars in val/test."""
+    from annotate.simulate.dataset import simulate_training_set
+
+    data = simulate_training_set(900, WavelengthGrid(), seed=0, workers=1)
+    split = split_by_object(data["object"], 0.15, 0.15, seed=0)
+    overall = np.mean(data["class"] == "STAR")
+    for part in ("val", "test"):
+        assert np.mean(data["class"][split == part] == "STAR") == pytest.approx(overall, abs=0.1)
