@@ -96,7 +96,7 @@ def bench_ingest(sizes, workdir: Path) -> Row:
     sample = workdir / "ingest"
     catalog = make_sample(sample, max(sizes), seed=7)
     survey = load_survey("sdss_dr18")
-    paths = [str(sample / "spectra" / p) for p in survey.spectrum_paths(read_catalog(catalog, survey))]
+    paths = [str(sample / p) for p in survey.spectrum_paths(read_catalog(catalog, survey))]
     row = Row("ingest SDSS spec files (1 core)", "files/s", baseline_name="astropy loop over the same files")
     _astropy_loop(paths[:10])  # warm the page cache and imports
     for n in sizes:
@@ -185,7 +185,7 @@ def _png_pipeline(catalog: Path, n: int) -> int:
     paths = survey.spectrum_paths(read_catalog(catalog, survey))[:n]
     images = []
     for rel in paths:
-        spectrum = read_spectrum(catalog.parent / "spectra" / rel)
+        spectrum = read_spectrum(catalog.parent / rel)
         flux, _, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, card.grid)
         png = matplotlib_2dmap_png(flux, mask, card.render)
         images.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
@@ -205,7 +205,7 @@ def bench_end_to_end(sizes, workdir: Path) -> Row:
     for n in sizes:
         folder = workdir / f"e2e-{n}"
         catalog = make_sample(folder, n, seed=11)
-        settings = RunSettings(catalog=catalog, spectra_root=folder / "spectra", progress=False,
+        settings = RunSettings(catalog=catalog, progress=False,
                                out=folder / "out.fits", store=folder / "store.h5")
         seconds, result = _timed(lambda: run(settings))
         m = min(n, BASELINE_LIMIT["end_to_end"])

@@ -1,8 +1,8 @@
 """`annotate demo`: write a small SDSS DR18-style sample, then annotate it with the real pipeline.
 
 The sample is an spAll-like catalog (`dr18.fits`) and `spec-*.fits` files in the DR18 BOSS
-layout under `spectra/`, simulated from the template library. Its stars are drawn from the MILES
-stars held out of the shipped model's training, with a different noise seed.
+layout beside it (`v6_0_4/spectra/full/...`), simulated from the template library. Its stars are
+drawn from the MILES stars held out of the shipped model's training, with a different noise seed.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
     }
     survey = load_survey("sdss_dr18")
     relative = survey.spectrum_paths(columns)
-    spectra_root = out_dir / "spectra"
+    spectra_root = out_dir  # the run2d folders sit beside the catalog, as on the SAS
     loglam = NATIVE_GRID.loglam
     for i in tqdm(range(n), desc="write sample", unit="file", disable=not progress, mininterval=0.5):
         row = {key: values[i] for key, values in columns.items()}
@@ -75,5 +75,5 @@ def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: 
     catalog = out_dir / "dr18.fits"
     if not catalog.exists():
         make_sample(out_dir, n_objects, seed, progress)
-    return run(RunSettings(catalog=catalog, survey="sdss_dr18", spectra_root=out_dir / "spectra",
+    return run(RunSettings(catalog=catalog, survey="sdss_dr18", spectra_root=out_dir,
                            scheduler=scheduler, progress=progress))

@@ -43,7 +43,7 @@ def test_demo_command_writes_sample_annotates_and_prints_paths(demo, capsys):
         paths = survey.spectrum_paths({name: hdul[1].data[name] for name in hdul[1].columns.names})
     assert n == 90
     # the spectra are in the DR18 layout the survey file describes, and are real spec files
-    first = demo / "spectra" / paths[0]
+    first = demo / paths[0]
     assert first.is_file() and "/spectra/full/151" in str(first)
     with fits.open(first) as spec:
         assert spec[1].name == "COADD" and {"flux", "loglam", "ivar", "and_mask"} <= set(spec[1].columns.names)
