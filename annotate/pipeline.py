@@ -15,7 +15,7 @@ from astropy.io import fits
 
 from .errors import CatalogError, OutputError, StoreError
 from .flags import PredFlag
-from .store import STATUS, create_store, ingest, open_store
+from .store import STATUS, create_store, ingest, open_store, read_status
 from .surveys import Survey, load_survey
 from .writeback import default_output_path, prediction_columns, provenance_cards, write_fits
 
@@ -163,8 +163,6 @@ def run(settings: RunSettings) -> RunResult:
                                   survey.name, int((~predicted).sum()))
     write_fits(catalog, out, columns, provenance)
     usable = predicted & selected & ((flags & int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)) == 0)
-    from .store import read_status
-
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),
