@@ -30,7 +30,7 @@ class OutputColumn:
 
 
 OUTPUT_COLUMNS = (
-    OutputColumn("PRED_CLASS", "6A", "", "predicted class: GALAXY, QSO or STAR ('' if none)"),
+    OutputColumn("PRED_CLASS", "6A", "", "predicted class GALAXY/QSO/STAR, '' if none"),
     OutputColumn("PRED_PROB_GALAXY", "E", "", "predicted probability of GALAXY"),
     OutputColumn("PRED_PROB_QSO", "E", "", "predicted probability of QSO"),
     OutputColumn("PRED_PROB_STAR", "E", "", "predicted probability of STAR"),
@@ -40,7 +40,7 @@ OUTPUT_COLUMNS = (
     OutputColumn("PRED_TEFF", "E", "K", "predicted effective temperature (stars)"),
     OutputColumn("PRED_LOGG", "E", "dex", "predicted log10 surface gravity, cgs (stars)"),
     OutputColumn("PRED_FEH", "E", "dex", "predicted [Fe/H] (stars)"),
-    OutputColumn("PRED_FLAGS", "J", "", "quality bitmask, see PRED_FLAGS_BITS / README"),
+    OutputColumn("PRED_FLAGS", "J", "", "quality bitmask, bits named in PFLAGn cards"),
 )
 def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     """name -> (n,) array for every OUTPUT_COLUMNS entry, from predict_store's output, the survey's
@@ -97,18 +97,21 @@ def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: 
         raise OutputError(f"output directory is not writable: {out.parent}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
+        with open(catalog, "rb") as probe:
+            plain = probe.read(6) == b"SIMPLE"  # not gzip/bzip2/xz/... whatever the file is named
         with fits.open(catalog, memmap=True, lazy_load_hdus=False) as hdul:
+            hdu_index = hdul.index_of(hdu_index)
             table = hdul[hdu_index]
             if not isinstance(table, fits.BinTableHDU):
                 raise OutputError(f"{catalog}: HDU {hdu_index} is not a binary table")
-            streamable = not catalog.name.lower().endswith((".gz", ".bz2", ".zip")) and \
-                table.header.get("PCOUNT", 0) == 0 and table.header.get("THEAP") is None
+            streamable = plain and table.header.get("PCOUNT", 0) == 0 and table.header.get("THEAP") is None
             header = _output_header(table, columns, provenance)
             if streamable:
                 _stream_copy(catalog, tmp, hdul, hdu_index, header, columns)
             else:
                 _astropy_copy(hdul, hdu_index, header, columns, tmp)
         os.replace(tmp, out)
+        _fsync_directory(out.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -116,6 +119,23 @@ def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: 
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# per-column keywords astropy does not renumber when columns go: moved (or dropped) by hand
+EXTRA_COLUMN_KEYWORDS = ("TCOMM", "TUCD", "TDMIN", "TDMAX", "TLMIN", "TLMAX", "TCROT", "TWCS")
 
 
 def _kept_columns(table: fits.BinTableHDU) -> list:
@@ -132,8 +152,22 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
         if len(values) != n_rows:
             raise OutputError(f"column {name} has {len(values)} values for {n_rows} catalog rows")
     header = table.header.copy()
-    for key in [k for k in header if k.startswith(("ANN", "PFLAG")) or k in ("CHECKSUM", "DATASUM")]:
-        del header[key]
+    # cards this writer owns (an earlier run's provenance), checksums that no longer hold, and the
+    # heap offset of the input (the table gets wider)
+    owned = set(provenance) | {f"PFLAG{i}" for i in range(32)} | {"PFLAGBIT", "CHECKSUM", "DATASUM", "THEAP"}
+    for key in owned:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    # TTYPE comments and the per-column keywords astropy leaves behind, keyed by column name
+    names = table.columns.names
+    carried = {}
+    for index, name in enumerate(names, start=1):
+        cards = [(f"TTYPE{index}", None, header.comments[f"TTYPE{index}"])] if f"TTYPE{index}" in header else []
+        for prefix in EXTRA_COLUMN_KEYWORDS:
+            key = f"{prefix}{index}"
+            if key in header:
+                cards.append((prefix, header[key], header.comments[key]))
+                header.remove(key, remove_all=True)
+        carried[name] = cards
     kept = [fits.Column(name=c.name, format=c.format, unit=c.unit, null=c.null, bscale=c.bscale, bzero=c.bzero,
                         disp=c.disp, dim=c.dim, coord_type=c.coord_type, coord_unit=c.coord_unit,
                         coord_ref_point=c.coord_ref_point, coord_ref_value=c.coord_ref_value,
@@ -146,6 +180,12 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
         spec = next((s for s in OUTPUT_COLUMNS if s.name == name), None)
         if spec is not None:
             out.comments[f"TTYPE{i}"] = spec.comment
+            continue
+        for prefix, value, comment in carried.get(name, []):
+            if prefix.startswith("TTYPE"):
+                out.comments[f"TTYPE{i}"] = comment
+            else:
+                out.set(f"{prefix}{i}", value, comment, after=f"TFORM{i}")
     for key, (value, comment) in provenance.items():
         out[key] = (value, comment)
     return out
@@ -156,7 +196,7 @@ def _encode(spec: OutputColumn, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if spec.fits_format.endswith("A"):
         width = int(spec.fits_format[:-1])
-        raw = np.char.encode(values.astype(f"U{width}"), "ascii").astype(f"S{width}")
+        raw = values.astype(f"S{width}")  # ASCII; a non-ASCII character raises
     elif spec.fits_format == "L":
         raw = np.where(values.astype(bool), ord("T"), ord("F")).astype(np.uint8)
     else:
@@ -198,10 +238,12 @@ def _stream_copy(catalog: Path, tmp: Path, hdul: fits.HDUList, hdu_index: int, h
                 encoded = _encode(spec, columns[spec.name][start:start + m])
                 rows[:, at:at + encoded.shape[1]] = encoded
                 at += encoded.shape[1]
-            dst.write(rows.tobytes())
+            dst.write(memoryview(rows).cast("B"))
         written = n_rows * row_out
         dst.write(b"\0" * (-written % BLOCK))
         _copy_range(src, dst, info["datLoc"] + info["datSpan"], None)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def _column_offsets(table: fits.BinTableHDU) -> list:
@@ -221,13 +263,20 @@ def _copy_range(src, dst, start: int, end: int | None) -> None:
 
 
 def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, columns: dict, tmp: Path) -> None:
+    """In memory, for compressed inputs and tables with a heap: the kept columns are rebuilt from
+    their decoded data (variable-length arrays included), then the header made by _output_header
+    is applied."""
     table = hdul[hdu_index]
+    data = table.data
+    kept = [fits.Column(name=c.name, format=c.format, unit=c.unit, null=c.null, bscale=c.bscale, bzero=c.bzero,
+                        disp=c.disp, dim=c.dim, array=data[c.name]) for c in _kept_columns(table)]
     new = [fits.Column(spec.name, spec.fits_format, unit=spec.unit or None, array=columns[spec.name])
            for spec in OUTPUT_COLUMNS]
-    new_table = fits.BinTableHDU.from_columns(fits.ColDefs(_kept_columns(table)) + fits.ColDefs(new),
-                                              header=header, name=table.name)
+    new_table = fits.BinTableHDU.from_columns(fits.ColDefs(kept + new), header=header, name=table.name)
     hdus = [h if i != hdu_index else new_table for i, h in enumerate(hdul)]
     fits.HDUList(hdus).writeto(tmp, overwrite=False, output_verify="silentfix")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int) -> dict:

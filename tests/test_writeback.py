@@ -146,3 +146,55 @@ def test_every_column_kind_survives_in_chunks(tmp_path, monkeypatch, compress):
     # the file is valid FITS to astropy's verifier
     with fits.open(out) as hdul:
         hdul.verify("exception")
+
+
+def _annotate(catalog, out, n, **kwargs):
+    return write_fits(catalog, out, _random_columns(n), provenance_cards("m", "0" * 64, "2dmap", "s", 0), **kwargs)
+
+
+def test_gzip_content_under_a_plain_name_is_not_streamed(tmp_path):
+    import gzip
+
+    plain = _wide_catalog(tmp_path / "wide.fits", 200)
+    disguised = tmp_path / "download.fits"  # gzip bytes, as a content-encoded download leaves them
+    disguised.write_bytes(gzip.compress(plain.read_bytes()))
+    out = _annotate(disguised, tmp_path / "out.fits", 200)
+    with fits.open(out) as b, fits.open(plain) as a:
+        np.testing.assert_array_equal(b[1].data["MAGS"], a[1].data["MAGS"])
+        assert len(b[1].data) == 200
+
+
+def test_variable_length_arrays_and_heap_survive(tmp_path):
+    rows = [np.arange(k, dtype=np.int32) for k in range(5)]
+    table = fits.BinTableHDU.from_columns([fits.Column("ID", "J", array=np.arange(5)),
+                                           fits.Column("HITS", "PJ()", array=np.array(rows, dtype=object))])
+    catalog = tmp_path / "vla.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(catalog)
+    out = _annotate(catalog, tmp_path / "out.fits", 5)
+    with fits.open(out) as hdul:
+        hdul.verify("exception")
+        for k in range(5):
+            np.testing.assert_array_equal(hdul[1].data["HITS"][k], np.arange(k))
+        assert np.isfinite(hdul[1].data["PRED_LOGG"]).sum() > 0
+
+
+def test_column_metadata_follows_its_column_when_an_old_pred_column_goes(tmp_path):
+    table = fits.BinTableHDU.from_columns([
+        fits.Column("A", "J", array=np.arange(4)),
+        fits.Column("PRED_Z", "D", array=np.zeros(4)),
+        fits.Column("B", "E", array=np.arange(4.0)),
+    ], name="SPALL")
+    table.header.comments["TTYPE3"] = "description of B"
+    table.header["TCOMM3"] = "long description of B"
+    table.header["TDMAX3"] = 10.0
+    table.header["ANNULUS"] = (3.0, "a user card that only looks like ours")
+    table.header["ANNVERS"] = "0.0.1"
+    catalog = tmp_path / "meta.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(catalog)
+    out = _annotate(catalog, tmp_path / "out.fits", 4, hdu_index="SPALL")
+    header = fits.getheader(out, 1)
+    assert header["TTYPE2"] == "B" and header.comments["TTYPE2"] == "description of B"
+    assert header["TCOMM2"] == "long description of B" and header["TDMAX2"] == 10.0
+    assert "TCOMM3" not in header and "TDMAX3" not in header
+    assert header["ANNULUS"] == 3.0
+    assert header["ANNVERS"] != "0.0.1" and list(header.keys()).count("ANNVERS") == 1

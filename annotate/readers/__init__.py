@@ -90,10 +90,8 @@ def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = Tr
     if fast is not None:
         try:
             spectrum = fast(path)
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise SpectrumError(f"{path}: unreadable FITS ({str(exc).splitlines()[0] or type(exc).__name__})") from None
-        except SpectrumError as exc:
-            raise SpectrumError(f"{path}: {exc}") from None
+        except (OSError, ValueError, KeyError, IndexError, TypeError, SpectrumError):
+            spectrum = None  # astropy below reads it, or says why it cannot
         if spectrum is not None:
             return validate(spectrum)
     try:
