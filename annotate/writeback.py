@@ -191,17 +191,27 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
     return out
 
 
-def _encode(spec: OutputColumn, values: np.ndarray) -> np.ndarray:
-    """(m, width) uint8: the FITS big-endian bytes of one output column for m rows."""
+FITS_DTYPES = {"E": ">f4", "D": ">f8", "J": ">i4", "L": "u1"}
+
+
+def _column_dtype(spec: OutputColumn) -> str:
+    return f"S{spec.fits_format[:-1]}" if spec.fits_format.endswith("A") else FITS_DTYPES[spec.fits_format]
+
+
+def _fill(rows: np.ndarray, spec: OutputColumn, values: np.ndarray) -> None:
+    """Write one output column of a chunk into the structured `rows`, FITS-encoded (big-endian;
+    logicals as 'T'/'F'; strings ASCII, NUL-padded)."""
     values = np.asarray(values)
-    if spec.fits_format.endswith("A"):
+    if spec.fits_format == "L":
+        rows[spec.name] = np.where(values.astype(bool), ord("T"), ord("F"))
+    elif spec.fits_format.endswith("A") and values.dtype.kind == "U":
         width = int(spec.fits_format[:-1])
-        raw = values.astype(f"S{width}")  # ASCII; a non-ASCII character raises
-    elif spec.fits_format == "L":
-        raw = np.where(values.astype(bool), ord("T"), ord("F")).astype(np.uint8)
+        codes = np.ascontiguousarray(values.astype(f"U{width}")).view(np.uint32).reshape(len(values), width)
+        if codes.max(initial=0) > 127:
+            raise OutputError(f"{spec.name} holds non-ASCII text")
+        rows[spec.name] = codes.astype(np.uint8).view(f"S{width}").ravel()
     else:
-        raw = values.astype({"E": ">f4", "D": ">f8", "J": ">i4"}[spec.fits_format])
-    return np.ascontiguousarray(raw).view(np.uint8).reshape(len(values), -1)
+        rows[spec.name] = values
 
 
 def _stream_copy(catalog: Path, tmp: Path, hdul: fits.HDUList, hdu_index: int, header: fits.Header,
@@ -220,25 +230,30 @@ def _stream_copy(catalog: Path, tmp: Path, hdul: fits.HDUList, hdu_index: int, h
                 spans[-1][1] = offset + width
             else:
                 spans.append([offset, offset + width])
+    # input rows as opaque spans; output rows as those spans followed by the encoded columns
+    in_dtype = np.dtype({"names": [f"span{i}" for i in range(len(spans))],
+                         "formats": [f"V{hi - lo}" for lo, hi in spans],
+                         "offsets": [lo for lo, _ in spans], "itemsize": row_in})
+    out_dtype = np.dtype([(f"span{i}", f"V{hi - lo}") for i, (lo, hi) in enumerate(spans)]
+                         + [(spec.name, _column_dtype(spec)) for spec in OUTPUT_COLUMNS])
     row_out = header["NAXIS1"]
+    if out_dtype.itemsize != row_out:
+        raise OutputError(f"internal error: output row of {out_dtype.itemsize} bytes, header says {row_out}")
     chunk_rows = max(1, CHUNK_BYTES // max(row_in, row_out))
     with open(catalog, "rb") as src, open(tmp, "xb") as dst:
         _copy_range(src, dst, 0, info["hdrLoc"])
         dst.write(header.tostring().encode("ascii"))
         src.seek(info["datLoc"])
+        rows = np.empty(chunk_rows, out_dtype)
         for start in range(0, n_rows, chunk_rows):
             m = min(chunk_rows, n_rows - start)
-            raw = np.frombuffer(src.read(m * row_in), np.uint8).reshape(m, row_in)
-            rows = np.empty((m, row_out), np.uint8)
-            at = 0
-            for lo, hi in spans:
-                rows[:, at:at + hi - lo] = raw[:, lo:hi]
-                at += hi - lo
+            raw = np.frombuffer(src.read(m * row_in), in_dtype, count=m)
+            chunk = rows[:m]
+            for name in in_dtype.names:
+                chunk[name] = raw[name]
             for spec in OUTPUT_COLUMNS:
-                encoded = _encode(spec, columns[spec.name][start:start + m])
-                rows[:, at:at + encoded.shape[1]] = encoded
-                at += encoded.shape[1]
-            dst.write(memoryview(rows).cast("B"))
+                _fill(chunk, spec, columns[spec.name][start:start + m])
+            dst.write(memoryview(chunk).cast("B"))
         written = n_rows * row_out
         dst.write(b"\0" * (-written % BLOCK))
         _copy_range(src, dst, info["datLoc"] + info["datSpan"], None)
