@@ -84,6 +84,12 @@ def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: str | Path,
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "annotate_version": __version__})
     tmp.replace(folder / WEIGHTS)
+    return write_card(folder, card)
+
+
+def write_card(folder: str | Path, card: ModelCard) -> Path:
+    """Write (or replace) the checkpoint's config.json, atomically."""
+    folder = Path(folder)
     tmp = folder / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
     tmp.replace(folder / CONFIG)

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     train = command("train", "fine-tune a model from a training recipe")
     train.add_argument("--recipe", type=Path, required=True, help="recipe YAML (see training/)")
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
+    train.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
+                       help="do not train: recompute the held-out metrics of CHECKPOINT (trained with this recipe)")
 
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
     bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
@@ -120,6 +122,12 @@ def _cmd_train(args) -> int:
     from .train import Recipe, train
 
     recipe = Recipe.from_yaml(args.recipe)
+    if args.evaluate:
+        from .train import evaluate_checkpoint
+
+        summary = evaluate_checkpoint(recipe, args.evaluate, log=lambda line: None)
+        print(json.dumps({"test": summary["test"], "held_out_stars": summary["held_out_stars"]}, indent=1))
+        return 0
     out = args.out or Path("runs") / recipe.name
     summary = train(recipe, out)
     print(json.dumps(summary.get("test", {}), indent=1))

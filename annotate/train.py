@@ -323,14 +323,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     from .checkpoint import load_checkpoint
 
     best_model, card = load_checkpoint(out_dir, str(device))
-    test = evaluate(best_model, test_loader, norms, device, autocast) if (split == "test").any() else {}
-    extra = data.get("held_out_stars")
-    held_out = {}
-    if extra is not None:
-        held_loader = torch.utils.data.DataLoader(
-            RenderedBatches(extra, encode_targets(extra, norms), settings, recipe.image_mean, recipe.image_std),
-            sampler=torch.utils.data.BatchSampler(range(len(extra["flux"])), recipe.batch_size, False), batch_size=None)
-        held_out = evaluate(best_model, held_loader, norms, device, autocast)
+    test, held_out = held_out_metrics(best_model, recipe, data, split, norms, settings, device, autocast)
     summary = {"best_epoch": best["epoch"], "test": test, "held_out_stars": held_out, "device": str(device),
                "seconds": round(time.time() - started, 1), "annotate_version": __version__,
                "split_counts": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
@@ -338,6 +331,47 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     save_checkpoint(best_model, card, out_dir, half=recipe.save_half)
     log(json.dumps({"test": test, "held_out_stars": held_out}))
     return summary
+
+
+def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms: dict, settings: RenderSettings,
+                     device, autocast) -> tuple[dict, dict]:
+    """Metrics on the test split and on the spectra of held-out stars (empty dicts where absent)."""
+
+    def batches(part: dict, rows: np.ndarray):
+        dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=torch.utils.data.BatchSampler(
+            np.flatnonzero(rows).tolist(), recipe.batch_size, False))
+
+    test = evaluate(model, batches(data, split == "test"), norms, device, autocast) if (split == "test").any() else {}
+    extra = data.get("held_out_stars")
+    held_out = {}
+    if extra is not None:
+        held_out = evaluate(model, batches(extra, np.ones(len(extra["flux"]), bool)), norms, device, autocast)
+    return test, held_out
+
+
+def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
+    """Recompute the held-out metrics of the checkpoint in `folder`, trained with `recipe` (same
+    data, same split, same label normalisation), and store them in its card; the weights are
+    untouched. For when the metric definitions change after training."""
+    from .checkpoint import load_checkpoint, write_card
+
+    device = pick_device(recipe.device)
+    model, card = load_checkpoint(folder, str(device))
+    data = load_training_data(recipe, card.grid)
+    split = data.get("split")
+    if split is None:
+        split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
+    use_bf16 = recipe.precision == "bf16" and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    test, held_out = held_out_metrics(model, recipe, data, split, card.label_norm, card.render, device, autocast)
+    training = {**card.training, "test": test, "held_out_stars": held_out, "annotate_version": __version__}
+    write_card(folder, ModelCard(**{**card.__dict__, "training": training}))
+    log(json.dumps({"test": test, "held_out_stars": held_out}))
+    return training
 
 
 def backbone_dict(config) -> dict:

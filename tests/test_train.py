@@ -68,6 +68,18 @@ def test_training_writes_a_checkpoint_that_loads(tmp_path):
     assert 0.0 <= summary["test"]["class_accuracy"] <= 1.0
     assert card.label_norm["z"].transform == "log1p10"
 
+    # re-evaluating the saved checkpoint on the same split reproduces the stored test metrics
+    from annotate.checkpoint import read_card
+    from annotate.train import evaluate_checkpoint
+
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    again = evaluate_checkpoint(_recipe(tmp_path, store), tmp_path / "ckpt", log=lambda line: None)
+    assert again["test"]["n"] == summary["test"]["n"]
+    assert again["test"]["class_accuracy"] == pytest.approx(summary["test"]["class_accuracy"])
+    assert again["test"]["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
+    assert read_card(tmp_path / "ckpt").training["test"]["loss"] == pytest.approx(again["test"]["loss"])
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == weights
+
 
 def test_unknown_recipe_key_lists_valid_keys(tmp_path):
     path = tmp_path / "bad.yaml"
