@@ -1,5 +1,9 @@
 """Spectra to images (Spectromer's encodings). Pure numpy functions over batches.
 
+Three encodings, chosen by `RenderSettings.encoding`: "2dmap" (below), "simple" and "overlap"
+(line plots, in render_lines.py). torch versions of all three, for rendering on a GPU inside
+inference, are in render_torch.py.
+
 2D Map: each flux value of the store grid fills a `block_size` × `block_size` block of an
 `image_size` × `image_size` image, row-major from the top-left; flux is normalised per spectrum
 (divided by its median over usable pixels), scaled linearly between fixed thresholds
@@ -18,7 +22,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-ENCODINGS = ("2dmap",)
+ENCODINGS = ("2dmap", "simple", "overlap")
 NORMALISATIONS = ("median", "none")
 
 
@@ -33,6 +37,7 @@ class RenderSettings:
     flux_max: float = 3.0
     normalise: str = "median"
     colormap: str = "viridis"
+    line_width: int = 2  # Simple/Overlap, pixels (matplotlib's default 1.5 pt at 100 dpi)
 
     def __post_init__(self):
         if self.encoding not in ENCODINGS:
@@ -43,6 +48,8 @@ class RenderSettings:
             raise ConfigError("flux_max must be greater than flux_min")
         if self.block_size < 1 or self.image_size < self.block_size:
             raise ConfigError("need 1 <= block_size <= image_size")
+        if not 1 <= self.line_width <= 8:
+            raise ConfigError("line_width must be 1 to 8 pixels")
 
     @property
     def blocks_per_side(self) -> int:
@@ -54,6 +61,14 @@ class RenderSettings:
         return self.blocks_per_side**2
 
     def check_grid(self, n_pix: int) -> None:
+        """Refuse a grid this encoding cannot show whole: more pixels than 2D Map blocks, or fewer
+        samples per line than the image has columns (Simple: the grid; Overlap: each third)."""
+        if self.encoding in ("simple", "overlap"):
+            per_line = n_pix if self.encoding == "simple" else n_pix // 3
+            if per_line < self.image_size:
+                raise ConfigError(f"a {self.image_size}px {self.encoding} plot needs at least {self.image_size} "
+                                  f"samples per line; the grid gives {per_line}")
+            return
         if n_pix > self.capacity:
             raise ConfigError(f"a {self.image_size}px 2D Map with {self.block_size}px blocks holds "
                               f"{self.capacity} pixels; the grid has {n_pix}: use a coarser grid or smaller blocks")
@@ -149,7 +164,9 @@ def _packed_lut(name: str) -> np.ndarray:
     return rgba.view(np.uint32).ravel()
 
 
-RENDERERS = {"2dmap": render_2dmap}
+from .render_lines import render_overlap, render_simple  # noqa: E402
+
+RENDERERS = {"2dmap": render_2dmap, "simple": render_simple, "overlap": render_overlap}
 
 
 def render(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:

@@ -1,0 +1,56 @@
+"""The torch renderers give the numpy renderers' images, bit for bit, on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from annotate import render_torch
+from annotate.grid import WavelengthGrid
+from annotate.render import RenderSettings, render
+from annotate.simulate.spectra import draw_sample
+from annotate.simulate.templates import load_library
+
+
+@pytest.fixture(scope="module")
+def batch():
+    sample = draw_sample(48, load_library(), WavelengthGrid(), seed=12)
+    flux, mask = sample["flux"].copy(), sample["mask"].copy()
+    flux[0] = np.nan  # nothing usable
+    mask[1, :3000] = True  # most of it masked
+    flux[2, 100:200] = np.inf
+    flux[3, ::2] = -flux[3, ::2]  # median near zero
+    flux[4] *= 1e4  # far above the thresholds
+    return flux, mask
+
+
+@pytest.mark.parametrize("encoding", ["2dmap", "simple", "overlap"])
+@pytest.mark.parametrize("line_width", [1, 2, 3])
+def test_torch_matches_numpy(batch, encoding, line_width):
+    if encoding == "2dmap" and line_width > 1:
+        pytest.skip("line width does not apply to the 2D Map")
+    flux, mask = batch
+    settings = RenderSettings(encoding=encoding, line_width=line_width)
+    ours = render(flux, mask, settings)
+    theirs = render_torch.render(torch.from_numpy(flux), torch.from_numpy(mask), settings).numpy()
+    assert theirs.dtype == np.uint8 and theirs.shape == ours.shape
+    np.testing.assert_array_equal(theirs, ours)
+
+
+def test_torch_model_input_matches_numpy(batch):
+    from annotate.render import to_model_input
+
+    flux, mask = batch
+    images = render(flux[:4], mask[:4], RenderSettings())
+    expected = to_model_input(images)
+    got = render_torch.to_model_input(torch.from_numpy(np.ascontiguousarray(images)))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_render_matches_cpu(batch):
+    flux, mask = batch
+    for encoding in ("2dmap", "simple", "overlap"):
+        settings = RenderSettings(encoding=encoding)
+        cpu = render(flux, mask, settings)
+        gpu = render_torch.render(torch.from_numpy(flux).cuda(), torch.from_numpy(mask).cuda(), settings).cpu().numpy()
+        assert (gpu != cpu).mean() < 1e-4, encoding
