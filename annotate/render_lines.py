@@ -79,6 +79,14 @@ def line_mask(flux_scaled: np.ndarray, good: np.ndarray, size: int, width: int) 
     """(B, size, size) bool: the pixels a line plot of each row of `flux_scaled` covers."""
     rows = sample_rows(flux_scaled, size)
     low, high = thicken(*column_extents(rows, good, size), width)
+    if size <= 255:
+        # one uint8 comparison: (r - low) mod 256 <= high - low holds exactly for low <= r <= high;
+        # an empty column gets low 255 and span 0, which no row r < 255 meets
+        empty = low > high
+        low8 = np.where(empty, 255, low).astype(np.uint8)
+        span8 = np.where(empty, 0, np.minimum(high, size - 1) - low).astype(np.uint8)
+        r8 = np.arange(size, dtype=np.uint8)[None, :, None]
+        return (r8 - low8[:, None, :]) <= span8[:, None, :]
     r = np.arange(size, dtype=np.int32)[None, :, None]
     return (r >= low[:, None, :]) & (r <= high[:, None, :])
 
@@ -94,13 +102,29 @@ def scaled_flux(flux: np.ndarray, mask: np.ndarray, settings) -> tuple[np.ndarra
     return scaled.astype(np.float32), good
 
 
+def _rgba_word(red: int, green: int, blue: int) -> np.uint32:
+    """One RGBA pixel as a uint32 (built through a byte view, so any byte order works)."""
+    return np.array([red, green, blue, 0], np.uint8).view(np.uint32)[0]
+
+
+def _rgb_view(words: np.ndarray) -> np.ndarray:
+    """(B, S, S) uint32 RGBA words -> (B, S, S, 3) uint8 view (one pass to write, as the 2D Map)."""
+    return words.view(np.uint8).reshape(*words.shape, 4)[..., :3]
+
+
+@lru_cache(maxsize=1)
+def _overlap_words() -> np.ndarray:
+    """(8,) uint32: RGBA word for each combination of drawn segments (bit c = channel c)."""
+    return np.array([_rgba_word(*(255 * ((code >> c) & 1) for c in range(3))) for code in range(8)], np.uint32)
+
+
 def render_simple(flux: np.ndarray, mask: np.ndarray, settings) -> np.ndarray:
     """(B, S, S, 3) uint8: each spectrum as one white line on black."""
     flux, mask = np.atleast_2d(flux), np.atleast_2d(mask).astype(bool)
     settings.check_grid(flux.shape[1])
     scaled, good = scaled_flux(flux, mask, settings)
     drawn = line_mask(scaled, good, settings.image_size, settings.line_width)
-    return np.repeat((drawn.astype(np.uint8) * 255)[..., None], 3, axis=3)
+    return _rgb_view(drawn * _rgba_word(255, 255, 255))
 
 
 def render_overlap(flux: np.ndarray, mask: np.ndarray, settings) -> np.ndarray:
@@ -109,8 +133,8 @@ def render_overlap(flux: np.ndarray, mask: np.ndarray, settings) -> np.ndarray:
     settings.check_grid(flux.shape[1])
     scaled, good = scaled_flux(flux, mask, settings)  # one normalisation for the whole spectrum
     size = settings.image_size
-    image = np.zeros((flux.shape[0], size, size, 3), np.uint8)
-    for channel, (start, stop) in enumerate(segment_bounds(flux.shape[1], 3)):
+    code = np.zeros((flux.shape[0], size, size), np.uint8)  # bit c set where segment c is drawn
+    for bit, (start, stop) in enumerate(segment_bounds(flux.shape[1], 3)):
         drawn = line_mask(scaled[:, start:stop], good[:, start:stop], size, settings.line_width)
-        image[..., channel] = drawn.astype(np.uint8) * 255
-    return image
+        code |= drawn.view(np.uint8) << bit
+    return _rgb_view(_overlap_words()[code])

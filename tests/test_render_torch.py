@@ -54,3 +54,13 @@ def test_gpu_render_matches_cpu(batch):
         cpu = render(flux, mask, settings)
         gpu = render_torch.render(torch.from_numpy(flux).cuda(), torch.from_numpy(mask).cuda(), settings).cpu().numpy()
         assert (gpu != cpu).mean() < 1e-4, encoding
+
+
+@pytest.mark.parametrize("encoding", ["simple", "overlap"])
+def test_images_larger_than_255_px_use_the_wide_fill_and_still_match(batch, encoding):
+    flux, mask = batch
+    settings = RenderSettings(encoding=encoding, image_size=320, line_width=2)
+    ours = render(flux[:8], mask[:8], settings)
+    theirs = render_torch.render(torch.from_numpy(flux[:8]), torch.from_numpy(mask[:8]), settings).numpy()
+    assert ours.shape == (8, 320, 320, 3)
+    np.testing.assert_array_equal(theirs, ours)
