@@ -144,25 +144,60 @@ def matplotlib_2dmap_png(flux: np.ndarray, mask: np.ndarray, settings) -> bytes:
     return buffer.getvalue()
 
 
-def bench_render(sizes) -> Row:
+def matplotlib_line_png(flux: np.ndarray, mask: np.ndarray, settings) -> bytes:
+    """The reference Simple / Overlap rendering of one spectrum: matplotlib line plots (one line,
+    or the three thirds in red, green and blue) on black, figure 2.24 in at 100 dpi, savefig PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .render import normalise_flux
+    from .render_lines import segment_bounds
+
+    norm = np.where(mask, np.nan, normalise_flux(flux[None], mask[None], settings.normalise)[0])
+    fig = plt.figure(figsize=(settings.image_size / 100, settings.image_size / 100), dpi=100, facecolor="black")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_ylim(settings.flux_min, settings.flux_max)
+    if settings.encoding == "simple":
+        ax.plot(norm, color="white", linewidth=1.5)
+        ax.set_xlim(0, len(norm) - 1)
+    else:
+        for colour, (start, stop) in zip(("red", "lime", "blue"), segment_bounds(len(norm), 3)):
+            ax.plot(norm[start:stop], color=colour, linewidth=1.5)
+        ax.set_xlim(0, len(norm) // 3 - 1)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, facecolor="black")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+REFERENCES = {"2dmap": ("matplotlib imshow + savefig PNG per spectrum", matplotlib_2dmap_png),
+              "simple": ("matplotlib plot + savefig PNG per spectrum", matplotlib_line_png),
+              "overlap": ("matplotlib 3 × plot + savefig PNG per spectrum", matplotlib_line_png)}
+ENCODING_NAMES = {"2dmap": "2D Map", "simple": "Simple", "overlap": "Overlap"}
+
+
+def bench_render(sizes, encoding: str = "2dmap") -> Row:
     from .grid import WavelengthGrid
     from .render import RenderSettings, render
 
-    settings = RenderSettings()
+    settings = RenderSettings(encoding=encoding)
     n_pix = WavelengthGrid().n_pix
-    row = Row("render 2D Map (1 core)", "spectra/s", baseline_name="matplotlib imshow + savefig PNG per spectrum")
+    reference_name, reference = REFERENCES[encoding]
+    row = Row(f"render {ENCODING_NAMES[encoding]} (1 core)", "spectra/s", baseline_name=reference_name)
     for n in sizes:
         flux, mask = _synthetic_batch(n, n_pix)
         render(flux[:256], mask[:256], settings)  # warm-up: LUTs, allocator
         seconds, _ = _timed(lambda: [render(flux[i:i + 256], mask[i:i + 256], settings) for i in range(0, n, 256)],
                             repeat=3)
         m = min(n, BASELINE_LIMIT["render"])
-        matplotlib_2dmap_png(flux[0], mask[0], settings)
-        base, _ = _timed(lambda: [matplotlib_2dmap_png(flux[i], mask[i], settings) for i in range(m)])
+        reference(flux[0], mask[0], settings)
+        base, _ = _timed(lambda: [reference(flux[i], mask[i], settings) for i in range(m)])
         row.sizes.append(n)
         row.ours.append(n / seconds)
         row.baseline.append(m / base)
-    row.extra["not measured"] = "Simple and Overlap encodings are not implemented yet"
     return row
 
 
@@ -407,7 +442,7 @@ def run_bench(quick: bool = False, steps: tuple = ("ingest", "render", "end_to_e
             if step == "ingest":
                 rows.append(bench_ingest(sizes["ingest"], tmp))
             elif step == "render":
-                rows.append(bench_render(sizes["render"]))
+                rows.extend(bench_render(sizes["render"], encoding) for encoding in ("simple", "overlap", "2dmap"))
             elif step == "end_to_end":
                 rows.append(bench_end_to_end(sizes["end_to_end"], tmp))
             elif step == "writeback":
