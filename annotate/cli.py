@@ -19,6 +19,7 @@ EXAMPLES = {
     "run": "annotate run --catalog dr18.fits --survey sdss_dr18 --spectra-root /data/sdss/spectro/redux",
     "train": "annotate train --recipe training/demo.yaml --out runs/demo",
     "bench": "annotate bench --quick --out bench.json",
+    "render": "annotate render --store annotate-demo/dr18.annotated.spectra.h5 --preview 8 --out sheet.png",
 }
 
 
@@ -57,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
     train.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
                        help="do not train: recompute the held-out metrics of CHECKPOINT (trained with this recipe)")
+
+    render = command("render", "render a spectra store's spectra into an HDF5 image store, or preview them")
+    render.add_argument("--store", type=Path, required=True, help="HDF5 spectra store (from annotate run)")
+    render.add_argument("--out", type=Path, required=True, help="image store (.h5) to create or resume, or the "
+                        "contact sheet (.png) with --preview")
+    render.add_argument("--encoding", default="2dmap", choices=["2dmap", "simple", "overlap"])
+    render.add_argument("--preview", type=int, metavar="N",
+                        help="write a PNG contact sheet of N spectra in every encoding instead")
+    _add_execution(render)
 
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
     bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
@@ -146,7 +156,26 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench}
+def _cmd_render(args) -> int:
+    from .images import contact_sheet, render_store
+    from .render import RenderSettings
+
+    if args.preview:
+        print(f"contact sheet: {contact_sheet(args.store, args.out, args.preview)}")
+        return 0
+    from tqdm.auto import tqdm
+
+    from .store import open_store
+
+    total = open_store(args.store).n_rows
+    with tqdm(total=total, desc="render", unit="spec", disable=args.no_progress, mininterval=0.5) as bar:
+        counts = render_store(args.store, args.out, RenderSettings(encoding=args.encoding), args.scheduler,
+                              args.workers, progress=bar.update)
+    print(f"rendered {counts['rendered']} rows, {counts['skipped']} already done: {args.out}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench, "render": _cmd_render}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,3 +98,16 @@ def test_split_is_independent_of_the_simulated_classes():
     overall = np.mean(data["class"] == "STAR")
     for part in ("val", "test"):
         assert np.mean(data["class"][split == part] == "STAR") == pytest.approx(overall, abs=0.1)
+
+
+@pytest.mark.parametrize("encoding", ["simple", "overlap"])
+def test_every_encoding_trains_and_predicts_as_it_was_trained(tmp_path, encoding):
+    from annotate.predict import predict_store
+
+    store = _labelled_store(tmp_path / "train.h5")
+    train(_recipe(tmp_path, store, render={"encoding": encoding, "line_width": 1}, epochs=1),
+          tmp_path / "ckpt", log=lambda line: None)
+    model, card = load_checkpoint(tmp_path / "ckpt")
+    assert card.render.encoding == encoding and card.render.line_width == 1
+    pred = predict_store(model, card, store)
+    assert np.isfinite(pred["z"]).all() and np.allclose(pred["prob"].sum(axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,146 @@
+"""Rendered images: an HDF5 image store made from a spectra store with Dask, and contact sheets.
+
+Image store layout:
+
+    /images   (n_rows, S, S, 3) uint8, chunked by rows, LZF-compressed
+    /done     (n_rows,) bool, rows already rendered (a rerun renders only the others)
+    attrs: render (JSON of RenderSettings), spectra_store, n_pix, annotate_version
+
+Rows whose spectrum was not ingested OK are rendered from what the store holds for them (all
+masked: a black image) and marked done. Tasks receive the store's file name and a row range,
+never open h5py objects; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import StoreError
+from .render import ENCODINGS, RenderSettings, render
+from .store import STATUS, open_store, read_labels, read_rows
+
+ROWS_PER_CHUNK = 32
+
+
+def render_rows(task: dict) -> np.ndarray:
+    """(stop - start, S, S, 3) uint8 images of rows [start, stop) of a spectra store (on a worker)."""
+    rows = read_rows(task["store"], task["start"], task["stop"])
+    mask = rows["mask"] | (rows["status"] != STATUS["OK"])[:, None]
+    return np.ascontiguousarray(render(rows["flux"], mask, RenderSettings.from_dict(task["render"])))
+
+
+def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int):
+    if path.exists():
+        with h5py.File(path, "r") as h5:
+            if json.loads(h5.attrs["render"]) != settings.to_dict() or h5["done"].shape[0] != n_rows:
+                raise StoreError(f"{path} holds images of other settings or another store; choose a new --out")
+        return
+    size = settings.image_size
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as h5:
+        h5.create_dataset("images", shape=(n_rows, size, size, 3), dtype="u1",
+                          chunks=(max(1, min(ROWS_PER_CHUNK, n_rows)), size, size, 3), compression="lzf")
+        h5.create_dataset("done", data=np.zeros(n_rows, bool))
+        h5.attrs.update({"render": json.dumps(settings.to_dict()), "spectra_store": str(spectra_store),
+                         "n_pix": n_pix, "annotate_version": __version__})
+    tmp.replace(path)
+
+
+def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSettings,
+                 scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
+                 progress: Callable[[int], None] | None = None) -> dict:
+    """Render every row of `spectra_store` into the image store `out` (created or resumed).
+    Returns {'rendered': rows rendered now, 'skipped': rows already done, 'n_rows': total}."""
+    from .parallel import map_unordered
+
+    info = open_store(spectra_store)
+    settings.check_grid(info.grid.n_pix)
+    out = Path(out)
+    _open_image_store(out, info.n_rows, settings, info.path, info.grid.n_pix)
+    with h5py.File(out, "r") as h5:
+        done = h5["done"][()]
+    tasks = [{"store": str(info.path), "start": start, "stop": min(start + rows_per_task, info.n_rows),
+              "render": settings.to_dict()}
+             for start in range(0, info.n_rows, rows_per_task)
+             if not done[start:start + rows_per_task].all()]
+    rendered = 0
+    for index, images in map_unordered(render_rows, tasks, scheduler=scheduler, n_workers=n_workers):
+        task = tasks[index]
+        with h5py.File(out, "r+") as h5:
+            h5["images"][task["start"]:task["stop"]] = images
+            h5["done"][task["start"]:task["stop"]] = True
+        rendered += task["stop"] - task["start"]
+        if progress is not None:
+            progress(task["stop"] - task["start"])
+    return {"rendered": rendered, "skipped": info.n_rows - rendered, "n_rows": info.n_rows}
+
+
+def read_images(path: str | Path, start: int, stop: int) -> np.ndarray:
+    with h5py.File(path, "r") as h5:
+        return h5["images"][start:stop]
+
+
+def _catalog_labels(store: Path) -> dict:
+    """Class and z from the catalog the store was ingested from (its survey's columns), if readable."""
+    from .errors import AnnotateError
+    from .pipeline import read_catalog
+    from .surveys import load_survey
+
+    with h5py.File(store, "r") as h5:
+        catalog, survey = str(h5.attrs.get("catalog", "")), str(h5.attrs.get("survey", ""))
+    if not catalog or not survey or not Path(catalog).is_file():
+        return {}
+    try:
+        definition = load_survey(survey)
+        reference = definition.reference(read_catalog(Path(catalog), definition))
+    except AnnotateError:
+        return {}
+    return {"class": reference["class"], "z": reference["z"]}
+
+
+def contact_sheet(spectra_store: str | Path, out: str | Path, n: int = 8, seed: int = 0,
+                  encodings: tuple = ENCODINGS) -> Path:
+    """A PNG of `n` spectra of the store (drawn at random, seeded, among rows ingested OK), one row
+    each, one column per encoding, with the object id and, where the store has labels, class and z."""
+    from PIL import Image, ImageDraw
+
+    info = open_store(spectra_store)
+    with h5py.File(info.path, "r") as h5:
+        status = h5["status"][()]
+        object_ids = h5["object_id"][()]
+    candidates = np.flatnonzero(status == STATUS["OK"])
+    if len(candidates) == 0:
+        raise StoreError(f"{info.path}: no ingested spectra to preview")
+    rows = np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False))
+    labels = read_labels(info.path) or _catalog_labels(info.path)
+    settings = [RenderSettings(encoding=e) for e in encodings]
+    size, caption, gap = settings[0].image_size, 40, 6
+    sheet = Image.new("RGB", (len(encodings) * (size + gap) + gap, len(rows) * (size + caption + gap) + 24),
+                      (40, 40, 40))
+    draw = ImageDraw.Draw(sheet)
+    for j, encoding in enumerate(encodings):
+        draw.text((gap + j * (size + gap), 6), encoding, fill=(255, 255, 255))
+    for i, row in enumerate(rows):
+        data = read_rows(info.path, int(row), int(row) + 1)
+        top = 24 + i * (size + caption + gap)
+        for j, setting in enumerate(settings):
+            image = render(data["flux"], data["mask"], setting)[0]
+            sheet.paste(Image.fromarray(np.ascontiguousarray(image)), (gap + j * (size + gap), top))
+        object_id = object_ids[row].decode() if isinstance(object_ids[row], bytes) else str(object_ids[row])
+        text = f"row {row}  id {object_id}"
+        if "class" in labels:
+            text += f"  {labels['class'][row]}"
+        if "z" in labels:
+            text += f"  z={float(labels['z'][row]):.4f}"
+        draw.text((gap, top + size + 4), text, fill=(230, 230, 230))
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    sheet.save(tmp)
+    tmp.replace(out)
+    return out

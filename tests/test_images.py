@@ -1,0 +1,76 @@
+"""Image stores rendered from spectra stores (resumable), and contact sheets."""
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from annotate.cli import main
+from annotate.errors import StoreError
+from annotate.grid import WavelengthGrid
+from annotate.images import contact_sheet, read_images, render_store
+from annotate.render import RenderSettings, render
+from annotate.simulate.spectra import draw_sample
+from annotate.simulate.templates import load_library
+from annotate.store import STATUS, create_store, write_rows
+
+
+@pytest.fixture()
+def spectra_store(tmp_path):
+    grid = WavelengthGrid()
+    sample = draw_sample(40, load_library(), grid, seed=3)
+    status = np.full(40, STATUS["OK"], np.int8)
+    status[5] = STATUS["NO_SPECTRUM"]
+    path = tmp_path / "spectra.h5"
+    create_store(path, np.arange(40), [""] * 40, grid, labels={"class": sample["class"], "z": sample["z"]})
+    write_rows(path, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"].astype(np.uint8),
+                         "status": status})
+    return path, sample
+
+
+@pytest.mark.parametrize("encoding", ["2dmap", "simple", "overlap"])
+def test_image_store_holds_what_render_draws(tmp_path, spectra_store, encoding):
+    path, sample = spectra_store
+    settings = RenderSettings(encoding=encoding)
+    counts = render_store(path, tmp_path / "images.h5", settings, scheduler="sync", rows_per_task=16)
+    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40}
+    images = read_images(tmp_path / "images.h5", 0, 40)
+    expected = render(sample["flux"], sample["mask"], settings)
+    ok = np.arange(40) != 5
+    np.testing.assert_array_equal(images[ok], expected[ok])
+    assert not images[5].any()  # a row without a spectrum is a black image
+
+
+def test_rendering_resumes_and_refuses_other_settings(tmp_path, spectra_store):
+    path, _ = spectra_store
+    out = tmp_path / "images.h5"
+    settings = RenderSettings(encoding="simple")
+    render_store(path, out, settings, scheduler="sync", rows_per_task=16)
+    with h5py.File(out, "r+") as h5:  # as if the run had stopped after the first task
+        h5["done"][16:] = False
+        h5["images"][16:] = 0
+    counts = render_store(path, out, settings, scheduler="threads", rows_per_task=16)
+    assert counts["rendered"] == 24 and counts["skipped"] == 16
+    assert read_images(out, 39, 40).any()
+    with pytest.raises(StoreError, match="other settings"):
+        render_store(path, out, RenderSettings(encoding="overlap"), scheduler="sync")
+
+
+def test_contact_sheet_shows_every_encoding_with_labels(tmp_path, spectra_store, capsys):
+    path, _ = spectra_store
+    assert main(["render", "--store", str(path), "--preview", "3", "--out", str(tmp_path / "sheet.png")]) == 0
+    assert "contact sheet" in capsys.readouterr().out
+    sheet = Image.open(tmp_path / "sheet.png")
+    # three 224-px columns with 6-px gaps; three rows of 224 px plus captions
+    assert sheet.size == (3 * 230 + 6, 3 * (224 + 40 + 6) + 24)
+
+
+def test_render_command_writes_an_image_store(tmp_path, spectra_store, capsys):
+    path, _ = spectra_store
+    out = tmp_path / "img.h5"
+    code = main(["render", "--store", str(path), "--out", str(out), "--encoding", "overlap", "--scheduler", "sync",
+                 "--no-progress"])
+    assert code == 0 and "rendered 40 rows" in capsys.readouterr().out
+    with h5py.File(out, "r") as h5:
+        assert h5["images"].shape == (40, 224, 224, 3) and h5["done"][()].all()
+        assert '"encoding": "overlap"' in h5.attrs["render"]
