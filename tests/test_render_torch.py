@@ -64,3 +64,15 @@ def test_images_larger_than_255_px_use_the_wide_fill_and_still_match(batch, enco
     theirs = render_torch.render(torch.from_numpy(flux[:8]), torch.from_numpy(mask[:8]), settings).numpy()
     assert ours.shape == (8, 320, 320, 3)
     np.testing.assert_array_equal(theirs, ours)
+
+
+def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
+    from annotate.checkpoint import DEFAULT_MODEL, load_checkpoint
+    from annotate.predict import predict_batch
+
+    flux, mask = batch
+    model, card = load_checkpoint(DEFAULT_MODEL, "cpu")
+    on_host = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=False)
+    on_device = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=True)
+    for key in on_host:
+        np.testing.assert_array_equal(on_device[key], on_host[key])
