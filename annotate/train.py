@@ -72,8 +72,10 @@ class Recipe:
 
     def validate(self) -> None:
         check_backbone_name(self.backbone)
-        if set(self.data) - {"simulate", "store"} or len(self.data) != 1:
-            raise ConfigError("recipe 'data' must have exactly one of: simulate, store")
+        sources = set(self.data) - {"images"}
+        if sources - {"simulate", "store"} or len(sources) != 1 or ("images" in self.data and "store" not in self.data):
+            raise ConfigError("recipe 'data' must have exactly one of: simulate, store "
+                              "(and, with store, optionally images: an image store made by annotate render)")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("precision must be fp32 or bf16")
         if self.epochs < 1 or self.batch_size < 1:
@@ -105,7 +107,33 @@ def load_training_data(recipe: Recipe, grid: WavelengthGrid) -> dict:
         data[key] = np.asarray(labels[key])[ok]
     data["object"] = np.asarray(labels.get("object", np.arange(info.n_rows)))[ok]
     data["split"] = np.asarray(labels["split"])[ok] if "split" in labels else None
+    if "images" in recipe.data:
+        data["images_path"] = str(recipe.data["images"])
+        data["image_rows"] = np.flatnonzero(ok)
+        _check_image_store(data["images_path"], info.n_rows, data["image_rows"])
     return data
+
+
+def image_store_settings(path: str | Path) -> RenderSettings:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return RenderSettings.from_dict(json.loads(h5.attrs["render"]))
+    except (OSError, KeyError) as exc:
+        raise ConfigError(f"{path}: not an image store made by annotate render ({exc})") from None
+
+
+def _check_image_store(path: str, n_rows: int, rows: np.ndarray) -> None:
+    import h5py
+
+    image_store_settings(path)
+    with h5py.File(path, "r") as h5:
+        done = h5["done"][()]
+    if len(done) != n_rows:
+        raise ConfigError(f"{path} has {len(done)} rows, the spectra store {n_rows}: not made from it")
+    if not done[rows].all():
+        raise ConfigError(f"{path}: {int((~done[rows]).sum())} rows are not rendered yet; run annotate render again")
 
 
 def split_by_object(objects: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
@@ -132,17 +160,32 @@ def fit_label_norm(data: dict, train: np.ndarray) -> dict:
 
 
 class RenderedBatches(torch.utils.data.Dataset):
-    """Map-style dataset indexed by a list of row indices: renders the whole batch at once."""
+    """Map-style dataset indexed by a list of row indices: renders the whole batch at once, or
+    reads it from an image store when `data` names one (images_path, image_rows)."""
 
     def __init__(self, data: dict, targets: dict, settings: RenderSettings, mean: float, std: float):
         self.data, self.targets, self.settings, self.mean, self.std = data, targets, settings, mean, std
+        self._images = None  # h5py dataset, opened in the process that reads (DataLoader workers)
 
     def __len__(self):
         return len(self.data["flux"])
 
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None}
+
+    def _stored_images(self, indices: np.ndarray) -> np.ndarray:
+        if self._images is None:
+            import h5py
+
+            self._images = h5py.File(self.data["images_path"], "r")["images"]
+        return self._images[self.data["image_rows"][indices]]  # increasing rows, as h5py needs
+
     def __getitem__(self, indices):
         indices = np.sort(np.asarray(indices))
-        images = render(self.data["flux"][indices], self.data["mask"][indices], self.settings)
+        if self.data.get("images_path"):
+            images = self._stored_images(indices)
+        else:
+            images = render(self.data["flux"][indices], self.data["mask"][indices], self.settings)
         batch = {"pixels": to_model_input(images, self.mean, self.std)}
         for key, values in self.targets.items():
             batch[key] = torch.from_numpy(values[indices])
@@ -248,6 +291,11 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     torch.manual_seed(recipe.seed)
     grid = WavelengthGrid(**recipe.grid)
     settings = RenderSettings.from_dict(recipe.render)
+    if "images" in recipe.data:
+        stored = image_store_settings(recipe.data["images"])
+        if recipe.render and stored != settings:
+            raise ConfigError(f"recipe render settings differ from those of the image store {recipe.data['images']}")
+        settings = stored
     settings.check_grid(grid.n_pix)
     device = pick_device(recipe.device)
     started = time.time()

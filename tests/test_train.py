@@ -111,3 +111,25 @@ def test_every_encoding_trains_and_predicts_as_it_was_trained(tmp_path, encoding
     assert card.render.encoding == encoding and card.render.line_width == 1
     pred = predict_store(model, card, store)
     assert np.isfinite(pred["z"]).all() and np.allclose(pred["prob"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_training_from_an_image_store_sees_the_same_pixels(tmp_path):
+    from annotate.images import render_store
+    from annotate.render import RenderSettings
+
+    store = _labelled_store(tmp_path / "train.h5")
+    images = tmp_path / "images.h5"
+    render_store(store, images, RenderSettings(encoding="overlap"), scheduler="sync")
+    from_images = train(_recipe(tmp_path, store, data={"store": str(store), "images": str(images)}, epochs=1),
+                        tmp_path / "a", log=lambda line: None)
+    on_the_fly = train(_recipe(tmp_path, store, render={"encoding": "overlap"}, epochs=1),
+                       tmp_path / "b", log=lambda line: None)
+    _, card = load_checkpoint(tmp_path / "a")
+    assert card.render.encoding == "overlap"  # taken from the image store
+    history_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    history_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert history_a[0]["train_loss"] == pytest.approx(history_b[0]["train_loss"], rel=1e-6)
+    assert from_images["test"]["loss"] == pytest.approx(on_the_fly["test"]["loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="differ from those of the image store"):
+        train(_recipe(tmp_path, store, data={"store": str(store), "images": str(images)},
+                      render={"encoding": "simple"}), tmp_path / "c", log=lambda line: None)
