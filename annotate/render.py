@@ -99,13 +99,21 @@ def colormap_lut(name: str) -> np.ndarray:
 
 
 def row_median(values: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """(B,) median of each row of (B, n) `values` over its `good` entries; NaN for rows with none."""
-    ordered = np.where(good, values, np.nan)
-    ordered.sort(axis=1)  # NaNs sort last
+    """(B,) median of each row of (B, n) `values` over its `good` entries (the mean of the two
+    middle values for an even count); NaN for rows with none. One partition per row (O(n)),
+    not a sort: unusable entries become +inf and so lie above every rank that is read."""
+    filled = np.where(good, values, np.inf)
     n_good = good.sum(axis=1)
-    lo = np.take_along_axis(ordered, np.maximum((n_good - 1) // 2, 0)[:, None], axis=1)[:, 0]
-    hi = np.take_along_axis(ordered, np.maximum(n_good // 2, 0)[:, None], axis=1)[:, 0]
-    return np.where(n_good > 0, 0.5 * (lo + hi), np.nan)
+    out = np.full(len(values), np.nan, dtype=filled.dtype)
+    for i, n in enumerate(n_good.tolist()):
+        if n == 0:
+            continue
+        upper = n // 2
+        row = filled[i]
+        row.partition(upper)
+        middle = row[upper]
+        out[i] = middle if n % 2 else 0.5 * (row[:upper].max() + middle)
+    return out
 
 
 def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> np.ndarray:
