@@ -48,7 +48,7 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
     else:
         n = n_workers or default_workers()
         cluster = LocalCluster(n_workers=min(n, len(items)), threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         futures = client.map(func, items, pure=False)
