@@ -50,11 +50,12 @@ def r2_score(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def nmad(z_true: np.ndarray, z_pred: np.ndarray) -> float:
-    """σ_NMAD = 1.4826 · median(|δz − median(δz)|), δz = (z_pred − z_true) / (1 + z_true): the
-    scatter with the bias removed, as in SpecPT and the photometric-redshift literature."""
-    dz = (np.asarray(z_pred, float) - z_true) / (1.0 + np.asarray(z_true, float))
+    """NMAD = 1.4826 · median(|Δz| / (1 + z_true)), the project's definition (the cross-check
+    issue's, after SpecPT). Unlike the photometric-redshift σ_MAD it does not subtract the median
+    residual first, so a bias counts as scatter."""
+    dz = np.abs(np.asarray(z_pred, float) - z_true) / (1.0 + np.asarray(z_true, float))
     dz = dz[np.isfinite(dz)]
-    return float(1.4826 * np.median(np.abs(dz - np.median(dz)))) if len(dz) else float("nan")
+    return float(1.4826 * np.median(dz)) if len(dz) else float("nan")
 
 
 def outlier_fraction(z_true: np.ndarray, z_pred: np.ndarray, threshold: float = 0.15) -> float:
