@@ -19,6 +19,7 @@ EXAMPLES = {
     "run": "annotate run --catalog dr18.fits --survey sdss_dr18 --spectra-root /data/sdss/spectro/redux",
     "train": "annotate train --recipe training/demo.yaml --out runs/demo",
     "bench": "annotate bench --quick --out bench.json",
+    "crosscheck": "annotate crosscheck --catalog annotate-demo/dr18.annotated.fits",
     "render": "annotate render --store annotate-demo/dr18.annotated.spectra.h5 --preview 8 --out sheet.png",
 }
 
@@ -58,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
     train.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
                        help="do not train: recompute the held-out metrics of CHECKPOINT (trained with this recipe)")
+
+    check = command("crosscheck", "compare an annotated catalog's predictions with the survey pipeline's values")
+    check.add_argument("--catalog", type=Path, required=True, help="catalog written by annotate run")
+    check.add_argument("--out", type=Path, help="report folder (default: <catalog>.crosscheck/ beside it)")
+    check.add_argument("--survey", help="survey definition (default: the one named in the catalog's ANNSURV card)")
+    check.add_argument("--store", type=Path, help="spectra store for the disagreement sheet "
+                       "(default: the run's store beside the catalog)")
+    check.add_argument("--n-sheet", type=int, default=8, help="disagreements drawn on the sheet (default 8)")
 
     render = command("render", "render a spectra store's spectra into an HDF5 image store, or preview them")
     render.add_argument("--store", type=Path, required=True, help="HDF5 spectra store (from annotate run)")
@@ -104,9 +113,12 @@ def _print_result(result) -> None:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
+    from .crosscheck import crosscheck
+
     result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress)
     print(f"demo catalog:      {Path(args.out) / 'dr18.fits'}")
     _print_result(result)
+    _print_crosscheck(crosscheck(result.output, store=result.store))
     return _finish(result)
 
 
@@ -156,6 +168,22 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_crosscheck(args) -> int:
+    from .crosscheck import crosscheck
+
+    result = crosscheck(args.catalog, args.out, args.survey, args.store, args.n_sheet)
+    _print_crosscheck(result)
+    return 0
+
+
+def _print_crosscheck(result) -> None:
+    m = result.metrics
+    print(f"cross-check: {m['compared']} rows compared, {m['disagreements']} disagreements; "
+          f"class accuracy {m['classification']['accuracy']:.3f}, macro F1 {m['classification']['macro_f1']:.3f}, "
+          f"z NMAD {m['redshift']['nmad']:.4f}")
+    print(f"cross-check report: {result.report}")
+
+
 def _cmd_render(args) -> int:
     from .images import contact_sheet, render_store
     from .render import RenderSettings
@@ -175,7 +203,8 @@ def _cmd_render(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench, "render": _cmd_render}
+COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench, "render": _cmd_render,
+            "crosscheck": _cmd_crosscheck}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,74 @@ def outlier_fraction(z_true: np.ndarray, z_pred: np.ndarray, threshold: float = 
     return float(np.mean(dz > threshold)) if len(dz) else float("nan")
 
 
+def gaussian_crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """Mean CRPS of Gaussian forecasts N(mu, sigma²) for outcomes y (closed form, Gneiting+ 2005),
+    over the finite triples."""
+    from scipy.special import erf
+
+    y, mu, sigma = (np.asarray(a, float) for a in (y, mu, sigma))
+    ok = np.isfinite(y) & np.isfinite(mu) & np.isfinite(sigma)
+    y, mu, sigma = y[ok], mu[ok], np.maximum(sigma[ok], 1e-12)
+    w = (y - mu) / sigma
+    pdf = np.exp(-0.5 * w**2) / np.sqrt(2 * np.pi)
+    cdf = 0.5 * (1 + erf(w / np.sqrt(2)))
+    crps = sigma * (w * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+    return float(np.mean(crps)) if len(crps) else float("nan")
+
+
+def per_class_recall(true, pred, labels=CLASS_NAMES) -> dict:
+    """label -> recall (NaN for a label with no true rows)."""
+    matrix = confusion_matrix(true, pred, labels)
+    totals = matrix.sum(axis=1)
+    return {label: float(matrix[i, i] / totals[i]) if totals[i] else float("nan") for i, label in enumerate(labels)}
+
+
+def macro_f1(true, pred, labels=CLASS_NAMES) -> float:
+    """Unweighted mean of the per-class F1 over the labels that occur (true or predicted)."""
+    matrix = confusion_matrix(true, pred, labels)
+    scores = []
+    for i in range(len(labels)):
+        tp, fp, fn = matrix[i, i], matrix[:, i].sum() - matrix[i, i], matrix[i, :].sum() - matrix[i, i]
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def rmse(true: np.ndarray, pred: np.ndarray) -> float:
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    return float(np.sqrt(np.mean((pred[ok] - true[ok]) ** 2))) if ok.any() else float("nan")
+
+
+def bias(true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of pred − true over finite pairs."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    return float(np.mean(pred[ok] - true[ok])) if ok.any() else float("nan")
+
+
+def within_sigma(true: np.ndarray, pred: np.ndarray, sigma: np.ndarray, k: float) -> float:
+    """Fraction of rows with |pred − true| ≤ k·σ (calibration of a stated uncertainty)."""
+    true, pred, sigma = (np.asarray(a, float) for a in (true, pred, sigma))
+    ok = np.isfinite(true) & np.isfinite(pred) & np.isfinite(sigma)
+    return float(np.mean(np.abs(pred[ok] - true[ok]) <= k * sigma[ok])) if ok.any() else float("nan")
+
+
+SNR_BINS = (0, 1, 2, 5, 7, 10, 20, 30, 40, 50, np.inf)  # the Spectromer paper's bins
+
+
+def success_by_snr(snr: np.ndarray, failed: np.ndarray, edges=SNR_BINS) -> list[dict]:
+    """Per S/N bin [lo, hi): count and success rate (1 − failure fraction); NaN where empty."""
+    snr, failed = np.asarray(snr, float), np.asarray(failed, bool)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (snr >= lo) & (snr < hi)
+        n = int(inside.sum())
+        out.append({"snr_min": float(lo), "snr_max": float(hi) if np.isfinite(hi) else None, "n": n,
+                    "success_rate": float(1.0 - failed[inside].mean()) if n else float("nan")})
+    return out
+
+
 def summary(reference: dict, columns: dict, usable: np.ndarray) -> dict:
     """The short cross-check printed after a run, over `usable` rows (predicted, selected, with a
     reference class and z): counts, class accuracy, z R², NMAD, η, Ross et al. catastrophic rate,

@@ -225,7 +225,7 @@ def multitask_loss(out: dict, batch: dict, weights: dict) -> tuple[torch.Tensor,
 
 def evaluate(model, loader, norms: dict, device, autocast) -> dict:
     """Validation/test metrics in physical units: accuracy, z R², NMAD, η, CRPS, stellar R²."""
-    from .metrics import accuracy, nmad, outlier_fraction, r2_score
+    from .metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
 
     model.eval()
     rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mu", "z_sigma", "stellar_true", "stellar_pred",
@@ -260,18 +260,6 @@ def evaluate(model, loader, norms: dict, device, autocast) -> dict:
         pred = norms[key].decode(cat["stellar_pred"][m, i].astype(float))
         metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true, pred), int(m.sum())
     return metrics
-
-
-def gaussian_crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
-    """Mean CRPS of Gaussian forecasts N(mu, sigma²) for outcomes y (closed form, Gneiting+ 2005)."""
-    from scipy.special import erf
-
-    sigma = np.maximum(sigma, 1e-12)
-    w = (y - mu) / sigma
-    pdf = np.exp(-0.5 * w**2) / np.sqrt(2 * np.pi)
-    cdf = 0.5 * (1 + erf(w / np.sqrt(2)))
-    crps = sigma * (w * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
-    return float(np.mean(crps)) if len(crps) else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------

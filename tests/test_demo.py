@@ -37,6 +37,11 @@ def test_demo_command_writes_sample_annotates_and_prints_paths(demo, capsys):
     catalog = demo / "dr18.fits"
     annotated = demo / "dr18.annotated.fits"
     assert f"annotated catalog: {annotated}" in printed and "class accuracy" in printed
+    report = demo / "dr18.annotated.crosscheck" / "report.html"
+    assert f"cross-check report: {report}" in printed
+    page = report.read_text()
+    assert page.count('src="data:image/png;base64,') == 5  # the four plots and the disagreement sheet
+    assert (demo / "dr18.annotated.crosscheck" / "disagreements.png").is_file()
     survey = load_survey("sdss_dr18")
     with fits.open(catalog) as hdul:
         n = len(hdul[1].data)

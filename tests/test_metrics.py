@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from annotate.metrics import accuracy, confusion_matrix, nmad, outlier_fraction, r2_score
-from annotate.train import gaussian_crps
+from annotate.metrics import (
+    accuracy, bias, confusion_matrix, gaussian_crps, macro_f1, nmad, outlier_fraction, per_class_recall, r2_score, rmse,
+    success_by_snr, within_sigma,
+)
 from annotate.metrics import catastrophic, velocity_offset_kms
 
 
@@ -46,3 +48,25 @@ def test_gaussian_crps_closed_form():
     assert gaussian_crps(np.array([0.0]), np.array([0.0]), np.array([1.0])) == pytest.approx((np.sqrt(2) - 1) / np.sqrt(np.pi))
     # far from the forecast CRPS tends to |y - mu|
     assert gaussian_crps(np.array([100.0]), np.array([0.0]), np.array([1.0])) == pytest.approx(100 - 1 / np.sqrt(np.pi), rel=1e-6)
+
+
+def test_f1_recall_of_a_known_confusion_matrix():
+    true = ["GALAXY"] * 4 + ["QSO"] * 2 + ["STAR"] * 4
+    pred = ["GALAXY", "GALAXY", "GALAXY", "STAR", "QSO", "GALAXY", "STAR", "STAR", "STAR", "STAR"]
+    assert confusion_matrix(true, pred).tolist() == [[3, 0, 1], [1, 1, 0], [0, 0, 4]]
+    assert per_class_recall(true, pred) == {"GALAXY": 0.75, "QSO": 0.5, "STAR": 1.0}
+    # F1: GALAXY 2·3/(6+1+1) = 0.75, QSO 2/(2+0+1) = 2/3, STAR 8/(8+1+0) = 8/9
+    assert macro_f1(true, pred) == pytest.approx((0.75 + 2 / 3 + 8 / 9) / 3)
+
+
+def test_rmse_bias_calibration_and_snr_bins():
+    true = np.array([0.0, 0.0, 0.0, 0.0])
+    pred = np.array([0.1, -0.1, 0.3, np.nan])
+    assert rmse(true, pred) == pytest.approx(np.sqrt((0.01 + 0.01 + 0.09) / 3))
+    assert bias(true, pred) == pytest.approx(0.1)
+    assert within_sigma(true, pred, np.full(4, 0.2), 1) == pytest.approx(2 / 3)
+    assert within_sigma(true, pred, np.full(4, 0.2), 2) == pytest.approx(1.0)
+    bins = success_by_snr(np.array([0.5, 1.5, 1.7, 60.0]), np.array([True, False, True, False]))
+    assert [b["n"] for b in bins] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert bins[0]["success_rate"] == 0.0 and bins[1]["success_rate"] == 0.5 and bins[-1]["success_rate"] == 1.0
+    assert np.isnan(bins[2]["success_rate"])

@@ -1,0 +1,99 @@
+"""Cross-check: which rows are compared, the metrics on a hand-made catalog, and the report files."""
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.table import Table
+from PIL import Image
+
+from annotate.crosscheck import compute, crosscheck, disagreements
+from annotate.flags import PredFlag
+from annotate.simulate.writer import write_catalog
+from annotate.writeback import prediction_columns, provenance_cards, write_fits
+
+
+def _annotated(tmp_path):
+    """Ten rows with known outcomes (reference first, then what the 'model' said)."""
+    ref_class = np.array(["GALAXY", "GALAXY", "QSO", "QSO", "STAR", "STAR", "GALAXY", "GALAXY", "QSO", "STAR"])
+    ref_z = np.array([0.1, 0.2, 2.0, 1.0, 0.0, 0.0, 0.3, 0.5, np.nan, 0.0])
+    zwarning = np.array([0, 0, 0, 0, 0, 0, 4, 0, 0, 0])
+    columns = {
+        "SPECOBJID": np.arange(10, dtype=np.int64) + 100, "FIELD": np.full(10, 15143), "MJD": np.full(10, 59205),
+        "CATALOGID": np.arange(10, dtype=np.int64) + 27021600000000000, "RUN2D": np.array(["v6_0_4"] * 10),
+        "CLASS": ref_class, "Z": ref_z, "Z_ERR": np.full(10, 1e-4), "ZWARNING": zwarning,
+        "SN_MEDIAN_ALL": np.array([0.5, 1.5, 3, 6, 8, 15, 25, 35, 45, 60.0]),
+        "XCSAO_TEFF": np.where(ref_class == "STAR", [0, 0, 0, 0, 5000, 6000, 0, 0, 0, 7000], np.nan),
+        "XCSAO_LOGG": np.where(ref_class == "STAR", 4.0, np.nan), "XCSAO_FEH": np.where(ref_class == "STAR", 0.0, np.nan),
+        "OBJTYPE": np.array(["SCIENCE"] * 9 + ["SKY"]),
+    }
+    catalog = write_catalog(tmp_path / "cat.fits", columns)
+    # predictions: row 1 catastrophic z (0.2 -> 0.25), row 3 wrong class, row 5 no spectrum
+    prob = np.tile([0.9, 0.05, 0.05], (10, 1))
+    prob[2:4] = [0.05, 0.9, 0.05]
+    prob[3] = [0.05, 0.05, 0.9]
+    prob[4:6] = prob[9] = [0.05, 0.05, 0.9]
+    prob[8] = [0.05, 0.9, 0.05]
+    pred = {"prob": prob, "z": np.array([0.1001, 0.25, 2.001, 1.0, 0.0, 0.0, 0.3, 0.5, 1.0, 0.0]),
+            "z_err": np.full(10, 0.01), "teff": np.array([np.nan] * 4 + [5100.0, 6000.0, np.nan, np.nan, np.nan, 7000.0]),
+            "logg": np.full(10, 4.0), "feh": np.full(10, 0.0)}
+    flags = np.zeros(10, np.int64)
+    flags[5] = int(PredFlag.NO_SPECTRUM)
+    reference = {"class": ref_class.astype(object), "z": ref_z}
+    out = write_fits(catalog, tmp_path / "cat.annotated.fits", prediction_columns(pred, reference, flags),
+                     provenance_cards("m", "0" * 64, "2dmap", "sdss_dr18", 1))
+    return out
+
+
+def test_compared_rows_and_exclusions(tmp_path):
+    from annotate.crosscheck import read_annotated
+
+    reference, pred, _, selected, _ = read_annotated(_annotated(tmp_path))
+    metrics, compared = compute(reference, pred, selected)
+    # row 5 has no prediction, row 6 ZWARNING=4, row 8 no reference z, row 9 a SKY fibre
+    assert metrics["excluded"] == {"no_prediction": 1, "zwarning_nonzero": 1, "no_reference": 1, "not_selected": 1}
+    assert compared.tolist() == [True, True, True, True, True, False, False, True, False, False]
+    c = metrics["classification"]
+    assert c["accuracy"] == pytest.approx(5 / 6)
+    assert c["confusion_matrix"] == [[3, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert c["recall"] == {"GALAXY": 1.0, "QSO": 0.5, "STAR": 1.0}
+    z = metrics["redshift"]
+    # catastrophic: row 1 (0.05·c/1.2 = 12,491 km/s); row 2 is 100 km/s for a QSO; 1 of 6
+    assert z["catastrophic_rate"] == pytest.approx(1 / 6)
+    assert z["catastrophic_rate_by_class"]["GALAXY"] == pytest.approx(1 / 3)
+    assert [b["n"] for b in z["success_by_snr"]] == [1, 1, 1, 1, 1, 0, 0, 1, 0, 0]
+    assert z["z_err_within_1sigma"] == pytest.approx(5 / 6)
+    assert metrics["stellar"]["teff"]["n"] == 1 and metrics["stellar"]["teff"]["bias"] == pytest.approx(100.0)
+
+
+def test_disagreements_worst_first(tmp_path):
+    from annotate.crosscheck import read_annotated
+
+    reference, pred, _, selected, paths = read_annotated(_annotated(tmp_path))
+    _, compared = compute(reference, pred, selected)
+    table = disagreements(reference, pred, compared, paths)
+    # the class mismatch (row 3) comes before the catastrophic redshift (row 1)
+    assert table["ROW"].tolist() == [3, 1]
+    assert table["CLASS_DIFFERS"].tolist() == [True, False] and table["Z_CATASTROPHIC"].tolist() == [False, True]
+    assert table["SPECTRUM"][0].endswith("spec-15143-59205-27021600000000003.fits")
+
+
+def test_report_files(tmp_path):
+    result = crosscheck(_annotated(tmp_path))
+    folder = tmp_path / "cat.annotated.crosscheck"
+    assert result.out_dir == folder
+    metrics = json.loads((folder / "metrics.json").read_text())  # strict JSON: NaN written as null
+    assert metrics["compared"] == 6 and metrics["disagreements"] == 2
+    csv = pd.read_csv(folder / "disagreements.csv")
+    assert csv["ROW"].tolist() == [3, 1]
+    assert len(Table.read(folder / "disagreements.fits")) == 2
+    page = (folder / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4  # confusion, redshift, S/N, stellar; no spectra store here, so no sheet
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    assert "not available" in page and "Excluded" in page
