@@ -78,3 +78,23 @@ def test_rerunning_the_demo_leaves_the_input_byte_identical(demo, capsys):
     assert code == 0
     assert hashlib.sha256(catalog.read_bytes()).hexdigest() == before
     assert "rows: 90" in capsys.readouterr().out
+
+
+def test_report_opens_in_headless_chromium_with_every_plot(demo):
+    """A browser loads the demo's report and decodes every embedded plot."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    report = demo / "dr18.annotated.crosscheck" / "report.html"
+    if not report.exists():
+        pytest.skip("needs the demo written by the test above")
+    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+             "document.title='images '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+    page = demo / "probe.html"
+    page.write_text(report.read_text().replace("</body>", probe + "</body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "<title>images 5/5</title>" in dom
