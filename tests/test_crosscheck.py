@@ -97,3 +97,31 @@ def test_report_files(tmp_path):
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "not available" in page and "Excluded" in page
+
+
+def test_lamost_catalog_uses_its_own_columns(tmp_path):
+    """LAMOST names (obsid, class, z, snru..snrz, teff) come from catalogs/lamost_dr10.yaml; -9999
+    means no value, and snMedian = sqrt of the sum of squared band S/N."""
+    n = 4
+    columns = {
+        "obsid": np.arange(n, dtype=np.int64) + 5000, "class": np.array(["STAR", "GALAXY", "QSO", "STAR"]),
+        "subclass": np.array(["G5", "", "", "K0"]), "z": np.array([0.0001, 0.12, -9999.0, 0.0]),
+        "z_err": np.full(n, 1e-4), "teff": np.array([5600.0, -9999, -9999, 4800.0]),
+        "logg": np.array([4.4, -9999, -9999, 2.5]), "feh": np.array([0.0, -9999, -9999, -0.3]),
+        "lmjd": np.full(n, 57000), "planid": np.array(["HD1"] * n), "spid": np.full(n, 3), "fiberid": np.arange(n) + 1,
+        **{band: np.full(n, 10.0) for band in ("snru", "snrg", "snrr", "snri", "snrz")},
+    }
+    catalog = write_catalog(tmp_path / "lamost.fits", columns)
+    prob = np.array([[0.05, 0.05, 0.9], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    pred = {"prob": prob, "z": np.array([0.0, 0.12, 2.0, 0.0]), "z_err": np.full(n, 0.001),
+            "teff": np.array([5500.0, np.nan, np.nan, 4900.0]), "logg": np.full(n, 4.0), "feh": np.full(n, 0.0)}
+    reference = {"class": columns["class"].astype(object), "z": np.where(columns["z"] == -9999, np.nan, columns["z"])}
+    out = write_fits(catalog, tmp_path / "lamost.annotated.fits", prediction_columns(pred, reference, np.zeros(n, np.int64)),
+                     provenance_cards("m", "0" * 64, "2dmap", "lamost_dr10", 0))
+    result = crosscheck(out)
+    m = result.metrics
+    assert m["survey"] == "lamost_dr10" and m["compared"] == 3 and m["excluded"]["no_reference"] == 1
+    assert m["classification"]["accuracy"] == 1.0
+    assert m["stellar"]["teff"]["n"] == 2 and m["stellar"]["teff"]["bias"] == pytest.approx(0.0)
+    # S/N: sqrt(5 · 10²) = 22.4, in the 20-30 bin
+    assert [b["n"] for b in m["redshift"]["success_by_snr"]][6] == 3
