@@ -71,7 +71,7 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
 def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np.ndarray]:
     """metrics.json content and the (n,) bool of compared rows."""
     n = len(pred["PRED_Z"])
-    predicted = pred["PRED_CLASS"] != ""
+    predicted = (pred["PRED_CLASS"] != "") & np.isfinite(np.asarray(pred["PRED_Z"], float))
     zwarning = np.nan_to_num(np.asarray(reference["zwarning"], float), nan=0.0) != 0
     no_reference = (reference["class"] == "") | ~np.isfinite(np.asarray(reference["z"], float))
     compared = predicted & ~zwarning & ~no_reference & selected
@@ -236,16 +236,30 @@ def plot_stellar(reference: dict, pred: dict, compared: np.ndarray) -> bytes:
     return _png(plt, fig)
 
 
-def plot_disagreements(table: dict, store: Path | None, n: int) -> bytes | None:
+def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.ndarray) -> bytes | None:
     """Spectra of the first n disagreements from the spectra store, main lines marked at the
-    pipeline's z (dashed) and the predicted z (dotted). None without a store or rows."""
+    pipeline's z (dashed) and the predicted z (dotted). None without rows, or without a store that
+    belongs to this catalog (same rows, same object ids)."""
     if store is None or not Path(store).is_file() or len(table["ROW"]) == 0:
         return None
+    import h5py
+
+    from .errors import StoreError
     from .store import open_store, read_rows
 
-    info = open_store(store)
-    wave = info.grid.wavelength
+    try:
+        info = open_store(store)
+    except StoreError:
+        return None
+    with h5py.File(info.path, "r") as h5:
+        stored_ids = h5["object_id"][()]
+    if info.n_rows != len(object_ids):
+        return None
     rows = table["ROW"][:n]
+    decoded = [v.decode() if isinstance(v, bytes) else str(v) for v in stored_ids[rows]]
+    if decoded != [str(object_ids[r]) for r in rows]:
+        return None
+    wave = info.grid.wavelength
     plt, fig = _figure(10.0, 1.9 * len(rows) + 0.4)
     for k, row in enumerate(rows):
         ax = fig.add_subplot(len(rows), 1, k + 1)
@@ -357,23 +371,25 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     import pandas as pd
     from astropy.table import Table
 
+    from .pipeline import default_store_path
+
     catalog = Path(catalog)
-    stem = catalog.name.removesuffix(".gz").removesuffix(".fits")
-    out_dir = Path(out_dir) if out_dir else catalog.with_name(stem + ".crosscheck")
-    store = Path(store) if store else catalog.with_name(stem + ".spectra.h5")
+    out_dir = Path(out_dir) if out_dir else default_store_path(catalog).with_name(
+        default_store_path(catalog).name.replace(".spectra.h5", ".crosscheck"))
+    store = Path(store) if store else default_store_path(catalog)
     reference, pred, definition, selected, paths = read_annotated(catalog, survey)
     metrics, compared = compute(reference, pred, selected)
     metrics["catalog"], metrics["survey"] = str(catalog), definition.name
     table = disagreements(reference, pred, compared, paths)
     metrics["disagreements"] = int(len(table["ROW"]))
     out_dir.mkdir(parents=True, exist_ok=True)
+    _write(out_dir / "metrics.json", (json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n").encode())
     ref_class = reference["class"][compared].astype(str)
     images = {"confusion": plot_confusion(metrics),
               "redshift": plot_redshift(np.asarray(reference["z"], float)[compared],
                                         np.asarray(pred["PRED_Z"], float)[compared], ref_class),
               "snr": plot_snr(metrics), "stellar": plot_stellar(reference, pred, compared),
-              "disagreements": plot_disagreements(table, store, n_sheet)}
-    _write(out_dir / "metrics.json", (json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n").encode())
+              "disagreements": plot_disagreements(table, store, n_sheet, reference["object_id"])}
     buffer = io.StringIO()
     pd.DataFrame(table).to_csv(buffer, index=False)
     _write(out_dir / "disagreements.csv", buffer.getvalue().encode())

@@ -4,7 +4,8 @@ Image store layout:
 
     /images   (n_rows, S, S, 3) uint8, chunked by rows, LZF-compressed
     /done     (n_rows,) bool, rows already rendered (a rerun renders only the others)
-    attrs: render (JSON of RenderSettings), spectra_store, n_pix, annotate_version
+    attrs: render (JSON of RenderSettings), spectra_store, spectra_created (the spectra store's
+           creation stamp: a re-ingested or different store is refused), n_pix, annotate_version
 
 Rows whose spectrum was not ingested OK are rendered from what the store holds for them (all
 masked: a black image) and marked done. Tasks receive the store's file name and a row range,
@@ -21,7 +22,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .render import ENCODINGS, RenderSettings, render
 from .store import STATUS, open_store, read_labels, read_rows
 
@@ -35,20 +36,39 @@ def render_rows(task: dict) -> np.ndarray:
     return np.ascontiguousarray(render(rows["flux"], mask, RenderSettings.from_dict(task["render"])))
 
 
+def spectra_store_stamp(spectra_store: Path) -> str:
+    """The spectra store's identity (its id and creation time), new whenever it is made anew."""
+    with h5py.File(spectra_store, "r") as h5:
+        return f"{h5.attrs.get('store_id', '')} {h5.attrs.get('created', '')}"
+
+
+def check_image_store(path: Path, n_rows: int, spectra_store: Path, settings: RenderSettings | None = None) -> None:
+    """StoreError unless `path` was rendered from this very spectra store (and these settings)."""
+    with h5py.File(path, "r") as h5:
+        same_store = (h5["done"].shape[0] == n_rows
+                      and str(h5.attrs.get("spectra_created", "")) == spectra_store_stamp(spectra_store))
+        same_settings = settings is None or json.loads(h5.attrs["render"]) == settings.to_dict()
+    if not same_store:
+        raise StoreError(f"{path} was rendered from another spectra store than {spectra_store} "
+                         "(or before it was made anew); choose a new --out")
+    if not same_settings:
+        raise StoreError(f"{path} holds images of other render settings; choose a new --out")
+
+
 def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int):
     if path.exists():
-        with h5py.File(path, "r") as h5:
-            if json.loads(h5.attrs["render"]) != settings.to_dict() or h5["done"].shape[0] != n_rows:
-                raise StoreError(f"{path} holds images of other settings or another store; choose a new --out")
+        check_image_store(path, n_rows, spectra_store, settings)
         return
     size = settings.image_size
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as h5:
         h5.create_dataset("images", shape=(n_rows, size, size, 3), dtype="u1",
-                          chunks=(max(1, min(ROWS_PER_CHUNK, n_rows)), size, size, 3), compression="lzf")
+                          chunks=(min(ROWS_PER_CHUNK, n_rows), size, size, 3) if n_rows else None,
+                          compression="lzf" if n_rows else None)
         h5.create_dataset("done", data=np.zeros(n_rows, bool))
         h5.attrs.update({"render": json.dumps(settings.to_dict()), "spectra_store": str(spectra_store),
-                         "n_pix": n_pix, "annotate_version": __version__})
+                         "spectra_created": spectra_store_stamp(spectra_store), "n_pix": n_pix,
+                         "annotate_version": __version__})
     tmp.replace(path)
 
 
@@ -70,15 +90,16 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
              for start in range(0, info.n_rows, rows_per_task)
              if not done[start:start + rows_per_task].all()]
     rendered = 0
+    already = int(done.sum())
     for index, images in map_unordered(render_rows, tasks, scheduler=scheduler, n_workers=n_workers):
         task = tasks[index]
         with h5py.File(out, "r+") as h5:
             h5["images"][task["start"]:task["stop"]] = images
             h5["done"][task["start"]:task["stop"]] = True
-        rendered += task["stop"] - task["start"]
+        rendered += int((~done[task["start"]:task["stop"]]).sum())
         if progress is not None:
             progress(task["stop"] - task["start"])
-    return {"rendered": rendered, "skipped": info.n_rows - rendered, "n_rows": info.n_rows}
+    return {"rendered": rendered, "skipped": already, "n_rows": info.n_rows}
 
 
 def read_images(path: str | Path, start: int, stop: int) -> np.ndarray:
@@ -119,7 +140,16 @@ def contact_sheet(spectra_store: str | Path, out: str | Path, n: int = 8, seed: 
         raise StoreError(f"{info.path}: no ingested spectra to preview")
     rows = np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False))
     labels = read_labels(info.path) or _catalog_labels(info.path)
-    settings = [RenderSettings(encoding=e) for e in encodings]
+    settings = []
+    for encoding in encodings:  # encodings this grid cannot show (too long, too short) are left out
+        try:
+            RenderSettings(encoding=encoding).check_grid(info.grid.n_pix)
+            settings.append(RenderSettings(encoding=encoding))
+        except ConfigError:
+            continue
+    if not settings:
+        raise StoreError(f"{info.path}: no encoding can show a grid of {info.grid.n_pix} pixels")
+    encodings = tuple(s.encoding for s in settings)
     size, caption, gap = settings[0].image_size, 40, 6
     sheet = Image.new("RGB", (len(encodings) * (size + gap) + gap, len(rows) * (size + caption + gap) + 24),
                       (40, 40, 40))

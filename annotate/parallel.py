@@ -11,6 +11,7 @@ import os
 from typing import Callable, Iterator
 
 SCHEDULERS = ("distributed", "threads", "sync")
+WINDOW_PER_WORKER = 2
 
 
 def default_workers() -> int:
@@ -22,7 +23,9 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
     """Yield (index, func(items[index])) as tasks finish.
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
-    `address`), 'threads' (dask's thread pool) or 'sync' (in this process, in order).
+    `address`), 'threads' (dask's thread pool) or 'sync' (in this process, in order). At most
+    WINDOW_PER_WORKER tasks per worker are in flight or finished-but-unconsumed at a time, so
+    memory stays bounded however many tasks there are and however slowly the caller consumes.
     """
     if scheduler not in SCHEDULERS:
         from .errors import ConfigError
@@ -37,9 +40,12 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         import dask
         from dask import delayed
 
-        results = dask.compute(*[delayed(func)(item) for item in items], scheduler="threads",
-                               num_workers=n_workers or default_workers())
-        yield from enumerate(results)
+        workers = n_workers or default_workers()
+        window = WINDOW_PER_WORKER * workers
+        for first in range(0, len(items), window):
+            results = dask.compute(*[delayed(func)(item) for item in items[first:first + window]],
+                                   scheduler="threads", num_workers=workers)
+            yield from enumerate(results, start=first)
         return
     from distributed import Client, LocalCluster, as_completed
 
@@ -51,10 +57,26 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
                                dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
-        futures = client.map(func, items, pure=False)
-        index_of = {future.key: i for i, future in enumerate(futures)}
-        for future, result in as_completed(futures, with_results=True):
-            yield index_of[future.key], result
+        window = WINDOW_PER_WORKER * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        pending = iter(enumerate(items))
+        index_of = {}
+
+        def submit_next(queue) -> None:
+            for index, item in pending:
+                future = client.submit(func, item, pure=False)
+                index_of[future.key] = index
+                queue.add(future)
+                return
+
+        queue = as_completed()
+        for _ in range(window):
+            submit_next(queue)
+        for future in queue:
+            result = future.result()  # fetched only now: results wait on the workers, not here
+            index = index_of.pop(future.key)
+            future.release()
+            submit_next(queue)
+            yield index, result
     finally:
         client.close()
         if cluster is not None:

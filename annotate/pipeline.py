@@ -76,6 +76,17 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1) -> dict:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 
 
+def default_store_path(output: Path) -> Path:
+    """The spectra store beside an annotated catalog: `x.annotated.fits` -> `x.annotated.spectra.h5`."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".fits.gz", ".fits", ".fit", ".fts"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + ".spectra.h5")
+
+
 def resolve_paths(relative: list[str], root: Path) -> tuple[list[str], np.ndarray]:
     """Absolute paths under `root`, and a (n,) bool of rows refused because their path leaves it.
     A missing `x.fits` is looked for as `x.fits.gz`."""
@@ -142,7 +153,7 @@ def run(settings: RunSettings) -> RunResult:
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
     paths, refused = resolve_paths(survey.spectrum_paths(table), root)
 
-    store_path = Path(settings.store) if settings.store else out.with_name(out.name.replace(".fits", "") + ".spectra.h5")
+    store_path = Path(settings.store) if settings.store else default_store_path(out)
     if store_path.exists():
         info = open_store(store_path)
         if info.n_rows != n_rows:

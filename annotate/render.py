@@ -125,8 +125,8 @@ def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> n
     scale = row_median(flux, good)
     low = ~(scale > 0)
     if low.any():  # the mean |flux| only for rows whose median is not positive
-        n_good = np.maximum(good[low].sum(axis=1), 1)
-        scale[low] = np.where(good[low], np.abs(flux[low]), 0.0).sum(axis=1) / n_good
+        n_good = np.maximum(good[low].sum(axis=1), 1)  # summed in float64: the same in any order
+        scale[low] = np.where(good[low], np.abs(flux[low]).astype(np.float64), 0.0).sum(axis=1) / n_good
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     return np.where(good, flux / scale[:, None], 0.0).astype(np.float32)
 

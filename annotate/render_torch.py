@@ -1,11 +1,9 @@
 """The three encodings in torch, so that a GPU renders a batch inside inference.
 
-Same geometry and arithmetic as render.py and render_lines.py (float32 throughout, round half to
-even, the same median), so for float32 input on the CPU the images are identical to the numpy
-renderers; tests/test_render_torch.py checks that on every encoding. On a GPU, float32 division
-and rounding follow IEEE as well; the one known difference is the fallback scale of a spectrum
-whose median is not positive (a float32 sum, which torch and numpy may order differently), which
-can move a pixel by one colour level.
+Same geometry and arithmetic as render.py and render_lines.py (float32, round half to even, the
+same median, true divisions by tensors, the mean-|flux| fallback summed in float64), so for
+float32 input the images are identical to the numpy renderers; tests/test_render_torch.py checks
+that on the CPU for every encoding, and on a GPU when there is one.
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ def row_median(values: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
     n_good = good.sum(dim=1)
     lo = torch.gather(ordered, 1, torch.clamp((n_good - 1) // 2, min=0)[:, None])[:, 0]
     hi = torch.gather(ordered, 1, torch.clamp(n_good // 2, min=0)[:, None])[:, 0]
-    return torch.where(n_good > 0, 0.5 * (lo + hi), torch.full_like(lo, float("nan")))
+    middle = torch.where(n_good % 2 == 1, hi, 0.5 * (lo + hi))  # odd: the middle value itself, as numpy
+    return torch.where(n_good > 0, middle, torch.full_like(lo, float("nan")))
 
 
 def normalise_flux(flux: torch.Tensor, mask: torch.Tensor, how: str = "median") -> torch.Tensor:
@@ -33,10 +32,16 @@ def normalise_flux(flux: torch.Tensor, mask: torch.Tensor, how: str = "median") 
         return torch.where(good, flux, zero)
     scale = row_median(flux, good)
     n_good = torch.clamp(good.sum(dim=1), min=1)
-    fallback = torch.where(good, flux.abs(), zero).sum(dim=1) / n_good
+    fallback = (torch.where(good, flux.abs(), zero).double().sum(dim=1) / n_good).to(flux.dtype)
     scale = torch.where(scale > 0, scale, fallback)
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
     return torch.where(good, flux / scale[:, None], zero)
+
+
+def _span(settings: RenderSettings, device) -> torch.Tensor:
+    """flux_max − flux_min as a float32 tensor: CUDA divides by a Python number as a multiply by
+    its reciprocal, by a tensor with a true IEEE division (what numpy does)."""
+    return torch.tensor(np.float32(settings.flux_max - settings.flux_min), device=device)
 
 
 def render_2dmap(flux: torch.Tensor, mask: torch.Tensor, settings: RenderSettings) -> torch.Tensor:
@@ -44,8 +49,7 @@ def render_2dmap(flux: torch.Tensor, mask: torch.Tensor, settings: RenderSetting
     settings.check_grid(n_pix)
     m, b, size = settings.blocks_per_side, settings.block_size, settings.image_size
     norm = normalise_flux(flux, mask, settings.normalise)
-    scaled = torch.nan_to_num((norm - settings.flux_min) / (settings.flux_max - settings.flux_min),
-                              nan=0.0, posinf=1.0, neginf=0.0)
+    scaled = torch.nan_to_num((norm - settings.flux_min) / _span(settings, flux.device), nan=0.0, posinf=1.0, neginf=0.0)
     index = torch.round(torch.clamp(scaled, 0.0, 1.0) * 255.0).to(torch.int64)
     index = torch.where(mask | ~torch.isfinite(flux), torch.full_like(index, 256), index)
     full = torch.full((batch, m * m), 256, dtype=torch.int64, device=flux.device)
@@ -87,7 +91,7 @@ def _line_mask(scaled: torch.Tensor, good: torch.Tensor, size: int, width: int) 
 def _scaled(flux: torch.Tensor, mask: torch.Tensor, settings: RenderSettings):
     good = ~mask & torch.isfinite(flux)
     norm = normalise_flux(flux, mask, settings.normalise)
-    scaled = torch.clamp((norm - settings.flux_min) / (settings.flux_max - settings.flux_min), 0.0, 1.0)
+    scaled = torch.clamp((norm - settings.flux_min) / _span(settings, flux.device), 0.0, 1.0)
     return scaled, good
 
 

@@ -20,6 +20,7 @@ resumable: rows whose status is not PENDING are skipped. This is the only module
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,6 +81,7 @@ def create_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, su
             "layout_version": LAYOUT_VERSION, **grid.to_dict(), "survey": survey, "reader": reader,
             "catalog": catalog, "annotate_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "store_id": uuid.uuid4().hex,  # new for every store made, so derived files can tell
         })
     tmp.replace(path)
     return open_store(path)

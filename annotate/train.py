@@ -110,7 +110,7 @@ def load_training_data(recipe: Recipe, grid: WavelengthGrid) -> dict:
     if "images" in recipe.data:
         data["images_path"] = str(recipe.data["images"])
         data["image_rows"] = np.flatnonzero(ok)
-        _check_image_store(data["images_path"], info.n_rows, data["image_rows"])
+        _check_image_store(data["images_path"], info.path, info.n_rows, data["image_rows"])
     return data
 
 
@@ -124,14 +124,19 @@ def image_store_settings(path: str | Path) -> RenderSettings:
         raise ConfigError(f"{path}: not an image store made by annotate render ({exc})") from None
 
 
-def _check_image_store(path: str, n_rows: int, rows: np.ndarray) -> None:
+def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: np.ndarray) -> None:
     import h5py
 
+    from .errors import StoreError
+    from .images import check_image_store
+
     image_store_settings(path)
+    try:
+        check_image_store(Path(path), n_rows, Path(spectra_store))
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
     with h5py.File(path, "r") as h5:
         done = h5["done"][()]
-    if len(done) != n_rows:
-        raise ConfigError(f"{path} has {len(done)} rows, the spectra store {n_rows}: not made from it")
     if not done[rows].all():
         raise ConfigError(f"{path}: {int((~done[rows]).sum())} rows are not rendered yet; run annotate render again")
 

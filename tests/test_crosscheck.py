@@ -125,3 +125,15 @@ def test_lamost_catalog_uses_its_own_columns(tmp_path):
     assert m["stellar"]["teff"]["n"] == 2 and m["stellar"]["teff"]["bias"] == pytest.approx(0.0)
     # S/N: sqrt(5 · 10²) = 22.4, in the 20-30 bin
     assert [b["n"] for b in m["redshift"]["success_by_snr"]][6] == 3
+
+
+def test_a_store_of_another_catalog_is_not_drawn_from(tmp_path):
+    from annotate.grid import WavelengthGrid
+    from annotate.store import create_store
+
+    catalog = _annotated(tmp_path)
+    create_store(tmp_path / "cat.annotated.spectra.h5", np.arange(10) + 900, [""] * 10, WavelengthGrid())
+    result = crosscheck(catalog)
+    page = result.report.read_text()
+    assert "spectra of the first disagreements: not available" in page
+    assert json.loads((result.out_dir / "metrics.json").read_text())["disagreements"] == 2

@@ -52,8 +52,24 @@ def test_rendering_resumes_and_refuses_other_settings(tmp_path, spectra_store):
     counts = render_store(path, out, settings, scheduler="threads", rows_per_task=16)
     assert counts["rendered"] == 24 and counts["skipped"] == 16
     assert read_images(out, 39, 40).any()
-    with pytest.raises(StoreError, match="other settings"):
+    with pytest.raises(StoreError, match="other render settings"):
         render_store(path, out, RenderSettings(encoding="overlap"), scheduler="sync")
+
+
+def test_an_image_store_of_another_spectra_store_is_refused(tmp_path, spectra_store):
+    path, sample = spectra_store
+    out = tmp_path / "images.h5"
+    render_store(path, out, RenderSettings(), scheduler="sync")
+    other = tmp_path / "other.h5"  # same number of rows, other spectra
+    create_store(other, np.arange(40), [""] * 40, WavelengthGrid())
+    with pytest.raises(StoreError, match="another spectra store"):
+        render_store(other, out, RenderSettings(), scheduler="sync")
+
+
+def test_empty_store_renders_to_an_empty_image_store(tmp_path):
+    empty = tmp_path / "empty.h5"
+    create_store(empty, [], [], WavelengthGrid())
+    assert render_store(empty, tmp_path / "img.h5", RenderSettings(), scheduler="sync")["n_rows"] == 0
 
 
 def test_contact_sheet_shows_every_encoding_with_labels(tmp_path, spectra_store, capsys):

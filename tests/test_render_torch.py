@@ -76,3 +76,22 @@ def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
     on_device = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=True)
     for key in on_host:
         np.testing.assert_array_equal(on_device[key], on_host[key])
+
+
+def test_spectra_with_a_non_positive_median_match_too():
+    """Their scale is the mean |flux|; summed in float64 it does not depend on the order."""
+    rng = np.random.default_rng(5)
+    flux = rng.normal(-0.05, 1.0, (128, 4608)).astype(np.float32)
+    mask = rng.random(flux.shape) < 0.05
+    for encoding in ("2dmap", "simple", "overlap"):
+        settings = RenderSettings(encoding=encoding)
+        np.testing.assert_array_equal(
+            render_torch.render(torch.from_numpy(flux), torch.from_numpy(mask), settings).numpy(),
+            render(flux, mask, settings))
+
+
+def test_huge_medians_do_not_overflow():
+    flux = np.full((1, 4608), 2e38, np.float32)
+    mask = np.zeros_like(flux, bool)
+    mask[0, 0] = True  # an odd number of usable pixels
+    assert render_torch.row_median(torch.from_numpy(flux), ~torch.from_numpy(mask)).item() == pytest.approx(2e38)
