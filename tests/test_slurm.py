@@ -1,0 +1,85 @@
+"""SLURM profiles and submitit executors; the live tests run on the cluster of
+slurm/testcluster/up.sh (started by .ci/run) and are skipped, with the reason, where none runs."""
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from annotate.errors import ConfigError
+from annotate.slurm import Profile, executor, sbatch_script
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONF = Path(os.environ.get("ANNOTATE_SLURM_DIR", "/tmp/annotate-slurm")) / "etc" / "slurm.conf"
+
+
+@pytest.fixture(scope="session")
+def slurm_conf():
+    conf = Path(os.environ.get("SLURM_CONF", DEFAULT_CONF))
+    if not conf.is_file():
+        pytest.skip(f"no live Slurm cluster ({conf} missing): start one with `sudo slurm/testcluster/up.sh`")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    try:
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"no live Slurm cluster (sinfo: {exc})")
+    if not any(s in state for s in ("idle", "mix", "alloc")):
+        pytest.skip(f"no live Slurm cluster (sinfo says {state.strip() or 'nothing'})")
+    os.environ["SLURM_CONF"] = str(conf)
+    return conf
+
+
+def _sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True).stdout
+    return out.strip().splitlines()[0].split()[0] if out.strip() else ""
+
+
+def _wait(predicate, timeout: float, step: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def test_profile_keys_are_checked(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("partition: gpu\ngpus: 4\n")
+    with pytest.raises(ConfigError, match="unknown profile keys gpus; valid: partition"):
+        Profile.from_yaml(path)
+
+
+def test_dry_run_script_carries_the_gpu_request():
+    profile = Profile.from_yaml(REPO / "slurm" / "profiles" / "example-gpu.yaml")
+    script = sbatch_script(profile, "/runs/x/slurm", job_name="annotate-run", array_size=12)
+    for line in ("#SBATCH --array=0-11%12", "#SBATCH --gpus-per-node=1", "#SBATCH --constraint=a100",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=astro", "#SBATCH --mem=32768M",
+                 "#SBATCH --time=120", "#SBATCH --signal=USR2@90", "module load cuda/12.4"):
+        assert line in script
+
+
+def test_job_array_runs_and_accounting_reports_it(slurm_conf, tmp_path):
+    profile = Profile.from_yaml(REPO / "slurm" / "profiles" / "testcluster.yaml")
+    jobs = executor(profile, tmp_path / "slurm", job_name="annotate-test").map_array(math.factorial, [3, 4, 5, 6])
+    assert [job.result() for job in jobs] == [6, 24, 120, 720]
+    assert len({job.job_id.split("_")[0] for job in jobs}) == 1  # one array
+    states = _wait(lambda: [s for s in (_sacct_state(job.job_id) for job in jobs) if s == "COMPLETED"], 30)
+    assert len(states) == 4
+    assert (tmp_path / "slurm").is_dir() and any((tmp_path / "slurm").rglob("*_log.out"))
+
+
+def test_a_cancelled_job_is_reported_not_waited_for(slurm_conf, tmp_path):
+    import submitit
+
+    profile = Profile.from_yaml(REPO / "slurm" / "profiles" / "testcluster.yaml")
+    job = executor(profile, tmp_path / "slurm", job_name="annotate-cancel").submit(time.sleep, 120)
+    assert _wait(lambda: _sacct_state(job.job_id) == "RUNNING", 60)
+    subprocess.run(["scancel", job.job_id], check=True)
+    assert _wait(lambda: _sacct_state(job.job_id).startswith("CANCELLED"), 60)
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        job.result()
