@@ -83,3 +83,38 @@ def test_a_cancelled_job_is_reported_not_waited_for(slurm_conf, tmp_path):
     assert _wait(lambda: _sacct_state(job.job_id).startswith("CANCELLED"), 60)
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
+
+
+def _sbatch_wait(script: str, *args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["sbatch", "--wait", "--parsable", "--partition=debug", str(REPO / "slurm" / script), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_sbatch_script_runs_for_real(slurm_conf, tmp_path):
+    done = _sbatch_wait("train.sbatch", str(REPO / "training" / "demo.yaml"), str(tmp_path / "model"), cwd=tmp_path)
+    job_id = done.stdout.strip().split(";")[0]
+    log = next(tmp_path.glob("annotate-train-*.out")).read_text()
+    assert done.returncode == 0, log[-2000:]
+    assert _wait(lambda: _sacct_state(job_id) == "COMPLETED", 30)
+    assert (tmp_path / "model" / "model.safetensors").is_file() and "checkpoint:" in log
+
+
+def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
+    import numpy as np
+
+    from annotate.grid import WavelengthGrid
+    from annotate.images import read_images
+    from annotate.simulate.spectra import draw_sample
+    from annotate.simulate.templates import load_library
+    from annotate.store import STATUS, create_store, write_rows
+
+    sample = draw_sample(24, load_library(), WavelengthGrid(), seed=8)
+    store = tmp_path / "spectra.h5"
+    create_store(store, np.arange(24), [""] * 24, WavelengthGrid())
+    write_rows(store, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"].astype(np.uint8),
+                          "status": np.full(24, STATUS["OK"], np.int8)})
+    done = _sbatch_wait("render-dask.sbatch", str(store), str(tmp_path / "images.h5"), "simple", cwd=tmp_path)
+    log = next(tmp_path.glob("annotate-render-*.out")).read_text()
+    assert done.returncode == 0, log[-2000:]
+    assert "rendered 24 rows" in log
+    assert read_images(tmp_path / "images.h5", 0, 24).any(axis=(1, 2, 3)).all()
