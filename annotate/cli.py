@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output catalog (default: <catalog>.annotated.fits)")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--shard-size", type=int, help="split the catalog into shards of N rows, run them (resumably: "
+                     "finished shards are kept in <out>.run/) and merge")
+    run.add_argument("--executor", default="local", choices=["local", "slurm"],
+                     help="where shards run: this machine (Dask) or a SLURM job array (needs --profile)")
+    run.add_argument("--profile", type=Path, help="SLURM profile YAML (see slurm/profiles/)")
+    run.add_argument("--dry-run", action="store_true", help="print the shard plan (and the sbatch script) only")
     _add_execution(run)
 
     train = command("train", "fine-tune a model from a training recipe")
@@ -125,10 +131,18 @@ def _cmd_demo(args) -> int:
 def _cmd_run(args) -> int:
     from .pipeline import RunSettings, run
 
-    result = run(RunSettings(catalog=args.catalog, survey=args.survey, spectra_root=args.spectra_root,
-                             store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
-                             n_workers=args.workers, batch_size=args.batch_size, device=args.device,
-                             progress=not args.no_progress))
+    settings = RunSettings(catalog=args.catalog, survey=args.survey, spectra_root=args.spectra_root,
+                           store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
+                           n_workers=args.workers, batch_size=args.batch_size, device=args.device,
+                           progress=not args.no_progress)
+    if args.shard_size or args.executor == "slurm" or args.dry_run:
+        from .shards import run_sharded
+
+        result = run_sharded(settings, args.shard_size or 100_000, args.executor, args.profile, args.dry_run)
+        if result is None:
+            return 0
+    else:
+        result = run(settings)
     _print_result(result)
     return _finish(result)
 

@@ -54,8 +54,9 @@ class RunResult:
         return self.n_rows - self.n_predicted
 
 
-def read_catalog(path: Path, survey: Survey, hdu: int = 1) -> dict:
-    """The columns the survey needs (roles, path fields, selection) as name -> array."""
+def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None) -> dict:
+    """The columns the survey needs (roles, path fields, selection) as name -> array; `rows`
+    reads only that slice (from a memory map: a shard never loads the whole catalog)."""
     if not path.is_file():
         raise CatalogError(f"catalog not found: {path}")
     try:
@@ -71,7 +72,8 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1) -> dict:
             wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
             wanted |= {str(rule["column"]).upper() for rule in survey.selection}
             wanted |= {str(b).upper() for b in survey.snr_bands or ()}
-            return {name: np.array(data[name]) for name in names if name.upper() in wanted}
+            rows = rows if rows is not None else slice(None)
+            return {name: np.array(data[name][rows]) for name in names if name.upper() in wanted}
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 

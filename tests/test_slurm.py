@@ -118,3 +118,40 @@ def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
     assert done.returncode == 0, log[-2000:]
     assert "rendered 24 rows" in log
     assert read_images(tmp_path / "images.h5", 0, 24).any(axis=(1, 2, 3)).all()
+
+
+from test_pipeline import catalog, micro_model  # noqa: E402,F401 - an 8-row catalog with 2 broken rows
+
+
+def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, catalog, micro_model, tmp_path,  # noqa: F811
+                                                                monkeypatch):
+    import annotate.shards
+    from annotate.errors import IncompleteRun
+
+    monkeypatch.setattr(annotate.shards, "LOST_AFTER_S", 5.0)
+    from annotate.pipeline import RunSettings
+    from annotate.shards import run_folder, run_sharded
+
+    settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
+                           out=tmp_path / "out.fits", progress=False)
+    profile = REPO / "slurm" / "profiles" / "testcluster.yaml"
+    result = run_sharded(settings, 3, executor="slurm", profile=profile, log=lambda m: None)
+    assert result.n_rows == 8 and result.n_predicted == 6
+    folder = run_folder(tmp_path / "out.fits")
+    assert len(list((folder / "shards").glob("*.npz"))) == 3 and any((folder / "slurm").rglob("*_log.out"))
+
+    # a new run whose shard tasks are cancelled: reported, and a rerun redoes only what is missing
+    settings2 = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
+                            out=tmp_path / "again.fits", progress=False)
+    import threading
+
+    def cancel_soon():
+        time.sleep(1.0)
+        subprocess.run(["scancel", "--name=annotate-run"], check=False)
+
+    threading.Thread(target=cancel_soon, daemon=True).start()
+    with pytest.raises(IncompleteRun, match="shards failed; rerun the same command"):
+        run_sharded(settings2, 3, executor="slurm", profile=profile, log=lambda m: None)
+    messages = []
+    again = run_sharded(settings2, 3, executor="slurm", profile=profile, log=messages.append)
+    assert again.n_predicted == 6 and messages and messages[0].startswith("running ")

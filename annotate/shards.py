@@ -1,0 +1,267 @@
+"""`annotate run --shard-size N`: plan, run shards (locally or as a SLURM array), merge once.
+
+The run folder (`<output>.run/`) holds:
+
+    plan.json                  the catalog (path, size, mtime), rows, shard size, model, survey
+    shards/shard-00003.npz     one finished shard: predictions for rows [start, stop) (no pickle)
+    stores/shard-00003.h5      that shard's spectra store
+    slurm/<job id>/            submitit scripts and logs (executor slurm)
+
+A shard is written to a temporary name and renamed when complete, so a shard file that exists is
+complete and is never recomputed; a re-run after any interruption computes only the missing
+shards. The merge checks that the shards cover every row exactly once, in order, then writes the
+annotated catalog with the streaming FITS writer. Tasks receive file paths and row ranges only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, IncompleteRun, OutputError
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+
+def plan_shards(n_rows: int, shard_size: int) -> list[Shard]:
+    if shard_size < 1:
+        raise ConfigError("--shard-size must be at least 1")
+    return [Shard(i, start, min(start + shard_size, n_rows)) for i, start in enumerate(range(0, n_rows, shard_size))]
+
+
+def run_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".run")
+
+
+def _catalog_identity(catalog: Path) -> dict:
+    stat = catalog.stat()
+    return {"path": str(catalog.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def write_plan(folder: Path, plan: dict) -> None:
+    """Create or check the run's plan: a run folder belongs to one catalog, model and shard size."""
+    path = folder / "plan.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != plan:
+            changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+            raise ConfigError(f"{folder} holds a run with other {', '.join(changed)}; remove it or choose another --out")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("plan.json.tmp")
+    tmp.write_text(json.dumps(plan, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def run_shard(task: dict) -> str:
+    """Ingest and predict rows [start, stop) of the catalog; write shards/<name>.npz. Runs on a
+    Dask worker or a SLURM array task; returns the shard file's path."""
+    from .checkpoint import load_checkpoint
+    from .pipeline import read_catalog, resolve_paths
+    from .predict import predict_store
+    from .store import create_store, ingest, open_store, read_status
+    from .surveys import load_survey
+
+    folder, start, stop = Path(task["folder"]), task["start"], task["stop"]
+    target = folder / "shards" / f"{task['name']}.npz"
+    if target.exists():
+        return str(target)
+    survey = load_survey(task["survey"])
+    table = read_catalog(Path(task["catalog"]), survey, rows=slice(start, stop))
+    reference = survey.reference(table)
+    paths, refused = resolve_paths(survey.spectrum_paths(table), Path(task["spectra_root"]))
+    model, card = load_checkpoint(task["model"], task["device"])
+    store = folder / "stores" / f"{task['name']}.h5"
+    store.parent.mkdir(exist_ok=True)
+    if not store.exists():
+        create_store(store, reference["object_id"], paths, card.grid, survey=survey.name, reader=survey.reader,
+                     catalog=task["catalog"])
+    elif open_store(store).n_rows != stop - start:
+        raise OutputError(f"{store} does not hold rows {start}-{stop}; remove it")
+    ingest(store, paths, refused, reader=survey.reader, scheduler="sync")
+    pred = predict_store(model, card, store, batch_size=task["batch_size"], device=task["device"])
+    _, errors = read_status(store)
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, start=start, stop=stop, errors=np.array(errors, dtype=str), **pred)
+    tmp.replace(target)
+    return str(target)
+
+
+def read_shards(folder: Path, shards: list[Shard], n_rows: int) -> dict:
+    """The predictions of every row from the shard files, in row order; each row exactly once."""
+    from .predict import PREDICTION_KEYS
+
+    parts = []
+    for shard in shards:
+        with np.load(folder / "shards" / f"{shard.name}.npz", allow_pickle=False) as data:
+            if (int(data["start"]), int(data["stop"])) != (shard.start, shard.stop) or \
+                    len(data["status"]) != shard.stop - shard.start:
+                raise OutputError(f"{shard.name} holds rows {int(data['start'])}-{int(data['stop'])}, "
+                                  f"the plan says {shard.start}-{shard.stop}")
+            parts.append({key: data[key] for key in (*PREDICTION_KEYS, "errors")})
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if len(merged["status"]) != n_rows:
+        raise OutputError(f"shards hold {len(merged['status'])} rows, the catalog {n_rows}")
+    return merged
+
+
+def run_sharded(settings, shard_size: int, executor: str = "local", profile: str | Path | None = None,
+                dry_run: bool = False, log=print):
+    """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
+    dry run (which prints the plan and submits nothing)."""
+    from .checkpoint import DEFAULT_MODEL, load_checkpoint, weights_sha256
+    from .flags import PredFlag
+    from .metrics import summary
+    from .pipeline import RunResult, read_catalog, row_flags
+    from .store import STATUS
+    from .surveys import load_survey
+    from .writeback import default_output_path, prediction_columns, provenance_cards, write_fits
+
+    catalog = Path(settings.catalog)
+    survey = load_survey(settings.survey)
+    table = read_catalog(catalog, survey)
+    n_rows = len(next(iter(table.values())))
+    out = Path(settings.out) if settings.out else default_output_path(catalog)
+    if out.resolve() == catalog.resolve():
+        raise OutputError(f"refusing to overwrite the input catalog {catalog}")
+    model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
+    folder = run_folder(out)
+    shards = plan_shards(n_rows, shard_size)
+    plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
+            "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name}
+    done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").exists()]
+    missing = [s for s in shards if s not in done]
+    if dry_run:
+        log(f"plan: {n_rows} rows in {len(shards)} shards of up to {shard_size}; {len(done)} done, "
+            f"{len(missing)} to run with executor {executor}; run folder {folder}")
+        for shard in missing[:20]:
+            log(f"  {shard.name}: rows {shard.start}-{shard.stop}")
+        if len(missing) > 20:
+            log(f"  ... and {len(missing) - 20} more")
+        if executor == "slurm":
+            from .slurm import sbatch_script
+
+            log(sbatch_script(_profile(profile), folder / "slurm", job_name="annotate-run", array_size=len(missing)))
+        return None
+    write_plan(folder, plan)
+    root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
+    tasks = [{"folder": str(folder), "name": s.name, "start": s.start, "stop": s.stop, "catalog": str(catalog.resolve()),
+              "survey": survey.name, "spectra_root": str(root.resolve()), "model": str(model_dir.resolve()),
+              "device": settings.device, "batch_size": settings.batch_size} for s in missing]
+    if tasks:
+        log(f"running {len(tasks)} of {len(shards)} shards ({executor})")
+        if executor == "local":
+            from .parallel import map_unordered
+
+            for _ in map_unordered(run_shard, tasks, scheduler=settings.scheduler, n_workers=settings.n_workers):
+                pass
+        elif executor == "slurm":
+            from .slurm import executor as slurm_executor
+
+            jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
+            failed = wait_for_shards(jobs, tasks, folder)
+            if failed:
+                raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "
+                                    + "; ".join(failed[:3]))
+        else:
+            raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
+    pred = read_shards(folder, shards, n_rows)
+    reference = survey.reference(table)
+    selected = survey.selected(table)
+    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
+    columns = prediction_columns(pred, reference, flags)
+    predicted = pred["status"] == STATUS["OK"]
+    _, card = load_checkpoint(model_dir, "cpu")
+    provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
+                                  survey.name, int((~predicted).sum()))
+    provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
+    provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
+    write_fits(catalog, out, columns, provenance)
+    no_reference = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
+    usable = predicted & selected & ((flags & no_reference) == 0)
+    counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
+    return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=int(predicted.sum()),
+                     counts=counts, summary=summary(reference, columns, usable),
+                     errors=[e for e in pred["errors"].tolist() if e])
+
+
+def _queued_job_ids() -> set[str] | None:
+    """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(done.stdout.split()) if done.returncode == 0 else None
+
+
+LOST_AFTER_S = 45.0  # a job gone from the queue this long without its shard file has failed
+
+
+def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_after_s: float | None = None) -> list[str]:
+    """Wait for every shard job; returns one line per failed shard. A shard is done when its file
+    exists; failed when submitit reports an error, or when its job has left the queue without
+    writing the file for `lost_after_s` (cancelled before it started, killed, lost with a node:
+    this works without accounting too, where submitit alone would wait forever)."""
+    import time
+
+    lost_after_s = LOST_AFTER_S if lost_after_s is None else lost_after_s
+    pending = {i: job for i, job in enumerate(jobs)}
+    left_queue_at: dict[int, float] = {}
+    failed = []
+    while pending:
+        queued = _queued_job_ids()
+        for i, job in list(pending.items()):
+            shard_file = folder / "shards" / f"{tasks[i]['name']}.npz"
+            if shard_file.exists():
+                del pending[i]
+                continue
+            if job.done():
+                try:
+                    job.result()
+                except Exception as exc:  # noqa: BLE001 - reported per shard, the others kept
+                    failed.append(f"{tasks[i]['name']} (job {job.job_id}): {str(exc).splitlines()[0][:200]}")
+                else:
+                    if not shard_file.exists():
+                        failed.append(f"{tasks[i]['name']} (job {job.job_id}): finished without its shard file")
+                del pending[i]
+                continue
+            if queued is not None and job.job_id not in queued:
+                since = left_queue_at.setdefault(i, time.time())
+                if time.time() - since > lost_after_s:
+                    failed.append(f"{tasks[i]['name']} (job {job.job_id}): left the queue without finishing "
+                                  "(cancelled or killed)")
+                    del pending[i]
+            else:
+                left_queue_at.pop(i, None)
+        if pending:
+            time.sleep(poll_s)
+    return failed
+
+
+def _profile(profile):
+    from .slurm import Profile
+
+    if profile is None:
+        raise ConfigError("--executor slurm needs --profile (a YAML file, see slurm/profiles/)")
+    return Profile.from_yaml(profile)
+
