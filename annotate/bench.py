@@ -265,6 +265,7 @@ def make_catalog(path: Path, n: int, seed: int = 0) -> Path:
 
     rng = np.random.default_rng(seed)
     columns = [
+        fits.Column("SPECOBJID", "K", array=np.arange(n, dtype=np.int64) + 4_000_000_000_000_000),
         fits.Column("CATALOGID", "K", array=np.arange(n, dtype=np.int64) + 27021600000000000),
         fits.Column("FIELD", "J", array=rng.integers(15000, 16000, n).astype(np.int32)),
         fits.Column("MJD", "J", array=rng.integers(59000, 60500, n).astype(np.int32)),

@@ -17,7 +17,9 @@ def velocity_offset_kms(z_pred: np.ndarray, z_ref: np.ndarray) -> np.ndarray:
 def catastrophic(z_pred: np.ndarray, z_ref: np.ndarray, ref_class: np.ndarray) -> np.ndarray:
     """(n,) bool: Ross et al. 2020 redshift failure against the reference, by the reference class;
     False wherever the reference or the prediction is missing."""
-    threshold = np.array([CATASTROPHIC_KMS.get(str(c), np.nan) for c in ref_class])
+    ref_class = np.asarray(ref_class)
+    names, index = np.unique(ref_class.astype(str), return_inverse=True)
+    threshold = np.array([CATASTROPHIC_KMS.get(str(c), np.nan) for c in names] or [np.nan])[index.reshape(-1)]
     with np.errstate(invalid="ignore"):
         offset = velocity_offset_kms(z_pred, z_ref)
         return np.where(np.isfinite(offset) & np.isfinite(threshold), offset > threshold, False)

@@ -54,7 +54,7 @@ class RunResult:
         return self.n_rows - self.n_predicted
 
 
-def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None) -> dict:
+def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None, paths: bool = True) -> dict:
     """The columns the survey needs (roles, path fields, selection) as name -> array; `rows`
     reads only that slice (from a memory map: a shard never loads the whole catalog)."""
     if not path.is_file():
@@ -69,7 +69,8 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
             if data is None or len(data) == 0:
                 raise CatalogError(f"{path}: the catalog has no rows")
             wanted = {str(c).upper() for c in survey.columns.values() if c}
-            wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
+            if paths:  # the columns spectrum paths are made from
+                wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
             wanted |= {str(rule["column"]).upper() for rule in survey.selection}
             wanted |= {str(b).upper() for b in survey.snr_bands or ()}
             rows = rows if rows is not None else slice(None)

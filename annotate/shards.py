@@ -109,17 +109,22 @@ def read_shards(folder: Path, shards: list[Shard], n_rows: int) -> dict:
     """The predictions of every row from the shard files, in row order; each row exactly once."""
     from .predict import PREDICTION_KEYS
 
-    parts = []
-    for shard in shards:
+    if sum(s.stop - s.start for s in shards) != n_rows or any(a.stop != b.start for a, b in zip(shards, shards[1:])):
+        raise OutputError(f"the plan's shards do not cover the catalog's {n_rows} rows once each")
+    merged, errors = {}, []
+    for shard in shards:  # filled in place: no second copy of every shard in memory
         with np.load(folder / "shards" / f"{shard.name}.npz", allow_pickle=False) as data:
             if (int(data["start"]), int(data["stop"])) != (shard.start, shard.stop) or \
                     len(data["status"]) != shard.stop - shard.start:
                 raise OutputError(f"{shard.name} holds rows {int(data['start'])}-{int(data['stop'])}, "
                                   f"the plan says {shard.start}-{shard.stop}")
-            parts.append({key: data[key] for key in (*PREDICTION_KEYS, "errors")})
-    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    if len(merged["status"]) != n_rows:
-        raise OutputError(f"shards hold {len(merged['status'])} rows, the catalog {n_rows}")
+            for key in PREDICTION_KEYS:
+                values = data[key]
+                if key not in merged:
+                    merged[key] = np.empty((n_rows, *values.shape[1:]), values.dtype)
+                merged[key][shard.start:shard.stop] = values
+            errors.extend(e for e in data["errors"].tolist() if e)
+    merged["errors"] = errors
     return merged
 
 
@@ -137,7 +142,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
-    table = read_catalog(catalog, survey)
+    table = read_catalog(catalog, survey, paths=False)  # the shards read their own rows' paths
     n_rows = len(next(iter(table.values())))
     out = Path(settings.out) if settings.out else default_output_path(catalog)
     if out.resolve() == catalog.resolve():
@@ -183,12 +188,16 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
                                     + "; ".join(failed[:3]))
         else:
             raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
-    pred = read_shards(folder, shards, n_rows)
-    reference = survey.reference(table)
+    reference = survey.reference(table, roles=("class", "z", "zwarning", "snr", "teff", "logg", "feh"))
     selected = survey.selected(table)
+    del table  # only the reference values are needed from here on
+    pred = read_shards(folder, shards, n_rows)
     flags = row_flags(pred["status"], pred["coverage"], reference, selected)
     columns = prediction_columns(pred, reference, flags)
     predicted = pred["status"] == STATUS["OK"]
+    counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
+    errors = pred["errors"]
+    del pred  # the output columns hold what is needed now
     _, card = load_checkpoint(model_dir, "cpu")
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
                                   survey.name, int((~predicted).sum()))
@@ -197,10 +206,8 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     write_fits(catalog, out, columns, provenance)
     no_reference = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
     usable = predicted & selected & ((flags & no_reference) == 0)
-    counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
     return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=int(predicted.sum()),
-                     counts=counts, summary=summary(reference, columns, usable),
-                     errors=[e for e in pred["errors"].tolist() if e])
+                     counts=counts, summary=summary(reference, columns, usable), errors=errors)
 
 
 def _queued_job_ids() -> set[str] | None:

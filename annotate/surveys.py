@@ -124,13 +124,14 @@ class Survey:
             paths.append(rule.template.format(**values))
         return paths
 
-    def reference(self, table) -> dict:
+    def reference(self, table, roles: tuple = ROLES) -> dict:
         """The survey pipeline's values per row: class (GALAXY/QSO/STAR or ''), z, z_err, zwarning,
-        snr, teff, logg, feh, object_id; missing roles come back as NaN (or '' for class)."""
+        snr, teff, logg, feh, object_id (or only `roles`); missing roles come back as NaN (or ''
+        for text). Text roles are numpy str arrays, built without a Python loop over rows."""
         colnames = list(table.keys()) if hasattr(table, "keys") else table.colnames
         n_rows = len(table[colnames[0]]) if colnames else 0
         out = {}
-        for role in ROLES:
+        for role in roles:
             name = self.column(role, colnames)
             if name is None:
                 out[role] = np.full(n_rows, np.nan) if role not in ("class", "subclass", "object_id") \
@@ -138,15 +139,18 @@ class Survey:
                 continue
             values = np.asarray(table[name])
             if role in ("class", "subclass", "object_id"):
-                values = np.array([_text(v) for v in values], dtype=object)
+                values = _text_array(values)
             else:
                 values = _as_float(values)
                 if self.missing_value is not None:
                     values[values == self.missing_value] = np.nan
             out[role] = values
-        if self.snr_bands:
+        if self.snr_bands and "snr" in roles:
             out["snr"] = self.band_snr(table, colnames)
-        out["class"] = np.array([self.class_names.get(c.upper(), "") for c in out["class"]], dtype=object)
+        if "class" in out:
+            names, index = np.unique(out["class"], return_inverse=True)
+            mapped = np.array([self.class_names.get(str(c).upper(), "") for c in names] or [""])
+            out["class"] = mapped[index.reshape(-1)] if len(names) else np.array([""] * n_rows)
         return out
 
     def band_snr(self, table, colnames) -> np.ndarray:
@@ -173,7 +177,7 @@ class Survey:
                 continue  # the rule's column is absent: it cannot be applied
             values = np.asarray(table[name])
             if values.dtype.kind in "SUO":
-                values = np.array([_text(v) for v in values])
+                values = _text_array(values)
             keep &= np.asarray(SELECTION_OPS[rule["op"]](values, rule["value"]), dtype=bool)
         if self.missing_value is not None:
             for role in ("z", "z_err"):
@@ -184,6 +188,18 @@ class Survey:
                 if band.upper() in lookup:
                     keep &= _as_float(np.asarray(table[lookup[band.upper()]])) != self.missing_value
         return keep
+
+
+def _text_array(values: np.ndarray) -> np.ndarray:
+    """(n,) str array, stripped, from bytes, str or numbers (vectorised)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "S":
+        values = np.char.decode(values, "utf-8", errors="replace")
+    elif values.dtype.kind == "O":
+        values = np.array([_text(v) for v in values], dtype=str)
+    else:
+        values = values.astype(str)
+    return np.char.strip(values) if values.size else values.astype(str)
 
 
 def _text(value) -> str:
