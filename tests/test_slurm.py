@@ -82,7 +82,7 @@ def test_a_cancelled_job_is_reported_not_waited_for(slurm_conf, tmp_path):
     job = executor(profile, tmp_path / "slurm", job_name="annotate-cancel").submit(time.sleep, 120)
     assert _wait(lambda: _sacct_state(job.job_id) == "RUNNING", 60)
     subprocess.run(["scancel", job.job_id], check=True)
-    assert _wait(lambda: _sacct_state(job.job_id).startswith("CANCELLED"), 60)
+    assert _wait(lambda: _sacct_state(job.job_id).startswith("CANCELLED"), 120, step=2)
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
 
@@ -97,7 +97,7 @@ def test_train_sbatch_script_runs_for_real(slurm_conf, tmp_path):
     job_id = done.stdout.strip().split(";")[0]
     log = next(tmp_path.glob("annotate-train-*.out")).read_text()
     assert done.returncode == 0, log[-2000:]
-    assert _wait(lambda: _sacct_state(job_id) == "COMPLETED", 30)
+    assert _wait(lambda: _sacct_state(job_id) == "COMPLETED", 120, step=2)
     assert (tmp_path / "model" / "model.safetensors").is_file() and "checkpoint:" in log
 
 
