@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {"ingest": (250, 500, 1000), "render": (1000, 2000, 4000), "end_to_end": (500, 1000, 2000),
-         "writeback": (10_000, 1_000_000, 5_000_000)}
+         "writeback": (10_000, 1_000_000, 5_000_000), "merge": (100_000, 1_000_000, 5_000_000)}
 QUICK_SIZES = {"ingest": (20, 40, 80), "render": (100, 200, 400), "end_to_end": (30, 60, 120),
-               "writeback": (1_000, 2_000, 4_000)}
+               "writeback": (1_000, 2_000, 4_000), "merge": (1_000, 2_000, 4_000)}
 BASELINE_LIMIT = {"render": 200, "end_to_end": 60}  # the slow baselines run on at most this many items
 
 
@@ -401,6 +401,60 @@ def bench_writeback(sizes, workdir: Path) -> Row:
 
 
 # ------------------------------------------------------------------------------------------------
+# merge of a sharded run (the shard files are synthetic: only the merge is measured), in a child
+
+def merge_case(n_rows: str, workdir: str, shard_size: str = "500000") -> str:
+    """Write a catalog, a plan and synthetic shard files for n_rows, then run the merge; returns
+    'seconds peak_rss_mb baseline_rss_mb' (called in a child process by `bench_merge`)."""
+    from .checkpoint import DEFAULT_MODEL, weights_sha256
+    from .pipeline import RunSettings
+    from .shards import PLAN_VERSION, _catalog_identity, plan_shards, run_folder, run_sharded
+
+    n, size, work = int(n_rows), int(shard_size), Path(workdir)
+    catalog = make_catalog(work / f"merge-{n}.fits", n)
+    out = work / f"merge-{n}.annotated.fits"
+    folder = run_folder(out)
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(n, size)
+    plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n, "shard_size": size,
+            "model": str(DEFAULT_MODEL.resolve()), "weights_sha256": weights_sha256(DEFAULT_MODEL), "survey": "sdss_dr18"}
+    (folder / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    rng = np.random.default_rng(0)
+    for shard in shards:
+        m = shard.stop - shard.start
+        np.savez(folder / "shards" / f"{shard.name}.npz", start=shard.start, stop=shard.stop, errors=np.array([""] * m),
+                 prob=rng.dirichlet(np.ones(3), m), z=rng.uniform(0, 3, m), z_err=rng.uniform(0, 0.1, m),
+                 teff=rng.uniform(3000, 9000, m), logg=rng.uniform(0, 5, m), feh=rng.uniform(-2, 0.5, m),
+                 coverage=np.ones(m), status=np.ones(m, np.int8))
+    import gc
+
+    gc.collect()
+    _reset_peak_rss()
+    baseline = peak_rss_mb("VmRSS")
+    start = time.perf_counter()
+    run_sharded(RunSettings(catalog=catalog, out=out, progress=False), size, log=lambda line: None)
+    return f"{time.perf_counter() - start} {peak_rss_mb()} {baseline}"
+
+
+def bench_merge(sizes, workdir: Path) -> Row:
+    row = Row("merge of a sharded run", "seconds", baseline_name="the same run's write-back alone is in the write-back row")
+    row.extra.update({"rss_mb": [], "baseline_rss_mb": []})
+    for n in sizes:
+        done = subprocess.run([sys.executable, "-c", "import sys; from annotate.bench import merge_case; "
+                               "print(merge_case(*sys.argv[1:]))", str(n), str(workdir)],
+                              stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise RuntimeError("merge benchmark failed")
+        seconds, rss, baseline = (float(v) for v in done.stdout.split()[-3:])
+        row.sizes.append(n)
+        row.ours.append(seconds)
+        row.baseline.append(float("nan"))
+        row.extra["rss_mb"].append(rss)
+        row.extra["baseline_rss_mb"].append(baseline)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
 
 def machine() -> str:
     import torch
@@ -422,6 +476,9 @@ def format_table(rows: list[Row]) -> str:
         lines.append(f"| {row.step} ({row.unit}) | {' / '.join(f'{n:,}' for n in row.sizes)} | "
                      f"{' / '.join(fmt(v) for v in row.ours)} | {' / '.join(fmt(v) for v in row.baseline)} "
                      f"({row.baseline_name}) | {' / '.join(f'{r:.1f}×' for r in row.ratio())} | {linearity(row):.2f} |")
+        if row.step.startswith("merge"):
+            lines.append(f"| ↳ merge peak RSS, MB (interpreter and torch before it) | | "
+                         f"{' / '.join(f'{v:.0f} ({b:.0f})' for v, b in zip(row.extra['rss_mb'], row.extra['baseline_rss_mb']))} | | | |")
         if row.step.startswith("write-back"):
             e = row.extra
             lines.append(f"| ↳ write-back peak RSS, MB (of which the writer's own) | | "
@@ -448,6 +505,8 @@ def run_bench(quick: bool = False, steps: tuple = ("ingest", "render", "end_to_e
                 rows.append(bench_end_to_end(sizes["end_to_end"], tmp))
             elif step == "writeback":
                 rows.append(bench_writeback(sizes["writeback"], tmp))
+            elif step == "merge":
+                rows.append(bench_merge(sizes["merge"], tmp))
             else:
                 raise ValueError(f"unknown step {step!r}")
     if out is not None:

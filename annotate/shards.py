@@ -132,7 +132,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
                 dry_run: bool = False, log=print):
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing)."""
-    from .checkpoint import DEFAULT_MODEL, load_checkpoint, weights_sha256
+    from .checkpoint import DEFAULT_MODEL, read_card, weights_sha256
     from .flags import PredFlag
     from .metrics import summary
     from .pipeline import RunResult, read_catalog, row_flags
@@ -198,7 +198,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
     errors = pred["errors"]
     del pred  # the output columns hold what is needed now
-    _, card = load_checkpoint(model_dir, "cpu")
+    card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
                                   survey.name, int((~predicted).sum()))
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")

@@ -91,3 +91,11 @@ def test_bench_command_prints_the_table(tmp_path, monkeypatch, capsys):
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["render Simple (1 core)", "render Overlap (1 core)", "render 2D Map (1 core)"]
     assert all(r["ratio"][0] > 1 for r in rows)  # array rendering beats one matplotlib figure per spectrum
+
+
+def test_merge_row_measures_a_sharded_merge(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.QUICK_SIZES, "merge", (300, 600, 900))
+    row = bench.run_bench(quick=True, steps=("merge",), workdir=tmp_path)[0]
+    assert row.sizes == [300, 600, 900] and all(s > 0 for s in row.ours)
+    assert all(rss >= base > 30 for rss, base in zip(row.extra["rss_mb"], row.extra["baseline_rss_mb"]))
+    assert "merge peak RSS" in bench.format_table([row])
