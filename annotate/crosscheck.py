@@ -372,10 +372,10 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     from astropy.table import Table
 
     from .pipeline import default_store_path
+    from .writeback import catalog_stem
 
     catalog = Path(catalog)
-    out_dir = Path(out_dir) if out_dir else default_store_path(catalog).with_name(
-        default_store_path(catalog).name.replace(".spectra.h5", ".crosscheck"))
+    out_dir = Path(out_dir) if out_dir else catalog.with_name(catalog_stem(catalog) + ".crosscheck")
     store = Path(store) if store else default_store_path(catalog)
     reference, pred, definition, selected, paths = read_annotated(catalog, survey)
     metrics, compared = compute(reference, pred, selected)

@@ -17,7 +17,7 @@ from .errors import CatalogError, OutputError, StoreError
 from .flags import PredFlag
 from .store import STATUS, create_store, ingest, open_store, read_status
 from .surveys import Survey, load_survey
-from .writeback import default_output_path, prediction_columns, provenance_cards, write_fits
+from .writeback import catalog_stem, default_output_path, prediction_columns, provenance_cards, write_fits
 
 LOW_COVERAGE = 0.5
 
@@ -81,13 +81,7 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
 
 def default_store_path(output: Path) -> Path:
     """The spectra store beside an annotated catalog: `x.annotated.fits` -> `x.annotated.spectra.h5`."""
-    output = Path(output)
-    name = output.name
-    for suffix in (".fits.gz", ".fits", ".fit", ".fts"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(name + ".spectra.h5")
+    return Path(output).with_name(catalog_stem(output) + ".spectra.h5")
 
 
 def resolve_paths(relative: list[str], root: Path) -> tuple[list[str], np.ndarray]:
@@ -170,14 +164,23 @@ def run(settings: RunSettings) -> RunResult:
     with _progress(settings.progress, n_rows, "predict") as update:
         pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                              progress=update)
-    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
-    columns = prediction_columns(pred, reference, flags)
-    predicted = pred["status"] == STATUS["OK"]
-    provenance = provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding,
-                                  survey.name, int((~predicted).sum()))
-    write_fits(catalog, out, columns, provenance)
-    usable = predicted & selected & ((flags & int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)) == 0)
+    columns, predicted, usable = write_annotated(
+        catalog, out, pred, reference, selected,
+        provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
+                         int((pred["status"] != STATUS["OK"]).sum())))
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),
                      errors=[e for e in errors if e])
+
+
+def write_annotated(catalog: Path, out: Path, pred: dict, reference: dict, selected: np.ndarray,
+                    provenance: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Flags, PRED_* columns and the write-back of one run's predictions (single or sharded).
+    Returns the columns, the rows predicted, and the rows a cross-check may use."""
+    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
+    columns = prediction_columns(pred, reference, flags)
+    predicted = pred["status"] == STATUS["OK"]
+    write_fits(catalog, out, columns, provenance)
+    no_reference = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
+    return columns, predicted, predicted & selected & ((flags & no_reference) == 0)

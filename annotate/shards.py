@@ -133,12 +133,11 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing)."""
     from .checkpoint import DEFAULT_MODEL, read_card, weights_sha256
-    from .flags import PredFlag
     from .metrics import summary
-    from .pipeline import RunResult, read_catalog, row_flags
+    from .pipeline import RunResult, read_catalog, write_annotated
     from .store import STATUS
     from .surveys import load_survey
-    from .writeback import default_output_path, prediction_columns, provenance_cards, write_fits
+    from .writeback import default_output_path, provenance_cards
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
@@ -192,20 +191,15 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     selected = survey.selected(table)
     del table  # only the reference values are needed from here on
     pred = read_shards(folder, shards, n_rows)
-    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
-    columns = prediction_columns(pred, reference, flags)
-    predicted = pred["status"] == STATUS["OK"]
     counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
-    errors = pred["errors"]
-    del pred  # the output columns hold what is needed now
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, int((~predicted).sum()))
+                                  survey.name, n_rows - counts["OK"])
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
     provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
-    write_fits(catalog, out, columns, provenance)
-    no_reference = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
-    usable = predicted & selected & ((flags & no_reference) == 0)
+    columns, predicted, usable = write_annotated(catalog, out, pred, reference, selected, provenance)
+    errors = pred["errors"]
+    del pred
     return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=int(predicted.sum()),
                      counts=counts, summary=summary(reference, columns, usable), errors=errors)
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import ConfigError
 
 
@@ -38,17 +36,9 @@ class Profile:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Profile":
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read SLURM profile {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a SLURM profile is a mapping")
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{path}: unknown profile keys {', '.join(sorted(unknown))}; "
-                              f"valid: {', '.join(cls.__dataclass_fields__)}")
-        profile = cls(**raw)
+        from .yamlconfig import read_fields
+
+        profile = cls(**read_fields(path, cls, "SLURM profile", empty_ok=True))
         if profile.time_min < 1 or profile.cpus_per_task < 1 or profile.gpus_per_node < 0:
             raise ConfigError(f"{path}: time_min and cpus_per_task must be >= 1, gpus_per_node >= 0")
         return profile

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from . import CLASS_NAMES, __version__
@@ -56,17 +55,9 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping")
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{path}: unknown recipe keys {', '.join(sorted(unknown))}; "
-                              f"valid: {', '.join(cls.__dataclass_fields__)}")
-        recipe = cls(**raw)
+        from .yamlconfig import read_fields
+
+        recipe = cls(**read_fields(path, cls, "recipe"))
         recipe.validate()
         return recipe
 

@@ -66,14 +66,18 @@ def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     }
 
 
-def default_output_path(catalog: str | Path) -> Path:
-    """`dr18.fits` -> `dr18.annotated.fits` beside the input (`.fits.gz` likewise)."""
-    catalog = Path(catalog)
-    name = catalog.name
+def catalog_stem(path: str | Path) -> str:
+    """The file name without its FITS suffix: `dr18.fits.gz` -> `dr18`."""
+    name = Path(path).name
     for suffix in (".fits.gz", ".fits", ".fit", ".fts"):
         if name.lower().endswith(suffix):
-            return catalog.with_name(name[: -len(suffix)] + ".annotated.fits")
-    return catalog.with_name(name + ".annotated.fits")
+            return name[: -len(suffix)]
+    return name
+
+
+def default_output_path(catalog: str | Path) -> Path:
+    """`dr18.fits` -> `dr18.annotated.fits` beside the input (`.fits.gz` likewise)."""
+    return Path(catalog).with_name(catalog_stem(catalog) + ".annotated.fits")
 
 
 CHUNK_BYTES = 32 * 2**20
