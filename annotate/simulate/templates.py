@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,12 @@ class TemplateLibrary:
     gal_sigma_kms: np.ndarray
     gal_set: np.ndarray
 
-    @property
+    @cached_property
     def gal_first_loglam(self) -> np.ndarray:
         """(n_gal,) log10 of each population's first rest wavelength with data."""
         return self.gal_loglam[np.argmax(np.isfinite(self.gal_flux), axis=1)]
 
-    @property
+    @cached_property
     def gal_last_loglam(self) -> np.ndarray:
         """(n_gal,) log10 of each population's last rest wavelength with data."""
         return self.gal_loglam[-1 - np.argmax(np.isfinite(self.gal_flux[:, ::-1]), axis=1)]
