@@ -121,6 +121,13 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"{folder}/{CONFIG}: missing or malformed entry {exc}") from None
 
 
+def backbone_dict(config) -> dict:
+    """The ViT config fields needed to rebuild the backbone (portable across transformers versions)."""
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+            "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias")
+    return {k: getattr(config, k) for k in keys}
+
+
 def weights_sha256(folder: str | Path) -> str:
     digest = hashlib.sha256()
     with open(Path(folder) / WEIGHTS, "rb") as handle:

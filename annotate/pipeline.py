@@ -54,9 +54,11 @@ class RunResult:
         return self.n_rows - self.n_predicted
 
 
-def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None, paths: bool = True) -> dict:
-    """The columns the survey needs (roles, path fields, selection) as name -> array; `rows`
-    reads only that slice (from a memory map: a shard never loads the whole catalog)."""
+def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None, paths: bool = True,
+                 extra: tuple = ()) -> dict:
+    """The columns the survey needs (roles, path fields, selection) and the `extra` ones as
+    name -> array; `rows` reads only that slice (from a memory map: a shard never loads the whole
+    catalog)."""
     if not path.is_file():
         raise CatalogError(f"catalog not found: {path}")
     try:
@@ -73,6 +75,10 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
                 wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
             wanted |= {str(rule["column"]).upper() for rule in survey.selection}
             wanted |= {str(b).upper() for b in survey.snr_bands or ()}
+            missing = [c for c in extra if c.upper() not in {n.upper() for n in names}]
+            if missing:
+                raise CatalogError(f"{path}: no column {', '.join(missing)}")
+            wanted |= {c.upper() for c in extra}
             rows = rows if rows is not None else slice(None)
             return {name: np.array(data[name][rows]) for name in names if name.upper() in wanted}
     except OSError as exc:

@@ -49,6 +49,13 @@ def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mas
     result = {"prob": prob, "z": norm["z"].decode(z_mean), "z_err": norm["z"].decode_sigma(z_mean, z_sigma)}
     for i, name in enumerate(("teff", "logg", "feh")):
         result[name] = norm[name].decode(stellar[:, i])
+    # a head the model was not trained for predicts nothing
+    tasks = card.training.get("tasks", ("class", "z", "stellar"))
+    untrained = {"class": ("prob",), "z": ("z", "z_err"), "stellar": ("teff", "logg", "feh")}
+    for task, keys in untrained.items():
+        if task not in tasks:
+            for key in keys:
+                result[key] = np.full_like(result[key], np.nan, dtype=float)
     return result
 
 

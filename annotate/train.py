@@ -1,15 +1,19 @@
-"""Fine-tune a Spectromer model from a recipe (YAML): data, backbone, optimiser, epochs.
+"""Fine-tune a Spectromer model from a recipe (YAML): data, backbone, tasks, optimiser, epochs.
 
-Training data come from simulated spectra built from the template library (`data.simulate`) or
-from a spectra store whose `/labels` group holds the labels (`data.store`). Regression targets are
-normalised (saved in the checkpoint), rows without a label are masked out of that task's loss,
-and the split is by object, seeded, and stored with the checkpoint.
+The loop is resumable: every `checkpoint_every` steps (and every `checkpoint_minutes`, and at the
+end of each epoch) the whole training state is saved under `<out>/state/` (see trainstate.py); a
+re-run of the same recipe into the same folder continues from the newest state, with the same
+batches in the same order, so an interrupted run ends where an uninterrupted one would (up to
+floating-point nondeterminism on GPUs). Under torchrun or a SLURM job of several tasks it runs
+DistributedDataParallel, one process per GPU. The best epoch (by validation score, or loss) is
+the checkpoint in `<out>`; metrics.json / metrics.csv / learning-curve.png log every epoch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,22 +22,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import CLASS_NAMES, __version__
-from .checkpoint import LabelNorm, ModelCard, save_checkpoint
+from . import __version__
+from .checkpoint import ModelCard, save_checkpoint
 from .errors import ConfigError
 from .grid import WavelengthGrid
-from .model import BACKBONES, STELLAR_LABELS, build_model, check_backbone_name
-from .render import RenderSettings, render, to_model_input
+from .model import STELLAR_LABELS, build_model, check_backbone_name
+from .render import RenderSettings
+from .traindata import (RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm,
+                        image_store_settings, load_training_data, split_by_object)
+
+TASKS = ("class", "z", "stellar")
+# recipe fields that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training recipe. `data` is {'simulate': {...}} or {'store': path}; see training/README.md."""
+    """A training recipe; every field is documented in training/README.md."""
 
     name: str
     data: dict
     backbone: str = "vit-tiny"
     pretrained: bool = True
+    tasks: tuple = TASKS
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-4
@@ -43,6 +54,7 @@ class Recipe:
     test_fraction: float = 0.1
     seed: int = 0
     loss_weights: dict = field(default_factory=lambda: {"class": 1.0, "z": 1.0, "stellar": 1.0})
+    select_by: str = "score"
     render: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     image_mean: float = 0.5
@@ -52,190 +64,87 @@ class Recipe:
     precision: str = "fp32"
     save_half: bool = False
     max_steps: int | None = None
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
         from .yamlconfig import read_fields
 
-        recipe = cls(**read_fields(path, cls, "recipe"))
+        raw = read_fields(path, cls, "recipe")
+        if "tasks" in raw:
+            raw["tasks"] = tuple(raw["tasks"]) if isinstance(raw["tasks"], (list, tuple)) else (raw["tasks"],)
+        recipe = cls(**raw)
         recipe.validate()
         return recipe
 
     def validate(self) -> None:
         check_backbone_name(self.backbone)
-        sources = set(self.data) - {"images"}
-        if sources - {"simulate", "store"} or len(sources) != 1 or ("images" in self.data and "store" not in self.data):
-            raise ConfigError("recipe 'data' must have exactly one of: simulate, store "
-                              "(and, with store, optionally images: an image store made by annotate render)")
+        sources = set(self.data) & {"simulate", "store", "catalog"}
+        if len(sources) != 1 or ("images" in self.data and set(self.data) - {"store", "images"}):
+            raise ConfigError("recipe 'data' must have exactly one of: simulate, store, catalog "
+                              "(and, with store alone, optionally images: an image store made by annotate render)")
+        if "simulate" in self.data and len(self.data) != 1:
+            raise ConfigError("recipe 'data.simulate' takes no other data keys")
+        if not self.tasks or set(self.tasks) - set(TASKS):
+            raise ConfigError(f"recipe tasks must be a non-empty list of {', '.join(TASKS)}")
+        if self.select_by not in ("score", "loss"):
+            raise ConfigError("select_by must be score (validation accuracy / R²) or loss")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("precision must be fp32 or bf16")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 0:
+            raise ConfigError("epochs and batch_size must be >= 1, checkpoint_every >= 0")
         RenderSettings.from_dict(self.render)
 
-
-# ------------------------------------------------------------------------------------------------
-# data
-
-def load_training_data(recipe: Recipe, grid: WavelengthGrid) -> dict:
-    """flux, mask (n, n_pix) and labels class (n,) str, z, teff, logg, feh, plus 'object' ids."""
-    if "simulate" in recipe.data:
-        from .simulate.dataset import simulate_training_set
-
-        return simulate_training_set(grid=grid, **recipe.data["simulate"])
-    from .store import open_store, read_labels, read_rows
-
-    info = open_store(recipe.data["store"])
-    if info.grid != grid:
-        raise ConfigError(f"store grid {info.grid} differs from the recipe grid {grid}")
-    rows = read_rows(info.path, 0, info.n_rows)
-    labels = read_labels(info.path)
-    ok = rows["status"] == 1
-    data = {"flux": rows["flux"][ok], "mask": rows["mask"][ok]}
-    for key in ("class", "z", "teff", "logg", "feh"):
-        if key not in labels:
-            raise ConfigError(f"store {info.path} has no /labels/{key}")
-        data[key] = np.asarray(labels[key])[ok]
-    data["object"] = np.asarray(labels.get("object", np.arange(info.n_rows)))[ok]
-    data["split"] = np.asarray(labels["split"])[ok] if "split" in labels else None
-    if "images" in recipe.data:
-        data["images_path"] = str(recipe.data["images"])
-        data["image_rows"] = np.flatnonzero(ok)
-        _check_image_store(data["images_path"], info.path, info.n_rows, data["image_rows"])
-    return data
-
-
-def image_store_settings(path: str | Path) -> RenderSettings:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as h5:
-            return RenderSettings.from_dict(json.loads(h5.attrs["render"]))
-    except (OSError, KeyError) as exc:
-        raise ConfigError(f"{path}: not an image store made by annotate render ({exc})") from None
-
-
-def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: np.ndarray) -> None:
-    import h5py
-
-    from .errors import StoreError
-    from .images import check_image_store
-
-    image_store_settings(path)
-    try:
-        check_image_store(Path(path), n_rows, Path(spectra_store))
-    except StoreError as exc:
-        raise ConfigError(str(exc)) from None
-    with h5py.File(path, "r") as h5:
-        done = h5["done"][()]
-    if not done[rows].all():
-        raise ConfigError(f"{path}: {int((~done[rows]).sum())} rows are not rendered yet; run annotate render again")
-
-
-def split_by_object(objects: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """(n,) array of 'train'/'val'/'test', all rows of one object in the same split (seeded)."""
-    unique = np.unique(objects)
-    # a stream of its own: default_rng(seed) would repeat the simulator's draws for the same seed
-    rng = np.random.default_rng([seed, 0x53504C54])
-    draw = rng.random(len(unique))
-    assign = np.where(draw < test_fraction, "test", np.where(draw < test_fraction + val_fraction, "val", "train"))
-    lookup = dict(zip(unique.tolist(), assign))
-    return np.array([lookup[o] for o in objects.tolist()])
-
-
-def fit_label_norm(data: dict, train: np.ndarray) -> dict:
-    norms = {}
-    z = np.log10(1.0 + data["z"][train])
-    norms["z"] = LabelNorm(float(np.mean(z)), float(np.std(z) or 1.0), "log1p10")
-    for key in STELLAR_LABELS:
-        values = data[key][train]
-        values = values[np.isfinite(values)]
-        norms[key] = LabelNorm(float(values.mean()) if len(values) else 0.0,
-                               float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0)
-    return norms
-
-
-class RenderedBatches(torch.utils.data.Dataset):
-    """Map-style dataset indexed by a list of row indices: renders the whole batch at once, or
-    reads it from an image store when `data` names one (images_path, image_rows)."""
-
-    def __init__(self, data: dict, targets: dict, settings: RenderSettings, mean: float, std: float):
-        self.data, self.targets, self.settings, self.mean, self.std = data, targets, settings, mean, std
-        self._images = None  # h5py dataset, opened in the process that reads (DataLoader workers)
-
-    def __len__(self):
-        return len(self.data["flux"])
-
-    def __getstate__(self):
-        return {**self.__dict__, "_images": None}
-
-    def _stored_images(self, indices: np.ndarray) -> np.ndarray:
-        if self._images is None:
-            import h5py
-
-            self._images = h5py.File(self.data["images_path"], "r")["images"]
-        return self._images[self.data["image_rows"][indices]]  # increasing rows, as h5py needs
-
-    def __getitem__(self, indices):
-        indices = np.sort(np.asarray(indices))
-        if self.data.get("images_path"):
-            images = self._stored_images(indices)
-        else:
-            images = render(self.data["flux"][indices], self.data["mask"][indices], self.settings)
-        batch = {"pixels": to_model_input(images, self.mean, self.std)}
-        for key, values in self.targets.items():
-            batch[key] = torch.from_numpy(values[indices])
-        return batch
-
-
-def encode_targets(data: dict, norms: dict) -> dict:
-    class_index = np.array([CLASS_NAMES.index(c) if c in CLASS_NAMES else -100 for c in data["class"]], np.int64)
-    stellar = np.stack([norms[k].encode(data[k]) for k in STELLAR_LABELS], axis=1).astype(np.float32)
-    is_star = (class_index == CLASS_NAMES.index("STAR"))[:, None]
-    stellar_mask = np.isfinite(stellar) & is_star
-    z = norms["z"].encode(data["z"]).astype(np.float32)
-    return {"class": class_index, "z": np.nan_to_num(z), "z_mask": np.isfinite(z),
-            "stellar": np.nan_to_num(stellar), "stellar_mask": stellar_mask}
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
 
 
 # ------------------------------------------------------------------------------------------------
 # losses and metrics
 
-def multitask_loss(out: dict, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy (class) + Gaussian NLL (z mean and σ) + masked MSE (stellar, stars only)."""
-    parts = {"class": nn.functional.cross_entropy(out["class_logits"].float(), batch["class"], ignore_index=-100)}
-    z_mask = batch["z_mask"]
-    if z_mask.any():
-        mu, log_sigma = out["z_mean"].float()[z_mask], out["z_log_sigma"].float()[z_mask]
-        parts["z"] = (0.5 * ((batch["z"][z_mask] - mu) / log_sigma.exp()) ** 2 + log_sigma).mean()
-    else:
-        parts["z"] = out["z_mean"].sum() * 0.0
-    s_mask = batch["stellar_mask"]
-    if s_mask.any():
-        parts["stellar"] = ((out["stellar"].float() - batch["stellar"]) ** 2)[s_mask].mean()
-    else:
-        parts["stellar"] = out["stellar"].sum() * 0.0
+def multitask_loss(out: dict, batch: dict, weights: dict, tasks: tuple = TASKS) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy (class) + Gaussian NLL (z mean and σ) + masked MSE (stellar, stars only),
+    over `tasks`; a task with no labelled row in the batch adds zero."""
+    parts = {}
+    if "class" in tasks:
+        labelled = batch["class"] != -100
+        parts["class"] = (nn.functional.cross_entropy(out["class_logits"].float(), batch["class"], ignore_index=-100)
+                          if labelled.any() else out["class_logits"].sum() * 0.0)
+    if "z" in tasks:
+        z_mask = batch["z_mask"]
+        if z_mask.any():
+            mu, log_sigma = out["z_mean"].float()[z_mask], out["z_log_sigma"].float()[z_mask]
+            parts["z"] = (0.5 * ((batch["z"][z_mask] - mu) / log_sigma.exp()) ** 2 + log_sigma).mean()
+        else:
+            parts["z"] = (out["z_mean"].sum() + out["z_log_sigma"].sum()) * 0.0
+    if "stellar" in tasks:
+        s_mask = batch["stellar_mask"]
+        parts["stellar"] = (((out["stellar"].float() - batch["stellar"]) ** 2)[s_mask].mean() if s_mask.any()
+                            else out["stellar"].sum() * 0.0)
     total = sum(weights.get(k, 1.0) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def evaluate(model, loader, norms: dict, device, autocast) -> dict:
-    """Validation/test metrics in physical units: accuracy, z R², NMAD, η, CRPS, stellar R²."""
+def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS) -> dict:
+    """Metrics in physical units over `loader`: loss, and per task accuracy / z R², NMAD, η, CRPS /
+    Teff, logg, [Fe/H] R² (and the number of labelled rows each used)."""
     from .metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
 
     model.eval()
-    rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mu", "z_sigma", "stellar_true", "stellar_pred",
-                            "stellar_mask", "loss")}
+    rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mask", "z_mu", "z_sigma", "stellar_true",
+                            "stellar_pred", "stellar_mask", "loss")}
     with torch.no_grad():
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
                 out = model(batch["pixels"])
-            loss, _ = multitask_loss(out, batch, {})
+            loss, _ = multitask_loss(out, batch, {}, tasks)
             rows["loss"].append(float(loss.detach()))
             rows["cls_true"].append(batch["class"].cpu().numpy())
             rows["cls_pred"].append(out["class_logits"].float().argmax(1).cpu().numpy())
             rows["z_true"].append(batch["z"].cpu().numpy())
+            rows["z_mask"].append(batch["z_mask"].cpu().numpy())
             rows["z_mu"].append(out["z_mean"].float().cpu().numpy())
             rows["z_sigma"].append(out["z_log_sigma"].float().exp().cpu().numpy())
             rows["stellar_true"].append(batch["stellar"].cpu().numpy())
@@ -243,23 +152,62 @@ def evaluate(model, loader, norms: dict, device, autocast) -> dict:
             rows["stellar_mask"].append(batch["stellar_mask"].cpu().numpy())
     model.train()
     cat = {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
-    z_norm = norms["z"]
-    z_true, z_pred = z_norm.decode(cat["z_true"].astype(float)), z_norm.decode(cat["z_mu"].astype(float))
-    z_sigma = z_norm.decode_sigma(cat["z_mu"].astype(float), cat["z_sigma"].astype(float))
-    metrics = {"loss": float(cat["loss"].mean()), "n": int(len(z_true)),
-               "class_accuracy": accuracy(cat["cls_true"], cat["cls_pred"]),
-               "z_r2": r2_score(z_true, z_pred), "z_nmad": nmad(z_true, z_pred),
-               "z_eta": outlier_fraction(z_true, z_pred), "z_crps": gaussian_crps(z_true, z_pred, z_sigma)}
-    for i, key in enumerate(STELLAR_LABELS):
-        m = cat["stellar_mask"][:, i]
-        true = norms[key].decode(cat["stellar_true"][m, i].astype(float))
-        pred = norms[key].decode(cat["stellar_pred"][m, i].astype(float))
-        metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true, pred), int(m.sum())
+    metrics = {"loss": float(cat["loss"].mean()), "n": int(len(cat["cls_true"]))}
+    if "class" in tasks:
+        labelled = cat["cls_true"] != -100
+        metrics["class_accuracy"] = accuracy(cat["cls_true"][labelled], cat["cls_pred"][labelled])
+        metrics["class_n"] = int(labelled.sum())
+    if "z" in tasks:
+        m, z_norm = cat["z_mask"], norms["z"]
+        mu, sigma = cat["z_mu"][m].astype(float), cat["z_sigma"][m].astype(float)
+        z_true, z_pred = z_norm.decode(cat["z_true"][m].astype(float)), z_norm.decode(mu)
+        z_sigma = z_norm.decode_sigma(mu, sigma)
+        metrics.update({"z_r2": r2_score(z_true, z_pred), "z_nmad": nmad(z_true, z_pred),
+                        "z_eta": outlier_fraction(z_true, z_pred), "z_crps": gaussian_crps(z_true, z_pred, z_sigma),
+                        "z_n": int(m.sum())})
+    if "stellar" in tasks:
+        for i, key in enumerate(STELLAR_LABELS):
+            m = cat["stellar_mask"][:, i]
+            true = norms[key].decode(cat["stellar_true"][m, i].astype(float))
+            pred = norms[key].decode(cat["stellar_pred"][m, i].astype(float))
+            metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true, pred), int(m.sum())
     return metrics
 
 
+def validation_score(metrics: dict, tasks: tuple) -> float:
+    """Higher is better: the mean over tasks of class accuracy, z R² and the mean stellar R²."""
+    parts = []
+    if "class" in tasks:
+        parts.append(metrics.get("class_accuracy", math.nan))
+    if "z" in tasks:
+        parts.append(metrics.get("z_r2", math.nan))
+    if "stellar" in tasks:
+        stellar = [metrics.get(f"{k}_r2", math.nan) for k in STELLAR_LABELS]
+        stellar = [v for v in stellar if math.isfinite(v)]
+        parts.append(sum(stellar) / len(stellar) if stellar else math.nan)
+    finite = [p for p in parts if math.isfinite(p)]
+    return sum(finite) / len(finite) if finite else -math.inf
+
+
 # ------------------------------------------------------------------------------------------------
-# the loop
+# devices and processes
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -267,11 +215,56 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def start_ranks(device_name: str) -> Ranks:
+    """Join the process group when WORLD_SIZE > 1 (torchrun, or a SLURM job of several tasks
+    through submitit); each rank uses the GPU of its LOCAL_RANK, or the CPU with gloo."""
+    device = pick_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks(device=device)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(torch.distributed.get_rank(), world, device)
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+def _check_resumable(saved: dict, recipe: Recipe, folder: Path) -> None:
+    current = recipe.to_json()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ConfigError(f"{folder} holds an interrupted run of a different recipe ({', '.join(changed)} changed); "
+                          "train into a new --out folder, or delete its state/ to start over")
+
+
+def _schedule(optimiser, recipe: Recipe, total_steps: int):
+    warmup = max(1, int(recipe.warmup_fraction * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+
+
 def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
-    """Train per `recipe`; write the best checkpoint (lowest validation loss) to `out_dir` with
-    metrics.json (per-epoch log) and the held-out test metrics in the checkpoint's config."""
+    """Train per `recipe` into `out_dir` (resuming there if it holds an interrupted run of the same
+    recipe); returns the summary stored in the checkpoint's card (held-out metrics, split, timing)."""
+    from .trainlog import plot_learning_curve, write_history
+    from .trainstate import TrainState, latest_state, load_state, read_state_json, save_state
+
     out_dir = Path(out_dir)
+    finished = out_dir / "training.json"
+    if finished.is_file():
+        summary = json.loads(finished.read_text())
+        _check_resumable(summary.get("recipe", {}), recipe, out_dir)
+        log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
+        return summary
     out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = start_ranks(recipe.device)
+    device = ranks.device
     torch.manual_seed(recipe.seed)
     grid = WavelengthGrid(**recipe.grid)
     settings = RenderSettings.from_dict(recipe.render)
@@ -281,87 +274,137 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
             raise ConfigError(f"recipe render settings differ from those of the image store {recipe.data['images']}")
         settings = stored
     settings.check_grid(grid.n_pix)
-    device = pick_device(recipe.device)
+    resume_from = latest_state(out_dir)
+    if resume_from is not None:
+        _check_resumable(read_state_json(resume_from)["recipe"], recipe, out_dir)
     started = time.time()
-    data = load_training_data(recipe, grid)
+    data = load_training_data(recipe.data, grid)
     split = data.get("split")
     if split is None:
         split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
-    train_rows = split == "train"
-    norms = fit_label_norm(data, train_rows)
+    train_rows = np.flatnonzero(split == "train")
+    norms = fit_label_norm(data, split == "train")
     targets = encode_targets(data, norms)
-    log(f"data: {train_rows.sum()} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
+    log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
         f"({time.time() - started:.0f} s)")
 
     dataset = RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
-    generator = torch.Generator().manual_seed(recipe.seed)
-
-    def loader(rows: np.ndarray, shuffle: bool):
-        indices = np.flatnonzero(rows).tolist()
-        sampler = torch.utils.data.SubsetRandomSampler(indices, generator=generator) if shuffle else indices
-        batches = torch.utils.data.BatchSampler(sampler, recipe.batch_size, drop_last=False)
-        return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, num_workers=recipe.num_workers,
-                                           pin_memory=device.type == "cuda",
-                                           persistent_workers=recipe.num_workers > 0)
-
-    train_loader, val_loader = loader(train_rows, True), loader(split == "val", False)
-    test_loader = loader(split == "test", False)
+    pin = device.type == "cuda"
+    val_batches = [b for b in np.array_split(np.flatnonzero(split == "val"),
+                                             max(1, math.ceil((split == "val").sum() / recipe.batch_size))) if len(b)]
     model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    total_steps = recipe.epochs * len(train_loader)
+    steps_per_epoch = len(epoch_batches(train_rows, recipe.batch_size, recipe.seed, 0, ranks.world_size)) \
+        // ranks.world_size
+    total_steps = recipe.epochs * steps_per_epoch
     if recipe.max_steps:
         total_steps = min(total_steps, recipe.max_steps)
-    warmup = max(1, int(recipe.warmup_fraction * total_steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+    schedule = _schedule(optimiser, recipe, max(total_steps, 1))
+    state = TrainState(history=[])
+    if resume_from is not None:
+        state = load_state(resume_from, model, optimiser, schedule)
+        log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
     use_bf16 = recipe.precision == "bf16" and device.type == "cuda"
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
+    forward = model
+    if ranks.world_size > 1:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from .checkpoint import backbone_dict
+
     card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
                      name=recipe.name)
-    history, best, step = [], None, 0
+    last_save = time.time()
+
+    def save(reason: str) -> None:
+        nonlocal last_save
+        if ranks.main:
+            where = save_state(out_dir, state, model, optimiser, schedule, recipe.to_json())
+            log(f"state saved at step {state.step} ({reason}): {where}")
+        ranks.barrier()
+        last_save = time.time()
+
+    def done() -> bool:
+        return bool(recipe.max_steps) and state.step >= recipe.max_steps
+
     model.train()
-    for epoch in range(recipe.epochs):
-        epoch_start, losses = time.time(), []
-        for batch in train_loader:
+    while state.epoch < recipe.epochs and not done():
+        mine = epoch_batches(train_rows, recipe.batch_size, recipe.seed, state.epoch, ranks.world_size)
+        mine = mine[ranks.rank::ranks.world_size]
+        loader = batch_loader(dataset, mine[state.batch:], recipe.num_workers, pin)
+        epoch_start = time.time()
+        for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast():
-                out = model(batch["pixels"])
-            loss, _ = multitask_loss(out, batch, recipe.loss_weights)
+                out = forward(batch["pixels"])
+            loss, _ = multitask_loss(out, batch, recipe.loss_weights, recipe.tasks)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             schedule.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if recipe.max_steps and step >= recipe.max_steps:
+            state.step, state.batch = state.step + 1, state.batch + 1
+            state.loss_sum += float(loss.detach())
+            if done():
                 break
-        val = evaluate(model, val_loader, norms, device, autocast)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "seconds": time.time() - epoch_start,
-                  **{f"val_{k}": v for k, v in val.items()}}
-        history.append(record)
-        log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-        if best is None or val["loss"] < best["val_loss"]:
-            best = record
-            card = ModelCard(**card_base, training={"recipe": asdict(recipe), "best_epoch": epoch + 1})
-            save_checkpoint(model, card, out_dir, half=recipe.save_half)
-        (out_dir / "metrics.json").write_text(json.dumps(history, indent=1) + "\n")
-        if recipe.max_steps and step >= recipe.max_steps:
-            break
-    # held-out test metrics of the best checkpoint
-    from .checkpoint import load_checkpoint
+            if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
+                    time.time() - last_save > 60 * recipe.checkpoint_minutes:
+                save(f"epoch {state.epoch + 1}, batch {state.batch}")
+        if ranks.main:
+            val = evaluate(model, batch_loader(dataset, val_batches, recipe.num_workers, pin), norms, device,
+                           autocast, recipe.tasks)
+            record = {"epoch": state.epoch + 1, "step": state.step,
+                      "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
+                      **{f"val_{k}": v for k, v in val.items()}}
+            record["val_score"] = validation_score(val, recipe.tasks)
+            state.history.append(record)
+            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            if state.best is None or _better(record, state.best, recipe.select_by):
+                state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
+                card = ModelCard(**card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
+                                                        "best_epoch": record["epoch"]})
+                save_checkpoint(model, card, out_dir, half=recipe.save_half)
+            write_history(out_dir, state.history)
+            plot_learning_curve(out_dir, state.history, recipe.name)
+        state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+        save(f"end of epoch {state.epoch}")
 
-    best_model, card = load_checkpoint(out_dir, str(device))
+    summary = {}
+    if ranks.main:
+        summary = _finish(recipe, out_dir, data, split, norms, settings, device, autocast, card_base, state,
+                          time.time() - started)
+        log(json.dumps({"test": summary["test"], "held_out_stars": summary["held_out_stars"]}))
+    ranks.barrier()
+    return summary
+
+
+def _better(record: dict, best: dict, select_by: str) -> bool:
+    if select_by == "loss":
+        return record["val_loss"] < best["val_loss"]
+    return record["val_score"] > best["val_score"]
+
+
+def _finish(recipe, out_dir, data, split, norms, settings, device, autocast, card_base, state, seconds) -> dict:
+    """Held-out metrics of the best checkpoint into its card, training.json, and the state removed."""
+    import shutil
+
+    from .checkpoint import load_checkpoint
+    from .trainstate import STATE_DIR
+
+    best_model, _ = load_checkpoint(out_dir, str(device))
     test, held_out = held_out_metrics(best_model, recipe, data, split, norms, settings, device, autocast)
-    summary = {"best_epoch": best["epoch"], "test": test, "held_out_stars": held_out, "device": str(device),
-               "seconds": round(time.time() - started, 1), "annotate_version": __version__,
+    summary = {"tasks": list(recipe.tasks), "best_epoch": state.best["epoch"], "test": test,
+               "held_out_stars": held_out, "device": str(device), "seconds": round(seconds, 1),
+               "steps": state.step, "annotate_version": __version__,
                "split_counts": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
-    card = ModelCard(**card_base, training={"recipe": asdict(recipe), **summary})
+    card = ModelCard(**card_base, training={"recipe": recipe.to_json(), **summary})
     save_checkpoint(best_model, card, out_dir, half=recipe.save_half)
-    log(json.dumps({"test": test, "held_out_stars": held_out}))
+    tmp = out_dir / "training.json.tmp"
+    tmp.write_text(json.dumps({**summary, "recipe": recipe.to_json()}, indent=1) + "\n")
+    tmp.replace(out_dir / "training.json")
+    shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
     return summary
 
 
@@ -371,14 +414,16 @@ def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms
 
     def batches(part: dict, rows: np.ndarray):
         dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std)
-        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=torch.utils.data.BatchSampler(
-            np.flatnonzero(rows).tolist(), recipe.batch_size, False))
+        indices = np.flatnonzero(rows)
+        return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
 
-    test = evaluate(model, batches(data, split == "test"), norms, device, autocast) if (split == "test").any() else {}
+    tasks = tuple(recipe.tasks)
+    test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks) \
+        if (split == "test").any() else {}
     extra = data.get("held_out_stars")
     held_out = {}
     if extra is not None:
-        held_out = evaluate(model, batches(extra, np.ones(len(extra["flux"]), bool)), norms, device, autocast)
+        held_out = evaluate(model, batches(extra, np.ones(len(extra["flux"]), bool)), norms, device, autocast, tasks)
     return test, held_out
 
 
@@ -390,7 +435,7 @@ def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
 
     device = pick_device(recipe.device)
     model, card = load_checkpoint(folder, str(device))
-    data = load_training_data(recipe, card.grid)
+    data = load_training_data(recipe.data, card.grid)
     split = data.get("split")
     if split is None:
         split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
@@ -404,10 +449,3 @@ def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
     write_card(folder, ModelCard(**{**card.__dict__, "training": training}))
     log(json.dumps({"test": test, "held_out_stars": held_out}))
     return training
-
-
-def backbone_dict(config) -> dict:
-    """The ViT config fields needed to rebuild the backbone (portable across transformers versions)."""
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-            "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias")
-    return {k: getattr(config, k) for k in keys}

@@ -9,7 +9,7 @@ from annotate.errors import CheckpointError
 from annotate.grid import WavelengthGrid
 from annotate.model import BACKBONES, build_model
 from annotate.render import RenderSettings
-from annotate.train import backbone_dict
+from annotate.checkpoint import backbone_dict
 
 NORMS = {"z": LabelNorm(0.1, 0.2, "log1p10"), "teff": LabelNorm(5500.0, 1000.0),
          "logg": LabelNorm(4.0, 1.0), "feh": LabelNorm(-0.3, 0.4)}

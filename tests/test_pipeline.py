@@ -18,7 +18,7 @@ from annotate.pipeline import RunSettings, run
 from annotate.render import RenderSettings
 from annotate.simulate.writer import write_catalog, write_sdss_spec
 from annotate.surveys import load_survey
-from annotate.train import backbone_dict
+from annotate.checkpoint import backbone_dict
 
 N = 8
 

@@ -8,7 +8,8 @@ from annotate.checkpoint import load_checkpoint
 from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid
 from annotate.store import STATUS, create_store, write_rows
-from annotate.train import Recipe, encode_targets, fit_label_norm, split_by_object, train
+from annotate.train import Recipe, train
+from annotate.traindata import encode_targets, fit_label_norm, split_by_object
 
 
 def _labelled_store(path, n=48):

@@ -1,0 +1,156 @@
+"""Resumable training: a run killed with SIGKILL continues from its last state and ends with the
+same weights as an uninterrupted run; states are whole or absent; a changed recipe is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from annotate.errors import ConfigError
+from annotate.train import Recipe, train
+from annotate.trainstate import latest_state
+
+from test_train import _labelled_store
+
+
+def _recipe_file(tmp_path, store, **overrides):
+    raw = {"name": "resume-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 3,
+           "batch_size": 6, "lr": 1e-3, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 4, "device": "cpu",
+           "checkpoint_every": 2, "checkpoint_minutes": 60, **overrides}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _train_until_killed(recipe_path, out, kill_after: str):
+    """Run training in a child that SIGKILLs itself once a log line starts with `kill_after`."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from annotate.train import Recipe, train
+        def log(line):
+            print(line, flush=True)
+            if line.startswith({kill_after!r}):
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=log)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return _labelled_store(tmp_path_factory.mktemp("store") / "train.h5", n=60)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, store):
+    folder = tmp_path_factory.mktemp("clean")
+    recipe = Recipe.from_yaml(_recipe_file(folder, store))
+    summary = train(recipe, folder / "ckpt", log=lambda line: None)
+    return folder / "ckpt", summary
+
+
+@pytest.mark.parametrize("kill_after", ["state saved at step 4 ", '{"epoch": 2'])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, store, uninterrupted, kill_after):
+    """Killed right after a mid-epoch state save, or at the end of epoch 2 after its evaluation
+    but before its state save (so the resumed run redoes that epoch's last batches)."""
+    clean, clean_summary = uninterrupted
+    recipe_path = _recipe_file(tmp_path, store)
+    out = tmp_path / "ckpt"
+    stdout = _train_until_killed(recipe_path, out, kill_after)
+    state = latest_state(out)
+    assert state is not None and not (out / "training.json").exists()
+    steps_done = json.loads((state / "state.json").read_text())["step"]
+    assert f"state saved at step {steps_done} " in stdout
+
+    lines = []
+    summary = train(Recipe.from_yaml(recipe_path), out, log=lines.append)
+    assert lines[1].startswith(f"resumed from {state}: step {steps_done}")
+    assert summary["steps"] == clean_summary["steps"] and summary["best_epoch"] == clean_summary["best_epoch"]
+    resumed, reference = load_file(str(out / "model.safetensors")), load_file(str(clean / "model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+    history = json.loads((out / "metrics.json").read_text())
+    clean_history = json.loads((clean / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for mine, theirs in zip(history, clean_history):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-12)
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-12)
+    assert summary["test"]["loss"] == pytest.approx(clean_summary["test"]["loss"], rel=1e-12)
+    assert not (out / "state").exists()  # removed once the run finished
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, store, uninterrupted):
+    clean, summary = uninterrupted
+    lines = []
+    again = train(Recipe.from_yaml(_recipe_file(tmp_path, store)), clean, log=lines.append)
+    assert json.dumps(again["test"]) == json.dumps(summary["test"])
+    assert "already finished" in lines[0]
+
+
+def test_resuming_with_a_different_recipe_is_refused(tmp_path, store):
+    out = tmp_path / "ckpt"
+    _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 2 ")
+    with pytest.raises(ConfigError, match=r"different recipe \(lr changed\)"):
+        train(Recipe.from_yaml(_recipe_file(tmp_path, store, lr=5e-4)), out, log=lambda line: None)
+    # device and checkpoint cadence may change between the crash and the resumption
+    summary = train(Recipe.from_yaml(_recipe_file(tmp_path, store, checkpoint_every=5)), out, log=lambda line: None)
+    assert summary["steps"] == 3 * -(-summary["split_counts"]["train"] // 6)  # 3 epochs of batches of 6
+
+
+def test_a_half_written_state_is_ignored(tmp_path, store):
+    out = tmp_path / "ckpt"
+    _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 4 ")
+    whole = latest_state(out)
+    (out / "state" / "step-00000006.tmp").mkdir()  # a save interrupted before its rename
+    (out / "state" / "step-00000006.tmp" / "state.json").write_text("{")
+    assert latest_state(out) == whole
+
+
+def test_logs_and_learning_curve(uninterrupted):
+    from PIL import Image
+
+    clean, summary = uninterrupted
+    csv_lines = (clean / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,step,train_loss,seconds,val_loss")
+    assert len(csv_lines) == 4 and csv_lines[3].startswith(f"3,{summary['steps']},")
+    image = Image.open(clean / "learning-curve.png")
+    assert image.size[0] > 3 * image.size[1] // 2  # one panel per task beside the loss panel
+    assert json.loads((clean / "training.json").read_text())["recipe"]["name"] == "resume-test"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process group on loopback")
+def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
+    """torchrun-style environment, gloo backend: both ranks take the same number of steps, only
+    rank 0 writes, and the checkpoint loads."""
+    from annotate.checkpoint import load_checkpoint
+
+    recipe_path = _recipe_file(tmp_path, store, epochs=1)
+    out = tmp_path / "ddp"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from annotate.train import Recipe, train
+        train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=lambda line: print(os.environ["RANK"], line))
+    """)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    _, card = load_checkpoint(out)
+    batches = -(-card.training["split_counts"]["train"] // 6)
+    assert card.training["steps"] == batches // 2  # each step takes one batch per rank
+    assert "held_out_stars" in card.training and not any(line.startswith("1 {\"epoch\"")
+                                                         for line in outputs[1][0].splitlines())
