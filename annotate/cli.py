@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<recipe name>)")
     train.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
                        help="do not train: recompute the held-out metrics of CHECKPOINT (trained with this recipe)")
+    train.add_argument("--executor", default="local", choices=["local", "slurm"],
+                       help="train here, or as a SLURM job that requeues itself on timeout and resumes (needs --profile)")
+    train.add_argument("--profile", type=Path, help="SLURM profile YAML (see slurm/profiles/); one task per GPU")
+    train.add_argument("--dry-run", action="store_true", help="with --executor slurm: print the sbatch script only")
+    train.add_argument("--no-wait", action="store_true", help="with --executor slurm: submit and return")
 
     check = command("crosscheck", "compare an annotated catalog's predictions with the survey pipeline's values")
     check.add_argument("--catalog", type=Path, required=True, help="catalog written by annotate run")
@@ -166,7 +171,22 @@ def _cmd_train(args) -> int:
         print(json.dumps({"test": summary["test"], "held_out_stars": summary["held_out_stars"]}, indent=1))
         return 0
     out = args.out or Path("runs") / recipe.name
-    summary = train(recipe, out)
+    if args.executor == "slurm":
+        from .shards import _profile
+        from .slurm import sbatch_script, submit_training, wait_for_training
+
+        profile = _profile(args.profile)
+        if args.dry_run:
+            print(sbatch_script(profile, Path(out).resolve() / "slurm", job_name="annotate-train",
+                                tasks_per_node=max(1, profile.gpus_per_node)))
+            return 0
+        job = submit_training(args.recipe, out, profile)
+        print(f"submitted training job {job.job_id}; logs: {Path(out) / 'slurm' / str(job.job_id)}")
+        if args.no_wait:
+            return 0
+        summary = wait_for_training(job, out)
+    else:
+        summary = train(recipe, out)
     print(json.dumps(summary.get("test", {}), indent=1))
     print(f"checkpoint: {out}")
     return 0

@@ -204,17 +204,6 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
                      counts=counts, summary=summary(reference, columns, usable), errors=errors)
 
 
-def _queued_job_ids() -> set[str] | None:
-    """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
-    import subprocess
-
-    try:
-        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return set(done.stdout.split()) if done.returncode == 0 else None
-
-
 LOST_AFTER_S = 45.0  # a job gone from the queue this long without its shard file has failed
 
 
@@ -225,12 +214,14 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
     this works without accounting too, where submitit alone would wait forever)."""
     import time
 
+    from .slurm import queued_job_ids
+
     lost_after_s = LOST_AFTER_S if lost_after_s is None else lost_after_s
     pending = {i: job for i, job in enumerate(jobs)}
     left_queue_at: dict[int, float] = {}
     failed = []
     while pending:
-        queued = _queued_job_ids()
+        queued = queued_job_ids()
         for i, job in list(pending.items()):
             shard_file = folder / "shards" / f"{tasks[i]['name']}.npz"
             if shard_file.exists():

@@ -10,14 +10,21 @@ A profile is a YAML file (see slurm/profiles/) naming what every job of a run as
 
 `executor(profile, folder)` turns it into a submitit executor writing its scripts and logs under
 `folder`; `sbatch_script(...)` renders the script submitit would submit, for `--dry-run`.
+`submit_training` sends `annotate train` as one job (one task per GPU: DistributedDataParallel)
+that requeues itself on timeout or preemption and resumes from its saved state.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+import submitit
+
+from .errors import ConfigError, IncompleteRun
 
 
 @dataclass(frozen=True)
@@ -62,22 +69,109 @@ class Profile:
         return asdict(self)
 
 
-def executor(profile: Profile, folder: str | Path, job_name: str = "annotate", array_parallelism: int = 256):
-    """A submitit SlurmExecutor for `profile`, with scripts, logs and results under `folder/%j`."""
-    import submitit
-
-    slurm = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=3)
-    slurm.update_parameters(job_name=job_name, array_parallelism=array_parallelism, **profile.submitit_parameters())
+def executor(profile: Profile, folder: str | Path, job_name: str = "annotate", array_parallelism: int = 256,
+             max_num_timeout: int = 3, tasks_per_node: int = 1):
+    """A submitit SlurmExecutor for `profile`, with scripts, logs and results under `folder/%j`;
+    a job that times out is requeued up to `max_num_timeout` times when it is Checkpointable."""
+    slurm = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=max_num_timeout)
+    slurm.update_parameters(job_name=job_name, array_parallelism=array_parallelism, ntasks_per_node=tasks_per_node,
+                            **profile.submitit_parameters())
     return slurm
 
 
-def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotate", array_size: int | None = None) -> str:
+def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotate", array_size: int | None = None,
+                  tasks_per_node: int = 1) -> str:
     """The sbatch script submitit would submit for `profile` (for --dry-run and the docs); an
     array of `array_size` tasks when given. Uses submitit's own script builder."""
     from submitit.slurm.slurm import _make_sbatch_string  # private, but the one that writes the script
 
-    parameters = profile.submitit_parameters()
+    parameters = {**profile.submitit_parameters(), "ntasks_per_node": tasks_per_node}
     if array_size:
         parameters["map_count"] = array_size
     return _make_sbatch_string(command=f"python -u -m submitit.core._submit {Path(folder) / '%j'}",
                                folder=str(Path(folder) / "%j"), job_name=job_name, **parameters)
+
+
+def queued_job_ids() -> set[str] | None:
+    """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(done.stdout.split()) if done.returncode == 0 else None
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """`annotate train` in a SLURM job. On timeout or preemption submitit calls `checkpoint`, which
+    (by default) resubmits this same object: the requeued job trains into the same folder and so
+    resumes from the newest saved state. It holds two paths, never a model or arrays."""
+
+    def __init__(self, recipe: str, out_dir: str):
+        self.recipe, self.out_dir = recipe, out_dir
+
+    def __call__(self) -> dict:
+        from .train import Recipe, train
+
+        if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DistributedDataParallel
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True))
+
+
+TRAIN_REQUEUES = 50  # timeouts a training job may requeue itself after
+
+
+def training_executor(profile: Profile, out_dir: str | Path):
+    tasks = max(1, profile.gpus_per_node)
+    return executor(profile, Path(out_dir) / "slurm", job_name="annotate-train", max_num_timeout=TRAIN_REQUEUES,
+                    tasks_per_node=tasks)
+
+
+def submit_training(recipe: str | Path, out_dir: str | Path, profile: Profile):
+    """Submit `annotate train` as one job; returns the submitit Job."""
+    return training_executor(profile, out_dir).submit(TrainJob(str(Path(recipe).resolve()), str(Path(out_dir).resolve())))
+
+
+def training_progress(out_dir: str | Path) -> str:
+    """'epoch 3, step 1200' from the run's state and logs, or 'starting'."""
+    from .trainstate import latest_state
+
+    out_dir = Path(out_dir)
+    history_file = out_dir / "metrics.json"
+    epochs = len(json.loads(history_file.read_text())) if history_file.is_file() else 0
+    state = latest_state(out_dir)
+    step = json.loads((state / "state.json").read_text())["step"] if state is not None else 0
+    return f"{epochs} epochs done, step {step} saved" if (epochs or step) else "starting"
+
+
+def wait_for_training(job, out_dir: str | Path, log=print, poll_s: float = 5.0, lost_after_s: float = 45.0) -> dict:
+    """Follow a training job to its end, logging its state and progress when they change; returns
+    the training summary. A job that leaves the queue without finishing (cancelled, killed, out of
+    requeues) raises IncompleteRun after `lost_after_s`, with or without accounting."""
+    out_dir = Path(out_dir)
+    last, left_queue_at = "", None
+    while True:
+        finished = out_dir / "training.json"
+        if finished.is_file():
+            return json.loads(finished.read_text())
+        if job.done():
+            try:
+                return job.result()
+            except Exception as exc:  # noqa: BLE001 - reported as one line
+                raise IncompleteRun(f"training job {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
+                                    f"its log is in {out_dir / 'slurm'}; rerun to resume") from None
+        queued = queued_job_ids()
+        if queued is not None and job.job_id not in queued:
+            left_queue_at = left_queue_at or time.time()
+            if time.time() - left_queue_at > lost_after_s:
+                raise IncompleteRun(f"training job {job.job_id} left the queue without finishing (cancelled or "
+                                    f"killed); rerun the same command to resume from its last state")
+        else:
+            left_queue_at = None
+        line = f"job {job.job_id} {job.state}: {training_progress(out_dir)}"
+        if line != last:
+            log(line)
+            last = line
+        time.sleep(poll_s)

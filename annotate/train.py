@@ -80,8 +80,9 @@ class Recipe:
 
     def validate(self) -> None:
         check_backbone_name(self.backbone)
-        sources = set(self.data) & {"simulate", "store", "catalog"}
-        if len(sources) != 1 or ("images" in self.data and set(self.data) - {"store", "images"}):
+        sources = {"catalog"} if "catalog" in self.data else set(self.data) & {"simulate", "store"}
+        if len(sources) != 1 or ("images" in self.data and set(self.data) - {"store", "images"}) \
+                or ("catalog" in self.data and "simulate" in self.data):
             raise ConfigError("recipe 'data' must have exactly one of: simulate, store, catalog "
                               "(and, with store alone, optionally images: an image store made by annotate render)")
         if "simulate" in self.data and len(self.data) != 1:

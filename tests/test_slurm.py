@@ -1,6 +1,7 @@
 """SLURM profiles and submitit executors; the live tests run on the cluster of
 slurm/testcluster/up.sh (started by .ci/run) and are skipped, with the reason, where none runs."""
 
+import json
 import math
 import os
 import subprocess
@@ -157,3 +158,43 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     messages = []
     again = run_sharded(settings2, 3, executor="slurm", profile=profile, log=messages.append)
     assert again.n_predicted == 6 and messages and messages[0].startswith("running ")
+
+
+def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path):
+    """A 1-minute job limit and ~70 s of training on one core: Slurm signals the job before its
+    limit, submitit requeues it (TrainJob is Checkpointable), and the requeued job resumes from the
+    saved state instead of starting over."""
+    import yaml
+
+    from annotate.cli import main
+    from test_train import _labelled_store
+
+    store = _labelled_store(tmp_path / "train.h5", n=150)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 60,
+        "batch_size": 8, "lr": 1e-3, "val_fraction": 0.1, "test_fraction": 0.1, "device": "cpu",
+        "checkpoint_every": 20}))
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("partition: debug\ncpus_per_task: 1\nmem_gb: 1\ntime_min: 1\nsignal_delay_s: 20\n")
+    out = tmp_path / "model"
+
+    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--executor", "slurm", "--profile",
+                 str(profile), "--dry-run"]) == 0
+    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--executor", "slurm",
+                 "--profile", str(profile)]) == 0
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 60 * -(-summary["split_counts"]["train"] // 8)
+    logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
+    assert "resumed from" in logs, logs[-3000:]
+    job_id = next(p.name for p in (out / "slurm").iterdir() if p.name.isdigit())
+
+    def attempts():  # every run of the job, requeued ones included (slurmdbd may lag behind)
+        out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                             text=True).stdout.split()
+        return out if "COMPLETED" in out and "REQUEUED" in out else None
+
+    assert _wait(attempts, 180, step=2), subprocess.run(["sacct", "-X", "-D", "-j", job_id], capture_output=True,
+                                                        text=True).stdout
+    history = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 61))

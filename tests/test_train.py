@@ -134,3 +134,83 @@ def test_training_from_an_image_store_sees_the_same_pixels(tmp_path):
     with pytest.raises(ConfigError, match="differ from those of the image store"):
         train(_recipe(tmp_path, store, data={"store": str(store), "images": str(images)},
                       render={"encoding": "simple"}), tmp_path / "c", log=lambda line: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# labels from a survey catalog (the real workflow)
+
+from test_pipeline import catalog  # noqa: E402,F401  (fixture: an SDSS-V catalog of 8 rows with spec files)
+
+
+def test_catalog_labels_come_from_the_survey_columns(tmp_path, catalog):
+    from annotate.traindata import load_training_data
+
+    spec = {"catalog": str(catalog), "survey": "sdss_dr18", "spectra_root": str(tmp_path / "spectra"),
+            "store": str(tmp_path / "train.h5")}
+    data = load_training_data(spec, WavelengthGrid())
+    # rows 3 (no file) and 5 (all-NaN flux) have no spectrum; the others keep their catalog order
+    assert data["object"].tolist() == ["1000", "1001", "1002", "1004", "1006", "1007"]
+    # rows outside the survey's selection (ZWARNING=4, CLASS=SKY) carry no label at all
+    assert data["class"].tolist() == ["GALAXY", "QSO", "STAR", "STAR", "", ""]
+    np.testing.assert_array_equal(data["z"], [0.1, 2.0, 0.0, 0.0001, np.nan, np.nan])
+    np.testing.assert_array_equal(data["teff"], [np.nan, np.nan, 5800, 4500, np.nan, np.nan])
+    assert np.isnan(data["logg"]).all()  # the catalog has no XCSAO_LOGG: masked, never 0
+    targets = encode_targets(data, fit_label_norm(data, np.ones(6, bool)))
+    assert targets["class"].tolist() == [0, 1, 2, 2, -100, -100]
+    assert targets["z_mask"].tolist() == [True, True, True, True, False, False]
+    assert targets["stellar_mask"][:, 0].tolist() == [False, False, True, True, False, False]
+
+    # a second read reuses the ingested store; an object column groups rows for the split
+    again = load_training_data({**spec, "object_column": "CATALOGID"}, WavelengthGrid())
+    assert again["object"].tolist() == [str(4_000_000 + i) for i in (0, 1, 2, 4, 6, 7)]
+    np.testing.assert_array_equal(again["flux"], data["flux"])
+
+
+def test_training_on_a_catalog_writes_a_checkpoint(tmp_path, catalog):
+    data = {"catalog": str(catalog), "spectra_root": str(tmp_path / "spectra"), "store": str(tmp_path / "train.h5")}
+    summary = train(_recipe(tmp_path, None, data=data, epochs=1, val_fraction=0.3, test_fraction=0.3),
+                    tmp_path / "ckpt", log=lambda line: None)
+    assert sum(summary["split_counts"].values()) == 6
+    _, card = load_checkpoint(tmp_path / "ckpt")
+    assert card.training["recipe"]["data"]["catalog"] == str(catalog)
+
+
+def test_stellar_parameters_join_on_the_object_id(tmp_path):
+    from annotate.errors import CatalogError
+    from annotate.simulate.writer import write_catalog
+    from annotate.surveys import load_survey
+    from annotate.traindata import join_stellar
+
+    survey = load_survey("sdss_dr18")
+    table = write_catalog(tmp_path / "stellar.fits", {
+        "SPECOBJID": np.array([1004, 1002, 9999], np.int64), "XCSAO_TEFF": np.array([4000.0, 5000.0, 3000.0]),
+        "XCSAO_LOGG": np.array([4.5, 2.5, 1.0]), "XCSAO_FEH": np.array([-0.5, 0.1, 0.0])})
+    joined = join_stellar(table, survey, np.arange(1000, 1006))
+    np.testing.assert_array_equal(joined["teff"], [np.nan, np.nan, 5000, np.nan, 4000, np.nan])
+    np.testing.assert_array_equal(joined["feh"], [np.nan, np.nan, 0.1, np.nan, -0.5, np.nan])
+    twice = write_catalog(tmp_path / "twice.fits", {"SPECOBJID": np.array([1, 1], np.int64),
+                                                    "XCSAO_TEFF": np.array([4000.0, 4100.0])})
+    with pytest.raises(CatalogError, match="object ids repeat"):
+        join_stellar(twice, survey, np.arange(3))
+
+
+def test_a_single_task_model_predicts_only_its_task(tmp_path):
+    from annotate.predict import predict_store
+
+    store = _labelled_store(tmp_path / "train.h5")
+    summary = train(_recipe(tmp_path, store, tasks=["z"], epochs=1), tmp_path / "ckpt", log=lambda line: None)
+    assert {"z_r2", "z_crps", "z_nmad"} <= set(summary["test"]) and "class_accuracy" not in summary["test"]
+    model, card = load_checkpoint(tmp_path / "ckpt")
+    assert card.training["tasks"] == ["z"]
+    pred = predict_store(model, card, store)
+    assert np.isfinite(pred["z"]).all() and np.isfinite(pred["z_err"]).all()
+    assert np.isnan(pred["prob"]).all() and np.isnan(pred["teff"]).all()
+
+
+def test_recipe_validation_names_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="tasks must be a non-empty list of class, z, stellar"):
+        _recipe(tmp_path, "s.h5", tasks=["redshift"])
+    with pytest.raises(ConfigError, match="exactly one of: simulate, store, catalog"):
+        _recipe(tmp_path, "s.h5", data={"store": "s.h5", "simulate": {"n_objects": 10}})
+    with pytest.raises(ConfigError, match="select_by"):
+        _recipe(tmp_path, "s.h5", select_by="accuracy")
