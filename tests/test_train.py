@@ -214,3 +214,19 @@ def test_recipe_validation_names_the_problem(tmp_path):
         _recipe(tmp_path, "s.h5", data={"store": "s.h5", "simulate": {"n_objects": 10}})
     with pytest.raises(ConfigError, match="select_by"):
         _recipe(tmp_path, "s.h5", select_by="accuracy")
+
+
+def test_every_shipped_recipe_is_valid_and_the_paper_recipes_follow_the_paper():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "training"
+    recipes = {p.stem: Recipe.from_yaml(p) for p in folder.glob("*.yaml")}
+    assert {"demo", "default-tiny", "spectromer-dino-vitb16", "spectromer-dino-vitb16-class",
+            "spectromer-dino-vitb16-z", "spectromer-dino-vitb16-stellar"} <= set(recipes)
+    for suffix, tasks in (("", ("class", "z", "stellar")), ("-class", ("class",)), ("-z", ("z",)),
+                          ("-stellar", ("stellar",))):
+        paper = recipes[f"spectromer-dino-vitb16{suffix}"]
+        assert paper.name == f"spectromer-dino-vitb16{suffix}" and tuple(paper.tasks) == tasks
+        assert (paper.backbone, paper.pretrained, paper.lr, paper.weight_decay) == ("facebook/dino-vitb16", True, 1e-5, 0.01)
+        assert (paper.image_mean, paper.image_std, paper.select_by) == (0.5, 0.5, "score") and paper.epochs >= 30
+        assert "catalog" in paper.data and paper.render.get("encoding") == "2dmap"
