@@ -85,6 +85,23 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 
 
+def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
+    """The number of rows of a catalog whose columns suit `survey` (read from the header only)."""
+    if not Path(path).is_file():
+        raise CatalogError(f"catalog not found: {path}")
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
+                raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
+            survey.check_catalog(list(hdul[hdu].columns.names))
+            n_rows = int(hdul[hdu].header["NAXIS2"])
+    except OSError as exc:
+        raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+    if n_rows == 0:
+        raise CatalogError(f"{path}: the catalog has no rows")
+    return n_rows
+
+
 def default_store_path(output: Path) -> Path:
     """The spectra store beside an annotated catalog: `x.annotated.fits` -> `x.annotated.spectra.h5`."""
     return Path(output).with_name(catalog_stem(output) + ".spectra.h5")

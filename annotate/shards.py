@@ -105,44 +105,18 @@ def run_shard(task: dict) -> str:
     return str(target)
 
 
-def read_shards(folder: Path, shards: list[Shard], n_rows: int) -> dict:
-    """The predictions of every row from the shard files, in row order; each row exactly once."""
-    from .predict import PREDICTION_KEYS
-
-    if sum(s.stop - s.start for s in shards) != n_rows or any(a.stop != b.start for a, b in zip(shards, shards[1:])):
-        raise OutputError(f"the plan's shards do not cover the catalog's {n_rows} rows once each")
-    merged, errors = {}, []
-    for shard in shards:  # filled in place: no second copy of every shard in memory
-        with np.load(folder / "shards" / f"{shard.name}.npz", allow_pickle=False) as data:
-            if (int(data["start"]), int(data["stop"])) != (shard.start, shard.stop) or \
-                    len(data["status"]) != shard.stop - shard.start:
-                raise OutputError(f"{shard.name} holds rows {int(data['start'])}-{int(data['stop'])}, "
-                                  f"the plan says {shard.start}-{shard.stop}")
-            for key in PREDICTION_KEYS:
-                values = data[key]
-                if key not in merged:
-                    merged[key] = np.empty((n_rows, *values.shape[1:]), values.dtype)
-                merged[key][shard.start:shard.stop] = values
-            errors.extend(e for e in data["errors"].tolist() if e)
-    merged["errors"] = errors
-    return merged
-
-
 def run_sharded(settings, shard_size: int, executor: str = "local", profile: str | Path | None = None,
                 dry_run: bool = False, log=print):
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing)."""
     from .checkpoint import DEFAULT_MODEL, read_card, weights_sha256
-    from .metrics import summary
-    from .pipeline import RunResult, read_catalog, write_annotated
-    from .store import STATUS
+    from .pipeline import RunResult, catalog_rows
     from .surveys import load_survey
     from .writeback import default_output_path, provenance_cards
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
-    table = read_catalog(catalog, survey, paths=False)  # the shards read their own rows' paths
-    n_rows = len(next(iter(table.values())))
+    n_rows = catalog_rows(catalog, survey)  # the shards and the merge read the rows they need
     out = Path(settings.out) if settings.out else default_output_path(catalog)
     if out.resolve() == catalog.resolve():
         raise OutputError(f"refusing to overwrite the input catalog {catalog}")
@@ -187,21 +161,16 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
                                     + "; ".join(failed[:3]))
         else:
             raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
-    reference = survey.reference(table, roles=("class", "z", "zwarning", "snr", "teff", "logg", "feh"))
-    selected = survey.selected(table)
-    del table  # only the reference values are needed from here on
-    pred = read_shards(folder, shards, n_rows)
-    counts = {name: int((pred["status"] == code).sum()) for name, code in STATUS.items()}
+    from .merge import merge_shards
+
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, n_rows - counts["OK"])
+                                  survey.name, 0)
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
     provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
-    columns, predicted, usable = write_annotated(catalog, out, pred, reference, selected, provenance)
-    errors = pred["errors"]
-    del pred
-    return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=int(predicted.sum()),
-                     counts=counts, summary=summary(reference, columns, usable), errors=errors)
+    merged = merge_shards(catalog, survey, folder, shards, n_rows, out, provenance)
+    return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=merged["n_predicted"],
+                     counts=merged["counts"], summary=merged["summary"], errors=merged["errors"])
 
 
 LOST_AFTER_S = 45.0  # a job gone from the queue this long without its shard file has failed

@@ -84,9 +84,12 @@ CHUNK_BYTES = 32 * 2**20
 BLOCK = 2880
 
 
-def write_fits(catalog: str | Path, out: str | Path, columns: dict, provenance: dict, hdu_index: int = 1) -> Path:
+def write_fits(catalog: str | Path, out: str | Path, columns, provenance: dict, hdu_index: int = 1) -> Path:
     """Copy `catalog` to `out` with the prediction `columns` added to table HDU `hdu_index`.
 
+    columns: name -> (n_rows,) array for every OUTPUT_COLUMNS entry, or a function
+    `columns(start, stop)` returning them for rows [start, stop) (called in row order, chunk by
+    chunk, so that no full-length column need ever exist).
     provenance: FITS keyword -> (value, comment), added to that HDU's header. Rows stream through
     in chunks of CHUNK_BYTES, so memory stays flat in the number of rows; other HDUs are copied
     byte for byte. A compressed input, or a table with variable-length arrays (a heap), goes
@@ -152,7 +155,7 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
     """The table header with the kept columns, the PRED_* columns (units, comments) and the
     provenance cards; NAXIS2 as the input's. Checksums of the input no longer apply and go."""
     n_rows = table.header["NAXIS2"]
-    for name, values in columns.items():
+    for name, values in (columns.items() if isinstance(columns, dict) else ()):
         if len(values) != n_rows:
             raise OutputError(f"column {name} has {len(values)} values for {n_rows} catalog rows")
     header = table.header.copy()
@@ -255,8 +258,12 @@ def _stream_copy(catalog: Path, tmp: Path, hdul: fits.HDUList, hdu_index: int, h
             chunk = rows[:m]
             for name in in_dtype.names:
                 chunk[name] = raw[name]
+            values = columns(start, start + m) if callable(columns) else \
+                {name: column[start:start + m] for name, column in columns.items()}
             for spec in OUTPUT_COLUMNS:
-                _fill(chunk, spec, columns[spec.name][start:start + m])
+                if len(values[spec.name]) != m:
+                    raise OutputError(f"column {spec.name} has {len(values[spec.name])} values for rows {start}-{start + m}")
+                _fill(chunk, spec, values[spec.name])
             dst.write(memoryview(chunk).cast("B"))
         written = n_rows * row_out
         dst.write(b"\0" * (-written % BLOCK))
@@ -287,6 +294,8 @@ def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, colum
     is applied."""
     table = hdul[hdu_index]
     data = table.data
+    if callable(columns):
+        columns = columns(0, table.header["NAXIS2"])
     kept = [fits.Column(name=c.name, format=c.format, unit=c.unit, null=c.null, bscale=c.bscale, bzero=c.bzero,
                         disp=c.disp, dim=c.dim, array=data[c.name]) for c in _kept_columns(table)]
     new = [fits.Column(spec.name, spec.fits_format, unit=spec.unit or None, array=columns[spec.name])

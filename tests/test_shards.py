@@ -80,3 +80,25 @@ def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp
     assert "8 rows in 3 shards of up to 3; 0 done, 3 to run with executor slurm" in printed
     assert "#SBATCH --array=0-2%3" in printed and "#SBATCH --gpus-per-node=1" in printed
     assert not run_folder(tmp_path / "cat.annotated.fits").exists()  # nothing written, nothing submitted
+
+
+def test_merge_in_chunks_that_straddle_shards_matches_the_whole_merge(catalog, micro_model, tmp_path,  # noqa: F811
+                                                                      monkeypatch):
+    """The merge streams row chunks that do not line up with the shards (3-row shards, a chunk of
+    a few rows): the columns, the summary and the counts are those of a merge in one chunk."""
+    import annotate.writeback
+
+    whole = run_sharded(_settings(catalog, tmp_path, micro_model, "whole.fits"), 3, log=lambda m: None)
+    with fits.open(catalog) as hdul:
+        row_bytes = hdul[1].header["NAXIS1"]
+    monkeypatch.setattr(annotate.writeback, "CHUNK_BYTES", 2 * row_bytes + 250)  # 2-row chunks
+    chunked = run_sharded(_settings(catalog, tmp_path, micro_model, "chunked.fits"), 3, log=lambda m: None)
+    assert _pred_bytes(chunked.output) == _pred_bytes(whole.output)
+    assert chunked.counts == whole.counts and chunked.counts["OK"] == N - 2
+    assert chunked.n_predicted == whole.n_predicted == N - 2
+    for key, value in whole.summary.items():
+        assert chunked.summary[key] == pytest.approx(value, nan_ok=True), key
+    assert whole.summary["rows_compared"] == 4  # OK rows with a reference class and z, selected
+    single = run(_settings(catalog, tmp_path, micro_model, "single.fits"))
+    assert single.summary["rows_compared"] == whole.summary["rows_compared"]
+    assert whole.summary["class_accuracy"] == pytest.approx(single.summary["class_accuracy"])
