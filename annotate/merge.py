@@ -1,8 +1,8 @@
 """The merge of a sharded run: shard files -> the annotated catalog, streamed in row chunks.
 
 First pass: every shard file is checked (rows it claims, row count) and its status read, so the
-header can carry the number of rows without a prediction. Second pass, inside the streaming FITS
-writer: for each chunk of rows, the catalog's reference columns are read from a memory map, the
+header can carry the number of rows without a prediction. Second pass, inside the streaming
+writer (FITS, or HDF5 in slices): for each chunk of rows, the catalog's reference columns are read from a memory map, the
 shard's predictions for those rows are read from its file (one shard open at a time), flags and
 PRED_* columns are computed, and the chunk is written. Memory is bounded by the chunk and one
 shard's predictions, whatever the catalog's length; only the few values the run's cross-check
@@ -120,7 +120,7 @@ def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int,
     """Write the annotated catalog from the shard files, streaming; returns counts, errors, the
     number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL."""
     from .pipeline import read_catalog, row_flags
-    from .writeback import prediction_columns, write_fits
+    from .writeback import prediction_columns, write_annotated_catalog
 
     counts, errors = check_shards(folder, shards, n_rows)
     provenance = {**provenance, "ANNNFAIL": (n_rows - counts["OK"], "rows without a prediction")}
@@ -140,5 +140,5 @@ def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int,
         kept.add(reference, columns, ok & selected & ((flags & NO_REFERENCE) == 0))
         return columns
 
-    write_fits(catalog, out, columns_for, provenance)
+    write_annotated_catalog(catalog, out, columns_for, provenance)
     return {"counts": counts, "errors": errors, "n_predicted": predicted[0], "summary": kept.summary()}

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .catalogio import HDF5Catalog, is_hdf5
 from .errors import CatalogError, OutputError, StoreError
 from .flags import PredFlag
 from .store import STATUS, create_store, ingest, open_store, read_status
 from .surveys import Survey, load_survey
-from .writeback import catalog_stem, default_output_path, prediction_columns, provenance_cards, write_fits
+from .writeback import (catalog_stem, default_output_path, prediction_columns, provenance_cards,
+                        write_annotated_catalog)
 
 LOW_COVERAGE = 0.5
 
@@ -58,8 +60,18 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
                  extra: tuple = ()) -> dict:
     """The columns the survey needs (roles, path fields, selection) and the `extra` ones as
     name -> array; `rows` reads only that slice (from a memory map: a shard never loads the whole
-    catalog)."""
-    if not path.is_file():
+    catalog). FITS (table HDU `hdu`) or an HDF5 table (pandas or astropy convention)."""
+    wanted = {str(c).upper() for c in survey.columns.values() if c}
+    if paths:  # the columns spectrum paths are made from
+        wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
+    wanted |= {str(rule["column"]).upper() for rule in survey.selection}
+    wanted |= {str(b).upper() for b in survey.snr_bands or ()}
+    wanted |= {c.upper() for c in extra}
+    if is_hdf5(path):
+        table = HDF5Catalog(path)
+        _check_columns(path, survey, table.colnames, table.n_rows, extra)
+        return table.read([n for n in table.colnames if n.upper() in wanted], rows)
+    if not Path(path).is_file():
         raise CatalogError(f"catalog not found: {path}")
     try:
         with fits.open(path, memmap=True) as hdul:
@@ -67,39 +79,38 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
                 raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
             data = hdul[hdu].data
             names = list(hdul[hdu].columns.names)
-            survey.check_catalog(names)
-            if data is None or len(data) == 0:
-                raise CatalogError(f"{path}: the catalog has no rows")
-            wanted = {str(c).upper() for c in survey.columns.values() if c}
-            if paths:  # the columns spectrum paths are made from
-                wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
-            wanted |= {str(rule["column"]).upper() for rule in survey.selection}
-            wanted |= {str(b).upper() for b in survey.snr_bands or ()}
-            missing = [c for c in extra if c.upper() not in {n.upper() for n in names}]
-            if missing:
-                raise CatalogError(f"{path}: no column {', '.join(missing)}")
-            wanted |= {c.upper() for c in extra}
+            _check_columns(path, survey, names, 0 if data is None else len(data), extra)
             rows = rows if rows is not None else slice(None)
             return {name: np.array(data[name][rows]) for name in names if name.upper() in wanted}
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 
 
+def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = ()) -> None:
+    survey.check_catalog(names)
+    missing = [c for c in extra if c.upper() not in {n.upper() for n in names}]
+    if missing:
+        raise CatalogError(f"{path}: no column {', '.join(missing)}")
+    if n_rows == 0:
+        raise CatalogError(f"{path}: the catalog has no rows")
+
+
 def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
     """The number of rows of a catalog whose columns suit `survey` (read from the header only)."""
+    if is_hdf5(path):
+        table = HDF5Catalog(path)
+        _check_columns(path, survey, table.colnames, table.n_rows)
+        return table.n_rows
     if not Path(path).is_file():
         raise CatalogError(f"catalog not found: {path}")
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
                 raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
-            survey.check_catalog(list(hdul[hdu].columns.names))
-            n_rows = int(hdul[hdu].header["NAXIS2"])
+            _check_columns(path, survey, list(hdul[hdu].columns.names), int(hdul[hdu].header["NAXIS2"]))
+            return int(hdul[hdu].header["NAXIS2"])
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
-    if n_rows == 0:
-        raise CatalogError(f"{path}: the catalog has no rows")
-    return n_rows
 
 
 def default_store_path(output: Path) -> Path:
@@ -204,6 +215,6 @@ def write_annotated(catalog: Path, out: Path, pred: dict, reference: dict, selec
     flags = row_flags(pred["status"], pred["coverage"], reference, selected)
     columns = prediction_columns(pred, reference, flags)
     predicted = pred["status"] == STATUS["OK"]
-    write_fits(catalog, out, columns, provenance)
+    write_annotated_catalog(catalog, out, columns, provenance)
     no_reference = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
     return columns, predicted, predicted & selected & ((flags & no_reference) == 0)

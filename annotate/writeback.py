@@ -66,18 +66,33 @@ def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     }
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
 def catalog_stem(path: str | Path) -> str:
-    """The file name without its FITS suffix: `dr18.fits.gz` -> `dr18`."""
+    """The file name without its FITS or HDF5 suffix: `dr18.fits.gz` -> `dr18`, `lamost.h5` -> `lamost`."""
     name = Path(path).name
-    for suffix in (".fits.gz", ".fits", ".fit", ".fts"):
+    for suffix in (".fits.gz", ".fits", ".fit", ".fts", *HDF5_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
 def default_output_path(catalog: str | Path) -> Path:
-    """`dr18.fits` -> `dr18.annotated.fits` beside the input (`.fits.gz` likewise)."""
-    return Path(catalog).with_name(catalog_stem(catalog) + ".annotated.fits")
+    """`dr18.fits` -> `dr18.annotated.fits` beside the input (`.fits.gz` likewise); an HDF5
+    catalog `lamost.h5` -> `lamost.annotated.h5`."""
+    hdf5 = Path(catalog).suffix.lower() in HDF5_SUFFIXES
+    return Path(catalog).with_name(catalog_stem(catalog) + (".annotated.h5" if hdf5 else ".annotated.fits"))
+
+
+def write_annotated_catalog(catalog: str | Path, out: str | Path, columns, provenance: dict) -> Path:
+    """The annotated copy of a FITS catalog (`write_fits`) or an HDF5 one (`catalogio`), in the
+    input's own format and convention. `columns` as for `write_fits`."""
+    from .catalogio import HDF5Catalog, is_hdf5
+
+    if is_hdf5(catalog):
+        return HDF5Catalog(catalog).write_annotated(out, columns, provenance)
+    return write_fits(catalog, out, columns, provenance)
 
 
 CHUNK_BYTES = 32 * 2**20

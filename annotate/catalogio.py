@@ -1,0 +1,242 @@
+"""HDF5 catalogs in the two conventions survey scientists write them in, read and written back.
+
+- **pandas / PyTables** (`df.to_hdf(path, key=..., format="table" | "fixed")`, read back with
+  `pd.read_hdf`): a group whose `pandas_type` attribute is `frame_table` or `frame`.
+- **astropy / h5py** (`Table.write(path, path=..., serialize_meta=True)`, read back with
+  `Table.read(path, path=...)`): a compound dataset, with its units, descriptions and table meta
+  in a `<path>.__table_column_meta__` dataset when serialised.
+
+The table is the file's only one (a file holding several is refused, naming them). Rows are read
+in slices; the annotated copy keeps every input column (earlier PRED_* columns are replaced),
+adds the PRED_* columns with units and descriptions where the convention has a place for them,
+records the provenance (pandas: the storer's `annotate_provenance` attribute, JSON; astropy: the
+table meta), keeps the file's other objects, and is written under a temporary name and renamed.
+FITS catalogs go through writeback.py instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CatalogError, OutputError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+PANDAS_TYPES = ("frame_table", "frame")
+META_SUFFIX = ".__table_column_meta__"
+CHUNK_ROWS = 200_000
+
+
+def is_hdf5(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == HDF5_MAGIC
+    except OSError:
+        return False
+
+
+def _attr_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def find_table(path: str | Path) -> tuple[str, str]:
+    """(convention 'pandas' or 'astropy', key/path of the table) for an HDF5 catalog."""
+    import h5py
+
+    found = []
+    try:
+        with h5py.File(path, "r") as h5:
+            def visit(name, obj):
+                kind = _attr_text(obj.attrs.get("pandas_type", b"")) if isinstance(obj, h5py.Group) else ""
+                if kind in PANDAS_TYPES:
+                    found.append(("pandas", "/" + name))
+                elif isinstance(obj, h5py.Dataset) and obj.dtype.names and obj.ndim == 1 \
+                        and not any(f"/{name}".startswith(k + "/") for _, k in found):
+                    found.append(("astropy", name))
+            h5.visititems(visit)
+    except OSError as exc:
+        raise CatalogError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    # a pandas table's own datasets are not tables of their own
+    pandas_keys = [k for c, k in found if c == "pandas"]
+    found = [(c, k) for c, k in found if c == "pandas" or not any(("/" + k).startswith(p + "/") for p in pandas_keys)]
+    if len(found) != 1:
+        listed = ", ".join(f"{k} ({c})" for c, k in found) or "none"
+        raise CatalogError(f"{path}: an HDF5 catalog must hold exactly one table; found {listed}")
+    return found[0]
+
+
+class HDF5Catalog:
+    """One table of an HDF5 file, in either convention: n_rows, colnames, read, write_annotated."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.convention, self.key = find_table(self.path)
+        if self.convention == "pandas":
+            import pandas as pd
+
+            with pd.HDFStore(self.path, "r") as store:
+                storer = store.get_storer(self.key)
+                self.table_format = storer.format_type  # 'table' or 'fixed'
+                self.n_rows = int(storer.nrows) if self.table_format == "table" else len(store[self.key])
+                sample = store.select(self.key, start=0, stop=0) if self.table_format == "table" else store[self.key]
+                self.colnames = [str(c) for c in sample.columns]
+        else:
+            import h5py
+
+            with h5py.File(self.path, "r") as h5:
+                self.n_rows = int(h5[self.key].shape[0])
+                self.colnames = list(h5[self.key].dtype.names)
+
+    def read(self, names, rows: slice | None = None) -> dict:
+        """Columns `names` for `rows` (default all) as numpy arrays (text as str)."""
+        rows = rows or slice(None)
+        start, stop, _ = rows.indices(self.n_rows)
+        if self.convention == "pandas":
+            frame = self._frame(start, stop)
+            return {name: _text(frame[name].to_numpy()) for name in names}
+        import h5py
+
+        with h5py.File(self.path, "r") as h5:
+            data = h5[self.key][start:stop]
+        return {name: _text(data[name]) for name in names}
+
+    def _frame(self, start: int, stop: int):
+        import pandas as pd
+
+        if self.table_format == "table":
+            return pd.read_hdf(self.path, self.key, start=start, stop=stop)
+        return pd.read_hdf(self.path, self.key).iloc[start:stop]
+
+    def write_annotated(self, out: str | Path, columns, provenance: dict) -> Path:
+        """Copy the catalog to `out` with the PRED_* `columns` (a dict of full columns, or a
+        function (start, stop) -> dict) added; temp name, fsync, rename."""
+        out = Path(out)
+        if out.resolve() == self.path.resolve():
+            raise OutputError(f"refusing to overwrite the input catalog {self.path}")
+        if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+            raise OutputError(f"output directory is missing or not writable: {out.parent}")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        chunk = (lambda a, b: columns(a, b)) if callable(columns) else \
+            (lambda a, b: {name: values[a:b] for name, values in columns.items()})
+        cards = {key: value for key, (value, _) in provenance.items()}
+        try:
+            if self.convention == "pandas":
+                self._write_pandas(tmp, chunk, cards)
+            else:
+                self._write_astropy(tmp, chunk, cards)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return out
+
+    def _write_pandas(self, tmp: Path, chunk, cards: dict) -> None:
+        import pandas as pd
+
+        from .writeback import OUTPUT_COLUMNS
+
+        names = [s.name for s in OUTPUT_COLUMNS]
+        with pd.HDFStore(self.path, "r") as source, pd.HDFStore(tmp, "w") as target:
+            for key in source.keys():
+                if key != self.key:
+                    target.put(key, source[key], format=source.get_storer(key).format_type)
+            storer = source.get_storer(self.key)
+            if self.table_format == "fixed":
+                frame = source[self.key]
+                frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
+                for name, values in chunk(0, self.n_rows).items():
+                    frame[name] = values
+                target.put(self.key, frame, format="fixed")
+            else:
+                widths = {col: axis.typ.itemsize for axis in storer.values_axes if axis.kind == "string"
+                          for col in axis.values}
+                widths["PRED_CLASS"] = 6
+                data_columns = storer.data_columns or None
+                for start in range(0, self.n_rows, CHUNK_ROWS):
+                    stop = min(start + CHUNK_ROWS, self.n_rows)
+                    frame = source.select(self.key, start=start, stop=stop)
+                    frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
+                    for name, values in chunk(start, stop).items():
+                        frame[name] = values
+                    target.append(self.key, frame, format="table", data_columns=data_columns,
+                                  min_itemsize={k: v for k, v in widths.items() if k in frame.columns})
+                if self.n_rows == 0:
+                    target.put(self.key, source.select(self.key), format="table")
+            target.get_storer(self.key).attrs.annotate_provenance = json.dumps(cards)
+
+    def _write_astropy(self, tmp: Path, chunk, cards: dict) -> None:
+        import h5py
+
+        from .writeback import OUTPUT_COLUMNS
+
+        names = {s.name for s in OUTPUT_COLUMNS}
+        with h5py.File(self.path, "r") as source, h5py.File(tmp, "w") as target:
+            table = source[self.key]
+            for name, value in source.attrs.items():
+                target.attrs[name] = value
+            for name in source:
+                if name not in (self.key, self.key + META_SUFFIX):
+                    source.copy(source[name], target, name=name)
+            kept = [n for n in table.dtype.names if n.upper() not in names]
+            dtype = np.dtype([(n, table.dtype[n]) for n in kept] + [(s.name, _hdf5_dtype(s)) for s in OUTPUT_COLUMNS])
+            created = target.create_dataset(self.key, shape=(self.n_rows,), dtype=dtype,
+                                             chunks=True if self.n_rows else None,
+                                             compression=table.compression, compression_opts=table.compression_opts)
+            for name, value in table.attrs.items():
+                created.attrs[name] = value
+            for start in range(0, self.n_rows, CHUNK_ROWS):
+                stop = min(start + CHUNK_ROWS, self.n_rows)
+                rows = np.empty(stop - start, dtype)
+                data = table[start:stop]
+                for name in kept:
+                    rows[name] = data[name]
+                for name, values in chunk(start, stop).items():
+                    rows[name] = values.astype("S6") if name == "PRED_CLASS" else values
+                created[start:stop] = rows
+            if self.key + META_SUFFIX in source:
+                lines = [_attr_text(line) for line in source[self.key + META_SUFFIX][()]]
+                target.create_dataset(self.key + META_SUFFIX, data=[line.encode() for line in _meta_lines(lines, dtype, cards)])
+            else:
+                for key, value in cards.items():
+                    created.attrs[key] = value
+
+
+def _hdf5_dtype(spec) -> str:
+    return {"6A": "S6", "E": "<f4", "D": "<f8", "L": "?", "J": "<i4"}[spec.fits_format]
+
+
+def _meta_lines(lines: list[str], dtype: np.dtype, cards: dict) -> list[str]:
+    """The astropy serialised-meta YAML for the output table (`dtype`): the input's columns with
+    their units, descriptions, formats and meta; the PRED_* columns with theirs; the provenance
+    in the table meta."""
+    from astropy.table import Column, meta
+
+    from .writeback import OUTPUT_COLUMNS
+
+    header = meta.get_header_from_yaml(lines)
+    described = {c["name"]: c for c in header["datatype"]}
+    described.update({s.name: {"unit": s.unit or None, "description": s.comment} for s in OUTPUT_COLUMNS})
+    header["cols"] = [Column(name=name, dtype=dtype[name], length=0, unit=described.get(name, {}).get("unit"),
+                             description=described.get(name, {}).get("description"),
+                             format=described.get(name, {}).get("format"), meta=described.get(name, {}).get("meta"))
+                      for name in dtype.names]
+    header.setdefault("meta", {}).update(cards)
+    return meta.get_yaml_from_header(header)
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Byte strings decoded to str; object columns of str to a str array."""
+    values = np.asarray(values)
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8", "replace")
+    if values.dtype.kind == "O" and len(values) and isinstance(values[0], (str, bytes)):
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+    return values
