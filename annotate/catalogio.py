@@ -103,6 +103,24 @@ class HDF5Catalog:
             data = h5[self.key][start:stop]
         return {name: _text(data[name]) for name in names}
 
+    def provenance(self) -> dict:
+        """The provenance an annotated copy carries (ANNSURV, ANNMODEL, ...), or {}."""
+        if self.convention == "pandas":
+            import pandas as pd
+
+            with pd.HDFStore(self.path, "r") as store:
+                text = getattr(store.get_storer(self.key).attrs, "annotate_provenance", None)
+            return json.loads(text) if text else {}
+        import h5py
+
+        with h5py.File(self.path, "r") as h5:
+            if self.key + META_SUFFIX in h5:
+                from astropy.table import meta
+
+                lines = [_attr_text(line) for line in h5[self.key + META_SUFFIX][()]]
+                return dict(meta.get_header_from_yaml(lines).get("meta", {}))
+            return {k: _attr_text(v) if isinstance(v, bytes) else v for k, v in h5[self.key].attrs.items()}
+
     def _frame(self, start: int, stop: int):
         import pandas as pd
 
@@ -147,14 +165,14 @@ class HDF5Catalog:
         with pd.HDFStore(self.path, "r") as source, pd.HDFStore(tmp, "w") as target:
             for key in source.keys():
                 if key != self.key:
-                    target.put(key, source[key], format=source.get_storer(key).format_type)
+                    target.put(key, source[key], format=source.get_storer(key).format_type, track_times=False)
             storer = source.get_storer(self.key)
             if self.table_format == "fixed":
                 frame = source[self.key]
                 frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
                 for name, values in chunk(0, self.n_rows).items():
                     frame[name] = values
-                target.put(self.key, frame, format="fixed")
+                target.put(self.key, frame, format="fixed", track_times=False)
             else:
                 widths = {col: axis.typ.itemsize for axis in storer.values_axes if axis.kind == "string"
                           for col in axis.values}
@@ -169,7 +187,7 @@ class HDF5Catalog:
                     target.append(self.key, frame, format="table", data_columns=data_columns,
                                   min_itemsize={k: v for k, v in widths.items() if k in frame.columns})
                 if self.n_rows == 0:
-                    target.put(self.key, source.select(self.key), format="table")
+                    target.put(self.key, source.select(self.key), format="table", track_times=False)
             target.get_storer(self.key).attrs.annotate_provenance = json.dumps(cards)
 
     def _write_astropy(self, tmp: Path, chunk, cards: dict) -> None:

@@ -43,13 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_execution(demo)
 
     run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
-    run.add_argument("--catalog", type=Path, required=True, help="input FITS catalog (never modified)")
+    run.add_argument("--catalog", type=Path, required=True, help="input catalog: FITS, or an HDF5 table written by pandas or astropy (never modified)")
     run.add_argument("--survey", default="sdss_dr18", help="survey definition name or YAML path")
     run.add_argument("--spectra-root", type=Path, help="folder the catalog's spectrum paths are relative to "
                      "(default: the catalog's folder)")
     run.add_argument("--store", type=Path, help="HDF5 spectra store to create or resume")
     run.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped model)")
-    run.add_argument("--out", type=Path, help="output catalog (default: <catalog>.annotated.fits)")
+    run.add_argument("--out", type=Path, help="output catalog, in the input's format (default: <catalog>.annotated.fits or .h5)")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--shard-size", type=int, help="split the catalog into shards of N rows, run them (resumably: "

@@ -78,6 +78,12 @@ def test_hdf5_catalog_round_trip_matches_the_fits_run(catalog, micro_model, tmp_
             provenance = json.loads(store.get_storer("catalog").attrs.annotate_provenance)
         assert provenance["ANNMODEL"] == "micro-random" and provenance["ANNNFAIL"] == 2
 
+    # the cross-check reads the annotated HDF5 catalog and its provenance
+    from annotate.crosscheck import crosscheck
+
+    check = crosscheck(result.output, out_dir=tmp_path / "check", store=result.store)
+    assert check.metrics["survey"] == "sdss_dr18" and check.metrics["compared"] == result.summary["rows_compared"]
+
     # annotating the annotated catalog replaces the PRED_* columns instead of adding more
     again = run(RunSettings(catalog=result.output, out=tmp_path / "again.h5", **settings))
     names = _read_back(again.output, convention).colnames
