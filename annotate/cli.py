@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="where shards run: this machine (Dask) or a SLURM job array (needs --profile)")
     run.add_argument("--profile", type=Path, help="SLURM profile YAML (see slurm/profiles/)")
     run.add_argument("--dry-run", action="store_true", help="print the shard plan (and the sbatch script) only")
+    run.add_argument("--shard", type=int, metavar="INDEX", help="run only shard INDEX of the plan, here, and do not "
+                     "merge (each task of slurm/annotate-array.sbatch; the same command without --shard merges)")
     _add_execution(run)
 
     train = command("train", "fine-tune a model from a training recipe")
@@ -141,10 +143,11 @@ def _cmd_run(args) -> int:
                            store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
                            n_workers=args.workers, batch_size=args.batch_size, device=args.device,
                            progress=not args.no_progress)
-    if args.shard_size or args.executor == "slurm" or args.dry_run:
+    if args.shard_size or args.executor == "slurm" or args.dry_run or args.shard is not None:
         from .shards import run_sharded
 
-        result = run_sharded(settings, args.shard_size or 100_000, args.executor, args.profile, args.dry_run)
+        result = run_sharded(settings, args.shard_size or 100_000, args.executor, args.profile, args.dry_run,
+                             only_shard=args.shard)
         if result is None:
             return 0
     else:

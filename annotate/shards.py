@@ -106,9 +106,10 @@ def run_shard(task: dict) -> str:
 
 
 def run_sharded(settings, shard_size: int, executor: str = "local", profile: str | Path | None = None,
-                dry_run: bool = False, log=print):
+                dry_run: bool = False, log=print, only_shard: int | None = None):
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
-    dry run (which prints the plan and submits nothing)."""
+    dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
+    here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
     from .checkpoint import DEFAULT_MODEL, read_card, weights_sha256
     from .pipeline import RunResult, catalog_rows
     from .surveys import load_survey
@@ -141,9 +142,19 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
         return None
     write_plan(folder, plan)
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
-    tasks = [{"folder": str(folder), "name": s.name, "start": s.start, "stop": s.stop, "catalog": str(catalog.resolve()),
-              "survey": survey.name, "spectra_root": str(root.resolve()), "model": str(model_dir.resolve()),
-              "device": settings.device, "batch_size": settings.batch_size} for s in missing]
+
+    def task(s: Shard) -> dict:
+        return {"folder": str(folder), "name": s.name, "start": s.start, "stop": s.stop, "catalog": str(catalog.resolve()),
+                "survey": survey.name, "spectra_root": str(root.resolve()), "model": str(model_dir.resolve()),
+                "device": settings.device, "batch_size": settings.batch_size}
+
+    if only_shard is not None:
+        if not 0 <= only_shard < len(shards):
+            raise ConfigError(f"--shard {only_shard}: the plan has shards 0-{len(shards) - 1}")
+        log(f"{shards[only_shard].name} (rows {shards[only_shard].start}-{shards[only_shard].stop}): "
+            f"{run_shard(task(shards[only_shard]))}")
+        return None
+    tasks = [task(s) for s in missing]
     if tasks:
         log(f"running {len(tasks)} of {len(shards)} shards ({executor})")
         if executor == "local":
@@ -155,7 +166,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
             from .slurm import executor as slurm_executor
 
             jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
-            failed = wait_for_shards(jobs, tasks, folder)
+            failed = wait_for_shards(jobs, tasks, folder, log=log)
             if failed:
                 raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "
                                     + "; ".join(failed[:3]))
@@ -176,7 +187,8 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
 LOST_AFTER_S = 45.0  # a job gone from the queue this long without its shard file has failed
 
 
-def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_after_s: float | None = None) -> list[str]:
+def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_after_s: float | None = None,
+                    log=print) -> list[str]:
     """Wait for every shard job; returns one line per failed shard. A shard is done when its file
     exists; failed when submitit reports an error, or when its job has left the queue without
     writing the file for `lost_after_s` (cancelled before it started, killed, lost with a node:
@@ -188,7 +200,7 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
     lost_after_s = LOST_AFTER_S if lost_after_s is None else lost_after_s
     pending = {i: job for i, job in enumerate(jobs)}
     left_queue_at: dict[int, float] = {}
-    failed = []
+    failed, last_line = [], ""
     while pending:
         queued = queued_job_ids()
         for i, job in list(pending.items()):
@@ -214,6 +226,13 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
                     del pending[i]
             else:
                 left_queue_at.pop(i, None)
+        running = sum(1 for job in pending.values() if queued is not None and job.job_id in queued
+                      and job.state == "RUNNING")
+        line = (f"shards: {len(tasks) - len(pending) - len(failed)} done, {running} running, "
+                f"{len(pending) - running} waiting, {len(failed)} failed")
+        if line != last_line:
+            log(line)
+            last_line = line
         if pending:
             time.sleep(poll_s)
     return failed

@@ -198,3 +198,27 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
                                                         text=True).stdout
     history = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 61))
+
+
+def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_conf, catalog, micro_model,  # noqa: F811
+                                                                        tmp_path):
+    from astropy.io import fits
+
+    from annotate.cli import main
+    from annotate.shards import run_folder
+
+    options = ["--spectra-root", str(tmp_path / "spectra"), "--model", str(micro_model),
+               "--out", str(tmp_path / "out.fits")]
+    done = subprocess.run(["sbatch", "--wait", "--parsable", "--partition=debug", "--array=0-2",
+                           str(REPO / "slurm" / "annotate-array.sbatch"), str(catalog), "3", *options],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text() for p in sorted(tmp_path.glob("annotate-run-*.out")))
+    assert done.returncode == 0, logs[-3000:] + done.stderr
+    shards = sorted(p.name for p in (run_folder(tmp_path / "out.fits") / "shards").glob("*.npz"))
+    assert shards == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
+    assert "shard-00002 (rows 6-8)" in logs
+    # the merge: the same command without --shard; rows 3 and 5 have no spectrum (exit code 3)
+    assert main(["run", "--catalog", str(catalog), "--shard-size", "3", "--no-progress", *options]) == 3
+    with fits.open(tmp_path / "out.fits") as hdul:
+        assert hdul[1].header["ANNSHRDS"] == 3 and len(hdul[1].data) == 8
+        assert (hdul[1].data["PRED_FLAGS"][[3, 5]] & 3).all()
