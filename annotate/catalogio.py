@@ -77,6 +77,7 @@ class HDF5Catalog:
         if self.convention == "pandas":
             import pandas as pd
 
+            refuse_pickled_objects(self.path)
             with pd.HDFStore(self.path, "r") as store:
                 storer = store.get_storer(self.key)
                 self.table_format = storer.format_type  # 'table' or 'fixed'
@@ -225,6 +226,41 @@ class HDF5Catalog:
             else:
                 for key, value in cards.items():
                     created.attrs[key] = value
+
+
+# pickle opcodes that import or call something: plain pickled values (lists, dicts, str, numbers)
+# never contain them
+CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1", "EXT2",
+                "EXT4", "PERSID", "BINPERSID"}
+
+
+def refuse_pickled_objects(path: Path) -> None:
+    """PyTables unpickles HDF5 string attributes that hold pickles (pandas keeps its table layout
+    in such attributes). Before pandas opens a file, every attribute that parses as a pickle is
+    checked to hold plain values only; one that would import or call anything is refused."""
+    import pickletools
+
+    import h5py
+
+    bad = []
+
+    def check(name, obj):
+        for key, value in obj.attrs.items():
+            if not isinstance(value, (bytes, np.bytes_)) or not bytes(value).endswith(b"."):
+                continue
+            try:
+                ops = {op.name for op, _, _ in pickletools.genops(bytes(value))}
+            except Exception:  # noqa: BLE001 - not a pickle: an ordinary string
+                continue
+            if ops & CODE_OPCODES:
+                bad.append(f"/{name}:{key}")
+
+    with h5py.File(path, "r") as h5:
+        check("", h5)
+        h5.visititems(check)
+    if bad:
+        raise CatalogError(f"{path}: refusing to read: attribute {bad[0]} holds a pickled object that would run "
+                           "code when pandas/PyTables load it (only plain values are accepted)")
 
 
 def _hdf5_dtype(spec) -> str:

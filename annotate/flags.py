@@ -15,6 +15,7 @@ class PredFlag(enum.IntFlag):
     NOT_SELECTED = 1 << 4       # the row fails the survey's selection rules (excluded from cross-checks)
     UNKNOWN_REFERENCE_CLASS = 1 << 5  # the catalog's class is not GALAXY/QSO/STAR
     PATH_REFUSED = 1 << 6       # the catalog's path points outside the spectra root; not read
+    DUPLICATE_ID = 1 << 7       # another row of the catalog has the same object id (both predicted)
 
     @classmethod
     def describe(cls) -> str:

@@ -119,12 +119,14 @@ class SummaryRows:
 def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int, out: Path, provenance: dict) -> dict:
     """Write the annotated catalog from the shard files, streaming; returns counts, errors, the
     number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL."""
-    from .pipeline import read_catalog, row_flags
+    from .pipeline import duplicate_mask, read_catalog, read_column, row_flags
     from .writeback import prediction_columns, write_annotated_catalog
 
     counts, errors = check_shards(folder, shards, n_rows)
     provenance = {**provenance, "ANNNFAIL": (n_rows - counts["OK"], "rows without a prediction")}
     predictions = ShardReader(folder, shards)
+    id_column = survey.column("object_id", _colnames(catalog))
+    duplicate = duplicate_mask(read_column(catalog, id_column)) if id_column else np.zeros(n_rows, bool)
     kept = SummaryRows()
     predicted = [0]
 
@@ -133,7 +135,7 @@ def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int,
         reference = survey.reference(table, roles=SUMMARY_ROLES)
         selected = survey.selected(table)
         pred = predictions.rows(start, stop)
-        flags = row_flags(pred["status"], pred["coverage"], reference, selected)
+        flags = row_flags(pred["status"], pred["coverage"], reference, selected, duplicate[start:stop])
         columns = prediction_columns(pred, reference, flags)
         ok = pred["status"] == STATUS["OK"]
         predicted[0] += int(ok.sum())
@@ -142,3 +144,14 @@ def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int,
 
     write_annotated_catalog(catalog, out, columns_for, provenance)
     return {"counts": counts, "errors": errors, "n_predicted": predicted[0], "summary": kept.summary()}
+
+
+def _colnames(catalog: Path) -> list:
+    from astropy.io import fits
+
+    from .catalogio import HDF5Catalog, is_hdf5
+
+    if is_hdf5(catalog):
+        return HDF5Catalog(catalog).colnames
+    with fits.open(catalog, memmap=True) as hdul:
+        return list(hdul[1].columns.names)

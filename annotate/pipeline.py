@@ -135,9 +135,56 @@ def resolve_paths(relative: list[str], root: Path) -> tuple[list[str], np.ndarra
     return paths, refused
 
 
-def row_flags(status: np.ndarray, coverage: np.ndarray, reference: dict, selected: np.ndarray) -> np.ndarray:
-    """PRED_FLAGS per row from the store status, pixel coverage and the catalog's reference values."""
+def duplicate_mask(ids) -> np.ndarray:
+    """(n,) bool: rows whose id occurs more than once."""
+    ids = np.asarray(ids)
+    if len(ids) == 0:
+        return np.zeros(0, bool)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)] > 1
+
+
+def read_column(path: Path, name: str) -> np.ndarray:
+    """One whole column of a FITS or HDF5 catalog (as stored: no text decoding)."""
+    if is_hdf5(path):
+        return HDF5Catalog(path).read([name])[name]
+    with fits.open(path, memmap=True) as hdul:
+        return np.array(hdul[1].data[name])
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Hold an exclusive lock on `out` for the duration (a hidden `.<name>.lock` beside it); a
+    second run writing the same output is refused with OutputError instead of interleaving."""
+    import fcntl
+
+    lock = Path(out).with_name(f".{Path(out).name}.lock")
+    try:
+        handle = open(lock, "a+")
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock {lock}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another annotate run is writing {out} (lock {lock} is held); "
+                              "wait for it to finish or choose another --out") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def row_flags(status: np.ndarray, coverage: np.ndarray, reference: dict, selected: np.ndarray,
+              duplicate: np.ndarray | None = None) -> np.ndarray:
+    """PRED_FLAGS per row from the store status, pixel coverage, the catalog's reference values
+    and (when given) the rows whose object id repeats."""
     flags = np.zeros(len(status), np.int64)
+    if duplicate is not None:
+        flags[duplicate] |= int(PredFlag.DUPLICATE_ID)
     flags[status == STATUS["NO_SPECTRUM"]] |= int(PredFlag.NO_SPECTRUM)
     flags[status == STATUS["NO_USABLE_PIXELS"]] |= int(PredFlag.NO_USABLE_PIXELS)
     flags[status == STATUS["PATH_REFUSED"]] |= int(PredFlag.PATH_REFUSED)
@@ -163,19 +210,24 @@ def _progress(enabled: bool, total: int, desc: str):
 
 def run(settings: RunSettings) -> RunResult:
     """Annotate one catalog; returns counts, paths and the cross-check summary."""
-    from .checkpoint import load_checkpoint, weights_sha256, DEFAULT_MODEL
-    from .metrics import summary
-    from .predict import predict_store
-
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
     table = read_catalog(catalog, survey)
-    n_rows = len(next(iter(table.values())))
     out = Path(settings.out) if settings.out else default_output_path(catalog)
     if out.resolve() == catalog.resolve():
         raise OutputError(f"refusing to overwrite the input catalog {catalog}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"output directory is missing or not writable: {out.parent}")
+    with output_lock(out):
+        return _run_locked(settings, catalog, survey, table, out)
+
+
+def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path) -> RunResult:
+    from .checkpoint import load_checkpoint, weights_sha256, DEFAULT_MODEL
+    from .metrics import summary
+    from .predict import predict_store
+
+    n_rows = len(next(iter(table.values())))
     model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
     model, card = load_checkpoint(model_dir, settings.device)
 
@@ -199,7 +251,7 @@ def run(settings: RunSettings) -> RunResult:
         pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                              progress=update)
     columns, predicted, usable = write_annotated(
-        catalog, out, pred, reference, selected,
+        catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum())))
     _, errors = read_status(store_path)
@@ -209,10 +261,10 @@ def run(settings: RunSettings) -> RunResult:
 
 
 def write_annotated(catalog: Path, out: Path, pred: dict, reference: dict, selected: np.ndarray,
-                    provenance: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Flags, PRED_* columns and the write-back of one run's predictions (single or sharded).
+                    duplicate: np.ndarray, provenance: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Flags, PRED_* columns and the write-back of one run's predictions.
     Returns the columns, the rows predicted, and the rows a cross-check may use."""
-    flags = row_flags(pred["status"], pred["coverage"], reference, selected)
+    flags = row_flags(pred["status"], pred["coverage"], reference, selected, duplicate)
     columns = prediction_columns(pred, reference, flags)
     predicted = pred["status"] == STATUS["OK"]
     write_annotated_catalog(catalog, out, columns, provenance)

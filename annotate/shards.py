@@ -110,10 +110,10 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
     here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
-    from .checkpoint import DEFAULT_MODEL, read_card, weights_sha256
-    from .pipeline import RunResult, catalog_rows
+    from .checkpoint import DEFAULT_MODEL, weights_sha256
+    from .pipeline import catalog_rows
     from .surveys import load_survey
-    from .writeback import default_output_path, provenance_cards
+    from .writeback import default_output_path
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
@@ -154,33 +154,49 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
         log(f"{shards[only_shard].name} (rows {shards[only_shard].start}-{shards[only_shard].stop}): "
             f"{run_shard(task(shards[only_shard]))}")
         return None
-    tasks = [task(s) for s in missing]
-    if tasks:
-        log(f"running {len(tasks)} of {len(shards)} shards ({executor})")
-        if executor == "local":
-            from .parallel import map_unordered
+    from .pipeline import output_lock
 
-            for _ in map_unordered(run_shard, tasks, scheduler=settings.scheduler, n_workers=settings.n_workers):
-                pass
-        elif executor == "slurm":
-            from .slurm import executor as slurm_executor
+    with output_lock(out):
+        run_missing([task(s) for s in missing], len(shards), settings, executor, profile, folder, log)
+        return merge_run(catalog, survey, model_dir, plan, folder, shards, out)
 
-            jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
-            failed = wait_for_shards(jobs, tasks, folder, log=log)
-            if failed:
-                raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "
-                                    + "; ".join(failed[:3]))
-        else:
-            raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
+
+def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, folder: Path, log=print) -> None:
+    """Run the shard tasks not done yet, here (Dask) or as a SLURM array; IncompleteRun if any fails."""
+    if not tasks:
+        return
+    log(f"running {len(tasks)} of {n_shards} shards ({executor})")
+    if executor == "local":
+        from .parallel import map_unordered
+
+        for _ in map_unordered(run_shard, tasks, scheduler=settings.scheduler, n_workers=settings.n_workers):
+            pass
+    elif executor == "slurm":
+        from .slurm import executor as slurm_executor
+
+        jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
+        failed = wait_for_shards(jobs, tasks, folder, log=log)
+        if failed:
+            raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "
+                                + "; ".join(failed[:3]))
+    else:
+        raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
+
+
+def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, shards: list, out: Path):
+    """The annotated catalog from the finished shards (merge.py), with the run's provenance."""
+    from .checkpoint import read_card
     from .merge import merge_shards
+    from .pipeline import RunResult
+    from .writeback import provenance_cards
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
                                   survey.name, 0)
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
     provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
-    merged = merge_shards(catalog, survey, folder, shards, n_rows, out, provenance)
-    return RunResult(output=out, store=folder / "stores", n_rows=n_rows, n_predicted=merged["n_predicted"],
+    merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)
+    return RunResult(output=out, store=folder / "stores", n_rows=plan["rows"], n_predicted=merged["n_predicted"],
                      counts=merged["counts"], summary=merged["summary"], errors=merged["errors"])
 
 

@@ -117,3 +117,19 @@ def test_reading_a_slice_reads_those_rows(catalog, tmp_path):  # noqa: F811
         assert (table.convention, table.n_rows) == (convention, N)
         part = table.read(["SPECOBJID", "CLASS"], slice(2, 5))
         assert part["SPECOBJID"].tolist() == [1002, 1003, 1004] and part["CLASS"].tolist() == ["STAR", "GALAXY", "STAR"]
+
+
+def test_a_pandas_file_whose_attributes_would_run_code_is_refused(tmp_path):
+    """PyTables unpickles attributes when pandas opens a file: one holding a pickled callable is
+    refused before pandas sees it (the pandas layout attributes themselves are plain values)."""
+    import pickle
+
+    import h5py
+
+    frame = pd.DataFrame({"obsid": [1, 2], "z": [0.1, 0.2]})
+    frame.to_hdf(tmp_path / "cat.h5", key="catalog", format="table")
+    assert HDF5Catalog(tmp_path / "cat.h5").n_rows == 2  # the real pandas attributes pass
+    with h5py.File(tmp_path / "cat.h5", "a") as h5:
+        h5["catalog"].attrs["info"] = np.bytes_(pickle.dumps(print, protocol=0))
+    with pytest.raises(CatalogError, match=r"/catalog:info holds a pickled object"):
+        HDF5Catalog(tmp_path / "cat.h5")
