@@ -143,11 +143,11 @@ def _cmd_run(args) -> int:
                            store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
                            n_workers=args.workers, batch_size=args.batch_size, device=args.device,
                            progress=not args.no_progress)
-    if args.shard_size or args.executor == "slurm" or args.dry_run or args.shard is not None:
+    if args.shard_size is not None or args.executor == "slurm" or args.dry_run or args.shard is not None:
         from .shards import run_sharded
 
-        result = run_sharded(settings, args.shard_size or 100_000, args.executor, args.profile, args.dry_run,
-                             only_shard=args.shard)
+        result = run_sharded(settings, 100_000 if args.shard_size is None else args.shard_size, args.executor,
+                             args.profile, args.dry_run, only_shard=args.shard)
         if result is None:
             return 0
     else:
@@ -248,8 +248,15 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _c
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    from astropy.utils.exceptions import AstropyWarning
+
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            if not args.debug:  # astropy's notes on damaged inputs: our error line says what went wrong
+                warnings.simplefilter("ignore", AstropyWarning)
+            return COMMANDS[args.command](args)
     except AnnotateError as exc:
         if args.debug:
             raise

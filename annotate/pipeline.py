@@ -71,8 +71,7 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
         table = HDF5Catalog(path)
         _check_columns(path, survey, table.colnames, table.n_rows, extra)
         return table.read([n for n in table.colnames if n.upper() in wanted], rows)
-    if not Path(path).is_file():
-        raise CatalogError(f"catalog not found: {path}")
+    _check_fits_file(path)
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
@@ -84,6 +83,19 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
             return {name: np.array(data[name][rows]) for name in names if name.upper() in wanted}
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+
+
+def _check_fits_file(path: Path) -> None:
+    """CatalogError for a missing file, or a plain FITS file cut short (FITS files are whole
+    2880-byte blocks; compressed ones are checked by astropy as it reads)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog not found: {path}")
+    with open(path, "rb") as handle:
+        plain = handle.read(6) == b"SIMPLE"
+    if plain and path.stat().st_size % 2880:
+        raise CatalogError(f"{path}: truncated or damaged FITS file ({path.stat().st_size} bytes, "
+                           "not a whole number of 2880-byte blocks)")
 
 
 def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = ()) -> None:
@@ -101,8 +113,7 @@ def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
         table = HDF5Catalog(path)
         _check_columns(path, survey, table.colnames, table.n_rows)
         return table.n_rows
-    if not Path(path).is_file():
-        raise CatalogError(f"catalog not found: {path}")
+    _check_fits_file(path)
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -170,7 +171,9 @@ def ingest_rows(task: dict) -> dict:
             out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], "no spectrum path for this row"
             continue
         try:
-            spectrum = read_spectrum(path, task["reader"], labels=False)
+            with warnings.catch_warnings():  # astropy's per-file warnings: the row's error says it
+                warnings.simplefilter("ignore")
+                spectrum = read_spectrum(path, task["reader"], labels=False)
         except SpectrumError as exc:
             out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], str(exc)
             continue

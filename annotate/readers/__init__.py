@@ -7,6 +7,8 @@ that looks at an opened FITS file, and a priority (higher wins when several iden
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -95,7 +97,10 @@ def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = Tr
         if spectrum is not None:
             return validate(spectrum)
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+        # astropy's warnings (e.g. "File may have been truncated") would reach the user's terminal
+        # once per file; the row's error says what went wrong instead
+        with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            warnings.simplefilter("ignore")
             if loader is None:
                 chosen = identify_loader(hdul)
             elif loader in _LOADERS:
