@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--encoding", default="2dmap", choices=["2dmap", "simple", "overlap"])
     render.add_argument("--preview", type=int, metavar="N",
                         help="write a PNG contact sheet of N spectra in every encoding instead")
+    render.add_argument("--profile", type=Path, help="SLURM profile YAML for --scheduler slurm (see slurm/profiles/)")
     _add_execution(render)
 
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
@@ -101,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_execution(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scheduler", default="distributed", choices=("distributed", "threads", "sync"),
-                        help="Dask scheduler for reading spectra (default: a local distributed cluster)")
+    parser.add_argument("--scheduler", default="distributed", choices=("distributed", "threads", "sync", "slurm"),
+                        help="Dask scheduler for reading spectra (default: a local distributed cluster; slurm: "
+                        "--workers Dask workers started as SLURM jobs of --profile)")
     parser.add_argument("--workers", type=int, help="Dask workers (default: CPU cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -256,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.debug:  # astropy's notes on damaged inputs: our error line says what went wrong
                 warnings.simplefilter("ignore", AstropyWarning)
+            if getattr(args, "scheduler", None) == "slurm":
+                from .parallel import dask_on_slurm
+                from .shards import _profile
+
+                with dask_on_slurm(_profile(getattr(args, "profile", None))):
+                    return COMMANDS[args.command](args)
             return COMMANDS[args.command](args)
     except AnnotateError as exc:
         if args.debug:

@@ -1,4 +1,5 @@
-"""Run independent tasks with Dask: a distributed LocalCluster by default, or in-process.
+"""Run independent tasks with Dask: a distributed LocalCluster by default, Dask workers started as
+SLURM jobs (dask-jobqueue), or in-process.
 
 Tasks receive plain data (file names, row ranges, settings dicts), never open files or models.
 This is the only module that imports dask.
@@ -8,10 +9,43 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterator
 
-SCHEDULERS = ("distributed", "threads", "sync")
+SCHEDULERS = ("distributed", "threads", "sync", "slurm")
 WINDOW_PER_WORKER = 2
+WORKERS_START_TIMEOUT_S = 600
+_slurm_profile: ContextVar = ContextVar("slurm_profile", default=None)
+
+
+@contextmanager
+def dask_on_slurm(profile):
+    """Within this block, scheduler 'slurm' starts its Dask workers as SLURM jobs asking for what
+    `profile` (annotate.slurm.Profile) says: one job per worker, `cpus_per_task` cores each."""
+    token = _slurm_profile.set(profile)
+    try:
+        yield
+    finally:
+        _slurm_profile.reset(token)
+
+
+def slurm_cluster(profile, n_workers: int):
+    """A dask-jobqueue SLURMCluster of `n_workers` one-process worker jobs, started."""
+    import sys
+
+    from dask_jobqueue import SLURMCluster
+
+    extra = [f"--{flag}={value}" for flag, value in (("qos", profile.qos), ("constraint", profile.constraint),
+                                                     ("gpus-per-node", profile.gpus_per_node)) if value]
+    extra += [f"--{key.replace('_', '-')}={value}" for key, value in profile.additional.items()]
+    cluster = SLURMCluster(
+        queue=profile.partition, account=profile.account, cores=profile.cpus_per_task, processes=1,
+        memory=f"{int((profile.mem_gb or 2) * 1024)}MB", walltime=f"{profile.time_min // 60:02d}:{profile.time_min % 60:02d}:00",
+        job_name="annotate-dask", job_extra_directives=extra, job_script_prologue=list(profile.setup),
+        python=sys.executable, scheduler_options={"dashboard_address": None}, silence_logs=logging.CRITICAL)
+    cluster.scale(jobs=n_workers)
+    return cluster
 
 
 def default_workers() -> int:
@@ -23,7 +57,8 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
     """Yield (index, func(items[index])) as tasks finish.
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
-    `address`), 'threads' (dask's thread pool) or 'sync' (in this process, in order). At most
+    `address`), 'slurm' (workers as SLURM jobs, inside `dask_on_slurm(profile)`), 'threads'
+    (dask's thread pool) or 'sync' (in this process, in order). At most
     WINDOW_PER_WORKER tasks per worker are in flight or finished-but-unconsumed at a time, so
     memory stays bounded however many tasks there are and however slowly the caller consumes.
     """
@@ -32,7 +67,7 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if not items:
         return
-    if scheduler == "sync" or (len(items) == 1 and address is None):
+    if scheduler == "sync" or (len(items) == 1 and address is None and scheduler != "slurm"):
         for index, item in enumerate(items):
             yield index, func(item)
         return
@@ -51,6 +86,15 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
 
     if address is not None:
         client, cluster = Client(address), None
+    elif scheduler == "slurm":
+        from .errors import ConfigError
+
+        profile = _slurm_profile.get()
+        if profile is None:
+            raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
+        cluster = slurm_cluster(profile, min(n_workers or 1, len(items)))
+        client = Client(cluster)
+        client.wait_for_workers(1, timeout=WORKERS_START_TIMEOUT_S)
     else:
         n = n_workers or default_workers()
         cluster = LocalCluster(n_workers=min(n, len(items)), threads_per_worker=1, processes=True,

@@ -222,3 +222,33 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
     with fits.open(tmp_path / "out.fits") as hdul:
         assert hdul[1].header["ANNSHRDS"] == 3 and len(hdul[1].data) == 8
         assert (hdul[1].data["PRED_FLAGS"][[3, 5]] & 3).all()
+
+
+def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path):
+    """`--scheduler slurm`: dask-jobqueue starts the Dask workers as SLURM jobs of the profile."""
+    import numpy as np
+
+    from annotate.cli import main
+    from annotate.grid import WavelengthGrid
+    from annotate.images import read_images
+    from annotate.simulate.spectra import draw_sample
+    from annotate.simulate.templates import load_library
+    from annotate.store import STATUS, create_store, write_rows
+
+    sample = draw_sample(40, load_library(), WavelengthGrid(), seed=9)
+    store = tmp_path / "spectra.h5"
+    create_store(store, np.arange(40), [""] * 40, WavelengthGrid())
+    write_rows(store, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"].astype(np.uint8),
+                          "status": np.full(40, STATUS["OK"], np.int8)})
+    submitted_before = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "--name=annotate-dask"],
+                                      capture_output=True, text=True).stdout.split()
+    assert main(["render", "--store", str(store), "--out", str(tmp_path / "images.h5"), "--encoding", "simple",
+                 "--scheduler", "slurm", "--profile", str(REPO / "slurm" / "profiles" / "testcluster.yaml"),
+                 "--workers", "2", "--no-progress"]) == 0
+    assert read_images(tmp_path / "images.h5", 0, 40).any(axis=(1, 2, 3)).all()
+    jobs = _wait(lambda: [j for j in subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "--name=annotate-dask"],
+                                                    capture_output=True, text=True).stdout.split()
+                          if j not in submitted_before] or None, 60, step=2)
+    assert jobs and 1 <= len(jobs) <= 2, jobs
+    assert _wait(lambda: not subprocess.run(["squeue", "-h", "--name=annotate-dask"], capture_output=True,
+                                            text=True).stdout.strip(), 60, step=1)  # workers gone with the run
