@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -71,18 +72,24 @@ def predict_store(model: torch.nn.Module, card: ModelCard, store_path, start: in
            "coverage": np.zeros(n)}
     for key in ("z", "z_err", "teff", "logg", "feh"):
         out[key] = np.full(n, np.nan)
-    for first in range(start, stop, batch_size):
-        last = min(first + batch_size, stop)
-        rows = read_rows(store_path, first, last)
-        local = slice(first - start, last - start)
-        out["status"][local] = rows["status"]
-        out["coverage"][local] = 1.0 - rows["mask"].mean(axis=1)
-        ok = rows["status"] == STATUS["OK"]
-        if ok.any():
-            batch = predict_batch(model, card, rows["flux"][ok], rows["mask"][ok], device)
-            idx = np.arange(first - start, last - start)[ok]
-            for key, values in batch.items():
-                out[key][idx] = values
-        if progress is not None:
-            progress(last - first)
+    firsts = list(range(start, stop, batch_size))
+    # the next batch is read (HDF5 + LZF) in a thread while the model works on this one
+    with ThreadPoolExecutor(1) as reader:
+        upcoming = reader.submit(read_rows, store_path, firsts[0], min(firsts[0] + batch_size, stop)) if firsts else None
+        for i, first in enumerate(firsts):
+            last = min(first + batch_size, stop)
+            rows = upcoming.result()
+            if i + 1 < len(firsts):
+                upcoming = reader.submit(read_rows, store_path, firsts[i + 1], min(firsts[i + 1] + batch_size, stop))
+            local = slice(first - start, last - start)
+            out["status"][local] = rows["status"]
+            out["coverage"][local] = 1.0 - rows["mask"].mean(axis=1)
+            ok = rows["status"] == STATUS["OK"]
+            if ok.any():
+                batch = predict_batch(model, card, rows["flux"][ok], rows["mask"][ok], device)
+                idx = np.arange(first - start, last - start)[ok]
+                for key, values in batch.items():
+                    out[key][idx] = values
+            if progress is not None:
+                progress(last - first)
     return out
