@@ -48,6 +48,16 @@ def slurm_cluster(profile, n_workers: int):
     return cluster
 
 
+def _wait_for_slurm_workers(client) -> None:
+    from .errors import AnnotateError
+
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_START_TIMEOUT_S)
+    except TimeoutError:
+        raise AnnotateError(f"no Dask worker job started on SLURM within {WORKERS_START_TIMEOUT_S} s "
+                            "(see squeue: are the jobs pending on the partition or resources of the profile?)") from None
+
+
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
 
@@ -92,16 +102,20 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         profile = _slurm_profile.get()
         if profile is None:
             raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
-        cluster = slurm_cluster(profile, min(n_workers or 1, len(items)))
+        requested = min(n_workers or 1, len(items))
+        cluster = slurm_cluster(profile, requested)
         client = Client(cluster)
-        client.wait_for_workers(1, timeout=WORKERS_START_TIMEOUT_S)
     else:
-        n = n_workers or default_workers()
-        cluster = LocalCluster(n_workers=min(n, len(items)), threads_per_worker=1, processes=True,
+        requested = min(n_workers or default_workers(), len(items))
+        cluster = LocalCluster(n_workers=requested, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
-        window = WINDOW_PER_WORKER * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        if scheduler == "slurm":
+            _wait_for_slurm_workers(client)
+        # the window follows the workers asked for, not those up yet: SLURM workers arrive one by one
+        workers = len(client.scheduler_info().get("workers", {}))
+        window = WINDOW_PER_WORKER * max(1, requested if address is None else workers)
         pending = iter(enumerate(items))
         index_of = {}
 

@@ -11,6 +11,7 @@ the checkpoint in `<out>`; metrics.json / metrics.csv / learning-curve.png log e
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from .traindata import (RenderedBatches, batch_loader, encode_targets, epoch_bat
 TASKS = ("class", "z", "stellar")
 # recipe fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes")
+DISTRIBUTED_TIMEOUT_S = 4 * 3600
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,14 @@ class Ranks:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's `flag`, on every rank (decisions taken from the clock must be the same on all)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -228,12 +238,23 @@ def start_ranks(device_name: str) -> Ranks:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 alone evaluates each epoch and may first ingest a catalog's spectra: the others
+        # wait at a barrier meanwhile, so the collective timeout must outlast both
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(seconds=DISTRIBUTED_TIMEOUT_S))
     return Ranks(torch.distributed.get_rank(), world, device)
 
 
 # ------------------------------------------------------------------------------------------------
 # the loop
+
+def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
+    """Heads of tasks the recipe does not train take no gradient (DDP refuses parameters that
+    never receive one); their untrained outputs become NaN at inference (predict.py)."""
+    for task, head in (("class", model.class_head), ("z", model.z_head), ("stellar", model.stellar_head)):
+        if task not in tasks:
+            head.requires_grad_(False)
+
 
 def _check_resumable(saved: dict, recipe: Recipe, folder: Path) -> None:
     current = recipe.to_json()
@@ -277,13 +298,26 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     settings.check_grid(grid.n_pix)
     resume_from = latest_state(out_dir)
     if resume_from is not None:
-        _check_resumable(read_state_json(resume_from)["recipe"], recipe, out_dir)
+        saved = read_state_json(resume_from)
+        _check_resumable(saved["recipe"], recipe, out_dir)
+        if saved.get("world_size", 1) != ranks.world_size:
+            raise ConfigError(f"{out_dir} holds a run interrupted with {saved.get('world_size', 1)} processes; resume it "
+                              f"with as many (now {ranks.world_size}): the data order depends on them")
     started = time.time()
+    # rank 0 loads first: a catalog source may have to ingest its spectra into the store once
+    if not ranks.main:
+        ranks.barrier()
     data = load_training_data(recipe.data, grid)
+    if ranks.main:
+        ranks.barrier()
     split = data.get("split")
     if split is None:
         split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
     train_rows = np.flatnonzero(split == "train")
+    for part in ("train", "val"):
+        if not (split == part).any():
+            raise ConfigError(f"the {part} split is empty ({len(split)} rows, val_fraction {recipe.val_fraction}, "
+                              f"test_fraction {recipe.test_fraction}): give the recipe more data or other fractions")
     norms = fit_label_norm(data, split == "train")
     targets = encode_targets(data, norms)
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
@@ -294,7 +328,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     val_batches = [b for b in np.array_split(np.flatnonzero(split == "val"),
                                              max(1, math.ceil((split == "val").sum() / recipe.batch_size))) if len(b)]
     model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    freeze_unused_heads(model, recipe.tasks)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(epoch_batches(train_rows, recipe.batch_size, recipe.seed, 0, ranks.world_size)) \
         // ranks.world_size
     total_steps = recipe.epochs * steps_per_epoch
@@ -322,7 +357,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     def save(reason: str) -> None:
         nonlocal last_save
         if ranks.main:
-            where = save_state(out_dir, state, model, optimiser, schedule, recipe.to_json())
+            where = save_state(out_dir, state, model, optimiser, schedule, recipe.to_json(), world_size=ranks.world_size)
             log(f"state saved at step {state.step} ({reason}): {where}")
         ranks.barrier()
         last_save = time.time()
@@ -351,7 +386,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
             if done():
                 break
             if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
-                    time.time() - last_save > 60 * recipe.checkpoint_minutes:
+                    ranks.agree(time.time() - last_save > 60 * recipe.checkpoint_minutes):
                 save(f"epoch {state.epoch + 1}, batch {state.batch}")
         if ranks.main:
             val = evaluate(model, batch_loader(dataset, val_batches, recipe.num_workers, pin), norms, device,

@@ -43,8 +43,10 @@ class TrainState:
 
 
 def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
-               schedule, recipe: dict, keep: int = 1) -> Path:
-    """Write the state atomically (tmp folder + rename), then drop all but the `keep` newest."""
+               schedule, recipe: dict, keep: int = 1, world_size: int = 1) -> Path:
+    """Write the state atomically (tmp folder + rename), then drop all but the `keep` newest. A
+    state saved again at the same step (end of an epoch after a save on its last batch) replaces
+    the first only after the new one is in place."""
     from safetensors.torch import save_file
 
     root = Path(out_dir) / STATE_DIR
@@ -69,11 +71,13 @@ def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, o
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    payload = {**state.to_json(), "recipe": recipe, "param_groups": optim["param_groups"],
+    payload = {**state.to_json(), "recipe": recipe, "world_size": world_size, "param_groups": optim["param_groups"],
                "param_scalars": per_param, "schedule": schedule.state_dict()}
     (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
+    aside = root / (final.name + ".old")
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(aside, ignore_errors=True)
+        final.rename(aside)
     tmp.rename(final)
     older = sorted(p for p in root.iterdir() if p.name.startswith("step-") and p != final)
     for old in older[:max(0, len(older) - (keep - 1))]:
@@ -94,8 +98,10 @@ def latest_state(out_dir: str | Path) -> Path | None:
     root = Path(out_dir) / STATE_DIR
     if not root.is_dir():
         return None
-    whole = sorted(p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith(".tmp")
-                   and (p / "state.json").is_file())
+    whole = [p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith(".tmp")
+             and (p / "state.json").is_file()]
+    # newest step first; at the same step a state set aside (".old") only when its successor is missing
+    whole.sort(key=lambda p: (p.name.split(".")[0], not p.name.endswith(".old")))
     return whole[-1] if whole else None
 
 

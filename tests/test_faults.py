@@ -62,8 +62,8 @@ def test_runs_killed_at_random_points_resume_to_the_clean_result(catalog, micro_
     for trial in range(TRIALS):
         out = tmp_path / f"trial-{trial}.fits"
         # a random point of the run: once k of its 4 shards are written (k = 0: while the first
-        # runs; k = 4: while merging or after), plus up to 0.3 s
-        k, extra = int(rng.integers(0, 5)), rng.uniform(0.0, 0.3)
+        # runs; k = 4: while merging or after), plus up to 50 ms
+        k, extra = int(rng.integers(0, 5)), rng.uniform(0.0, 0.05)
         proc, _ = _start(catalog, tmp_path, micro_model, out)
         shards = out.with_name(out.name + ".run") / "shards"
         deadline = time.time() + 120

@@ -18,5 +18,10 @@ def test_every_result_once(scheduler):
 
 
 def test_unknown_scheduler_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid: distributed, threads, sync"):
-        list(map_unordered(_square, [1], scheduler="slurm"))
+    with pytest.raises(ConfigError, match="valid: distributed, threads, sync, slurm"):
+        list(map_unordered(_square, [1], scheduler="dask"))
+
+
+def test_slurm_scheduler_needs_a_profile():
+    with pytest.raises(ConfigError, match="--scheduler slurm needs --profile"):
+        list(map_unordered(_square, [1, 2], scheduler="slurm"))

@@ -1,5 +1,5 @@
 """Resumable training: a run killed with SIGKILL continues from its last state and ends with the
-same weights as an uninterrupted run; states are whole or absent; a changed recipe is refused."""
+same weights as an uninterrupted run (to float32 rounding); states are whole or absent; a changed recipe is refused."""
 
 import json
 import os
@@ -77,15 +77,17 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, store, uninterrupted, 
     assert summary["steps"] == clean_summary["steps"] and summary["best_epoch"] == clean_summary["best_epoch"]
     resumed, reference = load_file(str(out / "model.safetensors")), load_file(str(clean / "model.safetensors"))
     assert resumed.keys() == reference.keys()
+    # the same weights up to float32 rounding: the killed child and this process may split their
+    # matrix products over different thread counts, which reorders sums (observed: ≤ 2e-9 apart)
     for name in reference:
-        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+        np.testing.assert_allclose(resumed[name], reference[name], rtol=1e-5, atol=1e-7, err_msg=name)
     history = json.loads((out / "metrics.json").read_text())
     clean_history = json.loads((clean / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for mine, theirs in zip(history, clean_history):
-        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-12)
-        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-12)
-    assert summary["test"]["loss"] == pytest.approx(clean_summary["test"]["loss"], rel=1e-12)
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
+    assert summary["test"]["loss"] == pytest.approx(clean_summary["test"]["loss"], rel=1e-6)
     assert not (out / "state").exists()  # removed once the run finished
 
 
@@ -116,6 +118,35 @@ def test_a_half_written_state_is_ignored(tmp_path, store):
     assert latest_state(out) == whole
 
 
+def test_a_state_saved_twice_at_one_step_is_never_lost(tmp_path, store):
+    """A second save at the same step sets the first aside before renaming the new one in; killed
+    in between, the run resumes from the one set aside."""
+    out = tmp_path / "ckpt"
+    _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 4 ")
+    whole = latest_state(out)
+    aside = whole.with_name(whole.name + ".old")
+    whole.rename(aside)  # as if killed between the two renames
+    assert latest_state(out) == aside
+    (out / "state" / "step-00000004").mkdir()
+    (out / "state" / "step-00000004" / "state.json").write_text("{}")
+    assert latest_state(out).name == "step-00000004"  # the newer save wins once it is in place
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path, store):
+    out = tmp_path / "ckpt"
+    _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 2 ")
+    state_json = latest_state(out) / "state.json"
+    assert json.loads(state_json.read_text())["world_size"] == 1
+    state_json.write_text(state_json.read_text().replace('"world_size": 1', '"world_size": 2'))
+    with pytest.raises(ConfigError, match="interrupted with 2 processes; resume it with as many"):
+        train(Recipe.from_yaml(_recipe_file(tmp_path, store)), out, log=lambda line: None)
+
+
+def test_an_empty_validation_split_is_refused_up_front(tmp_path, store):
+    with pytest.raises(ConfigError, match="the val split is empty"):
+        train(Recipe.from_yaml(_recipe_file(tmp_path, store, val_fraction=0.0)), tmp_path / "ckpt", log=lambda line: None)
+
+
 def test_logs_and_learning_curve(uninterrupted):
     from PIL import Image
 
@@ -131,10 +162,11 @@ def test_logs_and_learning_curve(uninterrupted):
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process group on loopback")
 def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
     """torchrun-style environment, gloo backend: both ranks take the same number of steps, only
-    rank 0 writes, and the checkpoint loads."""
+    rank 0 writes, and the checkpoint loads. Two of the three tasks: DDP must not wait for the
+    gradients of the head left out."""
     from annotate.checkpoint import load_checkpoint
 
-    recipe_path = _recipe_file(tmp_path, store, epochs=1)
+    recipe_path = _recipe_file(tmp_path, store, epochs=1, tasks=["class", "z"])
     out = tmp_path / "ddp"
     script = textwrap.dedent(f"""
         import os, sys
@@ -152,5 +184,6 @@ def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
     _, card = load_checkpoint(out)
     batches = -(-card.training["split_counts"]["train"] // 6)
     assert card.training["steps"] == batches // 2  # each step takes one batch per rank
+    assert card.training["tasks"] == ["class", "z"]
     assert "held_out_stars" in card.training and not any(line.startswith("1 {\"epoch\"")
                                                          for line in outputs[1][0].splitlines())
