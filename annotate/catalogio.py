@@ -131,12 +131,14 @@ class HDF5Catalog:
 
     def write_annotated(self, out: str | Path, columns, provenance: dict) -> Path:
         """Copy the catalog to `out` with the PRED_* `columns` (a dict of full columns, or a
-        function (start, stop) -> dict) added; temp name, fsync, rename."""
+        function (start, stop) -> dict) added; temp name, fsync, read back, rename."""
+        global HDF5_WRITE_FAILED
         out = Path(out)
         if out.resolve() == self.path.resolve():
             raise OutputError(f"refusing to overwrite the input catalog {self.path}")
         if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
             raise OutputError(f"output directory is missing or not writable: {out.parent}")
+        _check_free_space(out.parent, self.path.stat().st_size + self.n_rows * PRED_BYTES_PER_ROW)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         chunk = (lambda a, b: columns(a, b)) if callable(columns) else \
             (lambda a, b: {name: values[a:b] for name, values in columns.items()})
@@ -148,48 +150,80 @@ class HDF5Catalog:
                 self._write_astropy(tmp, chunk, cards)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+            self._check_written(tmp)
             os.replace(tmp, out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-        except BaseException:
+            HDF5_WRITE_FAILED = True
+            raise OutputError(f"cannot write {out}: {(exc.strerror or str(exc)).strip().splitlines()[0]}") from None
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if _is_hdf5_write_error(exc):  # PyTables reports a full disk or quota as HDF5ExtError
+                HDF5_WRITE_FAILED = True
+                raise OutputError(f"cannot write {out}: {str(exc).strip().splitlines()[0]}") from None
             raise
         return out
 
+    def _check_written(self, tmp: Path) -> None:
+        """Read the written file back before it takes the final name: PyTables can close a file
+        it could not finish writing (a full disk, a quota) without saying so."""
+        try:
+            written = HDF5Catalog(tmp)
+            last = written.read(written.colnames, slice(written.n_rows - 1, written.n_rows)) if written.n_rows else {}
+        except (CatalogError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise OSError(f"the written file does not read back ({str(exc).strip().splitlines()[0]}); "
+                          "is the disk or quota full?") from None
+        from .writeback import OUTPUT_COLUMNS
+
+        if written.n_rows != self.n_rows or any(s.name not in last for s in OUTPUT_COLUMNS if self.n_rows):
+            raise OSError(f"the written file holds {written.n_rows} of {self.n_rows} rows; is the disk or quota full?")
+
     def _write_pandas(self, tmp: Path, chunk, cards: dict) -> None:
+        """Everything but the table is copied node for node (h5py keeps attributes, filters and
+        objects pandas does not know); the table is rewritten by pandas with the source's
+        compression, string widths and data columns, and its storer's user attributes copied."""
+        import h5py
         import pandas as pd
 
         from .writeback import OUTPUT_COLUMNS
 
         names = [s.name for s in OUTPUT_COLUMNS]
-        with pd.HDFStore(self.path, "r") as source, pd.HDFStore(tmp, "w") as target:
-            for key in source.keys():
-                if key != self.key:
-                    target.put(key, source[key], format=source.get_storer(key).format_type, track_times=False)
+        with h5py.File(self.path, "r") as source, h5py.File(tmp, "w") as target:
+            _copy_tree(source, target, skip={self.key.strip("/")})
+        with pd.HDFStore(self.path, "r") as source:
             storer = source.get_storer(self.key)
-            if self.table_format == "fixed":
-                frame = source[self.key]
-                frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
-                for name, values in chunk(0, self.n_rows).items():
-                    frame[name] = values
-                target.put(self.key, frame, format="fixed", track_times=False)
-            else:
-                widths = {col: axis.typ.itemsize for axis in storer.values_axes if axis.kind == "string"
-                          for col in axis.values}
-                widths["PRED_CLASS"] = 6
-                data_columns = storer.data_columns or None
-                for start in range(0, self.n_rows, CHUNK_ROWS):
-                    stop = min(start + CHUNK_ROWS, self.n_rows)
-                    frame = source.select(self.key, start=start, stop=stop)
+            filters = _pytables_filters(storer.group)
+            compression = dict(complib=filters.complib, complevel=filters.complevel) if filters.complevel else {}
+            with pd.HDFStore(tmp, "a", **compression) as target:
+                if self.table_format == "fixed":
+                    frame = source[self.key]
                     frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
-                    for name, values in chunk(start, stop).items():
+                    for name, values in chunk(0, self.n_rows).items():
                         frame[name] = values
-                    target.append(self.key, frame, format="table", data_columns=data_columns,
-                                  min_itemsize={k: v for k, v in widths.items() if k in frame.columns})
-                if self.n_rows == 0:
-                    target.put(self.key, source.select(self.key), format="table", track_times=False)
-            target.get_storer(self.key).attrs.annotate_provenance = json.dumps(cards)
+                    target.put(self.key, frame, format="fixed", track_times=False)
+                else:
+                    widths = {col: axis.typ.itemsize for axis in storer.values_axes if axis.kind == "string"
+                              for col in axis.values}
+                    # an index of text keeps the width of its longest value in the file, whichever
+                    # chunk that value falls in
+                    widths.update({"index": axis.typ.itemsize for axis in storer.index_axes if axis.kind == "string"})
+                    widths["PRED_CLASS"] = 6
+                    data_columns = storer.data_columns or None
+                    for start in range(0, self.n_rows, CHUNK_ROWS):
+                        stop = min(start + CHUNK_ROWS, self.n_rows)
+                        frame = source.select(self.key, start=start, stop=stop)
+                        frame = frame.drop(columns=[c for c in frame.columns if str(c).upper() in names])
+                        for name, values in chunk(start, stop).items():
+                            frame[name] = values
+                        target.append(self.key, frame, format="table", data_columns=data_columns,
+                                      min_itemsize={k: v for k, v in widths.items() if k in frame.columns or k == "index"})
+                    if self.n_rows == 0:
+                        target.put(self.key, source.select(self.key), format="table", track_times=False)
+                written = target.get_storer(self.key).attrs
+                for name in storer.attrs._v_attrnamesuser:  # the user's own attributes, pandas' are rewritten
+                    if name not in written._v_attrnames:
+                        written[name] = storer.attrs[name]
+                written.annotate_provenance = json.dumps(cards)
 
     def _write_astropy(self, tmp: Path, chunk, cards: dict) -> None:
         import h5py
@@ -199,11 +233,7 @@ class HDF5Catalog:
         names = {s.name for s in OUTPUT_COLUMNS}
         with h5py.File(self.path, "r") as source, h5py.File(tmp, "w") as target:
             table = source[self.key]
-            for name, value in source.attrs.items():
-                target.attrs[name] = value
-            for name in source:
-                if name not in (self.key, self.key + META_SUFFIX):
-                    source.copy(source[name], target, name=name)
+            _copy_tree(source, target, skip={self.key.strip("/"), self.key.strip("/") + META_SUFFIX})
             kept = [n for n in table.dtype.names if n.upper() not in names]
             dtype = np.dtype([(n, table.dtype[n]) for n in kept] + [(s.name, _hdf5_dtype(s)) for s in OUTPUT_COLUMNS])
             created = target.create_dataset(self.key, shape=(self.n_rows,), dtype=dtype,
@@ -226,6 +256,60 @@ class HDF5Catalog:
             else:
                 for key, value in cards.items():
                     created.attrs[key] = value
+
+
+# set once an HDF5 write failed in this process: the HDF5 library may then hold a file it cannot
+# close, and closing it again at interpreter exit crashes (the CLI ends with os._exit instead)
+HDF5_WRITE_FAILED = False
+PRED_BYTES_PER_ROW = 64  # the PRED_* columns of one row, with room for the format's overhead
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    """Refuse up front when the output's file system evidently has no room for it."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        raise OutputError(f"not enough free space in {folder} for the annotated catalog: about "
+                          f"{needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free")
+
+
+def _copy_tree(source, target, skip: set) -> None:
+    """Copy an HDF5 file's groups, datasets and attributes into `target`, leaving out the
+    objects at the paths in `skip` (at any depth); filters and attributes travel with each copy."""
+    import h5py
+
+    def copy(group_in, group_out, prefix: str) -> None:
+        for name, value in group_in.attrs.items():
+            group_out.attrs[name] = value
+        for name, obj in group_in.items():
+            path = f"{prefix}{name}"
+            if path in skip:
+                continue
+            if isinstance(obj, h5py.Group) and any(s.startswith(path + "/") for s in skip):
+                copy(obj, group_out.create_group(name), path + "/")
+            else:
+                group_in.copy(obj, group_out, name=name)
+
+    copy(source, target, "")
+
+
+def _pytables_filters(group):
+    """The compression of a pandas object: the filters of its first array."""
+    import tables
+
+    for leaf in group._f_walknodes("Leaf"):
+        return leaf.filters
+    return tables.Filters()
+
+
+def _is_hdf5_write_error(exc: BaseException) -> bool:
+    import sys
+
+    tables = sys.modules.get("tables")
+    return tables is not None and isinstance(exc, tables.exceptions.HDF5ExtError)
 
 
 # pickle opcodes that import or call something: plain pickled values (lists, dicts, str, numbers)

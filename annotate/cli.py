@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -277,5 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `annotate` command: main(), then exit with its code."""
+    code = main()
+    from . import catalogio
+
+    if catalogio.HDF5_WRITE_FAILED:
+        # the HDF5 library may still hold the file it failed to write; its own clean-up at exit
+        # would crash on it, so the process ends here, its output flushed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

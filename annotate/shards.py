@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,16 +59,26 @@ def _catalog_identity(catalog: Path) -> dict:
 def write_plan(folder: Path, plan: dict) -> None:
     """Create or check the run's plan: a run folder belongs to one catalog, model and shard size."""
     path = folder / "plan.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != plan:
-            changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise ConfigError(f"{folder} holds a run with other {', '.join(changed)}; remove it or choose another --out")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("plan.json.tmp")
-    tmp.write_text(json.dumps(plan, indent=1) + "\n")
-    tmp.replace(path)
+    if not path.exists():
+        # array tasks starting together each write their own tmp file; the first hard link wins and
+        # the others then find an identical plan
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".plan.json.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(plan, indent=1) + "\n")
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: identical plans, so the last rename is fine
+            os.replace(tmp, path)
+            return
+        finally:
+            tmp.unlink(missing_ok=True)
+    old = json.loads(path.read_text())
+    if old != plan:
+        changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+        raise ConfigError(f"{folder} holds a run with other {', '.join(changed)}; remove it or choose another --out")
 
 
 def run_shard(task: dict) -> str:

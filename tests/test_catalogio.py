@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,126 @@ def test_a_pandas_file_whose_attributes_would_run_code_is_refused(tmp_path):
         h5["catalog"].attrs["info"] = np.bytes_(pickle.dumps(print, protocol=0))
     with pytest.raises(CatalogError, match=r"/catalog:info holds a pickled object"):
         HDF5Catalog(tmp_path / "cat.h5")
+
+
+def _predictions(n):
+    """PRED_* columns of n rows, in their output types."""
+    columns = {}
+    for spec in OUTPUT_COLUMNS:
+        if spec.fits_format.endswith("A"):
+            columns[spec.name] = np.array(["GALAXY", "STAR", "QSO"] * n)[:n]
+        elif spec.fits_format == "L":
+            columns[spec.name] = np.arange(n) % 2 == 0
+        elif spec.fits_format == "J":
+            columns[spec.name] = np.arange(n, dtype=np.int32)
+        else:
+            columns[spec.name] = np.linspace(0.0, 1.0, n).astype(np.float32 if spec.fits_format == "E" else np.float64)
+    return columns
+
+
+PROVENANCE = {"ANNMODEL": ("unit-test", "model")}
+
+
+def test_an_astropy_table_in_a_nested_group_is_written_back_in_place(tmp_path):
+    import h5py
+
+    table = Table({"OBJID": np.arange(5), "Z": np.linspace(0, 1, 5)})
+    table.meta["SURVEY"] = "nested"
+    table.write(tmp_path / "cat.h5", path="data/cat", serialize_meta=True)
+    with h5py.File(tmp_path / "cat.h5", "a") as h5:
+        h5["data/weights"] = np.arange(3.0)  # a sibling of the table inside the same group
+        h5["data"].attrs["release"] = "dr18"
+    source = HDF5Catalog(tmp_path / "cat.h5")
+    assert (source.convention, source.key) == ("astropy", "data/cat")
+    source.write_annotated(tmp_path / "out.h5", _predictions(5), PROVENANCE)
+    out = Table.read(tmp_path / "out.h5", path="data/cat")
+    assert out["OBJID"].tolist() == list(range(5)) and out["PRED_FLAGS"].tolist() == list(range(5))
+    assert out.meta["SURVEY"] == "nested" and out.meta["ANNMODEL"] == "unit-test"
+    with h5py.File(tmp_path / "out.h5", "r") as h5:
+        assert h5["data/weights"][()].tolist() == [0.0, 1.0, 2.0] and h5["data"].attrs["release"] == "dr18"
+
+
+def test_pandas_write_back_keeps_attributes_other_objects_and_compression(tmp_path, monkeypatch):
+    """User attributes of the table's storer, the file's other (non-table) objects and the table's
+    compression survive; a text index whose longest value sits in a later chunk fits."""
+    import h5py
+
+    import annotate.catalogio as catalogio
+
+    monkeypatch.setattr(catalogio, "CHUNK_ROWS", 4)
+    index = ["a", "b", "c", "d", "a-much-longer-object-name", "e", "f"]
+    frame = pd.DataFrame({"Z": np.linspace(0, 1, 7), "SURVEY": ["sdss"] * 7}, index=index)
+    with pd.HDFStore(tmp_path / "cat.h5", "w", complib="zlib", complevel=5) as store:
+        store.put("catalog", frame, format="table", data_columns=["SURVEY"], track_times=False)
+        store.get_storer("catalog").attrs.release = "DR18"
+    with h5py.File(tmp_path / "cat.h5", "a") as h5:
+        h5.create_dataset("raw/wavelength", data=np.arange(10.0), compression="gzip")
+        h5.attrs["creator"] = "pipeline v5"
+    before = _sha(tmp_path / "cat.h5")
+    catalog = HDF5Catalog(tmp_path / "cat.h5")
+    assert catalog.key == "/catalog"
+    catalog.write_annotated(tmp_path / "out.h5", _predictions(7), PROVENANCE)
+    assert _sha(tmp_path / "cat.h5") == before
+
+    out = pd.read_hdf(tmp_path / "out.h5", "catalog")
+    assert list(out.index) == index and out["PRED_FLAGS"].tolist() == list(range(7))
+    assert out[out.SURVEY == "sdss"].shape[0] == 7
+    with pd.HDFStore(tmp_path / "out.h5", "r") as store:
+        attrs = store.get_storer("catalog").attrs
+        assert attrs.release == "DR18" and json.loads(attrs.annotate_provenance)["ANNMODEL"] == "unit-test"
+        leaf = next(iter(store.get_storer("catalog").group._f_walknodes("Leaf")))
+        assert (leaf.filters.complib, leaf.filters.complevel) == ("zlib", 5)
+    with h5py.File(tmp_path / "out.h5", "r") as h5:
+        assert h5["raw/wavelength"][()].tolist() == list(np.arange(10.0))
+        assert h5["raw/wavelength"].compression == "gzip" and h5.attrs["creator"] == "pipeline v5"
+
+
+@pytest.mark.parametrize("convention", ["astropy", "pandas"])
+def test_a_full_disk_while_writing_back_is_one_clear_error(tmp_path, convention):
+    """The output may grow to 64 kB only (RLIMIT_FSIZE, as a full disk would stop it): an
+    OutputError naming the output, no file under the final name, no temporary left."""
+    import subprocess
+    import sys
+    import textwrap
+
+    n = 20_000
+    table = Table({"OBJID": np.arange(n), "Z": np.linspace(0, 1, n)})
+    if convention == "astropy":
+        table.write(tmp_path / "cat.h5", path="catalog", serialize_meta=True)
+    else:
+        table.to_pandas().to_hdf(tmp_path / "cat.h5", key="catalog", format="table")
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_catalogio import _predictions, PROVENANCE
+        from annotate.catalogio import HDF5Catalog
+        from annotate.errors import OutputError
+        catalog = HDF5Catalog({str(tmp_path / "cat.h5")!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+        try:
+            catalog.write_annotated({str(tmp_path / "out.h5")!r}, _predictions({n}), PROVENANCE)
+        except OutputError as exc:
+            print(exc, flush=True)
+            import annotate.catalogio, os
+            assert annotate.catalogio.HDF5_WRITE_FAILED
+            os._exit(2)  # as the annotate command ends after a failed HDF5 write (cli.entry)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout.startswith(f"cannot write {tmp_path / 'out.h5'}: ") and len(done.stdout.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.h5"]
+
+
+def test_no_room_for_the_output_is_refused_before_writing(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import annotate.catalogio as catalogio
+    from annotate.errors import OutputError
+
+    Table({"OBJID": np.arange(1000)}).write(tmp_path / "cat.h5", path="catalog")
+    monkeypatch.setattr(catalogio.os, "statvfs", lambda path: SimpleNamespace(f_bavail=10, f_frsize=4096))
+    with pytest.raises(OutputError, match=rf"not enough free space in {tmp_path} .* 0 MB free"):
+        HDF5Catalog(tmp_path / "cat.h5").write_annotated(tmp_path / "out.h5", _predictions(1000), PROVENANCE)
+    assert os.listdir(tmp_path) == ["cat.h5"]

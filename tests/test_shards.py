@@ -7,7 +7,7 @@ from astropy.io import fits
 from annotate.cli import main
 from annotate.errors import ConfigError
 from annotate.pipeline import RunSettings, run
-from annotate.shards import plan_shards, run_folder, run_sharded
+from annotate.shards import plan_shards, run_folder, run_sharded, write_plan
 from annotate.writeback import OUTPUT_COLUMNS
 
 from test_pipeline import N, catalog, micro_model  # noqa: F401 - fixtures: 8 rows, 2 broken
@@ -68,6 +68,20 @@ def test_a_run_folder_belongs_to_one_plan(catalog, micro_model, tmp_path):  # no
     run_sharded(settings, 3, log=lambda m: None)
     with pytest.raises(ConfigError, match="other shard_size"):
         run_sharded(settings, 4, log=lambda m: None)
+
+
+def test_array_tasks_writing_the_plan_at_once_agree(tmp_path):
+    """Array tasks start together and each writes the plan: all succeed, one whole plan remains."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    plan = {"catalog": {"path": "/data/dr18.fits", "size": 1}, "rows": 10, "shard_size": 2}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: write_plan(tmp_path / "run", plan), range(64)))
+    assert json.loads((tmp_path / "run" / "plan.json").read_text()) == plan
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["plan.json"]
+    with pytest.raises(ConfigError, match="holds a run with other rows"):
+        write_plan(tmp_path / "run", {**plan, "rows": 11})
 
 
 def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp_path, capsys):  # noqa: F811
