@@ -184,8 +184,10 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
             pass
     elif executor == "slurm":
         from .slurm import executor as slurm_executor
+        from .slurm import submission_errors
 
-        jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
+        with submission_errors():
+            jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
         failed = wait_for_shards(jobs, tasks, folder, log=log)
         if failed:
             raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import submitit
 
-from .errors import ConfigError, IncompleteRun
+from .errors import AnnotateError, ConfigError, IncompleteRun
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,24 @@ def training_executor(profile: Profile, out_dir: str | Path):
 
 def submit_training(recipe: str | Path, out_dir: str | Path, profile: Profile):
     """Submit `annotate train` as one job; returns the submitit Job."""
-    return training_executor(profile, out_dir).submit(TrainJob(str(Path(recipe).resolve()), str(Path(out_dir).resolve())))
+    with submission_errors():
+        return training_executor(profile, out_dir).submit(TrainJob(str(Path(recipe).resolve()),
+                                                                   str(Path(out_dir).resolve())))
+
+
+@contextmanager
+def submission_errors():
+    """sbatch refusing a job (unknown partition, account, limits) or missing: one clear line."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise AnnotateError(f"cannot submit to SLURM: {exc.filename or 'sbatch'} not found (is this a SLURM login node?)") from None
+    except (FailedJobError, subprocess.CalledProcessError) as exc:
+        text = str(getattr(exc, "stderr", None) or exc).strip()
+        lines = [line for line in text.splitlines() if "error" in line.lower()] or text.splitlines() or ["(no message)"]
+        raise AnnotateError(f"sbatch refused the job: {lines[-1].strip()}") from None
 
 
 def training_progress(out_dir: str | Path) -> str:
@@ -139,10 +157,13 @@ def training_progress(out_dir: str | Path) -> str:
     from .trainstate import latest_state
 
     out_dir = Path(out_dir)
-    history_file = out_dir / "metrics.json"
-    epochs = len(json.loads(history_file.read_text())) if history_file.is_file() else 0
-    state = latest_state(out_dir)
-    step = json.loads((state / "state.json").read_text())["step"] if state is not None else 0
+    try:  # the job may be replacing these files as they are read
+        history_file = out_dir / "metrics.json"
+        epochs = len(json.loads(history_file.read_text())) if history_file.is_file() else 0
+        state = latest_state(out_dir)
+        step = json.loads((state / "state.json").read_text())["step"] if state is not None else 0
+    except (OSError, ValueError):
+        return "saving"
     return f"{epochs} epochs done, step {step} saved" if (epochs or step) else "starting"
 
 

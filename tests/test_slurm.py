@@ -88,6 +88,16 @@ def test_a_cancelled_job_is_reported_not_waited_for(slurm_conf, tmp_path):
         job.result()
 
 
+def test_a_job_sbatch_refuses_is_one_clear_error(slurm_conf, tmp_path):
+    from annotate.errors import AnnotateError
+    from annotate.slurm import submit_training
+
+    profile_path = tmp_path / "p.yaml"
+    profile_path.write_text((REPO / "slurm" / "profiles" / "testcluster.yaml").read_text().replace("partition: debug", "partition: nosuchpart"))
+    with pytest.raises(AnnotateError, match=r"^sbatch refused the job: .*(?i:invalid partition)"):
+        submit_training(REPO / "training" / "demo.yaml", tmp_path / "out", Profile.from_yaml(profile_path))
+
+
 def _sbatch_wait(script: str, *args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["sbatch", "--wait", "--parsable", "--partition=debug", str(REPO / "slurm" / script), *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
