@@ -22,6 +22,7 @@ EXAMPLES = {
     "bench": "annotate bench --quick --out bench.json",
     "crosscheck": "annotate crosscheck --catalog annotate-demo/dr18.annotated.fits",
     "render": "annotate render --store annotate-demo/dr18.annotated.spectra.h5 --preview 8 --out sheet.png",
+    "status": "annotate status dr18.annotated.fits.run",
 }
 
 
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--store", type=Path, help="spectra store for the disagreement sheet "
                        "(default: the run's store beside the catalog)")
     check.add_argument("--n-sheet", type=int, default=8, help="disagreements drawn on the sheet (default 8)")
+
+    status = command("status", "where a sharded run or a training run stands: shards done and missing, SLURM jobs")
+    status.add_argument("folder", type=Path, metavar="RUN_DIR",
+                        help="a sharded run's folder (<output>.run/) or a training folder (train --out)")
 
     render = command("render", "render a spectra store's spectra into an HDF5 image store, or preview them")
     render.add_argument("--store", type=Path, required=True, help="HDF5 spectra store (from annotate run)")
@@ -209,6 +214,13 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_status(args) -> int:
+    from .status import run_status
+
+    print("\n".join(run_status(args.folder)))
+    return 0
+
+
 def _cmd_crosscheck(args) -> int:
     from .crosscheck import crosscheck
 
@@ -245,7 +257,7 @@ def _cmd_render(args) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _cmd_bench, "render": _cmd_render,
-            "crosscheck": _cmd_crosscheck}
+            "crosscheck": _cmd_crosscheck, "status": _cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

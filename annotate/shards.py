@@ -92,6 +92,8 @@ def run_shard(task: dict) -> str:
 
     folder, start, stop = Path(task["folder"]), task["start"], task["stop"]
     target = folder / "shards" / f"{task['name']}.npz"
+    if os.environ.get("SLURM_JOB_ID"):  # the job's log says which shard it ran
+        print(f"{task['name']}: rows {start}-{stop} of {task['catalog']}", flush=True)
     if target.exists():
         return str(target)
     survey = load_survey(task["survey"])

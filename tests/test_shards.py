@@ -63,6 +63,26 @@ def test_interrupted_run_resumes_to_the_same_bytes(catalog, micro_model, tmp_pat
     assert _pred_bytes(resumed.output) == reference
 
 
+def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa: F811
+    settings = _settings(catalog, tmp_path, micro_model, "out.fits")
+    for index in (0, 2):  # two array tasks ran, as with slurm/annotate-array.sbatch
+        run_sharded(settings, 3, log=lambda m: None, only_shard=index)
+    folder = run_folder(tmp_path / "out.fits")
+    assert main(["status", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"run {folder}: catalog {catalog.resolve()} ({N} rows)")
+    assert lines[1:] == ["shards: 2 of 3 done (5 rows), 1 missing", "  shard-00001: rows 3-6",
+                         "jobs: none submitted from this folder",
+                         "rerun the same `annotate run` command to compute the missing shards (and then merge)"]
+    run_sharded(settings, 3, log=lambda m: None)
+    assert main(["status", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["shards: 3 of 3 done (8 rows), 0 missing",
+                                                        "jobs: none submitted from this folder",
+                                                        f"merged: {tmp_path / 'out.fits'}"]
+    assert main(["status", str(tmp_path)]) == 2
+    assert "is neither a sharded run folder" in capsys.readouterr().err
+
+
 def test_a_run_folder_belongs_to_one_plan(catalog, micro_model, tmp_path):  # noqa: F811
     settings = _settings(catalog, tmp_path, micro_model)
     run_sharded(settings, 3, log=lambda m: None)

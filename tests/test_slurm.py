@@ -165,9 +165,22 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     threading.Thread(target=cancel_soon, daemon=True).start()
     with pytest.raises(IncompleteRun, match="shards failed; rerun the same command"):
         run_sharded(settings2, 3, executor="slurm", profile=profile, log=lambda m: None)
+    from annotate.status import run_status
+
+    # accounting may lag the cancellation by a few seconds
+    def jobs_line(lines):
+        return next(line for line in lines if line.startswith("jobs: "))
+
+    status = _wait(lambda: (lines := run_status(run_folder(tmp_path / "again.fits"))) and "cancelled" in jobs_line(lines)
+                   and lines, 60, step=2) or run_status(run_folder(tmp_path / "again.fits"))
+    assert status[1].endswith("missing") and not status[1].startswith("shards: 3 of 3"), status
+    assert jobs_line(status).startswith("jobs: 3 (") and "cancelled" in jobs_line(status), status
+    assert any(line.startswith("  job ") and "cancelled" in line for line in status), status
     messages = []
     again = run_sharded(settings2, 3, executor="slurm", profile=profile, log=messages.append)
     assert again.n_predicted == 6 and messages and messages[0].startswith("running ")
+    status = run_status(run_folder(tmp_path / "again.fits"))
+    assert status[1] == "shards: 3 of 3 done (8 rows), 0 missing" and status[-1] == f"merged: {tmp_path / 'again.fits'}"
 
 
 def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path):

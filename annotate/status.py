@@ -1,0 +1,132 @@
+"""`annotate status RUN_DIR`: where a sharded run or a training run stands, from its own files
+and the scheduler.
+
+A sharded run's folder (`<output>.run/`, shards.py) gives the plan, the finished shard files and,
+under `slurm/<job id>/`, one folder per SLURM job with its logs; a training folder (`--out` of
+`annotate train`) gives its saved state, its metrics and its jobs the same way. Job states come
+from `squeue` while a job is queued, from `sacct` once it has left (where accounting runs), and
+otherwise say that the job has left the queue. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .errors import ConfigError
+
+SHOWN = 10  # missing shards and failed jobs listed by name
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} for ids like '123' or '123_4', from squeue, then sacct; '' where neither knows."""
+    states: dict[str, str] = {}
+    if not job_ids:
+        return states
+    for command in (["squeue", "-h", "-r", "-o", "%i %T"],
+                    ["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j", ",".join(job_ids)]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode != 0:
+            continue
+        for line in done.stdout.splitlines():
+            parts = line.replace("|", " ").split()
+            if len(parts) >= 2 and parts[0] in job_ids and parts[0] not in states:
+                states[parts[0]] = parts[1]
+    return {job: states.get(job, "") for job in job_ids}
+
+
+def _job_lines(slurm_folder: Path) -> list[str]:
+    """One summary line for the jobs under `slurm_folder`, and one per failed or unknown job."""
+    folders = [p for p in slurm_folder.iterdir() if p.is_dir()] if slurm_folder.is_dir() else []
+    # an array's own folder (its sbatch script) sits beside those of its tasks ('<array>_<task>')
+    arrays = {p.name.split("_")[0] for p in folders if "_" in p.name}
+    jobs = sorted((p for p in folders if p.name not in arrays), key=lambda p: _job_key(p.name))
+    if not jobs:
+        return ["jobs: none submitted from this folder"]
+    states = job_states([p.name for p in jobs])
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state or "LEFT QUEUE"] = counts.get(state or "LEFT QUEUE", 0) + 1
+    lines = [f"jobs: {len(jobs)} ({', '.join(f'{n} {s.lower()}' for s, n in sorted(counts.items()))}); "
+             f"logs under {slurm_folder}"]
+    bad = [p for p in jobs if states[p.name] not in ("RUNNING", "PENDING", "COMPLETED", "COMPLETING", "REQUEUED")]
+    for job in bad[:SHOWN]:
+        lines.append(f"  job {job.name}: {states[job.name].lower() or 'left the queue (no accounting to say how)'}"
+                     f"{_last_error(job)}")
+    if len(bad) > SHOWN:
+        lines.append(f"  ... and {len(bad) - SHOWN} more")
+    return lines
+
+
+def _job_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else 0 for part in name.split("_"))
+
+
+def _last_error(job_folder: Path) -> str:
+    """'; last error line: ...' from the job's stderr log, when it has one."""
+    for log in sorted(job_folder.glob("*_log.err")):
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error:" in line]
+        if errors:
+            return f"; last error: {errors[-1][:200]}"
+    return ""
+
+
+def run_status(folder: str | Path) -> list[str]:
+    """The lines `annotate status` prints for a sharded run folder or a training folder."""
+    folder = Path(folder)
+    if (folder / "plan.json").is_file():
+        return _shard_run_status(folder)
+    if (folder / "state").is_dir() or (folder / "training.json").is_file() or (folder / "metrics.json").is_file():
+        return _training_status(folder)
+    raise ConfigError(f"{folder} is neither a sharded run folder (<output>.run/ with plan.json) "
+                      "nor a training folder (with state/, metrics.json or training.json)")
+
+
+def _shard_run_status(folder: Path) -> list[str]:
+    from .shards import plan_shards
+
+    plan = json.loads((folder / "plan.json").read_text())
+    shards = plan_shards(plan["rows"], plan["shard_size"])
+    done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").is_file()]
+    missing = [s for s in shards if s not in done]
+    lines = [f"run {folder}: catalog {plan['catalog']['path']} ({plan['rows']} rows), survey {plan['survey']}, "
+             f"model {plan['model']}",
+             f"shards: {len(done)} of {len(shards)} done ({sum(s.stop - s.start for s in done)} rows), "
+             f"{len(missing)} missing"]
+    for shard in missing[:SHOWN]:
+        lines.append(f"  {shard.name}: rows {shard.start}-{shard.stop}")
+    if len(missing) > SHOWN:
+        lines.append(f"  ... and {len(missing) - SHOWN} more")
+    lines += _job_lines(folder / "slurm")
+    output = folder.with_name(folder.name[:-len(".run")]) if folder.name.endswith(".run") else None
+    if output is not None and output.is_file() and not missing:
+        lines.append(f"merged: {output}")
+    elif not missing:
+        lines.append("every shard is done: rerun the same `annotate run` command to merge")
+    else:
+        lines.append("rerun the same `annotate run` command to compute the missing shards (and then merge)")
+    return lines
+
+
+def _training_status(folder: Path) -> list[str]:
+    from .slurm import training_progress
+
+    finished = folder / "training.json"
+    if finished.is_file():
+        summary = json.loads(finished.read_text())
+        test = {k: round(v, 4) for k, v in summary.get("test", {}).items() if isinstance(v, float)}
+        lines = [f"training {folder}: finished, best epoch {summary.get('best_epoch')} of "
+                 f"{summary.get('recipe', {}).get('epochs')}; test {json.dumps(test)}"]
+    else:
+        lines = [f"training {folder}: {training_progress(folder)}"]
+        history = folder / "metrics.json"
+        if history.is_file():
+            last = json.loads(history.read_text())[-1]
+            lines.append(f"last epoch {last['epoch']}: validation loss {last['val_loss']:.4f}, "
+                         f"score {last.get('val_score', float('nan')):.4f}")
+    return lines + _job_lines(folder / "slurm")
