@@ -135,7 +135,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     if out.resolve() == catalog.resolve():
         raise OutputError(f"refusing to overwrite the input catalog {catalog}")
     model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
-    folder = run_folder(out)
+    folder = run_folder(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
     plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
             "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name}
