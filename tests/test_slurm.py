@@ -112,20 +112,26 @@ def test_train_sbatch_script_runs_for_real(slurm_conf, tmp_path):
     assert (tmp_path / "model" / "model.safetensors").is_file() and "checkpoint:" in log
 
 
-def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
+def _simulated_store(store: Path, n: int, seed: int) -> Path:
+    """A spectra store of `n` simulated spectra, every row OK."""
     import numpy as np
 
     from annotate.grid import WavelengthGrid
-    from annotate.images import read_images
     from annotate.simulate.spectra import draw_sample
     from annotate.simulate.templates import load_library
     from annotate.store import STATUS, create_store, write_rows
 
-    sample = draw_sample(24, load_library(), WavelengthGrid(), seed=8)
-    store = tmp_path / "spectra.h5"
-    create_store(store, np.arange(24), [""] * 24, WavelengthGrid())
+    sample = draw_sample(n, load_library(), WavelengthGrid(), seed=seed)
+    create_store(store, np.arange(n), [""] * n, WavelengthGrid())
     write_rows(store, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"].astype(np.uint8),
-                          "status": np.full(24, STATUS["OK"], np.int8)})
+                          "status": np.full(n, STATUS["OK"], np.int8)})
+    return store
+
+
+def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
+    from annotate.images import read_images
+
+    store = _simulated_store(tmp_path / "spectra.h5", 24, seed=8)
     done = _sbatch_wait("render-dask.sbatch", str(store), str(tmp_path / "images.h5"), "simple", cwd=tmp_path)
     log = next(tmp_path.glob("annotate-render-*.out")).read_text()
     assert done.returncode == 0, log[-2000:]
@@ -249,20 +255,10 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
 
 def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path):
     """`--scheduler slurm`: dask-jobqueue starts the Dask workers as SLURM jobs of the profile."""
-    import numpy as np
-
     from annotate.cli import main
-    from annotate.grid import WavelengthGrid
     from annotate.images import read_images
-    from annotate.simulate.spectra import draw_sample
-    from annotate.simulate.templates import load_library
-    from annotate.store import STATUS, create_store, write_rows
 
-    sample = draw_sample(40, load_library(), WavelengthGrid(), seed=9)
-    store = tmp_path / "spectra.h5"
-    create_store(store, np.arange(40), [""] * 40, WavelengthGrid())
-    write_rows(store, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"].astype(np.uint8),
-                          "status": np.full(40, STATUS["OK"], np.int8)})
+    store = _simulated_store(tmp_path / "spectra.h5", 40, seed=9)
     submitted_before = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "--name=annotate-dask"],
                                       capture_output=True, text=True).stdout.split()
     assert main(["render", "--store", str(store), "--out", str(tmp_path / "images.h5"), "--encoding", "simple",
