@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: str | Path,
              for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "annotate_version": __version__})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # safetensors creates the file private; a checkpoint is meant to be shared
     tmp.replace(folder / WEIGHTS)
     return write_card(folder, card)
 

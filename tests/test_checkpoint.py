@@ -35,6 +35,17 @@ def test_presets_build_and_give_every_head(preset):
     assert out["stellar"].shape == (2, 3)
 
 
+def test_a_checkpoint_is_readable_by_others_as_the_umask_allows(checkpoint):
+    import os
+    import stat
+
+    _, folder = checkpoint
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~mask, name
+
+
 def test_round_trip_gives_identical_outputs(checkpoint):
     model, folder = checkpoint
     loaded, card = load_checkpoint(folder)
