@@ -79,8 +79,10 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
             data = hdul[hdu].data
             names = list(hdul[hdu].columns.names)
             _check_columns(path, survey, names, 0 if data is None else len(data), extra)
-            rows = rows if rows is not None else slice(None)
-            return {name: np.array(data[name][rows]) for name in names if name.upper() in wanted}
+            # slice the table before taking columns: astropy converts (decodes, scales) a whole
+            # column on first access, so data[name][rows] would cost the full column every time
+            part = data[rows if rows is not None else slice(None)]
+            return {name: np.array(part[name]) for name in names if name.upper() in wanted}
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 
@@ -155,12 +157,22 @@ def duplicate_mask(ids) -> np.ndarray:
     return counts[inverse.reshape(-1)] > 1
 
 
-def read_column(path: Path, name: str) -> np.ndarray:
-    """One whole column of a FITS or HDF5 catalog (as stored: no text decoding)."""
+def read_column(path: Path, name: str, chunk_rows: int = 1_000_000) -> np.ndarray:
+    """One whole column of a FITS or HDF5 catalog (as stored: no text decoding). A FITS column is
+    read a slice of rows at a time, the file mapped afresh for each: its rows interleave all the
+    columns, so reading one column through a single map would bring the whole table into memory."""
     if is_hdf5(path):
         return HDF5Catalog(path).read([name])[name]
     with fits.open(path, memmap=True) as hdul:
-        return np.array(hdul[1].data[name])
+        n_rows = int(hdul[1].header["NAXIS2"])
+    out = None
+    for start in range(0, max(n_rows, 1), chunk_rows):
+        with fits.open(path, memmap=True) as hdul:
+            part = np.array(hdul[1].data[start:start + chunk_rows][name])
+        if out is None:
+            out = np.empty(n_rows, part.dtype)
+        out[start:start + len(part)] = part
+    return out
 
 
 @contextmanager

@@ -136,3 +136,31 @@ def test_merge_in_chunks_that_straddle_shards_matches_the_whole_merge(catalog, m
     single = run(_settings(catalog, tmp_path, micro_model, "single.fits"))
     assert single.summary["rows_compared"] == whole.summary["rows_compared"]
     assert whole.summary["class_accuracy"] == pytest.approx(single.summary["class_accuracy"])
+
+
+def test_the_merge_summary_kept_as_sums_equals_the_whole_summary():
+    """SummaryRows adds chunk by chunk what metrics.summary computes over all rows at once."""
+    from annotate.merge import SummaryRows
+    from annotate.metrics import summary
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    classes = np.array(["GALAXY", "QSO", "STAR"])
+    reference = {"class": rng.choice(classes, n), "z": rng.uniform(0, 3, n), "teff": rng.uniform(3000, 9000, n),
+                 "logg": rng.uniform(0, 5, n), "feh": rng.uniform(-2, 0.5, n)}
+    reference["teff"][::7] = np.nan  # stars without a reference Teff
+    columns = {"PRED_CLASS": np.where(rng.uniform(size=n) < 0.9, reference["class"], rng.choice(classes, n)),
+               "PRED_Z": (reference["z"] + rng.normal(0, 0.05, n)).astype(np.float32),
+               **{f"PRED_{r.upper()}": (reference[r] * rng.normal(1, 0.05, n)).astype(np.float32)
+                  for r in ("teff", "logg", "feh")}}
+    columns["PRED_Z"][::11] = np.nan
+    usable = rng.uniform(size=n) < 0.8
+    kept = SummaryRows()
+    for start in range(0, n, 777):
+        part = slice(start, start + 777)
+        kept.add({k: v[part] for k, v in reference.items()}, {k: v[part] for k, v in columns.items()}, usable[part])
+    streamed, whole = kept.summary(), summary(reference, columns, usable)
+    assert streamed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert streamed[key] == pytest.approx(value, rel=1e-9), key
+    assert 0.85 < whole["class_accuracy"] < 0.95 and whole["teff_n"] < whole["logg_n"]
