@@ -30,22 +30,37 @@ def dask_on_slurm(profile):
         _slurm_profile.reset(token)
 
 
-def slurm_cluster(profile, n_workers: int):
-    """A dask-jobqueue SLURMCluster of `n_workers` one-process worker jobs, started."""
+def slurm_cluster(profile, n_workers: int, start: bool = True):
+    """A dask-jobqueue SLURMCluster of `n_workers` one-process worker jobs, started (or, with
+    start=False, only set up: its `job_script()` is what each worker job would run)."""
     import sys
 
     from dask_jobqueue import SLURMCluster
 
     extra = [f"--{flag}={value}" for flag, value in (("qos", profile.qos), ("constraint", profile.constraint),
-                                                     ("gpus-per-node", profile.gpus_per_node)) if value]
+                                                     ("gpus-per-node", profile.gpus_per_node), ("gres", profile.gres))
+             if value]
     extra += [f"--{key.replace('_', '-')}={value}" for key, value in profile.additional.items()]
     cluster = SLURMCluster(
         queue=profile.partition, account=profile.account, cores=profile.cpus_per_task, processes=1,
         memory=f"{int((profile.mem_gb or 2) * 1024)}MB", walltime=f"{profile.time_min // 60:02d}:{profile.time_min % 60:02d}:00",
         job_name="annotate-dask", job_extra_directives=extra, job_script_prologue=list(profile.setup),
-        python=sys.executable, scheduler_options={"dashboard_address": None}, silence_logs=logging.CRITICAL)
-    cluster.scale(jobs=n_workers)
+        worker_extra_args=worker_lifetime_args(profile.time_min), python=sys.executable,
+        scheduler_options={"dashboard_address": None}, silence_logs=logging.CRITICAL)
+    # workers leave before their job's time limit (staggered, handing their data over) and the
+    # adaptive cluster submits jobs to replace them
+    if start:
+        cluster.adapt(minimum_jobs=n_workers, maximum_jobs=n_workers)
     return cluster
+
+
+def worker_lifetime_args(time_min: int) -> list[str]:
+    """`--lifetime` / `--lifetime-stagger` for a worker in a job of `time_min` minutes: it retires
+    gracefully a margin (10 %, at least 2 min) before the limit, the workers spread over a tenth
+    of their lifetime so they do not all leave at once."""
+    seconds = time_min * 60
+    lifetime = max(60, seconds - max(120, seconds // 10))
+    return ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{max(1, lifetime // 10)}s"]
 
 
 def _wait_for_slurm_workers(client) -> None:

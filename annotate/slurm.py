@@ -5,6 +5,7 @@ A profile is a YAML file (see slurm/profiles/) naming what every job of a run as
     partition: gpu           account: astro          qos: normal
     gpus_per_node: 1         cpus_per_task: 8        mem_gb: 32
     time_min: 120            constraint: a100        signal_delay_s: 90
+    gres: gpu:a100:1         # instead of gpus_per_node, where the site asks for generic resources
     setup: ["module load cuda/12.4", "source ~/venvs/annotate/bin/activate"]
     additional: {reservation: survey}     # any other sbatch option, passed through
 
@@ -38,6 +39,7 @@ class Profile:
     mem_gb: float | None = None
     time_min: int = 60
     constraint: str | None = None
+    gres: str | None = None  # e.g. "gpu:a100:4", for sites that ask for GPUs by generic resource
     signal_delay_s: int = 90
     setup: list = field(default_factory=list)
     additional: dict = field(default_factory=dict)
@@ -55,7 +57,7 @@ class Profile:
         """Keyword arguments for submitit's SlurmExecutor.update_parameters."""
         parameters = {"time": self.time_min, "cpus_per_task": self.cpus_per_task,
                       "signal_delay_s": self.signal_delay_s, "setup": list(self.setup)}
-        for name in ("partition", "account", "qos", "constraint"):
+        for name in ("partition", "account", "qos", "constraint", "gres"):
             if getattr(self, name):
                 parameters[name] = getattr(self, name)
         if self.mem_gb:

@@ -64,6 +64,23 @@ def test_dry_run_script_carries_the_gpu_request():
         assert line in script
 
 
+def test_dask_worker_jobs_retire_before_their_time_limit_and_carry_the_gpu_request(tmp_path):
+    from annotate.parallel import slurm_cluster, worker_lifetime_args
+
+    assert worker_lifetime_args(60) == ["--lifetime", "3240s", "--lifetime-stagger", "324s"]
+    assert worker_lifetime_args(5) == ["--lifetime", "180s", "--lifetime-stagger", "18s"]
+    path = tmp_path / "p.yaml"
+    path.write_text("partition: gpu\ngres: gpu:a100:2\nconstraint: a100\ntime_min: 60\ncpus_per_task: 4\nmem_gb: 8\n")
+    cluster = slurm_cluster(Profile.from_yaml(path), 2, start=False)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:a100:2", "#SBATCH --constraint=a100", "#SBATCH -t 01:00:00",
+                 "--lifetime 3240s --lifetime-stagger 324s"):
+        assert line in script, script
+
+
 def test_job_array_runs_and_accounting_reports_it(slurm_conf, tmp_path):
     profile = Profile.from_yaml(REPO / "slurm" / "profiles" / "testcluster.yaml")
     jobs = executor(profile, tmp_path / "slurm", job_name="annotate-test").map_array(math.factorial, [3, 4, 5, 6])
