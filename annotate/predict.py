@@ -26,13 +26,18 @@ def check_compatible(card: ModelCard, grid) -> None:
 
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mask: np.ndarray,
-                  device: str = "cpu", render_on_device: bool | None = None) -> dict:
+                  device: str = "cpu", render_on_device: bool | None = None, bf16: bool | None = None) -> dict:
     """Predictions for (B, n_pix) flux and mask: prob (B, 3), z, z_err, teff, logg, feh (B,).
 
     render_on_device: render with the torch renderers on `device` (default: on a GPU), sending
-    the spectra rather than the 50× larger images; the images are the same as numpy's."""
+    the spectra rather than the 50× larger images; the images are the same as numpy's.
+    bf16: run the model under bfloat16 autocast (default: on a GPU; attention is SDPA either way);
+    the heads' outputs are turned back into float32 before they are decoded."""
+    on_gpu = torch.device(device).type == "cuda"
     if render_on_device is None:
-        render_on_device = torch.device(device).type == "cuda"
+        render_on_device = on_gpu
+    if bf16 is None:
+        bf16 = on_gpu
     if render_on_device:
         from . import render_torch
 
@@ -41,7 +46,8 @@ def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mas
         pixels = render_torch.to_model_input(render_torch.render(flux_t, mask_t, card.render))
     else:
         pixels = to_model_input(render(flux, mask, card.render)).to(device)
-    out = model(pixels)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(pixels)
     prob = torch.softmax(out["class_logits"].float(), dim=1).cpu().numpy()
     z_mean = out["z_mean"].float().cpu().numpy().astype(np.float64)
     z_sigma = np.exp(out["z_log_sigma"].float().cpu().numpy().astype(np.float64))

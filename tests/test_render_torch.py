@@ -78,6 +78,21 @@ def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
         np.testing.assert_array_equal(on_device[key], on_host[key])
 
 
+def test_bf16_inference_stays_close_to_float32(batch):
+    """The GPU path's bfloat16 autocast, run on the CPU: classes agree, numbers to bf16 precision."""
+    from annotate.checkpoint import DEFAULT_MODEL, load_checkpoint
+    from annotate.predict import predict_batch
+
+    flux, mask = batch
+    model, card = load_checkpoint(DEFAULT_MODEL, "cpu")
+    full = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=False)
+    half = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=True)
+    assert not np.array_equal(half["z"], full["z"])  # autocast did change the arithmetic
+    assert (half["prob"].argmax(1) == full["prob"].argmax(1)).mean() >= 0.9
+    np.testing.assert_allclose(half["prob"], full["prob"], atol=0.1)
+    np.testing.assert_allclose(half["teff"], full["teff"], rtol=0.05)
+
+
 def test_spectra_with_a_non_positive_median_match_too():
     """Their scale is the mean |flux|; summed in float64 it does not depend on the order."""
     rng = np.random.default_rng(5)
