@@ -304,12 +304,19 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
             raise ConfigError(f"{out_dir} holds a run interrupted with {saved.get('world_size', 1)} processes; resume it "
                               f"with as many (now {ranks.world_size}): the data order depends on them")
     started = time.time()
-    # rank 0 loads first: a catalog source may have to ingest its spectra into the store once
-    if not ranks.main:
-        ranks.barrier()
-    data = load_training_data(recipe.data, grid)
+    # rank 0 loads first (a catalog source may have to ingest its spectra into the store once) and
+    # tells the others whether it could, so that an error there does not leave them waiting
     if ranks.main:
-        ranks.barrier()
+        try:
+            data = load_training_data(recipe.data, grid)
+        except BaseException:
+            ranks.agree(False)
+            raise
+        ranks.agree(True)
+    else:
+        if not ranks.agree(False):
+            raise ConfigError("rank 0 could not load the training data (its log says why)")
+        data = load_training_data(recipe.data, grid)
     split = data.get("split")
     if split is None:
         split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)

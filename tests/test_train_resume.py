@@ -167,6 +167,33 @@ def test_logs_and_learning_curve(uninterrupted):
     assert json.loads((clean / "training.json").read_text())["recipe"]["name"] == "resume-test"
 
 
+def _two_ranks(recipe_path, out, port_offset: int = 0) -> tuple[list[int], list[tuple[str, str]]]:
+    """Train with two torchrun-style CPU ranks (gloo); their exit codes and (stdout, stderr)."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from annotate.train import Recipe, train
+        train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=lambda line: print(os.environ["RANK"], line))
+    """)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + (os.getpid() + port_offset) % 1000)}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process group on loopback")
+def test_a_data_error_on_rank_0_ends_every_rank(tmp_path, store):
+    """Rank 0 loads the data first; when it cannot, the other ranks are told and stop too."""
+    recipe_path = _recipe_file(tmp_path, tmp_path / "no-such-store.h5", epochs=1)
+    codes, outputs = _two_ranks(recipe_path, tmp_path / "ddp", port_offset=7)
+    assert codes[0] != 0 and codes[1] != 0
+    assert "no-such-store.h5" in outputs[0][1]
+    assert "rank 0 could not load the training data" in outputs[1][1]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process group on loopback")
 def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
     """torchrun-style environment, gloo backend: both ranks take the same number of steps, only
@@ -176,19 +203,8 @@ def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
 
     recipe_path = _recipe_file(tmp_path, store, epochs=1, tasks=["class", "z"])
     out = tmp_path / "ddp"
-    script = textwrap.dedent(f"""
-        import os, sys
-        from annotate.train import Recipe, train
-        train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=lambda line: print(os.environ["RANK"], line))
-    """)
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    codes, outputs = _two_ranks(recipe_path, out)
+    assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     _, card = load_checkpoint(out)
     batches = -(-card.training["split_counts"]["train"] // 6)
     assert card.training["steps"] == batches // 2  # each step takes one batch per rank
