@@ -104,6 +104,25 @@ class HDF5Catalog:
             data = h5[self.key][start:stop]
         return {name: _text(data[name]) for name in names}
 
+    def read_column(self, name: str) -> np.ndarray:
+        """One whole column, read CHUNK_ROWS rows at a time (only that column of each slice is
+        kept; pandas' fixed format, which cannot be sliced, is read whole)."""
+        if self.convention == "pandas" and self.table_format == "fixed":
+            return self.read([name])[name]
+        parts = []
+        for start in range(0, self.n_rows, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, self.n_rows)
+            if self.convention == "pandas":
+                import pandas as pd
+
+                parts.append(_text(pd.read_hdf(self.path, self.key, start=start, stop=stop, columns=[name])[name].to_numpy()))
+            else:
+                import h5py
+
+                with h5py.File(self.path, "r") as h5:
+                    parts.append(_text(h5[self.key].fields(name)[start:stop]))
+        return np.concatenate(parts) if parts else self.read([name])[name]
+
     def provenance(self) -> dict:
         """The provenance an annotated copy carries (ANNSURV, ANNMODEL, ...), or {}."""
         if self.convention == "pandas":
@@ -138,7 +157,7 @@ class HDF5Catalog:
             raise OutputError(f"refusing to overwrite the input catalog {self.path}")
         if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
             raise OutputError(f"output directory is missing or not writable: {out.parent}")
-        _check_free_space(out.parent, self.path.stat().st_size + self.n_rows * PRED_BYTES_PER_ROW)
+        check_free_space(out.parent, self.path.stat().st_size + self.n_rows * PRED_BYTES_PER_ROW)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         chunk = (lambda a, b: columns(a, b)) if callable(columns) else \
             (lambda a, b: {name: values[a:b] for name, values in columns.items()})
@@ -264,7 +283,7 @@ HDF5_WRITE_FAILED = False
 PRED_BYTES_PER_ROW = 64  # the PRED_* columns of one row, with room for the format's overhead
 
 
-def _check_free_space(folder: Path, needed: int) -> None:
+def check_free_space(folder: Path, needed: int) -> None:
     """Refuse up front when the output's file system evidently has no room for it."""
     try:
         stat = os.statvfs(folder)

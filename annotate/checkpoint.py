@@ -74,6 +74,19 @@ class ModelCard:
         }
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: str | Path, half: bool = False) -> Path:
     """Write weights (safetensors, optionally float16) and config into `folder`, atomically per file."""
     from safetensors.torch import save_file
@@ -84,9 +97,7 @@ def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: str | Path,
              for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "annotate_version": __version__})
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # safetensors creates the file private; a checkpoint is meant to be shared
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates the file private; a checkpoint is meant to be shared
     tmp.replace(folder / WEIGHTS)
     return write_card(folder, card)
 

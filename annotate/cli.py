@@ -184,12 +184,12 @@ def _cmd_train(args) -> int:
     out = args.out or Path("runs") / recipe.name
     if args.executor == "slurm":
         from .shards import _profile
-        from .slurm import sbatch_script, submit_training, wait_for_training
+        from .slurm import TRAIN_SRUN_ARGS, sbatch_script, submit_training, wait_for_training
 
         profile = _profile(args.profile)
         if args.dry_run:
             print(sbatch_script(profile, Path(out).resolve() / "slurm", job_name="annotate-train",
-                                tasks_per_node=max(1, profile.gpus_per_node)))
+                                tasks_per_node=max(1, profile.gpus()), srun_args=TRAIN_SRUN_ARGS))
             return 0
         job = submit_training(args.recipe, out, profile)
         print(f"submitted training job {job.job_id}; logs: {Path(out) / 'slurm' / str(job.job_id)}")

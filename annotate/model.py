@@ -88,9 +88,12 @@ class SpectromerModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict:
         cls = self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]
-        z = self.z_head(cls)
-        return {"class_logits": self.class_head(cls), "z_mean": z[:, 0],
-                "z_log_sigma": z[:, 1].clamp(-7.0, 5.0), "stellar": self.stellar_head(cls)}
+        # the heads run in float32 even under bf16 autocast: z needs more than bf16's 8 bits
+        with torch.autocast(device_type=cls.device.type, enabled=False):
+            cls = cls.float()
+            z = self.z_head(cls)
+            return {"class_logits": self.class_head(cls), "z_mean": z[:, 0],
+                    "z_log_sigma": z[:, 1].clamp(-7.0, 5.0), "stellar": self.stellar_head(cls)}
 
 
 def build_model(backbone: str, image_size: int = 224, pretrained: bool = True) -> SpectromerModel:

@@ -55,12 +55,14 @@ def slurm_cluster(profile, n_workers: int, start: bool = True):
 
 
 def worker_lifetime_args(time_min: int) -> list[str]:
-    """`--lifetime` / `--lifetime-stagger` for a worker in a job of `time_min` minutes: it retires
-    gracefully a margin (10 %, at least 2 min) before the limit, the workers spread over a tenth
-    of their lifetime so they do not all leave at once."""
+    """`--lifetime` / `--lifetime-stagger` for a worker in a job of `time_min` minutes. A worker
+    leaves at lifetime ± stagger after it starts; even the latest leaves a margin (10 % of the
+    limit, at least 3 min: the job's setup lines, the worker's start and its hand-over) before
+    SLURM's limit. The stagger, a tenth of what remains, keeps them from leaving all at once."""
     seconds = time_min * 60
-    lifetime = max(60, seconds - max(120, seconds // 10))
-    return ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{max(1, lifetime // 10)}s"]
+    usable = max(66, seconds - max(180, seconds // 10))
+    stagger = max(1, usable // 11)
+    return ["--lifetime", f"{max(60, usable - stagger)}s", "--lifetime-stagger", f"{stagger}s"]
 
 
 def _wait_for_slurm_workers(client) -> None:

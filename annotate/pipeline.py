@@ -162,7 +162,12 @@ def read_column(path: Path, name: str, chunk_rows: int = 1_000_000) -> np.ndarra
     read a slice of rows at a time, the file mapped afresh for each: its rows interleave all the
     columns, so reading one column through a single map would bring the whole table into memory."""
     if is_hdf5(path):
-        return HDF5Catalog(path).read([name])[name]
+        return HDF5Catalog(path).read_column(name)
+    with open(path, "rb") as handle:
+        plain = handle.read(6) == b"SIMPLE"
+    if not plain:  # compressed: every open would decompress the whole file, so read it once
+        with fits.open(path) as hdul:
+            return np.array(hdul[1].data[name])
     with fits.open(path, memmap=True) as hdul:
         n_rows = int(hdul[1].header["NAXIS2"])
     out = None
@@ -241,14 +246,23 @@ def run(settings: RunSettings) -> RunResult:
         raise OutputError(f"refusing to overwrite the input catalog {catalog}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"output directory is missing or not writable: {out.parent}")
+    check_output_room(out, catalog, len(next(iter(table.values()))))
     with output_lock(out):
         return _run_locked(settings, catalog, survey, table, out)
+
+
+def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
+    """Refuse before any spectrum is read when the output's file system has no room for the
+    annotated copy (the input's size plus the PRED_* columns)."""
+    from .catalogio import PRED_BYTES_PER_ROW, check_free_space
+
+    check_free_space(Path(out).parent, Path(catalog).stat().st_size + n_rows * PRED_BYTES_PER_ROW)
 
 
 def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path) -> RunResult:
     from .checkpoint import load_checkpoint, weights_sha256, DEFAULT_MODEL
     from .metrics import summary
-    from .predict import predict_store
+    from .predict import precision, predict_store
 
     n_rows = len(next(iter(table.values())))
     model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
@@ -276,7 +290,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
-                         int((pred["status"] != STATUS["OK"]).sum())))
+                         int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device)))
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),

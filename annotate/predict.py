@@ -24,6 +24,16 @@ def check_compatible(card: ModelCard, grid) -> None:
                               "re-ingest with the model's grid")
 
 
+def precision(device: str) -> str:
+    """'bf16' on CUDA GPUs with native bfloat16 (compute capability 8 and up: A100, H100, ...),
+    else 'fp32'. Recorded with the predictions (ANNPREC)."""
+    target = torch.device(device)
+    if target.type == "cuda" and torch.cuda.is_available() and \
+            torch.cuda.get_device_capability(target if target.index is not None else None)[0] >= 8:
+        return "bf16"
+    return "fp32"
+
+
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mask: np.ndarray,
                   device: str = "cpu", render_on_device: bool | None = None, bf16: bool | None = None) -> dict:
@@ -31,13 +41,13 @@ def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mas
 
     render_on_device: render with the torch renderers on `device` (default: on a GPU), sending
     the spectra rather than the 50× larger images; the images are the same as numpy's.
-    bf16: run the model under bfloat16 autocast (default: on a GPU; attention is SDPA either way);
-    the heads' outputs are turned back into float32 before they are decoded."""
+    bf16: run the backbone under bfloat16 autocast (default: on GPUs with native bf16, see
+    `precision`; attention is SDPA either way); the heads always run in float32."""
     on_gpu = torch.device(device).type == "cuda"
     if render_on_device is None:
         render_on_device = on_gpu
     if bf16 is None:
-        bf16 = on_gpu
+        bf16 = precision(device) == "bf16"
     if render_on_device:
         from . import render_torch
 

@@ -86,7 +86,7 @@ def run_shard(task: dict) -> str:
     Dask worker or a SLURM array task; returns the shard file's path."""
     from .checkpoint import load_checkpoint
     from .pipeline import read_catalog, resolve_paths
-    from .predict import predict_store
+    from .predict import precision, predict_store
     from .store import create_store, ingest, open_store, read_status
     from .surveys import load_survey
 
@@ -113,7 +113,7 @@ def run_shard(task: dict) -> str:
     _, errors = read_status(store)
     target.parent.mkdir(exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, start=start, stop=stop, errors=np.array(errors, dtype=str), **pred)
+    np.savez(tmp, start=start, stop=stop, errors=np.array(errors, dtype=str), precision=precision(task["device"]), **pred)
     tmp.replace(target)
     return str(target)
 
@@ -153,6 +153,9 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
 
             log(sbatch_script(_profile(profile), folder / "slurm", job_name="annotate-run", array_size=len(missing)))
         return None
+    from .pipeline import check_output_room
+
+    check_output_room(out, catalog, n_rows)
     write_plan(folder, plan)
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
 
@@ -198,6 +201,15 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
         raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
 
 
+def shard_precision(folder: Path, shards: list) -> str:
+    """'fp32' or 'bf16' when every shard was predicted so, else 'mixed'."""
+    found = set()
+    for shard in shards:
+        with np.load(folder / "shards" / f"{shard.name}.npz", allow_pickle=False) as data:
+            found.add(str(data["precision"]) if "precision" in data.files else "fp32")
+    return found.pop() if len(found) == 1 else "mixed"
+
+
 def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, shards: list, out: Path):
     """The annotated catalog from the finished shards (merge.py), with the run's provenance."""
     from .checkpoint import read_card
@@ -207,7 +219,7 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, 
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, 0)
+                                  survey.name, 0, shard_precision(folder, shards))
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
     provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)

@@ -17,6 +17,7 @@ that requeues itself on timeout or preemption and resumes from its saved state.
 
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import time
@@ -68,6 +69,16 @@ class Profile:
             parameters["additional_parameters"] = dict(self.additional)
         return parameters
 
+    def gpus(self) -> int:
+        """GPUs per node the profile asks for: gpus_per_node, or the count in `gres` (gpu[:type]:N)."""
+        if self.gpus_per_node:
+            return self.gpus_per_node
+        for item in (self.gres or "").split(","):
+            parts = item.strip().split(":")
+            if parts[0] == "gpu":
+                return int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+        return 0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -83,12 +94,14 @@ def executor(profile: Profile, folder: str | Path, job_name: str = "annotate", a
 
 
 def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotate", array_size: int | None = None,
-                  tasks_per_node: int = 1) -> str:
+                  tasks_per_node: int = 1, srun_args: list | None = None) -> str:
     """The sbatch script submitit would submit for `profile` (for --dry-run and the docs); an
     array of `array_size` tasks when given. Uses submitit's own script builder."""
     from submitit.slurm.slurm import _make_sbatch_string  # private, but the one that writes the script
 
     parameters = {**profile.submitit_parameters(), "ntasks_per_node": tasks_per_node}
+    if srun_args:
+        parameters["srun_args"] = list(srun_args)
     if array_size:
         parameters["map_count"] = array_size
     return _make_sbatch_string(command=f"python -u -m submitit.core._submit {Path(folder) / '%j'}",
@@ -98,7 +111,8 @@ def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotat
 def queued_job_ids() -> set[str] | None:
     """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
     try:
-        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                              text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return set(done.stdout.split()) if done.returncode == 0 else None
@@ -123,13 +137,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         return train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True))
 
 
+# one rank failing ends the others at once, instead of leaving them at a collective until it times out
+TRAIN_SRUN_ARGS = ["--kill-on-bad-exit=1"]
 TRAIN_REQUEUES = 50  # timeouts a training job may requeue itself after
 
 
 def training_executor(profile: Profile, out_dir: str | Path):
-    tasks = max(1, profile.gpus_per_node)
-    return executor(profile, Path(out_dir) / "slurm", job_name="annotate-train", max_num_timeout=TRAIN_REQUEUES,
-                    tasks_per_node=tasks)
+    tasks = max(1, profile.gpus())
+    slurm = executor(profile, Path(out_dir) / "slurm", job_name="annotate-train", max_num_timeout=TRAIN_REQUEUES,
+                     tasks_per_node=tasks)
+    slurm.update_parameters(srun_args=TRAIN_SRUN_ARGS)
+    return slurm
 
 
 def submit_training(recipe: str | Path, out_dir: str | Path, profile: Profile):

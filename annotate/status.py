@@ -19,12 +19,16 @@ from .errors import ConfigError
 SHOWN = 10  # missing shards and failed jobs listed by name
 
 
-def job_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} for ids like '123' or '123_4', from squeue, then sacct; '' where neither knows."""
+def job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: state} for ids like '123' or '123_4', from squeue (this user's jobs), then sacct;
+    '' where neither knows; None when neither command answers (not a SLURM machine)."""
+    import getpass
+
     states: dict[str, str] = {}
     if not job_ids:
         return states
-    for command in (["squeue", "-h", "-r", "-o", "%i %T"],
+    answered = False
+    for command in (["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
                     ["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j", ",".join(job_ids)]):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -32,11 +36,12 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
             continue
         if done.returncode != 0:
             continue
+        answered = True
         for line in done.stdout.splitlines():
             parts = line.replace("|", " ").split()
             if len(parts) >= 2 and parts[0] in job_ids and parts[0] not in states:
                 states[parts[0]] = parts[1]
-    return {job: states.get(job, "") for job in job_ids}
+    return {job: states.get(job, "") for job in job_ids} if answered else None
 
 
 def _job_lines(slurm_folder: Path) -> list[str]:
@@ -48,6 +53,8 @@ def _job_lines(slurm_folder: Path) -> list[str]:
     if not jobs:
         return ["jobs: none submitted from this folder"]
     states = job_states([p.name for p in jobs])
+    if states is None:
+        return [f"jobs: {len(jobs)}, states unknown (neither squeue nor sacct answers here); logs under {slurm_folder}"]
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state or "LEFT QUEUE"] = counts.get(state or "LEFT QUEUE", 0) + 1

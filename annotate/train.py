@@ -300,8 +300,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     if resume_from is not None:
         saved = read_state_json(resume_from)
         _check_resumable(saved["recipe"], recipe, out_dir)
-        if saved.get("world_size", 1) != ranks.world_size:
-            raise ConfigError(f"{out_dir} holds a run interrupted with {saved.get('world_size', 1)} processes; resume it "
+        if saved.get("world_size", ranks.world_size) != ranks.world_size:  # states of older versions lack it
+            raise ConfigError(f"{out_dir} holds a run interrupted with {saved['world_size']} processes; resume it "
                               f"with as many (now {ranks.world_size}): the data order depends on them")
     started = time.time()
     # rank 0 loads first (a catalog source may have to ingest its spectra into the store once) and

@@ -131,7 +131,11 @@ def load_state(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Opti
     for index, scalars in raw["param_scalars"].items():
         per_param.setdefault(int(index), {}).update(scalars)
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in raw["param_groups"]]
-    optimiser.load_state_dict({"state": per_param, "param_groups": groups})
+    try:
+        optimiser.load_state_dict({"state": per_param, "param_groups": groups})
+    except (ValueError, KeyError) as exc:  # e.g. a state saved by a version that trained other parameters
+        raise CheckpointError(f"{folder}: the optimiser state does not fit this model "
+                              f"({str(exc).splitlines()[0]}); train into a new --out") from None
     schedule.load_state_dict(raw["schedule"])
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]

@@ -322,12 +322,14 @@ def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, colum
         os.fsync(f.fileno())
 
 
-def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int) -> dict:
+def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int,
+                     precision: str = "fp32") -> dict:
     return {
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),
         "ANNWSHA": (weights_sha, ""),  # 64 hex digits leave no room for a comment
         "ANNENC": (encoding, "spectrum rendering encoding"),
+        "ANNPREC": (precision, "model arithmetic (fp32, bf16 or mixed)"),
         "ANNSURV": (survey, "survey definition used"),
         "ANNDATE": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of annotation"),
         "ANNNFAIL": (int(n_failed), "rows without a prediction"),

@@ -404,6 +404,23 @@ def test_a_full_disk_leaves_no_partial_output(tmp_path, micro_model):  # noqa: F
     assert _hashes(case.inputs) == before
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_no_room_for_the_output_is_refused_before_any_spectrum_is_read(tmp_path, micro_model, monkeypatch, capsys,  # noqa: F811
+                                                                       sharded):
+    from types import SimpleNamespace
+
+    case = Case(tmp_path, micro_model).write()
+    before = _hashes(case.inputs)
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=2, f_frsize=4096)
+                        if Path(path) == case.out_dir else real(path))
+    assert main(case.argv(*(["--shard-size", "2"] if sharded else []))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"not enough free space in {case.out_dir}" in err[0] and "0 MB free" in err[0]
+    assert list(case.out_dir.iterdir()) == []  # no store, no run folder: nothing was read or written
+    assert _hashes(case.inputs) == before
+
+
 def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, monkeypatch, capsys):  # noqa: F811
     import annotate.predict
 

@@ -257,3 +257,23 @@ def test_no_room_for_the_output_is_refused_before_writing(tmp_path, monkeypatch)
     with pytest.raises(OutputError, match=rf"not enough free space in {tmp_path} .* 0 MB free"):
         HDF5Catalog(tmp_path / "cat.h5").write_annotated(tmp_path / "out.h5", _predictions(1000), PROVENANCE)
     assert os.listdir(tmp_path) == ["cat.h5"]
+
+
+def test_one_column_is_read_in_slices_in_every_format(tmp_path, monkeypatch):
+    """read_column (the merge's id column) in slices of 3 rows: HDF5 both conventions, FITS plain
+    (one mapped slice at a time) and gzip-compressed (read once)."""
+    import gzip
+
+    import annotate.catalogio as catalogio
+    from annotate.pipeline import read_column
+
+    monkeypatch.setattr(catalogio, "CHUNK_ROWS", 3)
+    table = Table({"OBJID": np.arange(10, 20), "NAME": np.array([f"n{i}" for i in range(10)])})
+    table.write(tmp_path / "astropy.h5", path="cat")
+    table.to_pandas().to_hdf(tmp_path / "table.h5", key="cat", format="table")
+    table.to_pandas().to_hdf(tmp_path / "fixed.h5", key="cat", format="fixed")
+    table.write(tmp_path / "cat.fits")
+    (tmp_path / "cat.fits.gz").write_bytes(gzip.compress((tmp_path / "cat.fits").read_bytes()))
+    for name in ("astropy.h5", "table.h5", "fixed.h5", "cat.fits", "cat.fits.gz"):
+        assert read_column(tmp_path / name, "OBJID", chunk_rows=3).tolist() == list(range(10, 20)), name
+    assert HDF5Catalog(tmp_path / "table.h5").read_column("NAME").tolist() == [f"n{i}" for i in range(10)]

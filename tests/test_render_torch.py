@@ -79,7 +79,7 @@ def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
 
 
 def test_bf16_inference_stays_close_to_float32(batch):
-    """The GPU path's bfloat16 autocast, run on the CPU: classes agree, numbers to bf16 precision."""
+    """The GPU path's bfloat16 autocast (backbone in bf16, heads in float32), run on the CPU."""
     from annotate.checkpoint import DEFAULT_MODEL, load_checkpoint
     from annotate.predict import predict_batch
 
@@ -88,9 +88,11 @@ def test_bf16_inference_stays_close_to_float32(batch):
     full = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=False)
     half = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=True)
     assert not np.array_equal(half["z"], full["z"])  # autocast did change the arithmetic
-    assert (half["prob"].argmax(1) == full["prob"].argmax(1)).mean() >= 0.9
-    np.testing.assert_allclose(half["prob"], full["prob"], atol=0.1)
-    np.testing.assert_allclose(half["teff"], full["teff"], rtol=0.05)
+    # (measured: every class the same, probabilities within 0.005, median |Δz|/(1+z) 2e-4)
+    assert (half["prob"].argmax(1) == full["prob"].argmax(1)).mean() >= 0.97
+    np.testing.assert_allclose(half["prob"], full["prob"], atol=0.02)
+    assert np.median(np.abs(half["z"] - full["z"]) / (1 + full["z"])) < 1e-3  # the model's NMAD is 8e-3
+    np.testing.assert_allclose(half["teff"], full["teff"], rtol=0.02)
 
 
 def test_spectra_with_a_non_positive_median_match_too():

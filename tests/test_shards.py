@@ -41,7 +41,7 @@ def test_sharded_run_equals_the_single_run(catalog, micro_model, tmp_path):  # n
     with fits.open(single.output) as x, fits.open(sharded.output) as y:
         np.testing.assert_allclose(y[1].data["PRED_Z"], x[1].data["PRED_Z"], rtol=1e-5, equal_nan=True)
         assert list(y[1].data["SPECOBJID"]) == list(x[1].data["SPECOBJID"])  # input order kept
-        assert y[1].header["ANNSHRDS"] == 3
+        assert y[1].header["ANNSHRDS"] == 3 and y[1].header["ANNPREC"] == x[1].header["ANNPREC"] == "fp32"
     assert len(list((run_folder(tmp_path / "sharded.fits") / "shards").glob("*.npz"))) == 3
 
 

@@ -67,17 +67,20 @@ def test_dry_run_script_carries_the_gpu_request():
 def test_dask_worker_jobs_retire_before_their_time_limit_and_carry_the_gpu_request(tmp_path):
     from annotate.parallel import slurm_cluster, worker_lifetime_args
 
-    assert worker_lifetime_args(60) == ["--lifetime", "3240s", "--lifetime-stagger", "324s"]
-    assert worker_lifetime_args(5) == ["--lifetime", "180s", "--lifetime-stagger", "18s"]
+    # the latest worker (lifetime + stagger) leaves 10 % of the limit, at least 3 min, before it
+    assert worker_lifetime_args(60) == ["--lifetime", "2946s", "--lifetime-stagger", "294s"]  # 3,240 s at the latest
+    assert worker_lifetime_args(5) == ["--lifetime", "110s", "--lifetime-stagger", "10s"]  # 120 s at the latest
     path = tmp_path / "p.yaml"
     path.write_text("partition: gpu\ngres: gpu:a100:2\nconstraint: a100\ntime_min: 60\ncpus_per_task: 4\nmem_gb: 8\n")
-    cluster = slurm_cluster(Profile.from_yaml(path), 2, start=False)
+    profile = Profile.from_yaml(path)
+    assert profile.gpus() == 2  # a training job of this profile runs 2 DDP ranks
+    cluster = slurm_cluster(profile, 2, start=False)
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
     for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:a100:2", "#SBATCH --constraint=a100", "#SBATCH -t 01:00:00",
-                 "--lifetime 3240s --lifetime-stagger 324s"):
+                 "--lifetime 2946s --lifetime-stagger 294s"):
         assert line in script, script
 
 

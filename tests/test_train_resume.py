@@ -126,18 +126,35 @@ def test_a_half_written_state_is_ignored(tmp_path, store):
     assert latest_state(out) == whole
 
 
-def test_a_state_saved_twice_at_one_step_is_never_lost(tmp_path, store):
-    """A second save at the same step sets the first aside before renaming the new one in; killed
-    in between, the run resumes from the one set aside."""
-    out = tmp_path / "ckpt"
-    _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 4 ")
-    whole = latest_state(out)
-    aside = whole.with_name(whole.name + ".old")
-    whole.rename(aside)  # as if killed between the two renames
-    assert latest_state(out) == aside
-    (out / "state" / "step-00000004").mkdir()
-    (out / "state" / "step-00000004" / "state.json").write_text("{}")
-    assert latest_state(out).name == "step-00000004"  # the newer save wins once it is in place
+def test_a_state_saved_twice_at_one_step_is_never_lost(tmp_path, monkeypatch):
+    """A second save at the same step (the last batch of an epoch, then the epoch's end) sets the
+    first aside before renaming the new one in; killed in between, the first is still found."""
+    import pathlib
+
+    import torch
+
+    from annotate.trainstate import TrainState, save_state
+
+    model = torch.nn.Linear(3, 2)
+    optimiser = torch.optim.AdamW(model.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    save_state(tmp_path, TrainState(step=4, epoch=0, batch=4, history=[]), model, optimiser, schedule, {})
+    rename = pathlib.Path.rename
+
+    def dies_on_the_new_state(self, target):
+        if self.name.endswith(".tmp"):
+            raise OSError("killed between the two renames")
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", dies_on_the_new_state)
+    with pytest.raises(OSError, match="killed between"):
+        save_state(tmp_path, TrainState(step=4, epoch=1, batch=0, history=[]), model, optimiser, schedule, {})
+    found = latest_state(tmp_path)
+    assert found.name == "step-00000004.old" and json.loads((found / "state.json").read_text())["epoch"] == 0
+    monkeypatch.setattr(pathlib.Path, "rename", rename)
+    save_state(tmp_path, TrainState(step=4, epoch=1, batch=0, history=[]), model, optimiser, schedule, {})
+    assert json.loads((latest_state(tmp_path) / "state.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["step-00000004"]
 
 
 def test_resuming_with_another_number_of_processes_is_refused(tmp_path, store):

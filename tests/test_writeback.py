@@ -55,6 +55,7 @@ def test_write_keeps_everything_and_adds_units_comments_provenance(tmp_path):
         header = hdul[1].header
         assert header["RUN2D"] == "v6_0_4"
         assert header["ANNWSHA"] == "ab" * 32 and header["ANNENC"] == "2dmap"
+        assert header["ANNPREC"] == "fp32"
         names = hdul[1].columns.names
         assert names[:3] == ["SPECOBJID", "Z", "FLUXES"]
         assert names[3:] == [c.name for c in OUTPUT_COLUMNS]
