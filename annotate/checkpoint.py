@@ -136,11 +136,30 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"{folder}/{CONFIG}: missing or malformed entry {exc}") from None
 
 
+BACKBONE_KEYS = {
+    "vit": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+            "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias"),
+    "dinov2": ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act",
+               "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias", "layerscale_value",
+               "use_swiglu_ffn"),
+}
+
+
 def backbone_dict(config) -> dict:
-    """The ViT config fields needed to rebuild the backbone (portable across transformers versions)."""
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-            "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias")
-    return {k: getattr(config, k) for k in keys}
+    """The config fields needed to rebuild the backbone (portable across transformers versions);
+    `model_type` is stored for DINOv2 only, so ViT cards stay as they were."""
+    kind = getattr(config, "model_type", "vit")
+    fields = {k: getattr(config, k) for k in BACKBONE_KEYS[kind]}
+    return {"model_type": kind, **fields} if kind != "vit" else fields
+
+
+def backbone_config(fields: dict):
+    """A transformers config from a card's backbone fields."""
+    from transformers import Dinov2Config, ViTConfig
+
+    fields = dict(fields)
+    kind = fields.pop("model_type", "vit")
+    return (Dinov2Config if kind == "dinov2" else ViTConfig)(**fields)
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -155,8 +174,6 @@ def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
     """(model in eval mode, ModelCard) from a checkpoint folder (default: the shipped model)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import ViTConfig
-
     from .model import SpectromerModel
 
     folder = Path(folder) if folder is not None else DEFAULT_MODEL
@@ -168,7 +185,7 @@ def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
-    config = ViTConfig(**card.backbone)
+    config = backbone_config(card.backbone)
     config._attn_implementation = "sdpa"
     model = SpectromerModel(config)
     expected = model.state_dict()

@@ -40,9 +40,13 @@ BACKBONES = {
 PRETRAINED = ("facebook/dino-vitb16", "facebook/dino-vits16", "google/vit-base-patch16-224-in21k")
 
 
+BACKBONE_TYPES = ("vit", "dinov2")  # transformers model types: ViT / DINO (v1) and DINOv2
+
+
 def vit_config(backbone: str, image_size: int = 224):
-    """A transformers ViTConfig for a preset name, or the config of a local/cached pretrained model."""
-    from transformers import ViTConfig
+    """A transformers config for a preset name (ViTConfig), or the config of a local/cached
+    pretrained ViT, DINO or DINOv2 model."""
+    from transformers import AutoConfig, ViTConfig
 
     if backbone in BACKBONES:
         preset = BACKBONES[backbone]
@@ -51,7 +55,18 @@ def vit_config(backbone: str, image_size: int = 224):
                          intermediate_size=preset.intermediate_size, patch_size=preset.patch_size,
                          image_size=image_size, num_channels=3)
     location = resolve_pretrained(backbone)
-    return ViTConfig.from_pretrained(location, local_files_only=True)
+    config = AutoConfig.from_pretrained(location, local_files_only=True)
+    if config.model_type not in BACKBONE_TYPES:
+        raise ConfigError(f"backbone {backbone!r} is a {config.model_type!r} model; supported: "
+                          f"{', '.join(BACKBONE_TYPES)} (ViT, DINO, DINOv2)")
+    return config
+
+
+def backbone_class(config):
+    """The transformers model class of a backbone config (ViTModel or Dinov2Model)."""
+    from transformers import Dinov2Model, ViTModel
+
+    return Dinov2Model if getattr(config, "model_type", "vit") == "dinov2" else ViTModel
 
 
 def resolve_pretrained(backbone: str) -> str:
@@ -78,9 +93,9 @@ class SpectromerModel(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        from transformers import ViTModel
-
-        self.backbone = ViTModel(config, add_pooling_layer=False)
+        cls = backbone_class(config)
+        # DINOv2 interpolates its position embeddings to the image size; a ViT has no pooler here
+        self.backbone = cls(config) if getattr(config, "model_type", "vit") == "dinov2" else cls(config, add_pooling_layer=False)
         hidden = config.hidden_size
         self.class_head = nn.Linear(hidden, len(CLASS_NAMES))
         self.z_head = nn.Linear(hidden, 2)
@@ -102,10 +117,9 @@ def build_model(backbone: str, image_size: int = 224, pretrained: bool = True) -
     config._attn_implementation = "sdpa"
     model = SpectromerModel(config)
     if backbone not in BACKBONES and pretrained:
-        from transformers import ViTModel
-
         location = resolve_pretrained(backbone)
-        loaded = ViTModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
+        extra = {} if config.model_type == "dinov2" else {"add_pooling_layer": False}
+        loaded = backbone_class(config).from_pretrained(location, local_files_only=True, **extra)
         model.backbone.load_state_dict(loaded.state_dict())
     return model
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from annotate.checkpoint import LabelNorm, ModelCard, load_checkpoint, read_card, save_checkpoint, weights_sha256
-from annotate.errors import CheckpointError
+from annotate.errors import CheckpointError, ConfigError
 from annotate.grid import WavelengthGrid
 from annotate.model import BACKBONES, build_model
 from annotate.render import RenderSettings
@@ -97,6 +97,41 @@ def test_pretrained_backbone_absent_offline_names_where_it_looked(monkeypatch, t
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="nothing is downloaded"):
         build_model("facebook/dino-vitb16")
+
+
+def test_a_dinov2_backbone_from_a_local_folder_trains_saves_and_loads(tmp_path):
+    """DINOv2 (patch 14, interpolated position embeddings): its weights are loaded, the CLS token
+    feeds the heads, and a checkpoint of it rebuilds the same model."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                          image_size=98)
+    torch.manual_seed(4)
+    Dinov2Model(config).save_pretrained(tmp_path / "dinov2-like")
+    model = build_model(str(tmp_path / "dinov2-like")).eval()
+    reference = Dinov2Model.from_pretrained(tmp_path / "dinov2-like")
+    assert type(model.backbone) is Dinov2Model
+    assert torch.equal(model.backbone.embeddings.cls_token, reference.embeddings.cls_token)
+    pixels = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        out = model(pixels)
+        cls = reference(pixel_values=pixels).last_hidden_state[:, 0]
+        torch.testing.assert_close(out["class_logits"], model.class_head(cls))
+    card = ModelCard(backbone=backbone_dict(model.backbone.config), render=RenderSettings(), grid=WavelengthGrid(),
+                     label_norm=NORMS, name="dinov2-like")
+    assert card.backbone["model_type"] == "dinov2"
+    save_checkpoint(model, card, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels)["z_mean"], out["z_mean"])
+
+
+def test_a_backbone_of_another_kind_is_refused_by_name(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="is a 'bert' model; supported: vit, dinov2"):
+        build_model(str(tmp_path))
 
 
 def test_pretrained_backbone_from_local_folder(tmp_path):
