@@ -440,12 +440,12 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
 
 def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811
     """A real SIGINT to `annotate run` while it reads spectra: exit 130, one line, no output."""
-    n = 300  # long enough (a second or more) that the signal lands mid-run, even on a fast machine
+    n = 1000  # with batches of 2, several seconds of run after the store appears, even on a fast machine
     case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
         "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv()], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     store = case.out_dir / "cat.annotated.spectra.h5"
     for _ in range(600):  # the store exists once ingest has begun
         if store.exists() or proc.poll() is not None:
