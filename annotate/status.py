@@ -86,6 +86,8 @@ def _last_error(job_folder: Path) -> str:
 def run_status(folder: str | Path) -> list[str]:
     """The lines `annotate status` prints for a sharded run folder or a training folder."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
     if (folder / "plan.json").is_file():
         return _shard_run_status(folder)
     if (folder / "state").is_dir() or (folder / "training.json").is_file() or (folder / "metrics.json").is_file():

@@ -81,6 +81,8 @@ def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa
                                                         f"merged: {tmp_path / 'out.fits'}"]
     assert main(["status", str(tmp_path)]) == 2
     assert "is neither a sharded run folder" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "missing.run")]) == 2
+    assert capsys.readouterr().err.strip() == f"annotate: error: {tmp_path / 'missing.run'}: no such folder"
 
 
 def test_a_run_folder_belongs_to_one_plan(catalog, micro_model, tmp_path):  # noqa: F811
