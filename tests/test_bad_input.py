@@ -438,28 +438,45 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
     assert [p.name for p in case.out_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811
-    """A real SIGINT to `annotate run` while it reads spectra: exit 130, one line, no output."""
-    n = 1000  # with batches of 2, several seconds of run after the store appears, even on a fast machine
-    case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
-        "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
+def _interrupt_a_run(case) -> tuple[int, str]:
+    """Start `annotate run` on `case`, send SIGINT once its store exists; (exit code, stderr)."""
+    import time
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a shell starts background jobs (CI's among them) with SIGINT ignored, and a child inherits
+    # that: Python then never raises KeyboardInterrupt. The child gets the default back, as a
+    # command typed at a terminal has.
     proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = case.out_dir / "cat.annotated.spectra.h5"
     for _ in range(600):  # the store exists once ingest has begun
         if store.exists() or proc.poll() is not None:
             break
-        import time
-
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "annotate: interrupted; outputs were not replaced (rerun to resume)"
-    assert not case.out.exists()
+    return proc.returncode, err
+
+
+def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811
+    """A real SIGINT to `annotate run` while it reads spectra: exit 130, one line, no output.
+    Where the signal lands is a race, so a second try is allowed; neither may leave an output."""
+    n = 300  # with batches of 2, a second or more of run after the store appears
+    case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
+        "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
+    before = _hashes(case.inputs)
+    outcomes = []
+    for attempt in range(2):
+        code, err = _interrupt_a_run(case)
+        outcomes.append((code, err.strip().splitlines()[-1:] if err.strip() else []))
+        assert not case.out.exists(), outcomes
+        if code == 130:
+            break
+        shutil.rmtree(case.out_dir)
+        case.out_dir.mkdir()
+    assert outcomes[-1] == (130, ["annotate: interrupted; outputs were not replaced (rerun to resume)"]), outcomes
+    assert _hashes(case.inputs) == before
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, micro_model, capsys):  # noqa: F811
