@@ -62,11 +62,14 @@ def vit_config(backbone: str, image_size: int = 224):
     return config
 
 
-def backbone_class(config):
-    """The transformers model class of a backbone config (ViTModel or Dinov2Model)."""
+def backbone_class(config) -> tuple:
+    """(transformers model class, its extra arguments) for a backbone config: Dinov2Model (which
+    interpolates its position embeddings to the image size), or ViTModel without its pooler."""
     from transformers import Dinov2Model, ViTModel
 
-    return Dinov2Model if getattr(config, "model_type", "vit") == "dinov2" else ViTModel
+    if getattr(config, "model_type", "vit") == "dinov2":
+        return Dinov2Model, {}
+    return ViTModel, {"add_pooling_layer": False}
 
 
 def resolve_pretrained(backbone: str) -> str:
@@ -93,9 +96,8 @@ class SpectromerModel(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        cls = backbone_class(config)
-        # DINOv2 interpolates its position embeddings to the image size; a ViT has no pooler here
-        self.backbone = cls(config) if getattr(config, "model_type", "vit") == "dinov2" else cls(config, add_pooling_layer=False)
+        cls, extra = backbone_class(config)
+        self.backbone = cls(config, **extra)
         hidden = config.hidden_size
         self.class_head = nn.Linear(hidden, len(CLASS_NAMES))
         self.z_head = nn.Linear(hidden, 2)
@@ -118,8 +120,8 @@ def build_model(backbone: str, image_size: int = 224, pretrained: bool = True) -
     model = SpectromerModel(config)
     if backbone not in BACKBONES and pretrained:
         location = resolve_pretrained(backbone)
-        extra = {} if config.model_type == "dinov2" else {"add_pooling_layer": False}
-        loaded = backbone_class(config).from_pretrained(location, local_files_only=True, **extra)
+        cls, extra = backbone_class(config)
+        loaded = cls.from_pretrained(location, local_files_only=True, **extra)
         model.backbone.load_state_dict(loaded.state_dict())
     return model
 

@@ -93,11 +93,15 @@ def _check_fits_file(path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog not found: {path}")
-    with open(path, "rb") as handle:
-        plain = handle.read(6) == b"SIMPLE"
-    if plain and path.stat().st_size % 2880:
+    if _is_plain_fits(path) and path.stat().st_size % 2880:
         raise CatalogError(f"{path}: truncated or damaged FITS file ({path.stat().st_size} bytes, "
                            "not a whole number of 2880-byte blocks)")
+
+
+def _is_plain_fits(path: Path) -> bool:
+    """An uncompressed FITS file (a gzip one starts with its own magic bytes instead)."""
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"SIMPLE"
 
 
 def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = ()) -> None:
@@ -163,9 +167,7 @@ def read_column(path: Path, name: str, chunk_rows: int = 1_000_000) -> np.ndarra
     columns, so reading one column through a single map would bring the whole table into memory."""
     if is_hdf5(path):
         return HDF5Catalog(path).read_column(name)
-    with open(path, "rb") as handle:
-        plain = handle.read(6) == b"SIMPLE"
-    if not plain:  # compressed: every open would decompress the whole file, so read it once
+    if not _is_plain_fits(path):  # compressed: every open would decompress the whole file, so read it once
         with fits.open(path) as hdul:
             return np.array(hdul[1].data[name])
     with fits.open(path, memmap=True) as hdul:

@@ -89,6 +89,7 @@ def predict_store(model: torch.nn.Module, card: ModelCard, store_path, start: in
     for key in ("z", "z_err", "teff", "logg", "feh"):
         out[key] = np.full(n, np.nan)
     firsts = list(range(start, stop, batch_size))
+    bf16 = precision(device) == "bf16"
     # the next batch is read (HDF5 + LZF) in a thread while the model works on this one
     with ThreadPoolExecutor(1) as reader:
         upcoming = reader.submit(read_rows, store_path, firsts[0], min(firsts[0] + batch_size, stop)) if firsts else None
@@ -102,7 +103,7 @@ def predict_store(model: torch.nn.Module, card: ModelCard, store_path, start: in
             out["coverage"][local] = 1.0 - rows["mask"].mean(axis=1)
             ok = rows["status"] == STATUS["OK"]
             if ok.any():
-                batch = predict_batch(model, card, rows["flux"][ok], rows["mask"][ok], device)
+                batch = predict_batch(model, card, rows["flux"][ok], rows["mask"][ok], device, bf16=bf16)
                 idx = np.arange(first - start, last - start)[ok]
                 for key, values in batch.items():
                     out[key][idx] = values

@@ -203,9 +203,11 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
 
 def shard_precision(folder: Path, shards: list) -> str:
     """'fp32' or 'bf16' when every shard was predicted so, else 'mixed'."""
+    from .merge import shard_file
+
     found = set()
     for shard in shards:
-        with np.load(folder / "shards" / f"{shard.name}.npz", allow_pickle=False) as data:
+        with np.load(shard_file(folder, shard), allow_pickle=False) as data:
             found.add(str(data["precision"]) if "precision" in data.files else "fp32")
     return found.pop() if len(found) == 1 else "mixed"
 

@@ -108,14 +108,21 @@ def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotat
                                folder=str(Path(folder) / "%j"), job_name=job_name, **parameters)
 
 
-def queued_job_ids() -> set[str] | None:
-    """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
+def squeue_rows(fields: str) -> list[list[str]] | None:
+    """This user's queued jobs, one per array element, each the split `fields` (an squeue -o
+    format such as '%i %T'); None if squeue cannot be asked."""
     try:
-        done = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+        done = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", fields], capture_output=True,
                               text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return set(done.stdout.split()) if done.returncode == 0 else None
+    return [line.split() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else None
+
+
+def queued_job_ids() -> set[str] | None:
+    """Ids in the SLURM queue, one per array element ('123_4'); None if squeue cannot be asked."""
+    rows = squeue_rows("%i")
+    return None if rows is None else {row[0] for row in rows}
 
 
 # ------------------------------------------------------------------------------------------------

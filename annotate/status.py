@@ -22,26 +22,26 @@ SHOWN = 10  # missing shards and failed jobs listed by name
 def job_states(job_ids: list[str]) -> dict[str, str] | None:
     """{job id: state} for ids like '123' or '123_4', from squeue (this user's jobs), then sacct;
     '' where neither knows; None when neither command answers (not a SLURM machine)."""
-    import getpass
+    from .slurm import squeue_rows
 
-    states: dict[str, str] = {}
     if not job_ids:
-        return states
-    answered = False
-    for command in (["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
-                    ["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j", ",".join(job_ids)]):
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if done.returncode != 0:
-            continue
-        answered = True
-        for line in done.stdout.splitlines():
-            parts = line.replace("|", " ").split()
-            if len(parts) >= 2 and parts[0] in job_ids and parts[0] not in states:
-                states[parts[0]] = parts[1]
-    return {job: states.get(job, "") for job in job_ids} if answered else None
+        return {}
+    wanted = set(job_ids)
+    queued = squeue_rows("%i %T")
+    states = {row[0]: row[1] for row in queued or [] if len(row) >= 2 and row[0] in wanted}
+    try:
+        done = subprocess.run(["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=30)
+        accounted = done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        accounted = False
+    if queued is None and not accounted:
+        return None
+    for line in done.stdout.splitlines() if accounted else []:
+        parts = line.replace("|", " ").split()
+        if len(parts) >= 2 and parts[0] in wanted:
+            states.setdefault(parts[0], parts[1])
+    return {job: states.get(job, "") for job in job_ids}
 
 
 def _job_lines(slurm_folder: Path) -> list[str]:
@@ -97,11 +97,12 @@ def run_status(folder: str | Path) -> list[str]:
 
 
 def _shard_run_status(folder: Path) -> list[str]:
+    from .merge import shard_file
     from .shards import plan_shards
 
     plan = json.loads((folder / "plan.json").read_text())
     shards = plan_shards(plan["rows"], plan["shard_size"])
-    done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").is_file()]
+    done = [s for s in shards if shard_file(folder, s).is_file()]
     missing = [s for s in shards if s not in done]
     lines = [f"run {folder}: catalog {plan['catalog']['path']} ({plan['rows']} rows), survey {plan['survey']}, "
              f"model {plan['model']}",
