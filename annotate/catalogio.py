@@ -226,7 +226,8 @@ class HDF5Catalog:
                     # an index of text keeps the width of its longest value in the file, whichever
                     # chunk that value falls in
                     widths.update({"index": axis.typ.itemsize for axis in storer.index_axes if axis.kind == "string"})
-                    widths["PRED_CLASS"] = 6
+                    widths.update({spec.name: int(spec.fits_format[:-1]) for spec in OUTPUT_COLUMNS
+                                   if spec.fits_format.endswith("A")})
                     data_columns = storer.data_columns or None
                     for start in range(0, self.n_rows, CHUNK_ROWS):
                         stop = min(start + CHUNK_ROWS, self.n_rows)
@@ -250,6 +251,7 @@ class HDF5Catalog:
         from .writeback import OUTPUT_COLUMNS
 
         names = {s.name for s in OUTPUT_COLUMNS}
+        text = {s.name: _hdf5_dtype(s) for s in OUTPUT_COLUMNS if s.fits_format.endswith("A")}
         with h5py.File(self.path, "r") as source, h5py.File(tmp, "w") as target:
             table = source[self.key]
             _copy_tree(source, target, skip={self.key.strip("/"), self.key.strip("/") + META_SUFFIX})
@@ -267,7 +269,7 @@ class HDF5Catalog:
                 for name in kept:
                     rows[name] = data[name]
                 for name, values in chunk(start, stop).items():
-                    rows[name] = values.astype("S6") if name == "PRED_CLASS" else values
+                    rows[name] = values.astype(text[name]) if name in text else values
                 created[start:stop] = rows
             if self.key + META_SUFFIX in source:
                 lines = [_attr_text(line) for line in source[self.key + META_SUFFIX][()]]
@@ -280,7 +282,7 @@ class HDF5Catalog:
 # set once an HDF5 write failed in this process: the HDF5 library may then hold a file it cannot
 # close, and closing it again at interpreter exit crashes (the CLI ends with os._exit instead)
 HDF5_WRITE_FAILED = False
-PRED_BYTES_PER_ROW = 64  # the PRED_* columns of one row, with room for the format's overhead
+PRED_BYTES_PER_ROW = 112  # the PRED_* columns of one row, with room for the format's overhead
 
 
 def check_free_space(folder: Path, needed: int) -> None:
@@ -367,7 +369,7 @@ def refuse_pickled_objects(path: Path) -> None:
 
 
 def _hdf5_dtype(spec) -> str:
-    return {"6A": "S6", "E": "<f4", "D": "<f8", "L": "?", "J": "<i4"}[spec.fits_format]
+    return {"6A": "S6", "12A": "S12", "E": "<f4", "D": "<f8", "L": "?", "J": "<i4"}[spec.fits_format]
 
 
 def _meta_lines(lines: list[str], dtype: np.dtype, cards: dict) -> list[str]:

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("annotate-demo"), help="folder for the sample and outputs")
     demo.add_argument("--n-objects", type=int, default=300, help="objects in the sample (default 300)")
     demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--no-fit", action="store_true", help="skip the template fit: class and z from the ViT alone")
     _add_execution(demo)
 
     run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped model)")
     run.add_argument("--out", type=Path, help="output catalog, in the input's format (default: <catalog>.annotated.fits or .h5)")
     run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--no-fit", action="store_true", help="skip the template fit seeded by the ViT: PRED_CLASS and "
+                     "PRED_Z are then the ViT's own")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--shard-size", type=int, help="split the catalog into shards of N rows, run them (resumably: "
                      "finished shards are kept in <out>.run/) and merge")
@@ -137,7 +140,7 @@ def _cmd_demo(args) -> int:
 
     from .crosscheck import crosscheck
 
-    result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress)
+    result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress, fit=not args.no_fit)
     print(f"demo catalog:      {Path(args.out) / 'dr18.fits'}")
     _print_result(result)
     _print_crosscheck(crosscheck(result.output, store=result.store))
@@ -150,7 +153,7 @@ def _cmd_run(args) -> int:
     settings = RunSettings(catalog=args.catalog, survey=args.survey, spectra_root=args.spectra_root,
                            store=args.store, model=args.model, out=args.out, scheduler=args.scheduler,
                            n_workers=args.workers, batch_size=args.batch_size, device=args.device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, fit=not args.no_fit)
     if args.shard_size is not None or args.executor == "slurm" or args.dry_run or args.shard is not None:
         from .shards import run_sharded
 

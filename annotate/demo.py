@@ -69,11 +69,11 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
 
 
 def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: int = 2026,
-             scheduler: str = "distributed", progress: bool = True) -> RunResult:
+             scheduler: str = "distributed", progress: bool = True, fit: bool = True) -> RunResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = out_dir / "dr18.fits"
     if not catalog.exists():
         make_sample(out_dir, n_objects, seed, progress)
     return run(RunSettings(catalog=catalog, survey="sdss_dr18", spectra_root=out_dir,
-                           scheduler=scheduler, progress=progress))
+                           scheduler=scheduler, progress=progress, fit=fit))

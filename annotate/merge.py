@@ -17,7 +17,10 @@ import numpy as np
 
 from .errors import OutputError
 from .flags import PredFlag
+from .fit.stage import FIT_KEYS
 from .predict import PREDICTION_KEYS
+
+SHARD_KEYS = PREDICTION_KEYS + FIT_KEYS
 from .store import STATUS
 
 SUMMARY_ROLES = ("class", "z", "zwarning", "snr", "teff", "logg", "feh")
@@ -60,7 +63,7 @@ class ShardReader:
     def _load(self, index: int) -> dict:
         if self._index != index:
             with np.load(shard_file(self.folder, self.shards[index]), allow_pickle=False) as data:
-                self._data = {key: data[key] for key in PREDICTION_KEYS}
+                self._data = {key: data[key] for key in SHARD_KEYS}
             self._index = index
         return self._data
 
@@ -75,7 +78,7 @@ class ShardReader:
             lo, hi = max(start, shard.start) - shard.start, min(stop, shard.stop) - shard.start
             parts.append({key: values[lo:hi] for key, values in data.items()})
             index += 1
-        return {key: np.concatenate([p[key] for p in parts]) for key in PREDICTION_KEYS}
+        return {key: np.concatenate([p[key] for p in parts]) for key in SHARD_KEYS}
 
 
 class SummaryRows:

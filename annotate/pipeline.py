@@ -39,6 +39,7 @@ class RunSettings:
     batch_size: int = 64
     device: str = "cpu"
     progress: bool = True
+    fit: bool = True  # the template fit seeded by the ViT (False: the ViT's class and z alone)
 
 
 @dataclass
@@ -289,14 +290,37 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     with _progress(settings.progress, n_rows, "predict") as update:
         pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                              progress=update)
+    with _progress(settings.progress and settings.fit, n_rows, "fit") as update:
+        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, progress=update))
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
-                         int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device)))
+                         int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
+                         fit_provenance(settings.fit)))
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),
                      errors=[e for e in errors if e])
+
+
+def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, start: int = 0, stop: int | None = None,
+                    progress=None) -> dict:
+    """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
+    from .fit.stage import empty_fit, fit_store
+
+    if not enabled:
+        return empty_fit(len(pred["status"]))
+    return fit_store(store_path, pred, grid, start=start, stop=stop, progress=progress)
+
+
+def fit_provenance(enabled: bool) -> dict | None:
+    """{'settings', 'sha256'} of the fit for the header, None when it is off."""
+    if not enabled:
+        return None
+    from .fit.bases import load_bases
+    from .fit.fitter import FitSettings
+
+    return {"settings": FitSettings().describe(), "sha256": load_bases().sha256}
 
 
 def write_annotated(catalog: Path, out: Path, pred: dict, reference: dict, selected: np.ndarray,

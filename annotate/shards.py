@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError, IncompleteRun, OutputError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: shard files hold the template fit's keys
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def run_shard(task: dict) -> str:
     """Ingest and predict rows [start, stop) of the catalog; write shards/<name>.npz. Runs on a
     Dask worker or a SLURM array task; returns the shard file's path."""
     from .checkpoint import load_checkpoint
-    from .pipeline import read_catalog, resolve_paths
+    from .pipeline import fit_predictions, read_catalog, resolve_paths
     from .predict import precision, predict_store
     from .store import create_store, ingest, open_store, read_status
     from .surveys import load_survey
@@ -110,6 +110,7 @@ def run_shard(task: dict) -> str:
         raise OutputError(f"{store} does not hold rows {start}-{stop}; remove it")
     ingest(store, paths, refused, reader=survey.reader, scheduler="sync")
     pred = predict_store(model, card, store, batch_size=task["batch_size"], device=task["device"])
+    pred.update(fit_predictions(store, pred, card.grid, task.get("fit", True)))
     _, errors = read_status(store)
     target.parent.mkdir(exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
@@ -138,7 +139,8 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     folder = run_folder(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
     plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
-            "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name}
+            "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name,
+            "fit": _fit_identity(settings.fit)}
     done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").exists()]
     missing = [s for s in shards if s not in done]
     if dry_run:
@@ -162,7 +164,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     def task(s: Shard) -> dict:
         return {"folder": str(folder), "name": s.name, "start": s.start, "stop": s.stop, "catalog": str(catalog.resolve()),
                 "survey": survey.name, "spectra_root": str(root.resolve()), "model": str(model_dir.resolve()),
-                "device": settings.device, "batch_size": settings.batch_size}
+                "device": settings.device, "batch_size": settings.batch_size, "fit": settings.fit}
 
     if only_shard is not None:
         if not 0 <= only_shard < len(shards):
@@ -201,6 +203,13 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
         raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
 
 
+def _fit_identity(enabled: bool):
+    """The fit's settings and template set in the plan (a run folder holds one kind of shard)."""
+    from .pipeline import fit_provenance
+
+    return fit_provenance(enabled)
+
+
 def shard_precision(folder: Path, shards: list) -> str:
     """'fp32' or 'bf16' when every shard was predicted so, else 'mixed'."""
     from .merge import shard_file
@@ -221,7 +230,7 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, 
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, 0, shard_precision(folder, shards))
+                                  survey.name, 0, shard_precision(folder, shards), plan.get("fit"))
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
     provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)

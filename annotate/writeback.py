@@ -30,13 +30,19 @@ class OutputColumn:
 
 
 OUTPUT_COLUMNS = (
-    OutputColumn("PRED_CLASS", "6A", "", "predicted class GALAXY/QSO/STAR, '' if none"),
-    OutputColumn("PRED_PROB_GALAXY", "E", "", "predicted probability of GALAXY"),
-    OutputColumn("PRED_PROB_QSO", "E", "", "predicted probability of QSO"),
-    OutputColumn("PRED_PROB_STAR", "E", "", "predicted probability of STAR"),
-    OutputColumn("PRED_Z", "D", "", "predicted redshift"),
-    OutputColumn("PRED_Z_ERR", "E", "", "predicted redshift 1-sigma uncertainty"),
+    OutputColumn("PRED_CLASS", "6A", "", "final class GALAXY/QSO/STAR (fit), '' if none"),
+    OutputColumn("PRED_PROB_GALAXY", "E", "", "ViT probability of GALAXY"),
+    OutputColumn("PRED_PROB_QSO", "E", "", "ViT probability of QSO"),
+    OutputColumn("PRED_PROB_STAR", "E", "", "ViT probability of STAR"),
+    OutputColumn("PRED_Z", "D", "", "final redshift (template fit)"),
+    OutputColumn("PRED_Z_ERR", "E", "", "final redshift 1-sigma uncertainty"),
     OutputColumn("PRED_Z_CATASTROPHIC", "L", "", "|PRED_Z-Z|c/(1+Z) > 1000 (3000 QSO) km/s"),
+    OutputColumn("PRED_CLASS_VIT", "6A", "", "ViT class GALAXY/QSO/STAR, '' if none"),
+    OutputColumn("PRED_Z_VIT", "D", "", "ViT redshift"),
+    OutputColumn("PRED_Z_ERR_VIT", "E", "", "ViT redshift 1-sigma uncertainty"),
+    OutputColumn("PRED_DELTACHI2", "E", "", "fit chi2 of the next other solution minus best"),
+    OutputColumn("PRED_RCHI2", "E", "", "fit chi2 per degree of freedom"),
+    OutputColumn("PRED_SPECTYPE", "12A", "", "stars: type of the best-fitting MILES star"),
     OutputColumn("PRED_TEFF", "E", "K", "predicted effective temperature (stars)"),
     OutputColumn("PRED_LOGG", "E", "dex", "predicted log10 surface gravity, cgs (stars)"),
     OutputColumn("PRED_FEH", "E", "dex", "predicted [Fe/H] (stars)"),
@@ -45,20 +51,32 @@ OUTPUT_COLUMNS = (
 def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     """name -> (n,) array for every OUTPUT_COLUMNS entry, from predict_store's output, the survey's
     reference values (class, z, zwarning) and the PRED_FLAGS computed by the pipeline."""
+    from .fit.stage import empty_fit, final_columns
+
     prob = pred["prob"]
-    has = ~((flags & int(NO_PREDICTION)) != 0) & np.isfinite(prob).all(axis=1)
-    pred_class = np.where(has, np.array(CLASS_NAMES)[np.nan_to_num(prob, nan=0).argmax(axis=1)], "")
+    if "fit_class" not in pred:  # predictions of the ViT alone
+        pred = {**pred, **empty_fit(len(prob))}
+    final = final_columns(pred)
+    flags = flags | pred["fit_flags"].astype(flags.dtype)
+    has = ~((flags & int(NO_PREDICTION)) != 0) & (np.isfinite(prob).all(axis=1) | final["fitted"])
     no_ref = (flags & int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)) != 0
-    cat = catastrophic(pred["z"], reference["z"], reference["class"]) & ~no_ref & has
+    cat = catastrophic(final["z"], reference["z"], reference["class"]) & ~no_ref & has
     nan_if_none = lambda values: np.where(has, values, np.nan)  # noqa: E731
+    text_if_any = lambda values, width: np.where(has, values, "").astype(f"U{width}")  # noqa: E731
     return {
-        "PRED_CLASS": pred_class.astype("U6"),
+        "PRED_CLASS": text_if_any(final["class"], 6),
         "PRED_PROB_GALAXY": nan_if_none(prob[:, 0]).astype(np.float32),
         "PRED_PROB_QSO": nan_if_none(prob[:, 1]).astype(np.float32),
         "PRED_PROB_STAR": nan_if_none(prob[:, 2]).astype(np.float32),
-        "PRED_Z": nan_if_none(pred["z"]).astype(np.float64),
-        "PRED_Z_ERR": nan_if_none(pred["z_err"]).astype(np.float32),
+        "PRED_Z": nan_if_none(final["z"]).astype(np.float64),
+        "PRED_Z_ERR": nan_if_none(final["z_err"]).astype(np.float32),
         "PRED_Z_CATASTROPHIC": cat.astype(bool),
+        "PRED_CLASS_VIT": text_if_any(final["vit_class"], 6),
+        "PRED_Z_VIT": nan_if_none(pred["z"]).astype(np.float64),
+        "PRED_Z_ERR_VIT": nan_if_none(pred["z_err"]).astype(np.float32),
+        "PRED_DELTACHI2": nan_if_none(pred["fit_deltachi2"]).astype(np.float32),
+        "PRED_RCHI2": nan_if_none(pred["fit_rchi2"]).astype(np.float32),
+        "PRED_SPECTYPE": text_if_any(pred["fit_spectype"], 12),
         "PRED_TEFF": nan_if_none(pred["teff"]).astype(np.float32),
         "PRED_LOGG": nan_if_none(pred["logg"]).astype(np.float32),
         "PRED_FEH": nan_if_none(pred["feh"]).astype(np.float32),
@@ -323,7 +341,14 @@ def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, colum
 
 
 def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int,
-                     precision: str = "fp32") -> dict:
+                     precision: str = "fp32", fit: dict | None = None) -> dict:
+    """Header cards of an annotated catalog; `fit` = {'settings': text, 'sha256': template set
+    hash} when the template fit ran (ANNFIT on, ANNTSHA, ANNFITS), else ANNFIT off."""
+    fit_cards = {"ANNFIT": ("off", "template fit (off: PRED_CLASS/Z are the ViT's)")}
+    if fit is not None:
+        fit_cards = {"ANNFIT": ("on", "template fit seeded by the ViT"),
+                     "ANNTSHA": (fit["sha256"], ""),
+                     "ANNFITS": (fit["settings"][:68], "fit settings")}
     return {
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),
@@ -333,6 +358,7 @@ def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: s
         "ANNSURV": (survey, "survey definition used"),
         "ANNDATE": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of annotation"),
         "ANNNFAIL": (int(n_failed), "rows without a prediction"),
+        **fit_cards,
         "PFLAGBIT": ("see README: PRED_FLAGS", "PRED_FLAGS bit meanings below"),
         **{f"PFLAG{i}": (flag.name, f"PRED_FLAGS bit {i}") for i, flag in enumerate(PredFlag)},
     }

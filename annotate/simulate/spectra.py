@@ -150,8 +150,9 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
 
 
 def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float | None = None,
-                loglam_step: float = 1e-4):
-    """(rest loglam, rest flux, z, labels): power law, broad lines, Lyα forest at the object's z."""
+                loglam_step: float = 1e-4, forest_fluctuations: bool = True):
+    """(rest loglam, rest flux, z, labels): power law, broad lines, Lyα forest at the object's z
+    (its mean transmission only when `forest_fluctuations` is False)."""
     z = rng.uniform(*settings.z_qso) if z is None else z
     loglam = np.arange(np.log10(650.0), np.log10(11000.0), loglam_step)
     wave = 10.0**loglam
@@ -165,11 +166,12 @@ def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float
     continuum_narrow = (np.array([c for _, c, _ in QSO_NARROW]) / 3000.0) ** (-(2.0 + alpha_nu))
     flux = add_lines(loglam, flux, QSO_NARROW, ew_narrow * continuum_narrow,
                      np.hypot(rng.uniform(150.0, 400.0), settings.resolution_sigma_kms))
-    flux = flux * lyman_transmission(wave, z, rng)
+    flux = flux * lyman_transmission(wave, z, rng, fluctuations=forest_fluctuations)
     return loglam, flux, z, {"template": "powerlaw+lines"}
 
 
-def lyman_transmission(rest_wave: np.ndarray, z: float, rng: np.random.Generator) -> np.ndarray:
+def lyman_transmission(rest_wave: np.ndarray, z: float, rng: np.random.Generator,
+                       fluctuations: bool = True) -> np.ndarray:
     """Transmission (n,) of the intergalactic medium for a source at z: Lyα forest blueward of Lyα
     (mean τ from Faucher-Giguère et al. 2008, log-normal fluctuations per pixel, Lyβ adding 16 %
     of that depth below 1026 Å) and a Lyman-limit drop of random depth below 912 Å."""
@@ -181,7 +183,7 @@ def lyman_transmission(rest_wave: np.ndarray, z: float, rng: np.random.Generator
     tau_mean = 0.0018 * (1.0 + np.clip(z_abs, 0.0, None)) ** 3.92
     tau_mean = np.where(rest_wave[forest] < 1025.72, tau_mean * 1.16, tau_mean)
     sigma = 1.0
-    fluctuation = np.exp(rng.normal(-0.5 * sigma**2, sigma, forest.sum()))
+    fluctuation = np.exp(rng.normal(-0.5 * sigma**2, sigma, forest.sum())) if fluctuations else 1.0
     transmission[forest] = np.exp(-tau_mean * fluctuation)
     transmission[rest_wave < LYMAN_LIMIT] *= np.exp(-rng.uniform(0.5, 4.0))
     return transmission

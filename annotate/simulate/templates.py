@@ -28,6 +28,7 @@ class TemplateLibrary:
     gal_age_gyr: np.ndarray
     gal_sigma_kms: np.ndarray
     gal_set: np.ndarray
+    star_sptype: np.ndarray | None = None  # (n_star,) MILES spectral type, '' where none
 
     @cached_property
     def gal_first_loglam(self) -> np.ndarray:
@@ -59,4 +60,5 @@ def load_library(path: str | Path = LIBRARY_PATH) -> TemplateLibrary:
             gal_loglam=data["gal_loglam"], gal_flux=data["gal_flux"].astype(np.float32),
             gal_age_gyr=data["gal_age_gyr"].astype(np.float64),
             gal_sigma_kms=data["gal_sigma_kms"].astype(np.float64), gal_set=data["gal_set"],
+            star_sptype=data["star_sptype"].astype(str),
         )

@@ -1,0 +1,154 @@
+"""Template bases of the redshift fit: per class (and star group) a few rest-frame basis spectra.
+
+Stored in `annotate/fit/data/bases.npz`, built by `annotate/fit/data/build_bases.py` from the
+project's template library only (`annotate/simulate/data/templates.npz` and the quasar model of
+`annotate/simulate/spectra.py`); sources and steps in `annotate/fit/data/SOURCES.md`.
+
+Every basis lives on a rest-frame vacuum log-λ grid with the store's 1e-4 dex step and pixel
+centres on multiples of the step, so that a redshift is a whole or fractional pixel shift:
+log10(1 + z) = shift · step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+BASES_PATH = Path(__file__).resolve().parent / "data" / "bases.npz"
+OVERSAMPLE = 4  # sub-pixel shifts are taken on a grid 4× finer than the basis
+
+
+@dataclass(frozen=True)
+class Basis:
+    """One set of basis spectra.
+
+    spectype: GALAXY, QSO or STAR; subtype: '' or the star group (e.g. 'A');
+    loglam_start: log10 Å of the first rest pixel; step: dex per pixel;
+    flux: (k, m) float64 basis vectors (dimensionless, 0 where `coverage` is False);
+    coverage: (m,) bool, rest pixels where the basis has data (continuum templates);
+    z_range: (z_min, z_max) scanned for this basis."""
+
+    spectype: str
+    subtype: str
+    loglam_start: float
+    step: float
+    flux: np.ndarray
+    coverage: np.ndarray
+    z_range: tuple
+    names: tuple = field(default=())
+
+    @property
+    def name(self) -> str:
+        return f"{self.spectype}:{self.subtype}" if self.subtype else self.spectype
+
+    @property
+    def n_basis(self) -> int:
+        return self.flux.shape[0]
+
+    @property
+    def n_pix(self) -> int:
+        return self.flux.shape[1]
+
+    def offset(self, grid_loglam_start: float) -> int:
+        """Rest pixel index of observed pixel 0 at zero shift (grids on multiples of the step)."""
+        return int(round((grid_loglam_start - self.loglam_start) / self.step))
+
+    def shift_range(self) -> tuple[float, float]:
+        """(min, max) shift in pixels for z_range."""
+        lo, hi = self.z_range
+        return float(np.log10(1.0 + lo) / self.step), float(np.log10(1.0 + hi) / self.step)
+
+    @cached_property
+    def fine(self) -> np.ndarray:
+        """(k, m · OVERSAMPLE) the basis shifted by q/OVERSAMPLE pixel at index OVERSAMPLE·j + q:
+        linear interpolation between rest pixels j and j + 1, which is exactly what integrating
+        a pixelised spectrum over a pixel offset by that fraction gives (the flux-conserving
+        resampling of the store)."""
+        frac = np.arange(OVERSAMPLE) / OVERSAMPLE
+        nxt = np.concatenate([self.flux[:, 1:], np.zeros((self.n_basis, 1))], axis=1)
+        fine = (1.0 - frac)[None, None, :] * self.flux[:, :, None] + frac[None, None, :] * nxt[:, :, None]
+        return fine.reshape(self.n_basis, -1)
+
+    @cached_property
+    def fine_coverage(self) -> np.ndarray:
+        xf = np.arange(self.n_pix * OVERSAMPLE) // OVERSAMPLE
+        nxt = np.minimum(xf + 1, self.n_pix - 1)
+        return self.coverage[xf] & self.coverage[nxt]
+
+
+@dataclass(frozen=True)
+class BasisSet:
+    """All bases of the fit, the star templates for spectral types, and the set's sha256."""
+
+    bases: tuple
+    star_flux: np.ndarray          # (n_star, m_star) individual training stars, 0 where no data
+    star_coverage: np.ndarray      # (n_star, m_star) bool
+    star_loglam_start: float
+    star_sptype: np.ndarray        # (n_star,) str
+    star_name: np.ndarray          # (n_star,) str
+    held_out_stars: np.ndarray     # MILES indices never used in any basis
+    held_out_populations: np.ndarray  # population indices never used in the galaxy basis
+    qso_seed: int                  # seed of the quasar-model draws the QSO basis was made from
+    sha256: str
+    path: Path
+
+    def for_class(self, spectype: str) -> list:
+        return [b for b in self.bases if b.spectype == spectype]
+
+    @property
+    def classes(self) -> tuple:
+        return tuple(dict.fromkeys(b.spectype for b in self.bases))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def load_bases(path: str | Path = BASES_PATH) -> BasisSet:
+    """The basis set stored at `path` (an npz written by build_bases.py; never unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"template bases not found: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        names = [str(n) for n in data["basis_names"]]
+        bases = []
+        for name in names:
+            key = name.replace(":", "_")
+            bases.append(Basis(
+                spectype=str(data[f"{key}__spectype"]), subtype=str(data[f"{key}__subtype"]),
+                loglam_start=float(data[f"{key}__loglam_start"]), step=float(data["step"]),
+                flux=data[f"{key}__flux"].astype(np.float64), coverage=data[f"{key}__coverage"].astype(bool),
+                z_range=tuple(float(v) for v in data[f"{key}__z_range"]),
+                names=tuple(str(v) for v in data[f"{key}__names"])))
+        held_out = data["held_out_stars"].astype(int)
+        library_sha = str(data["library_sha256"])
+        held_out_populations = data["held_out_populations"].astype(int)
+        qso_seed = int(data["qso_seed"])
+    # the individual training stars (for the spectral type) come from the template library itself
+    from ..simulate.templates import LIBRARY_PATH, load_library
+
+    if file_sha256(LIBRARY_PATH) != library_sha:
+        raise ConfigError(f"{path} was built from another template library than {LIBRARY_PATH}; "
+                          "rebuild it with annotate/fit/data/build_bases.py")
+    lib = load_library()
+    train = np.setdiff1d(np.arange(lib.n_star), held_out)
+    star_flux = lib.star_flux[train].astype(np.float64)
+    star_coverage = np.isfinite(star_flux)
+    return BasisSet(
+            bases=tuple(bases), star_flux=np.where(star_coverage, star_flux, 0.0),
+            star_coverage=star_coverage, star_loglam_start=float(lib.star_loglam[0]),
+            star_sptype=lib.star_sptype[train].astype(str), star_name=lib.star_name[train].astype(str),
+            held_out_stars=held_out,
+            held_out_populations=held_out_populations, qso_seed=qso_seed,
+            sha256=file_sha256(path), path=path)

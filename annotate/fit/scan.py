@@ -1,0 +1,277 @@
+"""χ² of template bases against spectra over redshift, on the store's log-λ grid.
+
+Pure array code. On a log-λ grid a redshift is a pixel shift (log10(1 + z) = shift · step), so
+every term of the linear least-squares fit at every shift is a correlation of a data-side array
+(w f, w, w f², good pixels) with a template-side one (t_j, t_j t_l, coverage): computed for a
+long range of shifts with FFTs, for a short one directly. `coarse_scan` does that for many spectra
+at once on a binned copy of the data; `chi2_at_shifts` evaluates one spectrum at a handful of
+whole or quarter-pixel shifts at full resolution, with Legendre polynomials for calibration
+errors. Both run in numpy or torch (`Backend`); the results agree to float64 rounding.
+
+The fit counts only pixels where a basis has data ("coverage"); the χ² over the covered pixels
+is scaled to all of them by degrees of freedom, χ²_eff = χ²_covered · (N_good − K)/(N_covered − K),
+so that solutions covering different stretches compare fairly, and shifts where a basis covers
+under 70 % of the good pixels are not solutions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bases import OVERSAMPLE, Basis
+
+FFT_MIN_LAGS = 64  # fewer lags than this: correlate directly
+
+
+class Backend:
+    """The few array operations the scan needs, in numpy ('numpy') or torch ('torch', on `device`)."""
+
+    def __init__(self, name: str = "numpy", device: str = "cpu"):
+        if name not in ("numpy", "torch"):
+            raise ValueError(f"unknown fit backend {name!r}; valid: numpy, torch")
+        self.name, self.device = name, device
+        if name == "torch":
+            import torch
+
+            self.torch = torch
+
+    def asarray(self, values):
+        if self.name == "numpy":
+            return np.asarray(values, dtype=np.float64)
+        return self.torch.as_tensor(np.asarray(values, dtype=np.float64), device=self.device)
+
+    def to_numpy(self, values) -> np.ndarray:
+        return np.asarray(values) if self.name == "numpy" else values.cpu().numpy()
+
+    def correlate(self, data, templates, d_lo: int, d_hi: int):
+        """C[b, p, d] = Σ_i data[b, i] · templates[p, i + D] for D = d_lo … d_hi (templates zero
+        outside their range). data (B, n), templates (P, m) -> (B, P, d_hi - d_lo + 1)."""
+        n, m = data.shape[-1], templates.shape[-1]
+        n_lags = d_hi - d_lo + 1
+        if n_lags >= FFT_MIN_LAGS:
+            length = _fast_length(n + m)
+            if self.name == "numpy":
+                import scipy.fft as sfft
+
+                fd = sfft.rfft(data, length, axis=-1, workers=-1)
+                ft = sfft.rfft(templates, length, axis=-1, workers=-1)
+                full = sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=-1)
+            else:
+                fft = self.torch.fft
+                fd = fft.rfft(data, length, dim=-1)
+                ft = fft.rfft(templates, length, dim=-1)
+                full = fft.irfft(fd.conj()[:, None, :] * ft[None, :, :], length, dim=-1)
+            if d_lo >= 0:
+                return full[..., d_lo:d_hi + 1]
+            if d_hi < 0:
+                return full[..., length + d_lo:length + d_hi + 1]
+            cat = np.concatenate if self.name == "numpy" else self.torch.cat
+            return cat([full[..., length + d_lo:], full[..., :d_hi + 1]], -1)
+        # direct: windows of the zero-padded templates, one matrix product
+        pad_lo, pad_hi = max(0, -d_lo), max(0, d_hi + n - m)
+        if self.name == "numpy":
+            padded = np.pad(templates, ((0, 0), (pad_lo, pad_hi)))
+            windows = np.lib.stride_tricks.sliding_window_view(padded, n, axis=-1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
+            return (data @ windows.reshape(-1, n).T).reshape(len(data), len(templates), n_lags)
+        padded = self.torch.nn.functional.pad(templates, (pad_lo, pad_hi))
+        windows = padded.unfold(-1, n, 1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
+        return (data @ windows.reshape(-1, n).T).reshape(len(data), len(templates), n_lags)
+
+    def chi2_reduction(self, matrix, vector):
+        """bᵀ M⁻¹ b for SPD M (..., k, k) and b (..., k), a small ridge keeping it invertible."""
+        k = matrix.shape[-1]
+        if self.name == "numpy":
+            diag = np.einsum("...ii->...i", matrix)
+            ridge = 1e-10 * diag.mean(axis=-1)[..., None, None] + 1e-30
+            lower = np.linalg.cholesky(matrix + ridge * np.eye(k))
+            y = _forward_substitution(lower, vector)
+            return (y * y).sum(axis=-1)
+        torch = self.torch
+        diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
+        ridge = 1e-10 * diag.mean(dim=-1)[..., None, None] + 1e-30
+        lower, _ = torch.linalg.cholesky_ex(matrix + ridge * torch.eye(k, dtype=matrix.dtype, device=matrix.device))
+        y = torch.linalg.solve_triangular(lower, vector[..., None], upper=False)[..., 0]
+        return (y * y).sum(dim=-1)
+
+    def solve(self, matrix, vector):
+        k = matrix.shape[-1]
+        if self.name == "numpy":
+            ridge = 1e-10 * np.einsum("...ii->...i", matrix).mean(axis=-1)[..., None, None] + 1e-30
+            return np.linalg.solve(matrix + ridge * np.eye(k), vector[..., None])[..., 0]
+        torch = self.torch
+        ridge = 1e-10 * torch.diagonal(matrix, dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30
+        eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+        return torch.linalg.solve(matrix + ridge * eye, vector[..., None])[..., 0]
+
+
+def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10):
+    """bᵀ M⁻¹ b for many small SPD systems given as their upper-triangle entries
+    `upper_terms[p]` (p over np.triu_indices(k), each an array of any batch shape) and
+    `vector_terms[i]` (i < k): a Cholesky factorisation written out entry by entry, so each step is
+    one operation on whole batch arrays (numpy or torch alike) rather than one call per system."""
+    index = {}
+    for p, (i, j) in enumerate(zip(*np.triu_indices(k))):
+        index[i, j] = p
+    scale = sum(upper_terms[index[i, i]] for i in range(k)) / k * ridge + 1e-30
+    lower = {}
+    y = []
+    total = 0.0
+    for j in range(k):
+        diag = upper_terms[index[j, j]] + scale
+        for p in range(j):
+            diag = diag - lower[j, p] * lower[j, p]
+        diag = diag.clip(1e-300) ** 0.5 if hasattr(diag, "clip") else diag
+        lower[j, j] = diag
+        for i in range(j + 1, k):
+            value = upper_terms[index[j, i]]
+            for p in range(j):
+                value = value - lower[i, p] * lower[j, p]
+            lower[i, j] = value / diag
+        yj = vector_terms[j]
+        for p in range(j):
+            yj = yj - lower[j, p] * y[p]
+        yj = yj / diag
+        y.append(yj)
+        total = total + yj * yj
+    return total
+
+
+def _forward_substitution(lower: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """L⁻¹ b for lower-triangular L (..., k, k), vectorised over the leading axes."""
+    k = lower.shape[-1]
+    y = np.empty_like(vector)
+    for i in range(k):
+        y[..., i] = (vector[..., i] - (lower[..., i, :i] * y[..., :i]).sum(axis=-1)) / lower[..., i, i]
+    return y
+
+
+def _fast_length(n: int) -> int:
+    """A length ≥ n with only factors 2, 3 and 5 (fast FFTs)."""
+    best = 1 << (n - 1).bit_length()
+    for three in (1, 3, 9, 27):
+        for five in (1, 5, 25):
+            base = three * five
+            if base > best:
+                continue
+            length = base * (1 << max(0, (n - 1) // base).bit_length())
+            while length // 2 >= n and length % 2 == 0:
+                length //= 2
+            if length >= n:
+                best = min(best, length)
+    return best
+
+
+def spectrum_arrays(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(f, w, scale): flux and weights (B, n) float64 with unusable pixels at weight 0, each
+    spectrum divided by its median |flux| over usable pixels (`scale`, (B,)), which leaves χ²
+    unchanged and keeps the sums well scaled."""
+    flux = np.asarray(flux, np.float64)
+    ivar = np.asarray(ivar, np.float64)
+    good = ~np.asarray(mask, bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    f = np.where(good, flux, 0.0)
+    w = np.where(good, ivar, 0.0)
+    masked = np.where(good, np.abs(f), np.nan)
+    with np.errstate(all="ignore"):
+        scale = np.nanmedian(np.where(np.isfinite(masked).any(axis=1, keepdims=True), masked, 1.0), axis=1)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return f / scale[:, None], w * scale[:, None] ** 2, scale
+
+
+def _bin(values: np.ndarray, factor: int) -> np.ndarray:
+    n = values.shape[-1] // factor * factor
+    return values[..., :n].reshape(*values.shape[:-1], -1, factor).sum(axis=-1)
+
+
+def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, factor: int,
+                backend: Backend, shift_range: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """χ²_eff of `basis` against spectra (f, w: (B, n)) binned by `factor` pixels, at every shift
+    that is a multiple of `factor` pixels within the basis' z range (or `shift_range`, pixels).
+
+    Returns chi2 (B, n_shift) float64 and the shifts (n_shift,) in full-resolution pixels."""
+    fb_w = _bin(f * w, factor)          # Σ w f per bin
+    wb = _bin(w, factor)                # Σ w per bin: the bin's inverse variance
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fb = np.where(wb > 0, fb_w / np.where(wb > 0, wb, 1.0), 0.0)
+    good = (wb > 0).astype(np.float64)
+    offset = basis.offset(grid_start)
+    phase = offset % factor
+    m = (basis.n_pix - phase) // factor
+    tb = basis.flux[:, phase:phase + m * factor].reshape(basis.n_basis, m, factor).mean(axis=-1)
+    cb = basis.coverage[phase:phase + m * factor].reshape(m, factor).all(axis=-1).astype(np.float64)
+    tb = tb * cb
+    k = basis.n_basis
+    upper = np.triu_indices(k)
+    products = tb[upper[0]] * tb[upper[1]]
+    lo, hi = shift_range if shift_range is not None else basis.shift_range()
+    s_lo, s_hi = int(np.ceil(lo / factor)), int(np.floor(hi / factor))
+    if s_hi < s_lo:
+        s_hi = s_lo
+    off_b = (offset - phase) // factor
+    # D = off_b - S: rest bin of observed bin 0
+    d_lo, d_hi = off_b - s_hi, off_b - s_lo
+    xp = backend
+    data = xp.asarray(np.stack([wb * fb, wb, wb * fb * fb, good], axis=1))  # (B, 4, nb)
+    b_terms = xp.correlate(data[:, 0], xp.asarray(tb), d_lo, d_hi)          # (B, k, nD)
+    m_terms = xp.correlate(data[:, 1], xp.asarray(products), d_lo, d_hi)    # (B, k(k+1)/2, nD)
+    cov = xp.asarray(cb[None])
+    ff = xp.correlate(data[:, 2], cov, d_lo, d_hi)[:, 0]                    # (B, nD)
+    n_cov = xp.correlate(data[:, 3], cov, d_lo, d_hi)[:, 0]
+    n_good = data[:, 3].sum(-1)[:, None]
+    reduction = chi2_reduction_upper([m_terms[:, p] for p in range(m_terms.shape[1])],
+                                     [b_terms[:, j] for j in range(k)], k)
+    chi2 = xp.to_numpy(effective_chi2(ff - reduction, n_cov, n_good, k))[:, ::-1]  # D descending = shift ascending
+    shifts = factor * np.arange(s_lo, s_hi + 1)
+    return chi2, shifts
+
+
+MIN_COVERAGE = 0.7  # solutions whose basis covers less of the good pixels are not considered
+
+
+def effective_chi2(chi2_covered, n_cov, n_good, n_free: int):
+    """χ² over the covered pixels scaled to all good pixels by degrees of freedom,
+    χ²·(N_good − K)/(N_cov − K), so that solutions covering different stretches compare fairly
+    (a fit to fewer pixels is not rewarded for its freedom); 1e300 where the basis covers under
+    MIN_COVERAGE of the good pixels."""
+    fraction = n_cov / (n_good + 1e-300)
+    valid = (fraction >= MIN_COVERAGE) & (n_cov > n_free + 1)
+    dof_cov = n_cov - n_free
+    scaled = chi2_covered * (n_good - n_free) / (dof_cov * valid + (1 - valid * 1))
+    return scaled * valid + (1.0 - valid * 1.0) * 1e300
+
+
+def legendre(n_pix: int, n_poly: int) -> np.ndarray:
+    """(n_poly, n_pix) Legendre polynomials P_0 … over the grid mapped to [-1, 1]."""
+    x = np.linspace(-1.0, 1.0, n_pix)
+    return np.array([np.polynomial.legendre.Legendre.basis(i)(x) for i in range(n_poly)])
+
+
+def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, quarter_shifts: np.ndarray,
+                   poly: np.ndarray, backend: Backend | None = None) -> dict:
+    """χ² of one spectrum (f, w: (n,)) against `basis` plus the polynomials `poly` (P, n) at
+    shifts given in units of 1/OVERSAMPLE pixel, at full resolution.
+
+    Returns chi2_eff, chi2 (over covered pixels), n_cov (covered good pixels) (nU,) and the
+    amplitudes (nU, k + P)."""
+    xp = backend or Backend()
+    n = len(f)
+    u = np.asarray(quarter_shifts, dtype=np.int64)
+    offset = basis.offset(grid_start)
+    index = OVERSAMPLE * (offset + np.arange(n))[None, :] - u[:, None]       # (nU, n)
+    inside = (index >= 0) & (index < basis.fine.shape[1])
+    index = np.clip(index, 0, basis.fine.shape[1] - 1)
+    covered = (basis.fine_coverage[index] & inside).astype(np.float64)        # (nU, n)
+    templates = basis.fine[:, index] * covered[None]                          # (k, nU, n)
+    design = np.concatenate([templates, np.broadcast_to(poly[:, None, :], (len(poly), len(u), n))], axis=0)
+    design = xp.asarray(design.transpose(1, 0, 2))                            # (nU, K, n)
+    wc = xp.asarray(w[None, :] * covered)                                     # (nU, n)
+    fx = xp.asarray(f)
+    weighted = design * wc[:, None, :]
+    mat = weighted @ (design.transpose(-1, -2) if xp.name == "torch" else design.transpose(0, 2, 1))  # (nU, K, K)
+    vec = (weighted * fx).sum(-1)                                             # (nU, K)
+    ff = (wc * fx * fx).sum(-1)
+    amplitudes = xp.solve(mat, vec)
+    chi2 = xp.to_numpy(ff - (amplitudes * vec).sum(-1))
+    good = (w > 0).astype(np.float64)
+    n_cov = covered @ good
+    return {"chi2_eff": effective_chi2(chi2, n_cov, good.sum(), design.shape[1]), "chi2": chi2, "n_cov": n_cov,
+            "amplitudes": xp.to_numpy(amplitudes)}

@@ -1,0 +1,98 @@
+"""The fitting stage of a run: the store's spectra and the ViT's predictions in, the final class
+and redshift out (`fit_store`); between prediction and write-back in single and sharded runs."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from ..flags import PredFlag
+from .decide import choose
+from .fitter import Fitter, FitSettings
+
+FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags")
+SPECTYPE_WIDTH = 12
+
+
+def empty_fit(n: int) -> dict:
+    """The fit's keys for n rows that were not fitted ('' class, NaN values, no flags)."""
+    return {"fit_class": np.full(n, "", dtype="U6"), "fit_z": np.full(n, np.nan), "fit_z_err": np.full(n, np.nan),
+            "fit_deltachi2": np.full(n, np.nan), "fit_rchi2": np.full(n, np.nan),
+            "fit_spectype": np.full(n, "", dtype=f"U{SPECTYPE_WIDTH}"), "fit_flags": np.zeros(n, np.int64)}
+
+
+def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, vit: dict | None) -> dict:
+    """The fit's keys for one batch of spectra (B, n_pix); `vit` has prob (B, 3), z, z_err (B,)."""
+    n = len(flux)
+    out = empty_fit(n)
+    if n == 0:
+        return out
+    candidates = fitter.fit(flux, ivar, mask, vit)
+    from .scan import spectrum_arrays
+
+    f, w, _ = spectrum_arrays(flux, ivar, mask)
+    for i in range(n):
+        prob = None if vit is None else vit["prob"][i]
+        vit_z = np.nan if vit is None else float(vit["z"][i])
+        vit_err = np.nan if vit is None else float(vit["z_err"][i])
+        choice = choose(candidates[i], prob, vit_z, vit_err, fitter.settings.small_deltachi2, fitter.settings.prior)
+        out["fit_flags"][i] = choice.flags
+        if choice.best is None:
+            continue
+        out["fit_class"][i] = choice.spectype
+        out["fit_z"][i], out["fit_z_err"][i] = choice.z, choice.z_err
+        out["fit_deltachi2"][i], out["fit_rchi2"][i] = choice.deltachi2, choice.rchi2
+        if choice.spectype == "STAR":
+            sptype, _ = fitter.spectral_type(f[i], w[i], choice.best.shift)
+            out["fit_spectype"][i] = sptype[:SPECTYPE_WIDTH]
+    return out
+
+
+def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(), start: int = 0,
+              stop: int | None = None, batch_size: int = 64, workers: int = 2,
+              progress: Callable[[int], None] | None = None) -> dict:
+    """Fit rows [start, stop) of a spectra store whose ViT predictions are `pred` (predict_store's
+    output for the same rows); returns the FIT_KEYS arrays. Rows without a usable spectrum (store
+    status not OK) are not fitted. Batches run on `workers` threads (numpy's FFTs and matrix
+    products release the GIL)."""
+    from ..store import STATUS, open_store, read_rows
+
+    stop = open_store(store_path).n_rows if stop is None else stop
+    n = stop - start
+    out = empty_fit(n)
+    fitter = Fitter(grid, settings)
+
+    def one(first: int) -> tuple[int, np.ndarray, dict]:
+        last = min(first + batch_size, stop)
+        rows = read_rows(store_path, first, last)
+        local = np.arange(first - start, last - start)
+        ok = rows["status"] == STATUS["OK"]
+        ok &= np.isfinite(pred["prob"][local]).all(axis=1) | (not settings.prior)
+        vit = {key: pred[key][local][ok] for key in ("prob", "z", "z_err")}
+        return first, local[ok], fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
+
+    firsts = list(range(start, stop, batch_size))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for first, index, result in pool.map(one, firsts):
+            for key in FIT_KEYS:
+                out[key][index] = result[key]
+            if progress is not None:
+                progress(min(first + batch_size, stop) - first)
+    return out
+
+
+def final_columns(pred: dict) -> dict:
+    """class (U6), z, z_err and the ViT's class: the fit's values where it found a solution, the
+    ViT's elsewhere (and everywhere when the fit did not run)."""
+    prob = pred["prob"]
+    vit_class = np.where(np.isfinite(prob).all(axis=1), np.array(CLASS_NAMES)[np.nan_to_num(prob, nan=0).argmax(axis=1)], "")
+    fitted = pred["fit_class"] != ""
+    return {"class": np.where(fitted, pred["fit_class"], vit_class).astype("U6"),
+            "z": np.where(fitted, pred["fit_z"], pred["z"]), "z_err": np.where(fitted, pred["fit_z_err"], pred["z_err"]),
+            "vit_class": vit_class.astype("U6"), "fitted": fitted}
+
+
+__all__ = ["FIT_KEYS", "FitSettings", "empty_fit", "final_columns", "fit_rows", "fit_store", "PredFlag"]
