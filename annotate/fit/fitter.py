@@ -40,6 +40,7 @@ class FitSettings:
     bin_qso: int = 6
     bin_star: int = 3
     n_poly: int = 3
+    n_poly_coarse: int = 2
     n_candidates: int = 3
     max_refine: int = 4
     refine_margin: float = 100.0
@@ -135,7 +136,8 @@ class Fitter:
             if len(rows) == 0:
                 continue
             chi2, shifts = coarse_scan(basis, f[rows], w[rows], self.grid.loglam_start,
-                                       self.settings.bin_for(basis.spectype), self.backend)
+                                       self.settings.bin_for(basis.spectype), self.backend,
+                                       n_poly=self.settings.n_poly_coarse)
             coarse[basis.name] = (rows, chi2, shifts)
         for i in range(n_spec):
             found = []
@@ -237,7 +239,7 @@ class Fitter:
         u_hat, sigma_u = _parabola(quarters, chi2, j)
         shift_hat = u_hat / OVERSAMPLE
         n_free = basis.n_basis + len(self.poly)
-        dof = max(second["n_cov"][j] - n_free, 1.0)
+        dof = max(second["n_good"] - n_free, 1.0)
         rchi2 = float(second["chi2"][j] / dof)
         sigma_shift = sigma_u / OVERSAMPLE * np.sqrt(max(rchi2, 1.0))
         z = float(shift_to_z(shift_hat, basis.step))

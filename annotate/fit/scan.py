@@ -8,10 +8,9 @@ at once on a binned copy of the data; `chi2_at_shifts` evaluates one spectrum at
 whole or quarter-pixel shifts at full resolution, with Legendre polynomials for calibration
 errors. Both run in numpy or torch (`Backend`); the results agree to float64 rounding.
 
-The fit counts only pixels where a basis has data ("coverage"); the χ² over the covered pixels
-is scaled to all of them by degrees of freedom, χ²_eff = χ²_covered · (N_good − K)/(N_covered − K),
-so that solutions covering different stretches compare fairly, and shifts where a basis covers
-under 70 % of the good pixels are not solutions.
+Every pixel counts at every shift: a basis is zero where it has no data ("coverage"), and there
+the Legendre polynomials that are part of every fit model the spectrum alone, so a solution that
+leaves structure unexplained pays for it and no solution wins by covering less.
 """
 
 from __future__ import annotations
@@ -183,60 +182,58 @@ def _bin(values: np.ndarray, factor: int) -> np.ndarray:
 
 
 def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, factor: int,
-                backend: Backend, shift_range: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """χ²_eff of `basis` against spectra (f, w: (B, n)) binned by `factor` pixels, at every shift
-    that is a multiple of `factor` pixels within the basis' z range (or `shift_range`, pixels).
+                backend: Backend, shift_range: tuple | None = None, n_poly: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """χ² of `basis` plus `n_poly` Legendre terms against spectra (f, w: (B, n)) binned by
+    `factor` pixels, at every shift that is a multiple of `factor` pixels within the basis' z
+    range (or `shift_range`, pixels). Templates are zero where they have no data, so there the
+    polynomials alone model the spectrum.
 
     Returns chi2 (B, n_shift) float64 and the shifts (n_shift,) in full-resolution pixels."""
     fb_w = _bin(f * w, factor)          # Σ w f per bin
     wb = _bin(w, factor)                # Σ w per bin: the bin's inverse variance
     with np.errstate(invalid="ignore", divide="ignore"):
         fb = np.where(wb > 0, fb_w / np.where(wb > 0, wb, 1.0), 0.0)
-    good = (wb > 0).astype(np.float64)
+    nb = wb.shape[-1]
     offset = basis.offset(grid_start)
     phase = offset % factor
     m = (basis.n_pix - phase) // factor
     tb = basis.flux[:, phase:phase + m * factor].reshape(basis.n_basis, m, factor).mean(axis=-1)
-    cb = basis.coverage[phase:phase + m * factor].reshape(m, factor).all(axis=-1).astype(np.float64)
+    cb = basis.coverage[phase:phase + m * factor].reshape(m, factor).all(axis=-1)
     tb = tb * cb
     k = basis.n_basis
     upper = np.triu_indices(k)
-    products = tb[upper[0]] * tb[upper[1]]
     lo, hi = shift_range if shift_range is not None else basis.shift_range()
     s_lo, s_hi = int(np.ceil(lo / factor)), int(np.floor(hi / factor))
     if s_hi < s_lo:
         s_hi = s_lo
     off_b = (offset - phase) // factor
-    # D = off_b - S: rest bin of observed bin 0
-    d_lo, d_hi = off_b - s_hi, off_b - s_lo
+    d_lo, d_hi = off_b - s_hi, off_b - s_lo  # D = off_b - S: rest bin of observed bin 0
     xp = backend
-    data = xp.asarray(np.stack([wb * fb, wb, wb * fb * fb, good], axis=1))  # (B, 4, nb)
-    b_terms = xp.correlate(data[:, 0], xp.asarray(tb), d_lo, d_hi)          # (B, k, nD)
-    m_terms = xp.correlate(data[:, 1], xp.asarray(products), d_lo, d_hi)    # (B, k(k+1)/2, nD)
-    cov = xp.asarray(cb[None])
-    ff = xp.correlate(data[:, 2], cov, d_lo, d_hi)[:, 0]                    # (B, nD)
-    n_cov = xp.correlate(data[:, 3], cov, d_lo, d_hi)[:, 0]
-    n_good = data[:, 3].sum(-1)[:, None]
-    reduction = chi2_reduction_upper([m_terms[:, p] for p in range(m_terms.shape[1])],
-                                     [b_terms[:, j] for j in range(k)], k)
-    chi2 = xp.to_numpy(effective_chi2(ff - reduction, n_cov, n_good, k))[:, ::-1]  # D descending = shift ascending
+    poly = legendre(nb, n_poly)                                              # (P, nb)
+    t_side = xp.asarray(tb)
+    b_t = xp.correlate(xp.asarray(wb * fb), t_side, d_lo, d_hi)             # (B, k, nD)
+    m_tt = xp.correlate(xp.asarray(wb), xp.asarray(tb[upper[0]] * tb[upper[1]]), d_lo, d_hi)
+    m_tp = [xp.correlate(xp.asarray(wb * poly[p]), t_side, d_lo, d_hi) for p in range(n_poly)]
+    zeros = 0.0 * m_tt[:, 0]
+    ff = xp.asarray((wb * fb * fb).sum(-1))[:, None]
+    b_p = [xp.asarray((wb * fb * poly[p]).sum(-1))[:, None] + zeros for p in range(n_poly)]
+    m_pp = {(p, q): xp.asarray((wb * poly[p] * poly[q]).sum(-1))[:, None] + zeros
+            for p in range(n_poly) for q in range(p, n_poly)}
+    size = k + n_poly
+    tt_index = {(int(i), int(j)): n for n, (i, j) in enumerate(zip(*upper))}
+    terms = []
+    for i, j in zip(*np.triu_indices(size)):
+        i, j = int(i), int(j)
+        if j < k:
+            terms.append(m_tt[:, tt_index[i, j]])
+        elif i < k:
+            terms.append(m_tp[j - k][:, i])
+        else:
+            terms.append(m_pp[i - k, j - k])
+    vector = [b_t[:, j] for j in range(k)] + b_p
+    chi2 = xp.to_numpy(ff - chi2_reduction_upper(terms, vector, size))[:, ::-1]  # D descending = shift ascending
     shifts = factor * np.arange(s_lo, s_hi + 1)
     return chi2, shifts
-
-
-MIN_COVERAGE = 0.7  # solutions whose basis covers less of the good pixels are not considered
-
-
-def effective_chi2(chi2_covered, n_cov, n_good, n_free: int):
-    """χ² over the covered pixels scaled to all good pixels by degrees of freedom,
-    χ²·(N_good − K)/(N_cov − K), so that solutions covering different stretches compare fairly
-    (a fit to fewer pixels is not rewarded for its freedom); 1e300 where the basis covers under
-    MIN_COVERAGE of the good pixels."""
-    fraction = n_cov / (n_good + 1e-300)
-    valid = (fraction >= MIN_COVERAGE) & (n_cov > n_free + 1)
-    dof_cov = n_cov - n_free
-    scaled = chi2_covered * (n_good - n_free) / (dof_cov * valid + (1 - valid * 1))
-    return scaled * valid + (1.0 - valid * 1.0) * 1e300
 
 
 def legendre(n_pix: int, n_poly: int) -> np.ndarray:
@@ -263,7 +260,7 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
     templates = basis.fine[:, index] * covered[None]                          # (k, nU, n)
     design = np.concatenate([templates, np.broadcast_to(poly[:, None, :], (len(poly), len(u), n))], axis=0)
     design = xp.asarray(design.transpose(1, 0, 2))                            # (nU, K, n)
-    wc = xp.asarray(w[None, :] * covered)                                     # (nU, n)
+    wc = xp.asarray(np.broadcast_to(w[None, :], covered.shape))               # (nU, n)
     fx = xp.asarray(f)
     weighted = design * wc[:, None, :]
     mat = weighted @ (design.transpose(-1, -2) if xp.name == "torch" else design.transpose(0, 2, 1))  # (nU, K, K)
@@ -273,5 +270,5 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
     chi2 = xp.to_numpy(ff - (amplitudes * vec).sum(-1))
     good = (w > 0).astype(np.float64)
     n_cov = covered @ good
-    return {"chi2_eff": effective_chi2(chi2, n_cov, good.sum(), design.shape[1]), "chi2": chi2, "n_cov": n_cov,
+    return {"chi2_eff": chi2, "chi2": chi2, "n_cov": n_cov, "n_good": float(good.sum()),
             "amplitudes": xp.to_numpy(amplitudes)}

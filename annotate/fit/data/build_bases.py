@@ -42,7 +42,8 @@ HELD_OUT_POPULATION_FRACTION = 0.2
 POPULATION_SEED = 20261201
 QSO_SEED = 917_000_001
 N_QSO_DRAWS = 600
-FOREST_EDGE_AA = 0.0  # no rest wavelength is left out: the basis holds the forest's mean transmission
+FOREST_EDGE_AA = 0.0  # nothing left out: the basis holds the forest's mean transmission
+
 N_GALAXY_PCA = 6
 N_STAR_PCA = 5
 N_QSO_PCA = 8
