@@ -75,11 +75,17 @@ class Basis:
         fine = (1.0 - frac)[None, None, :] * self.flux[:, :, None] + frac[None, None, :] * nxt[:, :, None]
         return fine.reshape(self.n_basis, -1)
 
+    phase_pad: int = 6000  # zero pixels on both sides of `phases`: any store grid's shift stays inside
+
     @cached_property
-    def fine_coverage(self) -> np.ndarray:
-        xf = np.arange(self.n_pix * OVERSAMPLE) // OVERSAMPLE
-        nxt = np.minimum(xf + 1, self.n_pix - 1)
-        return self.coverage[xf] & self.coverage[nxt]
+    def phases(self) -> np.ndarray:
+        """(OVERSAMPLE, k, m + 2·phase_pad): `fine` split by phase, zero-padded; the basis shifted
+        by −q/OVERSAMPLE pixel is phases[q] (contiguous, so any shift is a slice)."""
+        fine = self.fine.reshape(self.n_basis, self.n_pix, OVERSAMPLE)
+        out = np.zeros((OVERSAMPLE, self.n_basis, self.n_pix + 2 * self.phase_pad))
+        for q in range(OVERSAMPLE):
+            out[q, :, self.phase_pad:self.phase_pad + self.n_pix] = fine[:, :, q]
+        return out
 
 
 @dataclass(frozen=True)

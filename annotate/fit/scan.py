@@ -247,28 +247,39 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
     """χ² of one spectrum (f, w: (n,)) against `basis` plus the polynomials `poly` (P, n) at
     shifts given in units of 1/OVERSAMPLE pixel, at full resolution.
 
-    Returns chi2_eff, chi2 (over covered pixels), n_cov (covered good pixels) (nU,) and the
-    amplitudes (nU, k + P)."""
+    The basis at a shift is a contiguous slice of one of its OVERSAMPLE phase arrays, so each
+    shift costs one product of the weighted basis (k, n) with [basis, polynomials, flux].
+    Returns chi2 (nU,), n_good and the amplitudes (nU, k + P)."""
     xp = backend or Backend()
     n = len(f)
-    u = np.asarray(quarter_shifts, dtype=np.int64)
+    k, n_p = basis.n_basis, len(poly)
+    phases = basis.phases                                 # (OVERSAMPLE, k, n_pad + m + n_pad)
+    pad = basis.phase_pad
     offset = basis.offset(grid_start)
-    index = OVERSAMPLE * (offset + np.arange(n))[None, :] - u[:, None]       # (nU, n)
-    inside = (index >= 0) & (index < basis.fine.shape[1])
-    index = np.clip(index, 0, basis.fine.shape[1] - 1)
-    covered = (basis.fine_coverage[index] & inside).astype(np.float64)        # (nU, n)
-    templates = basis.fine[:, index] * covered[None]                          # (k, nU, n)
-    design = np.concatenate([templates, np.broadcast_to(poly[:, None, :], (len(poly), len(u), n))], axis=0)
-    design = xp.asarray(design.transpose(1, 0, 2))                            # (nU, K, n)
-    wc = xp.asarray(np.broadcast_to(w[None, :], covered.shape))               # (nU, n)
-    fx = xp.asarray(f)
-    weighted = design * wc[:, None, :]
-    mat = weighted @ (design.transpose(-1, -2) if xp.name == "torch" else design.transpose(0, 2, 1))  # (nU, K, K)
-    vec = (weighted * fx).sum(-1)                                             # (nU, K)
-    ff = (wc * fx * fx).sum(-1)
-    amplitudes = xp.solve(mat, vec)
-    chi2 = xp.to_numpy(ff - (amplitudes * vec).sum(-1))
-    good = (w > 0).astype(np.float64)
-    n_cov = covered @ good
-    return {"chi2_eff": chi2, "chi2": chi2, "n_cov": n_cov, "n_good": float(good.sum()),
-            "amplitudes": xp.to_numpy(amplitudes)}
+    u = np.asarray(quarter_shifts, dtype=np.int64)
+    whole = -((-u) // OVERSAMPLE)                          # ceil(u / OVERSAMPLE)
+    phase = OVERSAMPLE * whole - u                        # index = OVERSAMPLE·(offset + i − whole) + phase
+    starts = offset - whole + pad
+    if np.any(starts < 0) or np.any(starts + n > phases.shape[-1]):
+        raise ValueError("shift outside the basis' padded range")
+    fw = f * w
+    side = np.concatenate([poly.T, f[:, None]], axis=1)   # (n, P + 1)
+    pp = (poly * w) @ poly.T                              # (P, P)
+    pf = poly @ fw                                        # (P,)
+    ff = float(f @ fw)
+    size = k + n_p
+    mats = np.empty((len(u), size, size))
+    vecs = np.empty((len(u), size))
+    for row, (q, start) in enumerate(zip(phase, starts)):
+        t = phases[q][:, start:start + n]                 # (k, n) view
+        tw = t * w
+        block = tw @ np.concatenate([t.T, side], axis=1)  # (k, k + P + 1)
+        mats[row, :k, :k] = block[:, :k]
+        mats[row, :k, k:] = block[:, k:k + n_p]
+        mats[row, k:, :k] = block[:, k:k + n_p].T
+        mats[row, k:, k:] = pp
+        vecs[row, :k] = block[:, -1]
+        vecs[row, k:] = pf
+    amplitudes = xp.to_numpy(xp.solve(xp.asarray(mats), xp.asarray(vecs)))
+    chi2 = ff - (amplitudes * vecs).sum(-1)
+    return {"chi2_eff": chi2, "chi2": chi2, "n_good": float((w > 0).sum()), "amplitudes": amplitudes}
