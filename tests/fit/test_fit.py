@@ -1,0 +1,166 @@
+"""The template fit: bases, χ² scans (numpy and torch), sub-pixel recovery, the ViT rule, flags.
+
+Test objects are simulated from templates the bases never saw: the held-out MILES stars, the
+held-out populations (a sub-library), and quasar-model draws of other seeds than the basis'."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from annotate import SPEED_OF_LIGHT_KMS
+from annotate.fit.bases import load_bases
+from annotate.fit.decide import choose
+from annotate.fit.fitter import Candidate, Fitter, FitSettings, shift_to_z
+from annotate.fit.scan import Backend, chi2_at_shifts, coarse_scan, legendre, spectrum_arrays
+from annotate.fit.stage import fit_rows
+from annotate.flags import PredFlag
+from annotate.grid import WavelengthGrid
+from annotate.simulate.spectra import SimulationSettings, draw_sample
+from annotate.simulate.templates import load_library
+
+GRID = WavelengthGrid()
+
+
+@pytest.fixture(scope="module")
+def bases():
+    return load_bases()
+
+
+@pytest.fixture(scope="module")
+def held_out_library(bases):
+    """The template library with only the populations the galaxy basis never saw."""
+    lib = load_library()
+    held = bases.held_out_populations
+    return replace(lib, gal_flux=lib.gal_flux[held], gal_age_gyr=lib.gal_age_gyr[held],
+                   gal_sigma_kms=lib.gal_sigma_kms[held], gal_set=lib.gal_set[held])
+
+
+def test_bases_leave_the_held_out_templates_out(bases):
+    lib = load_library()
+    assert len(bases.held_out_stars) == round(0.15 * lib.n_star)
+    assert set(bases.star_name) & set(lib.star_name[bases.held_out_stars]) == set()
+    assert len(bases.star_name) == lib.n_star - len(bases.held_out_stars)
+    assert 0 < len(bases.held_out_populations) < lib.n_gal
+    assert set(bases.classes) == {"GALAXY", "QSO", "STAR"}
+    for basis in bases.bases:
+        assert np.isfinite(basis.flux).all() and basis.coverage.any()
+        assert abs(basis.loglam_start / basis.step - round(basis.loglam_start / basis.step)) < 1e-6
+    assert len(bases.sha256) == 64
+
+
+def _one_sample(lib, cls, seed, snr, star_indices=None, n=1):
+    fractions = {"GALAXY": (1, 0, 0), "QSO": (0, 1, 0), "STAR": (0, 0, 1)}[cls]
+    settings = SimulationSettings(class_fractions=fractions, snr=(snr, snr * 1.0001), edge_mask_probability=0.0,
+                                  blue_mask_probability=0.0)
+    return draw_sample(n, lib, GRID, seed=seed, settings=settings, star_indices=star_indices)
+
+
+@pytest.mark.parametrize("cls, limit_kms", [("GALAXY", 60.0), ("QSO", 400.0), ("STAR", 30.0)])
+def test_known_redshifts_are_recovered_per_class(bases, held_out_library, cls, limit_kms):
+    lib = held_out_library if cls == "GALAXY" else load_library()
+    sample = _one_sample(lib, cls, seed=41, snr=15.0, star_indices=bases.held_out_stars, n=6)
+    fitter = Fitter(GRID, FitSettings(prior=False), bases)
+    candidates = fitter.fit(sample["flux"], sample["ivar"], sample["mask"])
+    for i in range(6):
+        choice = choose(candidates[i], None, np.nan, np.nan, prior=False)
+        offset = abs(choice.z - sample["z"][i]) * SPEED_OF_LIGHT_KMS / (1 + sample["z"][i])
+        assert choice.spectype == cls, (i, sample["z"][i], choice)
+        assert offset < limit_kms, (i, sample["z"][i], choice.z)
+        assert choice.deltachi2 > 9.0
+        assert 0 < choice.z_err < 0.01 * (1 + choice.z)
+
+
+def test_a_sub_pixel_shift_of_a_basis_template_is_recovered(bases):
+    """A noiseless spectrum made of the galaxy basis shifted by 37.3 pixels (the store's linear
+    resampling of a pixelised spectrum) comes back at that shift to 0.02 pixel (1.4 km/s: the parabola through quarter-pixel
+    points of a piecewise-linear model)."""
+    basis = bases.for_class("GALAXY")[0]
+    rng = np.random.default_rng(7)
+    amplitudes = np.concatenate([[1.0], rng.normal(0, 0.1, basis.n_basis - 1)])
+    rest = amplitudes @ basis.flux
+    true_shift = 37.3
+    offset = basis.offset(GRID.loglam_start)
+    position = offset + np.arange(GRID.n_pix) - true_shift
+    flux = np.interp(position, np.arange(basis.n_pix), rest)
+    ivar = np.full(GRID.n_pix, 1e4)
+    fitter = Fitter(GRID, FitSettings(prior=False), bases)
+    f, w, _ = spectrum_arrays(flux[None], ivar[None], np.zeros((1, GRID.n_pix), bool))
+    cand = fitter.refine(basis, f[0], w[0], 36.0, 3)
+    assert cand.shift == pytest.approx(true_shift, abs=0.02)
+    assert abs(cand.z - float(shift_to_z(true_shift))) < 0.02 * np.log(10) * 1e-4 * (1 + cand.z)
+
+
+def test_numpy_and_torch_scans_agree(bases):
+    pytest.importorskip("torch")
+    sample = draw_sample(4, load_library(), GRID, seed=3)
+    f, w, _ = spectrum_arrays(sample["flux"], sample["ivar"], sample["mask"])
+    for basis in (bases.for_class("GALAXY")[0], bases.for_class("QSO")[0], bases.for_class("STAR")[0]):
+        chi2_np, shifts_np = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend("numpy"))
+        chi2_t, shifts_t = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend("torch"))
+        assert np.array_equal(shifts_np, shifts_t)
+        # float64 in both; FFT implementations differ in rounding only
+        np.testing.assert_allclose(chi2_t, chi2_np, rtol=1e-7, atol=1e-6 * np.abs(chi2_np).max())
+        poly = legendre(GRID.n_pix, 3)
+        quarters = 4 * int(shifts_np[np.argmin(chi2_np[0])]) + np.arange(-3, 4)
+        fine_np = chi2_at_shifts(basis, f[0], w[0], GRID.loglam_start, quarters, poly, Backend("numpy"))
+        fine_t = chi2_at_shifts(basis, f[0], w[0], GRID.loglam_start, quarters, poly, Backend("torch"))
+        np.testing.assert_allclose(fine_t["chi2"], fine_np["chi2"], rtol=1e-8)
+
+
+def test_direct_and_fft_correlations_agree():
+    rng = np.random.default_rng(0)
+    data, templates = rng.normal(size=(3, 200)), rng.normal(size=(4, 350))
+    xp = Backend()
+    direct = xp.correlate(data, templates, -20, 20)        # 41 lags: direct
+    fft = xp.correlate(data, templates, -40, 60)[..., 20:61]  # 101 lags: FFT
+    expected = np.array([[[sum(data[b, i] * templates[p, i + d] for i in range(200) if 0 <= i + d < 350)
+                           for d in range(-20, 21)] for p in range(4)] for b in range(3)])
+    np.testing.assert_allclose(direct, expected, atol=1e-9)
+    np.testing.assert_allclose(fft, expected, atol=1e-9)
+
+
+def _cand(spectype, z, chi2, edge=False):
+    return Candidate(spectype, "", z, 1e-4, chi2, 1.0, edge, "scan", 0.0)
+
+
+def test_the_vit_breaks_near_ties_only():
+    vit_star = np.array([0.05, 0.05, 0.9])
+    near = [_cand("GALAXY", 0.3, 100.0), _cand("STAR", 0.0, 104.0)]
+    choice = choose(near, vit_star, 0.0001, 0.001)
+    assert (choice.spectype, choice.rule) == ("STAR", "vit-tie")
+    assert choice.deltachi2 == pytest.approx(-4.0)
+    assert choice.flags & PredFlag.SMALL_DELTACHI2
+    far = [_cand("GALAXY", 0.3, 100.0), _cand("STAR", 0.0, 150.0)]
+    choice = choose(far, vit_star, 0.0001, 0.001)
+    assert (choice.spectype, choice.rule, choice.deltachi2) == ("GALAXY", "chi2", 50.0)
+    assert choice.flags & PredFlag.FIT_VIT_DISAGREE and not choice.flags & PredFlag.SMALL_DELTACHI2
+    edge = choose([_cand("QSO", 4.99, 10.0, edge=True)], np.array([0.0, 1.0, 0.0]), 4.99, 0.01)
+    assert edge.flags & PredFlag.Z_AT_EDGE and edge.deltachi2 == np.inf
+    none = choose([], np.array([0.2, 0.7, 0.1]), 2.0, 0.1)
+    assert none.flags & PredFlag.FIT_FAILED and none.spectype == "QSO" and none.z == 2.0
+
+
+def test_hard_spectra_are_flagged_not_crashed(bases):
+    """Flat, negative, one-line-only and mostly masked spectra: a result or a flag, never a crash.
+    (A single narrow line is fitted as the [OII] doublet, the one line group of the galaxy basis
+    that is one line at this resolution, with a large Δχ², as redrock would.)"""
+    n = GRID.n_pix
+    wave = GRID.wavelength
+    flat = np.ones(n)
+    negative = -np.ones(n) + np.random.default_rng(1).normal(0, 0.05, n)
+    line = np.ones(n) + 20 * np.exp(-0.5 * ((wave - 6000.0) / 3.0) ** 2)
+    masked = np.ones(n)
+    flux = np.array([flat, negative, line, masked]) + np.random.default_rng(2).normal(0, 0.05, (4, n))
+    ivar = np.full((4, n), 400.0)
+    mask = np.zeros((4, n), bool)
+    mask[3, 150:] = True  # all but 150 pixels masked
+    vit = {"prob": np.tile([0.4, 0.3, 0.3], (4, 1)), "z": np.full(4, 0.2), "z_err": np.full(4, 0.05)}
+    out = fit_rows(Fitter(GRID, FitSettings(), bases), flux, ivar, mask, vit)
+    assert len(out["fit_class"]) == 4
+    doubtful = int(PredFlag.SMALL_DELTACHI2 | PredFlag.FIT_FAILED | PredFlag.Z_AT_EDGE)
+    assert out["fit_flags"][3] & doubtful  # 150 usable pixels cannot pin a redshift
+    assert out["fit_class"][2] == "GALAXY" and np.isfinite(out["fit_deltachi2"][2])
+    for i in range(4):
+        assert out["fit_class"][i] in ("GALAXY", "QSO", "STAR", "")
+        assert np.isfinite(out["fit_z"][i]) or out["fit_flags"][i] & PredFlag.FIT_FAILED
