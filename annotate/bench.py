@@ -419,13 +419,15 @@ def merge_case(n_rows: str, workdir: str, shard_size: str = "500000") -> str:
     plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n, "shard_size": size,
             "model": str(DEFAULT_MODEL.resolve()), "weights_sha256": weights_sha256(DEFAULT_MODEL), "survey": "sdss_dr18"}
     (folder / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    from annotate.fit.stage import empty_fit
+
     rng = np.random.default_rng(0)
     for shard in shards:
         m = shard.stop - shard.start
         np.savez(folder / "shards" / f"{shard.name}.npz", start=shard.start, stop=shard.stop, errors=np.array([""] * m),
                  prob=rng.dirichlet(np.ones(3), m), z=rng.uniform(0, 3, m), z_err=rng.uniform(0, 0.1, m),
                  teff=rng.uniform(3000, 9000, m), logg=rng.uniform(0, 5, m), feh=rng.uniform(-2, 0.5, m),
-                 coverage=np.ones(m), status=np.ones(m, np.int8))
+                 coverage=np.ones(m), status=np.ones(m, np.int8), **empty_fit(m))
     import gc
 
     gc.collect()

@@ -71,7 +71,7 @@ def test_hdf5_catalog_round_trip_matches_the_fits_run(catalog, micro_model, tmp_
         np.testing.assert_array_equal(np.asarray(out["PRED_FLAGS"]), expected["PRED_FLAGS"])
         np.testing.assert_array_equal(np.asarray(out["PRED_Z_CATASTROPHIC"], bool), expected["PRED_Z_CATASTROPHIC"])
     if convention == "astropy":
-        assert out["PRED_TEFF"].unit == "K" and out["PRED_Z"].description == "predicted redshift"
+        assert out["PRED_TEFF"].unit == "K" and out["PRED_Z"].description == "final redshift (template fit)"
         assert out["Z"].description == "pipeline redshift" and out.meta["SURVEY"] == "dr18-test"
         assert out.meta["ANNMODEL"] == "micro-random" and out.meta["ANNNFAIL"] == 2
     else:

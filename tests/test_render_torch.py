@@ -74,8 +74,10 @@ def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
     model, card = load_checkpoint(DEFAULT_MODEL, "cpu")
     on_host = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=False)
     on_device = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=True)
+    # the images are identical (tested above); the model's float32 arithmetic on them may differ in
+    # the last bits from run to run (threading), so predictions agree to float32 rounding
     for key in on_host:
-        np.testing.assert_array_equal(on_device[key], on_host[key])
+        np.testing.assert_allclose(on_device[key], on_host[key], rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_inference_stays_close_to_float32(batch):
