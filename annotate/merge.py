@@ -19,9 +19,9 @@ from .errors import OutputError
 from .flags import PredFlag
 from .fit.stage import FIT_KEYS
 from .predict import PREDICTION_KEYS
-
-SHARD_KEYS = PREDICTION_KEYS + FIT_KEYS
 from .store import STATUS
+
+SHARD_KEYS = PREDICTION_KEYS + FIT_KEYS  # what a shard file holds per row
 
 SUMMARY_ROLES = ("class", "z", "zwarning", "snr", "teff", "logg", "feh")
 NO_REFERENCE = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)

@@ -303,14 +303,13 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
                      errors=[e for e in errors if e])
 
 
-def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, start: int = 0, stop: int | None = None,
-                    progress=None) -> dict:
+def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, progress=None) -> dict:
     """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
     from .fit.stage import empty_fit, fit_store
 
     if not enabled:
         return empty_fit(len(pred["status"]))
-    return fit_store(store_path, pred, grid, start=start, stop=stop, progress=progress)
+    return fit_store(store_path, pred, grid, progress=progress)
 
 
 def fit_provenance(enabled: bool) -> dict | None:

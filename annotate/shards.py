@@ -125,7 +125,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
     here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
     from .checkpoint import DEFAULT_MODEL, weights_sha256
-    from .pipeline import catalog_rows
+    from .pipeline import catalog_rows, fit_provenance
     from .surveys import load_survey
     from .writeback import default_output_path
 
@@ -140,7 +140,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     shards = plan_shards(n_rows, shard_size)
     plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
             "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name,
-            "fit": _fit_identity(settings.fit)}
+            "fit": fit_provenance(settings.fit)}  # a run folder holds one kind of shard
     done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").exists()]
     missing = [s for s in shards if s not in done]
     if dry_run:
@@ -201,13 +201,6 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
                                 + "; ".join(failed[:3]))
     else:
         raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
-
-
-def _fit_identity(enabled: bool):
-    """The fit's settings and template set in the plan (a run folder holds one kind of shard)."""
-    from .pipeline import fit_provenance
-
-    return fit_provenance(enabled)
 
 
 def shard_precision(folder: Path, shards: list) -> str:

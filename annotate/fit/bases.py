@@ -98,6 +98,7 @@ class BasisSet:
     star_loglam_start: float
     star_sptype: np.ndarray        # (n_star,) str
     star_name: np.ndarray          # (n_star,) str
+    star_group: np.ndarray         # (n_star,) str: the STAR basis (subtype) each star went into, '' none
     held_out_stars: np.ndarray     # MILES indices never used in any basis
     held_out_populations: np.ndarray  # population indices never used in the galaxy basis
     qso_seed: int                  # seed of the quasar-model draws the QSO basis was made from
@@ -141,6 +142,7 @@ def load_bases(path: str | Path = BASES_PATH) -> BasisSet:
         library_sha = str(data["library_sha256"])
         held_out_populations = data["held_out_populations"].astype(int)
         qso_seed = int(data["qso_seed"])
+        star_group = data["star_group"].astype(str)
     # the individual training stars (for the spectral type) come from the template library itself
     from ..simulate.templates import LIBRARY_PATH, load_library
 
@@ -155,6 +157,7 @@ def load_bases(path: str | Path = BASES_PATH) -> BasisSet:
             bases=tuple(bases), star_flux=np.where(star_coverage, star_flux, 0.0),
             star_coverage=star_coverage, star_loglam_start=float(lib.star_loglam[0]),
             star_sptype=lib.star_sptype[train].astype(str), star_name=lib.star_name[train].astype(str),
+            star_group=star_group,
             held_out_stars=held_out,
             held_out_populations=held_out_populations, qso_seed=qso_seed,
             sha256=file_sha256(path), path=path)

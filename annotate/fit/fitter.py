@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
-from .scan import Backend, chi2_at_shifts, coarse_scan, legendre, spectrum_arrays
+from .scan import Backend, chi2_at_shifts, chi2_reduction_upper, coarse_scan, legendre, spectrum_arrays
 
 LN10 = np.log(10.0)
 
@@ -91,13 +91,9 @@ def z_to_shift(z, step: float = 1e-4):
 def local_minima(chi2: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n lowest local minima of a 1-D curve (ends count when lower than their
     neighbour), lowest first."""
-    if len(chi2) == 1:
-        return np.array([0])
     left = np.concatenate([[np.inf], chi2[:-1]])
     right = np.concatenate([chi2[1:], [np.inf]])
-    minima = np.flatnonzero((chi2 <= left) & (chi2 <= right) & (chi2 < 1e299))
-    if len(minima) == 0:
-        return np.array([int(np.argmin(chi2))])
+    minima = np.flatnonzero((chi2 <= left) & (chi2 <= right))
     return minima[np.argsort(chi2[minima])][:n]
 
 
@@ -126,6 +122,10 @@ class Fitter:
         """Candidates per spectrum (refined, unsorted) for (B, n_pix) flux, ivar, mask; `vit`
         holds the ViT's 'prob' (B, 3), 'z' and 'z_err' (B,) when the prior is used."""
         f, w, _ = spectrum_arrays(flux, ivar, mask)
+        return self.fit_arrays(f, w, vit)
+
+    def fit_arrays(self, f: np.ndarray, w: np.ndarray, vit: dict | None = None) -> list[list[Candidate]]:
+        """`fit` for spectra already made into (f, w) by `spectrum_arrays`."""
         n_spec = len(f)
         prob = vit["prob"] if vit is not None else None
         scan_classes = [self.classes_to_scan(None if prob is None else prob[i]) for i in range(n_spec)]
@@ -164,7 +164,6 @@ class Fitter:
                 if inside.any():
                     j = np.flatnonzero(inside)[np.argmin(curve[inside])]
                     found.append((curve[j], basis, float(shifts[j]), j in (0, len(curve) - 1), "vit"))
-        found = [item for item in found if item[0] < 1e299]
         found.sort(key=lambda item: item[0])
         kept, seen = [], []
         for item in found:  # one per distinct shift (star groups share theirs); the ViT's always
@@ -180,7 +179,6 @@ class Fitter:
         if not found:
             return []
         found = sorted(found, key=lambda item: item[0])
-        best_coarse = found[0][0]
         refined, rest = [], []
         class_best = {}
         for item in found:
@@ -220,84 +218,62 @@ class Fitter:
         return float(z_to_shift(lo)), float(z_to_shift(hi))
 
     def refine(self, basis: Basis, f: np.ndarray, w: np.ndarray, shift: float, factor: int) -> Candidate | None:
-        """The full-resolution minimum near `shift` (pixels): whole pixels within ±(factor + 1),
-        then quarter pixels within ±1 of the best, a parabola through the lowest five."""
+        """The full-resolution minimum near `shift` (pixels): whole pixels within ±factor, then
+        quarter pixels within ±3/4 pixel of the best, a parabola through the five around the lowest."""
         lo_shift, hi_shift = basis.shift_range()
         whole = np.arange(int(np.floor(shift)) - factor, int(np.ceil(shift)) + factor + 1)
         whole = whole[(whole >= np.floor(lo_shift)) & (whole <= np.ceil(hi_shift))]
         if len(whole) == 0:
             return None
         first = chi2_at_shifts(basis, f, w, self.grid.loglam_start, OVERSAMPLE * whole, self.poly, self.backend)
-        best = int(whole[np.argmin(first["chi2_eff"])])
+        best = int(whole[np.nanargmin(first["chi2"])])
         quarters = OVERSAMPLE * best + np.arange(-3, 4)
         second = chi2_at_shifts(basis, f, w, self.grid.loglam_start, quarters, self.poly, self.backend)
-        chi2 = second["chi2_eff"]
-        if not np.isfinite(chi2).any() or chi2.min() >= 1e299:
+        chi2 = second["chi2"]
+        if not np.isfinite(chi2).any():
             return None
-        j = int(np.argmin(chi2))
+        j = int(np.nanargmin(chi2))
         at_edge = bool(best <= np.ceil(lo_shift) or best >= np.floor(hi_shift))
-        u_hat, sigma_u = _parabola(quarters, chi2, j)
+        u_hat, sigma_u, chi2_min = _parabola(quarters, chi2, j)
         shift_hat = u_hat / OVERSAMPLE
         n_free = basis.n_basis + len(self.poly)
-        dof = max(second["n_good"] - n_free, 1.0)
-        rchi2 = float(second["chi2"][j] / dof)
+        rchi2 = float(chi2[j] / max(second["n_good"] - n_free, 1.0))
         sigma_shift = sigma_u / OVERSAMPLE * np.sqrt(max(rchi2, 1.0))
         z = float(shift_to_z(shift_hat, basis.step))
         z_err = float((1.0 + z) * LN10 * basis.step * sigma_shift)
-        return Candidate(basis.spectype, basis.subtype, z, z_err, float(_parabola_min(quarters, chi2, j, u_hat)), rchi2,
-                         bool(at_edge), "scan", float(shift_hat))
+        return Candidate(basis.spectype, basis.subtype, z, z_err, chi2_min, rchi2, at_edge, "scan", float(shift_hat))
 
-    def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float) -> tuple[str, str]:
-        """(MILES spectral type, star name) of the training star that fits best at `shift`."""
+    def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[str, str]:
+        """(MILES spectral type, star name) of the training star (of `group`, when given: the
+        star basis that fitted) that, with the polynomials, fits best at `shift` pixels."""
         stars = self.bases
-        n = len(f)
+        chosen = np.flatnonzero(stars.star_group == group) if group else np.arange(len(stars.star_name))
         offset = int(round((self.grid.loglam_start - stars.star_loglam_start) / self.grid.loglam_step))
-        index = offset + np.arange(n) - int(round(shift))
+        index = offset + np.arange(len(f)) - int(round(shift))
         inside = (index >= 0) & (index < stars.star_flux.shape[1])
-        index = np.clip(index, 0, stars.star_flux.shape[1] - 1)
-        t = stars.star_flux[:, index] * inside
-        cov = stars.star_coverage[:, index] & inside
-        wc = w[None, :] * cov
+        t = stars.star_flux[chosen][:, np.clip(index, 0, stars.star_flux.shape[1] - 1)] * inside  # (S, n), 0 where no data
+        tw = t * w
         poly = self.poly
-        tt = np.einsum("sn,sn->s", t * wc, t)
-        tf = (t * wc) @ f
-        tp = (t * wc) @ poly.T                         # (S, P)
-        pp = np.einsum("pn,sn,qn->spq", poly, wc, poly)
-        pf = wc @ (poly * f).T                         # (S, P)
-        ff = wc @ (f * f)
-        k = 1 + len(poly)
-        mat = np.empty((len(t), k, k))
-        mat[:, 0, 0], mat[:, 0, 1:], mat[:, 1:, 0], mat[:, 1:, 1:] = tt, tp, tp, pp
-        vec = np.concatenate([tf[:, None], pf], axis=1)
-        chi2 = ff - self.backend.chi2_reduction(mat, vec) if self.backend.name == "numpy" else \
-            ff - Backend().chi2_reduction(mat, vec)
-        n_cov = cov @ (w > 0)
-        per_pixel = chi2 / np.maximum(n_cov, 1)
-        best = int(np.argmin(per_pixel))
+        n_p = len(poly)
+        pp = (poly * w) @ poly.T
+        terms = [(tw * t).sum(-1)] + [tw @ poly[p] for p in range(n_p)]   # the star's row of the system
+        for p in range(n_p):
+            terms += [np.full(len(t), pp[p, q]) for q in range(p, n_p)]
+        vector = [tw @ f] + [np.full(len(t), poly[p] @ (w * f)) for p in range(n_p)]
+        chi2 = f @ (w * f) - chi2_reduction_upper(terms, vector, 1 + n_p)
+        best = chosen[int(np.argmin(chi2))]
         return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
 
 
-def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float]:
-    """(minimum, σ) in the units of u from a quadratic through up to five points around index j;
-    σ = 1/√a for χ² ≈ a(u − u₀)² + c. Falls back to the grid point and the grid's spacing."""
+def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float, float]:
+    """(minimum position, σ, minimum χ²) in the units of u from a quadratic through up to five
+    points around index j; σ = 1/√a for χ² ≈ a(u − u₀)² + c. Where the points are not a
+    parabola opening upwards with its vertex near j: the grid point, half the grid's span, its χ²."""
     lo, hi = max(0, j - 2), min(len(u), j + 3)
-    x, y = u[lo:hi].astype(float), chi2[lo:hi]
-    ok = y < 1e299
-    if ok.sum() >= 3:
-        a, b, _ = np.polyfit(x[ok] - u[j], y[ok], 2)
-        if a > 0:
+    x, y = u[lo:hi].astype(float) - u[j], chi2[lo:hi]
+    if len(x) >= 3:
+        a, b, c = np.polyfit(x, y, 2)
+        if a > 0 and abs(b / (2 * a)) <= 2.0:
             centre = -b / (2 * a)
-            if abs(centre) <= 2.0:
-                return float(u[j] + centre), float(1.0 / np.sqrt(a))
-    return float(u[j]), float(len(u) / 2)
-
-
-def _parabola_min(u: np.ndarray, chi2: np.ndarray, j: int, u_hat: float) -> float:
-    lo, hi = max(0, j - 2), min(len(u), j + 3)
-    x, y = u[lo:hi].astype(float), chi2[lo:hi]
-    ok = y < 1e299
-    if ok.sum() >= 3:
-        coeffs = np.polyfit(x[ok] - u[j], y[ok], 2)
-        value = float(np.polyval(coeffs, u_hat - u[j]))
-        return min(value, float(chi2[j]))
-    return float(chi2[j])
+            return float(u[j] + centre), float(1.0 / np.sqrt(a)), float(min(c - b * b / (4 * a), chi2[j]))
+    return float(u[j]), float(len(u) / 2), float(chi2[j])

@@ -16,6 +16,7 @@ leaves structure unexplained pays for it and no solution wins by covering less.
 from __future__ import annotations
 
 import numpy as np
+from scipy.fft import next_fast_len
 
 from .bases import OVERSAMPLE, Basis
 
@@ -48,7 +49,7 @@ class Backend:
         n, m = data.shape[-1], templates.shape[-1]
         n_lags = d_hi - d_lo + 1
         if n_lags >= FFT_MIN_LAGS:
-            length = _fast_length(n + m)
+            length = next_fast_len(n + m, real=True)
             if self.name == "numpy":
                 import scipy.fft as sfft
 
@@ -75,22 +76,6 @@ class Backend:
         padded = self.torch.nn.functional.pad(templates, (pad_lo, pad_hi))
         windows = padded.unfold(-1, n, 1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
         return (data @ windows.reshape(-1, n).T).reshape(len(data), len(templates), n_lags)
-
-    def chi2_reduction(self, matrix, vector):
-        """bᵀ M⁻¹ b for SPD M (..., k, k) and b (..., k), a small ridge keeping it invertible."""
-        k = matrix.shape[-1]
-        if self.name == "numpy":
-            diag = np.einsum("...ii->...i", matrix)
-            ridge = 1e-10 * diag.mean(axis=-1)[..., None, None] + 1e-30
-            lower = np.linalg.cholesky(matrix + ridge * np.eye(k))
-            y = _forward_substitution(lower, vector)
-            return (y * y).sum(axis=-1)
-        torch = self.torch
-        diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
-        ridge = 1e-10 * diag.mean(dim=-1)[..., None, None] + 1e-30
-        lower, _ = torch.linalg.cholesky_ex(matrix + ridge * torch.eye(k, dtype=matrix.dtype, device=matrix.device))
-        y = torch.linalg.solve_triangular(lower, vector[..., None], upper=False)[..., 0]
-        return (y * y).sum(dim=-1)
 
     def solve(self, matrix, vector):
         k = matrix.shape[-1]
@@ -119,7 +104,7 @@ def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10
         diag = upper_terms[index[j, j]] + scale
         for p in range(j):
             diag = diag - lower[j, p] * lower[j, p]
-        diag = diag.clip(1e-300) ** 0.5 if hasattr(diag, "clip") else diag
+        diag = diag.clip(1e-300) ** 0.5
         lower[j, j] = diag
         for i in range(j + 1, k):
             value = upper_terms[index[j, i]]
@@ -133,31 +118,6 @@ def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10
         y.append(yj)
         total = total + yj * yj
     return total
-
-
-def _forward_substitution(lower: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """L⁻¹ b for lower-triangular L (..., k, k), vectorised over the leading axes."""
-    k = lower.shape[-1]
-    y = np.empty_like(vector)
-    for i in range(k):
-        y[..., i] = (vector[..., i] - (lower[..., i, :i] * y[..., :i]).sum(axis=-1)) / lower[..., i, i]
-    return y
-
-
-def _fast_length(n: int) -> int:
-    """A length ≥ n with only factors 2, 3 and 5 (fast FFTs)."""
-    best = 1 << (n - 1).bit_length()
-    for three in (1, 3, 9, 27):
-        for five in (1, 5, 25):
-            base = three * five
-            if base > best:
-                continue
-            length = base * (1 << max(0, (n - 1) // base).bit_length())
-            while length // 2 >= n and length % 2 == 0:
-                length //= 2
-            if length >= n:
-                best = min(best, length)
-    return best
 
 
 def spectrum_arrays(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,7 +209,7 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
 
     The basis at a shift is a contiguous slice of one of its OVERSAMPLE phase arrays, so each
     shift costs one product of the weighted basis (k, n) with [basis, polynomials, flux].
-    Returns chi2 (nU,), n_good and the amplitudes (nU, k + P)."""
+    Returns chi2 (nU,), n_good (usable pixels) and the amplitudes (nU, k + P)."""
     xp = backend or Backend()
     n = len(f)
     k, n_p = basis.n_basis, len(poly)
@@ -282,4 +242,4 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
         vecs[row, k:] = pf
     amplitudes = xp.to_numpy(xp.solve(xp.asarray(mats), xp.asarray(vecs)))
     chi2 = ff - (amplitudes * vecs).sum(-1)
-    return {"chi2_eff": chi2, "chi2": chi2, "n_good": float((w > 0).sum()), "amplitudes": amplitudes}
+    return {"chi2": chi2, "n_good": float((w > 0).sum()), "amplitudes": amplitudes}

@@ -9,9 +9,9 @@ from typing import Callable
 import numpy as np
 
 from .. import CLASS_NAMES
-from ..flags import PredFlag
 from .decide import choose
 from .fitter import Fitter, FitSettings
+from .scan import spectrum_arrays
 
 FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags")
 SPECTYPE_WIDTH = 12
@@ -30,10 +30,8 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     out = empty_fit(n)
     if n == 0:
         return out
-    candidates = fitter.fit(flux, ivar, mask, vit)
-    from .scan import spectrum_arrays
-
     f, w, _ = spectrum_arrays(flux, ivar, mask)
+    candidates = fitter.fit_arrays(f, w, vit)
     for i in range(n):
         prob = None if vit is None else vit["prob"][i]
         vit_z = np.nan if vit is None else float(vit["z"][i])
@@ -46,7 +44,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
         out["fit_z"][i], out["fit_z_err"][i] = choice.z, choice.z_err
         out["fit_deltachi2"][i], out["fit_rchi2"][i] = choice.deltachi2, choice.rchi2
         if choice.spectype == "STAR":
-            sptype, _ = fitter.spectral_type(f[i], w[i], choice.best.shift)
+            sptype, _ = fitter.spectral_type(f[i], w[i], choice.best.shift, choice.subtype)
             out["fit_spectype"][i] = sptype[:SPECTYPE_WIDTH]
     return out
 
@@ -94,5 +92,3 @@ def final_columns(pred: dict) -> dict:
             "z": np.where(fitted, pred["fit_z"], pred["z"]), "z_err": np.where(fitted, pred["fit_z_err"], pred["z_err"]),
             "vit_class": vit_class.astype("U6"), "fitted": fitted}
 
-
-__all__ = ["FIT_KEYS", "FitSettings", "empty_fit", "final_columns", "fit_rows", "fit_store", "PredFlag"]

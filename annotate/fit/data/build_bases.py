@@ -145,8 +145,10 @@ def star_bases(lib) -> tuple[dict, np.ndarray]:
     template_sigma = lib.star_fwhm_aa / (2 * np.sqrt(2 * np.log(2))) / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(RESOLUTION_KMS**2 - template_sigma**2, 0.0))
     groups = {}
+    membership = []
     for index in train:
         group = star_group(str(lib.star_sptype[index]), lib.star_teff[index])
+        membership.append(group or "")
         if group is not None:
             groups.setdefault(group, []).append(broaden(lib.star_flux[index].astype(np.float64), extra, STEP))
     out = {}
@@ -163,7 +165,7 @@ def star_bases(lib) -> tuple[dict, np.ndarray]:
         out[f"STAR:{group}"] = dict(spectype="STAR", subtype=group, loglam_start=float(lib.star_loglam[0]), flux=flux,
                                     coverage=coverage, z_range=Z_RANGES["STAR"],
                                     names=tuple(f"pca{i}" for i in range(n)))
-    return out, held
+    return out, held, np.array(membership, dtype=str)
 
 
 def qso_basis() -> dict:
@@ -197,10 +199,11 @@ def qso_basis() -> dict:
 def build(out: Path) -> None:
     lib = load_library()
     galaxy, held_populations = galaxy_basis(lib)
-    stars, held_stars = star_bases(lib)
+    stars, held_stars, star_groups = star_bases(lib)
     bases = {**galaxy, **qso_basis(), **stars}
     arrays = {"basis_names": np.array(list(bases), dtype=str), "step": np.float64(STEP),
               "held_out_stars": held_stars, "held_out_populations": held_populations,
+              "star_group": star_groups,
               "qso_seed": np.int64(QSO_SEED), "library_sha256": np.array(file_sha256(LIBRARY_PATH)),
               "built_with": np.array("annotate/fit/data/build_bases.py from annotate/simulate/data/templates.npz")}
     for name, basis in bases.items():
