@@ -55,6 +55,15 @@ class Basis:
     def n_pix(self) -> int:
         return self.flux.shape[1]
 
+    def leading(self, n_pca: int) -> "Basis":
+        """The same basis with only its first n_pca PCA vectors (templates not named 'pca…',
+        such as emission lines, all kept)."""
+        rows = [i for i, name in enumerate(self.names) if not name.startswith("pca") or int(name[3:]) < n_pca]
+        if len(rows) == self.n_basis:
+            return self
+        return Basis(self.spectype, self.subtype, self.loglam_start, self.step, self.flux[rows], self.coverage,
+                     self.z_range, tuple(self.names[i] for i in rows))
+
     def offset(self, grid_loglam_start: float) -> int:
         """Rest pixel index of observed pixel 0 at zero shift (grids on multiples of the step)."""
         return int(round((grid_loglam_start - self.loglam_start) / self.step))
@@ -104,6 +113,18 @@ class BasisSet:
     qso_seed: int                  # seed of the quasar-model draws the QSO basis was made from
     sha256: str
     path: Path
+
+    def star_group_flux(self, group: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into star_*, flux (S, m + 2·phase_pad) zero-padded on both sides) of the
+        training stars of one group ('' = all), so that a shifted copy is a slice."""
+        cached = self.__dict__.setdefault("_group_flux", {})
+        if group not in cached:
+            chosen = np.flatnonzero(self.star_group == group) if group else np.arange(len(self.star_name))
+            pad = Basis.phase_pad
+            padded = np.zeros((len(chosen), self.star_flux.shape[1] + 2 * pad))
+            padded[:, pad:pad + self.star_flux.shape[1]] = self.star_flux[chosen]
+            cached[group] = (chosen, padded)
+        return cached[group]
 
     def for_class(self, spectype: str) -> list:
         return [b for b in self.bases if b.spectype == spectype]

@@ -3,10 +3,10 @@
 The rule (documented in the README, its inputs written as columns):
 1. The solution is the candidate with the lowest χ²; PRED_DELTACHI2 is the χ² of the best
    candidate of another class, or of the same class more than 1,000 km/s away, minus that.
-2. Near-tie (Δχ² < small_deltachi2): when the runner-up agrees with the ViT (its class is the
-   ViT's most probable class and its z lies within max(3σ_vit, 1,000 km/s) of the ViT's z) and
-   the best does not, the runner-up is taken; Δχ² then is negative (the χ² paid for the ViT's
-   choice). Otherwise the lowest χ² stands.
+2. Near-tie: when the best does not agree with the ViT (the ViT's most probable class, its z
+   within max(3σ_vit, 1,000 km/s) of the ViT's z) and a candidate that does lies within
+   small_deltachi2 of it, the lowest such candidate is taken; Δχ² then is negative (the χ² paid
+   for the ViT's choice). Otherwise the lowest χ² stands.
 3. Flags: SMALL_DELTACHI2 (Δχ² < small_deltachi2), Z_AT_EDGE (the minimum lies at the edge of the
    range scanned), FIT_VIT_DISAGREE (the final class is not the ViT's, or the final z fails the
    Ross et al. 2020 rule against the ViT's z by more than 3σ_vit), FIT_FAILED (no candidate:
@@ -68,10 +68,11 @@ def choose(candidates: list[Candidate], vit_prob: np.ndarray | None, vit_z: floa
     runner = next((c for c in ordered[1:] if distinct(c, best)), None)
     deltachi2 = runner.chi2 - best.chi2 if runner is not None else np.inf
     rule = "chi2"
-    if prior and has_vit and runner is not None and deltachi2 < small_deltachi2 \
-            and agrees_with_vit(runner, vit_class, vit_z, vit_z_err) \
-            and not agrees_with_vit(best, vit_class, vit_z, vit_z_err):
-        best, runner, deltachi2, rule = runner, best, best.chi2 - runner.chi2, "vit-tie"
+    if prior and has_vit and not agrees_with_vit(best, vit_class, vit_z, vit_z_err):
+        backed = next((c for c in ordered[1:] if c.chi2 - best.chi2 < small_deltachi2
+                       and agrees_with_vit(c, vit_class, vit_z, vit_z_err)), None)
+        if backed is not None:
+            best, deltachi2, rule = backed, best.chi2 - backed.chi2, "vit-tie"
     flags = 0
     if deltachi2 < small_deltachi2:
         flags |= int(PredFlag.SMALL_DELTACHI2)

@@ -16,7 +16,10 @@ Steps per spectrum (redrock's split: scan, refine, choose):
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
 from .scan import Backend, chi2_at_shifts, chi2_reduction_upper, coarse_scan, legendre, spectrum_arrays
 
 LN10 = np.log(10.0)
+CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,11 @@ class FitSettings:
     bin_star: int = 3
     n_poly: int = 3
     n_poly_coarse: int = 2
+    coarse_pca: int = 4
     n_candidates: int = 3
     max_refine: int = 4
     refine_margin: float = 100.0
+    sub_pixel_margin: float = 100.0
     prior: bool = True
     skip_below: float = 1e-3
     confident: float = 0.99
@@ -52,15 +58,16 @@ class FitSettings:
     vit_window_min_kms: float = 2000.0
     backend: str = "numpy"
     device: str = "cpu"
+    calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
 
     def bin_for(self, spectype: str) -> int:
         return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
 
     def describe(self) -> str:
         """A short text for the output header (ANNFITS)."""
-        return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly} "
+        return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly} pca={self.coarse_pca} "
                 f"cand={self.n_candidates} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
-                f"dchi2<{self.small_deltachi2:g}")
+                f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +85,12 @@ class Candidate:
     source: str        # 'scan', 'vit' (the ViT window's minimum) or 'coarse' (not refined)
     shift: float       # pixels
     coarse_chi2: float = np.nan
+
+
+@lru_cache(maxsize=1)
+def load_calibration(path: Path = CALIBRATION_PATH) -> dict:
+    """{'scale', 'floor_kms': {class: km/s}, ...} from `annotate.fit.calibrate`."""
+    return json.loads(Path(path).read_text())
 
 
 def shift_to_z(shift, step: float = 1e-4):
@@ -110,6 +123,10 @@ class Fitter:
             raise ConfigError(f"the fit's bases are on a {step} dex grid, the store on {grid.loglam_step}")
         self.backend = Backend(settings.backend, settings.device)
         self.poly = legendre(grid.n_pix, settings.n_poly)
+        self.calibration = load_calibration() if settings.calibrated else None
+        # the coarse scan only finds candidates: the leading PCA vectors (and any line
+        # templates) suffice there; refinement uses the whole basis
+        self.coarse_bases = {b.name: b.leading(settings.coarse_pca) for b in self.bases.bases}
 
     def classes_to_scan(self, prob: np.ndarray | None) -> list[str]:
         if prob is None or not self.settings.prior or not np.isfinite(prob).all():
@@ -135,7 +152,7 @@ class Fitter:
             rows = np.array([i for i in range(n_spec) if basis.spectype in scan_classes[i]], dtype=int)
             if len(rows) == 0:
                 continue
-            chi2, shifts = coarse_scan(basis, f[rows], w[rows], self.grid.loglam_start,
+            chi2, shifts = coarse_scan(self.coarse_bases[basis.name], f[rows], w[rows], self.grid.loglam_start,
                                        self.settings.bin_for(basis.spectype), self.backend,
                                        n_poly=self.settings.n_poly_coarse)
             coarse[basis.name] = (rows, chi2, shifts)
@@ -164,13 +181,16 @@ class Fitter:
                 if inside.any():
                     j = np.flatnonzero(inside)[np.argmin(curve[inside])]
                     found.append((curve[j], basis, float(shifts[j]), j in (0, len(curve) - 1), "vit"))
-        found.sort(key=lambda item: item[0])
+        # one per distinct shift (star groups share theirs), the ViT window's first: a scan minimum
+        # at the same shift is the same candidate, refined once
+        found.sort(key=lambda item: (item[4] != "vit", item[0]))
         kept, seen = [], []
-        for item in found:  # one per distinct shift (star groups share theirs); the ViT's always
-            if item[4] == "vit" or all(abs(item[2] - s) > 2 * self.settings.bin_for(spectype) for s in seen):
+        for item in found:
+            if all(abs(item[2] - s) > 2 * self.settings.bin_for(spectype) for s in seen):
                 kept.append(item)
                 seen.append(item[2])
-        return kept[: self.settings.n_candidates + 1]
+        scanned = sorted((item for item in kept if item[4] == "scan"), key=lambda item: item[0])
+        return scanned[: self.settings.n_candidates] + [item for item in kept if item[4] == "vit"]
 
     def _refine_candidates(self, found: list, f: np.ndarray, w: np.ndarray) -> list[Candidate]:
         """Refine the coarse candidates within `refine_margin` of the lowest (at most
@@ -183,21 +203,30 @@ class Fitter:
         class_best = {}
         for item in found:
             class_best.setdefault(item[1].spectype, item[0])
+        staged = []  # (item, whole-pixel shifts, their χ²)
         for item in found:
             chi2, basis, shift, at_edge, source = item
-            first_of_class = all(c.spectype != basis.spectype for c in refined)
+            first_of_class = all(it[1].spectype != basis.spectype for it, _, _ in staged)
             # coarse χ² of different classes come from different binnings: the best of each class
             # is always refined, the others when close to it
             if first_of_class or source == "vit" or (
-                    len(refined) < self.settings.max_refine and chi2 - class_best[basis.spectype] <= self.settings.refine_margin):
-                cand = self.refine(basis, f, w, shift, self.settings.bin_for(basis.spectype))
-                if cand is not None:
-                    cand.at_edge = cand.at_edge or at_edge
-                    cand.source = source
-                    cand.coarse_chi2 = chi2
-                    refined.append(cand)
+                    len(staged) < self.settings.max_refine and chi2 - class_best[basis.spectype] <= self.settings.refine_margin):
+                whole = self._whole_pixels(basis, f, w, shift, self.settings.bin_for(basis.spectype))
+                if whole is not None:
+                    staged.append((item, *whole))
                     continue
             rest.append(item)
+        if staged:
+            best_whole = min(float(np.min(chi2)) for _, _, chi2 in staged)
+        for (coarse_chi2, basis, _, at_edge, source), whole, chi2 in staged:
+            # quarter pixels only where the solution could matter; the others' χ² and z come from
+            # the whole-pixel points, enough for a Δχ² far above the doubt limit
+            sub_pixel = float(np.min(chi2)) - best_whole <= self.settings.sub_pixel_margin
+            cand = self._finish(basis, f, w, whole, chi2, sub_pixel)
+            cand.at_edge = cand.at_edge or at_edge
+            cand.source = source
+            cand.coarse_chi2 = coarse_chi2
+            refined.append(cand)
         if not refined:
             return []
         for chi2, basis, shift, at_edge, _ in rest:
@@ -220,38 +249,52 @@ class Fitter:
     def refine(self, basis: Basis, f: np.ndarray, w: np.ndarray, shift: float, factor: int) -> Candidate | None:
         """The full-resolution minimum near `shift` (pixels): whole pixels within ±factor, then
         quarter pixels within ±3/4 pixel of the best, a parabola through the five around the lowest."""
+        whole = self._whole_pixels(basis, f, w, shift, factor)
+        return None if whole is None else self._finish(basis, f, w, *whole, sub_pixel=True)
+
+    def _whole_pixels(self, basis: Basis, f: np.ndarray, w: np.ndarray, shift: float, factor: int):
+        """(shifts, χ²) at whole pixels within ±factor of `shift`, inside the basis' range."""
         lo_shift, hi_shift = basis.shift_range()
         whole = np.arange(int(np.floor(shift)) - factor, int(np.ceil(shift)) + factor + 1)
         whole = whole[(whole >= np.floor(lo_shift)) & (whole <= np.ceil(hi_shift))]
         if len(whole) == 0:
             return None
-        first = chi2_at_shifts(basis, f, w, self.grid.loglam_start, OVERSAMPLE * whole, self.poly, self.backend)
-        best = int(whole[np.nanargmin(first["chi2"])])
-        quarters = OVERSAMPLE * best + np.arange(-3, 4)
-        second = chi2_at_shifts(basis, f, w, self.grid.loglam_start, quarters, self.poly, self.backend)
-        chi2 = second["chi2"]
-        if not np.isfinite(chi2).any():
-            return None
+        chi2 = chi2_at_shifts(basis, f, w, self.grid.loglam_start, OVERSAMPLE * whole, self.poly, self.backend)["chi2"]
+        return (whole, chi2) if np.isfinite(chi2).any() else None
+
+    def _finish(self, basis: Basis, f: np.ndarray, w: np.ndarray, whole: np.ndarray, whole_chi2: np.ndarray,
+                sub_pixel: bool) -> Candidate:
+        """The candidate from the whole-pixel points, through quarter pixels when `sub_pixel`."""
+        lo_shift, hi_shift = basis.shift_range()
+        best = int(whole[np.nanargmin(whole_chi2)])
+        if sub_pixel:
+            quarters = OVERSAMPLE * best + np.arange(-3, 4)
+            second = chi2_at_shifts(basis, f, w, self.grid.loglam_start, quarters, self.poly, self.backend)
+            chi2 = second["chi2"]
+        else:
+            quarters, chi2 = OVERSAMPLE * whole, whole_chi2
         j = int(np.nanargmin(chi2))
         at_edge = bool(best <= np.ceil(lo_shift) or best >= np.floor(hi_shift))
         u_hat, sigma_u, chi2_min = _parabola(quarters, chi2, j)
         shift_hat = u_hat / OVERSAMPLE
         n_free = basis.n_basis + len(self.poly)
-        rchi2 = float(chi2[j] / max(second["n_good"] - n_free, 1.0))
+        rchi2 = float(chi2[j] / max(float((w > 0).sum()) - n_free, 1.0))
         sigma_shift = sigma_u / OVERSAMPLE * np.sqrt(max(rchi2, 1.0))
         z = float(shift_to_z(shift_hat, basis.step))
         z_err = float((1.0 + z) * LN10 * basis.step * sigma_shift)
+        if self.calibration is not None:
+            floor_z = self.calibration["floor_kms"][basis.spectype] / SPEED_OF_LIGHT_KMS * (1.0 + z)
+            z_err = float(np.hypot(self.calibration["scale"] * z_err, floor_z))
         return Candidate(basis.spectype, basis.subtype, z, z_err, chi2_min, rchi2, at_edge, "scan", float(shift_hat))
 
     def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[str, str]:
         """(MILES spectral type, star name) of the training star (of `group`, when given: the
         star basis that fitted) that, with the polynomials, fits best at `shift` pixels."""
         stars = self.bases
-        chosen = np.flatnonzero(stars.star_group == group) if group else np.arange(len(stars.star_name))
+        chosen, padded = stars.star_group_flux(group)
         offset = int(round((self.grid.loglam_start - stars.star_loglam_start) / self.grid.loglam_step))
-        index = offset + np.arange(len(f)) - int(round(shift))
-        inside = (index >= 0) & (index < stars.star_flux.shape[1])
-        t = stars.star_flux[chosen][:, np.clip(index, 0, stars.star_flux.shape[1] - 1)] * inside  # (S, n), 0 where no data
+        start = offset - int(round(shift)) + Basis.phase_pad
+        t = padded[:, start:start + len(f)]                               # (S, n) view, 0 where no data
         tw = t * w
         poly = self.poly
         n_p = len(poly)
@@ -268,12 +311,14 @@ class Fitter:
 def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float, float]:
     """(minimum position, σ, minimum χ²) in the units of u from a quadratic through up to five
     points around index j; σ = 1/√a for χ² ≈ a(u − u₀)² + c. Where the points are not a
-    parabola opening upwards with its vertex near j: the grid point, half the grid's span, its χ²."""
+    parabola opening upwards with its vertex within two grid steps of j: the grid point, half the
+    grid's span, its χ²."""
     lo, hi = max(0, j - 2), min(len(u), j + 3)
     x, y = u[lo:hi].astype(float) - u[j], chi2[lo:hi]
+    spacing = float(u[1] - u[0]) if len(u) > 1 else 1.0
     if len(x) >= 3:
         a, b, c = np.polyfit(x, y, 2)
-        if a > 0 and abs(b / (2 * a)) <= 2.0:
+        if a > 0 and abs(b / (2 * a)) <= 2.0 * spacing:
             centre = -b / (2 * a)
             return float(u[j] + centre), float(1.0 / np.sqrt(a)), float(min(c - b * b / (4 * a), chi2[j]))
-    return float(u[j]), float(len(u) / 2), float(chi2[j])
+    return float(u[j]), spacing * len(u) / 2, float(chi2[j])

@@ -223,23 +223,23 @@ def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float
     if np.any(starts < 0) or np.any(starts + n > phases.shape[-1]):
         raise ValueError("shift outside the basis' padded range")
     fw = f * w
-    side = np.concatenate([poly.T, f[:, None]], axis=1)   # (n, P + 1)
+    side = np.stack([*poly, f], axis=1)                   # (n, P + 1)
     pp = (poly * w) @ poly.T                              # (P, P)
     pf = poly @ fw                                        # (P,)
     ff = float(f @ fw)
     size = k + n_p
     mats = np.empty((len(u), size, size))
     vecs = np.empty((len(u), size))
+    mats[:, k:, k:] = pp
+    vecs[:, k:] = pf
     for row, (q, start) in enumerate(zip(phase, starts)):
         t = phases[q][:, start:start + n]                 # (k, n) view
         tw = t * w
-        block = tw @ np.concatenate([t.T, side], axis=1)  # (k, k + P + 1)
-        mats[row, :k, :k] = block[:, :k]
-        mats[row, :k, k:] = block[:, k:k + n_p]
-        mats[row, k:, :k] = block[:, k:k + n_p].T
-        mats[row, k:, k:] = pp
-        vecs[row, :k] = block[:, -1]
-        vecs[row, k:] = pf
+        mats[row, :k, :k] = tw @ t.T
+        cross = tw @ side                                 # (k, P + 1): polynomials, then the flux
+        mats[row, :k, k:] = cross[:, :n_p]
+        mats[row, k:, :k] = cross[:, :n_p].T
+        vecs[row, :k] = cross[:, -1]
     amplitudes = xp.to_numpy(xp.solve(xp.asarray(mats), xp.asarray(vecs)))
     chi2 = ff - (amplitudes * vecs).sum(-1)
     return {"chi2": chi2, "n_good": float((w > 0).sum()), "amplitudes": amplitudes}
