@@ -7,6 +7,11 @@ worst first) and `disagreements.png` (their spectra, with the main lines at both
 Which rows are compared: those with a prediction, a reference class and z, ZWARNING = 0 and the
 survey's selection passed. Rows without a prediction, with ZWARNING ≠ 0, without a reference, or
 outside the selection are counted in `excluded`, never mixed in.
+
+A catalog with the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT) gets the same
+classification and redshift metrics for the ViT alone under `vit`, over the same rows, shown beside
+the final (fitted) ones in the report with both pull distributions; an older catalog without them
+gets the report as before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from .surveys import load_survey
 LINES = {"Lyα": 1215.67, "CIV": 1549.06, "MgII": 2798.75, "[OII]": 3728.48, "Hβ": 4862.68,
          "[OIII]": 5008.24, "Hα": 6564.61, "CaK": 3934.78, "CaH": 3969.59}
 STELLAR = (("teff", "PRED_TEFF", "Teff", "K"), ("logg", "PRED_LOGG", "log g", "dex"), ("feh", "PRED_FEH", "[Fe/H]", "dex"))
+# (class, z, z_err) columns of the final (fitted) result and of the ViT alone
+FINAL_COLUMNS = ("PRED_CLASS", "PRED_Z", "PRED_Z_ERR")
+VIT_COLUMNS = ("PRED_CLASS_VIT", "PRED_Z_VIT", "PRED_Z_ERR_VIT")
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,9 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
             raise CatalogError(f"{catalog}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
     reference = survey.reference(table)
     pred = {name: table[name] for name in names if name.startswith("PRED_")}
-    pred["PRED_CLASS"] = np.array([str(v).strip() for v in pred["PRED_CLASS"]], dtype=object)
+    for name in (FINAL_COLUMNS[0], VIT_COLUMNS[0]):
+        if name in pred:
+            pred[name] = np.array([str(v).strip() for v in pred[name]], dtype=object)
     try:
         paths = survey.spectrum_paths(table)
     except CatalogError:
@@ -81,24 +91,46 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
     return reference, pred, survey, survey.selected(table), paths
 
 
-def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np.ndarray]:
-    """metrics.json content and the (n,) bool of compared rows."""
-    n = len(pred["PRED_Z"])
-    predicted = (pred["PRED_CLASS"] != "") & np.isfinite(np.asarray(pred["PRED_Z"], float))
-    zwarning = np.nan_to_num(np.asarray(reference["zwarning"], float), nan=0.0) != 0
-    no_reference = (reference["class"] == "") | ~np.isfinite(np.asarray(reference["z"], float))
-    compared = predicted & ~zwarning & ~no_reference & selected
-    excluded = {"no_prediction": int((~predicted).sum()), "zwarning_nonzero": int((predicted & zwarning).sum()),
-                "no_reference": int((predicted & ~zwarning & no_reference).sum()),
-                "not_selected": int((predicted & ~zwarning & ~no_reference & ~selected).sum())}
-    ref_class, pred_class = reference["class"][compared].astype(str), pred["PRED_CLASS"][compared].astype(str)
-    z_ref, z_pred = np.asarray(reference["z"], float)[compared], np.asarray(pred["PRED_Z"], float)[compared]
-    z_err = np.asarray(pred["PRED_Z_ERR"], float)[compared]
+def has_vit(pred: dict) -> bool:
+    """Whether the catalog carries the ViT's own class, z and z_err (catalogs written before do not)."""
+    return all(name in pred for name in VIT_COLUMNS)
+
+
+def compared_predictions(pred: dict, compared: np.ndarray, columns=FINAL_COLUMNS) -> tuple:
+    """(class (m,) str, z (m,) float, z_err (m,) float) of the compared rows from one set of
+    prediction columns (FINAL_COLUMNS or VIT_COLUMNS)."""
+    name_class, name_z, name_err = columns
+    return (pred[name_class][compared].astype(str), np.asarray(pred[name_z], float)[compared],
+            np.asarray(pred[name_err], float)[compared])
+
+
+def pulls(z_ref: np.ndarray, z_pred: np.ndarray, z_err: np.ndarray) -> np.ndarray:
+    """(m,) float: (z_pred − z_ref) / z_err, the residual in units of the stated 1σ, where finite
+    (a NaN or zero z_err gives none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pull = (np.asarray(z_pred, float) - np.asarray(z_ref, float)) / np.asarray(z_err, float)
+    return pull[np.isfinite(pull)]
+
+
+def pull_summary(pull: np.ndarray) -> dict:
+    """n, median, robust spread (1.4826·median |pull − median|, 1 for a calibrated z_err) and the
+    fractions with |pull| ≤ 1 and ≤ 2 (0.683 and 0.954 for Gaussian errors); NaN without pulls."""
+    if not len(pull):
+        return {"n": 0, "median": float("nan"), "robust_spread": float("nan"),
+                "within_1sigma": float("nan"), "within_2sigma": float("nan")}
+    median = float(np.median(pull))
+    return {"n": int(len(pull)), "median": median, "robust_spread": float(1.4826 * np.median(np.abs(pull - median))),
+            "within_1sigma": float(np.mean(np.abs(pull) <= 1.0)), "within_2sigma": float(np.mean(np.abs(pull) <= 2.0))}
+
+
+def assess(ref_class: np.ndarray, z_ref: np.ndarray, snr: np.ndarray, pred_class: np.ndarray,
+           z_pred: np.ndarray, z_err: np.ndarray) -> dict:
+    """The "classification" and "redshift" blocks of one set of predictions over the compared rows:
+    ref_class, pred_class (m,) str; z_ref, z_pred, z_err (m,) float; snr (m,) the pipeline's S/N."""
     failed = catastrophic(z_pred, z_ref, ref_class)
     residual = np.abs(z_pred - z_ref)
     global_sigma = float(np.sqrt(np.mean((z_pred - z_ref) ** 2))) if len(z_ref) else float("nan")
-    metrics = {
-        "rows": n, "compared": int(compared.sum()), "excluded": excluded,
+    return {
         "classification": {
             "accuracy": accuracy(ref_class, pred_class), "macro_f1": macro_f1(ref_class, pred_class),
             "recall": per_class_recall(ref_class, pred_class), "labels": list(CLASS_NAMES),
@@ -110,21 +142,40 @@ def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np
             "catastrophic_rate": float(failed.mean()) if len(failed) else float("nan"),
             "catastrophic_rate_by_class": {c: float(failed[ref_class == c].mean()) if (ref_class == c).any()
                                            else float("nan") for c in CLASS_NAMES},
-            "success_by_snr": success_by_snr(np.asarray(reference["snr"], float)[compared], failed),
+            "success_by_snr": success_by_snr(snr, failed),
             "crps": gaussian_crps(z_ref, z_pred, z_err),
             "crps_global_sigma": gaussian_crps(z_ref, z_pred, np.full(len(z_ref), global_sigma)),
             "z_err_within_1sigma": within_sigma(z_ref, z_pred, z_err, 1.0),
             "z_err_within_2sigma": within_sigma(z_ref, z_pred, z_err, 2.0),
             "median_abs_dz": float(np.median(residual)) if len(residual) else float("nan"),
+            "pulls": pull_summary(pulls(z_ref, z_pred, z_err)),
         },
-        "stellar": {},
     }
+
+
+def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np.ndarray]:
+    """metrics.json content and the (n,) bool of compared rows (chosen by the final columns; the
+    ViT's block, where the catalog has its columns, is over the same rows)."""
+    n = len(pred["PRED_Z"])
+    predicted = (pred["PRED_CLASS"] != "") & np.isfinite(np.asarray(pred["PRED_Z"], float))
+    zwarning = np.nan_to_num(np.asarray(reference["zwarning"], float), nan=0.0) != 0
+    no_reference = (reference["class"] == "") | ~np.isfinite(np.asarray(reference["z"], float))
+    compared = predicted & ~zwarning & ~no_reference & selected
+    excluded = {"no_prediction": int((~predicted).sum()), "zwarning_nonzero": int((predicted & zwarning).sum()),
+                "no_reference": int((predicted & ~zwarning & no_reference).sum()),
+                "not_selected": int((predicted & ~zwarning & ~no_reference & ~selected).sum())}
+    ref_class, z_ref = reference["class"][compared].astype(str), np.asarray(reference["z"], float)[compared]
+    snr = np.asarray(reference["snr"], float)[compared]
+    metrics = {"rows": n, "compared": int(compared.sum()), "excluded": excluded,
+               **assess(ref_class, z_ref, snr, *compared_predictions(pred, compared)), "stellar": {}}
     stars = ref_class == "STAR"
     for role, column, _, unit in STELLAR:
         true = np.asarray(reference[role], float)[compared][stars]
         guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
         metrics["stellar"][role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
                                     "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess)}
+    if has_vit(pred):
+        metrics["vit"] = assess(ref_class, z_ref, snr, *compared_predictions(pred, compared, VIT_COLUMNS))
     return metrics, compared
 
 
@@ -249,6 +300,24 @@ def plot_stellar(reference: dict, pred: dict, compared: np.ndarray) -> bytes:
     return _png(plt, fig)
 
 
+def plot_pulls(pulls_by_label: dict) -> bytes:
+    """Overlaid histograms of the pulls (z_pred − z_ref) / z_err, label -> (m,) float, against the
+    unit Gaussian of a calibrated z_err; |pull| > 6 lands in the edge bins."""
+    plt, fig = _figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    edges = np.linspace(-6.0, 6.0, 49)
+    for (label, pull), colour in zip(pulls_by_label.items(), ("tab:purple", "tab:green")):
+        if len(pull):
+            ax.hist(np.clip(pull, edges[0], edges[-1]), bins=edges, density=True, histtype="step", lw=1.4,
+                    color=colour, label=f"{label} (n={len(pull)})")
+    grid = np.linspace(edges[0], edges[-1], 241)
+    ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="grey", ls="--", lw=1.0, label="unit Gaussian")
+    ax.set_xlabel("pull = (predicted z − pipeline z) / predicted σ_z")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
 def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.ndarray) -> bytes | None:
     """Spectra of the first n disagreements from the spectra store, main lines marked at the
     pipeline's z (dashed) and the predicted z (dotted). None without rows, or without a store that
@@ -311,6 +380,42 @@ def _image(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+# the rows of the ViT-against-final table: (label, path into a "classification"/"redshift" pair)
+SIDE_BY_SIDE = (
+    ("class accuracy", ("classification", "accuracy")), ("macro F1", ("classification", "macro_f1")),
+    *((f"recall {c}", ("classification", "recall", c)) for c in CLASS_NAMES),
+    ("z R²", ("redshift", "r2")), ("z RMSE", ("redshift", "rmse")), ("z bias", ("redshift", "bias")),
+    ("NMAD", ("redshift", "nmad")), ("η", ("redshift", "eta")),
+    ("catastrophic rate", ("redshift", "catastrophic_rate")),
+    *((f"catastrophic rate {c}", ("redshift", "catastrophic_rate_by_class", c)) for c in CLASS_NAMES),
+    ("CRPS", ("redshift", "crps")), ("within 1σ", ("redshift", "z_err_within_1sigma")),
+    ("within 2σ", ("redshift", "z_err_within_2sigma")), ("pull median", ("redshift", "pulls", "median")),
+    ("pull robust spread", ("redshift", "pulls", "robust_spread")), ("rows with a pull", ("redshift", "pulls", "n")),
+)
+
+
+def _side_by_side(metrics: dict, images: dict) -> str:
+    """The ViT-alone against final (fit) section; '' for a catalog without the ViT's columns."""
+    if "vit" not in metrics:
+        return ""
+
+    def value(block: dict, path: tuple):
+        for key in path:
+            block = block[key]
+        return block
+
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(value(metrics['vit'], path))}</td>"
+                   f"<td>{_fmt(value(metrics, path))}</td></tr>" for label, path in SIDE_BY_SIDE)
+    return f"""<h2>ViT alone and final (fit)</h2>
+<p>The same rows, scored from the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT) and from
+the final ones (PRED_CLASS, PRED_Z, PRED_Z_ERR: the template fit's where it found a solution, the ViT's
+elsewhere). σ is each set's own z_err; pull = (predicted z − pipeline z)/σ, robust spread =
+1.4826·median|pull − median| (1 when σ is right).</p>
+<table><tr><th>metric</th><th>ViT</th><th>final (fit)</th></tr>{rows}</table>
+{_image(images.get('pulls'), 'pull distributions')}
+"""
+
+
 def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int) -> str:
     c, z = metrics["classification"], metrics["redshift"]
     excluded = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in metrics["excluded"].items())
@@ -346,7 +451,7 @@ PRED_Z_ERR; the global-σ variant one σ (the RMS residual) for all rows.</p>
 {_image(images.get('redshift'), 'predicted against pipeline redshift')}
 <table><tr><th>S/N bin</th><th>rows</th><th>success rate</th></tr>{snr}</table>
 {_image(images.get('snr'), 'success rate by S/N')}
-<h2>Stellar parameters (pipeline stars)</h2>
+{_side_by_side(metrics, images)}<h2>Stellar parameters (pipeline stars)</h2>
 <table><tr><th>parameter</th><th>n</th><th>R²</th><th>RMSE</th><th>bias</th></tr>{stellar}</table>
 {_image(images.get('stellar'), 'stellar parameters')}
 <h2>Disagreements</h2>
@@ -397,12 +502,15 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     metrics["disagreements"] = int(len(table["ROW"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out_dir / "metrics.json", (json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n").encode())
-    ref_class = reference["class"][compared].astype(str)
-    images = {"confusion": plot_confusion(metrics),
-              "redshift": plot_redshift(np.asarray(reference["z"], float)[compared],
-                                        np.asarray(pred["PRED_Z"], float)[compared], ref_class),
+    ref_class, z_ref = reference["class"][compared].astype(str), np.asarray(reference["z"], float)[compared]
+    _, z_final, z_err_final = compared_predictions(pred, compared)
+    images = {"confusion": plot_confusion(metrics), "redshift": plot_redshift(z_ref, z_final, ref_class),
               "snr": plot_snr(metrics), "stellar": plot_stellar(reference, pred, compared),
               "disagreements": plot_disagreements(table, store, n_sheet, reference["object_id"])}
+    if has_vit(pred):
+        _, z_vit, z_err_vit = compared_predictions(pred, compared, VIT_COLUMNS)
+        images["pulls"] = plot_pulls({"ViT": pulls(z_ref, z_vit, z_err_vit),
+                                      "final (fit)": pulls(z_ref, z_final, z_err_final)})
     buffer = io.StringIO()
     pd.DataFrame(table).to_csv(buffer, index=False)
     _write(out_dir / "disagreements.csv", buffer.getvalue().encode())

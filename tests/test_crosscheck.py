@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from astropy.io import fits
 from astropy.table import Table
 from PIL import Image
 
-from annotate.crosscheck import compute, crosscheck, disagreements
+from annotate.crosscheck import compute, crosscheck, disagreements, pull_summary, pulls
 from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog
 from annotate.writeback import prediction_columns, provenance_cards, write_fits
@@ -93,7 +94,8 @@ def test_report_files(tmp_path):
     assert len(Table.read(folder / "disagreements.fits")) == 2
     page = (folder / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 4  # confusion, redshift, S/N, stellar; no spectra store here, so no sheet
+    # confusion, redshift, S/N, stellar, pulls (the catalog has the ViT's columns); no store, so no sheet
+    assert len(images) == 5
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "not available" in page and "Excluded" in page
@@ -137,3 +139,98 @@ def test_a_store_of_another_catalog_is_not_drawn_from(tmp_path):
     page = result.report.read_text()
     assert "spectra of the first disagreements: not available" in page
     assert json.loads((result.out_dir / "metrics.json").read_text())["disagreements"] == 2
+
+
+def _vit_and_fit(tmp_path):
+    """Four compared rows where the ViT gets two classes wrong and misses every z by a known number
+    of its σ_z = 1/64 (pulls 0.5, −1.5, 2.5, −3.5), and the fit gets every class right, within
+    (0.5, −0.5, 0.25, −0.25) of its σ_z = 2⁻¹² (both σ exact in float32)."""
+    ref_class = np.array(["GALAXY", "GALAXY", "QSO", "STAR"])
+    ref_z = np.array([0.1, 0.5, 2.0, 0.0])
+    columns = {
+        "SPECOBJID": np.arange(4, dtype=np.int64) + 100, "FIELD": np.full(4, 15143), "MJD": np.full(4, 59205),
+        "CATALOGID": np.arange(4, dtype=np.int64) + 27021600000000000, "RUN2D": np.array(["v6_0_4"] * 4),
+        "CLASS": ref_class, "Z": ref_z, "Z_ERR": np.full(4, 1e-4), "ZWARNING": np.zeros(4, np.int64),
+        "SN_MEDIAN_ALL": np.array([3.0, 8.0, 15.0, 25.0]), "XCSAO_TEFF": np.array([np.nan, np.nan, np.nan, 5000.0]),
+        "XCSAO_LOGG": np.array([np.nan, np.nan, np.nan, 4.0]), "XCSAO_FEH": np.array([np.nan, np.nan, np.nan, 0.0]),
+        "OBJTYPE": np.array(["SCIENCE"] * 4),
+    }
+    catalog = write_catalog(tmp_path / "fit.fits", columns)
+    vit_err, fit_err = 1 / 64, 2.0**-12
+    # the ViT says GALAXY, QSO, QSO, GALAXY: rows 1 and 3 wrong
+    prob = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.9, 0.05], [0.9, 0.05, 0.05]])
+    pred = {"prob": prob, "z": ref_z + np.array([0.5, -1.5, 2.5, -3.5]) * vit_err, "z_err": np.full(4, vit_err),
+            "teff": np.array([np.nan, np.nan, np.nan, 5000.0]), "logg": np.full(4, 4.0), "feh": np.full(4, 0.0),
+            "fit_class": ref_class.astype("U6"), "fit_z": ref_z + np.array([0.5, -0.5, 0.25, -0.25]) * fit_err,
+            "fit_z_err": np.full(4, fit_err), "fit_deltachi2": np.full(4, 100.0), "fit_rchi2": np.full(4, 1.0),
+            "fit_spectype": np.array(["", "", "", "G2V"]),
+            "fit_flags": np.array([0, int(PredFlag.FIT_VIT_DISAGREE), 0, int(PredFlag.FIT_VIT_DISAGREE)])}
+    reference = {"class": ref_class.astype(object), "z": ref_z}
+    written = prediction_columns(pred, reference, np.zeros(4, np.int64))
+    return write_fits(catalog, tmp_path / "fit.annotated.fits", written, provenance_cards("m", "0" * 64, "2dmap", "sdss_dr18", 1))
+
+
+def _without_vit_columns(annotated, out):
+    """The annotated catalog as one written before the template fit: no PRED_*_VIT columns."""
+    with fits.open(annotated) as hdul:
+        kept = [c for c in hdul[1].columns if not c.name.endswith("_VIT")]
+        table = fits.BinTableHDU.from_columns(kept, header=hdul[1].header)
+        fits.HDUList([fits.PrimaryHDU(header=hdul[0].header), table]).writeto(out)
+    return out
+
+
+def test_pull_summary_of_known_pulls():
+    pull = pulls(np.array([1.0, 1.0, 1.0, 1.0, 1.0]), np.array([1.5, 0.0, 3.0, 1.0, 9.0]),
+                 np.array([1.0, 0.5, 1.0, 0.0, np.nan]))
+    assert pull.tolist() == [0.5, -2.0, 2.0]  # a zero or NaN σ gives no pull
+    summary = pull_summary(pull)
+    # median 0.5; |pull − 0.5| = 0, 2.5, 1.5 -> MAD 1.5
+    assert summary == pytest.approx({"n": 3, "median": 0.5, "robust_spread": 1.4826 * 1.5,
+                                     "within_1sigma": 1 / 3, "within_2sigma": 1.0})
+    assert pull_summary(np.array([]))["n"] == 0 and np.isnan(pull_summary(np.array([]))["robust_spread"])
+
+
+def test_vit_and_final_side_by_side(tmp_path):
+    from annotate.crosscheck import read_annotated
+
+    reference, pred, _, selected, _ = read_annotated(_vit_and_fit(tmp_path))
+    metrics, compared = compute(reference, pred, selected)
+    assert compared.all()
+    vit, final = metrics["vit"], metrics
+    assert vit["classification"]["accuracy"] == 0.5 and final["classification"]["accuracy"] == 1.0
+    assert vit["classification"]["recall"] == {"GALAXY": 0.5, "QSO": 1.0, "STAR": 0.0}
+    assert vit["classification"]["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    # the ViT misses by 2,100-16,000 km/s (catastrophic everywhere), the fit by under 40 km/s
+    assert vit["redshift"]["catastrophic_rate"] == 1.0 and final["redshift"]["catastrophic_rate"] == 0.0
+    assert vit["redshift"]["bias"] == pytest.approx(-0.5 / 64)
+    assert final["redshift"]["bias"] == pytest.approx(0.0, abs=1e-12)
+    # ViT pulls 0.5, −1.5, 2.5, −3.5: median −0.5, |pull + 0.5| = 1, 1, 3, 3 -> MAD 2
+    assert vit["redshift"]["pulls"] == pytest.approx({"n": 4, "median": -0.5, "robust_spread": 1.4826 * 2.0,
+                                                      "within_1sigma": 0.25, "within_2sigma": 0.5})
+    # fit pulls 0.5, −0.5, 0.25, −0.25: median 0, MAD 0.375
+    assert final["redshift"]["pulls"] == pytest.approx({"n": 4, "median": 0.0, "robust_spread": 1.4826 * 0.375,
+                                                        "within_1sigma": 1.0, "within_2sigma": 1.0}, abs=1e-9)
+    assert vit["redshift"]["z_err_within_1sigma"] == 0.25 and final["redshift"]["z_err_within_1sigma"] == 1.0
+
+    result = crosscheck(tmp_path / "fit.annotated.fits")
+    page = result.report.read_text()
+    assert "<tr><th>metric</th><th>ViT</th><th>final (fit)</th></tr>" in page
+    assert "<tr><td>class accuracy</td><td>0.5</td><td>1</td></tr>" in page
+    assert "<tr><td>recall STAR</td><td>0</td><td>1</td></tr>" in page
+    assert f"<tr><td>pull robust spread</td><td>{1.4826 * 2.0:.4g}</td>" in page
+    assert 'alt="pull distributions" src="data:image/png;base64,' in page
+    written = json.loads((result.out_dir / "metrics.json").read_text())
+    assert written["vit"]["classification"]["accuracy"] == 0.5 and written["redshift"]["pulls"]["n"] == 4
+
+
+def test_catalog_without_vit_columns_keeps_the_old_report(tmp_path):
+    from annotate.crosscheck import read_annotated
+
+    old = _without_vit_columns(_vit_and_fit(tmp_path), tmp_path / "old.annotated.fits")
+    reference, pred, _, selected, _ = read_annotated(old)
+    metrics, _ = compute(reference, pred, selected)
+    assert "vit" not in metrics
+    assert metrics["classification"]["accuracy"] == 1.0 and metrics["redshift"]["pulls"]["n"] == 4
+    page = crosscheck(old).report.read_text()
+    assert "final (fit)" not in page and "pull distributions" not in page
+    assert page.count('src="data:image/png;base64,') == 4  # confusion, redshift, S/N, stellar

@@ -42,8 +42,8 @@ def test_demo_command_writes_sample_annotates_and_prints_paths(demo, capsys):
     assert f"cross-check report: {report}" in printed
     page = report.read_text()
     found = json.loads((demo / "dr18.annotated.crosscheck" / "metrics.json").read_text())["disagreements"]
-    # the four plots, and the disagreement sheet when there is a disagreement to draw
-    assert page.count('src="data:image/png;base64,') == 4 + (found > 0)
+    # the five plots (the pulls among them), and the disagreement sheet when there is a disagreement to draw
+    assert page.count('src="data:image/png;base64,') == 5 + (found > 0)
     assert (demo / "dr18.annotated.crosscheck" / "disagreements.png").is_file() == (found > 0)
     assert found <= 2  # of 90 rows: the template fit rarely disagrees with the simulation's truth
     survey = load_survey("sdss_dr18")
