@@ -291,7 +291,8 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
         pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                              progress=update)
     with _progress(settings.progress and settings.fit, n_rows, "fit") as update:
-        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, progress=update))
+        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
+                                    settings.n_workers, progress=update))
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
@@ -303,13 +304,14 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
                      errors=[e for e in errors if e])
 
 
-def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, progress=None) -> dict:
+def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",
+                    n_workers: int | None = None, progress=None) -> dict:
     """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
     from .fit.stage import empty_fit, fit_store
 
     if not enabled:
         return empty_fit(len(pred["status"]))
-    return fit_store(store_path, pred, grid, progress=progress)
+    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress)
 
 
 def fit_provenance(enabled: bool) -> dict | None:

@@ -21,6 +21,7 @@ from scipy.fft import next_fast_len
 from .bases import OVERSAMPLE, Basis
 
 FFT_MIN_LAGS = 64  # fewer lags than this: correlate directly
+FFT_THREADS = 1    # parallelism comes from the tasks (annotate.parallel), not inside one
 
 
 class Backend:
@@ -53,9 +54,9 @@ class Backend:
             if self.name == "numpy":
                 import scipy.fft as sfft
 
-                fd = sfft.rfft(data, length, axis=-1, workers=-1)
-                ft = sfft.rfft(templates, length, axis=-1, workers=-1)
-                full = sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=-1)
+                fd = sfft.rfft(data, length, axis=-1, workers=FFT_THREADS)
+                ft = sfft.rfft(templates, length, axis=-1, workers=FFT_THREADS)
+                full = sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=FFT_THREADS)
             else:
                 fft = self.torch.fft
                 fd = fft.rfft(data, length, dim=-1)

@@ -3,7 +3,7 @@ and redshift out (`fit_store`); between prediction and write-back in single and 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -49,36 +49,54 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     return out
 
 
-def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(), start: int = 0,
-              stop: int | None = None, batch_size: int = 64, workers: int = 2,
+@lru_cache(maxsize=2)
+def _fitter(grid: tuple, settings: tuple) -> Fitter:
+    """One Fitter per process and configuration (its bases and their caches are reused)."""
+    from ..grid import WavelengthGrid
+
+    return Fitter(WavelengthGrid(*grid), FitSettings(*settings))
+
+
+def fit_task(task: dict) -> dict:
+    """Fit rows [start, stop) of a spectra store (runs on a Dask worker). task: {'store', 'start',
+    'stop', 'grid' (WavelengthGrid fields), 'settings' (FitSettings fields), 'prob', 'z', 'z_err'
+    (the ViT's predictions for those rows)}. Rows whose store status is not OK are not fitted."""
+    from ..store import STATUS, read_rows
+
+    fitter = _fitter(tuple(task["grid"]), tuple(task["settings"]))
+    rows = read_rows(task["store"], task["start"], task["stop"])
+    out = empty_fit(task["stop"] - task["start"])
+    ok = rows["status"] == STATUS["OK"]
+    vit = {key: np.asarray(task[key])[ok] for key in ("prob", "z", "z_err")}
+    result = fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
+    for key in FIT_KEYS:
+        out[key][ok] = result[key]
+    return out
+
+
+def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(), scheduler: str = "sync",
+              n_workers: int | None = None, rows_per_task: int = 256,
               progress: Callable[[int], None] | None = None) -> dict:
-    """Fit rows [start, stop) of a spectra store whose ViT predictions are `pred` (predict_store's
-    output for the same rows); returns the FIT_KEYS arrays. Rows without a usable spectrum (store
-    status not OK) are not fitted. Batches run on `workers` threads (numpy's FFTs and matrix
-    products release the GIL)."""
-    from ..store import STATUS, open_store, read_rows
+    """Fit every row of a spectra store whose ViT predictions are `pred` (predict_store's output);
+    returns the FIT_KEYS arrays. Tasks of `rows_per_task` rows run with `scheduler` (as the
+    ingest does: annotate.parallel)."""
+    from dataclasses import astuple
 
-    stop = open_store(store_path).n_rows if stop is None else stop
-    n = stop - start
+    from ..parallel import map_unordered
+    from ..store import open_store
+
+    n = open_store(store_path).n_rows
     out = empty_fit(n)
-    fitter = Fitter(grid, settings)
-
-    def one(first: int) -> tuple[int, np.ndarray, dict]:
-        last = min(first + batch_size, stop)
-        rows = read_rows(store_path, first, last)
-        local = np.arange(first - start, last - start)
-        ok = rows["status"] == STATUS["OK"]
-        ok &= np.isfinite(pred["prob"][local]).all(axis=1) | (not settings.prior)
-        vit = {key: pred[key][local][ok] for key in ("prob", "z", "z_err")}
-        return first, local[ok], fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
-
-    firsts = list(range(start, stop, batch_size))
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for first, index, result in pool.map(one, firsts):
-            for key in FIT_KEYS:
-                out[key][index] = result[key]
-            if progress is not None:
-                progress(min(first + batch_size, stop) - first)
+    tasks = [{"store": str(store_path), "start": first, "stop": min(first + rows_per_task, n),
+              "grid": astuple(grid), "settings": astuple(settings),
+              **{key: pred[key][first:first + rows_per_task] for key in ("prob", "z", "z_err")}}
+             for first in range(0, n, rows_per_task)]
+    for index, result in map_unordered(fit_task, tasks, scheduler=scheduler, n_workers=n_workers):
+        rows = slice(tasks[index]["start"], tasks[index]["stop"])
+        for key in FIT_KEYS:
+            out[key][rows] = result[key]
+        if progress is not None:
+            progress(rows.stop - rows.start)
     return out
 
 
