@@ -79,8 +79,54 @@ def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
 
 
+def _local_cluster(n_workers: int):
+    """A dask.distributed LocalCluster of single-threaded worker processes."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                        silence_logs=logging.CRITICAL)
+
+
+class SharedCluster:
+    """A LocalCluster started on first use and shared by the `map_unordered` calls given it as
+    `address` (see `shared_cluster`)."""
+
+    def __init__(self, n_workers: int | None = None):
+        self.n_workers, self._cluster = n_workers, None
+
+    @property
+    def started(self) -> bool:
+        return self._cluster is not None
+
+    @property
+    def address(self) -> str:
+        if self._cluster is None:
+            self._cluster = _local_cluster(self.n_workers or default_workers())
+        return self._cluster.scheduler_address
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+
+@contextmanager
+def shared_cluster(scheduler: str, n_workers: int | None = None) -> Iterator[SharedCluster | None]:
+    """For scheduler 'distributed': one LocalCluster, started when a step first needs one, for
+    every `map_unordered` call inside the block that is given it as `address`, so that a run's
+    steps share its worker processes and their warm imports; None (each call as usual) otherwise."""
+    if scheduler != "distributed":
+        yield None
+        return
+    shared = SharedCluster(n_workers)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
 def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
-                  n_workers: int | None = None, address: str | None = None) -> Iterator[tuple[int, object]]:
+                  n_workers: int | None = None, address: "str | SharedCluster | None" = None) -> Iterator[tuple[int, object]]:
     """Yield (index, func(items[index])) as tasks finish.
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
@@ -94,6 +140,8 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if not items:
         return
+    if isinstance(address, SharedCluster):  # a single task runs here unless the cluster is up anyway
+        address = address.address if len(items) > 1 or address.started else None
     if scheduler == "sync" or (len(items) == 1 and address is None and scheduler != "slurm"):
         for index, item in enumerate(items):
             yield index, func(item)
@@ -109,7 +157,7 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
                                    scheduler="threads", num_workers=workers)
             yield from enumerate(results, start=first)
         return
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     if address is not None:
         client, cluster = Client(address), None
@@ -124,8 +172,7 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         client = Client(cluster)
     else:
         requested = min(n_workers or default_workers(), len(items))
-        cluster = LocalCluster(n_workers=requested, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+        cluster = _local_cluster(requested)
         client = Client(cluster)
     try:
         if scheduler == "slurm":

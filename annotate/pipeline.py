@@ -16,6 +16,7 @@ from astropy.io import fits
 from .catalogio import HDF5Catalog, is_hdf5
 from .errors import CatalogError, OutputError, StoreError
 from .flags import PredFlag
+from .parallel import shared_cluster
 from .store import STATUS, create_store, ingest, open_store, read_status
 from .surveys import Survey, load_survey
 from .writeback import (catalog_stem, default_output_path, prediction_columns, provenance_cards,
@@ -284,15 +285,16 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     else:
         create_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
                      reader=survey.reader, catalog=str(catalog))
-    with _progress(settings.progress, n_rows, "ingest") as update:
-        counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
-                        n_workers=settings.n_workers, progress=update)
-    with _progress(settings.progress, n_rows, "predict") as update:
-        pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
-                             progress=update)
-    with _progress(settings.progress and settings.fit, n_rows, "fit") as update:
-        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
-                                    settings.n_workers, progress=update))
+    with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
+        with _progress(settings.progress, n_rows, "ingest") as update:
+            counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
+                            n_workers=settings.n_workers, progress=update, address=address)
+        with _progress(settings.progress, n_rows, "predict") as update:
+            pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
+                                 progress=update)
+        with _progress(settings.progress and settings.fit, n_rows, "fit") as update:
+            pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
+                                        settings.n_workers, progress=update, address=address))
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
@@ -305,13 +307,14 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
 
 
 def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",
-                    n_workers: int | None = None, progress=None) -> dict:
+                    n_workers: int | None = None, progress=None, address: str | None = None) -> dict:
     """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
     from .fit.stage import empty_fit, fit_store
 
     if not enabled:
         return empty_fit(len(pred["status"]))
-    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress)
+    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress,
+                     address=address)
 
 
 def fit_provenance(enabled: bool) -> dict | None:

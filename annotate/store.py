@@ -190,8 +190,9 @@ def ingest_rows(task: dict) -> dict:
 
 def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
            scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
-           progress: Callable[[int], None] | None = None) -> dict:
-    """Fill the PENDING rows of an existing store from spectrum files, in parallel.
+           progress: Callable[[int], None] | None = None, address: str | None = None) -> dict:
+    """Fill the PENDING rows of an existing store from spectrum files, in parallel (on the Dask
+    scheduler at `address`, an address or a parallel.SharedCluster, when given).
 
     paths: (n_rows,) absolute spectrum paths (None or '' where the row has none); refused: rows whose
     path was refused (outside the spectra root). Returns counts per status name.
@@ -213,7 +214,7 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
         tasks.append({"start": int(first), "paths": [paths[i] or None for i in range(first, last)],
                       "refused": [bool(refused[i]) for i in range(first, last)],
                       "grid": info.grid.to_dict(), "reader": reader})
-    for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers):
+    for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers, address=address):
         write_rows(store_path, tasks[index]["start"], rows)
         if progress is not None:
             progress(len(rows["status"]))

@@ -47,11 +47,11 @@ class FitSettings:
     n_poly_coarse: int = 2
     coarse_pca: int = 4
     n_candidates: int = 3
-    max_refine: int = 4
-    refine_margin: float = 100.0
+    max_refine: int = 3
+    refine_margin: float = 50.0
     sub_pixel_margin: float = 100.0
     prior: bool = True
-    skip_below: float = 1e-3
+    skip_below: float = 0.01
     confident: float = 0.99
     small_deltachi2: float = 9.0
     vit_window_sigma: float = 5.0

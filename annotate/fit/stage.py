@@ -76,10 +76,11 @@ def fit_task(task: dict) -> dict:
 
 def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(), scheduler: str = "sync",
               n_workers: int | None = None, rows_per_task: int = 256,
-              progress: Callable[[int], None] | None = None) -> dict:
+              progress: Callable[[int], None] | None = None, address: str | None = None) -> dict:
     """Fit every row of a spectra store whose ViT predictions are `pred` (predict_store's output);
     returns the FIT_KEYS arrays. Tasks of `rows_per_task` rows run with `scheduler` (as the
-    ingest does: annotate.parallel)."""
+    ingest does: annotate.parallel; on `address`, an address or a parallel.SharedCluster, when
+    given)."""
     from dataclasses import astuple
 
     from ..parallel import map_unordered
@@ -91,7 +92,8 @@ def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(
               "grid": astuple(grid), "settings": astuple(settings),
               **{key: pred[key][first:first + rows_per_task] for key in ("prob", "z", "z_err")}}
              for first in range(0, n, rows_per_task)]
-    for index, result in map_unordered(fit_task, tasks, scheduler=scheduler, n_workers=n_workers):
+    for index, result in map_unordered(fit_task, tasks, scheduler=scheduler, n_workers=n_workers,
+                                         address=address):
         rows = slice(tasks[index]["start"], tasks[index]["stop"])
         for key in FIT_KEYS:
             out[key][rows] = result[key]
