@@ -10,6 +10,8 @@ The baselines are what a user would write without this package:
 - render: matplotlib drawing the same 2D Map as Spectromer does (figure 2.24 in at 100 dpi, imshow,
   savefig to PNG);
 - end to end: the same model fed one PNG per spectrum (the paper's way);
+- template fit: redrock 0.21.0's zfind with the same bases in its template format (the `compare`
+  extra; without it the baseline is NaN and the row says so);
 - write-back: `cp` of the input file, and astropy reading the whole table, appending the columns
   and writing it all out.
 """
@@ -31,10 +33,11 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {"ingest": (250, 500, 1000), "render": (1000, 2000, 4000), "end_to_end": (500, 1000, 2000),
-         "writeback": (10_000, 1_000_000, 5_000_000), "merge": (100_000, 1_000_000, 5_000_000)}
+         "writeback": (10_000, 1_000_000, 5_000_000), "merge": (100_000, 1_000_000, 5_000_000),
+         "fit": (100, 200, 400)}
 QUICK_SIZES = {"ingest": (20, 40, 80), "render": (100, 200, 400), "end_to_end": (30, 60, 120),
-               "writeback": (1_000, 2_000, 4_000), "merge": (1_000, 2_000, 4_000)}
-BASELINE_LIMIT = {"render": 200, "end_to_end": 60}  # the slow baselines run on at most this many items
+               "writeback": (1_000, 2_000, 4_000), "merge": (1_000, 2_000, 4_000), "fit": (10, 20, 40)}
+BASELINE_LIMIT = {"render": 200, "end_to_end": 60, "fit": 40}  # the slow baselines run on at most this many items
 
 
 @dataclass
@@ -253,6 +256,63 @@ def bench_end_to_end(sizes, workdir: Path) -> Row:
         row.baseline.append(m / base)
         for path in (folder / "out.fits", folder / "store.h5"):
             path.unlink(missing_ok=True)
+    return row
+
+
+def bench_fit(sizes, workdir: Path) -> Row:
+    """The template fit on held-out simulated objects (evaluation half, seed 11), one process and
+    one thread, seeded by the shipped ViT (whose own time is the end-to-end row's), against
+    redrock's zfind on the first BASELINE_LIMIT of them with the same bases. Also recorded: the
+    rate without the prior, each one's Ross success against the truth, the median |Δv| between
+    them."""
+    from .checkpoint import load_checkpoint
+    from .fit.evaluate import held_out_sample, ross_success
+    from .fit.fitter import Fitter, FitSettings
+    from .fit.redrock_compare import one_thread, import_redrock, run_redrock, write_redrock_templates
+    from .fit.stage import fit_rows
+    from .grid import WavelengthGrid
+    from .metrics import velocity_offset_kms
+    from .predict import predict_batch
+
+    row = Row("template fit seeded by the ViT, 1 core", "spectra/s", baseline_name="redrock zfind, same bases")
+    grid = WavelengthGrid()
+    model, card = load_checkpoint(None, "cpu")
+    try:
+        import_redrock()
+        templates = workdir / "rrtemplates"
+        write_redrock_templates(templates, grid=grid)
+    except ImportError as exc:
+        templates, row.extra["baseline_missing"] = None, str(exc)
+    extra = {key: [] for key in ("rate_without_prior", "success", "baseline_success", "median_dv_between_kms")}
+    with one_thread():
+        fitters = {prior: Fitter(grid, FitSettings(prior=prior)) for prior in (True, False)}
+        for n in sizes:
+            sample = held_out_sample(n, 11, grid)
+            vit = predict_batch(model, card, sample["flux"], sample["mask"])
+            rates = {}
+            for prior, fitter in fitters.items():
+                fit_rows(fitter, sample["flux"][:2], sample["ivar"][:2], sample["mask"][:2],
+                         {k: v[:2] for k, v in vit.items()})  # caches built outside the clock
+                seconds, out = _timed(fit_rows, fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
+                rates[prior] = n / seconds
+                if prior:
+                    ours = out
+            row.sizes.append(n)
+            row.ours.append(rates[True])
+            extra["rate_without_prior"].append(rates[False])
+            extra["success"].append(float(ross_success(ours["fit_class"], ours["fit_z"], sample["class"], sample["z"]).mean()))
+            m = min(n, BASELINE_LIMIT["fit"])
+            if templates is None:
+                row.baseline.append(float("nan"))
+                extra["baseline_success"].append(float("nan"))
+                extra["median_dv_between_kms"].append(float("nan"))
+                continue
+            theirs = run_redrock(sample["flux"][:m], sample["ivar"][:m], sample["mask"][:m], grid, templates)
+            row.baseline.append(m / theirs["seconds_fit"])
+            extra["baseline_success"].append(float(ross_success(theirs["spectype"], theirs["z"], sample["class"][:m],
+                                                                sample["z"][:m]).mean()))
+            extra["median_dv_between_kms"].append(float(np.nanmedian(velocity_offset_kms(ours["fit_z"][:m], theirs["z"]))))
+    row.extra.update(extra)
     return row
 
 
@@ -478,6 +538,12 @@ def format_table(rows: list[Row]) -> str:
         lines.append(f"| {row.step} ({row.unit}) | {' / '.join(f'{n:,}' for n in row.sizes)} | "
                      f"{' / '.join(fmt(v) for v in row.ours)} | {' / '.join(fmt(v) for v in row.baseline)} "
                      f"({row.baseline_name}) | {' / '.join(f'{r:.1f}×' for r in row.ratio())} | {linearity(row):.2f} |")
+        if row.step.startswith("template fit"):
+            e = row.extra
+            lines.append(f"| ↳ without the prior (spectra/s); Ross success ours / redrock; median \\|Δv\\| between (km/s) | | "
+                         f"{' / '.join(f'{v:,.0f}' for v in e['rate_without_prior'])} | "
+                         f"{' / '.join(f'{a:.3f} / {b:.3f}' for a, b in zip(e['success'], e['baseline_success']))} | "
+                         f"{' / '.join(f'{v:.1f}' for v in e['median_dv_between_kms'])} | |")
         if row.step.startswith("merge"):
             lines.append(f"| ↳ merge peak RSS, MB (interpreter and torch before it) | | "
                          f"{' / '.join(f'{v:.0f} ({b:.0f})' for v, b in zip(row.extra['rss_mb'], row.extra['baseline_rss_mb']))} | | | |")
@@ -509,6 +575,8 @@ def run_bench(quick: bool = False, steps: tuple = ("ingest", "render", "end_to_e
                 rows.append(bench_writeback(sizes["writeback"], tmp))
             elif step == "merge":
                 rows.append(bench_merge(sizes["merge"], tmp))
+            elif step == "fit":
+                rows.append(bench_fit(sizes["fit"], tmp))
             else:
                 raise ValueError(f"unknown step {step!r}")
     if out is not None:

@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
     bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
     bench.add_argument("--steps", nargs="+", default=["ingest", "render", "end_to_end", "writeback"],
-                       choices=["ingest", "render", "end_to_end", "writeback", "merge"],
-                       help="steps to measure (merge, of a sharded run up to 5e6 rows, only when asked)")
+                       choices=["ingest", "render", "end_to_end", "writeback", "merge", "fit"],
+                       help="steps to measure (merge, of a sharded run up to 5e6 rows, and fit, the template "
+                            "fit beside redrock, only when asked)")
     bench.add_argument("--out", type=Path, help="also write the results as JSON here")
     bench.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system's)")
     return parser

@@ -99,3 +99,17 @@ def test_merge_row_measures_a_sharded_merge(tmp_path, monkeypatch):
     assert row.sizes == [300, 600, 900] and all(s > 0 for s in row.ours)
     assert all(rss >= base > 30 for rss, base in zip(row.extra["rss_mb"], row.extra["baseline_rss_mb"]))
     assert "merge peak RSS" in bench.format_table([row])
+
+
+def test_fit_row_measures_the_fit_and_says_when_redrock_is_missing(tmp_path, monkeypatch):
+    import annotate.fit.redrock_compare as redrock_compare
+
+    def missing():
+        raise ImportError("redrock is not installed: pip install -e \".[compare]\"")
+
+    monkeypatch.setattr(redrock_compare, "import_redrock", missing)
+    row = bench.bench_fit((6,), tmp_path)
+    assert row.sizes == [6] and row.ours[0] > 0 and row.extra["rate_without_prior"][0] > 0
+    assert 0.0 <= row.extra["success"][0] <= 1.0
+    assert np.isnan(row.baseline[0]) and "compare" in row.extra["baseline_missing"]
+    assert "without the prior" in bench.format_table([row])

@@ -141,7 +141,7 @@ def import_redrock():
             "zfind": zfind}
 
 
-def _one_thread():
+def one_thread():
     """A context limiting BLAS/OpenMP pools to one thread when threadpoolctl is there."""
     try:
         from threadpoolctl import threadpool_limits
@@ -177,7 +177,7 @@ def run_redrock(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Wave
         raise FileNotFoundError(f"no rrtemplate-*.fits in {template_folder}")
     start = time.perf_counter()
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), _one_thread():
+    with contextlib.redirect_stdout(log), one_thread():
         jit = time.perf_counter()
         trapz_rebin(np.arange(10.0), np.ones((1, 10)), edges=np.array([1.0, 2.0, 3.0]), myz=np.array([0.0]))
         jit = time.perf_counter() - jit
@@ -214,7 +214,7 @@ def run_annotate_fit(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid:
     from .fitter import Fitter, FitSettings
 
     start = time.perf_counter()
-    with _one_thread():
+    with one_thread():
         setup = time.perf_counter()
         fitter = Fitter(grid, FitSettings(prior=False), bases=bases)
         for basis in fitter.bases.bases:
