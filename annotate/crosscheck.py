@@ -31,7 +31,7 @@ from . import CLASS_NAMES, __version__
 from .errors import CatalogError
 from .metrics import (
     accuracy, bias, catastrophic, confusion_matrix, gaussian_crps, macro_f1, nmad, outlier_fraction,
-    per_class_recall, r2_score, rmse, success_by_snr, velocity_offset_kms, within_sigma,
+    per_class_recall, r2_score, rmse, robust_spread, success_by_snr, velocity_offset_kms, within_sigma,
 )
 from .surveys import load_survey
 
@@ -119,7 +119,7 @@ def pull_summary(pull: np.ndarray) -> dict:
         return {"n": 0, "median": float("nan"), "robust_spread": float("nan"),
                 "within_1sigma": float("nan"), "within_2sigma": float("nan")}
     median = float(np.median(pull))
-    return {"n": int(len(pull)), "median": median, "robust_spread": float(1.4826 * np.median(np.abs(pull - median))),
+    return {"n": int(len(pull)), "median": median, "robust_spread": robust_spread(pull),
             "within_1sigma": float(np.mean(np.abs(pull) <= 1.0)), "within_2sigma": float(np.mean(np.abs(pull) <= 2.0))}
 
 

@@ -60,6 +60,14 @@ def nmad(z_true: np.ndarray, z_pred: np.ndarray) -> float:
     return float(1.4826 * np.median(dz)) if len(dz) else float("nan")
 
 
+def robust_spread(values: np.ndarray) -> float:
+    """1.4826 · median |x − median x| over the finite values: the σ of a Gaussian, robust to
+    outliers (1 for the pulls of a calibrated uncertainty); NaN without values."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if len(values) else float("nan")
+
+
 def outlier_fraction(z_true: np.ndarray, z_pred: np.ndarray, threshold: float = 0.15) -> float:
     """η: fraction with |Δz| / (1 + z_true) > threshold."""
     dz = np.abs(np.asarray(z_pred, float) - z_true) / (1.0 + np.asarray(z_true, float))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import CLASS_NAMES, __version__
+from . import __version__
 from .errors import OutputError
 from .flags import NO_PREDICTION, PredFlag
 from .metrics import catastrophic
@@ -348,7 +348,7 @@ def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: s
     if fit is not None:
         fit_cards = {"ANNFIT": ("on", "template fit seeded by the ViT"),
                      "ANNTSHA": (fit["sha256"], ""),
-                     "ANNFITS": (fit["settings"][:68], "fit settings")}
+                     "ANNFITS": (fit["settings"][:68], "")}  # the settings fill the card
     return {
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),

@@ -20,19 +20,15 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid
-from ..metrics import CATASTROPHIC_KMS, velocity_offset_kms
+from ..metrics import robust_spread
 from .decide import choose
-from .evaluate import held_out_sample
+from .evaluate import held_out_sample, ross_success
 from .fitter import CALIBRATION_PATH, Fitter, FitSettings
 
 SEED = 2027
 SNR_EDGES = (0.0, 3.0, 8.0, 20.0, np.inf)
 SCALES = np.round(np.arange(0.8, 2.51, 0.05), 2)
 FLOORS_KMS = np.arange(0.0, 60.1, 1.0)
-
-
-def robust_spread(values: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if len(values) else float("nan")
 
 
 def calibrate(n: int = 600, seed: int = SEED) -> dict:
@@ -44,8 +40,7 @@ def calibrate(n: int = 600, seed: int = SEED) -> dict:
     z = np.array([c.z for c in choices])
     sigma_v = np.array([c.z_err for c in choices]) * SPEED_OF_LIGHT_KMS / (1 + z)
     dv = (z - sample["z"]) * SPEED_OF_LIGHT_KMS / (1 + sample["z"])
-    good = (np.array([c.spectype for c in choices]) == sample["class"]) & np.isfinite(sigma_v) & \
-        (velocity_offset_kms(z, sample["z"]) < np.array([CATASTROPHIC_KMS[c] for c in sample["class"]]))
+    good = ross_success(np.array([c.spectype for c in choices]), z, sample["class"], sample["z"]) & np.isfinite(sigma_v)
     bins = np.digitize(sample["snr"], SNR_EDGES) - 1
 
     def cost(scale: float, floors: dict) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..grid import WavelengthGrid
-from ..metrics import catastrophic
+from ..metrics import catastrophic, nmad, robust_spread
 from ..simulate.spectra import draw_sample
 from ..simulate.templates import load_library
 from .bases import load_bases
@@ -73,11 +73,10 @@ def evaluate(n: int, seed: int) -> dict:
             row[f"n_{name}"] = int(chosen.sum())
             row[f"success_{name}"] = float(success[chosen].mean()) if chosen.any() else float("nan")
         good = (truth == cls) & (snr >= 5) & success
-        dz = np.abs(z_fit - z_true)[good] / (1 + z_true[good])
-        row["nmad_snr_ge_5"] = float(1.4826 * np.median(dz)) if good.any() else float("nan")
+        row["nmad_snr_ge_5"] = nmad(z_true[good], z_fit[good])
         ok = (truth == cls) & success & np.isfinite(pull)
         p = pull[ok]
-        row["pull_spread"] = float(1.4826 * np.median(np.abs(p - np.median(p)))) if ok.any() else float("nan")
+        row["pull_spread"] = robust_spread(p)
         row["within_1sigma"] = float(np.mean(np.abs(p) <= 1)) if ok.any() else float("nan")
         out[cls] = row
     return out
