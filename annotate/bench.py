@@ -260,7 +260,7 @@ def bench_end_to_end(sizes, workdir: Path) -> Row:
 
 
 def bench_fit(sizes, workdir: Path) -> Row:
-    """The template fit on held-out simulated objects (evaluation half, seed 11), one process and
+    """The template fit on held-out simulated objects (seed 11), one process and
     one thread, seeded by the shipped ViT (whose own time is the end-to-end row's), against
     redrock's zfind on the first BASELINE_LIMIT of them with the same bases. Also recorded: the
     rate without the prior, each one's Ross success against the truth, the median |Δv| between
@@ -466,9 +466,10 @@ def bench_writeback(sizes, workdir: Path) -> Row:
 def merge_case(n_rows: str, workdir: str, shard_size: str = "500000") -> str:
     """Write a catalog, a plan and synthetic shard files for n_rows, then run the merge; returns
     'seconds peak_rss_mb baseline_rss_mb' (called in a child process by `bench_merge`)."""
-    from .checkpoint import DEFAULT_MODEL, weights_sha256
+    from .checkpoint import DEFAULT_MODEL
+    from .fit.stage import empty_fit
     from .pipeline import RunSettings
-    from .shards import PLAN_VERSION, _catalog_identity, plan_shards, run_folder, run_sharded
+    from .shards import make_plan, plan_shards, run_folder, run_sharded
 
     n, size, work = int(n_rows), int(shard_size), Path(workdir)
     catalog = make_catalog(work / f"merge-{n}.fits", n)
@@ -476,11 +477,8 @@ def merge_case(n_rows: str, workdir: str, shard_size: str = "500000") -> str:
     folder = run_folder(out)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     shards = plan_shards(n, size)
-    plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n, "shard_size": size,
-            "model": str(DEFAULT_MODEL.resolve()), "weights_sha256": weights_sha256(DEFAULT_MODEL), "survey": "sdss_dr18"}
+    plan = make_plan(catalog, n, size, DEFAULT_MODEL, "sdss_dr18", fit=True)
     (folder / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
-    from annotate.fit.stage import empty_fit
-
     rng = np.random.default_rng(0)
     for shard in shards:
         m = shard.stop - shard.start

@@ -56,6 +56,18 @@ def _catalog_identity(catalog: Path) -> dict:
     return {"path": str(catalog.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, survey: str, fit: bool) -> dict:
+    """What a run folder belongs to: the catalog (path, size, mtime), rows, shard size, model
+    and its weights, survey, and the template fit (its settings and template set, or None): a
+    run folder holds one kind of shard."""
+    from .checkpoint import weights_sha256
+    from .pipeline import fit_provenance
+
+    return {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
+            "model": str(Path(model_dir).resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey,
+            "fit": fit_provenance(fit)}
+
+
 def write_plan(folder: Path, plan: dict) -> None:
     """Create or check the run's plan: a run folder belongs to one catalog, model and shard size."""
     path = folder / "plan.json"
@@ -124,8 +136,8 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
     here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
-    from .checkpoint import DEFAULT_MODEL, weights_sha256
-    from .pipeline import catalog_rows, fit_provenance
+    from .checkpoint import DEFAULT_MODEL
+    from .pipeline import catalog_rows
     from .surveys import load_survey
     from .writeback import default_output_path
 
@@ -138,9 +150,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
     folder = run_folder(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
-    plan = {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
-            "model": str(model_dir.resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey.name,
-            "fit": fit_provenance(settings.fit)}  # a run folder holds one kind of shard
+    plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit)
     done = [s for s in shards if (folder / "shards" / f"{s.name}.npz").exists()]
     missing = [s for s in shards if s not in done]
     if dry_run:

@@ -210,9 +210,11 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
 
 
 def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path):
-    """A 1-minute job limit and ~70 s of training on one core: Slurm signals the job before its
-    limit, submitit requeues it (TrainJob is Checkpointable), and the requeued job resumes from the
-    saved state instead of starting over."""
+    """A 1-minute job limit and more training than fits in it on one core: Slurm signals the job
+    before its limit, submitit requeues it (TrainJob is Checkpointable), and the requeued job resumes
+    from the saved state instead of starting over. 120 epochs: 60 (~70 s on a slow day) finished
+    within the first 40 s on a fast one, before any signal."""
+    epochs = 120
     import yaml
 
     from annotate.cli import main
@@ -221,7 +223,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
     store = _labelled_store(tmp_path / "train.h5", n=150)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 60,
+        "name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": epochs,
         "batch_size": 8, "lr": 1e-3, "val_fraction": 0.1, "test_fraction": 0.1, "device": "cpu",
         "checkpoint_every": 20}))
     profile = tmp_path / "profile.yaml"
@@ -233,7 +235,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
     assert main(["train", "--recipe", str(recipe), "--out", str(out), "--executor", "slurm",
                  "--profile", str(profile)]) == 0
     summary = json.loads((out / "training.json").read_text())
-    assert summary["steps"] == 60 * -(-summary["split_counts"]["train"] // 8)
+    assert summary["steps"] == epochs * -(-summary["split_counts"]["train"] // 8)
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
     assert "resumed from" in logs, logs[-3000:]
     job_id = next(p.name for p in (out / "slurm").iterdir() if p.name.isdigit())
@@ -246,7 +248,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
     assert _wait(attempts, 180, step=2), subprocess.run(["sacct", "-X", "-D", "-j", job_id], capture_output=True,
                                                         text=True).stdout
     history = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(1, 61))
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
 
 
 def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_conf, catalog, micro_model,  # noqa: F811

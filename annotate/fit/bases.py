@@ -1,6 +1,6 @@
 """Template bases of the redshift fit: per class (and star group) a few rest-frame basis spectra.
 
-Stored in `annotate/fit/data/bases.npz`, built by `annotate/fit/data/build_bases.py` from the
+Stored in `annotate/fit/data/bases.npz`, built by `python -m annotate.fit.build` from the
 project's template library only (`annotate/simulate/data/templates.npz` and the quasar model of
 `annotate/simulate/spectra.py`); sources and steps in `annotate/fit/data/SOURCES.md`.
 
@@ -144,41 +144,40 @@ def file_sha256(path: Path) -> str:
 
 @lru_cache(maxsize=4)
 def load_bases(path: str | Path = BASES_PATH) -> BasisSet:
-    """The basis set stored at `path` (an npz written by build_bases.py; never unpickled)."""
+    """The basis set stored at `path` (an npz written by `python -m annotate.fit.build`; never
+    unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"template bases not found: {path}")
     with np.load(path, allow_pickle=False) as data:
-        names = [str(n) for n in data["basis_names"]]
-        bases = []
-        for name in names:
-            key = name.replace(":", "_")
-            bases.append(Basis(
-                spectype=str(data[f"{key}__spectype"]), subtype=str(data[f"{key}__subtype"]),
-                loglam_start=float(data[f"{key}__loglam_start"]), step=float(data["step"]),
-                flux=data[f"{key}__flux"].astype(np.float64), coverage=data[f"{key}__coverage"].astype(bool),
-                z_range=tuple(float(v) for v in data[f"{key}__z_range"]),
-                names=tuple(str(v) for v in data[f"{key}__names"])))
-        held_out = data["held_out_stars"].astype(int)
-        library_sha = str(data["library_sha256"])
-        held_out_populations = data["held_out_populations"].astype(int)
-        qso_seed = int(data["qso_seed"])
-        star_group = data["star_group"].astype(str)
+        return basis_set_from_arrays(data, path, file_sha256(path))
+
+
+def basis_set_from_arrays(data, path: Path, sha256: str) -> BasisSet:
+    """A BasisSet from the arrays of a bases file (name -> array: an open npz or a dict)."""
+    bases = []
+    for name in (str(n) for n in data["basis_names"]):
+        key = name.replace(":", "_")
+        bases.append(Basis(
+            spectype=str(data[f"{key}__spectype"]), subtype=str(data[f"{key}__subtype"]),
+            loglam_start=float(data[f"{key}__loglam_start"]), step=float(data["step"]),
+            flux=np.asarray(data[f"{key}__flux"], np.float64), coverage=np.asarray(data[f"{key}__coverage"], bool),
+            z_range=tuple(float(v) for v in data[f"{key}__z_range"]),
+            names=tuple(str(v) for v in data[f"{key}__names"])))
+    held_out = np.asarray(data["held_out_stars"], int)
     # the individual training stars (for the spectral type) come from the template library itself
     from ..simulate.templates import LIBRARY_PATH, load_library
 
-    if file_sha256(LIBRARY_PATH) != library_sha:
+    if file_sha256(LIBRARY_PATH) != str(data["library_sha256"]):
         raise ConfigError(f"{path} was built from another template library than {LIBRARY_PATH}; "
-                          "rebuild it with annotate/fit/data/build_bases.py")
+                          "rebuild it with python -m annotate.fit.build")
     lib = load_library()
     train = np.setdiff1d(np.arange(lib.n_star), held_out)
     star_flux = lib.star_flux[train].astype(np.float64)
     star_coverage = np.isfinite(star_flux)
     return BasisSet(
-            bases=tuple(bases), star_flux=np.where(star_coverage, star_flux, 0.0),
-            star_coverage=star_coverage, star_loglam_start=float(lib.star_loglam[0]),
-            star_sptype=lib.star_sptype[train].astype(str), star_name=lib.star_name[train].astype(str),
-            star_group=star_group,
-            held_out_stars=held_out,
-            held_out_populations=held_out_populations, qso_seed=qso_seed,
-            sha256=file_sha256(path), path=path)
+        bases=tuple(bases), star_flux=np.where(star_coverage, star_flux, 0.0), star_coverage=star_coverage,
+        star_loglam_start=float(lib.star_loglam[0]), star_sptype=lib.star_sptype[train].astype(str),
+        star_name=lib.star_name[train].astype(str), star_group=np.asarray(data["star_group"]).astype(str),
+        held_out_stars=held_out, held_out_populations=np.asarray(data["held_out_populations"], int),
+        qso_seed=int(data["qso_seed"]), sha256=sha256, path=path)

@@ -4,9 +4,11 @@ cannot see (template mismatch, which sets a limit at high S/N).
 
     python -m annotate.fit.calibrate            # writes annotate/fit/data/calibration.json
 
-Fitted on the calibration half of the held-out templates (`evaluate.held_out_sample(half=
-"calibration")`, its own seed), never on the evaluation half: one scale and three floors chosen
-so that the pulls' robust spread is 1 in every S/N bin of every class.
+Never on the held-out templates (those are the evaluation's): the training templates are split
+in FOLDS; for each fold, bases are built without it (`build.build_in_memory`) and spectra simulated
+from it are fitted, so every fitted object comes from templates its bases never saw, as in use.
+One scale and three floors are then chosen so that the pulls' robust spread is 1 in every S/N bin
+of every class.
 """
 
 from __future__ import annotations
@@ -21,56 +23,75 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid
 from ..metrics import robust_spread
+from ..simulate.spectra import draw_sample
+from ..simulate.templates import load_library
+from .build import build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .decide import choose
-from .evaluate import held_out_sample, ross_success
+from .evaluate import ross_success
 from .fitter import CALIBRATION_PATH, Fitter, FitSettings
 
 SEED = 2027
+FOLDS = 4
 SNR_EDGES = (0.0, 3.0, 8.0, 20.0, np.inf)
 SCALES = np.round(np.arange(0.8, 2.51, 0.05), 2)
 FLOORS_KMS = np.arange(0.0, 60.1, 1.0)
 
 
-def calibrate(n: int = 600, seed: int = SEED) -> dict:
+def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS) -> dict:
+    """Class, z, S/N, truth and the uncalibrated fit (class, z, σ_z) of n objects simulated from
+    the training templates fold by fold, each fitted with bases built without its fold."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid, half="calibration")
-    fitter = Fitter(grid, FitSettings(prior=False, calibrated=False))
-    choices = [choose(c, None, np.nan, np.nan, prior=False)
-               for c in fitter.fit(sample["flux"], sample["ivar"], sample["mask"])]
-    z = np.array([c.z for c in choices])
-    sigma_v = np.array([c.z_err for c in choices]) * SPEED_OF_LIGHT_KMS / (1 + z)
-    dv = (z - sample["z"]) * SPEED_OF_LIGHT_KMS / (1 + sample["z"])
-    good = ross_success(np.array([c.spectype for c in choices]), z, sample["class"], sample["z"]) & np.isfinite(sigma_v)
-    bins = np.digitize(sample["snr"], SNR_EDGES) - 1
+    lib = load_library()
+    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
+    stars = np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star))
+    qso = qso_basis(log=lambda _: None)
+    parts = []
+    for fold in range(folds):
+        pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
+        bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso)
+        sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold)
+        fitter = Fitter(grid, FitSettings(prior=False, calibrated=False), bases)
+        choices = [choose(c, None, np.nan, np.nan, prior=False)
+                   for c in fitter.fit(sample["flux"], sample["ivar"], sample["mask"])]
+        parts.append({"class": sample["class"], "z": sample["z"], "snr": sample["snr"],
+                      "fit_class": np.array([c.spectype for c in choices]), "fit_z": np.array([c.z for c in choices]),
+                      "fit_z_err": np.array([c.z_err for c in choices])})
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    def cost(scale: float, floors: dict) -> float:
+
+def calibrate(n: int = 800, seed: int = SEED) -> dict:
+    fits = fold_fits(n, seed)
+    z = fits["fit_z"]
+    sigma_v = fits["fit_z_err"] * SPEED_OF_LIGHT_KMS / (1 + z)
+    dv = (z - fits["z"]) * SPEED_OF_LIGHT_KMS / (1 + fits["z"])
+    good = ross_success(fits["fit_class"], z, fits["class"], fits["z"]) & np.isfinite(sigma_v)
+    bins = np.digitize(fits["snr"], SNR_EDGES) - 1
+
+    def cost(scale: float, cls: str, floor: float) -> float:
+        """Σ over the class's S/N bins of log²(pulls' robust spread)."""
         total = 0.0
-        for cls in CLASS_NAMES:
-            for b in range(len(SNR_EDGES) - 1):
-                chosen = good & (sample["class"] == cls) & (bins == b)
-                if chosen.sum() >= 5:
-                    sigma = np.hypot(scale * sigma_v[chosen], floors[cls])
-                    total += np.log(robust_spread(dv[chosen] / sigma)) ** 2
+        for b in range(len(SNR_EDGES) - 1):
+            chosen = good & (fits["class"] == cls) & (bins == b)
+            if chosen.sum() >= 5:
+                total += np.log(robust_spread(dv[chosen] / np.hypot(scale * sigma_v[chosen], floor))) ** 2
         return total
 
     best = None
-    for scale in SCALES:  # the floors are independent given the scale: one class at a time
-        floors = {}
-        for cls in CLASS_NAMES:
-            floors[cls] = min(FLOORS_KMS, key=lambda f: cost(scale, {**{c: 0.0 for c in CLASS_NAMES}, cls: f})
-                              - cost(scale, {c: 0.0 for c in CLASS_NAMES}))
-        value = cost(scale, floors)
+    for scale in SCALES:  # given the scale, each class's floor is chosen on its own
+        floors = {cls: float(min(FLOORS_KMS, key=lambda f: cost(scale, cls, f))) for cls in CLASS_NAMES}
+        value = sum(cost(scale, cls, floors[cls]) for cls in CLASS_NAMES)
         if best is None or value < best[0]:
-            best = (value, float(scale), {c: float(v) for c, v in floors.items()})
+            best = (value, float(scale), floors)
     _, scale, floors = best
     return {"scale": scale, "floor_kms": floors, "n": n, "seed": seed, "rows_used": int(good.sum()),
-            "sample": "calibration half of the held-out MILES stars and populations, quasar draws of this seed",
+            "sample": f"training templates in {FOLDS} folds, each fitted with bases built without it; "
+                      "quasar draws of seeds from this one",
             "made_by": "python -m annotate.fit.calibrate"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--n", type=int, default=800)
     parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
     args = parser.parse_args(argv)
     result = calibrate(args.n)

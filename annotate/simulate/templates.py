@@ -40,6 +40,14 @@ class TemplateLibrary:
         """(n_gal,) log10 of each population's last rest wavelength with data."""
         return self.gal_loglam[-1 - np.argmax(np.isfinite(self.gal_flux[:, ::-1]), axis=1)]
 
+    def with_populations(self, indices) -> "TemplateLibrary":
+        """The same library with only the stellar populations `indices` (for samples made from
+        populations a model or fit never saw)."""
+        from dataclasses import replace
+
+        return replace(self, gal_flux=self.gal_flux[indices], gal_age_gyr=self.gal_age_gyr[indices],
+                       gal_sigma_kms=self.gal_sigma_kms[indices], gal_set=self.gal_set[indices])
+
     @property
     def n_star(self) -> int:
         return self.star_flux.shape[0]

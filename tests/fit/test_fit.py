@@ -3,8 +3,6 @@
 Test objects are simulated from templates the bases never saw: the held-out MILES stars, the
 held-out populations (a sub-library), and quasar-model draws of other seeds than the basis'."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -32,8 +30,7 @@ def held_out_library(bases):
     """The template library with only the populations the galaxy basis never saw."""
     lib = load_library()
     held = bases.held_out_populations
-    return replace(lib, gal_flux=lib.gal_flux[held], gal_age_gyr=lib.gal_age_gyr[held],
-                   gal_sigma_kms=lib.gal_sigma_kms[held], gal_set=lib.gal_set[held])
+    return lib.with_populations(held)
 
 
 def test_bases_leave_the_held_out_templates_out(bases):

@@ -1,8 +1,8 @@
-"""Build `bases.npz`, the template bases of the redshift fit, from the project's own template
+"""Build `data/bases.npz`, the template bases of the redshift fit, from the project's own template
 library (`annotate/simulate/data/templates.npz`) and quasar model (`annotate/simulate/spectra.py`).
-No other data source. Run from the repository root:
+No other data source:
 
-    python annotate/fit/data/build_bases.py annotate/fit/data/bases.npz
+    python -m annotate.fit.build            # writes annotate/fit/data/bases.npz
 
 What it makes (steps and sources in SOURCES.md beside this file):
 - GALAXY: a PCA (with gaps: missing blue ends are filled iteratively by the PCA itself) of the
@@ -18,21 +18,17 @@ What it makes (steps and sources in SOURCES.md beside this file):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from annotate import SPEED_OF_LIGHT_KMS  # noqa: E402
-from annotate.fit.bases import file_sha256  # noqa: E402
-from annotate.simulate.dataset import held_out_star_indices  # noqa: E402
-from annotate.simulate.spectra import (GALAXY_LINES, SimulationSettings, broaden,  # noqa: E402
-                                       quasar_rest)
-from annotate.simulate.templates import LIBRARY_PATH, load_library  # noqa: E402
+from .. import SPEED_OF_LIGHT_KMS
+from ..simulate.dataset import held_out_star_indices
+from ..simulate.spectra import GALAXY_LINES, SimulationSettings, broaden, quasar_rest
+from ..simulate.templates import LIBRARY_PATH, load_library
+from .bases import BASES_PATH, BasisSet, basis_set_from_arrays, file_sha256
 
 STEP = 1e-4
 RESOLUTION_KMS = 69.0           # SDSS/BOSS instrumental σ
@@ -42,7 +38,6 @@ HELD_OUT_POPULATION_FRACTION = 0.2
 POPULATION_SEED = 20261201
 QSO_SEED = 917_000_001
 N_QSO_DRAWS = 600
-FOREST_EDGE_AA = 0.0  # nothing left out: the basis holds the forest's mean transmission
 
 N_GALAXY_PCA = 6
 N_STAR_PCA = 5
@@ -101,10 +96,19 @@ def line_template(loglam: np.ndarray, names: tuple, sigma_kms: float) -> np.ndar
     return out / np.abs(out).max()
 
 
-def galaxy_basis(lib) -> dict:
+def held_out_populations(n_gal: int) -> np.ndarray:
+    """Indices of the populations no galaxy basis is built from (seeded)."""
     rng = np.random.default_rng(POPULATION_SEED)
-    held = np.sort(rng.choice(lib.n_gal, size=int(round(HELD_OUT_POPULATION_FRACTION * lib.n_gal)), replace=False))
-    train = np.setdiff1d(np.arange(lib.n_gal), held)
+    return np.sort(rng.choice(n_gal, size=int(round(HELD_OUT_POPULATION_FRACTION * n_gal)), replace=False))
+
+
+def held_out_stars(n_star: int) -> np.ndarray:
+    """Indices of the MILES stars no star basis is built from: the default model's held-out stars."""
+    return held_out_star_indices(n_star, HELD_OUT_STAR_FRACTION, HELD_OUT_STAR_SEED)
+
+
+def galaxy_basis(lib, train: np.ndarray, log=print) -> dict:
+    """The GALAXY basis from populations `train` of the library."""
     spectra = []
     for index in train:
         for dispersion in GALAXY_DISPERSIONS_KMS:
@@ -119,13 +123,13 @@ def galaxy_basis(lib) -> dict:
     continuum[:, coverage] = pca
     sigma = np.hypot(GAS_SIGMA_KMS, RESOLUTION_KMS)
     lines = np.array([line_template(lib.gal_loglam, names, sigma) for _, names in LINE_GROUPS])
-    print(f"GALAXY: {len(train)} populations ({len(held)} held out) x {len(GALAXY_DISPERSIONS_KMS)} dispersions; "
-          f"PCA {N_GALAXY_PCA} explains {explained(spectra[:, coverage], pca):.5f}; "
-          f"coverage {10**lib.gal_loglam[coverage][0]:.0f}-{10**lib.gal_loglam[coverage][-1]:.0f} A", file=sys.stderr)
+    log(f"GALAXY: {len(train)} populations x {len(GALAXY_DISPERSIONS_KMS)} dispersions; "
+        f"PCA {N_GALAXY_PCA} explains {explained(spectra[:, coverage], pca):.5f}; "
+        f"coverage {10**lib.gal_loglam[coverage][0]:.0f}-{10**lib.gal_loglam[coverage][-1]:.0f} A")
     names = tuple(f"pca{i}" for i in range(N_GALAXY_PCA)) + tuple(name for name, _ in LINE_GROUPS)
     return {"GALAXY": dict(spectype="GALAXY", subtype="", loglam_start=float(lib.gal_loglam[0]),
                            flux=np.vstack([continuum, lines]), coverage=coverage, z_range=Z_RANGES["GALAXY"],
-                           names=names)}, held
+                           names=names)}
 
 
 def star_group(sptype: str, teff: float) -> str | None:
@@ -139,9 +143,8 @@ def star_group(sptype: str, teff: float) -> str | None:
     return None
 
 
-def star_bases(lib) -> tuple[dict, np.ndarray]:
-    held = held_out_star_indices(lib.n_star, HELD_OUT_STAR_FRACTION, HELD_OUT_STAR_SEED)
-    train = np.setdiff1d(np.arange(lib.n_star), held)
+def star_bases(lib, train: np.ndarray, log=print) -> tuple[dict, np.ndarray]:
+    """The STAR:<group> bases from MILES stars `train`, and the group of each of those stars."""
     template_sigma = lib.star_fwhm_aa / (2 * np.sqrt(2 * np.log(2))) / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(RESOLUTION_KMS**2 - template_sigma**2, 0.0))
     groups = {}
@@ -160,15 +163,15 @@ def star_bases(lib) -> tuple[dict, np.ndarray]:
         pca = gap_pca(spectra[:, coverage], n)
         flux = np.zeros((n, len(lib.star_loglam)))
         flux[:, coverage] = pca
-        print(f"STAR:{group}: {len(spectra)} stars, PCA {n} explains {explained(spectra[:, coverage], pca):.5f}",
-              file=sys.stderr)
+        log(f"STAR:{group}: {len(spectra)} stars, PCA {n} explains {explained(spectra[:, coverage], pca):.5f}")
         out[f"STAR:{group}"] = dict(spectype="STAR", subtype=group, loglam_start=float(lib.star_loglam[0]), flux=flux,
                                     coverage=coverage, z_range=Z_RANGES["STAR"],
                                     names=tuple(f"pca{i}" for i in range(n)))
-    return out, held, np.array(membership, dtype=str)
+    return out, np.array(membership, dtype=str)
 
 
-def qso_basis() -> dict:
+def qso_basis(log=print) -> dict:
+    """The QSO basis from N_QSO_DRAWS draws of the quasar model with its own seed."""
     rng = np.random.default_rng(QSO_SEED)
     settings = SimulationSettings()
     spectra = []
@@ -181,31 +184,28 @@ def qso_basis() -> dict:
     spectra = np.array([np.interp(grid, loglam, f, left=np.nan) for f in spectra])
     spectra = normalise(spectra)
     coverage = np.isfinite(spectra).all(axis=0)
-    pca_coverage = coverage.copy()
-    # the Lyα forest's absorption varies from sightline to sightline far beyond the noise: the fit
-    # leaves rest wavelengths below FOREST_EDGE_AA out, as pixels the basis does not model
-    coverage &= 10.0**grid >= FOREST_EDGE_AA
-    spectra = spectra[:, pca_coverage]
+    spectra = spectra[:, coverage]
     pca = gap_pca(spectra, N_QSO_PCA, iterations=1)
     flux = np.zeros((N_QSO_PCA, len(grid)))
-    flux[:, pca_coverage] = pca
-    flux[:, ~coverage] = 0.0
-    print(f"QSO: {N_QSO_DRAWS} model draws (seed {QSO_SEED}), PCA {N_QSO_PCA} explains "
-          f"{explained(spectra, pca):.5f}", file=sys.stderr)
+    flux[:, coverage] = pca
+    log(f"QSO: {N_QSO_DRAWS} model draws (seed {QSO_SEED}), PCA {N_QSO_PCA} explains {explained(spectra, pca):.5f}")
     return {"QSO": dict(spectype="QSO", subtype="", loglam_start=float(grid[0]), flux=flux, coverage=coverage,
                         z_range=Z_RANGES["QSO"], names=tuple(f"pca{i}" for i in range(N_QSO_PCA)))}
 
 
-def build(out: Path) -> None:
-    lib = load_library()
-    galaxy, held_populations = galaxy_basis(lib)
-    stars, held_stars, star_groups = star_bases(lib)
-    bases = {**galaxy, **qso_basis(), **stars}
+def basis_arrays(lib, population_train: np.ndarray, star_train: np.ndarray, qso: dict | None = None,
+                 log=print) -> dict:
+    """The arrays of a bases file for bases built from populations `population_train` and MILES
+    stars `star_train` (what is not in them counts as held out); `qso`: a QSO basis already built."""
+    galaxy = galaxy_basis(lib, population_train, log)
+    stars, star_groups = star_bases(lib, star_train, log)
+    bases = {**galaxy, **(qso if qso is not None else qso_basis(log)), **stars}
     arrays = {"basis_names": np.array(list(bases), dtype=str), "step": np.float64(STEP),
-              "held_out_stars": held_stars, "held_out_populations": held_populations,
-              "star_group": star_groups,
-              "qso_seed": np.int64(QSO_SEED), "library_sha256": np.array(file_sha256(LIBRARY_PATH)),
-              "built_with": np.array("annotate/fit/data/build_bases.py from annotate/simulate/data/templates.npz")}
+              "held_out_stars": np.setdiff1d(np.arange(lib.n_star), star_train),
+              "held_out_populations": np.setdiff1d(np.arange(lib.n_gal), population_train),
+              "star_group": star_groups, "qso_seed": np.int64(QSO_SEED),
+              "library_sha256": np.array(file_sha256(LIBRARY_PATH)),
+              "built_with": np.array("python -m annotate.fit.build, from annotate/simulate/data/templates.npz")}
     for name, basis in bases.items():
         key = name.replace(":", "_")
         for field, value in basis.items():
@@ -214,13 +214,30 @@ def build(out: Path) -> None:
             elif field == "names":
                 value = np.array(value, dtype=str)
             arrays[f"{key}__{field}"] = np.asarray(value)
-    np.savez_compressed(out, **arrays)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(out)})", file=sys.stderr)
+    return arrays
+
+
+def build_in_memory(population_train: np.ndarray, star_train: np.ndarray, qso: dict | None = None) -> BasisSet:
+    """A BasisSet built as `build` does, from other training templates, without writing a file
+    (for the calibration's leave-templates-out folds)."""
+    return basis_set_from_arrays(basis_arrays(load_library(), population_train, star_train, qso, log=lambda _: None),
+                                 Path("<in memory>"), "")
+
+
+def build(out: Path) -> None:
+    lib = load_library()
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    arrays = basis_arrays(lib, np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal)),
+                          np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star)), log=log)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(out)
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(out)})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).resolve().parent / "bases.npz")
+    parser.add_argument("out", type=Path, nargs="?", default=BASES_PATH)
     build(parser.parse_args(argv).out)
     return 0
 
