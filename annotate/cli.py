@@ -128,7 +128,7 @@ def _print_result(result) -> None:
             print(f"  {line}")
     print(f"cross-check over {summary['rows_compared']} selected rows with a reference class and z:")
     print(f"  class accuracy        {summary['class_accuracy']:.3f}")
-    print(f"  z R²                  {summary['z_r2']:.3f}   NMAD {summary['z_nmad']:.4f}   η {summary['z_eta']:.3f}")
+    print(f"  z R²                  {summary['z_r2']:.3f}   NMAD {summary['z_nmad']:.2g}   η {summary['z_eta']:.3f}")
     print(f"  catastrophic z rate   {summary['z_catastrophic_rate']:.3f}  (Ross et al. 2020: >1000 km/s, QSO >3000 km/s)")
     for role, label in (("teff", "Teff"), ("logg", "logg"), ("feh", "[Fe/H]")):
         print(f"  {label:<7} R² (stars)    {summary[f'{role}_r2']:.3f}  (n={summary[f'{role}_n']})")
@@ -237,7 +237,7 @@ def _print_crosscheck(result) -> None:
     m = result.metrics
     print(f"cross-check: {m['compared']} rows compared, {m['disagreements']} disagreements; "
           f"class accuracy {m['classification']['accuracy']:.3f}, macro F1 {m['classification']['macro_f1']:.3f}, "
-          f"z NMAD {m['redshift']['nmad']:.4f}")
+          f"z NMAD {m['redshift']['nmad']:.2g}")
     print(f"cross-check report: {result.report}")
 
 
