@@ -26,9 +26,9 @@ from ..metrics import robust_spread
 from ..simulate.spectra import draw_sample
 from ..simulate.templates import load_library
 from .build import build_in_memory, held_out_populations, held_out_stars, qso_basis
-from .decide import choose
 from .evaluate import ross_success
 from .fitter import CALIBRATION_PATH, Fitter, FitSettings
+from .stage import fit_rows
 
 SEED = 2027
 FOLDS = 4
@@ -50,12 +50,10 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS) -> dict:
         pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
         bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso)
         sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold)
-        fitter = Fitter(grid, FitSettings(prior=False, calibrated=False), bases)
-        choices = [choose(c, None, np.nan, np.nan, prior=False)
-                   for c in fitter.fit(sample["flux"], sample["ivar"], sample["mask"])]
+        fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
+                       sample["flux"], sample["ivar"], sample["mask"], None)
         parts.append({"class": sample["class"], "z": sample["z"], "snr": sample["snr"],
-                      "fit_class": np.array([c.spectype for c in choices]), "fit_z": np.array([c.z for c in choices]),
-                      "fit_z_err": np.array([c.z_err for c in choices])})
+                      **{key: fit[key] for key in ("fit_class", "fit_z", "fit_z_err")}})
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 

@@ -22,8 +22,8 @@ from ..metrics import catastrophic, nmad, robust_spread
 from ..simulate.spectra import draw_sample
 from ..simulate.templates import load_library
 from .bases import load_bases
-from .decide import choose
 from .fitter import Fitter, FitSettings
+from .stage import fit_rows
 
 
 def held_out_sample(n: int, seed: int, grid: WavelengthGrid) -> dict:
@@ -55,13 +55,9 @@ def evaluate(n: int, seed: int, prior: bool = False) -> dict:
         vit = predict_batch(model, card, sample["flux"], sample["mask"])
     fitter = Fitter(grid, FitSettings(prior=prior))
     start = time.perf_counter()
-    candidates = fitter.fit(sample["flux"], sample["ivar"], sample["mask"], vit)
-    choices = [choose(c, None if vit is None else vit["prob"][i], np.nan if vit is None else vit["z"][i],
-                      np.nan if vit is None else vit["z_err"][i], prior=prior) for i, c in enumerate(candidates)]
+    fit = fit_rows(fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
     seconds = time.perf_counter() - start
-    z_fit = np.array([c.z for c in choices])
-    z_err = np.array([c.z_err for c in choices])
-    cls_fit = np.array([c.spectype for c in choices])
+    z_fit, z_err, cls_fit = fit["fit_z"], fit["fit_z_err"], fit["fit_class"]
     truth, z_true, snr = sample["class"], sample["z"], sample["snr"]
     success = ross_success(cls_fit, z_fit, truth, z_true)
     pull = (z_fit - z_true) / z_err

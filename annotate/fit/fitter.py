@@ -7,9 +7,9 @@ Steps per spectrum (redrock's split: scan, refine, choose):
    the ViT's own window (z_vit ± 5σ_vit, at least ±2,000 km/s) for its class, so the ViT's
    answer is always weighed.
 3. Each candidate refined at full resolution with Legendre polynomials: whole-pixel shifts around
-   it, then quarter-pixel shifts around the best, a parabola through the lowest χ² points for the
-   sub-pixel minimum and σ_z from its curvature (scaled by √χ²_ν when the fit is worse than the
-   noise).
+   it, then (unless it is far behind) quarter-pixel shifts around the best, a parabola through the
+   lowest χ² points for the sub-pixel minimum and σ_z from its curvature (scaled by √χ²_ν when the
+   fit is worse than the noise, then calibrated: data/calibration.json).
 4. `decide.choose`: the lowest χ², Δχ² to the best other solution, the ViT rule for near-ties,
    the flags.
 """
@@ -17,7 +17,7 @@ Steps per spectrum (redrock's split: scan, refine, choose):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,12 +33,18 @@ CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
 
 @dataclass(frozen=True)
 class FitSettings:
-    """How the fit runs. bin_factor: pixels per bin of the coarse scan per class; n_poly: Legendre
-    terms (calibration errors) in the refined fit; n_candidates: minima kept per class;
+    """How the fit runs (validated by the dataclass; the run passes the defaults).
+
+    bin_galaxy/bin_qso/bin_star: pixels per bin of each class's coarse scan; n_poly (refined) and
+    n_poly_coarse: Legendre terms for calibration errors; coarse_pca: leading PCA vectors in the
+    coarse scan; n_candidates: minima kept per class; max_refine, refine_margin: refinements
+    beyond each class's best while fewer than max_refine, within refine_margin (coarse Δχ²);
+    sub_pixel_margin: candidates further behind after the whole-pixel step skip quarter pixels;
     prior: use the ViT's output (skip classes it rules out, add its window, break near-ties);
-    skip_below: a class whose ViT probability is under this is not scanned, when the ViT's top
-    class has at least `confident`; small_deltachi2: Δχ² under which a solution is doubtful
-    (redrock's ZWARN uses 9); backend: numpy or torch."""
+    skip_below, confident: a class whose ViT probability is under skip_below is not scanned when
+    the ViT's top class has at least `confident`; small_deltachi2: Δχ² under which a solution is
+    doubtful (redrock's ZWARN uses 9); vit_window_sigma, vit_window_min_kms: the ViT's window;
+    backend, device: numpy or torch (on `device`); calibrated: apply data/calibration.json."""
 
     bin_galaxy: int = 3
     bin_qso: int = 6
@@ -69,9 +75,6 @@ class FitSettings:
                 f"cand={self.n_candidates} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Candidate:
@@ -79,8 +82,8 @@ class Candidate:
     subtype: str
     z: float
     z_err: float
-    chi2: float        # χ²_eff at the refined minimum
-    rchi2: float       # χ² per degree of freedom over the covered pixels
+    chi2: float        # χ² at the refined minimum
+    rchi2: float       # χ² per degree of freedom over the usable pixels
     at_edge: bool      # the minimum lies at the edge of the scanned range
     source: str        # 'scan', 'vit' (the ViT window's minimum) or 'coarse' (not refined)
     shift: float       # pixels

@@ -208,10 +208,11 @@ def run_redrock(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Wave
 
 def run_annotate_fit(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: WavelengthGrid,
                      bases: BasisSet | None = None) -> dict:
-    """This project's fit as evaluate.py runs it (prior off: no ViT), with the same fields and
-    costs as `run_redrock` (setup: the bases' shifted copies built before the clock starts)."""
-    from .decide import choose
+    """This project's fit as evaluate.py runs it (prior off: no ViT): z, zerr, deltachi2, spectype
+    and the costs, named as `run_redrock` names them (setup: the bases' shifted copies built before
+    the clock starts)."""
     from .fitter import Fitter, FitSettings
+    from .stage import fit_rows
 
     start = time.perf_counter()
     with one_thread():
@@ -221,12 +222,9 @@ def run_annotate_fit(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid:
             basis.phases  # noqa: B018  (cached: built once, outside the timed fit)
         setup = time.perf_counter() - setup
         fit, cpu = time.perf_counter(), time.process_time()
-        candidates = fitter.fit(flux, ivar, mask)
-        choices = [choose(c, None, np.nan, np.nan, prior=False) for c in candidates]
+        out = fit_rows(fitter, flux, ivar, mask, None)
         fit, cpu = time.perf_counter() - fit, time.process_time() - cpu
-    return {"z": np.array([c.z for c in choices], np.float64), "zerr": np.array([c.z_err for c in choices], np.float64),
-            "deltachi2": np.array([c.deltachi2 for c in choices], np.float64),
-            "spectype": np.array([c.spectype for c in choices]), "subtype": np.array([c.subtype for c in choices]),
+    return {"z": out["fit_z"], "zerr": out["fit_z_err"], "deltachi2": out["fit_deltachi2"], "spectype": out["fit_class"],
             "seconds": time.perf_counter() - start, "seconds_setup": setup, "seconds_fit": fit,
             "cpu_seconds_fit": cpu}
 
