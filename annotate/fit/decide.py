@@ -69,8 +69,8 @@ def choose(candidates: list[Candidate], vit_prob: np.ndarray | None, vit_z: floa
     deltachi2 = runner.chi2 - best.chi2 if runner is not None else np.inf
     rule = "chi2"
     if prior and has_vit and not agrees_with_vit(best, vit_class, vit_z, vit_z_err):
-        backed = next((c for c in ordered[1:] if c.chi2 - best.chi2 < small_deltachi2
-                       and agrees_with_vit(c, vit_class, vit_z, vit_z_err)), None)
+        backed = next((c for c in ordered[1:] if c.chi2 - best.chi2 < small_deltachi2 and c.source != "coarse"
+                       and agrees_with_vit(c, vit_class, vit_z, vit_z_err)), None)  # a refined one only
         if backed is not None:
             best, deltachi2, rule = backed, best.chi2 - backed.chi2, "vit-tie"
     flags = 0

@@ -1,9 +1,9 @@
 """χ² of template bases against spectra over redshift, on the store's log-λ grid.
 
 Pure array code. On a log-λ grid a redshift is a pixel shift (log10(1 + z) = shift · step), so
-every term of the linear least-squares fit at every shift is a correlation of a data-side array
-(w f, w, w f², good pixels) with a template-side one (t_j, t_j t_l, coverage): computed for a
-long range of shifts with FFTs, for a short one directly. `coarse_scan` does that for many spectra
+every shift-dependent term of the linear least-squares fit is a correlation of a data-side array
+(w f, w, w·Pₘ with Pₘ the Legendre polynomials) with a template-side one (t_j, t_j t_l): computed
+for a long range of shifts with FFTs, for a short one directly. `coarse_scan` does that for many spectra
 at once on a binned copy of the data; `chi2_at_shifts` evaluates one spectrum at a handful of
 whole or quarter-pixel shifts at full resolution, with Legendre polynomials for calibration
 errors. Both run in numpy or torch (`Backend`); the results agree to float64 rounding.
@@ -16,7 +16,7 @@ leaves structure unexplained pays for it and no solution wins by covering less.
 from __future__ import annotations
 
 import numpy as np
-from scipy.fft import next_fast_len
+import scipy.fft as sfft
 
 from .bases import OVERSAMPLE, Basis
 
@@ -50,10 +50,8 @@ class Backend:
         n, m = data.shape[-1], templates.shape[-1]
         n_lags = d_hi - d_lo + 1
         if n_lags >= FFT_MIN_LAGS:
-            length = next_fast_len(n + m, real=True)
+            length = sfft.next_fast_len(n + m, real=True)
             if self.name == "numpy":
-                import scipy.fft as sfft
-
                 fd = sfft.rfft(data, length, axis=-1, workers=FFT_THREADS)
                 ft = sfft.rfft(templates, length, axis=-1, workers=FFT_THREADS)
                 full = sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=FFT_THREADS)
