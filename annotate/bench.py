@@ -268,8 +268,8 @@ def bench_fit(sizes, workdir: Path) -> Row:
     from .checkpoint import load_checkpoint
     from .fit.evaluate import held_out_sample, ross_success
     from .fit.fitter import Fitter, FitSettings
-    from .fit.redrock_compare import one_thread, import_redrock, run_redrock, write_redrock_templates
-    from .fit.stage import fit_rows
+    from .fit.redrock_compare import import_redrock, run_redrock, write_redrock_templates
+    from .fit.stage import fit_rows, single_threaded
     from .grid import WavelengthGrid
     from .metrics import velocity_offset_kms
     from .predict import predict_batch
@@ -284,7 +284,7 @@ def bench_fit(sizes, workdir: Path) -> Row:
     except ImportError as exc:
         templates, row.extra["baseline_missing"] = None, str(exc)
     extra = {key: [] for key in ("rate_without_prior", "success", "baseline_success", "median_dv_between_kms")}
-    with one_thread():
+    with single_threaded():
         fitters = {prior: Fitter(grid, FitSettings(prior=prior)) for prior in (True, False)}
         for n in sizes:
             sample = held_out_sample(n, 11, grid)

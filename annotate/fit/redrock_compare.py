@@ -35,6 +35,7 @@ from .. import CLASS_NAMES, __version__
 from ..grid import WavelengthGrid
 from ..metrics import velocity_offset_kms
 from .bases import Basis, BasisSet, load_bases
+from .stage import single_threaded
 
 REDROCK_VERSION = "0.21.0"
 INSTALL_HINT = 'redrock is not installed; install the comparison extra with: pip install -e ".[compare]"'
@@ -141,15 +142,6 @@ def import_redrock():
             "zfind": zfind}
 
 
-def one_thread():
-    """A context limiting BLAS/OpenMP pools to one thread when threadpoolctl is there."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
 def run_redrock(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: WavelengthGrid,
                 template_folder: str | Path) -> dict:
     """redrock's zfind on (B, n_pix) spectra on `grid` (flux in any unit, ivar its inverse
@@ -177,7 +169,7 @@ def run_redrock(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Wave
         raise FileNotFoundError(f"no rrtemplate-*.fits in {template_folder}")
     start = time.perf_counter()
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), one_thread():
+    with contextlib.redirect_stdout(log), single_threaded():
         jit = time.perf_counter()
         trapz_rebin(np.arange(10.0), np.ones((1, 10)), edges=np.array([1.0, 2.0, 3.0]), myz=np.array([0.0]))
         jit = time.perf_counter() - jit
@@ -215,7 +207,7 @@ def run_annotate_fit(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid:
     from .stage import fit_rows
 
     start = time.perf_counter()
-    with one_thread():
+    with single_threaded():
         setup = time.perf_counter()
         fitter = Fitter(grid, FitSettings(prior=False), bases=bases)
         for basis in fitter.bases.bases:

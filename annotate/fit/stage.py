@@ -49,6 +49,16 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     return out
 
 
+def single_threaded():
+    """A context in which BLAS runs on one thread: the fit's numbers then do not depend on how
+    many threads the process's BLAS would use (matrix products split over threads round
+    differently), so a shard fitted in a worker and one fitted in the main process agree to the
+    bit. Its parallelism comes from the tasks instead (annotate.parallel)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 @lru_cache(maxsize=2)
 def _fitter(grid: tuple, settings: tuple) -> Fitter:
     """One Fitter per process and configuration (its bases and their caches are reused)."""
@@ -68,7 +78,8 @@ def fit_task(task: dict) -> dict:
     out = empty_fit(task["stop"] - task["start"])
     ok = rows["status"] == STATUS["OK"]
     vit = {key: np.asarray(task[key])[ok] for key in ("prob", "z", "z_err")}
-    result = fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
+    with single_threaded():
+        result = fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
     for key in FIT_KEYS:
         out[key][ok] = result[key]
     return out
