@@ -114,17 +114,19 @@ class BasisSet:
     sha256: str
     path: Path
 
-    def star_group_flux(self, group: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indices into star_*, flux (S, m + 2·phase_pad) zero-padded on both sides) of the
-        training stars of one group ('' = all), so that a shifted copy is a slice."""
-        cached = self.__dict__.setdefault("_group_flux", {})
-        if group not in cached:
+    def star_group_binned(self, group: str, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into star_*, binned (factor, S, m // factor − 1)) of the training stars of one
+        group ('' = all): binned[r][:, j] is their mean flux over rest pixels r + factor·j …
+        r + factor·j + factor − 1, so a shifted, binned copy is a slice of one phase."""
+        cached = self.__dict__.setdefault("_group_binned", {})
+        if (group, factor) not in cached:
             chosen = np.flatnonzero(self.star_group == group) if group else np.arange(len(self.star_name))
-            pad = Basis.phase_pad
-            padded = np.zeros((len(chosen), self.star_flux.shape[1] + 2 * pad))
-            padded[:, pad:pad + self.star_flux.shape[1]] = self.star_flux[chosen]
-            cached[group] = (chosen, padded)
-        return cached[group]
+            flux = self.star_flux[chosen]
+            n_bins = flux.shape[1] // factor - 1
+            binned = np.stack([flux[:, r:r + n_bins * factor].reshape(len(chosen), n_bins, factor).mean(axis=-1)
+                               for r in range(factor)])
+            cached[group, factor] = (chosen, binned)
+        return cached[group, factor]
 
     def for_class(self, spectype: str) -> list:
         return [b for b in self.bases if b.spectype == spectype]

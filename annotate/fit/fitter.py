@@ -25,10 +25,11 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
-from .scan import Backend, chi2_at_shifts, chi2_reduction_upper, coarse_scan, legendre, spectrum_arrays
+from .scan import Backend, ShiftProducts, chi2_reduction_upper, coarse_scan, legendre, prepare_spectrum, spectrum_arrays
 
 LN10 = np.log(10.0)
 CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
+TYPE_BIN = 4  # pixels per bin when the spectral type is read
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,14 @@ class Fitter:
             rows, chi2, shifts = coarse[basis.name]
             curve = chi2[int(np.searchsorted(rows, i))]
             for j in local_minima(curve, self.settings.n_candidates):
-                found.append((curve[j], basis, float(shifts[j]), j in (0, len(curve) - 1), "scan"))
+                found.append((curve[j], basis, _vertex(curve, shifts, j), j in (0, len(curve) - 1), "scan"))
             if vit is not None and self.settings.prior and np.isfinite(vit["prob"][i]).all() \
                     and CLASS_NAMES[int(np.argmax(vit["prob"][i]))] == spectype and np.isfinite(vit["z"][i]):
                 window = self._vit_window(vit["z"][i], vit["z_err"][i])
                 inside = (shifts >= window[0]) & (shifts <= window[1])
                 if inside.any():
                     j = np.flatnonzero(inside)[np.argmin(curve[inside])]
-                    found.append((curve[j], basis, float(shifts[j]), j in (0, len(curve) - 1), "vit"))
+                    found.append((curve[j], basis, _vertex(curve, shifts, j), j in (0, len(curve) - 1), "vit"))
         # one per distinct shift (star groups share theirs), the ViT window's first: a scan minimum
         # at the same shift is the same candidate, refined once
         found.sort(key=lambda item: (item[4] != "vit", item[0]))
@@ -206,26 +207,30 @@ class Fitter:
         class_best = {}
         for item in found:
             class_best.setdefault(item[1].spectype, item[0])
-        staged = []  # (item, whole-pixel shifts, their χ²)
+        staged = []  # (item, products, whole-pixel shifts, their χ²)
+        spectrum = prepare_spectrum(f, w, self.poly)
+        products: dict = {}  # one per basis: its whole-pixel products serve every candidate of it
         for item in found:
             chi2, basis, shift, at_edge, source = item
-            first_of_class = all(it[1].spectype != basis.spectype for it, _, _ in staged)
+            first_of_class = all(it[1].spectype != basis.spectype for it, *_ in staged)
             # coarse χ² of different classes come from different binnings: the best of each class
             # is always refined, the others when close to it
             if first_of_class or source == "vit" or (
                     len(staged) < self.settings.max_refine and chi2 - class_best[basis.spectype] <= self.settings.refine_margin):
-                whole = self._whole_pixels(basis, f, w, shift, self.settings.bin_for(basis.spectype))
+                if basis.name not in products:
+                    products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
+                whole = self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype))
                 if whole is not None:
-                    staged.append((item, *whole))
+                    staged.append((item, products[basis.name], *whole))
                     continue
             rest.append(item)
         if staged:
-            best_whole = min(float(np.min(chi2)) for _, _, chi2 in staged)
-        for (coarse_chi2, basis, _, at_edge, source), whole, chi2 in staged:
+            best_whole = min(float(np.nanmin(chi2)) for *_, chi2 in staged)
+        for (coarse_chi2, basis, _, at_edge, source), shift_products, whole, chi2 in staged:
             # quarter pixels only where the solution could matter; the others' χ² and z come from
             # the whole-pixel points, enough for a Δχ² far above the doubt limit
-            sub_pixel = float(np.min(chi2)) - best_whole <= self.settings.sub_pixel_margin
-            cand = self._finish(basis, f, w, whole, chi2, sub_pixel)
+            sub_pixel = float(np.nanmin(chi2)) - best_whole <= self.settings.sub_pixel_margin
+            cand = self._finish(shift_products, whole, chi2, sub_pixel)
             cand.at_edge = cand.at_edge or at_edge
             cand.source = source
             cand.coarse_chi2 = coarse_chi2
@@ -250,30 +255,48 @@ class Fitter:
         return float(z_to_shift(lo)), float(z_to_shift(hi))
 
     def refine(self, basis: Basis, f: np.ndarray, w: np.ndarray, shift: float, factor: int) -> Candidate | None:
-        """The full-resolution minimum near `shift` (pixels): whole pixels within ±factor, then
-        quarter pixels within ±3/4 pixel of the best, a parabola through the five around the lowest."""
-        whole = self._whole_pixels(basis, f, w, shift, factor)
-        return None if whole is None else self._finish(basis, f, w, *whole, sub_pixel=True)
+        """The full-resolution minimum near `shift` (pixels): whole pixels downhill from it (at
+        most ±factor + 1), then quarter pixels within ±3/4 pixel of the best, a parabola through
+        the five around the lowest."""
+        products = ShiftProducts(basis, prepare_spectrum(f, w, self.poly), self.grid.loglam_start, self.backend)
+        whole = self._whole_pixels(products, shift, factor)
+        return None if whole is None else self._finish(products, *whole, sub_pixel=True)
 
-    def _whole_pixels(self, basis: Basis, f: np.ndarray, w: np.ndarray, shift: float, factor: int):
-        """(shifts, χ²) at whole pixels within ±factor of `shift`, inside the basis' range."""
-        lo_shift, hi_shift = basis.shift_range()
-        whole = np.arange(int(np.floor(shift)) - factor, int(np.ceil(shift)) + factor + 1)
-        whole = whole[(whole >= np.floor(lo_shift)) & (whole <= np.ceil(hi_shift))]
-        if len(whole) == 0:
-            return None
-        chi2 = chi2_at_shifts(basis, f, w, self.grid.loglam_start, OVERSAMPLE * whole, self.poly, self.backend)["chi2"]
+    def _whole_pixels(self, products: ShiftProducts, shift: float, factor: int):
+        """(shifts, χ²) at whole pixels around `shift`, inside the basis' range: the nearest pixel
+        and its two neighbours, then one pixel at a time downhill until the lowest point has
+        both neighbours (at most `factor` + 1 steps, the coarse scan's spacing)."""
+        lo_shift, hi_shift = products.basis.shift_range()
+        first, last = int(np.floor(lo_shift)), int(np.ceil(hi_shift))
+        points: dict[int, float] = {}
+
+        def evaluate(shifts) -> None:
+            shifts = sorted({int(s) for s in shifts if first <= s <= last and s not in points})
+            if shifts:
+                chi2 = products.chi2(OVERSAMPLE * np.array(shifts))["chi2"]
+                points.update((s, float(c) if np.isfinite(c) else np.inf) for s, c in zip(shifts, chi2))
+
+        centre = int(np.clip(round(shift), first, last))
+        evaluate([centre - 1, centre, centre + 1])
+        for _ in range(factor + 1):
+            best = min(points, key=points.get)
+            missing = [s for s in (best - 1, best + 1) if first <= s <= last and s not in points]
+            if not missing:
+                break
+            evaluate(missing)
+        whole = np.array(sorted(points))
+        chi2 = np.array([points[s] for s in whole])
+        chi2[~np.isfinite(chi2)] = np.nan
         return (whole, chi2) if np.isfinite(chi2).any() else None
 
-    def _finish(self, basis: Basis, f: np.ndarray, w: np.ndarray, whole: np.ndarray, whole_chi2: np.ndarray,
-                sub_pixel: bool) -> Candidate:
+    def _finish(self, products: ShiftProducts, whole: np.ndarray, whole_chi2: np.ndarray, sub_pixel: bool) -> Candidate:
         """The candidate from the whole-pixel points, through quarter pixels when `sub_pixel`."""
+        basis = products.basis
         lo_shift, hi_shift = basis.shift_range()
         best = int(whole[np.nanargmin(whole_chi2)])
         if sub_pixel:
             quarters = OVERSAMPLE * best + np.arange(-3, 4)
-            second = chi2_at_shifts(basis, f, w, self.grid.loglam_start, quarters, self.poly, self.backend)
-            chi2 = second["chi2"]
+            chi2 = products.chi2(quarters)["chi2"]
         else:
             quarters, chi2 = OVERSAMPLE * whole, whole_chi2
         j = int(np.nanargmin(chi2))
@@ -281,7 +304,7 @@ class Fitter:
         u_hat, sigma_u, chi2_min = _parabola(quarters, chi2, j)
         shift_hat = u_hat / OVERSAMPLE
         n_free = basis.n_basis + len(self.poly)
-        rchi2 = float(chi2[j] / max(float((w > 0).sum()) - n_free, 1.0))
+        rchi2 = float(chi2[j] / max(products.spectrum["n_good"] - n_free, 1.0))
         sigma_shift = sigma_u / OVERSAMPLE * np.sqrt(max(rchi2, 1.0))
         z = float(shift_to_z(shift_hat, basis.step))
         z_err = float((1.0 + z) * LN10 * basis.step * sigma_shift)
@@ -292,23 +315,53 @@ class Fitter:
 
     def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[str, str]:
         """(MILES spectral type, star name) of the training star (of `group`, when given: the
-        star basis that fitted) that, with the polynomials, fits best at `shift` pixels."""
+        star basis that fitted) that, with the polynomials, fits best at `shift` pixels. Compared
+        on bins of TYPE_BIN pixels (about 2 Å, MILES's resolution): a type is read from line
+        depths and the continuum's shape, which binning keeps."""
         stars = self.bases
-        chosen, padded = stars.star_group_flux(group)
+        factor = TYPE_BIN
+        chosen, binned = stars.star_group_binned(group, factor)
         offset = int(round((self.grid.loglam_start - stars.star_loglam_start) / self.grid.loglam_step))
-        start = offset - int(round(shift)) + Basis.phase_pad
-        t = padded[:, start:start + len(f)]                               # (S, n) view, 0 where no data
-        tw = t * w
-        poly = self.poly
+        start = offset - int(round(shift))           # rest pixel of observed pixel 0
+        n_bins = len(f) // factor
+        phase, first = start % factor, start // factor
+        t = np.zeros((binned.shape[1], n_bins))      # (S, nb), 0 where the stars have no data
+        lo, hi = max(0, -first), min(n_bins, binned.shape[2] - first)
+        if hi > lo:
+            t[:, lo:hi] = binned[phase][:, first + lo:first + hi]
+        wb = w[:n_bins * factor].reshape(n_bins, factor).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fb = np.where(wb > 0, (f * w)[:n_bins * factor].reshape(n_bins, factor).sum(-1) / np.where(wb > 0, wb, 1.0), 0.0)
+        poly = _legendre_cached(n_bins, len(self.poly))
+        tw = t * wb
         n_p = len(poly)
-        pp = (poly * w) @ poly.T
-        terms = [(tw * t).sum(-1)] + [tw @ poly[p] for p in range(n_p)]   # the star's row of the system
+        pp = (poly * wb) @ poly.T
+        cross = tw @ np.vstack([poly, fb]).T                                   # (S, P + 1)
+        terms = [np.einsum("ij,ij->i", tw, t)] + [cross[:, p] for p in range(n_p)]   # the star's row of the system
         for p in range(n_p):
             terms += [np.full(len(t), pp[p, q]) for q in range(p, n_p)]
-        vector = [tw @ f] + [np.full(len(t), poly[p] @ (w * f)) for p in range(n_p)]
-        chi2 = f @ (w * f) - chi2_reduction_upper(terms, vector, 1 + n_p)
+        vector = [cross[:, -1]] + [np.full(len(t), poly[p] @ (wb * fb)) for p in range(n_p)]
+        chi2 = fb @ (wb * fb) - chi2_reduction_upper(terms, vector, 1 + n_p)
         best = chosen[int(np.argmin(chi2))]
         return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
+
+
+@lru_cache(maxsize=8)
+def _legendre_cached(n: int, n_poly: int) -> np.ndarray:
+    return legendre(n, n_poly)
+
+
+def _vertex(curve: np.ndarray, shifts: np.ndarray, j: int) -> float:
+    """The shift of a coarse minimum j refined by a parabola through it and its two neighbours
+    (within one coarse step of shifts[j]; shifts[j] itself at the ends or where the three
+    points are not convex), where the whole-pixel refinement starts."""
+    if 0 < j < len(curve) - 1:
+        left, centre, right = curve[j - 1], curve[j], curve[j + 1]
+        curvature = left - 2.0 * centre + right
+        if np.isfinite(curvature) and curvature > 0:
+            step = float(shifts[j + 1] - shifts[j])
+            return float(shifts[j] + np.clip(0.5 * step * (left - right) / curvature, -step, step))
+    return float(shifts[j])
 
 
 def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float, float]:

@@ -47,34 +47,51 @@ class Backend:
     def correlate(self, data, templates, d_lo: int, d_hi: int):
         """C[b, p, d] = Σ_i data[b, i] · templates[p, i + D] for D = d_lo … d_hi (templates zero
         outside their range). data (B, n), templates (P, m) -> (B, P, d_hi - d_lo + 1)."""
-        n, m = data.shape[-1], templates.shape[-1]
+        return self.correlator(templates, data.shape[-1], d_lo, d_hi)(data)
+
+    def correlator(self, templates, n: int, d_lo: int, d_hi: int):
+        """`correlate` against fixed templates as a function of the data (B, n): the template
+        side (its FFT, or its windows for a short range of lags) is prepared once, so a scan
+        that runs chunk after chunk of spectra pays for it once."""
+        m = templates.shape[-1]
         n_lags = d_hi - d_lo + 1
         if n_lags >= FFT_MIN_LAGS:
             length = sfft.next_fast_len(n + m, real=True)
             if self.name == "numpy":
-                fd = sfft.rfft(data, length, axis=-1, workers=FFT_THREADS)
                 ft = sfft.rfft(templates, length, axis=-1, workers=FFT_THREADS)
-                full = sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=FFT_THREADS)
+
+                def transform(data):
+                    fd = sfft.rfft(data, length, axis=-1, workers=FFT_THREADS)
+                    return sfft.irfft(np.conj(fd)[:, None, :] * ft[None, :, :], length, axis=-1, workers=FFT_THREADS)
+                cat = np.concatenate
             else:
                 fft = self.torch.fft
-                fd = fft.rfft(data, length, dim=-1)
                 ft = fft.rfft(templates, length, dim=-1)
-                full = fft.irfft(fd.conj()[:, None, :] * ft[None, :, :], length, dim=-1)
-            if d_lo >= 0:
-                return full[..., d_lo:d_hi + 1]
-            if d_hi < 0:
-                return full[..., length + d_lo:length + d_hi + 1]
-            cat = np.concatenate if self.name == "numpy" else self.torch.cat
-            return cat([full[..., length + d_lo:], full[..., :d_hi + 1]], -1)
+
+                def transform(data):
+                    fd = fft.rfft(data, length, dim=-1)
+                    return fft.irfft(fd.conj()[:, None, :] * ft[None, :, :], length, dim=-1)
+                cat = self.torch.cat
+
+            def fft_lags(data):
+                full = transform(data)
+                if d_lo >= 0:
+                    return full[..., d_lo:d_hi + 1]
+                if d_hi < 0:
+                    return full[..., length + d_lo:length + d_hi + 1]
+                return cat([full[..., length + d_lo:], full[..., :d_hi + 1]], -1)
+            return fft_lags
         # direct: windows of the zero-padded templates, one matrix product
         pad_lo, pad_hi = max(0, -d_lo), max(0, d_hi + n - m)
         if self.name == "numpy":
             padded = np.pad(templates, ((0, 0), (pad_lo, pad_hi)))
             windows = np.lib.stride_tricks.sliding_window_view(padded, n, axis=-1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
-            return (data @ windows.reshape(-1, n).T).reshape(len(data), len(templates), n_lags)
-        padded = self.torch.nn.functional.pad(templates, (pad_lo, pad_hi))
-        windows = padded.unfold(-1, n, 1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
-        return (data @ windows.reshape(-1, n).T).reshape(len(data), len(templates), n_lags)
+        else:
+            padded = self.torch.nn.functional.pad(templates, (pad_lo, pad_hi))
+            windows = padded.unfold(-1, n, 1)[:, d_lo + pad_lo:d_hi + pad_lo + 1]
+        flat = windows.reshape(-1, n).T
+        n_templates = len(templates)
+        return lambda data: (data @ flat).reshape(len(data), n_templates, n_lags)
 
     def solve(self, matrix, vector):
         k = matrix.shape[-1]
@@ -147,12 +164,36 @@ def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, f
     range (or `shift_range`, pixels). Templates are zero where they have no data, so there the
     polynomials alone model the spectrum.
 
+    The template side (binned basis, products of its vectors, their transforms) is prepared once
+    per basis and configuration and kept on the basis; the spectra go through in chunks of
+    COARSE_CHUNK, which keeps the transforms' temporaries small enough for the CPU's caches.
+
     Returns chi2 (B, n_shift) float64 and the shifts (n_shift,) in full-resolution pixels."""
+    lo, hi = shift_range if shift_range is not None else basis.shift_range()
+    nb = f.shape[-1] // factor
+    plan = _coarse_plan(basis, grid_start, factor, nb, (lo, hi), n_poly, backend)
     fb_w = _bin(f * w, factor)          # Σ w f per bin
     wb = _bin(w, factor)                # Σ w per bin: the bin's inverse variance
     with np.errstate(invalid="ignore", divide="ignore"):
         fb = np.where(wb > 0, fb_w / np.where(wb > 0, wb, 1.0), 0.0)
-    nb = wb.shape[-1]
+    chi2 = np.empty((len(f), len(plan["shifts"])))
+    for first in range(0, len(f), COARSE_CHUNK):
+        rows = slice(first, first + COARSE_CHUNK)
+        chi2[rows] = _coarse_chi2(plan, fb[rows], wb[rows], backend)
+    return chi2, plan["shifts"]
+
+
+COARSE_CHUNK = 16  # spectra per step of the coarse scan
+
+
+def _coarse_plan(basis: Basis, grid_start: float, factor: int, nb: int, shift_range: tuple, n_poly: int,
+                 backend: Backend) -> dict:
+    """The template side of `coarse_scan`, cached on the basis per configuration."""
+    key = (round(grid_start, 10), factor, nb, float(shift_range[0]), float(shift_range[1]), n_poly,
+           backend.name, str(backend.device))
+    cache = basis.__dict__.setdefault("_coarse_plans", {})
+    if key in cache:
+        return cache[key]
     offset = basis.offset(grid_start)
     phase = offset % factor
     m = (basis.n_pix - phase) // factor
@@ -161,38 +202,46 @@ def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, f
     tb = tb * cb
     k = basis.n_basis
     upper = np.triu_indices(k)
-    lo, hi = shift_range if shift_range is not None else basis.shift_range()
+    lo, hi = shift_range
     s_lo, s_hi = int(np.ceil(lo / factor)), int(np.floor(hi / factor))
     if s_hi < s_lo:
         s_hi = s_lo
     off_b = (offset - phase) // factor
     d_lo, d_hi = off_b - s_hi, off_b - s_lo  # D = off_b - S: rest bin of observed bin 0
     xp = backend
-    poly = legendre(nb, n_poly)                                              # (P, nb)
     t_side = xp.asarray(tb)
-    b_t = xp.correlate(xp.asarray(wb * fb), t_side, d_lo, d_hi)             # (B, k, nD)
-    m_tt = xp.correlate(xp.asarray(wb), xp.asarray(tb[upper[0]] * tb[upper[1]]), d_lo, d_hi)
-    m_tp = [xp.correlate(xp.asarray(wb * poly[p]), t_side, d_lo, d_hi) for p in range(n_poly)]
+    plan = {"k": k, "n_poly": n_poly, "poly": legendre(nb, n_poly),                  # (P, nb)
+            "by_template": xp.correlator(t_side, nb, d_lo, d_hi),                     # (B, k, nD)
+            "by_product": xp.correlator(xp.asarray(tb[upper[0]] * tb[upper[1]]), nb, d_lo, d_hi),
+            "tt_index": {(int(i), int(j)): n for n, (i, j) in enumerate(zip(*upper))},
+            "shifts": factor * np.arange(s_lo, s_hi + 1)}
+    cache[key] = plan
+    return plan
+
+
+def _coarse_chi2(plan: dict, fb: np.ndarray, wb: np.ndarray, xp: Backend) -> np.ndarray:
+    """χ² (B, n_shift) of one chunk of binned spectra (fb, wb: (B, nb)) for a `_coarse_plan`."""
+    k, n_poly, poly = plan["k"], plan["n_poly"], plan["poly"]
+    b_t = plan["by_template"](xp.asarray(wb * fb))                             # (B, k, nD)
+    m_tt = plan["by_product"](xp.asarray(wb))
+    m_tp = [plan["by_template"](xp.asarray(wb * poly[p])) for p in range(n_poly)]
     zeros = 0.0 * m_tt[:, 0]
     ff = xp.asarray((wb * fb * fb).sum(-1))[:, None]
     b_p = [xp.asarray((wb * fb * poly[p]).sum(-1))[:, None] + zeros for p in range(n_poly)]
     m_pp = {(p, q): xp.asarray((wb * poly[p] * poly[q]).sum(-1))[:, None] + zeros
             for p in range(n_poly) for q in range(p, n_poly)}
     size = k + n_poly
-    tt_index = {(int(i), int(j)): n for n, (i, j) in enumerate(zip(*upper))}
     terms = []
     for i, j in zip(*np.triu_indices(size)):
         i, j = int(i), int(j)
         if j < k:
-            terms.append(m_tt[:, tt_index[i, j]])
+            terms.append(m_tt[:, plan["tt_index"][i, j]])
         elif i < k:
             terms.append(m_tp[j - k][:, i])
         else:
             terms.append(m_pp[i - k, j - k])
     vector = [b_t[:, j] for j in range(k)] + b_p
-    chi2 = xp.to_numpy(ff - chi2_reduction_upper(terms, vector, size))[:, ::-1]  # D descending = shift ascending
-    shifts = factor * np.arange(s_lo, s_hi + 1)
-    return chi2, shifts
+    return xp.to_numpy(ff - chi2_reduction_upper(terms, vector, size))[:, ::-1]  # D descending = shift ascending
 
 
 def legendre(n_pix: int, n_poly: int) -> np.ndarray:
@@ -204,41 +253,81 @@ def legendre(n_pix: int, n_poly: int) -> np.ndarray:
 def chi2_at_shifts(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, quarter_shifts: np.ndarray,
                    poly: np.ndarray, backend: Backend | None = None) -> dict:
     """χ² of one spectrum (f, w: (n,)) against `basis` plus the polynomials `poly` (P, n) at
-    shifts given in units of 1/OVERSAMPLE pixel, at full resolution.
-
-    The basis at a shift is a contiguous slice of one of its OVERSAMPLE phase arrays, so each
-    shift costs one product of the weighted basis (k, n) with [basis, polynomials, flux].
+    shifts given in units of 1/OVERSAMPLE pixel, at full resolution (`ShiftProducts` once).
     Returns chi2 (nU,), n_good (usable pixels) and the amplitudes (nU, k + P)."""
-    xp = backend or Backend()
-    n = len(f)
-    k, n_p = basis.n_basis, len(poly)
-    phases = basis.phases                                 # (OVERSAMPLE, k, n_pad + m + n_pad)
-    pad = basis.phase_pad
-    offset = basis.offset(grid_start)
-    u = np.asarray(quarter_shifts, dtype=np.int64)
-    whole = -((-u) // OVERSAMPLE)                          # ceil(u / OVERSAMPLE)
-    phase = OVERSAMPLE * whole - u                        # index = OVERSAMPLE·(offset + i − whole) + phase
-    starts = offset - whole + pad
-    if np.any(starts < 0) or np.any(starts + n > phases.shape[-1]):
-        raise ValueError("shift outside the basis' padded range")
+    return ShiftProducts(basis, prepare_spectrum(f, w, poly), grid_start, backend).chi2(quarter_shifts)
+
+
+def prepare_spectrum(f: np.ndarray, w: np.ndarray, poly: np.ndarray) -> dict:
+    """The shift-independent parts of one spectrum's fits (f, w: (n,); poly (P, n)), computed
+    once for all its bases and shifts."""
     fw = f * w
-    side = np.stack([*poly, f], axis=1)                   # (n, P + 1)
-    pp = (poly * w) @ poly.T                              # (P, P)
-    pf = poly @ fw                                        # (P,)
-    ff = float(f @ fw)
-    size = k + n_p
-    mats = np.empty((len(u), size, size))
-    vecs = np.empty((len(u), size))
-    mats[:, k:, k:] = pp
-    vecs[:, k:] = pf
-    for row, (q, start) in enumerate(zip(phase, starts)):
-        t = phases[q][:, start:start + n]                 # (k, n) view
-        tw = t * w
-        mats[row, :k, :k] = tw @ t.T
-        cross = tw @ side                                 # (k, P + 1): polynomials, then the flux
-        mats[row, :k, k:] = cross[:, :n_p]
-        mats[row, k:, :k] = cross[:, :n_p].T
-        vecs[row, :k] = cross[:, -1]
-    amplitudes = xp.to_numpy(xp.solve(xp.asarray(mats), xp.asarray(vecs)))
-    chi2 = ff - (amplitudes * vecs).sum(-1)
-    return {"chi2": chi2, "n_good": float((w > 0).sum()), "amplitudes": amplitudes}
+    return {"f": f, "w": w, "poly": poly, "side": np.stack([*poly, f], axis=1),   # (n, P + 1)
+            "pp": (poly * w) @ poly.T, "pf": poly @ fw, "ff": float(f @ fw), "n_good": float((w > 0).sum())}
+
+
+class ShiftProducts:
+    """χ² of one prepared spectrum (`prepare_spectrum`) against one basis plus polynomials, at
+    whole and quarter-pixel shifts, at full resolution.
+
+    At a whole-pixel shift s the basis is a contiguous slice T_s (k, n) of the padded basis, and
+    the fit needs M_s = T_s W T_sᵀ and C_s = T_s W [P, f]: one product each, kept for reuse. The
+    basis at s − β (0 < β < 1) is the linear interpolation (1 − β) T_s + β T_{s−1} (the store's
+    resampling, `Basis.fine`), so its system follows from M_s, M_{s−1}, C_s, C_{s−1} and the
+    one cross product T_{s−1} W T_sᵀ: quarter pixels cost no pass over the pixels of their own."""
+
+    def __init__(self, basis: Basis, spectrum: dict, grid_start: float, backend: Backend | None = None):
+        self.basis, self.spectrum, self.xp = basis, spectrum, backend or Backend()
+        self.start0 = basis.offset(grid_start) + basis.phase_pad   # padded index of pixel 0 at shift 0
+        self.padded = basis.phases[0]
+        self.whole: dict = {}   # s -> (T_s W, M_s, C_s)
+        self.pairs: dict = {}   # s -> T_{s-1} W T_sᵀ
+
+    def _window(self, s: int) -> np.ndarray:
+        n = len(self.spectrum["f"])
+        start = self.start0 - s
+        if start < 0 or start + n > self.padded.shape[-1]:
+            raise ValueError("shift outside the basis' padded range")
+        return self.padded[:, start:start + n]
+
+    def _products(self, s: int):
+        if s not in self.whole:
+            t = self._window(s)
+            tw = t * self.spectrum["w"]
+            self.whole[s] = (tw, tw @ t.T, tw @ self.spectrum["side"])
+        return self.whole[s]
+
+    def _pair(self, s: int) -> np.ndarray:
+        if s not in self.pairs:
+            self.pairs[s] = self._products(s - 1)[0] @ self._window(s).T
+        return self.pairs[s]
+
+    def chi2(self, quarter_shifts) -> dict:
+        """{'chi2' (nU,), 'n_good', 'amplitudes' (nU, k + P)} at shifts in 1/OVERSAMPLE pixel."""
+        spec = self.spectrum
+        k, n_p = self.basis.n_basis, len(spec["poly"])
+        u = np.asarray(quarter_shifts, dtype=np.int64)
+        size = k + n_p
+        mats = np.empty((len(u), size, size))
+        vecs = np.empty((len(u), size))
+        mats[:, k:, k:] = spec["pp"]
+        vecs[:, k:] = spec["pf"]
+        for row, value in enumerate(u):
+            s = int(-((-value) // OVERSAMPLE))                 # ceil(u / OVERSAMPLE)
+            beta = (OVERSAMPLE * s - value) / OVERSAMPLE        # the basis at s − β
+            _, m_s, c_s = self._products(s)
+            if beta == 0:
+                m, c = m_s, c_s
+            else:
+                _, m_prev, c_prev = self._products(s - 1)
+                pair = self._pair(s)
+                m = (1 - beta) ** 2 * m_s + beta ** 2 * m_prev + beta * (1 - beta) * (pair + pair.T)
+                c = (1 - beta) * c_s + beta * c_prev
+            mats[row, :k, :k] = m
+            mats[row, :k, k:] = c[:, :n_p]
+            mats[row, k:, :k] = c[:, :n_p].T
+            vecs[row, :k] = c[:, -1]
+        xp = self.xp
+        amplitudes = xp.to_numpy(xp.solve(xp.asarray(mats), xp.asarray(vecs)))
+        chi2 = spec["ff"] - (amplitudes * vecs).sum(-1)
+        return {"chi2": chi2, "n_good": spec["n_good"], "amplitudes": amplitudes}

@@ -105,6 +105,46 @@ def test_numpy_and_torch_scans_agree(bases):
         np.testing.assert_allclose(fine_t["chi2"], fine_np["chi2"], rtol=1e-8)
 
 
+def test_quarter_pixel_chi2_is_the_least_squares_fit_of_the_interpolated_basis(bases):
+    """ShiftProducts builds the system at s − β from whole-pixel products; the reference builds
+    the shifted basis explicitly ((1 − β)·T_s + β·T_{s−1}, Basis.fine) and solves the weighted
+    least squares with numpy's lstsq."""
+    sample = draw_sample(2, load_library(), GRID, seed=8)
+    f, w, _ = spectrum_arrays(sample["flux"], sample["ivar"], sample["mask"])
+    poly = legendre(GRID.n_pix, 3)
+    basis = bases.for_class("GALAXY")[0]
+    quarters = 4 * 700 + np.arange(-5, 6)
+    got = chi2_at_shifts(basis, f[0], w[0], GRID.loglam_start, quarters, poly)["chi2"]
+    offset = basis.offset(GRID.loglam_start)
+    rest = np.arange(GRID.n_pix)
+    expected = []
+    for u in quarters:
+        position = offset + rest - u / 4.0                      # rest pixel seen by each observed pixel
+        j = np.floor(position).astype(int)
+        frac = position - j
+        inside = lambda k: np.where((k >= 0) & (k < basis.n_pix), basis.flux[:, np.clip(k, 0, basis.n_pix - 1)], 0.0)
+        shifted = (1 - frac) * inside(j) + frac * inside(j + 1)
+        design = np.vstack([shifted, poly]).T * np.sqrt(w[0])[:, None]
+        target = f[0] * np.sqrt(w[0])
+        amplitudes = np.linalg.lstsq(design, target, rcond=None)[0]
+        expected.append(float(((target - design @ amplitudes) ** 2).sum()))
+    # the solver regularises with 1e-10 of the mean diagonal (Backend.solve): a few parts in 1e7 of χ²
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert np.argmin(got) == np.argmin(expected)
+
+
+def test_coarse_scan_in_chunks_equals_one_batch(bases, monkeypatch):
+    import annotate.fit.scan as scan
+
+    sample = draw_sample(5, load_library(), GRID, seed=9)
+    f, w, _ = spectrum_arrays(sample["flux"], sample["ivar"], sample["mask"])
+    basis = bases.for_class("GALAXY")[0].leading(4)
+    whole, _ = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend())
+    monkeypatch.setattr(scan, "COARSE_CHUNK", 2)
+    chunked, _ = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend())
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)  # each spectrum's transforms are its own
+
+
 def test_direct_and_fft_correlations_agree():
     rng = np.random.default_rng(0)
     data, templates = rng.normal(size=(3, 200)), rng.normal(size=(4, 350))
