@@ -93,7 +93,7 @@ class Candidate:
 
 @lru_cache(maxsize=1)
 def load_calibration(path: Path = CALIBRATION_PATH) -> dict:
-    """{'scale', 'floor_kms': {class: km/s}, ...} from `annotate.fit.calibrate`."""
+    """{'scale': {class: factor}, 'floor_kms': {class: km/s}, ...} from `annotate.fit.calibrate`."""
     return json.loads(Path(path).read_text())
 
 
@@ -103,15 +103,6 @@ def shift_to_z(shift, step: float = 1e-4):
 
 def z_to_shift(z, step: float = 1e-4):
     return np.log10(1.0 + np.asarray(z, float)) / step
-
-
-def local_minima(chi2: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n lowest local minima of a 1-D curve (ends count when lower than their
-    neighbour), lowest first."""
-    left = np.concatenate([[np.inf], chi2[:-1]])
-    right = np.concatenate([chi2[1:], [np.inf]])
-    minima = np.flatnonzero((chi2 <= left) & (chi2 <= right))
-    return minima[np.argsort(chi2[minima])][:n]
 
 
 class Fitter:
@@ -159,32 +150,57 @@ class Fitter:
             chi2, shifts = coarse_scan(self.coarse_bases[basis.name], f[rows], w[rows], self.grid.loglam_start,
                                        self.settings.bin_for(basis.spectype), self.backend,
                                        n_poly=self.settings.n_poly_coarse)
-            coarse[basis.name] = (rows, chi2, shifts)
+            coarse[basis.name] = self._coarse_summary(basis.spectype, rows, chi2, shifts, vit)
         for i in range(n_spec):
             found = []
             for spectype in scan_classes[i]:
-                found.extend(self._coarse_candidates(i, spectype, coarse, vit))
+                found.extend(self._coarse_candidates(i, spectype, coarse))
             candidates[i] = self._refine_candidates(found, f[i], w[i])
         return candidates
 
-    def _coarse_candidates(self, i: int, spectype: str, coarse: dict, vit: dict | None) -> list:
+    def _coarse_summary(self, spectype: str, rows: np.ndarray, chi2: np.ndarray, shifts: np.ndarray, vit: dict | None) -> dict:
+        """Per scanned row of one basis: the n_candidates lowest local minima (index, coarse χ²,
+        vertex shift) and, for rows whose ViT class is the basis' class, the ViT window's
+        minimum (index −1 where there is none). Whole arrays at once."""
+        n = self.settings.n_candidates
+        left = np.concatenate([np.full((len(rows), 1), np.inf), chi2[:, :-1]], axis=1)
+        right = np.concatenate([chi2[:, 1:], np.full((len(rows), 1), np.inf)], axis=1)
+        at_minimum = (chi2 <= left) & (chi2 <= right)
+        order = np.argsort(np.where(at_minimum, chi2, np.inf), axis=1, kind="stable")[:, :n]
+        valid = np.take_along_axis(at_minimum, order, axis=1)
+        summary = {"rows": rows, "last": chi2.shape[1] - 1, "scan": (order, valid,
+                   np.take_along_axis(chi2, order, axis=1), _vertices(chi2, shifts, order))}
+        vit_index = np.full(len(rows), -1)
+        if vit is not None and self.settings.prior:
+            prob, z, z_err = vit["prob"][rows], vit["z"][rows], vit["z_err"][rows]
+            ok = np.isfinite(prob).all(axis=1) & np.isfinite(z)
+            ok &= np.array(CLASS_NAMES)[np.nan_to_num(prob, nan=0.0).argmax(axis=1)] == spectype
+            for r in np.flatnonzero(ok):
+                lo, hi = self._vit_window(z[r], z_err[r])
+                inside = (shifts >= lo) & (shifts <= hi)
+                if inside.any():
+                    vit_index[r] = np.flatnonzero(inside)[np.argmin(chi2[r, inside])]
+        safe = np.maximum(vit_index, 0)[:, None]
+        summary["vit"] = (vit_index, chi2[np.arange(len(rows)), safe[:, 0]], _vertices(chi2, shifts, safe)[:, 0])
+        return summary
+
+    def _coarse_candidates(self, i: int, spectype: str, coarse: dict) -> list:
         """(coarse χ², basis, shift, at_edge, source) of one class for spectrum i: its lowest
         minima at distinct shifts, and the ViT window's minimum for the ViT's class."""
         found = []
         for basis in self.bases.for_class(spectype):
             if basis.name not in coarse:
                 continue
-            rows, chi2, shifts = coarse[basis.name]
-            curve = chi2[int(np.searchsorted(rows, i))]
-            for j in local_minima(curve, self.settings.n_candidates):
-                found.append((curve[j], basis, _vertex(curve, shifts, j), j in (0, len(curve) - 1), "scan"))
-            if vit is not None and self.settings.prior and np.isfinite(vit["prob"][i]).all() \
-                    and CLASS_NAMES[int(np.argmax(vit["prob"][i]))] == spectype and np.isfinite(vit["z"][i]):
-                window = self._vit_window(vit["z"][i], vit["z_err"][i])
-                inside = (shifts >= window[0]) & (shifts <= window[1])
-                if inside.any():
-                    j = np.flatnonzero(inside)[np.argmin(curve[inside])]
-                    found.append((curve[j], basis, _vertex(curve, shifts, j), j in (0, len(curve) - 1), "vit"))
+            summary = coarse[basis.name]
+            r = int(np.searchsorted(summary["rows"], i))
+            last = summary["last"]
+            order, valid, values, vertex = (a[r] for a in summary["scan"])
+            for j, ok, value, shift in zip(order, valid, values, vertex):
+                if ok:
+                    found.append((value, basis, float(shift), int(j) in (0, last), "scan"))
+            j = int(summary["vit"][0][r])
+            if j >= 0:
+                found.append((summary["vit"][1][r], basis, float(summary["vit"][2][r]), j in (0, last), "vit"))
         # one per distinct shift (star groups share theirs), the ViT window's first: a scan minimum
         # at the same shift is the same candidate, refined once
         found.sort(key=lambda item: (item[4] != "vit", item[0]))
@@ -310,7 +326,7 @@ class Fitter:
         z_err = float((1.0 + z) * LN10 * basis.step * sigma_shift)
         if self.calibration is not None:
             floor_z = self.calibration["floor_kms"][basis.spectype] / SPEED_OF_LIGHT_KMS * (1.0 + z)
-            z_err = float(np.hypot(self.calibration["scale"] * z_err, floor_z))
+            z_err = float(np.hypot(self.calibration["scale"][basis.spectype] * z_err, floor_z))
         return Candidate(basis.spectype, basis.subtype, z, z_err, chi2_min, rchi2, at_edge, "scan", float(shift_hat))
 
     def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[str, str]:
@@ -351,17 +367,22 @@ def _legendre_cached(n: int, n_poly: int) -> np.ndarray:
     return legendre(n, n_poly)
 
 
-def _vertex(curve: np.ndarray, shifts: np.ndarray, j: int) -> float:
-    """The shift of a coarse minimum j refined by a parabola through it and its two neighbours
-    (within one coarse step of shifts[j]; shifts[j] itself at the ends or where the three
-    points are not convex), where the whole-pixel refinement starts."""
-    if 0 < j < len(curve) - 1:
-        left, centre, right = curve[j - 1], curve[j], curve[j + 1]
-        curvature = left - 2.0 * centre + right
-        if np.isfinite(curvature) and curvature > 0:
-            step = float(shifts[j + 1] - shifts[j])
-            return float(shifts[j] + np.clip(0.5 * step * (left - right) / curvature, -step, step))
-    return float(shifts[j])
+def _vertices(chi2: np.ndarray, shifts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The shifts of coarse minima `index` (R, n) of curves chi2 (R, n_shift), each refined by a
+    parabola through it and its two neighbours (within one coarse step of its shift; the shift
+    itself at the ends or where the three points are not convex): where the whole-pixel
+    refinement starts."""
+    n_shift = chi2.shape[1]
+    inner = (index > 0) & (index < n_shift - 1)
+    left = np.take_along_axis(chi2, np.clip(index - 1, 0, n_shift - 1), axis=1)
+    centre = np.take_along_axis(chi2, index, axis=1)
+    right = np.take_along_axis(chi2, np.clip(index + 1, 0, n_shift - 1), axis=1)
+    curvature = left - 2.0 * centre + right
+    step = float(shifts[1] - shifts[0]) if len(shifts) > 1 else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        offset = np.clip(0.5 * step * (left - right) / curvature, -step, step)
+    usable = inner & np.isfinite(curvature) & (curvature > 0) & np.isfinite(offset)
+    return shifts[index] + np.where(usable, offset, 0.0)
 
 
 def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float, float]:

@@ -96,8 +96,10 @@ class Backend:
     def solve(self, matrix, vector):
         k = matrix.shape[-1]
         if self.name == "numpy":
-            ridge = 1e-10 * np.einsum("...ii->...i", matrix).mean(axis=-1)[..., None, None] + 1e-30
-            return np.linalg.solve(matrix + ridge * np.eye(k), vector[..., None])[..., 0]
+            regularised = np.array(matrix, dtype=np.float64)
+            diagonal = np.einsum("...ii->...i", regularised)   # a view: the ridge goes onto the diagonal
+            diagonal += 1e-10 * diagonal.mean(axis=-1, keepdims=True) + 1e-30
+            return np.linalg.solve(regularised, vector[..., None])[..., 0]
         torch = self.torch
         ridge = 1e-10 * torch.diagonal(matrix, dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30
         eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
