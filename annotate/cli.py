@@ -121,6 +121,8 @@ def _add_execution(parser: argparse.ArgumentParser) -> None:
 
 def _print_result(result) -> None:
     summary = result.summary
+    for line in result.notes:
+        print(line)
     print(f"rows: {result.n_rows}  predicted: {result.n_predicted}  without prediction: {result.n_failed}")
     if result.n_failed:
         print("rows without a prediction (first 5):")

@@ -9,7 +9,7 @@ class PredFlag(enum.IntFlag):
     """Bits of PRED_FLAGS. A row with NO_SPECTRUM, NO_USABLE_PIXELS or PATH_REFUSED has NaN predictions."""
 
     NO_SPECTRUM = 1 << 0        # spectrum file missing, unreadable or of an unknown format
-    NO_USABLE_PIXELS = 1 << 1   # fewer than 100 usable pixels on the grid (all NaN/inf flux, zero ivar, ...)
+    NO_USABLE_PIXELS = 1 << 1   # fewer than 100 usable pixels on the grid (NaN/inf or |flux| > 1e20, zero ivar, ...), or zero flux at all of them
     LOW_COVERAGE = 1 << 2       # predicted, but under half of the grid had usable pixels
     NO_REFERENCE_Z = 1 << 3     # the catalog has no usable reference z (missing, NaN, ZWARNING != 0)
     NOT_SELECTED = 1 << 4       # the row fails the survey's selection rules (excluded from cross-checks)

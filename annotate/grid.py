@@ -64,6 +64,9 @@ def pixel_edges(wavelength: np.ndarray) -> np.ndarray:
     return np.concatenate([[first], mid, [last]])
 
 
+FLUX_LIMIT = 1e20  # |flux| beyond this is no measurement in any survey's units: the pixel counts as bad
+
+
 def resample(
     wavelength: np.ndarray,
     flux: np.ndarray,
@@ -75,7 +78,8 @@ def resample(
     """Flux-conserving resampling of one spectrum onto `grid`.
 
     wavelength: (n,) ascending vacuum Å; flux: (n,) flux density per Å (any unit);
-    ivar: (n,) inverse variance of flux; bad: (n,) bool, pixels without usable data.
+    ivar: (n,) inverse variance of flux; bad: (n,) bool, pixels without usable data (so are pixels
+    with non-finite values or |flux| > FLUX_LIMIT).
 
     Each output pixel is the mean flux density over the good parts of the source pixels it overlaps
     (integrals of a piecewise-constant spectrum, so total flux is conserved). Its variance is
@@ -86,7 +90,9 @@ def resample(
     Returns flux (n_pix,) float32, ivar (n_pix,) float32, mask (n_pix,) bool (True = no data).
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
-    good = ~np.asarray(bad, dtype=bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    with np.errstate(invalid="ignore"):
+        good = ~np.asarray(bad, dtype=bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0) \
+            & (np.abs(flux) <= FLUX_LIMIT)
     src_edges = pixel_edges(wavelength)
     width = np.diff(src_edges)
     f = np.where(good, flux, 0.0)

@@ -14,10 +14,10 @@ import numpy as np
 from astropy.io import fits
 
 from .catalogio import HDF5Catalog, is_hdf5
-from .errors import CatalogError, OutputError, StoreError
+from .errors import CatalogError, OutputError
 from .flags import PredFlag
 from .parallel import shared_cluster
-from .store import STATUS, create_store, ingest, open_store, read_status
+from .store import STATUS, ingest, prepare_store, read_status
 from .surveys import Survey, load_survey
 from .writeback import (catalog_stem, default_output_path, prediction_columns, provenance_cards,
                         write_annotated_catalog)
@@ -52,6 +52,7 @@ class RunResult:
     counts: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what was done to an existing store (prepare_store)
 
     @property
     def n_failed(self) -> int:
@@ -278,13 +279,8 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     paths, refused = resolve_paths(survey.spectrum_paths(table), root)
 
     store_path = Path(settings.store) if settings.store else default_store_path(out)
-    if store_path.exists():
-        info = open_store(store_path)
-        if info.n_rows != n_rows:
-            raise StoreError(f"{store_path} has {info.n_rows} rows but the catalog has {n_rows}; use a new --store")
-    else:
-        create_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
-                     reader=survey.reader, catalog=str(catalog))
+    _, notes = prepare_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
+                             reader=survey.reader, catalog=str(catalog))
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
         with _progress(settings.progress, n_rows, "ingest") as update:
             counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
@@ -303,7 +299,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),
-                     errors=[e for e in errors if e])
+                     errors=[e for e in errors if e], notes=notes)
 
 
 def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",

@@ -99,7 +99,7 @@ def run_shard(task: dict) -> str:
     from .checkpoint import load_checkpoint
     from .pipeline import fit_predictions, read_catalog, resolve_paths
     from .predict import precision, predict_store
-    from .store import create_store, ingest, open_store, read_status
+    from .store import ingest, prepare_store, read_status
     from .surveys import load_survey
 
     folder, start, stop = Path(task["folder"]), task["start"], task["stop"]
@@ -115,11 +115,10 @@ def run_shard(task: dict) -> str:
     model, card = load_checkpoint(task["model"], task["device"])
     store = folder / "stores" / f"{task['name']}.h5"
     store.parent.mkdir(exist_ok=True)
-    if not store.exists():
-        create_store(store, reference["object_id"], paths, card.grid, survey=survey.name, reader=survey.reader,
-                     catalog=task["catalog"])
-    elif open_store(store).n_rows != stop - start:
-        raise OutputError(f"{store} does not hold rows {start}-{stop}; remove it")
+    _, notes = prepare_store(store, reference["object_id"], paths, card.grid, survey=survey.name,
+                             reader=survey.reader, catalog=task["catalog"])
+    for line in notes:
+        print(f"{task['name']}: {line}", flush=True)
     ingest(store, paths, refused, reader=survey.reader, scheduler="sync")
     pred = predict_store(model, card, store, batch_size=task["batch_size"], device=task["device"])
     pred.update(fit_predictions(store, pred, card.grid, task.get("fit", True)))

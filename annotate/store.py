@@ -107,6 +107,64 @@ def open_store(path: str | Path) -> StoreInfo:
         raise StoreError(f"{path}: not a readable HDF5 store ({str(exc).splitlines()[0]})") from None
 
 
+def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, survey: str = "",
+                  reader: str = "", catalog: str = "") -> tuple[StoreInfo, list[str]]:
+    """The store for a catalog's rows, made when missing; an existing one is tied to the rows it
+    holds. Returns its description and notes (one line each) on what was reset.
+
+    A store made for another grid or another number of rows is refused. Otherwise every row's
+    object id and spectrum path are compared with the catalog's: a row that no longer matches
+    (the catalog re-sorted, edited, or another catalog of the same length) is reset to PENDING
+    under its new id and path, so that it is read again and never carries another row's
+    spectrum; so is every row that failed before (a missing file may have been restored)."""
+    path = Path(path)
+    if not path.exists():
+        return create_store(path, object_ids, sources, grid, survey=survey, reader=reader, catalog=catalog), []
+    info = open_store(path)
+    if not _same_grid(info.grid, grid):
+        raise StoreError(f"{path} was made for the grid {_describe(info.grid)}, the model uses {_describe(grid)}; "
+                         "use a new --store")
+    if info.n_rows != len(object_ids):
+        raise StoreError(f"{path} has {info.n_rows} rows but the catalog has {len(object_ids)}; use a new --store")
+    ids = np.array([str(v) for v in object_ids], dtype=object)
+    srcs = np.array([str(v) for v in sources], dtype=object)
+    notes = []
+    with h5py.File(path, "r+") as h5:
+        stored_ids = np.array([_text(v) for v in h5["object_id"][()]], dtype=object)
+        stored_src = np.array([_text(v) for v in h5["source"][()]], dtype=object)
+        status = h5["status"][()]
+        changed = (stored_ids != ids) | (stored_src != srcs)
+        failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
+        reset = changed | failed
+        if changed.any():
+            h5["object_id"][:] = ids
+            h5["source"][:] = srcs
+            notes.append(f"{path}: {int(changed.sum())} of {info.n_rows} rows hold another object id or spectrum "
+                         "path than the catalog's (re-sorted or edited?); they are read again")
+        if failed.any():
+            notes.append(f"{path}: {int(failed.sum())} rows that could not be read before are tried again")
+        if reset.any():
+            rows = np.flatnonzero(reset)
+            status[rows] = STATUS["PENDING"]
+            h5["status"][:] = status
+            errors = h5["error"][()]
+            errors[rows] = ""
+            h5["error"][:] = errors
+    return info, notes
+
+
+def _same_grid(a: WavelengthGrid, b: WavelengthGrid) -> bool:
+    return a.n_pix == b.n_pix and abs(a.loglam_start - b.loglam_start) < 1e-9 and abs(a.loglam_step - b.loglam_step) < 1e-12
+
+
+def _describe(grid: WavelengthGrid) -> str:
+    return f"{grid.n_pix} pixels of {grid.loglam_step:g} dex from {10 ** grid.loglam_start:.1f} Å"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def read_rows(path: str | Path, start: int, stop: int) -> dict:
     """Rows [start, stop) as arrays: flux, ivar (float32), mask (bool), status (int8)."""
     with h5py.File(path, "r") as h5:
@@ -183,6 +241,9 @@ def ingest_rows(task: dict) -> dict:
         if n_good < MIN_GOOD_PIXELS:
             out["status"][i] = STATUS["NO_USABLE_PIXELS"]
             out["error"][i] = f"{path}: {n_good} usable pixels on the grid (need {MIN_GOOD_PIXELS})"
+        elif not flux[~mask].any():  # a placeholder: nothing to predict from
+            out["status"][i] = STATUS["NO_USABLE_PIXELS"]
+            out["error"][i] = f"{path}: the flux is 0 at every usable pixel (no information)"
         else:
             out["status"][i] = STATUS["OK"]
     return out
