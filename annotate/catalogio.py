@@ -102,7 +102,16 @@ class HDF5Catalog:
 
         with h5py.File(self.path, "r") as h5:
             data = h5[self.key][start:stop]
-        return {name: _text(data[name]) for name in names}
+        return {name: self._masked(name, _text(data[name]), data) for name in names}
+
+    def _masked(self, name: str, values: np.ndarray, data) -> np.ndarray:
+        """astropy writes a masked column as the values (whatever lies under the mask, e.g. 99.0)
+        and a boolean `NAME.mask` column beside it: masked means missing, so the column comes
+        back as a numpy masked array."""
+        mask_name = f"{name}.mask"
+        if mask_name in self.colnames and mask_name != name:
+            return np.ma.MaskedArray(values, mask=np.asarray(data[mask_name], bool))
+        return values
 
     def read_column(self, name: str) -> np.ndarray:
         """One whole column, read CHUNK_ROWS rows at a time (only that column of each slice is
@@ -120,8 +129,12 @@ class HDF5Catalog:
                 import h5py
 
                 with h5py.File(self.path, "r") as h5:
-                    parts.append(_text(h5[self.key].fields(name)[start:stop]))
-        return np.concatenate(parts) if parts else self.read([name])[name]
+                    fields = [name] + ([f"{name}.mask"] if f"{name}.mask" in self.colnames else [])
+                    data = h5[self.key].fields(fields)[start:stop]
+                    parts.append(self._masked(name, _text(data[name]), data))
+        if not parts:
+            return self.read([name])[name]
+        return np.ma.concatenate(parts) if any(np.ma.isMaskedArray(p) for p in parts) else np.concatenate(parts)
 
     def provenance(self) -> dict:
         """The provenance an annotated copy carries (ANNSURV, ANNMODEL, ...), or {}."""

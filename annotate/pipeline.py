@@ -138,19 +138,30 @@ def default_store_path(output: Path) -> Path:
     return Path(output).with_name(catalog_stem(output) + ".spectra.h5")
 
 
-def resolve_paths(relative: list[str], root: Path) -> tuple[list[str], np.ndarray]:
+def resolve_paths(relative: list, root: Path, reasons: list | None = None) -> tuple[list[str], np.ndarray]:
     """Absolute paths under `root`, and a (n,) bool of rows refused because their path leaves it.
-    A missing `x.fits` is looked for as `x.fits.gz`."""
+    A missing `x.fits` is looked for as `x.fits.gz`. A row without a path (None) or whose path
+    the file system cannot take (a component longer than it allows, a symlink loop, a NUL byte)
+    gets '' and, in `reasons` (a list of one str per row, '' where fine) when given, why."""
     root = root.resolve()
     paths, refused = [], np.zeros(len(relative), bool)
     for i, rel in enumerate(relative):
-        candidate = (root / rel).resolve()
-        if not candidate.is_relative_to(root):
-            refused[i] = True
+        if rel is None:
             paths.append("")
             continue
-        if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
-            candidate = candidate.with_name(candidate.name + ".gz")
+        try:
+            candidate = (root / rel).resolve()
+            if not candidate.is_relative_to(root):
+                refused[i] = True
+                paths.append("")
+                continue
+            if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
+                candidate = candidate.with_name(candidate.name + ".gz")
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            paths.append("")
+            if reasons is not None and not reasons[i]:
+                reasons[i] = f"spectrum path {str(rel)[:200]!r} unusable: {str(exc).splitlines()[0][:200]}"
+            continue
         paths.append(str(candidate))
     return paths, refused
 
@@ -276,7 +287,8 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     reference = survey.reference(table)
     selected = survey.selected(table)
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
-    paths, refused = resolve_paths(survey.spectrum_paths(table), root)
+    reasons: list[str] = []
+    paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), root, reasons)
 
     store_path = Path(settings.store) if settings.store else default_store_path(out)
     _, notes = prepare_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
@@ -284,7 +296,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
         with _progress(settings.progress, n_rows, "ingest") as update:
             counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
-                            n_workers=settings.n_workers, progress=update, address=address)
+                            n_workers=settings.n_workers, progress=update, address=address, reasons=reasons)
         with _progress(settings.progress, n_rows, "predict") as update:
             pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                                  progress=update)

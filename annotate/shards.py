@@ -111,7 +111,8 @@ def run_shard(task: dict) -> str:
     survey = load_survey(task["survey"])
     table = read_catalog(Path(task["catalog"]), survey, rows=slice(start, stop))
     reference = survey.reference(table)
-    paths, refused = resolve_paths(survey.spectrum_paths(table), Path(task["spectra_root"]))
+    reasons: list[str] = []
+    paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), Path(task["spectra_root"]), reasons)
     model, card = load_checkpoint(task["model"], task["device"])
     store = folder / "stores" / f"{task['name']}.h5"
     store.parent.mkdir(exist_ok=True)
@@ -119,7 +120,7 @@ def run_shard(task: dict) -> str:
                              reader=survey.reader, catalog=task["catalog"])
     for line in notes:
         print(f"{task['name']}: {line}", flush=True)
-    ingest(store, paths, refused, reader=survey.reader, scheduler="sync")
+    ingest(store, paths, refused, reader=survey.reader, scheduler="sync", reasons=reasons)
     pred = predict_store(model, card, store, batch_size=task["batch_size"], device=task["device"])
     pred.update(fit_predictions(store, pred, card.grid, task.get("fit", True)))
     _, errors = read_status(store)

@@ -122,8 +122,8 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
         return create_store(path, object_ids, sources, grid, survey=survey, reader=reader, catalog=catalog), []
     info = open_store(path)
     if not _same_grid(info.grid, grid):
-        raise StoreError(f"{path} was made for the grid {_describe(info.grid)}, the model uses {_describe(grid)}; "
-                         "use a new --store")
+        raise StoreError(f"{path} was made for the grid {_describe(info.grid)}, but the model was trained on grid "
+                         f"{_describe(grid)}; use a new --store")
     if info.n_rows != len(object_ids):
         raise StoreError(f"{path} has {info.n_rows} rows but the catalog has {len(object_ids)}; use a new --store")
     ids = np.array([str(v) for v in object_ids], dtype=object)
@@ -210,7 +210,8 @@ def write_rows(path: str | Path, start: int, rows: dict) -> None:
 def ingest_rows(task: dict) -> dict:
     """Read and resample the spectra of one task (runs on a Dask worker).
 
-    task: {'start': int, 'paths': [str | None], 'refused': [bool], 'grid': dict, 'reader': str | None}.
+    task: {'start': int, 'paths': [str | None], 'refused': [bool], 'grid': dict, 'reader': str | None,
+    'reasons': [str] (optional: why a row has no path)}.
     Returns the rows' flux, ivar, mask, status and error arrays.
     """
     from .readers import read_spectrum
@@ -226,7 +227,8 @@ def ingest_rows(task: dict) -> dict:
             out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], f"path outside the spectra root: {path}"
             continue
         if not path:
-            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], "no spectrum path for this row"
+            reason = (task.get("reasons") or [""] * n)[i]
+            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], reason or "no spectrum path for this row"
             continue
         try:
             with warnings.catch_warnings():  # astropy's per-file warnings: the row's error says it
@@ -251,12 +253,14 @@ def ingest_rows(task: dict) -> dict:
 
 def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
            scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
-           progress: Callable[[int], None] | None = None, address: str | None = None) -> dict:
+           progress: Callable[[int], None] | None = None, address: str | None = None,
+           reasons: list | None = None) -> dict:
     """Fill the PENDING rows of an existing store from spectrum files, in parallel (on the Dask
     scheduler at `address`, an address or a parallel.SharedCluster, when given).
 
     paths: (n_rows,) absolute spectrum paths (None or '' where the row has none); refused: rows whose
-    path was refused (outside the spectra root). Returns counts per status name.
+    path was refused (outside the spectra root); reasons: why a row has no path (`resolve_paths`).
+    Returns counts per status name.
     """
     from .parallel import map_unordered
 
@@ -274,7 +278,8 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
         first, last = start + pending[0], start + pending[-1] + 1
         tasks.append({"start": int(first), "paths": [paths[i] or None for i in range(first, last)],
                       "refused": [bool(refused[i]) for i in range(first, last)],
-                      "grid": info.grid.to_dict(), "reader": reader})
+                      "grid": info.grid.to_dict(), "reader": reader,
+                      "reasons": [reasons[i] if reasons else "" for i in range(first, last)]})
     for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers, address=address):
         write_rows(store_path, tasks[index]["start"], rows)
         if progress is not None:

@@ -109,19 +109,46 @@ class Survey:
         self.path_rule(colnames)
 
     # -- per-row values -----------------------------------------------------------------------
-    def spectrum_paths(self, table) -> list[str]:
-        """Relative spectrum path for every row of `table` (a mapping of column name -> array)."""
+    def spectrum_paths(self, table, reasons: list | None = None) -> list:
+        """Relative spectrum path for every row of `table` (a mapping of column name -> array).
+
+        A row whose values cannot make a path (NaN, inf or a masked value in a path column, text
+        where a number is needed, bytes that are not UTF-8, a NUL byte) gets None, and when
+        `reasons` (a list) is given, the row's reason is appended to it ('' for rows with a path):
+        one bad row never stops the others. Floats with integral values and digit strings are
+        taken as the integers they spell."""
         colnames = list(table.keys()) if hasattr(table, "keys") else table.colnames
         rule = self.path_rule(colnames)
         lookup = {name.upper(): name for name in colnames}
-        columns = {var: np.asarray(table[lookup[str(col).upper()]]) for var, col in rule.fields.items()}
+        names = {var: lookup[str(col).upper()] for var, col in rule.fields.items()}
+        columns = {var: table[name] for var, name in names.items()}
+        masks = {var: np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) else None for var, col in columns.items()}
+        columns = {var: np.asarray(col) for var, col in columns.items()}
         n_rows = len(next(iter(columns.values())))
         paths = []
         for i in range(n_rows):
-            values = {var: _scalar(col[i]) for var, col in columns.items()}
-            for var, func_name in rule.derived.items():
-                values[var] = DERIVED_FIELDS[func_name](values)
-            paths.append(rule.template.format(**values))
+            try:
+                values = {}
+                for var, col in columns.items():
+                    if masks[var] is not None and masks[var][i]:
+                        raise _PathValueError(f"{names[var]} is masked (missing)")
+                    values[var] = _path_value(col[i], names[var])
+                for var, func_name in rule.derived.items():
+                    values[var] = DERIVED_FIELDS[func_name](values)
+                try:
+                    path = rule.template.format(**values)
+                except (ValueError, TypeError):  # e.g. '{plate:04d}' given a digit string or 3586.0
+                    path = rule.template.format(**{k: _as_integer(v) for k, v in values.items()})
+                if "\0" in path:
+                    raise _PathValueError("the path would hold a NUL byte")
+                reason = ""
+            except _PathValueError as exc:
+                path, reason = None, f"no spectrum path: {exc}"
+            except (ValueError, TypeError, KeyError, OverflowError, IndexError) as exc:
+                path, reason = None, f"no spectrum path: the row's values do not fit {rule.template!r} ({exc})"
+            paths.append(path)
+            if reasons is not None:
+                reasons.append(reason)
         return paths
 
     def reference(self, table, roles: tuple = ROLES) -> dict:
@@ -137,9 +164,12 @@ class Survey:
                 out[role] = np.full(n_rows, np.nan) if role not in ("class", "subclass", "object_id") \
                     else np.array([""] * n_rows, dtype=object)
                 continue
-            values = np.asarray(table[name])
+            values = np.asanyarray(table[name])  # a masked array keeps its mask: masked means missing
             if role in ("class", "subclass", "object_id"):
-                values = _text_array(values)
+                missing = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
+                values = _text_array(np.ma.getdata(values))
+                if missing is not None and missing.any():
+                    values = np.where(missing, "", values)
             else:
                 values = _as_float(values)
                 if self.missing_value is not None:
@@ -206,6 +236,36 @@ def _text(value) -> str:
     if isinstance(value, (bytes, np.bytes_)):
         return value.decode(errors="replace").strip()
     return str(value).strip()
+
+
+class _PathValueError(ValueError):
+    """A path column's value that no path can be made of (the message says which and why)."""
+
+
+def _path_value(value, column: str):
+    """One path column's value as str, int or float, or _PathValueError."""
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _PathValueError(f"{column} is not UTF-8 text ({bytes(value)[:20]!r})") from None
+    if isinstance(value, str):
+        if "\0" in value:
+            raise _PathValueError(f"{column} holds a NUL byte")
+        return value.strip()
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not np.isfinite(value):
+        raise _PathValueError(f"{column} is {value}")
+    return value
+
+
+def _as_integer(value):
+    """An integral float or a digit string as int; anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    return value
 
 
 def _scalar(value):
