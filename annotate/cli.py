@@ -7,6 +7,7 @@ Errors the user can act on print one line (`annotate: error: ...`) and exit with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -244,9 +245,16 @@ def _print_crosscheck(result) -> None:
 
 
 def _cmd_render(args) -> int:
+    from .errors import OutputError
     from .images import contact_sheet, render_store
     from .render import RenderSettings
 
+    out = Path(args.out)
+    if out.resolve() == Path(args.store).resolve():
+        raise OutputError(f"--out {out} is the spectra store it renders; choose another --out")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"--out {out} is {'a folder' if out.is_dir() else 'not a regular file'}; "
+                          "render writes a regular file there")
     if args.preview:
         print(f"contact sheet: {contact_sheet(args.store, args.out, args.preview)}")
         return 0
@@ -266,9 +274,39 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _c
             "crosscheck": _cmd_crosscheck, "status": _cmd_status}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends on scancel and at the time limit), handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs in the main thread, SIGTERM raises Terminated, so that the run's
+    clean-up (locks, temporary files, the Dask cluster) happens as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    with _sigterm_as_interrupt():
+        return _main(args)
+
+
+def _main(args) -> int:
     import warnings
 
     from astropy.utils.exceptions import AstropyWarning
@@ -289,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"annotate: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
+        if isinstance(exc, Terminated):
+            print("annotate: terminated (SIGTERM); outputs were not replaced (rerun to resume)", file=sys.stderr)
+            return 143
         print("annotate: interrupted; outputs were not replaced (rerun to resume)", file=sys.stderr)
         return 130
 

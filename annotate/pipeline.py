@@ -197,10 +197,14 @@ def read_column(path: Path, name: str, chunk_rows: int = 1_000_000) -> np.ndarra
 
 
 @contextmanager
-def output_lock(out: Path):
-    """Hold an exclusive lock on `out` for the duration (a hidden `.<name>.lock` beside it); a
-    second run writing the same output is refused with OutputError instead of interleaving."""
+def output_lock(out: Path, doing: str = "writing", notes: list | None = None):
+    """Hold an exclusive lock on `out` for the duration (a hidden `.<name>.lock` beside it, which
+    names the holder: pid and host); a second run on the same file is refused with OutputError
+    instead of interleaving. A lock file whose run ended without removing it (killed) is not
+    held (the kernel drops a dead process's lock): it is taken over, and `notes` says whose it
+    was."""
     import fcntl
+    import socket
 
     lock = Path(out).with_name(f".{Path(out).name}.lock")
     try:
@@ -211,8 +215,18 @@ def output_lock(out: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"another annotate run is writing {out} (lock {lock} is held); "
-                              "wait for it to finish or choose another --out") from None
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise OutputError(f"another annotate run{f' ({holder})' if holder else ''} is {doing} {out} "
+                              f"(lock {lock} is held); wait for it to finish or choose another file") from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous and notes is not None:
+            notes.append(f"took over the lock {lock} of a run that ended without removing it ({previous})")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
         try:
             yield
         finally:
@@ -220,6 +234,42 @@ def output_lock(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+def remove_stale_temporaries(out: Path, notes: list | None = None) -> None:
+    """Remove `.<name>.<pid>.tmp` files beside `out` (write-backs of runs that were killed): only
+    called while the output's lock is held, so no live run is writing any of them."""
+    out = Path(out)
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        if notes is not None:
+            notes.append(f"removed {tmp}, left by a run that was stopped while writing {out.name}")
+
+
+def check_outputs(out: Path, catalog: Path, store: Path | None, model: Path | None) -> None:
+    """Refuse, before anything is read, an output that names an input, the spectra store or the
+    model, a store that names the catalog or the model, and an output that exists but is not a
+    regular file (a device, a FIFO, a folder: write-back replaces the file by renaming)."""
+    out = Path(out)
+    inputs = {Path(catalog).resolve(): "the input catalog"}
+    if model is not None and Path(model).exists():
+        inputs[Path(model).resolve()] = "the model"
+    if out.resolve() == Path(catalog).resolve():
+        raise OutputError(f"refusing to overwrite the input catalog {catalog}")
+    if store is not None and out.resolve() == Path(store).resolve():
+        raise OutputError(f"--out {out} is the spectra store; choose another --out (or --store)")
+    written = [(out, "--out")] + ([(Path(store), "--store")] if store is not None else [])
+    for path, what in inputs.items():
+        for target, flag in written:
+            if target.resolve() == path or path in target.resolve().parents:
+                raise OutputError(f"{flag} {target} would overwrite {what} ({path})")
+    for path, flag in written:
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+            raise OutputError(f"{flag} {path} is {kind}; annotate writes a regular file there")
 
 
 def row_flags(status: np.ndarray, coverage: np.ndarray, reference: dict, selected: np.ndarray,
@@ -258,13 +308,21 @@ def run(settings: RunSettings) -> RunResult:
     survey = load_survey(settings.survey)
     table = read_catalog(catalog, survey)
     out = Path(settings.out) if settings.out else default_output_path(catalog)
-    if out.resolve() == catalog.resolve():
-        raise OutputError(f"refusing to overwrite the input catalog {catalog}")
+    store = Path(settings.store) if settings.store else default_store_path(out)
+    from .checkpoint import DEFAULT_MODEL
+
+    check_outputs(out, catalog, store, Path(settings.model) if settings.model else DEFAULT_MODEL)
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"output directory is missing or not writable: {out.parent}")
+    if not store.parent.is_dir():
+        raise OutputError(f"the spectra store's folder does not exist: {store.parent}")
     check_output_room(out, catalog, len(next(iter(table.values()))))
-    with output_lock(out):
-        return _run_locked(settings, catalog, survey, table, out)
+    notes: list[str] = []
+    with output_lock(out, notes=notes), output_lock(store, "using the spectra store", notes):
+        remove_stale_temporaries(out, notes)
+        result = _run_locked(settings, catalog, survey, table, out)
+    result.notes[:0] = notes
+    return result
 
 
 def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, IncompleteRun, OutputError
+from .errors import ConfigError, IncompleteRun
 
 PLAN_VERSION = 2  # 2: shard files hold the template fit's keys
 
@@ -145,9 +145,10 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     survey = load_survey(settings.survey)
     n_rows = catalog_rows(catalog, survey)  # the shards and the merge read the rows they need
     out = Path(settings.out) if settings.out else default_output_path(catalog)
-    if out.resolve() == catalog.resolve():
-        raise OutputError(f"refusing to overwrite the input catalog {catalog}")
     model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
+    from .pipeline import check_outputs
+
+    check_outputs(out, catalog, None, model_dir)
     folder = run_folder(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
     plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit)
@@ -182,9 +183,13 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
         log(f"{shards[only_shard].name} (rows {shards[only_shard].start}-{shards[only_shard].stop}): "
             f"{run_shard(task(shards[only_shard]))}")
         return None
-    from .pipeline import output_lock
+    from .pipeline import output_lock, remove_stale_temporaries
 
-    with output_lock(out):
+    notes: list[str] = []
+    with output_lock(out, notes=notes):
+        remove_stale_temporaries(out, notes)
+        for line in notes:
+            log(line)
         run_missing([task(s) for s in missing], len(shards), settings, executor, profile, folder, log)
         return merge_run(catalog, survey, model_dir, plan, folder, shards, out)
 
