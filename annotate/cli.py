@@ -306,12 +306,43 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
 
 
+def check_arguments(args) -> None:
+    """Refuse, in one line (ConfigError, exit 2), arguments no command can use: counts below
+    their minimum, an unknown torch device or one this machine does not have, a `--preview`
+    sheet that is not a .png, a cross-check report folder that is a file."""
+    from .errors import ConfigError
+
+    minimum = {"batch_size": ("--batch-size", 1), "n_objects": ("--n-objects", 1), "preview": ("--preview", 1),
+               "n_sheet": ("--n-sheet", 0), "workers": ("--workers", 1), "shard_size": ("--shard-size", 1)}
+    for name, (flag, least) in minimum.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
+    device = getattr(args, "device", None)
+    if device and device != "cpu":
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is visible on this machine")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {device}: MPS is not available on this machine")
+    if args.command == "render" and getattr(args, "preview", None) and Path(args.out).suffix.lower() != ".png":
+        raise ConfigError(f"--preview writes a PNG contact sheet: give --out a .png name, not {args.out}")
+    if args.command == "crosscheck" and args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; the cross-check writes a report folder there")
+
+
 def _main(args) -> int:
     import warnings
 
     from astropy.utils.exceptions import AstropyWarning
 
     try:
+        check_arguments(args)
         with warnings.catch_warnings():
             if not args.debug:  # astropy's notes on damaged inputs: our error line says what went wrong
                 warnings.simplefilter("ignore", AstropyWarning)

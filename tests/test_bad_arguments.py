@@ -1,0 +1,55 @@
+"""Arguments no command can use are refused in one line with exit 2, before anything is read or
+written (each was a traceback, a wrong exit code or a wrong file before)."""
+
+import pytest
+import torch
+
+from annotate.cli import main
+
+from test_bad_input import Case, _hashes
+from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
+
+RUN_CASES = {
+    "--batch-size 0": (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    "--batch-size -3": (["--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
+    "--workers 0": (["--workers", "0"], "--workers must be at least 1"),
+    "--device nosuch": (["--device", "nosuch"], "not a torch device"),
+}
+if not torch.cuda.is_available():
+    RUN_CASES["--device cuda without a GPU"] = (["--device", "cuda"], "no CUDA GPU is visible")
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CASES))
+def test_run_argument_no_run_can_use_is_one_line(tmp_path, micro_model, capsys, name):
+    extra, message = RUN_CASES[name]
+    case = Case(tmp_path, micro_model).write()
+    before = _hashes(tmp_path)
+    assert main(case.argv(*extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert _hashes(tmp_path) == before
+
+
+def test_demo_with_no_objects_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n-objects", "-1", "--no-progress"]) == 2
+    assert "--n-objects must be at least 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("preview, out, message", [("0", "sheet.png", "--preview must be at least 1"),
+                                                   ("-2", "sheet.png", "--preview must be at least 1"),
+                                                   ("4", "sheet.h5", "give --out a .png name")])
+def test_render_preview_that_cannot_be_drawn_is_one_line(tmp_path, capsys, preview, out, message):
+    assert main(["render", "--store", str(tmp_path / "s.h5"), "--out", str(tmp_path / out), "--preview", preview]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / out).exists()
+
+
+def test_crosscheck_arguments_are_checked_before_reading(tmp_path, capsys):
+    target = tmp_path / "report.txt"
+    target.write_text("keep me")
+    assert main(["crosscheck", "--catalog", str(tmp_path / "c.fits"), "--n-sheet", "-1"]) == 2
+    assert "--n-sheet must be at least 0" in capsys.readouterr().err
+    assert main(["crosscheck", "--catalog", str(tmp_path / "c.fits"), "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
