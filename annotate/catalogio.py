@@ -78,12 +78,19 @@ class HDF5Catalog:
             import pandas as pd
 
             refuse_pickled_objects(self.path)
-            with pd.HDFStore(self.path, "r") as store:
-                storer = store.get_storer(self.key)
-                self.table_format = storer.format_type  # 'table' or 'fixed'
-                self.n_rows = int(storer.nrows) if self.table_format == "table" else len(store[self.key])
-                sample = store.select(self.key, start=0, stop=0) if self.table_format == "table" else store[self.key]
-                self.colnames = [str(c) for c in sample.columns]
+            try:
+                with pd.HDFStore(self.path, "r") as store:
+                    storer = store.get_storer(self.key)
+                    self.table_format = storer.format_type  # 'table' or 'fixed'
+                    self.n_rows = int(storer.nrows) if self.table_format == "table" else len(store[self.key])
+                    sample = store.select(self.key, start=0, stop=0) if self.table_format == "table" else store[self.key]
+                    self.colnames = [str(c) for c in sample.columns]
+            except CatalogError:
+                raise
+            except Exception as exc:  # pandas/PyTables raise many kinds on a half-written table
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise CatalogError(f"{self.path}: the pandas table {self.key} cannot be read (half-written or "
+                                   f"damaged?): {first}") from None
         else:
             import h5py
 

@@ -70,9 +70,10 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
     wanted |= {str(rule["column"]).upper() for rule in survey.selection}
     wanted |= {str(b).upper() for b in survey.snr_bands or ()}
     wanted |= {c.upper() for c in extra}
+    check_catalog_file(path)
     if is_hdf5(path):
         table = HDF5Catalog(path)
-        _check_columns(path, survey, table.colnames, table.n_rows, extra)
+        _check_columns(path, survey, table.colnames, table.n_rows, extra, f", table {table.key}")
         return table.read([n for n in table.colnames if n.upper() in wanted], rows)
     _check_fits_file(path)
     try:
@@ -81,7 +82,7 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
                 raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
             data = hdul[hdu].data
             names = list(hdul[hdu].columns.names)
-            _check_columns(path, survey, names, 0 if data is None else len(data), extra)
+            _check_columns(path, survey, names, 0 if data is None else len(data), extra, f", HDU {hdu}")
             # slice the table before taking columns: astropy converts (decodes, scales) a whole
             # column on first access, so data[name][rows] would cost the full column every time
             part = data[rows if rows is not None else slice(None)]
@@ -90,12 +91,33 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
 
 
+def check_catalog_file(path: Path) -> None:
+    """CatalogError, before the file is opened, for a catalog that is missing or no regular file:
+    a folder, a pipe or FIFO (which can be read once only and would leave annotate waiting), a
+    device."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CatalogError(f"catalog not found: {path}") from None
+    except OSError as exc:
+        raise CatalogError(f"catalog {path} cannot be opened: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise CatalogError(f"{path} is a folder, not a catalog file")
+    if stat.S_ISFIFO(mode):
+        raise CatalogError(f"{path} is a pipe or FIFO; annotate reads the catalog more than once and in other "
+                           "processes: give it as a file")
+    if not stat.S_ISREG(mode):
+        raise CatalogError(f"{path} is not a regular file (a device or socket); give the catalog as a file")
+
+
 def _check_fits_file(path: Path) -> None:
     """CatalogError for a missing file, or a plain FITS file cut short (FITS files are whole
     2880-byte blocks; compressed ones are checked by astropy as it reads)."""
     path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"catalog not found: {path}")
+    check_catalog_file(path)
     if _is_plain_fits(path) and path.stat().st_size % 2880:
         raise CatalogError(f"{path}: truncated or damaged FITS file ({path.stat().st_size} bytes, "
                            "not a whole number of 2880-byte blocks)")
@@ -107,8 +129,21 @@ def _is_plain_fits(path: Path) -> bool:
         return handle.read(6) == b"SIMPLE"
 
 
-def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = ()) -> None:
-    survey.check_catalog(names)
+def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = (), where: str = "") -> None:
+    """CatalogError when the survey's columns are missing (naming the HDU or table read, `where`),
+    two columns share a name up to case, or there are no rows."""
+    seen: dict = {}
+    for name in names:
+        if name.upper() in seen:
+            raise CatalogError(f"{path}{where}: two columns named {seen[name.upper()]!r} and {name!r} "
+                               "(column names are compared without case); rename one")
+        seen[name.upper()] = name
+    try:
+        survey.check_catalog(names)
+    except CatalogError as exc:
+        if where:
+            raise CatalogError(f"{exc} (read {path.name}{where})") from None
+        raise
     missing = [c for c in extra if c.upper() not in {n.upper() for n in names}]
     if missing:
         raise CatalogError(f"{path}: no column {', '.join(missing)}")
@@ -118,16 +153,18 @@ def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: 
 
 def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
     """The number of rows of a catalog whose columns suit `survey` (read from the header only)."""
+    check_catalog_file(path)
     if is_hdf5(path):
         table = HDF5Catalog(path)
-        _check_columns(path, survey, table.colnames, table.n_rows)
+        _check_columns(path, survey, table.colnames, table.n_rows, where=f", table {table.key}")
         return table.n_rows
     _check_fits_file(path)
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
                 raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
-            _check_columns(path, survey, list(hdul[hdu].columns.names), int(hdul[hdu].header["NAXIS2"]))
+            _check_columns(path, survey, list(hdul[hdu].columns.names), int(hdul[hdu].header["NAXIS2"]),
+                           where=f", HDU {hdu}")
             return int(hdul[hdu].header["NAXIS2"])
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
@@ -154,6 +191,8 @@ def resolve_paths(relative: list, root: Path, reasons: list | None = None) -> tu
             if not candidate.is_relative_to(root):
                 refused[i] = True
                 paths.append("")
+                if reasons is not None and not reasons[i]:
+                    reasons[i] = f"spectrum path {str(rel)[:200]!r} leads outside the spectra root {root}; not read"
                 continue
             if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
                 candidate = candidate.with_name(candidate.name + ".gz")

@@ -86,6 +86,10 @@ def _last_error(job_folder: Path) -> str:
 def run_status(folder: str | Path) -> list[str]:
     """The lines `annotate status` prints for a sharded run folder or a training folder."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        run = folder.with_name(folder.name + ".run")
+        hint = f"; its sharded run folder is {run}" if run.is_dir() else ""
+        raise ConfigError(f"{folder} is a file, not a run folder (give <output>.run/ or a training folder){hint}")
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder")
     if (folder / "plan.json").is_file():

@@ -224,7 +224,8 @@ def ingest_rows(task: dict) -> dict:
     }
     for i, path in enumerate(task["paths"]):
         if task["refused"][i]:
-            out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], f"path outside the spectra root: {path}"
+            reason = (task.get("reasons") or [""] * n)[i]
+            out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], reason or "path outside the spectra root"
             continue
         if not path:
             reason = (task.get("reasons") or [""] * n)[i]
