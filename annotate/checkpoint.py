@@ -122,18 +122,75 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"{folder}: no {CONFIG} (not a checkpoint folder)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{folder}/{CONFIG}: unreadable ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{folder}/{CONFIG}: holds a {type(raw).__name__}, not a mapping of settings")
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: checkpoint format {raw.get('format_version')}, expected {FORMAT_VERSION}")
+    from .errors import ConfigError
+
     try:
-        return ModelCard(
+        for key in ("backbone", "render", "grid", "label_norm"):
+            if not isinstance(raw[key], dict):
+                raise CheckpointError(f"{folder}/{CONFIG}: '{key}' is a {type(raw[key]).__name__}, not a mapping")
+        card = ModelCard(
             backbone=raw["backbone"], render=RenderSettings.from_dict(raw["render"]),
             grid=WavelengthGrid(**raw["grid"]),
             label_norm={k: LabelNorm(**v) for k, v in raw["label_norm"].items()},
             class_names=tuple(raw["class_names"]), name=raw.get("name", folder.name),
             annotate_version=raw.get("annotate_version", ""), training=raw.get("training", {}),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{folder}/{CONFIG}: missing or malformed entry {exc}") from None
+    except (ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{folder}/{CONFIG}: {exc}") from None
+    problem = card_problem(card)
+    if problem:
+        raise CheckpointError(f"{folder}/{CONFIG}: {problem}")
+    return card
+
+
+BACKBONE_LIMITS = {"hidden_size": 8192, "num_hidden_layers": 128, "num_attention_heads": 128,
+                   "intermediate_size": 32768, "image_size": 1024, "patch_size": 1024, "num_channels": 16}
+
+
+def card_problem(card: ModelCard) -> str:
+    """What makes a card unusable ('' if nothing), checked when it is loaded, before any
+    spectrum is read: backbone sizes that are not positive integers within BACKBONE_LIMITS (a
+    typo there would allocate without bound), a patch larger than the image, a grid beyond
+    any spectrograph's or one the encoding cannot show, other class names than the heads', label
+    normalisations without a finite mean and a positive, finite std."""
+    backbone = card.backbone
+    for key, limit in BACKBONE_LIMITS.items():
+        if key not in backbone:
+            continue
+        value = backbone[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            return f"backbone {key} must be an integer from 1 to {limit}, got {value!r}"
+    if backbone.get("hidden_size", 1) % backbone.get("num_attention_heads", 1):
+        return f"backbone hidden_size {backbone['hidden_size']} is not a multiple of num_attention_heads " \
+               f"{backbone['num_attention_heads']}"
+    if backbone.get("patch_size", 1) > backbone.get("image_size", 1 << 30):
+        return f"backbone patch_size {backbone['patch_size']} exceeds image_size {backbone['image_size']}"
+    grid = card.grid
+    if not (isinstance(grid.n_pix, int) and grid.n_pix <= 100_000 and 2.5 <= grid.loglam_start <= 5.5
+            and 0 < grid.loglam_step <= 0.01):
+        return f"grid {grid} is beyond any spectrograph's (n_pix ≤ 100,000, start 10^2.5–10^5.5 Å, step ≤ 0.01 dex)"
+    try:
+        card.render.check_grid(grid.n_pix)
+    except Exception as exc:  # ConfigError: the encoding cannot show this grid
+        return str(exc)
+    if tuple(card.class_names) != tuple(CLASS_NAMES):
+        return f"class_names {list(card.class_names)}, but the heads predict {list(CLASS_NAMES)}"
+    for name, norm in card.label_norm.items():
+        try:
+            mean, std = float(norm.mean), float(norm.std)
+        except (TypeError, ValueError):
+            return f"label_norm {name}: mean and std must be numbers"
+        if not (np.isfinite(mean) and abs(mean) < 1e6 and np.isfinite(std) and 0 < std < 1e6):
+            return f"label_norm {name}: needs a finite mean and a positive, finite std (got {mean}, {std})"
+        if norm.transform not in ("identity", "log1p10"):
+            return f"label_norm {name}: unknown transform {norm.transform!r} (identity or log1p10)"
+    return ""
 
 
 BACKBONE_KEYS = {
