@@ -316,6 +316,48 @@ def load_survey(name_or_path: str) -> Survey:
     return survey_from_dict(raw, source=str(path))
 
 
+def _check_shapes(raw: dict, source: str) -> None:
+    """ConfigError naming the first key whose value has the wrong shape (a string where a list or
+    mapping belongs, ...), so that a survey file is checked whole when it is loaded."""
+    expected = {"name": str, "reader": str, "description": str, "columns": dict, "paths": list, "selection": list,
+                "required": list, "class_names": dict, "snr_bands": list, "mask_bits_bad": (list, dict, int)}
+    for key, kind in expected.items():
+        value = raw.get(key)
+        if value is not None and not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join({str: "text", dict: "a mapping", list: "a list", int: "an integer"}[k] for k in kinds)
+            raise ConfigError(f"{source}: {key!r} must be {wanted}, got {type(value).__name__} {value!r:.60}")
+    for key, items, kind in (("paths", raw.get("paths") or [], dict), ("selection", raw.get("selection") or [], dict)):
+        for index, item in enumerate(items):
+            if not isinstance(item, kind):
+                raise ConfigError(f"{source}: {key} entry {index + 1} must be a mapping, got {item!r:.60}")
+    bad_required = [r for r in raw.get("required") or () if r not in ROLES]
+    if bad_required:
+        raise ConfigError(f"{source}: unknown required roles {', '.join(map(str, bad_required))}; valid: {', '.join(ROLES)}")
+    missing = raw.get("missing_value")
+    if missing is not None and (isinstance(missing, bool) or not isinstance(missing, (int, float))):
+        raise ConfigError(f"{source}: 'missing_value' must be a number, got {missing!r}")
+
+
+def _check_template(item: dict, source: str) -> None:
+    """ConfigError for a path template that does not parse (an unbalanced brace) or uses a field
+    neither its `fields` nor its `derived` define."""
+    import string
+
+    template, fields = item["template"], item["fields"]
+    if not isinstance(template, str) or not isinstance(fields, dict) or not isinstance(item.get("derived") or {}, dict):
+        raise ConfigError(f"{source}: path rule {item.get('name')!r}: template must be text, fields and derived mappings")
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{source}: path rule {item['name']!r}: template {template!r} does not parse ({exc})") from None
+    known = set(fields) | set(item.get("derived") or {})
+    unknown = sorted(n for n in used if n.split(".")[0].split("[")[0] not in known)
+    if unknown or "" in used:
+        raise ConfigError(f"{source}: path rule {item['name']!r}: template {template!r} uses "
+                          f"{', '.join(unknown) or 'a positional field {}'}, which neither fields nor derived define")
+
+
 def survey_from_dict(raw: dict, source: str = "<dict>") -> Survey:
     known = {"name", "description", "reader", "columns", "required", "paths", "selection",
              "class_names", "snr_bands", "missing_value", "mask_bits_bad"}
@@ -327,17 +369,24 @@ def survey_from_dict(raw: dict, source: str = "<dict>") -> Survey:
     for key in ("name", "reader", "columns", "paths"):
         if key not in raw:
             raise ConfigError(f"{source}: missing key {key!r}")
+    _check_shapes(raw, source)
     bad_roles = set(raw["columns"]) - set(ROLES)
     if bad_roles:
         raise ConfigError(f"{source}: unknown column roles {', '.join(sorted(bad_roles))}; valid: {', '.join(ROLES)}")
     for rule in raw.get("selection") or ():
         if rule.get("op") not in SELECTION_OPS:
             raise ConfigError(f"{source}: selection op {rule.get('op')!r} not one of {', '.join(SELECTION_OPS)}")
+        if "column" not in rule:
+            raise ConfigError(f"{source}: a selection rule needs a 'column' ({rule})")
     paths = []
-    for item in raw["paths"]:
+    for index, item in enumerate(raw["paths"]):
+        for key in ("name", "template", "fields"):
+            if key not in item:
+                raise ConfigError(f"{source}: path rule {index + 1} has no {key!r}")
         for func in (item.get("derived") or {}).values():
             if func not in DERIVED_FIELDS:
                 raise ConfigError(f"{source}: unknown derived field {func!r}; known: {', '.join(DERIVED_FIELDS)}")
+        _check_template(item, source)
         paths.append(PathRule(item["name"], item["template"], dict(item["fields"]), dict(item.get("derived") or {})))
     class_names = {str(k).upper(): str(v).upper() for k, v in (raw.get("class_names") or {}).items()} \
         or {c: c for c in CLASS_NAMES}
