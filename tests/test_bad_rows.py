@@ -101,3 +101,30 @@ def test_masked_reference_z_in_an_astropy_hdf5_catalog_is_missing_not_its_fill_v
     assert flags[1] & PredFlag.NO_REFERENCE_Z
     assert not annotated["PRED_Z_CATASTROPHIC"][1]  # judged against nothing, not against 99.0
     assert not flags[0] & PredFlag.NO_REFERENCE_Z
+
+
+@pytest.mark.parametrize("layout", ["sharded FITS", "pandas HDF5", "sharded pandas HDF5"])
+def test_row_with_a_nan_path_column_in_sharded_runs_and_hdf5_catalogs_is_one_flagged_row(tmp_path, micro_model,
+                                                                                          layout):
+    import pandas as pd
+
+    case = Case(tmp_path, micro_model).write(_columns())
+    columns = _float_field(np.nan)
+    extra = ["--shard-size", "2"] if layout.startswith("sharded") else []
+    argv = case.argv(*extra)
+    out = case.out
+    if "HDF5" in layout:
+        catalog = case.inputs / "cat.h5"
+        pd.DataFrame(columns).to_hdf(catalog, key="catalog", format="table")
+        out = case.out_dir / "cat.annotated.h5"
+        argv[argv.index("--catalog") + 1], argv[argv.index("--out") + 1] = str(catalog), str(out)
+    else:
+        from annotate.simulate.writer import write_catalog
+
+        write_catalog(case.catalog, columns)
+    before = _hashes(case.inputs)
+    assert main(argv) == 3
+    assert _hashes(case.inputs) == before
+    table = pd.read_hdf(out) if "HDF5" in layout else Table.read(out, mask_invalid=False).to_pandas()
+    assert table["PRED_FLAGS"].iloc[0] & PredFlag.NO_SPECTRUM and np.isnan(table["PRED_Z"].iloc[0])
+    assert np.isfinite(table["PRED_Z"].iloc[1:]).all()
