@@ -79,7 +79,7 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
-                raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
+                raise CatalogError(_no_table_message(path, hdu))
             data = hdul[hdu].data
             names = list(hdul[hdu].columns.names)
             _check_columns(path, survey, names, 0 if data is None else len(data), extra, f", HDU {hdu}")
@@ -123,6 +123,24 @@ def _check_fits_file(path: Path) -> None:
                            "not a whole number of 2880-byte blocks)")
 
 
+def _no_table_message(path: Path, hdu: int) -> str:
+    """Why HDU `hdu` of a FITS catalog is not a table: a gzip file cut short (astropy reads it
+    lazily, so the table is simply not there) says so; otherwise the HDU is of another kind."""
+    import gzip
+    import zlib
+
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+    if compressed:
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            return f"{path}: truncated or damaged gzip file ({exc}); its HDU {hdu} cannot be read"
+    return f"{path}: HDU {hdu} is not a binary table"
+
+
 def _is_plain_fits(path: Path) -> bool:
     """An uncompressed FITS file (a gzip one starts with its own magic bytes instead)."""
     with open(path, "rb") as handle:
@@ -162,7 +180,7 @@ def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
     try:
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
-                raise CatalogError(f"{path}: HDU {hdu} is not a binary table")
+                raise CatalogError(_no_table_message(path, hdu))
             _check_columns(path, survey, list(hdul[hdu].columns.names), int(hdul[hdu].header["NAXIS2"]),
                            where=f", HDU {hdu}")
             return int(hdul[hdu].header["NAXIS2"])

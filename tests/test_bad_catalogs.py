@@ -95,3 +95,15 @@ def test_refused_spectrum_path_is_named_in_its_reason(tmp_path, micro_model, cap
     from astropy.table import Table
 
     assert Table.read(case.out)["PRED_FLAGS"][0] & PredFlag.PATH_REFUSED
+
+
+def test_truncated_gzip_catalog_says_it_is_truncated(tmp_path, micro_model, capsys):
+    import gzip
+
+    case = Case(tmp_path, micro_model).write()
+    packed = gzip.compress(case.catalog.read_bytes())
+    catalog = case.inputs / "cat.fits.gz"
+    catalog.write_bytes(packed[: len(packed) // 2])
+    argv = case.argv()
+    argv[argv.index("--catalog") + 1] = str(catalog)
+    _one_error_line(capsys, main(argv), "truncated or damaged gzip file")
