@@ -36,6 +36,7 @@ from .grid import WavelengthGrid, resample
 LAYOUT_VERSION = 1
 STATUS = {"PENDING": 0, "OK": 1, "NO_SPECTRUM": 2, "NO_USABLE_PIXELS": 3, "PATH_REFUSED": 4}
 ROW_CHUNK = 64
+COMPARE_CHUNK = 500_000  # rows whose ids and paths are compared at a time when a store is reused
 MIN_GOOD_PIXELS = 100
 
 
@@ -126,30 +127,35 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
                          f"{_describe(grid)}; use a new --store")
     if info.n_rows != len(object_ids):
         raise StoreError(f"{path} has {info.n_rows} rows but the catalog has {len(object_ids)}; use a new --store")
-    ids = np.array([str(v) for v in object_ids], dtype=object)
-    srcs = np.array([str(v) for v in sources], dtype=object)
-    notes = []
+    n_changed = n_failed = 0
     with h5py.File(path, "r+") as h5:
-        stored_ids = np.array([_text(v) for v in h5["object_id"][()]], dtype=object)
-        stored_src = np.array([_text(v) for v in h5["source"][()]], dtype=object)
-        status = h5["status"][()]
-        changed = (stored_ids != ids) | (stored_src != srcs)
-        failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
-        reset = changed | failed
-        if changed.any():
-            h5["object_id"][:] = ids
-            h5["source"][:] = srcs
-            notes.append(f"{path}: {int(changed.sum())} of {info.n_rows} rows hold another object id or spectrum "
-                         "path than the catalog's (re-sorted or edited?); they are read again")
-        if failed.any():
-            notes.append(f"{path}: {int(failed.sum())} rows that could not be read before are tried again")
-        if reset.any():
-            rows = np.flatnonzero(reset)
-            status[rows] = STATUS["PENDING"]
-            h5["status"][:] = status
-            errors = h5["error"][()]
-            errors[rows] = ""
-            h5["error"][:] = errors
+        for start in range(0, info.n_rows, COMPARE_CHUNK):  # a chunk of strings at a time: memory stays bounded
+            stop = min(start + COMPARE_CHUNK, info.n_rows)
+            ids = np.array([str(v) for v in object_ids[start:stop]], dtype=object)
+            srcs = np.array([str(v) for v in sources[start:stop]], dtype=object)
+            stored_ids = np.array([_text(v) for v in h5["object_id"][start:stop]], dtype=object)
+            stored_src = np.array([_text(v) for v in h5["source"][start:stop]], dtype=object)
+            status = h5["status"][start:stop]
+            changed = (stored_ids != ids) | (stored_src != srcs)
+            failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
+            if changed.any():
+                h5["object_id"][start:stop] = ids
+                h5["source"][start:stop] = srcs
+            reset = changed | failed
+            if reset.any():
+                status[reset] = STATUS["PENDING"]
+                h5["status"][start:stop] = status
+                errors = h5["error"][start:stop]
+                errors[reset] = ""
+                h5["error"][start:stop] = errors
+            n_changed += int(changed.sum())
+            n_failed += int(failed.sum())
+    notes = []
+    if n_changed:
+        notes.append(f"{path}: {n_changed} of {info.n_rows} rows hold another object id or spectrum path than the "
+                     "catalog's (re-sorted or edited?); they are read again")
+    if n_failed:
+        notes.append(f"{path}: {n_failed} rows that could not be read before are tried again")
     return info, notes
 
 

@@ -205,7 +205,10 @@ class Survey:
             name = lookup.get(str(rule["column"]).upper())
             if name is None:
                 continue  # the rule's column is absent: it cannot be applied
-            values = np.asarray(table[name])
+            column = table[name]
+            if np.ma.isMaskedArray(column):  # a masked (missing) value passes no rule
+                keep &= ~np.ma.getmaskarray(column)
+            values = np.asarray(np.ma.getdata(column))
             if values.dtype.kind in "SUO":
                 values = _text_array(values)
             keep &= np.asarray(SELECTION_OPS[rule["op"]](values, rule["value"]), dtype=bool)

@@ -88,6 +88,7 @@ def test_masked_reference_z_in_an_astropy_hdf5_catalog_is_missing_not_its_fill_v
     columns = _columns()
     table = Table(columns)
     table["Z"] = MaskedColumn([0.1, 99.0, 0.0, 0.3], mask=[False, True, False, False])
+    table["ZWARNING"] = MaskedColumn([0, 0, 0, 0], mask=[False, False, True, False])  # missing passes no rule
     catalog = case.inputs / "cat.h5"
     table.write(catalog, path="catalog", serialize_meta=True)
     before = _hashes(case.inputs)
@@ -101,6 +102,7 @@ def test_masked_reference_z_in_an_astropy_hdf5_catalog_is_missing_not_its_fill_v
     assert flags[1] & PredFlag.NO_REFERENCE_Z
     assert not annotated["PRED_Z_CATASTROPHIC"][1]  # judged against nothing, not against 99.0
     assert not flags[0] & PredFlag.NO_REFERENCE_Z
+    assert flags[2] & PredFlag.NOT_SELECTED and not flags[3] & PredFlag.NOT_SELECTED
 
 
 @pytest.mark.parametrize("layout", ["sharded FITS", "pandas HDF5", "sharded pandas HDF5"])
