@@ -441,8 +441,8 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
     assert [p.name for p in case.out_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def _interrupt_a_run(case) -> tuple[int, str]:
-    """Start `annotate run` on `case`, send SIGINT once its store exists; (exit code, stderr)."""
+def _interrupt_a_run(case, sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr)."""
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -457,7 +457,7 @@ def _interrupt_a_run(case) -> tuple[int, str]:
         if store.exists() or proc.poll() is not None:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
 

@@ -6,15 +6,12 @@ the temporary files a killed run left, and says so. Inputs are hashed before and
 import fcntl
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from annotate.cli import main
 
-from test_bad_input import Case, _columns, _hashes
+from test_bad_input import Case, _columns, _hashes, _interrupt_a_run
 from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
@@ -107,20 +104,11 @@ def test_sigterm_to_a_running_process_exits_143_and_leaves_nothing(tmp_path, mic
     case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
         "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
     before = _hashes(case.inputs)
-    store = case.out_dir / "cat.annotated.spectra.h5"
     outcomes = []
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        for _ in range(600):  # the store exists once ingest has begun
-            if store.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        outcomes.append((proc.returncode, err.strip().splitlines()[-1:]))
-        if proc.returncode == 143:
+        code, err = _interrupt_a_run(case, signal.SIGTERM)
+        outcomes.append((code, err.strip().splitlines()[-1:]))
+        if code == 143:
             break
         for path in case.out_dir.iterdir():
             path.unlink()

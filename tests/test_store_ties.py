@@ -8,33 +8,20 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 from astropy.table import Table
 
-from annotate.checkpoint import LabelNorm, ModelCard, backbone_dict, save_checkpoint
 from annotate.errors import StoreError
 from annotate.flags import PredFlag
 from annotate.grid import WavelengthGrid
-from annotate.model import build_model
 from annotate.pipeline import RunSettings, run
-from annotate.render import RenderSettings
 from annotate.simulate.writer import write_catalog, write_sdss_spec
 from annotate.store import STATUS, create_store, prepare_store, read_status
 from annotate.surveys import load_survey
 
+from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
+
 N = 6
 LOGLAM = 3.5530 + 1e-4 * np.arange(4640)
-
-
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("vit-micro")
-    norms = {"z": LabelNorm(0.2, 0.2, "log1p10"), "teff": LabelNorm(6000.0, 1500.0),
-             "logg": LabelNorm(4.0, 1.0), "feh": LabelNorm(-0.5, 0.5)}
-    card = ModelCard(backbone=backbone_dict(model.backbone.config), render=RenderSettings(), grid=WavelengthGrid(),
-                     label_norm=norms, name="micro-random")
-    return save_checkpoint(model, card, tmp_path_factory.mktemp("model") / "micro")
 
 
 def _columns(first_id: int, catalog_ids) -> dict:
