@@ -85,7 +85,7 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
         if name in pred:
             pred[name] = np.array([str(v).strip() for v in pred[name]], dtype=object)
     try:
-        paths = survey.spectrum_paths(table)
+        paths = [path or "" for path in survey.spectrum_paths(table)]  # None: the row makes no path
     except CatalogError:
         paths = [""] * len(pred["PRED_Z"])
     return reference, pred, survey, survey.selected(table), paths

@@ -297,7 +297,10 @@ def remove_stale_temporaries(out: Path, notes: list | None = None) -> None:
     """Remove `.<name>.<pid>.tmp` files beside `out` (write-backs of runs that were killed): only
     called while the output's lock is held, so no live run is writing any of them."""
     out = Path(out)
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+    prefix = f".{out.name}."
+    with os.scandir(out.parent) as entries:  # not glob: a name may hold glob's own characters
+        stale = [Path(e.path) for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    for tmp in stale:
         try:
             tmp.unlink()
         except OSError:
