@@ -86,9 +86,23 @@ def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = 
             # slice the table before taking columns: astropy converts (decodes, scales) a whole
             # column on first access, so data[name][rows] would cost the full column every time
             part = data[rows if rows is not None else slice(None)]
-            return {name: np.array(part[name]) for name in names if name.upper() in wanted}
+            columns = hdul[hdu].columns
+            return {name: _with_nulls(np.array(part[name]), columns[name].null)
+                    for name in names if name.upper() in wanted}
     except OSError as exc:
         raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+
+
+def _with_nulls(values: np.ndarray, null) -> np.ndarray:
+    """An integer FITS column with TNULL as a masked array (the null value means missing, as a
+    masked value of an HDF5 catalog and NaN do); every other column as it is."""
+    if null is None or values.dtype.kind not in "iu" or isinstance(null, str):
+        return values
+    try:
+        missing = values == int(null)
+    except (TypeError, ValueError):
+        return values
+    return np.ma.MaskedArray(values, mask=missing) if missing.any() else values
 
 
 def check_catalog_file(path: Path) -> None:

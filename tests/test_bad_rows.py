@@ -130,3 +130,22 @@ def test_row_with_a_nan_path_column_in_sharded_runs_and_hdf5_catalogs_is_one_fla
     table = pd.read_hdf(out) if "HDF5" in layout else Table.read(out, mask_invalid=False).to_pandas()
     assert table["PRED_FLAGS"].iloc[0] & PredFlag.NO_SPECTRUM and np.isnan(table["PRED_Z"].iloc[0])
     assert np.isfinite(table["PRED_Z"].iloc[1:]).all()
+
+
+def test_integer_fits_column_with_tnull_is_missing_where_null(tmp_path, micro_model, capsys):
+    from astropy.io import fits
+
+    case = Case(tmp_path, micro_model).write()
+    with fits.open(case.catalog) as hdul:
+        table = hdul[1]
+        field = table.data["FIELD"].copy()
+        field[0] = -1
+        cols = [fits.Column(c.name, c.format, array=(field if c.name == "FIELD" else table.data[c.name]),
+                            null=(-1 if c.name == "FIELD" else None)) for c in table.columns]
+    fits.BinTableHDU.from_columns(cols).writeto(case.catalog, overwrite=True)
+    before = _hashes(case.inputs)
+    assert main(case.argv()) == 3
+    assert "FIELD is masked (missing)" in capsys.readouterr().out
+    assert _hashes(case.inputs) == before
+    out = Table.read(case.out, mask_invalid=False)
+    assert out["PRED_FLAGS"][0] & PredFlag.NO_SPECTRUM and np.isfinite(out["PRED_Z"][1:]).all()
