@@ -247,14 +247,13 @@ def _print_crosscheck(result) -> None:
 def _cmd_render(args) -> int:
     from .errors import OutputError
     from .images import contact_sheet, render_store
+    from .pipeline import refuse_non_regular
     from .render import RenderSettings
 
     out = Path(args.out)
     if out.resolve() == Path(args.store).resolve():
         raise OutputError(f"--out {out} is the spectra store it renders; choose another --out")
-    if out.exists() and not out.is_file():
-        raise OutputError(f"--out {out} is {'a folder' if out.is_dir() else 'not a regular file'}; "
-                          "render writes a regular file there")
+    refuse_non_regular(out, "--out")
     if args.preview:
         print(f"contact sheet: {contact_sheet(args.store, args.out, args.preview)}")
         return 0

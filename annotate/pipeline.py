@@ -341,9 +341,16 @@ def check_outputs(out: Path, catalog: Path, store: Path | None, model: Path | No
             if target.resolve() == path or path in target.resolve().parents:
                 raise OutputError(f"{flag} {target} would overwrite {what} ({path})")
     for path, flag in written:
-        if path.exists() and not path.is_file():
-            kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
-            raise OutputError(f"{flag} {path} is {kind}; annotate writes a regular file there")
+        refuse_non_regular(path, flag)
+
+
+def refuse_non_regular(path: Path, flag: str) -> None:
+    """OutputError when `path` exists but is not a regular file (a folder, a device, a FIFO): the
+    write-back replaces an output by renaming, which would replace such a thing."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise OutputError(f"{flag} {path} is {kind}; annotate writes a regular file there")
 
 
 def row_flags(status: np.ndarray, coverage: np.ndarray, reference: dict, selected: np.ndarray,

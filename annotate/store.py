@@ -228,14 +228,13 @@ def ingest_rows(task: dict) -> dict:
         "flux": np.zeros((n, grid.n_pix), np.float32), "ivar": np.zeros((n, grid.n_pix), np.float32),
         "mask": np.ones((n, grid.n_pix), np.uint8), "status": np.zeros(n, np.int8), "error": [""] * n,
     }
+    reasons = task.get("reasons") or [""] * n
     for i, path in enumerate(task["paths"]):
         if task["refused"][i]:
-            reason = (task.get("reasons") or [""] * n)[i]
-            out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], reason or "path outside the spectra root"
+            out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], reasons[i] or "path outside the spectra root"
             continue
         if not path:
-            reason = (task.get("reasons") or [""] * n)[i]
-            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], reason or "no spectrum path for this row"
+            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], reasons[i] or "no spectrum path for this row"
             continue
         try:
             with warnings.catch_warnings():  # astropy's per-file warnings: the row's error says it

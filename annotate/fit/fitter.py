@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
-from .scan import Backend, ShiftProducts, chi2_reduction_upper, coarse_scan, legendre, prepare_spectrum, spectrum_arrays
+from .scan import (Backend, ShiftProducts, binned_spectrum, chi2_reduction_upper, coarse_scan, legendre,
+                   prepare_spectrum, spectrum_arrays)
 
 LN10 = np.log(10.0)
 CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
@@ -345,9 +346,7 @@ class Fitter:
         lo, hi = max(0, -first), min(n_bins, binned.shape[2] - first)
         if hi > lo:
             t[:, lo:hi] = binned[phase][:, first + lo:first + hi]
-        wb = w[:n_bins * factor].reshape(n_bins, factor).sum(-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fb = np.where(wb > 0, (f * w)[:n_bins * factor].reshape(n_bins, factor).sum(-1) / np.where(wb > 0, wb, 1.0), 0.0)
+        fb, wb = binned_spectrum(f, w, factor)
         poly = _legendre_cached(n_bins, len(self.poly))
         tw = t * wb
         n_p = len(poly)

@@ -159,6 +159,15 @@ def _bin(values: np.ndarray, factor: int) -> np.ndarray:
     return values[..., :n].reshape(*values.shape[:-1], -1, factor).sum(axis=-1)
 
 
+def binned_spectrum(f: np.ndarray, w: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, weight) over bins of `factor` pixels (any leading shape): the weighted mean flux
+    (0 where a bin has no weight) and the summed weight, the bin's inverse variance."""
+    fb_w = _bin(f * w, factor)
+    wb = _bin(w, factor)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(wb > 0, fb_w / np.where(wb > 0, wb, 1.0), 0.0), wb
+
+
 def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, factor: int,
                 backend: Backend, shift_range: tuple | None = None, n_poly: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """χ² of `basis` plus `n_poly` Legendre terms against spectra (f, w: (B, n)) binned by
@@ -174,10 +183,7 @@ def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, f
     lo, hi = shift_range if shift_range is not None else basis.shift_range()
     nb = f.shape[-1] // factor
     plan = _coarse_plan(basis, grid_start, factor, nb, (lo, hi), n_poly, backend)
-    fb_w = _bin(f * w, factor)          # Σ w f per bin
-    wb = _bin(w, factor)                # Σ w per bin: the bin's inverse variance
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fb = np.where(wb > 0, fb_w / np.where(wb > 0, wb, 1.0), 0.0)
+    fb, wb = binned_spectrum(f, w, factor)
     chi2 = np.empty((len(f), len(plan["shifts"])))
     for first in range(0, len(f), COARSE_CHUNK):
         rows = slice(first, first + COARSE_CHUNK)
