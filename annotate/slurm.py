@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -141,7 +142,12 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DistributedDataParallel
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True))
+        summary = train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True))
+        # finished: the timeout signal may still come while submitit writes the result and Python exits.
+        # Requeueing then would train nothing, and the signal's default action would end a completed
+        # job as FAILED in the accounting, so a finished job ignores it (the hard limit still holds).
+        signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN)
+        return summary
 
 
 # one rank failing ends the others at once, instead of leaving them at a collective until it times out
