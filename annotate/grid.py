@@ -56,6 +56,14 @@ class WavelengthGrid:
         return asdict(self)
 
 
+def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
+    """Air → vacuum wavelengths (Å) with the refractive index of Morton 2000 (ApJS 130, 403),
+    as used by the SDSS and VALD; valid above 2000 Å."""
+    s2 = (1e4 / wave_air) ** 2
+    n = 1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
+    return wave_air * n
+
+
 def pixel_edges(wavelength: np.ndarray) -> np.ndarray:
     """(n + 1,) edges of pixels with centres `wavelength` (n,), Å, ascending: midpoints, extrapolated."""
     mid = 0.5 * (wavelength[1:] + wavelength[:-1])

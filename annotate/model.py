@@ -35,6 +35,8 @@ BACKBONES = {
     "vit-micro": Preset(32, 1, 2, 64, patch_size=32),
     "vit-tiny": Preset(128, 4, 4, 512),
     "vit-tiny-p32": Preset(128, 4, 4, 512, patch_size=32),
+    "vit-mini-p32": Preset(128, 2, 4, 512, patch_size=32),
+    "vit-wide-p32": Preset(192, 6, 6, 768, patch_size=32),
     "vit-small": Preset(384, 12, 6, 1536),
 }
 PRETRAINED = ("facebook/dino-vitb16", "facebook/dino-vits16", "google/vit-base-patch16-224-in21k")

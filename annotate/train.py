@@ -129,11 +129,8 @@ def multitask_loss(out: dict, batch: dict, weights: dict, tasks: tuple = TASKS) 
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS) -> dict:
-    """Metrics in physical units over `loader`: loss, and per task accuracy / z R², NMAD, η, CRPS /
-    Teff, logg, [Fe/H] R² (and the number of labelled rows each used)."""
-    from .metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
-
+def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
+    """Per-row targets and outputs over `loader`, in its order (normalised units) and the losses."""
     model.eval()
     rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mask", "z_mu", "z_sigma", "stellar_true",
                             "stellar_pred", "stellar_mask", "loss")}
@@ -154,7 +151,27 @@ def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS)
             rows["stellar_pred"].append(out["stellar"].float().cpu().numpy())
             rows["stellar_mask"].append(batch["stellar_mask"].cpu().numpy())
     model.train()
-    cat = {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
+    return {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
+
+
+def stellar_physical(rows: dict, norms: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) (n, 3) Teff, log g, [Fe/H] in physical units, NaN where unlabelled."""
+    true = np.full(rows["stellar_true"].shape, np.nan)
+    pred = np.full(rows["stellar_pred"].shape, np.nan)
+    for i, key in enumerate(STELLAR_LABELS):
+        m = rows["stellar_mask"][:, i]
+        true[m, i] = norms[key].decode(rows["stellar_true"][m, i].astype(float))
+        pred[:, i] = norms[key].decode(rows["stellar_pred"][:, i].astype(float))
+    return true, pred
+
+
+def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS, rows: dict | None = None) -> dict:
+    """Metrics in physical units over `loader` (or over `rows` from `predict_rows`): loss, and per
+    task accuracy / z R², NMAD, η, CRPS / Teff, logg, [Fe/H] R² (and the number of labelled rows
+    each used)."""
+    from .metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
+
+    cat = predict_rows(model, loader, device, autocast, tasks) if rows is None else rows
     metrics = {"loss": float(cat["loss"].mean()), "n": int(len(cat["cls_true"]))}
     if "class" in tasks:
         labelled = cat["cls_true"] != -100
@@ -169,11 +186,10 @@ def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS)
                         "z_eta": outlier_fraction(z_true, z_pred), "z_crps": gaussian_crps(z_true, z_pred, z_sigma),
                         "z_n": int(m.sum())})
     if "stellar" in tasks:
+        true, pred = stellar_physical(cat, norms)
         for i, key in enumerate(STELLAR_LABELS):
             m = cat["stellar_mask"][:, i]
-            true = norms[key].decode(cat["stellar_true"][m, i].astype(float))
-            pred = norms[key].decode(cat["stellar_pred"][m, i].astype(float))
-            metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true, pred), int(m.sum())
+            metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true[m, i], pred[m, i]), int(m.sum())
     return metrics
 
 
@@ -437,9 +453,9 @@ def _finish(recipe, out_dir, data, split, norms, settings, device, autocast, car
     from .trainstate import STATE_DIR
 
     best_model, _ = load_checkpoint(out_dir, str(device))
-    test, held_out = held_out_metrics(best_model, recipe, data, split, norms, settings, device, autocast)
+    test, held_out, robustness = held_out_metrics(best_model, recipe, data, split, norms, settings, device, autocast)
     summary = {"tasks": list(recipe.tasks), "best_epoch": state.best["epoch"], "test": test,
-               "held_out_stars": held_out, "device": str(device), "seconds": round(seconds, 1),
+               "held_out_stars": held_out, **({"robustness": robustness} if robustness else {}), "device": str(device), "seconds": round(seconds, 1),
                "steps": state.step, "annotate_version": __version__,
                "split_counts": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
     card = ModelCard(**card_base, training={"recipe": recipe.to_json(), **summary})
@@ -452,13 +468,18 @@ def _finish(recipe, out_dir, data, split, norms, settings, device, autocast, car
 
 
 def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms: dict, settings: RenderSettings,
-                     device, autocast) -> tuple[dict, dict]:
-    """Metrics on the test split and on the spectra of held-out stars (empty dicts where absent)."""
+                     device, autocast) -> tuple[dict, dict, dict]:
+    """Metrics on the test split, on the spectra of held-out stars (with RMSE by S/N next to the
+    k-nearest-templates baseline, `stellarbaseline`) and on the robustness sets (empty where
+    absent)."""
 
     def batches(part: dict, rows: np.ndarray):
         dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std)
         indices = np.flatnonzero(rows)
         return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
+
+    def everything(part: dict):
+        return batches(part, np.ones(len(part["flux"]), bool))
 
     tasks = tuple(recipe.tasks)
     test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks) \
@@ -466,8 +487,28 @@ def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms
     extra = data.get("held_out_stars")
     held_out = {}
     if extra is not None:
-        held_out = evaluate(model, batches(extra, np.ones(len(extra["flux"]), bool)), norms, device, autocast, tasks)
-    return test, held_out
+        rows = predict_rows(model, everything(extra), device, autocast, tasks)
+        held_out = evaluate(model, None, norms, device, autocast, tasks, rows=rows)
+        if "stellar" in tasks and "train_star_indices" in data and "snr" in extra:
+            held_out["stellar"] = stellar_comparison(rows, norms, extra, data["train_star_indices"], WavelengthGrid(**recipe.grid))
+    robustness = {name: evaluate(model, everything(part), norms, device, autocast, tasks)
+                  for name, part in data.get("robustness", {}).items()}
+    return test, held_out, robustness
+
+
+def stellar_comparison(rows: dict, norms: dict, stars: dict, train_star_indices: np.ndarray, grid: WavelengthGrid) -> dict:
+    """The ViT's and the k-nearest-templates baseline's Teff / log g / [Fe/H] on held-out stars, by
+    S/N: {'vit': report, 'baseline': report} (`stellarbaseline.stellar_report`)."""
+    from . import stellarbaseline
+    from .simulate.templates import load_library
+
+    true, vit = stellar_physical(rows, norms)
+    templates, usable, labels = stellarbaseline.template_stars(load_library(), np.asarray(train_star_indices), grid)
+    baseline = stellarbaseline.nearest_templates(stars["flux"], stars["ivar"], templates, usable, labels)
+    snr = np.asarray(stars["snr"], float)
+    return {"vit": stellarbaseline.stellar_report(true, vit, snr),
+            "baseline": stellarbaseline.stellar_report(true, baseline, snr),
+            "baseline_method": f"mean labels of the {stellarbaseline.K} training stars nearest by χ²"}
 
 
 def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
@@ -487,8 +528,10 @@ def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    test, held_out = held_out_metrics(model, recipe, data, split, card.label_norm, card.render, device, autocast)
-    training = {**card.training, "test": test, "held_out_stars": held_out, "annotate_version": __version__}
+    test, held_out, robustness = held_out_metrics(model, recipe, data, split, card.label_norm, card.render, device,
+                                                  autocast)
+    training = {**card.training, "test": test, "held_out_stars": held_out, "annotate_version": __version__,
+                **({"robustness": robustness} if robustness else {})}
     write_card(folder, ModelCard(**{**card.__dict__, "training": training}))
     log(json.dumps({"test": test, "held_out_stars": held_out}))
     return training

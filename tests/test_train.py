@@ -230,3 +230,21 @@ def test_every_shipped_recipe_is_valid_and_the_paper_recipes_follow_the_paper():
         assert (paper.backbone, paper.pretrained, paper.lr, paper.weight_decay) == ("facebook/dino-vitb16", True, 1e-5, 0.01)
         assert (paper.image_mean, paper.image_std, paper.select_by) == (0.5, 0.5, "score") and paper.epochs >= 30
         assert "catalog" in paper.data and paper.render.get("encoding") == "2dmap"
+
+
+def test_a_realistic_simulated_run_reports_robustness_and_the_stellar_baseline(tmp_path):
+    simulate = {"n_objects": 150, "seed": 0, "n_held_out_spectra": 60, "workers": 1, "realism": {"strength": 1.0},
+                "n_robustness_spectra": 40}
+    recipe = _recipe(tmp_path, "unused", data={"simulate": simulate}, epochs=1, batch_size=16, val_fraction=0.2,
+                     test_fraction=0.2)
+    summary = train(recipe, tmp_path / "ckpt", log=lambda line: None)
+    assert summary["robustness"]["matched"]["n"] == summary["robustness"]["harder"]["n"] == 40
+    assert 0.0 <= summary["robustness"]["harder"]["class_accuracy"] <= 1.0
+    stellar = summary["held_out_stars"]["stellar"]
+    for method in ("vit", "baseline"):
+        bins = stellar[method]["teff"]["by_snr"]
+        assert sum(b["n"] for b in bins) == 60  # every held-out MILES star has a Teff
+        assert all(np.isfinite(b["rmse"]) for b in bins if b["n"])
+    # the baseline is a real one: χ² neighbours place held-out stars' Teff far better than a constant
+    assert stellar["baseline"]["teff"]["r2_snr_ge_20"] > 0.5
+    assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["robustness"]["harder"]["n"] == 40

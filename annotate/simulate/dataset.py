@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
 from ..grid import WavelengthGrid
+from .realism import Realism
 from .spectra import SimulationSettings, draw_sample
 from .templates import load_library
 
@@ -46,17 +48,31 @@ def simulate(n_objects: int, grid: WavelengthGrid, seed: int, star_indices: np.n
 
 def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, held_out_star_fraction: float = 0.15,
                           n_held_out_spectra: int = 0, workers: int | None = None,
-                          class_fractions: tuple | None = None) -> dict:
+                          class_fractions: tuple | None = None, realism: dict | float | None = None,
+                          n_robustness_spectra: int = 0, harder_strength: float = 2.0) -> dict:
     """A training sample (flux, mask, class, z, teff, logg, feh, object) plus, when
-    n_held_out_spectra > 0, 'held_out_stars': spectra of the held-out MILES stars only."""
+    n_held_out_spectra > 0, 'held_out_stars': spectra of the held-out MILES stars only.
+
+    realism: the recipe's `realism:` (`Realism.from_dict`); None is the plain simulator.
+    n_robustness_spectra > 0 (with realism) adds 'robustness': {'matched': ..., 'harder': ...},
+    the same new objects (all classes, stars from the held-out ones) with the training's realism
+    and with every effect `harder_strength` times stronger."""
     lib = load_library()
     held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
-    settings = SimulationSettings() if class_fractions is None else SimulationSettings(class_fractions=tuple(class_fractions))
+    effects = Realism.from_dict(realism)
+    settings = SimulationSettings(realism=effects)
+    if class_fractions is not None:
+        settings = replace(settings, class_fractions=tuple(class_fractions))
     data = simulate(n_objects, grid, seed, train_stars, settings, workers)
     data["object"] = np.arange(n_objects)
     if n_held_out_spectra:
-        star_only = SimulationSettings(class_fractions=(0.0, 0.0, 1.0))
+        star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))
         data["held_out_stars"] = simulate(n_held_out_spectra, grid, seed + 1, held, star_only, workers)
+    if n_robustness_spectra and effects is not None:
+        harder = replace(settings, realism=replace(effects, strength=effects.strength * harder_strength))
+        data["robustness"] = {"matched": simulate(n_robustness_spectra, grid, seed + 2, held, settings, workers),
+                              "harder": simulate(n_robustness_spectra, grid, seed + 2, held, harder, workers)}
     data["held_out_star_names"] = lib.star_name[held]
+    data["train_star_indices"] = train_stars
     return data

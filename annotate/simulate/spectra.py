@@ -20,6 +20,8 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
+from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
+                      delayed_tau_weights, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
 LN10 = np.log(10.0)
@@ -59,6 +61,7 @@ class SimulationSettings:
     edge_mask_probability: float = 0.15
     blue_mask_probability: float = 0.4
     observed_range_aa: tuple = (3600.0, 10400.0)
+    realism: Realism | None = None  # sky, calibration, dust, histories, quasar diversity (realism.py)
 
 
 def loguniform(rng: np.random.Generator, low: float, high: float, size=None):
@@ -120,8 +123,11 @@ def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settin
     return lib.star_loglam, flux, z, labels
 
 
-def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings):
-    """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines."""
+def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings,
+                extra_rng: np.random.Generator | None = None):
+    """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines. With
+    `settings.realism` (and `extra_rng`, its stream) often a delayed-τ history over one set's
+    populations instead, and Calzetti dust on the stars and, more strongly, on the lines."""
     z = rng.uniform(*settings.z_galaxy)
     # populations that cover the rest-frame range observed at this z, as far as any does (the
     # MaNGA sets start at 3000-3622 Å, so at higher z the blue end stays masked)
@@ -132,41 +138,72 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     old, young = rng.choice(usable, size=2)
     weight = rng.uniform(0.0, 0.6) if rng.random() < 0.6 else 0.0
     flux = (1 - weight) * lib.gal_flux[old].astype(np.float64) + weight * lib.gal_flux[young]
+    used = [old, young]
+    label = f"{lib.gal_set[old]}+{lib.gal_set[young]}"
+    realism = settings.realism if extra_rng is not None else None
+    if realism is not None and extra_rng.random() < realism.sfh_probability:
+        members = usable[lib.gal_set[usable] == lib.gal_set[old]]
+        weights = delayed_tau_weights(lib.gal_age_gyr[members], extra_rng)
+        flux = weights @ lib.gal_flux[members].astype(np.float64)
+        used = list(members[weights > 0])
+        label = f"{lib.gal_set[old]}:tau"
     step = lib.gal_loglam[1] - lib.gal_loglam[0]
     dispersion = rng.uniform(60.0, 300.0)
-    template_sigma = max(lib.gal_sigma_kms[old], lib.gal_sigma_kms[young])
+    template_sigma = float(np.max(lib.gal_sigma_kms[used]))
     extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
     flux = broaden(flux, extra, step)
+    wave = 10.0**lib.gal_loglam
+    ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
+    if ebv > 0:
+        flux = attenuate(wave, flux, ebv, calzetti_k)
     if rng.random() < 0.55:  # star-forming: emission lines scaled to a random H-alpha EW
-        wave = 10.0**lib.gal_loglam
         near_ha = np.abs(wave - 6564.61) < 50
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
         ew_halpha = loguniform(rng, 2.0, 150.0)
         ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
         ratios[GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))] = 1.0
+        if ebv > 0:  # the lines see E(B-V)_gas = E(B-V)_stars / 0.44; relative to H-alpha
+            centres = np.array([c for _, c, _ in GALAXY_LINES])
+            extra_ebv = ebv * (GAS_TO_STARS_EBV - 1.0)
+            ratios = ratios * 10.0 ** (-0.4 * extra_ebv * (calzetti_k(centres) - calzetti_k(np.float64(6564.61))))
         sigma_gas = np.sqrt(rng.uniform(40.0, 150.0) ** 2 + settings.resolution_sigma_kms**2)
         flux = add_lines(lib.gal_loglam, flux, GALAXY_LINES, ew_halpha * continuum * ratios, sigma_gas)
-    return lib.gal_loglam, flux, z, {"template": f"{lib.gal_set[old]}+{lib.gal_set[young]}"}
+    return lib.gal_loglam, flux, z, {"template": label}
 
 
 def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float | None = None,
-                loglam_step: float = 1e-4, forest_fluctuations: bool = True):
+                loglam_step: float = 1e-4, forest_fluctuations: bool = True,
+                extra_rng: np.random.Generator | None = None):
     """(rest loglam, rest flux, z, labels): power law, broad lines, Lyα forest at the object's z
-    (its mean transmission only when `forest_fluctuations` is False)."""
+    (its mean transmission only when `forest_fluctuations` is False). With `settings.realism` (and
+    `extra_rng`, its stream): a wider slope, a width per broad line, blueshifted high-ionisation
+    lines and SMC-like reddening; z stays the systemic redshift of the narrow lines."""
     z = rng.uniform(*settings.z_qso) if z is None else z
     loglam = np.arange(np.log10(650.0), np.log10(11000.0), loglam_step)
     wave = 10.0**loglam
     alpha_nu = rng.normal(-0.5, 0.3)
-    flux = (wave / 3000.0) ** (-(2.0 + alpha_nu))
     fwhm_kms = rng.uniform(2500.0, 8000.0)
     ew = np.array([e for _, _, e in QSO_LINES]) * loguniform(rng, 0.5, 2.0, len(QSO_LINES))
+    realism = settings.realism if extra_rng is not None else None
+    lines, widths = QSO_LINES, np.full(len(QSO_LINES), fwhm_kms)
+    if realism is not None:
+        alpha_nu = extra_rng.normal(-0.5, realism.qso_slope_sigma)
+        widths = fwhm_kms * 10.0 ** extra_rng.normal(0.0, realism.qso_width_scatter_dex * realism.strength, len(lines))
+        blueshift = extra_rng.uniform(*realism.civ_blueshift_kms) * realism.strength
+        shift = {name: (blueshift if name == "CIV" else 0.5 * blueshift) for name in HIGH_IONISATION}
+        lines = tuple((name, centre * (1.0 - shift.get(name, 0.0) / SPEED_OF_LIGHT_KMS), e)
+                      for name, centre, e in QSO_LINES)
+    flux = (wave / 3000.0) ** (-(2.0 + alpha_nu))
     continuum_at = (np.array([c for _, c, _ in QSO_LINES]) / 3000.0) ** (-(2.0 + alpha_nu))
-    flux = add_lines(loglam, flux, QSO_LINES, ew * continuum_at, fwhm_kms * FWHM_TO_SIGMA)
+    for line, amplitude, width in zip(lines, ew * continuum_at, widths):
+        flux = add_lines(loglam, flux, (line,), (amplitude,), width * FWHM_TO_SIGMA)
     ew_narrow = np.array([e for _, _, e in QSO_NARROW]) * loguniform(rng, 0.3, 3.0)
     continuum_narrow = (np.array([c for _, c, _ in QSO_NARROW]) / 3000.0) ** (-(2.0 + alpha_nu))
     flux = add_lines(loglam, flux, QSO_NARROW, ew_narrow * continuum_narrow,
                      np.hypot(rng.uniform(150.0, 400.0), settings.resolution_sigma_kms))
     flux = flux * lyman_transmission(wave, z, rng, fluctuations=forest_fluctuations)
+    if realism is not None:
+        flux = attenuate(wave, flux, extra_rng.exponential(realism.qso_ebv_mean * realism.strength), smc_k)
     return loglam, flux, z, {"template": "powerlaw+lines"}
 
 
@@ -190,9 +227,12 @@ def lyman_transmission(rest_wave: np.ndarray, z: float, rng: np.random.Generator
 
 
 def observe(rest_loglam: np.ndarray, rest_flux: np.ndarray, z: float, grid: WavelengthGrid,
-            snr: float, flux_level: float, rng: np.random.Generator):
+            snr: float, flux_level: float, rng: np.random.Generator, realism: Realism | None = None,
+            extra_rng: np.random.Generator | None = None, resolution_sigma_kms: float = 69.0):
     """Redshift a rest-frame spectrum to z, resample onto `grid`, scale to `flux_level` and add
-    Gaussian noise of median per-pixel S/N `snr` (variance grows with the source flux).
+    Gaussian noise of median per-pixel S/N `snr` (variance grows with the source flux). With
+    `realism` (and `extra_rng`, its stream): calibration error, sky noise and residuals
+    (`realism.observe_with_sky`); the noise itself is drawn from `rng` in either case.
 
     Returns flux, ivar (float32, 1e-17 erg/s/cm²/Å units) and mask (bool) on the grid.
     """
@@ -207,6 +247,9 @@ def observe(rest_loglam: np.ndarray, rest_flux: np.ndarray, z: float, grid: Wave
     median = np.median(np.abs(flux[good]))
     median = median if median > 0 else 1.0
     flux = flux * (flux_level / median)
+    if realism is not None:
+        noisy, ivar = observe_with_sky(flux, good, grid, snr, flux_level, realism, resolution_sigma_kms, extra_rng, rng)
+        return noisy.astype(np.float32), ivar.astype(np.float32), mask
     sigma = (flux_level / snr) * np.sqrt(0.5 + 0.5 * np.abs(flux) / flux_level)
     noisy = flux + rng.normal(0.0, 1.0, flux.shape) * sigma
     ivar = np.where(good, 1.0 / sigma**2, 0.0)
@@ -222,6 +265,8 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     class (n,) str, z, teff, logg, feh, snr, flux_level (n,) float64, template (n,) str.
     """
     rng = np.random.default_rng(seed)
+    realism = settings.realism
+    extra_rng = realism_rng(seed) if realism is not None else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
     out = {
@@ -237,12 +282,15 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
             loglam, flux, z, labels = star_rest(lib, int(rng.choice(star_indices)), rng, settings)
             out["teff"][i], out["logg"][i], out["feh"][i] = labels["teff"], labels["logg"], labels["feh"]
         elif name == "GALAXY":
-            loglam, flux, z, labels = galaxy_rest(lib, rng, settings)
+            loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng)
         else:
-            loglam, flux, z, labels = quasar_rest(rng, settings)
+            loglam, flux, z, labels = quasar_rest(rng, settings, extra_rng=extra_rng)
         out["z"][i], out["template"][i] = z, labels["template"]
-        flux_obs, ivar, mask = observe(loglam, flux, z, grid, out["snr"][i], out["flux_level"][i], rng)
+        flux_obs, ivar, mask = observe(loglam, flux, z, grid, out["snr"][i], out["flux_level"][i], rng, realism,
+                                       extra_rng, settings.resolution_sigma_kms)
         mask = mask | edge_mask(grid.n_pix, rng, settings.edge_mask_probability, settings.blue_mask_probability)
+        if realism is not None:
+            mask |= bad_columns(grid.n_pix, extra_rng, realism.bad_column_probability * realism.strength)
         out["flux"][i], out["ivar"][i], out["mask"][i] = np.where(mask, 0, flux_obs), np.where(mask, 0, ivar), mask
     out["template"] = out["template"].astype(str)
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from annotate.grid import WavelengthGrid, resample
+from annotate.grid import WavelengthGrid, air_to_vacuum, resample
 
 STAR_RANGE_AA = (3540.0, 10400.0)
 GALAXY_RANGE_AA = (3000.0, 10500.0)
@@ -46,14 +46,6 @@ SSP_SETS = (
     ("m11_marcs", "*_s.fits", False, 2.73),
     ("bc03_mpajhu", "*.fits", False, 2.30),
 )
-
-
-def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    """Air → vacuum wavelengths (Å) with the refractive index of Morton 2000 (ApJS 130, 403),
-    as used by the SDSS and VALD; valid above 2000 Å."""
-    s2 = (1e4 / wave_air) ** 2
-    n = 1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
-    return wave_air * n
 
 
 def header_wavelength(header: fits.Header, n_pix: int) -> np.ndarray:

@@ -1,0 +1,216 @@
+"""Effects of real observations that the templates do not carry, for the simulator.
+
+`Realism` switches them on in `draw_sample` (`SimulationSettings.realism`); every amplitude is
+scaled by `strength` (1: the training set; above 1: a harder set for robustness tests). Its random
+draws come from their own stream, so a sample with and without them holds the same objects at the
+same redshifts and S/N.
+
+Instrument and sky (observed frame):
+- spectrophotometric calibration error: a smooth multiplicative factor, exp of a Legendre series
+  in log λ (orders 1-4), of RMS a few to ~20 % (SDSS: a few per cent, worse at the ends);
+- sky: a continuum rising to the red plus the strong night-sky lines of SKY_LINES; it adds Poisson
+  noise (so the noise is raised at the sky lines) and a subtraction residual at each line, a
+  fraction of its flux plus a P Cygni-like term from a sub-pixel wavelength error;
+- noise whose variance grows with object flux and sky, plus a read-noise floor;
+- bad columns: short masked stretches inside the spectrum.
+Astrophysics (rest frame):
+- dust: Calzetti et al. (2000, ApJ 533, 682) attenuation for galaxies (nebular lines attenuated
+  by E(B-V)_gas = E(B-V)_stars / 0.44), the SMC-like curve A_λ / E(B-V) = 1.39 λ_µm^-1.2 for
+  quasars (Hopkins et al. 2004, AJ 128, 1112);
+- star-formation histories: light fractions of a delayed-τ history over the populations' ages with
+  a random τ and start, and sometimes a recent burst, instead of a mix of two populations;
+- quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
+  high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
+  C IV blueshifts from 0 to a few 1000 km/s).
+
+Night-sky lines: the strongest lines of the Kitt Peak / Lick night sky (Osterbrock et al. 1996,
+PASP 108, 277; 1997, PASP 109, 614), air wavelengths, with rough relative intensities; the OH
+bands red of 6800 Å are thinned to their strongest lines and a rising pseudo-continuum stands
+for the rest. Mercury lines (4358, 5461 Å) are street-light lines present at most sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.polynomial import legendre
+
+from .. import SPEED_OF_LIGHT_KMS
+from ..errors import ConfigError
+from ..grid import WavelengthGrid, air_to_vacuum
+
+# (air wavelength Å, relative intensity)
+SKY_LINES = (
+    (4358.34, 0.3), (5460.74, 0.4), (5577.34, 3.0), (5889.95, 1.0), (5895.92, 0.8), (6300.30, 1.5),
+    (6363.78, 0.5), (6863.96, 0.6), (7276.41, 0.4), (7316.28, 0.9), (7340.89, 0.9), (7750.64, 0.8),
+    (7794.11, 0.8), (7821.50, 0.6), (7913.71, 0.9), (7993.33, 1.0), (8344.60, 1.5), (8399.17, 1.2),
+    (8430.17, 1.2), (8465.36, 1.0), (8827.10, 1.8), (8885.85, 1.6), (8919.63, 1.2), (8958.09, 1.6),
+    (9001.11, 1.4), (9375.96, 1.5), (9439.67, 1.5), (9872.10, 1.2), (10013.0, 1.2), (10124.0, 1.0),
+)
+CALZETTI_RV = 4.05
+GAS_TO_STARS_EBV = 1.0 / 0.44  # Calzetti et al. 2000: E(B-V)_stars = 0.44 E(B-V)_gas
+HIGH_IONISATION = ("Lya", "NV", "SiIV+OIV]", "CIV")
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Ranges of the effects (see the module docstring); all amplitudes times `strength`."""
+
+    strength: float = 1.0
+    calibration_rms: tuple = (0.02, 0.2)   # log-uniform RMS of the multiplicative calibration error
+    sky_to_object: tuple = (0.1, 3.0)      # log-uniform sky continuum at 7000 Å / object median flux
+    sky_line_scale: float = 8.0            # flux of a line of intensity 1 / sky continuum per Å, × Å
+    sky_residual: float = 0.02             # σ of the fractional residual left at each sky line
+    sky_shift_pix: float = 0.1             # σ of the wavelength error of the sky model, pixels
+    read_noise: float = 0.1                # noise floor, as a fraction of the object's median noise
+    bad_column_probability: float = 0.3    # chance of 1-3 interior masked stretches (2-30 px)
+    galaxy_ebv_mean: float = 0.15          # mean of the exponential E(B-V) of galaxies (stars)
+    qso_ebv_mean: float = 0.03             # mean of the exponential E(B-V) of quasars
+    sfh_probability: float = 0.7           # chance of a delayed-τ history instead of two populations
+    qso_slope_sigma: float = 0.5           # σ of α_ν (mean -0.5)
+    qso_width_scatter_dex: float = 0.1     # scatter of each broad line's FWHM around the object's
+    civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
+
+    def __post_init__(self):
+        if not np.isfinite(self.strength) or self.strength < 0:
+            raise ConfigError(f"realism strength must be >= 0, got {self.strength}")
+
+    @classmethod
+    def from_dict(cls, spec: dict | float | None) -> "Realism | None":
+        """A recipe's `realism:` value: a mapping of fields, a bare strength, or nothing."""
+        if spec is None or spec is False:
+            return None
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return cls(strength=float(spec))
+        if spec is True:
+            return cls()
+        if not isinstance(spec, dict):
+            raise ConfigError(f"realism must be a mapping or a strength, got {spec!r}")
+        unknown = set(spec) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown realism keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in spec.items()})
+
+
+def realism_rng(seed: int) -> np.random.Generator:
+    """The effects' own stream for a sample drawn with `seed`."""
+    return np.random.default_rng([int(seed), 0x5EA1])
+
+
+def calzetti_k(rest_wave_aa: np.ndarray) -> np.ndarray:
+    """Calzetti et al. (2000) k(λ) = A_λ / E(B-V)_stars, eqs. 4 (0.12-0.63 µm) and 3 (0.63-2.2 µm),
+    continued flat below 0.12 µm."""
+    lam = np.clip(rest_wave_aa / 1e4, 0.12, 2.2)
+    blue = 2.659 * (-2.156 + 1.509 / lam - 0.198 / lam**2 + 0.011 / lam**3) + CALZETTI_RV
+    red = 2.659 * (-1.857 + 1.040 / lam) + CALZETTI_RV
+    return np.where(lam < 0.63, blue, red)
+
+
+def smc_k(rest_wave_aa: np.ndarray) -> np.ndarray:
+    """SMC-like A_λ / E(B-V) = 1.39 λ_µm^-1.2 (Hopkins et al. 2004)."""
+    return 1.39 * (np.clip(rest_wave_aa, 900.0, None) / 1e4) ** -1.2
+
+
+def attenuate(rest_wave_aa: np.ndarray, flux: np.ndarray, ebv: float, curve) -> np.ndarray:
+    return flux * 10.0 ** (-0.4 * ebv * curve(rest_wave_aa))
+
+
+def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Light fractions (n,) over populations of ages `age_gyr`: a delayed-τ star-formation rate
+    t exp(-t/τ) since a random start, integrated over each population's age bin, and with
+    probability 0.3 a burst in the youngest quarter of the ages. Ages need not be sorted."""
+    ages = np.asarray(age_gyr, float)
+    order = np.argsort(ages)
+    sorted_ages = ages[order]
+    edges = np.concatenate([[0.0], 0.5 * (sorted_ages[1:] + sorted_ages[:-1]), [sorted_ages[-1] * 1.2 + 0.1]])
+    start = rng.uniform(0.3, 1.0) * edges[-1]  # lookback time at which star formation began
+    tau = np.exp(rng.uniform(np.log(0.2), np.log(10.0)))
+    lookback = np.linspace(0.0, edges[-1], 400)
+    t = np.clip(start - lookback, 0.0, None)
+    sfr = t * np.exp(-t / tau)
+    mass = np.array([sfr[(lookback >= lo) & (lookback < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
+    light = mass / np.maximum(sorted_ages, 0.01) ** 0.8  # young populations outshine old per unit mass
+    if rng.random() < 0.3:
+        young = max(1, len(ages) // 4)
+        light[rng.integers(0, young)] += rng.uniform(0.05, 1.0) * max(light.sum(), 1e-12)
+    if light.sum() <= 0:
+        light[-1] = 1.0
+    weights = np.empty_like(light)
+    weights[order] = light / light.sum()
+    return weights
+
+
+@lru_cache(maxsize=8)
+def sky_model(grid: WavelengthGrid, resolution_sigma_kms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(continuum, lines, d lines / d pixel) on `grid` for a sky continuum of 1 per Å at 7000 Å: a
+    continuum rising to the red (the unresolved OH bands) and the lines of SKY_LINES at the
+    instrument's resolution."""
+    wave = grid.wavelength
+    continuum = np.where(wave < 6800.0, (wave / 7000.0) ** 0.5,
+                         (6800.0 / 7000.0) ** 0.5 * (1.0 + 1.5 * (np.clip(wave - 6800.0, 0.0, None) / 3600.0) ** 1.5))
+    pixel = np.arange(grid.n_pix, dtype=float)
+    lines = np.zeros(grid.n_pix)
+    sigma_pix = resolution_sigma_kms / (SPEED_OF_LIGHT_KMS * np.log(10.0) * grid.loglam_step)
+    for air, intensity in SKY_LINES:
+        centre = (np.log10(air_to_vacuum(np.float64(air))) - grid.loglam_start) / grid.loglam_step
+        if -5 * sigma_pix < centre < grid.n_pix + 5 * sigma_pix:
+            sigma_aa = air * resolution_sigma_kms / SPEED_OF_LIGHT_KMS
+            profile = np.exp(-0.5 * ((pixel - centre) / sigma_pix) ** 2) / (np.sqrt(2 * np.pi) * sigma_aa)
+            lines += intensity * profile
+    derivative = np.gradient(lines)
+    for array in (continuum, lines, derivative):
+        array.setflags(write=False)
+    return continuum, lines, derivative
+
+
+def calibration_error(grid: WavelengthGrid, rms: float, rng: np.random.Generator) -> np.ndarray:
+    """(n_pix,) smooth factor exp(Σ a_k P_k(x)), k = 1..4, x = log λ mapped onto [-1, 1], with RMS of
+    the exponent ≈ `rms` (power falling with order)."""
+    x = np.linspace(-1.0, 1.0, grid.n_pix)
+    coefficients = np.concatenate([[0.0], rng.normal(0.0, 1.0, 4) / np.arange(1, 5)])
+    shape = legendre.legval(x, coefficients)
+    spread = shape.std()
+    return np.exp(shape * (rms / spread if spread > 0 else 0.0))
+
+
+def bad_columns(n_pix: int, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """(n_pix,) bool: with `probability`, 1-3 masked stretches of 2-30 pixels anywhere."""
+    mask = np.zeros(n_pix, bool)
+    if rng.random() < min(probability, 1.0):
+        for _ in range(rng.integers(1, 4)):
+            length = int(rng.integers(2, 31))
+            start = int(rng.integers(0, max(1, n_pix - length)))
+            mask[start:start + length] = True
+    return mask
+
+
+def observe_with_sky(flux: np.ndarray, good: np.ndarray, grid: WavelengthGrid, snr: float, flux_level: float,
+                     realism: Realism, resolution_sigma_kms: float, rng: np.random.Generator,
+                     noise_rng: np.random.Generator):
+    """Calibration error, sky, sky residuals and flux- and sky-dependent noise for a spectrum
+    already on `grid` and scaled to median `flux_level` (`good`: pixels with template data).
+    The noise is scaled so that the median S/N per pixel over the good pixels is `snr`.
+
+    Returns (noisy flux, ivar) as float64 on the grid (zero where not good)."""
+    s = realism.strength
+    rms = np.exp(rng.uniform(*np.log(realism.calibration_rms))) * s
+    flux = flux * calibration_error(grid, rms, rng)
+    continuum, lines, derivative = sky_model(grid, resolution_sigma_kms)
+    sky_level = flux_level * np.exp(rng.uniform(*np.log(realism.sky_to_object))) * max(s, 1e-3)
+    sky = sky_level * (continuum + realism.sky_line_scale * lines)
+    # counts-like variance: object + sky + a read-noise floor, in units fixed by the target S/N
+    shape = np.abs(flux) + sky
+    reference = np.median(shape[good]) if good.any() else 1.0
+    variance_shape = shape + (realism.read_noise * reference)
+    relative_sigma = np.sqrt(variance_shape)
+    ratio = np.abs(flux[good]) / relative_sigma[good]
+    scale = np.median(ratio) / snr if good.any() and np.median(ratio) > 0 else flux_level / snr
+    sigma = relative_sigma * scale
+    line_flux = sky_level * realism.sky_line_scale
+    residual = line_flux * (rng.normal(0.0, realism.sky_residual * s) * lines
+                            + rng.normal(0.0, realism.sky_shift_pix * s) * derivative)
+    noisy = flux + residual + noise_rng.normal(0.0, 1.0, flux.shape) * sigma
+    ivar = np.where(good, 1.0 / sigma**2, 0.0)
+    return np.where(good, noisy, 0.0), ivar

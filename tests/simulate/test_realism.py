@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from annotate.errors import ConfigError
+from annotate.grid import WavelengthGrid, air_to_vacuum
+from annotate.simulate.realism import (Realism, bad_columns, calibration_error, calzetti_k, delayed_tau_weights,
+                                       observe_with_sky, sky_model, smc_k)
+from annotate.simulate.spectra import SimulationSettings, draw_sample, quasar_rest
+from annotate.simulate.templates import load_library
+
+GRID = WavelengthGrid()
+
+
+def _median_snr(sample, i):
+    good = ~sample["mask"][i]
+    return np.median(np.abs(sample["flux"][i][good]) * np.sqrt(sample["ivar"][i][good]))
+
+
+def test_realism_draws_the_same_objects_with_the_target_snr():
+    lib = load_library()
+    plain = draw_sample(30, lib, GRID, seed=4)
+    real = draw_sample(30, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism()))
+    assert (plain["class"] == real["class"]).all()
+    np.testing.assert_allclose(real["z"], plain["z"], rtol=0, atol=0)
+    np.testing.assert_allclose(real["snr"], plain["snr"], rtol=0, atol=0)
+    assert not np.array_equal(real["flux"], plain["flux"])
+    # the noise is still scaled to the drawn S/N (measured on noisy flux and after masking, as before)
+    ratio = np.array([_median_snr(real, i) / real["snr"][i] for i in range(30)])
+    plain_ratio = np.array([_median_snr(plain, i) / plain["snr"][i] for i in range(30)])
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.05)
+    assert np.abs(ratio - plain_ratio).max() < 0.25, (ratio, plain_ratio)
+    assert real["mask"].sum() >= plain["mask"].sum()  # bad columns only add masked pixels
+    assert np.isfinite(real["flux"]).all() and (real["ivar"][real["mask"]] == 0).all()
+
+
+def test_calzetti_and_smc_curves_at_published_points():
+    assert calzetti_k(np.array([5500.0]))[0] == pytest.approx(4.05, abs=0.01)  # k(V) = R_V
+    assert calzetti_k(np.array([4400.0]))[0] - calzetti_k(np.array([5500.0]))[0] == pytest.approx(1.0, abs=0.05)
+    assert smc_k(np.array([10000.0]))[0] == pytest.approx(1.39)
+    assert smc_k(np.array([2000.0]))[0] == pytest.approx(1.39 * 0.2**-1.2)
+
+
+def test_calibration_error_is_smooth_with_the_requested_rms():
+    rng = np.random.default_rng(0)
+    factors = np.array([calibration_error(GRID, 0.1, rng) for _ in range(20)])
+    np.testing.assert_allclose(np.log(factors).std(axis=1), 0.1, rtol=1e-6)
+    assert np.abs(np.diff(np.log(factors), axis=1)).max() < 0.01  # no pixel-to-pixel structure
+
+
+def test_sky_raises_the_noise_at_night_sky_lines_and_leaves_residuals():
+    wave = GRID.wavelength
+    line = int(np.argmin(np.abs(wave - air_to_vacuum(np.float64(5577.34)))))
+    continuum, lines, _ = sky_model(GRID, 69.0)
+    assert lines[line] > 10 * np.median(lines[line - 60:line + 60])
+    flux = np.full(GRID.n_pix, 10.0)
+    good = np.ones(GRID.n_pix, bool)
+    realism = Realism(sky_to_object=(3.0, 3.0), calibration_rms=(1e-6, 1e-6))
+    noisy, ivar = observe_with_sky(flux, good, GRID, 20.0, 10.0, realism, 69.0, np.random.default_rng(1),
+                                   np.random.default_rng(2))
+    sigma = 1 / np.sqrt(ivar)
+    assert sigma[line] > 2 * np.median(sigma[line - 60:line + 60])
+    assert np.median(flux / sigma) == pytest.approx(20.0, rel=1e-6)
+    assert sigma[wave > 9000].mean() > sigma[(wave > 4500) & (wave < 5500)].mean()  # the red sky is brighter
+
+
+def test_delayed_tau_weights_are_light_fractions():
+    lib = load_library()
+    ages = lib.gal_age_gyr[lib.gal_set == "m11_marcs"]
+    for seed in range(10):
+        weights = delayed_tau_weights(ages, np.random.default_rng(seed))
+        assert weights.shape == ages.shape and (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
+        assert (weights > 0).sum() >= 2
+
+
+def test_bad_columns_are_short_interior_stretches():
+    masks = np.array([bad_columns(GRID.n_pix, np.random.default_rng(s), 1.0) for s in range(50)])
+    counts = masks.sum(axis=1)
+    assert (counts >= 2).all() and (counts <= 90).all()
+    assert not bad_columns(GRID.n_pix, np.random.default_rng(0), 0.0).any()
+
+
+def test_quasar_civ_is_blueshifted_but_z_is_systemic():
+    settings = SimulationSettings(realism=Realism(civ_blueshift_kms=(2000.0, 2000.0), qso_width_scatter_dex=0.0))
+    loglam, flux, z, _ = quasar_rest(np.random.default_rng(3), settings, z=2.0, extra_rng=np.random.default_rng(5))
+    wave = 10**loglam
+    near = (wave > 1500) & (wave < 1600)
+    peak = wave[near][np.argmax(flux[near] - np.interp(wave[near], [1500, 1600], flux[near][[0, -1]]))]
+    assert z == 2.0
+    assert peak == pytest.approx(1549.06 * (1 - 2000 / 299792.458), abs=3.0)
+
+
+def test_recipe_realism_values_and_errors():
+    assert Realism.from_dict(None) is None and Realism.from_dict(False) is None
+    assert Realism.from_dict(2).strength == 2.0
+    assert Realism.from_dict({"strength": 1.5, "calibration_rms": [0.01, 0.1]}).calibration_rms == (0.01, 0.1)
+    with pytest.raises(ConfigError, match="unknown realism keys \\['sky'\\]"):
+        Realism.from_dict({"sky": 1})
+    with pytest.raises(ConfigError, match="strength must be >= 0"):
+        Realism.from_dict(-1)
+
+
+def test_robustness_sets_hold_the_same_new_objects_with_stronger_effects():
+    from annotate.simulate.dataset import simulate_training_set
+
+    data = simulate_training_set(40, GRID, seed=0, workers=1, realism={"strength": 1.0}, n_robustness_spectra=30,
+                                 n_held_out_spectra=10)
+    matched, harder = data["robustness"]["matched"], data["robustness"]["harder"]
+    assert (matched["class"] == harder["class"]).all() and np.array_equal(matched["z"], harder["z"])
+    assert not np.array_equal(matched["flux"], harder["flux"])
+    held = set(data["held_out_star_names"])
+    stars = matched["class"] == "STAR"
+    assert stars.any() and set(matched["template"][stars]) <= held  # robustness stars are held-out stars
+    assert set(data["template"][data["class"] == "STAR"]).isdisjoint(held)
+    assert len(data["train_star_indices"]) + len(held) == load_library().n_star

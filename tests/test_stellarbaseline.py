@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from annotate import stellarbaseline
+from annotate.grid import WavelengthGrid
+from annotate.simulate.templates import load_library
+
+GRID = WavelengthGrid()
+
+
+def test_nearest_template_finds_a_shifted_tilted_noisy_copy_of_a_training_star():
+    lib = load_library()
+    stars = np.arange(0, 300, 3)
+    templates, usable, labels = stellarbaseline.template_stars(lib, stars, GRID)
+    raw, _, _ = stellarbaseline.template_stars(lib, stars[[10, 40]], GRID)
+    x = np.linspace(-1, 1, GRID.n_pix)
+    rng = np.random.default_rng(0)
+    flux = np.stack([np.roll(raw[0], 2), np.roll(raw[1], -1)]) * (3 + x) + rng.normal(0, 0.01, (2, GRID.n_pix))
+    ivar = np.where(np.stack([np.roll(usable[10], 2), np.roll(usable[40], -1)]), 1e4, 0.0)
+    found = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1)
+    np.testing.assert_array_equal(np.nan_to_num(found, nan=-99), np.nan_to_num(labels[[10, 40]], nan=-99))
+
+
+def test_rmse_and_r2_by_snr_bin():
+    true = np.array([1.0, 2.0, 3.0, 4.0, 5.0, np.nan])
+    pred = np.array([1.0, 2.0, 4.0, 4.0, 7.0, 1.0])
+    snr = np.array([5.0, 5.0, 15.0, 30.0, 60.0, 60.0])
+    rows = stellarbaseline.by_snr(true, pred, snr)
+    assert [r["n"] for r in rows] == [2, 1, 1, 1]
+    assert [r["rmse"] for r in rows] == pytest.approx([0.0, 1.0, 0.0, 2.0])
+    assert rows[0]["r2"] == pytest.approx(1.0) and rows[-1]["snr"] == [50.0, None]
+    report = stellarbaseline.stellar_report(np.tile(true[:, None], 3), np.tile(pred[:, None], 3), snr)
+    # S/N >= 20: true (4, 5), pred (4, 7): R² = 1 - 4 / 0.5
+    assert report["logg"]["r2_snr_ge_20"] == pytest.approx(1 - 4 / 0.5)
