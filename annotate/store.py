@@ -217,10 +217,12 @@ def ingest_rows(task: dict) -> dict:
     """Read and resample the spectra of one task (runs on a Dask worker).
 
     task: {'start': int, 'paths': [str | None], 'refused': [bool], 'grid': dict, 'reader': str | None,
-    'reasons': [str] (optional: why a row has no path)}.
+    'reasons': [str] (optional: why a row has no path), 'targets': [str] (optional: the rows'
+    object ids, which pick the spectrum in files of several targets)}.
+    Rows that name the same file are read from one opening of it.
     Returns the rows' flux, ivar, mask, status and error arrays.
     """
-    from .readers import read_spectrum
+    from .readers import read_spectra, read_spectrum
 
     grid = WavelengthGrid(**task["grid"])
     n = len(task["paths"])
@@ -229,32 +231,51 @@ def ingest_rows(task: dict) -> dict:
         "mask": np.ones((n, grid.n_pix), np.uint8), "status": np.zeros(n, np.int8), "error": [""] * n,
     }
     reasons = task.get("reasons") or [""] * n
+    targets = [_target(t) for t in task.get("targets") or [None] * n]
+    by_file: dict[str, list[int]] = {}
     for i, path in enumerate(task["paths"]):
         if task["refused"][i]:
             out["status"][i], out["error"][i] = STATUS["PATH_REFUSED"], reasons[i] or "path outside the spectra root"
-            continue
-        if not path:
+        elif not path:
             out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], reasons[i] or "no spectrum path for this row"
-            continue
-        try:
-            with warnings.catch_warnings():  # astropy's per-file warnings: the row's error says it
-                warnings.simplefilter("ignore")
-                spectrum = read_spectrum(path, task["reader"], labels=False)
-        except SpectrumError as exc:
-            out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], str(exc)
-            continue
-        flux, ivar, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, grid)
-        n_good = int((~mask).sum())
-        out["flux"][i], out["ivar"][i], out["mask"][i] = flux, ivar, mask
-        if n_good < MIN_GOOD_PIXELS:
-            out["status"][i] = STATUS["NO_USABLE_PIXELS"]
-            out["error"][i] = f"{path}: {n_good} usable pixels on the grid (need {MIN_GOOD_PIXELS})"
-        elif not flux[~mask].any():  # a placeholder: nothing to predict from
-            out["status"][i] = STATUS["NO_USABLE_PIXELS"]
-            out["error"][i] = f"{path}: the flux is 0 at every usable pixel (no information)"
         else:
-            out["status"][i] = STATUS["OK"]
+            by_file.setdefault(path, []).append(i)
+    for path, rows in by_file.items():
+        with warnings.catch_warnings():  # astropy's per-file warnings: the row's error says it
+            warnings.simplefilter("ignore")
+            if len(rows) == 1:
+                try:
+                    results = [read_spectrum(path, task["reader"], labels=False, target=targets[rows[0]])]
+                except SpectrumError as exc:
+                    results = [exc]
+            else:
+                results = read_spectra(path, [targets[i] for i in rows], task["reader"])
+        for i, spectrum in zip(rows, results):
+            _resampled_row(out, i, path, spectrum, grid)
     return out
+
+
+def _target(object_id):
+    """An object id as the integer target id multi-target files use, or None."""
+    text = str(object_id).strip() if object_id is not None else ""
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def _resampled_row(out: dict, i: int, path: str, spectrum, grid: WavelengthGrid) -> None:
+    if isinstance(spectrum, SpectrumError):
+        out["status"][i], out["error"][i] = STATUS["NO_SPECTRUM"], str(spectrum)
+        return
+    flux, ivar, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, grid)
+    n_good = int((~mask).sum())
+    out["flux"][i], out["ivar"][i], out["mask"][i] = flux, ivar, mask
+    if n_good < MIN_GOOD_PIXELS:
+        out["status"][i] = STATUS["NO_USABLE_PIXELS"]
+        out["error"][i] = f"{path}: {n_good} usable pixels on the grid (need {MIN_GOOD_PIXELS})"
+    elif not flux[~mask].any():  # a placeholder: nothing to predict from
+        out["status"][i] = STATUS["NO_USABLE_PIXELS"]
+        out["error"][i] = f"{path}: the flux is 0 at every usable pixel (no information)"
+    else:
+        out["status"][i] = STATUS["OK"]
 
 
 def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
@@ -275,6 +296,8 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
         raise StoreError(f"{store_path}: store has {info.n_rows} rows, catalog has {len(paths)}")
     refused = np.zeros(info.n_rows, bool) if refused is None else np.asarray(refused, bool)
     status, _ = read_status(store_path)
+    with h5py.File(store_path, "r") as h5:
+        object_ids = [_text(v) for v in h5["object_id"][()]]
     tasks = []
     for start in range(0, info.n_rows, rows_per_task):
         stop = min(start + rows_per_task, info.n_rows)
@@ -285,7 +308,8 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
         tasks.append({"start": int(first), "paths": [paths[i] or None for i in range(first, last)],
                       "refused": [bool(refused[i]) for i in range(first, last)],
                       "grid": info.grid.to_dict(), "reader": reader,
-                      "reasons": [reasons[i] if reasons else "" for i in range(first, last)]})
+                      "reasons": [reasons[i] if reasons else "" for i in range(first, last)],
+                      "targets": object_ids[first:last]})
     for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers, address=address):
         write_rows(store_path, tasks[index]["start"], rows)
         if progress is not None:

@@ -53,8 +53,14 @@ def legacy_subdir(fields: dict) -> str:
     return "spectra" if str(fields["run2d"]).strip() in ("26", "103", "104") else "spectra/full"
 
 
+def desi_pixel_group(fields: dict) -> str:
+    """DESI healpix coadds are grouped in folders of 100 pixels: PIXGROUP = HEALPIX // 100."""
+    return str(int(fields["healpix"]) // 100)
+
+
 DERIVED_FIELDS = {"sdss5_field_dir": sdss5_field_dir, "sdss5_field_name": sdss5_field_name,
-                  "sdss5_catalogid": sdss5_catalogid, "legacy_subdir": legacy_subdir}
+                  "sdss5_catalogid": sdss5_catalogid, "legacy_subdir": legacy_subdir,
+                  "desi_pixel_group": desi_pixel_group}
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,22 @@ import numpy as np
 from .. import CLASS_NAMES
 from ..grid import WavelengthGrid
 from ..metrics import catastrophic, nmad, robust_spread
-from ..simulate.spectra import draw_sample
+from ..simulate.realism import Realism
+from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
 from .bases import load_bases
 from .fitter import Fitter, FitSettings
 from .stage import fit_rows
 
 
-def held_out_sample(n: int, seed: int, grid: WavelengthGrid) -> dict:
-    """n simulated spectra from the held-out stars and populations and quasar draws of `seed`."""
+def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0) -> dict:
+    """n simulated spectra from the held-out stars and populations and quasar draws of `seed`,
+    with the simulator's realism effects at `realism` strength (0: none)."""
     bases = load_bases()
     lib = load_library()
     stars, held = bases.held_out_stars, bases.held_out_populations
-    return draw_sample(n, lib.with_populations(held), grid, seed=seed, star_indices=stars)
+    settings = SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None)
+    return draw_sample(n, lib.with_populations(held), grid, seed=seed, star_indices=stars, settings=settings)
 
 
 def ross_success(spectype: np.ndarray, z: np.ndarray, true_class: np.ndarray, true_z: np.ndarray) -> np.ndarray:
@@ -41,11 +44,11 @@ def ross_success(spectype: np.ndarray, z: np.ndarray, true_class: np.ndarray, tr
     return (np.asarray(spectype) == np.asarray(true_class)) & np.isfinite(z) & ~catastrophic(z, true_z, true_class)
 
 
-def evaluate(n: int, seed: int, prior: bool = False) -> dict:
-    """The fit's figures on `held_out_sample(n, seed)`; with `prior`, seeded by the shipped ViT
-    as in `annotate run` (the ViT's own time not counted)."""
+def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0) -> dict:
+    """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the
+    shipped ViT as in `annotate run` (the ViT's own time not counted)."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid)
+    sample = held_out_sample(n, seed, grid, realism)
     vit = None
     if prior:
         from ..checkpoint import load_checkpoint
@@ -61,7 +64,7 @@ def evaluate(n: int, seed: int, prior: bool = False) -> dict:
     truth, z_true, snr = sample["class"], sample["z"], sample["snr"]
     success = ross_success(cls_fit, z_fit, truth, z_true)
     pull = (z_fit - z_true) / z_err
-    out = {"n": n, "seed": seed, "prior": prior, "seconds_per_spectrum": seconds / n, "class_accuracy": float(np.mean(cls_fit == truth))}
+    out = {"n": n, "seed": seed, "prior": prior, "realism": realism, "seconds_per_spectrum": seconds / n, "class_accuracy": float(np.mean(cls_fit == truth))}
     for cls in CLASS_NAMES:
         row = {}
         for name, lo, hi in (("snr_ge_5", 5.0, np.inf), ("snr_2_5", 2.0, 5.0)):
@@ -83,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--prior", action="store_true", help="seed the fit with the shipped ViT, as annotate run does")
+    parser.add_argument("--realism", type=float, default=0.0,
+                        help="strength of the simulator's realism effects (annotate/simulate/realism.py); 0: none")
     args = parser.parse_args(argv)
-    result = evaluate(args.n, args.seed, args.prior)
-    print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}): class accuracy {result['class_accuracy']:.3f}, "
+    result = evaluate(args.n, args.seed, args.prior, args.realism)
+    print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}, realism "
+          f"{args.realism:g}): class accuracy {result['class_accuracy']:.3f}, "
           f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
     for cls in CLASS_NAMES:
         row = result[cls]

@@ -59,7 +59,7 @@ class FitSettings:
     refine_margin: float = 50.0
     sub_pixel_margin: float = 100.0
     prior: bool = True
-    skip_below: float = 0.01
+    skip_below: float = 0.0  # scan every class: a confident ViT can be wrong on real spectra
     confident: float = 0.99
     small_deltachi2: float = 9.0
     vit_window_sigma: float = 5.0

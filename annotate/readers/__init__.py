@@ -46,18 +46,22 @@ class Loader:
     priority: int = 0
     # optional fast path from a file path, without labels; returns None where it cannot read the file
     read_path: Callable[[Path], "Spectrum | None"] | None = None
+    # for files of several targets: (hdul, target ids) -> [Spectrum or SpectrumError per target]
+    read_targets: Callable[[fits.HDUList, list], list] | None = None
 
 
 _LOADERS: dict[str, Loader] = {}
 
 
 def register(name: str, identify: Callable[[fits.HDUList], bool], priority: int = 0,
-             read_path: Callable[[Path], "Spectrum | None"] | None = None):
+             read_path: Callable[[Path], "Spectrum | None"] | None = None,
+             read_targets: Callable[[fits.HDUList, list], list] | None = None):
     """Decorator registering `read(hdul) -> Spectrum` as the loader `name`; `read_path`, when
-    given, reads flux, ivar and mask without astropy (and without labels) for bulk ingest."""
+    given, reads flux, ivar and mask without astropy (and without labels) for bulk ingest;
+    `read_targets`, for formats of several targets per file, reads the named ones at once."""
 
     def decorate(read):
-        _LOADERS[name] = Loader(name, identify, read, priority, read_path)
+        _LOADERS[name] = Loader(name, identify, read, priority, read_path, read_targets)
         return read
 
     return decorate
@@ -78,12 +82,29 @@ def identify_loader(hdul: fits.HDUList) -> Loader:
     raise SpectrumError(f"no reader recognises this file (known formats: {', '.join(loader_names())})")
 
 
-def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = True) -> Spectrum:
+def _accepts(loader: Loader, hdul: fits.HDUList) -> bool:
+    try:
+        return bool(loader.identify(hdul))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+
+
+def _checked(loader: Loader, hdul: fits.HDUList) -> Loader:
+    """The named loader when it recognises the file; otherwise an error that says what the file is."""
+    if _accepts(loader, hdul):
+        return loader
+    other = identify_loader(hdul)  # raises the registry's message when no loader knows the file
+    raise SpectrumError(f"a {other.name} file, not {loader.name} (the survey's reader): choose the survey of "
+                        f"this file's format")
+
+
+def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = True, target=None) -> Spectrum:
     """Read one spectrum file (FITS, optionally gzip-compressed) with the named or identified loader.
 
     labels=False lets a named loader take its fast path (no astropy, no pipeline labels) where it
-    has one and the file allows. Raises SpectrumError with a one-line reason for a missing,
-    truncated or unrecognised file.
+    has one and the file allows. target: the object id of the row, which picks the spectrum in a
+    file of several targets (ignored by single-target formats). Raises SpectrumError with a
+    one-line reason for a missing, truncated or unrecognised file.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,24 +117,52 @@ def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = Tr
             spectrum = None  # astropy below reads it, or says why it cannot
         if spectrum is not None:
             return validate(spectrum)
+    result = read_spectra(path, [target], loader)[0]
+    if isinstance(result, SpectrumError):
+        raise result
+    return result
+
+
+def read_spectra(path: str | Path, targets: list, loader: str | None = None) -> list:
+    """Open a file once and read the spectrum of each of `targets` (object ids; None where a row
+    has none): [Spectrum or SpectrumError] in their order. A single-target format gives its one
+    spectrum to every target; a file that cannot be read gives every target its error."""
+    path = Path(path)
     try:
-        # astropy's warnings (e.g. "File may have been truncated") would reach the user's terminal
-        # once per file; the row's error says what went wrong instead
-        with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-            warnings.simplefilter("ignore")
-            if loader is None:
-                chosen = identify_loader(hdul)
-            elif loader in _LOADERS:
-                chosen = _LOADERS[loader]
-            else:
-                raise SpectrumError(f"unknown reader {loader!r}; known: {', '.join(loader_names())}")
-            spectrum = chosen.read(hdul)
+        if not path.is_file():
+            raise SpectrumError(f"spectrum file not found: {path}")
+        try:
+            # astropy's warnings (e.g. "File may have been truncated") would reach the user's terminal
+            # once per file; the row's error says what went wrong instead
+            with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+                warnings.simplefilter("ignore")
+                if loader is None:
+                    chosen = identify_loader(hdul)
+                elif loader in _LOADERS:
+                    chosen = _checked(_LOADERS[loader], hdul)
+                else:
+                    raise SpectrumError(f"unknown reader {loader!r}; known: {', '.join(loader_names())}")
+                if chosen.read_targets is not None and any(t is not None for t in targets):
+                    results = chosen.read_targets(hdul, list(targets))
+                else:
+                    results = [chosen.read(hdul)] * len(targets)
+        except SpectrumError as exc:
+            raise SpectrumError(f"{path}: {exc}") from None
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpectrumError(f"{path}: unreadable FITS ({reason})") from None
     except SpectrumError as exc:
-        raise SpectrumError(f"{path}: {exc}") from None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpectrumError(f"{path}: unreadable FITS ({reason})") from None
-    return validate(spectrum)
+        return [exc] * len(targets)
+    out = []
+    for result in results:
+        if isinstance(result, SpectrumError):
+            out.append(SpectrumError(f"{path}: {result}"))
+            continue
+        try:
+            out.append(validate(result))
+        except SpectrumError as exc:
+            out.append(SpectrumError(f"{path}: {exc}"))
+    return out
 
 
 def validate(spectrum: Spectrum) -> Spectrum:
@@ -145,4 +194,4 @@ def table_column(table, *names: str) -> np.ndarray:
 
 
 # Explicit list of loader modules (not a glob): importing each registers its loader.
-from . import lamost, sdss  # noqa: E402,F401
+from . import desi, lamost, sdss  # noqa: E402,F401
