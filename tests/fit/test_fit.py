@@ -161,6 +161,21 @@ def _cand(spectype, z, chi2, edge=False):
     return Candidate(spectype, "", z, 1e-4, chi2, 1.0, edge, "scan", 0.0)
 
 
+def test_a_confidently_wrong_vit_does_not_hide_the_right_class(bases, held_out_library):
+    """On real spectra the ViT can be sure and wrong (a DESI LRG: P(QSO) 0.996): by default the fit
+    still scans every class, so the χ² decides; skipping classes is an explicit setting."""
+    sample = _one_sample(held_out_library, "GALAXY", seed=5, snr=10.0, n=3)
+    wrong = {"prob": np.tile([0.0005, 0.999, 0.0005], (3, 1)), "z": np.full(3, 2.5), "z_err": np.full(3, 0.01)}
+    fit = fit_rows(Fitter(GRID, FitSettings(), bases), sample["flux"], sample["ivar"], sample["mask"], wrong)
+    assert list(fit["fit_class"]) == ["GALAXY"] * 3
+    dv = SPEED_OF_LIGHT_KMS * np.abs(fit["fit_z"] - sample["z"]) / (1 + sample["z"])
+    assert (dv < 100).all(), dv
+    assert (fit["fit_flags"] & PredFlag.FIT_VIT_DISAGREE).all()
+    skipping = fit_rows(Fitter(GRID, FitSettings(skip_below=0.01), bases), sample["flux"], sample["ivar"],
+                        sample["mask"], wrong)
+    assert list(skipping["fit_class"]) == ["QSO"] * 3  # what skipping costs when the ViT is wrong
+
+
 def test_the_vit_breaks_near_ties_only():
     vit_star = np.array([0.05, 0.05, 0.9])
     near = [_cand("GALAXY", 0.3, 100.0), _cand("STAR", 0.0, 104.0)]
