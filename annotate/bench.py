@@ -34,9 +34,10 @@ import numpy as np
 
 SIZES = {"ingest": (250, 500, 1000), "render": (1000, 2000, 4000), "end_to_end": (500, 1000, 2000),
          "writeback": (10_000, 1_000_000, 5_000_000), "merge": (100_000, 1_000_000, 5_000_000),
-         "fit": (100, 200, 400)}
+         "fit": (100, 200, 400), "ingest_desi": (250, 500, 1000)}
 QUICK_SIZES = {"ingest": (20, 40, 80), "render": (100, 200, 400), "end_to_end": (30, 60, 120),
-               "writeback": (1_000, 2_000, 4_000), "merge": (1_000, 2_000, 4_000), "fit": (10, 20, 40)}
+               "writeback": (1_000, 2_000, 4_000), "merge": (1_000, 2_000, 4_000), "fit": (10, 20, 40),
+               "ingest_desi": (20, 40, 80)}
 BASELINE_LIMIT = {"render": 200, "end_to_end": 60, "fit": 40}  # the slow baselines run on at most this many items
 
 
@@ -80,15 +81,53 @@ def _astropy_loop(paths: list[str]) -> int:
     return len(paths)
 
 
-def _ingest_once(paths: list[str], workdir: Path) -> int:
+def _ingest_once(paths: list[str], workdir: Path, reader: str = "sdss_spec", object_ids=None) -> int:
     from .grid import WavelengthGrid
     from .store import create_store, ingest
 
     store = workdir / f"bench-{time.monotonic_ns()}.h5"
-    create_store(store, np.arange(len(paths)), paths, WavelengthGrid())
-    counts = ingest(store, paths, reader="sdss_spec", scheduler="sync")
+    create_store(store, np.arange(len(paths)) if object_ids is None else object_ids, paths, WavelengthGrid())
+    counts = ingest(store, paths, reader=reader, scheduler="sync")
     store.unlink()
     return counts["OK"]
+
+
+def _per_target_loop(paths: list[str], targets: list[int]) -> int:
+    """The naive way: open each row's coadd for its one target (astropy, the B/R/Z arrays)."""
+    from astropy.io import fits
+
+    for path, target in zip(paths, targets):
+        with fits.open(path) as hdul:
+            row = int(np.flatnonzero(np.asarray(hdul["FIBERMAP"].data["TARGETID"]) == target)[0])
+            for arm in "BRZ":
+                for part in ("WAVELENGTH", "FLUX", "IVAR", "MASK"):
+                    data = hdul[f"{arm}_{part}"].data
+                    np.array(data if part == "WAVELENGTH" else data[row])
+    return len(paths)
+
+
+def bench_ingest_desi(sizes, workdir: Path) -> Row:
+    """DESI healpix coadds of ~n/4 targets each (the demo's layout), read once per file per task."""
+    from .demo import make_desi_sample
+    from .pipeline import read_catalog
+    from .surveys import load_survey
+
+    row = Row("ingest DESI coadds, 4 files of many targets (1 core)", "targets/s",
+              baseline_name="astropy, each row's file opened for its target")
+    for n in sizes:
+        sample = workdir / f"ingest-desi-{n}"
+        catalog = make_desi_sample(sample, n, seed=7)
+        survey = load_survey("desi_dr1")
+        table = read_catalog(catalog, survey)
+        paths = [str(sample / p) for p in survey.spectrum_paths(table)]
+        targets = [int(t) for t in table["TARGETID"]]
+        _per_target_loop(paths[:4], targets[:4])  # warm the page cache and imports
+        seconds, ok = _timed(_ingest_once, paths, workdir, "desi_coadd", targets, repeat=2)
+        base, _ = _timed(_per_target_loop, paths, targets, repeat=1)
+        row.sizes.append(n)
+        row.ours.append(n / seconds)
+        row.baseline.append(n / base)
+    return row
 
 
 def bench_ingest(sizes, workdir: Path) -> Row:
@@ -575,6 +614,8 @@ def run_bench(quick: bool = False, steps: tuple = ("ingest", "render", "end_to_e
                 rows.append(bench_merge(sizes["merge"], tmp))
             elif step == "fit":
                 rows.append(bench_fit(sizes["fit"], tmp))
+            elif step == "ingest_desi":
+                rows.append(bench_ingest_desi(sizes["ingest_desi"], tmp))
             else:
                 raise ValueError(f"unknown step {step!r}")
     if out is not None:

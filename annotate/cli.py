@@ -17,7 +17,7 @@ from . import __version__
 from .errors import AnnotateError, IncompleteRun
 
 EXAMPLES = {
-    "demo": "annotate demo --out annotate-demo",
+    "demo": "annotate demo --out annotate-demo   (or --survey desi_dr1 --out annotate-demo-desi)",
     "run": "annotate run --catalog dr18.fits --survey sdss_dr18 --spectra-root /data/sdss/spectro/redux",
     "train": "annotate train --recipe training/demo.yaml --out runs/demo",
     "bench": "annotate bench --quick --out bench.json",
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-objects", type=int, default=300, help="objects in the sample (default 300)")
     demo.add_argument("--seed", type=int, default=2026)
     demo.add_argument("--no-fit", action="store_true", help="skip the template fit: class and z from the ViT alone")
+    demo.add_argument("--survey", choices=("sdss_dr18", "desi_dr1"), default="sdss_dr18",
+                      help="the sample's layout: SDSS DR18 spec files (default) or DESI DR1 healpix coadds")
     _add_execution(demo)
 
     run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
@@ -104,9 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
     bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
     bench.add_argument("--steps", nargs="+", default=["ingest", "render", "end_to_end", "writeback"],
-                       choices=["ingest", "render", "end_to_end", "writeback", "merge", "fit"],
-                       help="steps to measure (merge, of a sharded run up to 5e6 rows, and fit, the template "
-                            "fit beside redrock, only when asked)")
+                       choices=["ingest", "render", "end_to_end", "writeback", "merge", "fit", "ingest_desi"],
+                       help="steps to measure (merge, of a sharded run up to 5e6 rows, fit, the template "
+                            "fit beside redrock, and ingest_desi, DESI coadds of many targets, only when asked)")
     bench.add_argument("--out", type=Path, help="also write the results as JSON here")
     bench.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system's)")
     return parser
@@ -144,8 +146,11 @@ def _cmd_demo(args) -> int:
 
     from .crosscheck import crosscheck
 
-    result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress, fit=not args.no_fit)
-    print(f"demo catalog:      {Path(args.out) / 'dr18.fits'}")
+    from .demo import CATALOGS
+
+    result = run_demo(args.out, args.n_objects, args.seed, args.scheduler, not args.no_progress, fit=not args.no_fit,
+                      survey=args.survey)
+    print(f"demo catalog:      {Path(args.out) / CATALOGS[args.survey]}")
     _print_result(result)
     _print_crosscheck(crosscheck(result.output, store=result.store))
     return _finish(result)

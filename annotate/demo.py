@@ -1,8 +1,11 @@
-"""`annotate demo`: write a small SDSS DR18-style sample, then annotate it with the real pipeline.
+"""`annotate demo`: write a small survey-style sample, then annotate it with the real pipeline.
 
-The sample is an spAll-like catalog (`dr18.fits`) and `spec-*.fits` files in the DR18 BOSS
-layout beside it (`v6_0_4/spectra/full/...`), simulated from the template library. Its stars are
-drawn from the MILES stars held out of the shipped model's training, with a different noise seed.
+SDSS DR18 (the default): an spAll-like catalog (`dr18.fits`) and `spec-*.fits` files in the DR18
+BOSS layout beside it (`v6_0_4/spectra/full/...`). DESI DR1 (`--survey desi_dr1`): a zpix-like
+catalog (`zpix-main-dark.fits`) and healpix coadds of many targets each in the DR1 layout
+(`healpix/main/dark/PIXGROUP/HEALPIX/coadd-main-dark-HEALPIX.fits`). Both are simulated from the
+template library; their stars are drawn from the MILES stars held out of the shipped model's
+training, with a different noise seed.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from .pipeline import RunResult, RunSettings, run
 from .simulate.dataset import held_out_star_indices
 from .simulate.spectra import draw_sample
 from .simulate.templates import load_library
-from .simulate.writer import write_catalog, write_sdss_spec
+from .simulate.writer import DESI_ARMS, write_catalog, write_desi_coadd, write_sdss_spec
 from .surveys import load_survey
 
 RUN2D = "v6_0_4"
 NATIVE_GRID = WavelengthGrid(3.5530, 1e-4, 4640)  # a BOSS coadd's own pixels (3572-10386 Å)
 FIELDS = (15143, 15170)  # DR18 (v6_0_4) fields are plate-era: folders 15143p/, 15170p/
+DESI_GRID = WavelengthGrid.from_range(3590.0, 9835.0)  # simulated on log λ, written on the arms' 0.8 Å pixels
+DESI_HEALPIX = (27245, 27246, 27247, 27256)  # nside 64, nested; a few pixels of many targets each
+CATALOGS = {"sdss_dr18": "dr18.fits", "desi_dr1": "zpix-main-dark.fits"}
 
 
 def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, progress: bool = False) -> Path:
@@ -68,12 +74,54 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
                          header={"ORIGIN": "annotate demo", "COMMENT": "simulated SDSS DR18-style spAll sample"})
 
 
+def make_desi_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, progress: bool = False) -> Path:
+    """Write the DESI demo catalog (zpix-like) and its healpix coadds; returns the catalog path."""
+    out_dir = Path(out_dir)
+    lib = load_library()
+    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    sample = draw_sample(n_objects, lib, DESI_GRID, seed=seed, star_indices=stars)
+    rng = np.random.default_rng(seed + 1)
+    n = n_objects
+    healpix = np.array([DESI_HEALPIX[i % len(DESI_HEALPIX)] for i in range(n)], dtype=np.int32)
+    target = 39627000000000000 + rng.choice(10**9, size=n, replace=False).astype(np.int64)
+    z_err = np.where(sample["class"] == "STAR", 5.0, 15.0) / SPEED_OF_LIGHT_KMS * (1 + sample["z"])
+    zwarn = np.where(rng.random(n) < 0.03, 4, 0).astype(np.int64)  # a few SMALL_DELTA_CHI2 rows
+    columns = {
+        "TARGETID": target, "SURVEY": np.array(["main"] * n), "PROGRAM": np.array(["dark"] * n), "HEALPIX": healpix,
+        "TARGET_RA": rng.uniform(150.0, 160.0, n), "TARGET_DEC": rng.uniform(0.0, 5.0, n),
+        "SPECTYPE": sample["class"], "SUBTYPE": np.array([""] * n), "Z": sample["z"], "ZERR": z_err, "ZWARN": zwarn,
+        "DELTACHI2": np.where(zwarn == 0, 10 ** rng.uniform(1.8, 4.0, n), rng.uniform(1.0, 9.0, n)),
+        "ZCAT_PRIMARY": np.ones(n, bool), "COADD_FIBERSTATUS": np.zeros(n, np.int32),
+    }
+    survey = load_survey("desi_dr1")
+    relative = survey.spectrum_paths(columns)
+    from tqdm.auto import tqdm
+
+    for pixel in tqdm(DESI_HEALPIX, desc="write sample", unit="file", disable=not progress):
+        rows = np.flatnonzero(healpix == pixel)
+        fibermap = {"TARGETID": target[rows], "TARGET_RA": columns["TARGET_RA"][rows],
+                    "TARGET_DEC": columns["TARGET_DEC"][rows], "COADD_FIBERSTATUS": np.zeros(len(rows), np.int32)}
+        header = {"SPGRP": "healpix", "SPGRPVAL": int(pixel), "HPXPIXEL": int(pixel), "HPXNSIDE": 64,
+                  "HPXNEST": True, "SURVEY": "main", "PROGRAM": "dark"}
+        write_desi_coadd(out_dir / relative[rows[0]], fibermap, DESI_GRID.wavelength, sample["flux"][rows],
+                         sample["ivar"][rows], sample["mask"][rows], header)
+    return write_catalog(out_dir / CATALOGS["desi_dr1"], columns,
+                         header={"ORIGIN": "annotate demo", "COMMENT": "simulated DESI DR1-style zpix sample"})
+
+
 def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: int = 2026,
-             scheduler: str = "distributed", progress: bool = True, fit: bool = True) -> RunResult:
+             scheduler: str = "distributed", progress: bool = True, fit: bool = True,
+             survey: str = "sdss_dr18") -> RunResult:
+    """Write the sample of `survey` (sdss_dr18 or desi_dr1) into `out_dir` unless it is there, and
+    run the pipeline on it."""
+    if survey not in CATALOGS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"the demo has samples for {', '.join(CATALOGS)}, not {survey!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    catalog = out_dir / "dr18.fits"
+    catalog = out_dir / CATALOGS[survey]
     if not catalog.exists():
-        make_sample(out_dir, n_objects, seed, progress)
-    return run(RunSettings(catalog=catalog, survey="sdss_dr18", spectra_root=out_dir,
+        (make_desi_sample if survey == "desi_dr1" else make_sample)(out_dir, n_objects, seed, progress)
+    return run(RunSettings(catalog=catalog, survey=survey, spectra_root=out_dir,
                            scheduler=scheduler, progress=progress, fit=fit))

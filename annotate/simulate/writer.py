@@ -102,3 +102,37 @@ def write_lamost_image(path: str | Path, wavelength: np.ndarray, flux: np.ndarra
         primary.header[key] = value
     _atomic_write(fits.HDUList([primary]), Path(path))
     return Path(path)
+
+
+DESI_ARMS = {"B": (3600.0, 5800.0), "R": (5760.0, 7620.0), "Z": (7520.0, 9824.0)}  # Å, 0.8 Å pixels
+DESI_STEP = 0.8
+
+
+def write_desi_coadd(path: str | Path, fibermap: dict, wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                     mask: np.ndarray, header: dict | None = None) -> Path:
+    """A DESI coadd-*.fits (FIBERMAP, then B/R/Z WAVELENGTH, FLUX, IVAR, MASK per arm) for k targets
+    given on one log-λ grid: wavelength (n,) vacuum Å; flux, ivar (k, n) in 1e-17 erg/s/cm²/Å;
+    mask (k, n) bool. Each arm's 0.8 Å pixels are interpolated linearly from the grid, with the
+    ivar scaled by the ratio of pixel widths; masked (or uncovered) pixels get MASK 2
+    (ALLBADPIX) and IVAR 0. RESOLUTION HDUs are not written."""
+    path = Path(path)
+    flux, ivar, mask = np.atleast_2d(flux), np.atleast_2d(ivar), np.atleast_2d(mask)
+    width = np.gradient(wavelength)
+    primary = fits.PrimaryHDU()
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    hdus = [primary, table_hdu(fibermap, name="FIBERMAP")]
+    for arm, (lo, hi) in DESI_ARMS.items():
+        wave = lo + DESI_STEP * np.arange(int(round((hi - lo) / DESI_STEP)) + 1)
+        inside = (wave >= wavelength[0]) & (wave <= wavelength[-1])
+        arm_flux = np.array([np.interp(wave, wavelength, f) for f in flux], np.float32)
+        bad = np.array([np.interp(wave, wavelength, m.astype(float)) > 0 for m in mask]) | ~inside
+        scale = DESI_STEP / np.interp(wave, wavelength, width)
+        arm_ivar = np.where(bad, 0.0, np.array([np.interp(wave, wavelength, v) for v in ivar]) * scale).astype(np.float32)
+        hdus.append(fits.ImageHDU(wave, name=f"{arm}_WAVELENGTH"))
+        flux_hdu = fits.ImageHDU(np.where(bad, 0.0, arm_flux).astype(np.float32), name=f"{arm}_FLUX")
+        flux_hdu.header["BUNIT"] = "10**-17 erg/(s cm2 Angstrom)"
+        hdus += [flux_hdu, fits.ImageHDU(arm_ivar, name=f"{arm}_IVAR"),
+                 fits.ImageHDU(np.where(bad, 1 << 1, 0).astype(np.int32), name=f"{arm}_MASK")]
+    _atomic_write(fits.HDUList(hdus), path)
+    return path
