@@ -11,8 +11,12 @@ Instrument and sky (observed frame):
 - sky: a continuum rising to the red plus the strong night-sky lines of SKY_LINES; it adds Poisson
   noise (so the noise is raised at the sky lines) and a subtraction residual at each line, a
   fraction of its flux plus a P Cygni-like term from a sub-pixel wavelength error;
-- noise whose variance grows with object flux and sky, plus a read-noise floor;
-- bad columns: short masked stretches inside the spectrum.
+- noise whose variance grows with object flux and sky, divided by a spectrograph throughput that
+  falls at both ends (the blue below ~4000 Å, the CCDs' red cut-off) and dips at the dichroics
+  where arms meet (SDSS/BOSS near 6000 Å, DESI near 5800 and 7570 Å), plus a read-noise floor;
+- bad columns: masked stretches of 1 to 30 pixels inside the spectrum;
+- another instrument's range: the blue start or the red end of the store grid not covered (SDSS-I/II
+  3800-9200 Å, DESI 3600-9824 Å).
 Astrophysics (rest frame):
 - dust: Calzetti et al. (2000, ApJ 533, 682) attenuation for galaxies (nebular lines attenuated
   by E(B-V)_gas = E(B-V)_stars / 0.44), the SMC-like curve A_λ / E(B-V) = 1.39 λ_µm^-1.2 for
@@ -52,6 +56,7 @@ SKY_LINES = (
 CALZETTI_RV = 4.05
 GAS_TO_STARS_EBV = 1.0 / 0.44  # Calzetti et al. 2000: E(B-V)_stars = 0.44 E(B-V)_gas
 HIGH_IONISATION = ("Lya", "NV", "SiIV+OIV]", "CIV")
+DICHROICS_AA = ((5750.0, 6050.0), (7500.0, 7650.0))  # where blue/red (and red/near-IR) arms meet
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,23 @@ class Realism:
 
     strength: float = 1.0
     calibration_rms: tuple = (0.02, 0.2)   # log-uniform RMS of the multiplicative calibration error
-    sky_to_object: tuple = (0.1, 3.0)      # log-uniform sky continuum at 7000 Å / object median flux
-    sky_line_scale: float = 8.0            # flux of a line of intensity 1 / sky continuum per Å, × Å
+    sky_to_object: tuple = (0.01, 3.0)     # log-uniform sky continuum at 7000 Å / object median flux
+    sky_line_scale: tuple = (8.0, 80.0)    # log-uniform flux of a line of intensity 1 / sky continuum per Å, × Å
+    blue_throughput_loss: tuple = (0.3, 0.92)  # uniform loss at 3600 Å, fading over blue_scale_aa
+    blue_scale_aa: tuple = (250.0, 900.0)
+    red_throughput_loss: tuple = (0.2, 0.8)    # uniform loss at 10400 Å, fading over red_scale_aa
+    red_scale_aa: tuple = (300.0, 1200.0)
+    dichroic_depth: tuple = (0.0, 0.6)     # uniform depth of each throughput dip where arms meet
+    range_probability: float = 0.3         # chance each of a blue start in 3600-3900 Å / a red end in 9200-10400 Å
     sky_residual: float = 0.02             # σ of the fractional residual left at each sky line
     sky_shift_pix: float = 0.1             # σ of the wavelength error of the sky model, pixels
     read_noise: float = 0.1                # noise floor, as a fraction of the object's median noise
-    bad_column_probability: float = 0.3    # chance of 1-3 interior masked stretches (2-30 px)
+    bad_column_probability: float = 0.3    # chance of 1-3 interior masked stretches (1-30 px, log-uniform)
     galaxy_ebv_mean: float = 0.15          # mean of the exponential E(B-V) of galaxies (stars)
     qso_ebv_mean: float = 0.03             # mean of the exponential E(B-V) of quasars
     sfh_probability: float = 0.7           # chance of a delayed-τ history instead of two populations
+    burst_probability: float = 0.5         # chance of a recent burst on top of the history
+    burst_light: tuple = (0.05, 5.0)       # log-uniform light of the burst / light of the history
     qso_slope_sigma: float = 0.5           # σ of α_ν (mean -0.5)
     qso_width_scatter_dex: float = 0.1     # scatter of each broad line's FWHM around the object's
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
@@ -117,10 +130,12 @@ def attenuate(rest_wave_aa: np.ndarray, flux: np.ndarray, ebv: float, curve) -> 
     return flux * 10.0 ** (-0.4 * ebv * curve(rest_wave_aa))
 
 
-def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator, burst_probability: float = 0.5,
+                        burst_light: tuple = (0.05, 5.0)) -> np.ndarray:
     """Light fractions (n,) over populations of ages `age_gyr`: a delayed-τ star-formation rate
     t exp(-t/τ) since a random start, integrated over each population's age bin, and with
-    probability 0.3 a burst in the youngest quarter of the ages. Ages need not be sorted."""
+    `burst_probability` a burst in the youngest quarter of the ages whose light is a log-uniform
+    `burst_light` times the history's. Ages need not be sorted."""
     ages = np.asarray(age_gyr, float)
     order = np.argsort(ages)
     sorted_ages = ages[order]
@@ -132,9 +147,9 @@ def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator) -> np.nda
     sfr = t * np.exp(-t / tau)
     mass = np.array([sfr[(lookback >= lo) & (lookback < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
     light = mass / np.maximum(sorted_ages, 0.01) ** 0.8  # young populations outshine old per unit mass
-    if rng.random() < 0.3:
+    if rng.random() < burst_probability:
         young = max(1, len(ages) // 4)
-        light[rng.integers(0, young)] += rng.uniform(0.05, 1.0) * max(light.sum(), 1e-12)
+        light[rng.integers(0, young)] += np.exp(rng.uniform(*np.log(burst_light))) * max(light.sum(), 1e-12)
     if light.sum() <= 0:
         light[-1] = 1.0
     weights = np.empty_like(light)
@@ -176,14 +191,42 @@ def calibration_error(grid: WavelengthGrid, rms: float, rng: np.random.Generator
 
 
 def bad_columns(n_pix: int, rng: np.random.Generator, probability: float) -> np.ndarray:
-    """(n_pix,) bool: with `probability`, 1-3 masked stretches of 2-30 pixels anywhere."""
+    """(n_pix,) bool: with `probability`, 1-3 masked stretches of 1-30 pixels (log-uniform) anywhere."""
     mask = np.zeros(n_pix, bool)
     if rng.random() < min(probability, 1.0):
         for _ in range(rng.integers(1, 4)):
-            length = int(rng.integers(2, 31))
+            length = int(np.exp(rng.uniform(0.0, np.log(31.0))))
             start = int(rng.integers(0, max(1, n_pix - length)))
             mask[start:start + length] = True
     return mask
+
+
+def throughput(grid: WavelengthGrid, realism: Realism, rng: np.random.Generator) -> np.ndarray:
+    """(n_pix,) relative spectrograph throughput in (0, 1]: losses at the blue and red ends that
+    fade over a few hundred Å, and a Gaussian dip at each dichroic; all amplitudes × strength."""
+    wave = grid.wavelength
+    s = realism.strength
+    blue = min(rng.uniform(*realism.blue_throughput_loss) * s, 0.97)
+    red = min(rng.uniform(*realism.red_throughput_loss) * s, 0.97)
+    t = (1.0 - blue * np.exp(-(wave - wave[0]) / rng.uniform(*realism.blue_scale_aa)))
+    t *= (1.0 - red * np.exp(-(wave[-1] - wave) / rng.uniform(*realism.red_scale_aa)))
+    for lo, hi in DICHROICS_AA:
+        depth = min(rng.uniform(*realism.dichroic_depth) * s, 0.9)
+        t *= 1.0 - depth * np.exp(-0.5 * ((wave - rng.uniform(lo, hi)) / rng.uniform(20.0, 60.0)) ** 2)
+    return np.clip(t, 0.02, 1.0)
+
+
+def instrument_range(grid: WavelengthGrid, realism: Realism, rng: np.random.Generator) -> np.ndarray:
+    """(n_pix,) bool, True outside another instrument's range: with `range_probability` each, a
+    blue start uniform in 3600-3900 Å and a red end uniform in 9200-10400 Å."""
+    wave = grid.wavelength
+    outside = np.zeros(grid.n_pix, bool)
+    p = min(realism.range_probability * realism.strength, 1.0)
+    if rng.random() < p:
+        outside |= wave < rng.uniform(3600.0, 3900.0)
+    if rng.random() < p:
+        outside |= wave > rng.uniform(9200.0, 10400.0)
+    return outside
 
 
 def observe_with_sky(flux: np.ndarray, good: np.ndarray, grid: WavelengthGrid, snr: float, flux_level: float,
@@ -199,16 +242,18 @@ def observe_with_sky(flux: np.ndarray, good: np.ndarray, grid: WavelengthGrid, s
     flux = flux * calibration_error(grid, rms, rng)
     continuum, lines, derivative = sky_model(grid, resolution_sigma_kms)
     sky_level = flux_level * np.exp(rng.uniform(*np.log(realism.sky_to_object))) * max(s, 1e-3)
-    sky = sky_level * (continuum + realism.sky_line_scale * lines)
-    # counts-like variance: object + sky + a read-noise floor, in units fixed by the target S/N
-    shape = np.abs(flux) + sky
+    line_scale = np.exp(rng.uniform(*np.log(realism.sky_line_scale)))
+    sky = sky_level * (continuum + line_scale * lines)
+    # counts-like variance: (object + sky) / throughput + a read-noise floor, in units fixed by the
+    # target S/N (counts are flux × throughput; their Poisson σ in flux units is √(counts) / throughput)
+    shape = (np.abs(flux) + sky) / throughput(grid, realism, rng)
     reference = np.median(shape[good]) if good.any() else 1.0
     variance_shape = shape + (realism.read_noise * reference)
     relative_sigma = np.sqrt(variance_shape)
     ratio = np.abs(flux[good]) / relative_sigma[good]
     scale = np.median(ratio) / snr if good.any() and np.median(ratio) > 0 else flux_level / snr
     sigma = relative_sigma * scale
-    line_flux = sky_level * realism.sky_line_scale
+    line_flux = sky_level * line_scale
     residual = line_flux * (rng.normal(0.0, realism.sky_residual * s) * lines
                             + rng.normal(0.0, realism.sky_shift_pix * s) * derivative)
     noisy = flux + residual + noise_rng.normal(0.0, 1.0, flux.shape) * sigma

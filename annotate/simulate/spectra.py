@@ -21,7 +21,7 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
-                      delayed_tau_weights, observe_with_sky, realism_rng, smc_k)
+                      delayed_tau_weights, instrument_range, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
 LN10 = np.log(10.0)
@@ -143,7 +143,8 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     realism = settings.realism if extra_rng is not None else None
     if realism is not None and extra_rng.random() < realism.sfh_probability:
         members = usable[lib.gal_set[usable] == lib.gal_set[old]]
-        weights = delayed_tau_weights(lib.gal_age_gyr[members], extra_rng)
+        weights = delayed_tau_weights(lib.gal_age_gyr[members], extra_rng, realism.burst_probability,
+                                      realism.burst_light)
         flux = weights @ lib.gal_flux[members].astype(np.float64)
         used = list(members[weights > 0])
         label = f"{lib.gal_set[old]}:tau"
@@ -291,6 +292,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
         mask = mask | edge_mask(grid.n_pix, rng, settings.edge_mask_probability, settings.blue_mask_probability)
         if realism is not None:
             mask |= bad_columns(grid.n_pix, extra_rng, realism.bad_column_probability * realism.strength)
+            mask |= instrument_range(grid, realism, extra_rng)
         out["flux"][i], out["ivar"][i], out["mask"][i] = np.where(mask, 0, flux_obs), np.where(mask, 0, ivar), mask
     out["template"] = out["template"].astype(str)
     return out

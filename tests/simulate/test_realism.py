@@ -4,7 +4,7 @@ import pytest
 from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid, air_to_vacuum
 from annotate.simulate.realism import (Realism, bad_columns, calibration_error, calzetti_k, delayed_tau_weights,
-                                       observe_with_sky, sky_model, smc_k)
+                                       instrument_range, observe_with_sky, sky_model, smc_k, throughput)
 from annotate.simulate.spectra import SimulationSettings, draw_sample, quasar_rest
 from annotate.simulate.templates import load_library
 
@@ -75,7 +75,8 @@ def test_delayed_tau_weights_are_light_fractions():
 def test_bad_columns_are_short_interior_stretches():
     masks = np.array([bad_columns(GRID.n_pix, np.random.default_rng(s), 1.0) for s in range(50)])
     counts = masks.sum(axis=1)
-    assert (counts >= 2).all() and (counts <= 90).all()
+    assert (counts >= 1).all() and (counts <= 90).all()
+    assert (counts <= 3).any() and (counts >= 20).any()  # from single pixels to long stretches
     assert not bad_columns(GRID.n_pix, np.random.default_rng(0), 0.0).any()
 
 
@@ -112,3 +113,24 @@ def test_robustness_sets_hold_the_same_new_objects_with_stronger_effects():
     assert stars.any() and set(matched["template"][stars]) <= held  # robustness stars are held-out stars
     assert set(data["template"][data["class"] == "STAR"]).isdisjoint(held)
     assert len(data["train_star_indices"]) + len(held) == load_library().n_star
+
+
+def test_throughput_falls_at_both_ends_and_dips_at_the_dichroics():
+    wave = GRID.wavelength
+    realism = Realism(blue_throughput_loss=(0.8, 0.8), red_throughput_loss=(0.5, 0.5), dichroic_depth=(0.5, 0.5))
+    t = throughput(GRID, realism, np.random.default_rng(0))
+    assert t[0] == pytest.approx(0.2, abs=0.01) and t[-1] == pytest.approx(0.5, abs=0.01)
+    middle = (wave > 6500) & (wave < 7300)
+    assert t[middle].min() > 0.9
+    dip = (wave > 5700) & (wave < 6100)
+    assert t[dip].min() < 0.6 * np.median(t[middle])
+    off = throughput(GRID, Realism(strength=0.0), np.random.default_rng(0))
+    np.testing.assert_allclose(off, 1.0)
+
+
+def test_another_instruments_range_masks_an_end():
+    wave = GRID.wavelength
+    masks = [instrument_range(GRID, Realism(range_probability=1.0), np.random.default_rng(s)) for s in range(20)]
+    for mask in masks:
+        assert mask[0] and mask[-1] and not mask[(wave > 4000) & (wave < 9100)].any()
+    assert not instrument_range(GRID, Realism(range_probability=0.0), np.random.default_rng(0)).any()
