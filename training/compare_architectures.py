@@ -78,8 +78,12 @@ def table(rows: list[dict], objects: int, epochs: int, machine: str) -> str:
                      f"| {f(r['feh_r2_stars'])} | {f(r['class_accuracy_matched'])} / {f(r['class_accuracy_harder'])} "
                      f"| {score / (2 * r['seconds'] / 3600):.2f} |")
     lines += ["", "Score = mean of class accuracy, 1 − min(NMAD/0.01, 1) and the mean stellar R²; per CPU-hour "
-              "counts both cores for the training time.", ""]
-    return "\n".join(lines)
+              "counts both cores for the training time (which includes simulating the set, the per-epoch "
+              "validation and the held-out evaluation with the stellar baseline)."]
+    missing = [c for c in CANDIDATES if c not in {r["backbone"] for r in rows}]
+    if missing:
+        lines += ["", f"Not run: {', '.join(f'`{c}`' for c in missing)}."]
+    return "\n".join(lines + [""])
 
 
 def main(argv=None) -> int:

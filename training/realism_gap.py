@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.ndimage import median_filter
 
 from annotate.grid import WavelengthGrid, air_to_vacuum
-from annotate.simulate.realism import SKY_LINES, Realism, calibration_error, realism_rng, sky_model
+from annotate.simulate.realism import SKY_LINES, Realism, calibration_error, realism_rng, sky_model, throughput
 from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, loguniform, observe
 from annotate.simulate.templates import load_library
 
@@ -82,14 +82,15 @@ def simulate(realism, n, seed, z, snr):
         flux, ivar, _ = observe(loglam, rest, zi, GRID, snr_i, level, rng, realism, extra)
         r2, e2 = copy.deepcopy(before)  # the same draws again, without noise or sky-subtraction residuals
         truth = observe(loglam, rest, zi, GRID, 1e9, level, r2, quiet, e2)[0].astype(float)
-        sky = None
-        if realism:  # replay observe_with_sky's draws: calibration RMS, 4 Legendre terms, sky level
+        sky = thru = None
+        if realism:  # replay observe_with_sky's draws: calibration RMS, 4 Legendre terms, sky level, line scale, throughput
             e3 = copy.deepcopy(before[1])
             e3.uniform(), calibration_error(GRID, 1.0, e3)
-            sky_level = level * np.exp(e3.uniform(*np.log(realism.sky_to_object))) * realism.strength
+            sky_level = level * np.exp(e3.uniform(*np.log(realism.sky_to_object))) * max(realism.strength, 1e-3)
+            line_scale = np.exp(e3.uniform(*np.log(realism.sky_line_scale)))
             continuum, lines, _ = sky_model(GRID, settings.resolution_sigma_kms)
-            sky = sky_level * (continuum + realism.sky_line_scale * lines)
-        out.append(spectrum(f"sim {i}", GRID.wavelength, flux.astype(float), ivar, ivar <= 0, zi, sky, truth, snr_i))
+            sky, thru = sky_level * (continuum + line_scale * lines), throughput(GRID, realism, e3)
+        out.append(spectrum(f"sim {i}", GRID.wavelength, flux.astype(float), ivar, ivar <= 0, zi, sky, truth, snr_i) | {"thru": thru})
     return out
 
 
@@ -104,6 +105,13 @@ def noise_fit(s):
     return [shares[0], shares[1], shares[2], coef[1] / coef[0], r2] if len(coef) == 3 else [shares[0], np.nan, shares[1], np.nan, r2]
 
 
+def throughput_fit(s):
+    """R^2 of sigma^2 = a (|noiseless flux| + sky) / throughput + c: the realism noise model itself."""
+    g, var = s["good"], s["sigma"][s["good"]] ** 2
+    cols = np.column_stack([((np.abs(s["model"]) + s["sky"]) / s["thru"])[g], np.ones(g.sum())])
+    return 1 - np.sum((var - cols @ np.linalg.lstsq(cols, var, rcond=None)[0]) ** 2) / np.sum((var - var.mean()) ** 2)
+
+
 def line_contrast(wave, values, line_air):
     """max of `values` within ±2 Å of a sky line / their median 10-40 Å away (NaN out of range)."""
     offset = np.abs(wave - air_to_vacuum(np.float64(line_air)))
@@ -113,11 +121,19 @@ def line_contrast(wave, values, line_air):
 
 def noise_shape(s):
     """(fraction of good pixels red of 7000 Å with sigma > 1.5 x its 60 Å running median: the OH lines,
-    median sigma 3800-4100 Å / median sigma of the whole spectrum)."""
+    median sigma 3800-4100 Å / median sigma of the whole spectrum, the sigma bumps where arms meet)."""
     red = (s["wave"] > 7000) & s["good"]
     w, sig = s["wave"][red], s["sigma"][red]
     spikes = np.mean(sig > 1.5 * median_filter(sig, int(60 / np.median(np.diff(w))) | 1, mode="nearest"))
-    return spikes, np.nanmedian(s["sigma"][(s["wave"] > 3800) & (s["wave"] < 4100)]) / np.nanmedian(s["sigma"])
+    return (spikes, np.nanmedian(s["sigma"][(s["wave"] > 3800) & (s["wave"] < 4100)]) / np.nanmedian(s["sigma"]),
+            *(arm_bump(s["wave"], s["sigma"], lo, hi) for lo, hi in ((5700, 6100), (7450, 7700))))
+
+
+def arm_bump(wave, sigma, lo, hi):
+    """highest median sigma of 20 Å bins in lo-hi / median sigma 250 Å either side (where arms meet)."""
+    bins = [np.nanmedian(sigma[(wave >= a) & (wave < a + 20)]) for a in np.arange(lo, hi, 20)]
+    flanks = np.nanmedian(sigma[((wave > lo - 250) & (wave < lo)) | ((wave > hi) & (wave < hi + 250))])
+    return np.nanmax(bins) / flanks if np.isfinite(bins).any() else np.nan
 
 
 def residuals(s):
@@ -159,35 +175,40 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     real = real_spectra()
     sdss, desi_snr = real[:2], real[2]["snr"]
-    low_sky = replace(Realism(), sky_to_object=(0.01, 0.04))  # the SDSS files' sky level, for a like-for-like check
-    local = {k: simulate(r, 200, 11, (0.0, 0.05), (40.0, 60.0)) for k, r in (SIMS | {"low sky": low_sky}).items()}
+    local = {k: simulate(r, 200, 11, (0.0, 0.05), (40.0, 60.0)) for k, r in SIMS.items()}
+    low_sky = [s for s in local["realism"] if sky_ratio(s) < 0.045]  # the default draws at the SDSS files' sky level
     distant = {k: simulate(r, 150, 12, (0.30, 0.45), (0.7 * desi_snr, 1.4 * desi_snr)) for k, r in SIMS.items()}
     sims = {"old z<0.05": local["old"], "realism z<0.05": local["realism"],
-            "realism sky 0.01-0.04 z<0.05": local["low sky"], "realism z 0.30-0.45": distant["realism"]}
+            "realism sky<0.045 z<0.05": low_sky, "realism z 0.30-0.45": distant["realism"]}
     sources = [(s["name"], [s]) for s in real] + list(sims.items())  # name, spectra
     matched = sources[:2] + sources[5:8]  # the SDSS files and the simulations at their z and S/N
     print("# Real spectra (S/N: median per 1e-4 dex pixel; DESI converted from 0.8 Å pixels)")
     for s in real:
         w = s["wave"][s["good"]]
         print(f"{s['name']} | z {s['z'] or np.nan:.4f} | S/N {s['snr']:.1f} | {w.min():.0f}-{w.max():.0f} Å | {s['label']}")
-    print(f"simulated galaxies: z 0-0.05 at S/N 40-60 (200 each); z 0.30-0.45 at S/N {0.7 * desi_snr:.1f}-{1.4 * desi_snr:.1f} (150 each)")
+    print(f"simulated galaxies: z 0-0.05 at S/N 40-60 (200 each; {len(low_sky)} realism ones with sky < 0.045 x object); "
+          f"z 0.30-0.45 at S/N {0.7 * desi_snr:.1f}-{1.4 * desi_snr:.1f} (150 each)")
     print("\n# 1. Noise. sigma^2 = a flux + b sky + c: share of each term at the median pixel (sims: medians)")
     print("source | object | sky | constant | b/a | R^2 | sky at 7000 Å / median flux")
     for name, src in matched:
         fit = " | ".join(f"{x:.2f}" for x in np.nanmedian([noise_fit(s) for s in src], axis=0))
         print(f"{name} | {fit} | " + (cell(sky_ratio, src) if src[0]["sky"] is not None else "no sky"))
+    print("check, realism z<0.05: sigma^2 = a (|model| + sky) / throughput + c, with the replayed throughput: R^2 "
+          f"{np.min([throughput_fit(s) for s in local['realism']]):.4f} (lowest of 200)")
     continuum, lines, _ = sky_model(GRID, 69.0)
-    model_sky = {"wave": GRID.wavelength, "sigma": continuum + Realism().sky_line_scale * lines}
+    models = [{"wave": GRID.wavelength, "sigma": continuum + k * lines} for k in (8.0, np.sqrt(640.0), 80.0)]
     print("\nsigma at a sky line / local median sigma (sims: median [10-90 %]); last 3 columns: the same for the sky "
-          "spectrum itself in the SDSS files' sky column and in the simulator's sky model")
+          "spectrum itself in the SDSS files' sky column and in the simulator's sky model at line scale 8 / 25 / 80")
     print("line (air Å) | " + " | ".join(name for name, _ in sources) + " | NGC3522 sky | NGC3073 sky | model sky")
     for line in TABLE_LINES:
         contrast = lambda s: line_contrast(s["wave"], s["sigma"], line)  # noqa: E731
         print(f"{line:.0f} | " + " | ".join(cell(contrast, src) for _, src in sources) + " | "
-              + " | ".join(f"{line_contrast(s['wave'], s['sky'], line):.1f}" for s in sdss) + f" | {contrast(model_sky):.1f}")
-    print("\nsource | pixels red of 7000 Å with sigma > 1.5 x running median | sigma 3800-4100 Å / median sigma")
+              + " | ".join(f"{line_contrast(s['wave'], s['sky'], line):.1f}" for s in sdss)
+              + " | " + " / ".join(f"{contrast(m):.1f}" for m in models))
+    print("\nsource | pixels red of 7000 Å with sigma > 1.5 x running median | sigma 3800-4100 Å / median sigma | "
+          "peak of sigma (20 Å medians) 5700-6100 Å / its flanks | the same 7450-7700 Å")
     for name, src in sources:
-        print(f"{name} | {cell(lambda s: noise_shape(s)[0], src)} | {cell(lambda s: noise_shape(s)[1], src)}")
+        print(f"{name} | " + " | ".join(cell(lambda s: noise_shape(s)[k], src) for k in range(4)))
 
     print("\n# 2. Residuals (flux - model)/sigma: robust sigma / rms / fraction |r| > 4")
     print("source | all good pixels | within 3 Å of a sky line")
@@ -207,7 +228,8 @@ def main():
     for k, d in mixed.items():
         runs = [interior_runs(m) for m in d["mask"]]
         print(f"{k} sim, 2000 of all classes | {d['mask'].mean():.3f} | {np.mean([len(r) for r in runs]):.2f} per spectrum, "
-              f"in {np.mean([len(r) > 0 for r in runs]):.2f} of them ({np.mean([sum(r.values()) for r in runs]):.1f} px per spectrum) | "
+              f"in {np.mean([len(r) > 0 for r in runs]):.2f} of them ({np.mean([sum(r.values()) for r in runs]):.1f} px per spectrum, "
+              f"run length median {np.median([n for r in runs for n in r.values()] or [np.nan]):.0f} px) | "
               f"{d['mask'][:, 0].mean():.2f}, {d['mask'][:, -1].mean():.2f} of spectra")
 
     print("\n# 4. Continuum: median f_lambda rest 4000-4500 Å / 6500-7000 Å")
