@@ -44,7 +44,7 @@ def ross_success(spectype: np.ndarray, z: np.ndarray, true_class: np.ndarray, tr
     return (np.asarray(spectype) == np.asarray(true_class)) & np.isfinite(z) & ~catastrophic(z, true_z, true_class)
 
 
-def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0) -> dict:
+def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the
     shipped ViT as in `annotate run` (the ViT's own time not counted)."""
     grid = WavelengthGrid()
@@ -56,7 +56,8 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0) -> di
 
         model, card = load_checkpoint(None, "cpu")
         vit = predict_batch(model, card, sample["flux"], sample["mask"])
-    fitter = Fitter(grid, FitSettings(prior=prior))
+    settings = FitSettings(prior=prior) if skip_below is None else FitSettings(prior=prior, skip_below=skip_below)
+    fitter = Fitter(grid, settings)
     start = time.perf_counter()
     fit = fit_rows(fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
     seconds = time.perf_counter() - start
@@ -88,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", action="store_true", help="seed the fit with the shipped ViT, as annotate run does")
     parser.add_argument("--realism", type=float, default=0.0,
                         help="strength of the simulator's realism effects (annotate/simulate/realism.py); 0: none")
+    parser.add_argument("--skip-below", type=float, default=None,
+                        help="with --prior: skip classes whose ViT probability is under this when the ViT is "
+                             "confident (FitSettings.skip_below; default: scan every class)")
     args = parser.parse_args(argv)
-    result = evaluate(args.n, args.seed, args.prior, args.realism)
+    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below)
     print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}, realism "
           f"{args.realism:g}): class accuracy {result['class_accuracy']:.3f}, "
           f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
