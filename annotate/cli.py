@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--profile", type=Path, help="SLURM profile YAML (see slurm/profiles/); one task per GPU")
     train.add_argument("--dry-run", action="store_true", help="with --executor slurm: print the sbatch script only")
     train.add_argument("--no-wait", action="store_true", help="with --executor slurm: submit and return")
+    train.add_argument("--max-epochs", type=int, metavar="N",
+                       help="stop once N of the recipe's epochs are done (state saved; rerun to continue)")
+    train.add_argument("--max-minutes", type=float, metavar="M",
+                       help="stop M minutes after starting, with the state saved (rerun to continue)")
 
     check = command("crosscheck", "compare an annotated catalog's predictions with the survey pipeline's values")
     check.add_argument("--catalog", type=Path, required=True, help="catalog written by annotate run")
@@ -203,13 +207,17 @@ def _cmd_train(args) -> int:
             print(sbatch_script(profile, Path(out).resolve() / "slurm", job_name="annotate-train",
                                 tasks_per_node=max(1, profile.gpus()), srun_args=TRAIN_SRUN_ARGS))
             return 0
-        job = submit_training(args.recipe, out, profile)
+        job = submit_training(args.recipe, out, profile, max_epochs=args.max_epochs, max_minutes=args.max_minutes)
         print(f"submitted training job {job.job_id}; logs: {Path(out) / 'slurm' / str(job.job_id)}")
         if args.no_wait:
             return 0
         summary = wait_for_training(job, out)
     else:
-        summary = train(recipe, out)
+        summary = train(recipe, out, max_epochs=args.max_epochs, max_minutes=args.max_minutes)
+    if summary.get("stopped"):
+        print(f"training stopped by the cap after {summary['epochs_done']} of {recipe.epochs} epochs "
+              f"(step {summary['step']}); the state is in {out}: rerun to continue")
+        return 0
     print(json.dumps(summary.get("test", {}), indent=1))
     print(f"checkpoint: {out}")
     return 0

@@ -134,15 +134,17 @@ class TrainJob(submitit.helpers.Checkpointable):
     (by default) resubmits this same object: the requeued job trains into the same folder and so
     resumes from the newest saved state. It holds two paths, never a model or arrays."""
 
-    def __init__(self, recipe: str, out_dir: str):
+    def __init__(self, recipe: str, out_dir: str, max_epochs: int | None = None, max_minutes: float | None = None):
         self.recipe, self.out_dir = recipe, out_dir
+        self.max_epochs, self.max_minutes = max_epochs, max_minutes
 
     def __call__(self) -> dict:
         from .train import Recipe, train
 
         if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DistributedDataParallel
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        summary = train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True))
+        summary = train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True),
+                        max_epochs=getattr(self, "max_epochs", None), max_minutes=getattr(self, "max_minutes", None))
         # finished: the timeout signal may still come while submitit writes the result and Python exits.
         # Requeueing then would train nothing, and the signal's default action would end a completed
         # job as FAILED in the accounting, so a finished job ignores it (the hard limit still holds).
@@ -163,11 +165,13 @@ def training_executor(profile: Profile, out_dir: str | Path):
     return slurm
 
 
-def submit_training(recipe: str | Path, out_dir: str | Path, profile: Profile):
-    """Submit `annotate train` as one job; returns the submitit Job."""
+def submit_training(recipe: str | Path, out_dir: str | Path, profile: Profile, max_epochs: int | None = None,
+                    max_minutes: float | None = None):
+    """Submit `annotate train` as one job (capped like `train`'s max_epochs / max_minutes; a
+    requeued job counts its minutes afresh); returns the submitit Job."""
     with submission_errors():
         return training_executor(profile, out_dir).submit(TrainJob(str(Path(recipe).resolve()),
-                                                                   str(Path(out_dir).resolve())))
+                                                                   str(Path(out_dir).resolve()), max_epochs, max_minutes))
 
 
 @contextmanager

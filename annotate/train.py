@@ -287,9 +287,15 @@ def _schedule(optimiser, recipe: Recipe, total_steps: int):
         optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
 
 
-def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
+def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None = None,
+          max_minutes: float | None = None) -> dict:
     """Train per `recipe` into `out_dir` (resuming there if it holds an interrupted run of the same
-    recipe); returns the summary stored in the checkpoint's card (held-out metrics, split, timing)."""
+    recipe); returns the summary stored in the checkpoint's card (held-out metrics, split, timing).
+
+    max_epochs / max_minutes cap this call without changing the recipe: it stops once that many of
+    the recipe's epochs are done (counting those of earlier calls), or that many minutes after it
+    started, with the state saved; rerunning continues. A capped call returns {'stopped': True,
+    'epochs_done', 'step'}."""
     from .trainlog import plot_learning_curve, write_history
     from .trainstate import TrainState, latest_state, load_state, read_state_json, save_state
 
@@ -388,8 +394,13 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
     def done() -> bool:
         return bool(recipe.max_steps) and state.step >= recipe.max_steps
 
+    deadline = started + 60.0 * max_minutes if max_minutes is not None else None
+    stopped = False
     model.train()
     while state.epoch < recipe.epochs and not done():
+        if max_epochs is not None and state.epoch >= max_epochs:
+            stopped = True
+            break
         mine = epoch_batches(train_rows, recipe.batch_size, recipe.seed, state.epoch, ranks.world_size)
         mine = mine[ranks.rank::ranks.world_size]
         loader = batch_loader(dataset, mine[state.batch:], recipe.num_workers, pin)
@@ -408,9 +419,16 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
             state.loss_sum += float(loss.detach())
             if done():
                 break
+            now = time.time()
+            if deadline is not None and ranks.agree(now >= deadline):
+                save(f"epoch {state.epoch + 1}, batch {state.batch}; the {max_minutes:g}-minute cap")
+                stopped = True
+                break
             if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
-                    ranks.agree(time.time() - last_save > 60 * recipe.checkpoint_minutes):
+                    ranks.agree(now - last_save > 60 * recipe.checkpoint_minutes):
                 save(f"epoch {state.epoch + 1}, batch {state.batch}")
+        if stopped:
+            break
         if ranks.main:
             val = evaluate(model, batch_loader(dataset, val_batches, recipe.num_workers, pin), norms, device,
                            autocast, recipe.tasks)
@@ -430,6 +448,11 @@ def train(recipe: Recipe, out_dir: str | Path, log=print) -> dict:
         state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
         save(f"end of epoch {state.epoch}")
 
+    if stopped:
+        log(f"stopped by the cap after {state.epoch} of {recipe.epochs} epochs (step {state.step}); "
+            f"rerun the same command to continue")
+        ranks.barrier()
+        return {"stopped": True, "epochs_done": state.epoch, "step": state.step}
     summary = {}
     if ranks.main:
         summary = _finish(recipe, out_dir, data, split, norms, settings, device, autocast, card_base, state,

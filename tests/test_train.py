@@ -248,3 +248,23 @@ def test_a_realistic_simulated_run_reports_robustness_and_the_stellar_baseline(t
     # the baseline is a real one: χ² neighbours place held-out stars' Teff far better than a constant
     assert stellar["baseline"]["teff"]["r2_snr_ge_20"] > 0.5
     assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["robustness"]["harder"]["n"] == 40
+
+
+def test_caps_stop_a_run_with_its_state_saved_and_a_rerun_continues(tmp_path, capsys):
+    from annotate.cli import main
+    from annotate.trainstate import latest_state
+
+    store = _labelled_store(tmp_path / "train.h5")
+    recipe = _recipe(tmp_path, store, epochs=3)
+    stopped = train(recipe, tmp_path / "ckpt", log=lambda line: None, max_epochs=1)
+    assert stopped == {"stopped": True, "epochs_done": 1, "step": 3}  # 24 training rows in batches of 8
+    assert [h["epoch"] for h in json.loads((tmp_path / "ckpt" / "metrics.json").read_text())] == [1]
+    assert latest_state(tmp_path / "ckpt") is not None and not (tmp_path / "ckpt" / "training.json").exists()
+    # a zero-minute cap stops after one step of the next epoch, mid-epoch, with that step saved
+    recipe_file = tmp_path / "recipe.yaml"
+    assert main(["train", "--recipe", str(recipe_file), "--out", str(tmp_path / "ckpt"), "--max-minutes", "0"]) == 0
+    assert "training stopped by the cap after 1 of 3 epochs (step 4)" in capsys.readouterr().out
+    assert main(["train", "--recipe", str(recipe_file), "--out", str(tmp_path / "ckpt")]) == 0
+    history = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["steps"] == history[-1]["step"]
