@@ -94,10 +94,10 @@ def run_status(folder: str | Path) -> list[str]:
         raise ConfigError(f"{folder}: no such folder")
     if (folder / "plan.json").is_file():
         return _shard_run_status(folder)
-    if (folder / "state").is_dir() or (folder / "training.json").is_file() or (folder / "metrics.json").is_file():
+    if any((folder / name).exists() for name in ("state", "training.json", "metrics.json", "recipe.json", "slurm")):
         return _training_status(folder)
     raise ConfigError(f"{folder} is neither a sharded run folder (<output>.run/ with plan.json) "
-                      "nor a training folder (with state/, metrics.json or training.json)")
+                      "nor a training folder (with recipe.json, state/, metrics.json, training.json or slurm/)")
 
 
 def _shard_run_status(folder: Path) -> list[str]:

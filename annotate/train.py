@@ -308,6 +308,10 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
         return summary
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = start_ranks(recipe.device)
+    if ranks.main:  # marks the folder as a training folder from the start (annotate status)
+        tmp = out_dir / "recipe.json.tmp"
+        tmp.write_text(json.dumps(recipe.to_json(), indent=1) + "\n")
+        tmp.replace(out_dir / "recipe.json")
     device = ranks.device
     torch.manual_seed(recipe.seed)
     grid = WavelengthGrid(**recipe.grid)

@@ -268,3 +268,17 @@ def test_caps_stop_a_run_with_its_state_saved_and_a_rerun_continues(tmp_path, ca
     history = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["steps"] == history[-1]["step"]
+
+
+def test_status_knows_a_training_folder_before_its_first_saved_state(tmp_path, capsys):
+    from annotate.cli import main
+
+    store = _labelled_store(tmp_path / "train.h5")
+    train(_recipe(tmp_path, store, epochs=1), tmp_path / "ckpt", log=lambda line: None, max_epochs=0)
+    assert (tmp_path / "ckpt" / "recipe.json").is_file()  # written when training starts
+    assert main(["status", str(tmp_path / "ckpt")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"training {tmp_path / 'ckpt'}: starting"
+    submitted = tmp_path / "submitted"
+    (submitted / "slurm").mkdir(parents=True)  # a SLURM training job not started yet
+    assert main(["status", str(submitted)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"training {submitted}: starting"
