@@ -27,9 +27,18 @@ EXAMPLES = {
 }
 
 
+EXIT_CODES = """exit codes:
+  0    every row got a prediction (or the command did what it was asked)
+  2    bad input: one line on stderr says what (annotate: error: ...)
+  3    the output was written, but some rows have no prediction (NaN and a PRED_FLAGS bit)
+  4    a sharded run is incomplete: shards failed, were cancelled or timed out; nothing was merged
+  130  interrupted (Ctrl-C);  143  terminated (SIGTERM, e.g. scancel or a time limit)"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="annotate", description=(
-        "Annotate spectroscopic survey catalogs with Spectromer predictions (class, z, Teff, logg, [Fe/H])."))
+        "Annotate spectroscopic survey catalogs with Spectromer predictions (class, z, Teff, logg, [Fe/H])."),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"annotate {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -39,13 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {EXAMPLES[name]}",
                               parents=[common])
 
-    demo = command("demo", "write a small SDSS DR18-style sample and run the whole pipeline on it")
+    demo = command("demo", "write a small SDSS DR18- or DESI DR1-style sample and run the whole pipeline on it")
     demo.add_argument("--out", type=Path, default=Path("annotate-demo"), help="folder for the sample and outputs")
-    demo.add_argument("--n-objects", type=int, default=300, help="objects in the sample (default 300)")
-    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--n-objects", type=int, default=300, help="objects in the sample")
+    demo.add_argument("--seed", type=int, default=2026, help="random seed of the simulated sample")
     demo.add_argument("--no-fit", action="store_true", help="skip the template fit: class and z from the ViT alone")
     demo.add_argument("--survey", choices=("sdss_dr18", "desi_dr1"), default="sdss_dr18",
-                      help="the sample's layout: SDSS DR18 spec files (default) or DESI DR1 healpix coadds")
+                      help="the sample's layout: SDSS DR18 spec files or DESI DR1 healpix coadds")
     _add_execution(demo)
 
     run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
@@ -53,13 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--survey", default="sdss_dr18", help="survey definition name or YAML path")
     run.add_argument("--spectra-root", type=Path, help="folder the catalog's spectrum paths are relative to "
                      "(default: the catalog's folder)")
-    run.add_argument("--store", type=Path, help="HDF5 spectra store to create or resume")
+    run.add_argument("--store", type=Path, help="HDF5 spectra store to create or resume (default: "
+                     "<out without its extension>.spectra.h5 beside the output)")
     run.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped model)")
     run.add_argument("--out", type=Path, help="output catalog, in the input's format (default: <catalog>.annotated.fits or .h5)")
-    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--batch-size", type=int, default=64, help="spectra per ViT forward pass")
     run.add_argument("--no-fit", action="store_true", help="skip the template fit seeded by the ViT: PRED_CLASS and "
                      "PRED_Z are then the ViT's own")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--device", default="cpu", help="torch device for the ViT, e.g. cpu or cuda")
     run.add_argument("--shard-size", type=int, help="split the catalog into shards of N rows, run them (resumably: "
                      "finished shards are kept in <out>.run/) and merge")
     run.add_argument("--executor", default="local", choices=["local", "slurm"],
@@ -91,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--survey", help="survey definition (default: the one named in the catalog's ANNSURV card)")
     check.add_argument("--store", type=Path, help="spectra store for the disagreement sheet "
                        "(default: the run's store beside the catalog)")
-    check.add_argument("--n-sheet", type=int, default=8, help="disagreements drawn on the sheet (default 8)")
+    check.add_argument("--n-sheet", type=int, default=8, help="disagreements drawn on the sheet")
 
     status = command("status", "where a sharded run or a training run stands: shards done and missing, SLURM jobs")
     status.add_argument("folder", type=Path, metavar="RUN_DIR",
@@ -101,11 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--store", type=Path, required=True, help="HDF5 spectra store (from annotate run)")
     render.add_argument("--out", type=Path, required=True, help="image store (.h5) to create or resume, or the "
                         "contact sheet (.png) with --preview")
-    render.add_argument("--encoding", default="2dmap", choices=["2dmap", "simple", "overlap"])
+    render.add_argument("--encoding", default="2dmap", choices=["2dmap", "simple", "overlap"],
+                        help="image encoding (see the README's Encodings)")
     render.add_argument("--preview", type=int, metavar="N",
                         help="write a PNG contact sheet of N spectra in every encoding instead")
     render.add_argument("--profile", type=Path, help="SLURM profile YAML for --scheduler slurm (see slurm/profiles/)")
-    _add_execution(render)
+    _add_execution(render, "rendering")
 
     bench = command("bench", "measure each pipeline step beside its plain baseline, at three sizes")
     bench.add_argument("--quick", action="store_true", help="small sizes (a minute or two): checks that it works")
@@ -115,12 +126,28 @@ def _parser() -> argparse.ArgumentParser:
                             "fit beside redrock, and ingest_desi, DESI coadds of many targets, only when asked)")
     bench.add_argument("--out", type=Path, help="also write the results as JSON here")
     bench.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system's)")
+    _with_defaults(parser)
     return parser
 
 
-def _add_execution(parser: argparse.ArgumentParser) -> None:
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append '(default: X)' to every option's help that has a default and does not say it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _with_defaults(subparser)
+            continue
+        default = action.default
+        if action.help in (None, argparse.SUPPRESS) or default in (None, False, argparse.SUPPRESS):
+            continue
+        if "default" not in action.help:
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            action.help = f"{action.help} (default: {shown})"
+
+
+def _add_execution(parser: argparse.ArgumentParser, work: str = "reading spectra and fitting them") -> None:
     parser.add_argument("--scheduler", default="distributed", choices=("distributed", "threads", "sync", "slurm"),
-                        help="Dask scheduler for reading spectra (default: a local distributed cluster; slurm: "
+                        help=f"Dask scheduler for {work} (default: a local distributed cluster; slurm: "
                         "--workers Dask workers started as SLURM jobs of --profile)")
     parser.add_argument("--workers", type=int, help="Dask workers (default: CPU cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -204,7 +231,7 @@ def _cmd_train(args) -> int:
 
         profile = _profile(args.profile)
         if args.dry_run:
-            print(sbatch_script(profile, Path(out).resolve() / "slurm", job_name="annotate-train",
+            print(sbatch_script(profile, Path(out) / "slurm", job_name="annotate-train",
                                 tasks_per_node=max(1, profile.gpus()), srun_args=TRAIN_SRUN_ARGS))
             return 0
         job = submit_training(args.recipe, out, profile, max_epochs=args.max_epochs, max_minutes=args.max_minutes)

@@ -35,3 +35,10 @@ class IncompleteRun(AnnotateError):
     """The run finished but some rows got no prediction (they carry NaN and a PRED_FLAGS bit)."""
 
     exit_code = 3
+
+
+class JobsFailed(AnnotateError):
+    """SLURM jobs of a sharded run or a training run failed, were cancelled or timed out: nothing
+    was merged or finished; rerunning redoes only what is missing."""
+
+    exit_code = 4

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, IncompleteRun
+from .errors import ConfigError, JobsFailed
 
 PLAN_VERSION = 2  # 2: shard files hold the template fit's keys
 
@@ -195,7 +195,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
 
 
 def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, folder: Path, log=print) -> None:
-    """Run the shard tasks not done yet, here (Dask) or as a SLURM array; IncompleteRun if any fails."""
+    """Run the shard tasks not done yet, here (Dask) or as a SLURM array; JobsFailed if any fails."""
     if not tasks:
         return
     log(f"running {len(tasks)} of {n_shards} shards ({executor})")
@@ -212,8 +212,7 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
             jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
         failed = wait_for_shards(jobs, tasks, folder, log=log)
         if failed:
-            raise IncompleteRun(f"{len(failed)} shards failed; rerun the same command to redo only them: "
-                                + "; ".join(failed[:3]))
+            raise JobsFailed(failed_message(failed, len(tasks)))
     else:
         raise ConfigError(f"unknown executor {executor!r}; valid: local, slurm")
 
@@ -250,46 +249,54 @@ LOST_AFTER_S = 45.0  # a job gone from the queue this long without its shard fil
 
 
 def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_after_s: float | None = None,
-                    log=print) -> list[str]:
-    """Wait for every shard job; returns one line per failed shard. A shard is done when its file
-    exists; failed when submitit reports an error, or when its job has left the queue without
-    writing the file for `lost_after_s` (cancelled before it started, killed, lost with a node:
-    this works without accounting too, where submitit alone would wait forever)."""
+                    log=print) -> list[tuple[str, str, str]]:
+    """Wait for every shard job; returns (shard, job id, what happened) per failed shard. A shard
+    is done when its file exists; failed when the scheduler says its job was cancelled, failed or
+    timed out (squeue, then sacct: within a poll of the scheduler knowing), when submitit reports
+    an error, or when its job has left the queue without writing the file for `lost_after_s`
+    (no accounting to ask: cancelled before it started, killed, lost with a node)."""
     import time
 
-    from .slurm import queued_job_ids
+    from .status import TERMINAL_BAD, job_states
 
     lost_after_s = LOST_AFTER_S if lost_after_s is None else lost_after_s
     pending = {i: job for i, job in enumerate(jobs)}
     left_queue_at: dict[int, float] = {}
     failed, last_line = [], ""
+    in_queue = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "RESIZING")
     while pending:
-        queued = queued_job_ids()
+        states = job_states([str(job.job_id) for job in pending.values()])
         for i, job in list(pending.items()):
-            shard_file = folder / "shards" / f"{tasks[i]['name']}.npz"
+            name = tasks[i]["name"]
+            shard_file = folder / "shards" / f"{name}.npz"
             if shard_file.exists():
+                del pending[i]
+                continue
+            state = (states or {}).get(str(job.job_id), "").split(" ")[0]
+            if state in TERMINAL_BAD:
+                failed.append((name, str(job.job_id), state.lower().replace("_", " ")))
                 del pending[i]
                 continue
             if job.done():
                 try:
                     job.result()
                 except Exception as exc:  # noqa: BLE001 - reported per shard, the others kept
-                    failed.append(f"{tasks[i]['name']} (job {job.job_id}): {str(exc).splitlines()[0][:200]}")
+                    word = _scheduler_word(job)  # a cancel or timeout reads as such, not as submitit's error
+                    failed.append((name, str(job.job_id), word or f"failed: {str(exc).splitlines()[0][:200]}"))
                 else:
                     if not shard_file.exists():
-                        failed.append(f"{tasks[i]['name']} (job {job.job_id}): finished without its shard file")
+                        failed.append((name, str(job.job_id), "finished without its shard file"))
                 del pending[i]
                 continue
-            if queued is not None and job.job_id not in queued:
+            if states is not None and state not in in_queue:
                 since = left_queue_at.setdefault(i, time.time())
                 if time.time() - since > lost_after_s:
-                    failed.append(f"{tasks[i]['name']} (job {job.job_id}): left the queue without finishing "
-                                  "(cancelled or killed)")
+                    failed.append((name, str(job.job_id), "left the queue without finishing (no accounting to say how)"))
                     del pending[i]
             else:
                 left_queue_at.pop(i, None)
-        running = sum(1 for job in pending.values() if queued is not None and job.job_id in queued
-                      and job.state == "RUNNING")
+        running = sum(1 for job in pending.values()
+                      if (states or {}).get(str(job.job_id), "").startswith("RUNNING"))
         line = (f"shards: {len(tasks) - len(pending) - len(failed)} done, {running} running, "
                 f"{len(pending) - running} waiting, {len(failed)} failed")
         if line != last_line:
@@ -298,6 +305,39 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
         if pending:
             time.sleep(poll_s)
     return failed
+
+
+def _scheduler_word(job) -> str:
+    """'cancelled', 'timeout', ... when the scheduler (squeue/sacct, or submitit's own view of
+    sacct) says the job ended so; '' otherwise."""
+    from .status import TERMINAL_BAD, job_states
+
+    for _ in range(3):  # accounting may lag the end of the job by a second or two
+        state = (job_states([str(job.job_id)]) or {}).get(str(job.job_id), "").split(" ")[0]
+        if state not in TERMINAL_BAD:
+            state = str(getattr(job, "state", "") or "").split(" ")[0]
+        if state in TERMINAL_BAD:
+            return state.lower().replace("_", " ")
+        if state not in ("", "UNKNOWN", "RUNNING", "COMPLETING"):
+            return ""
+        import time
+
+        time.sleep(1.0)
+    return ""
+
+
+def failed_message(failed: list[tuple[str, str, str]], n_tasks: int) -> str:
+    """One line: how many shards did not finish and how, the first few by name, what to do."""
+    failed = sorted(failed)
+    counts: dict[str, int] = {}
+    for _, _, how in failed:
+        key = how.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    how = ", ".join(f"{n} {what}" for what, n in counts.items())
+    shown = "; ".join(f"{name} (job {job}): {what}" for name, job, what in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return (f"{len(failed)} of {n_tasks} shards did not finish ({how}): nothing was merged; rerun the same "
+            f"command to redo only them. {shown}{more}")
 
 
 def _profile(profile):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import submitit
 
-from .errors import AnnotateError, ConfigError, IncompleteRun
+from .errors import AnnotateError, ConfigError, JobsFailed
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,23 @@ def executor(profile: Profile, folder: str | Path, job_name: str = "annotate", a
 
 def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotate", array_size: int | None = None,
                   tasks_per_node: int = 1, srun_args: list | None = None) -> str:
-    """The sbatch script submitit would submit for `profile` (for --dry-run and the docs); an
-    array of `array_size` tasks when given. Uses submitit's own script builder."""
+    """The sbatch script `executor(profile, folder, ...)` submits (for --dry-run and the docs),
+    byte for byte: an array of `array_size` tasks when given. Built by submitit's own script
+    builder with the command submitit runs (this interpreter by absolute path, the absolute
+    folder), without needing srun on this machine."""
+    import shlex
+    import sys
+
     from submitit.slurm.slurm import _make_sbatch_string  # private, but the one that writes the script
 
+    jobs = (Path(folder) / "%j").expanduser().absolute()
     parameters = {**profile.submitit_parameters(), "ntasks_per_node": tasks_per_node}
     if srun_args:
         parameters["srun_args"] = list(srun_args)
     if array_size:
         parameters["map_count"] = array_size
-    return _make_sbatch_string(command=f"python -u -m submitit.core._submit {Path(folder) / '%j'}",
-                               folder=str(Path(folder) / "%j"), job_name=job_name, **parameters)
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(jobs))])
+    return _make_sbatch_string(command=command, folder=jobs, job_name=job_name, **parameters)
 
 
 def squeue_rows(fields: str) -> list[list[str]] | None:
@@ -205,11 +211,15 @@ def training_progress(out_dir: str | Path) -> str:
 
 
 def wait_for_training(job, out_dir: str | Path, log=print, poll_s: float = 5.0, lost_after_s: float = 45.0) -> dict:
-    """Follow a training job to its end, logging its state and progress when they change; returns
-    the training summary. A job that leaves the queue without finishing (cancelled, killed, out of
-    requeues) raises IncompleteRun after `lost_after_s`, with or without accounting."""
+    """Follow a training job to its end, logging its state (squeue, then sacct) and progress when
+    they change; returns the training summary. A job the scheduler reports cancelled, failed or
+    timed out without requeueing raises JobsFailed at once; one that leaves the queue with no
+    accounting to say how, after `lost_after_s`."""
+    from .status import TERMINAL_BAD, job_states
+
     out_dir = Path(out_dir)
     last, left_queue_at = "", None
+    job_id = str(job.job_id)
     while True:
         finished = out_dir / "training.json"
         if finished.is_file():
@@ -218,17 +228,26 @@ def wait_for_training(job, out_dir: str | Path, log=print, poll_s: float = 5.0, 
             try:
                 return job.result()
             except Exception as exc:  # noqa: BLE001 - reported as one line
-                raise IncompleteRun(f"training job {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
-                                    f"its log is in {out_dir / 'slurm'}; rerun to resume") from None
-        queued = queued_job_ids()
-        if queued is not None and job.job_id not in queued:
+                raise JobsFailed(f"training job {job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
+                                 f"its log is in {out_dir / 'slurm'}; rerun to resume") from None
+        states = job_states([job_id])
+        state = (states or {}).get(job_id, "").split(" ")[0]
+        if state in TERMINAL_BAD and not job.done():
+            time.sleep(poll_s)  # a timeout requeues itself: the next poll shows it queued again
+            again = (job_states([job_id]) or {}).get(job_id, "").split(" ")[0]
+            if again in TERMINAL_BAD and not finished.is_file() and not job.done():
+                raise JobsFailed(f"training job {job_id} {again.lower().replace('_', ' ')} without finishing; "
+                                 f"its log is in {out_dir / 'slurm'}; rerun the same command to resume from its "
+                                 f"last state ({training_progress(out_dir)})")
+            continue
+        if states is not None and state == "":
             left_queue_at = left_queue_at or time.time()
             if time.time() - left_queue_at > lost_after_s:
-                raise IncompleteRun(f"training job {job.job_id} left the queue without finishing (cancelled or "
-                                    f"killed); rerun the same command to resume from its last state")
+                raise JobsFailed(f"training job {job_id} left the queue without finishing (no accounting to say "
+                                 f"how); rerun the same command to resume from its last state")
         else:
             left_queue_at = None
-        line = f"job {job.job_id} {job.state}: {training_progress(out_dir)}"
+        line = f"job {job_id} {state or job.state}: {training_progress(out_dir)}"
         if line != last:
             log(line)
             last = line

@@ -39,9 +39,28 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         return None
     for line in done.stdout.splitlines() if accounted else []:
         parts = line.replace("|", " ").split()
-        if len(parts) >= 2 and parts[0] in wanted:
-            states.setdefault(parts[0], parts[1])
+        if len(parts) < 2:
+            continue
+        for job in _expand_array_id(parts[0]):  # array tasks cancelled while pending: '123_[4-5,7]'
+            if job in wanted:
+                states.setdefault(job, parts[1].rstrip("+"))
     return {job: states.get(job, "") for job in job_ids}
+
+
+TERMINAL_BAD = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+def _expand_array_id(job_id: str) -> list[str]:
+    """'123_[4-5,7%2]' -> ['123_4', '123_5', '123_7']; any other id as it is."""
+    if "_[" not in job_id or not job_id.endswith("]"):
+        return [job_id]
+    array, spec = job_id[:-1].split("_[", 1)
+    out = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            out += [f"{array}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
 
 
 def _job_lines(slurm_folder: Path) -> list[str]:

@@ -165,9 +165,10 @@ from test_pipeline import catalog, micro_model  # noqa: E402,F401 - an 8-row cat
 def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, catalog, micro_model, tmp_path,  # noqa: F811
                                                                 monkeypatch):
     import annotate.shards
-    from annotate.errors import IncompleteRun
+    from annotate.errors import JobsFailed
 
-    monkeypatch.setattr(annotate.shards, "LOST_AFTER_S", 5.0)
+    # the scheduler's own word must report the cancel: the no-accounting fallback would take 10 min
+    monkeypatch.setattr(annotate.shards, "LOST_AFTER_S", 600.0)
     from annotate.pipeline import RunSettings
     from annotate.shards import run_folder, run_sharded
 
@@ -184,13 +185,20 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
                             out=tmp_path / "again.fits", progress=False)
     import threading
 
+    cancelled_at = []
+
     def cancel_soon():
         time.sleep(1.0)
         subprocess.run(["scancel", "--name=annotate-run"], check=False)
+        cancelled_at.append(time.time())
 
     threading.Thread(target=cancel_soon, daemon=True).start()
-    with pytest.raises(IncompleteRun, match="shards failed; rerun the same command"):
+    with pytest.raises(JobsFailed, match=r"3 of 3 shards did not finish \(3 cancelled\): nothing was merged; "
+                                         r"rerun the same command to redo only them\. shard-00000 \(job \d+_0\): "
+                                         r"cancelled") as raised:
         run_sharded(settings2, 3, executor="slurm", profile=profile, log=lambda m: None)
+    assert time.time() - cancelled_at[0] < 30  # reported within seconds of the scheduler knowing
+    assert raised.value.exit_code == 4
     from annotate.status import run_status
 
     # accounting may lag the cancellation by a few seconds
@@ -209,7 +217,7 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     assert status[1] == "shards: 3 of 3 done (8 rows), 0 missing" and status[-1] == f"merged: {tmp_path / 'again.fits'}"
 
 
-def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path):
+def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path, capsys):
     """A 1-minute job limit and more training than fits in it on one core: Slurm signals the job
     before its limit, submitit requeues it (TrainJob is Checkpointable), and the requeued job resumes
     from the saved state instead of starting over. 120 epochs: 60 (~70 s on a slow day) finished
@@ -232,6 +240,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
 
     assert main(["train", "--recipe", str(recipe), "--out", str(out), "--executor", "slurm", "--profile",
                  str(profile), "--dry-run"]) == 0
+    dry_run = capsys.readouterr().out
     assert main(["train", "--recipe", str(recipe), "--out", str(out), "--executor", "slurm",
                  "--profile", str(profile)]) == 0
     summary = json.loads((out / "training.json").read_text())
@@ -239,6 +248,8 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
     assert "resumed from" in logs, logs[-3000:]
     job_id = next(p.name for p in (out / "slurm").iterdir() if p.name.isdigit())
+    # --dry-run printed exactly the script that was submitted
+    assert (out / "slurm" / job_id / f"{job_id}_submission.sh").read_text().strip() == dry_run.strip()
 
     def attempts():  # every run of the job, requeued ones included (slurmdbd may lag behind)
         out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id], capture_output=True,
