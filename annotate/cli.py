@@ -339,7 +339,11 @@ def _sigterm_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .invocation import set_argv
+
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    set_argv(argv)
     args = parser.parse_args(argv)
     with _sigterm_as_interrupt():
         return _main(args)

@@ -20,7 +20,7 @@ from .pipeline import RunResult, RunSettings, run
 from .simulate.dataset import held_out_star_indices
 from .simulate.spectra import draw_sample
 from .simulate.templates import load_library
-from .simulate.writer import DESI_ARMS, write_catalog, write_desi_coadd, write_sdss_spec
+from .simulate.writer import write_catalog, write_desi_coadd, write_sdss_spec
 from .surveys import load_survey
 
 RUN2D = "v6_0_4"

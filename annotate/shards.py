@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, JobsFailed
+from .invocation import argv
 
 PLAN_VERSION = 2  # 2: shard files hold the template fit's keys
 
@@ -165,6 +165,10 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
             from .slurm import sbatch_script
 
             log(sbatch_script(_profile(profile), folder / "slurm", job_name="annotate-run", array_size=len(missing)))
+        if missing:
+            log("or, with plain sbatch (one array task per missing shard; then this command without --dry-run "
+                "merges):")
+            log("  " + sbatch_array_command(catalog, shard_size, [s.index for s in missing], argv()))
         return None
     from .pipeline import check_output_room
 
@@ -239,7 +243,7 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, 
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
                                   survey.name, 0, shard_precision(folder, shards), plan.get("fit"))
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
-    provenance["ANNCMD"] = (shlex.join(["annotate", *sys.argv[1:]])[:68] if sys.argv else "", "command line (cut)")
+    provenance["ANNCMD"] = (shlex.join(["annotate", *argv()])[:68], "command line (cut)")
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)
     return RunResult(output=out, store=folder / "stores", n_rows=plan["rows"], n_predicted=merged["n_predicted"],
                      counts=merged["counts"], summary=merged["summary"], errors=merged["errors"])
@@ -305,6 +309,41 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
         if pending:
             time.sleep(poll_s)
     return failed
+
+
+def index_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (sbatch --array syntax)."""
+    parts, start = [], None
+    ordered = sorted(indices)
+    for i, value in enumerate(ordered):
+        if start is None:
+            start = value
+        if i + 1 == len(ordered) or ordered[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(parts)
+
+
+# options of `annotate run` that the array script sets itself or that do not belong in it
+_NOT_FOR_ARRAY = {"--catalog": 1, "--shard-size": 1, "--executor": 1, "--profile": 1, "--dry-run": 0, "--shard": 1,
+                  "--scheduler": 1, "--no-progress": 0}
+
+
+def sbatch_array_command(catalog: Path, shard_size: int, indices: list[int], argv: list[str]) -> str:
+    """The complete `sbatch --array=... slurm/annotate-array.sbatch CATALOG SHARD_SIZE [options]`
+    for the shards `indices`, with the run options of `argv` (an `annotate run ...` command line)."""
+    options, i = [], 1 if argv[:1] == ["run"] else 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in _NOT_FOR_ARRAY:
+            i += 1 + (_NOT_FOR_ARRAY[name] if "=" not in argv[i] else 0)
+            continue
+        options.append(argv[i])
+        i += 1
+    script = Path(__file__).resolve().parent.parent / "slurm" / "annotate-array.sbatch"
+    script_text = str(script) if script.is_file() else "slurm/annotate-array.sbatch"
+    return shlex.join(["sbatch", f"--array={index_ranges(indices)}%64", script_text, str(Path(catalog).resolve()),
+                       str(shard_size), *options])
 
 
 def _scheduler_word(job) -> str:

@@ -63,8 +63,22 @@ def _expand_array_id(job_id: str) -> list[str]:
     return out
 
 
-def _job_lines(slurm_folder: Path) -> list[str]:
-    """One summary line for the jobs under `slurm_folder`, and one per failed or unknown job."""
+def _shard_of(job_folder: Path) -> str | None:
+    """The shard a submitit job of a sharded run ran ('shard-00004'), from its submitted pickle;
+    None where it cannot be read (another kind of job, or a file being written)."""
+    import pickle
+
+    try:
+        with open(job_folder / f"{job_folder.name}_submitted.pkl", "rb") as handle:
+            delayed = pickle.load(handle)
+        return str(delayed.args[0]["name"])
+    except Exception:  # noqa: BLE001 - any unreadable pickle: the job is shown as it is
+        return None
+
+
+def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
+    """One summary line for the jobs under `slurm_folder`, and one per failed or unknown job
+    (with `missing`, a sharded run's missing shard names: only the jobs of those shards)."""
     folders = [p for p in slurm_folder.iterdir() if p.is_dir()] if slurm_folder.is_dir() else []
     # an array's own folder (its sbatch script) sits beside those of its tasks ('<array>_<task>')
     arrays = {p.name.split("_")[0] for p in folders if "_" in p.name}
@@ -80,6 +94,8 @@ def _job_lines(slurm_folder: Path) -> list[str]:
     lines = [f"jobs: {len(jobs)} ({', '.join(f'{n} {s.lower()}' for s, n in sorted(counts.items()))}); "
              f"logs under {slurm_folder}"]
     bad = [p for p in jobs if states[p.name] not in ("RUNNING", "PENDING", "COMPLETED", "COMPLETING", "REQUEUED")]
+    if missing is not None:  # a failed job whose shard a later job finished is history, not news
+        bad = [p for p in bad if _shard_of(p) in missing or _shard_of(p) is None]
     for job in bad[:SHOWN]:
         lines.append(f"  job {job.name}: {states[job.name].lower() or 'left the queue (no accounting to say how)'}"
                      f"{_last_error(job)}")
@@ -135,12 +151,20 @@ def _shard_run_status(folder: Path) -> list[str]:
         lines.append(f"  {shard.name}: rows {shard.start}-{shard.stop}")
     if len(missing) > SHOWN:
         lines.append(f"  ... and {len(missing) - SHOWN} more")
-    lines += _job_lines(folder / "slurm")
+    jobs = _job_lines(folder / "slurm", {s.name for s in missing})
+    lines += jobs
     output = folder.with_name(folder.name[:-len(".run")]) if folder.name.endswith(".run") else None
     if output is not None and output.is_file() and not missing:
         lines.append(f"merged: {output}")
     elif not missing:
         lines.append("every shard is done: rerun the same `annotate run` command to merge")
+    elif jobs == ["jobs: none submitted from this folder"]:
+        from .shards import index_ranges
+
+        lines.append("no job was submitted from this folder: if the shards run as a plain sbatch array "
+                     "(slurm/annotate-array.sbatch), `squeue` shows them; resubmit the array for the missing "
+                     f"ones (--array={index_ranges([s.index for s in missing])}) or rerun the same `annotate run` "
+                     "command to compute them here; the same command merges once every shard is done")
     else:
         lines.append("rerun the same `annotate run` command to compute the missing shards (and then merge)")
     return lines

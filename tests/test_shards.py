@@ -73,7 +73,10 @@ def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa
     assert lines[0].startswith(f"run {folder}: catalog {catalog.resolve()} ({N} rows)")
     assert lines[1:] == ["shards: 2 of 3 done (5 rows), 1 missing", "  shard-00001: rows 3-6",
                          "jobs: none submitted from this folder",
-                         "rerun the same `annotate run` command to compute the missing shards (and then merge)"]
+                         "no job was submitted from this folder: if the shards run as a plain sbatch array "
+                         "(slurm/annotate-array.sbatch), `squeue` shows them; resubmit the array for the missing "
+                         "ones (--array=1) or rerun the same `annotate run` command to compute them here; the same "
+                         "command merges once every shard is done"]
     run_sharded(settings, 3, log=lambda m: None)
     assert main(["status", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["shards: 3 of 3 done (8 rows), 0 missing",
@@ -116,6 +119,17 @@ def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp
     assert "8 rows in 3 shards of up to 3; 0 done, 3 to run with executor slurm" in printed
     assert "#SBATCH --array=0-2%3" in printed and "#SBATCH --gpus-per-node=1" in printed
     assert not run_folder(tmp_path / "cat.annotated.fits").exists()  # nothing written, nothing submitted
+    sbatch = next(line.strip() for line in printed.splitlines() if line.strip().startswith("sbatch "))
+    assert sbatch.startswith("sbatch --array=0-2%64 ") and "slurm/annotate-array.sbatch" in sbatch
+    assert f" {catalog.resolve()} 3 " in sbatch and f"--model {micro_model}" in sbatch
+    assert "--dry-run" not in sbatch and "--executor" not in sbatch and "--profile" not in sbatch
+
+
+def test_index_ranges_are_sbatch_array_syntax():
+    from annotate.shards import index_ranges
+
+    assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert index_ranges([4]) == "4" and index_ranges([3, 1, 2]) == "1-3"
 
 
 def test_merge_in_chunks_that_straddle_shards_matches_the_whole_merge(catalog, micro_model, tmp_path,  # noqa: F811

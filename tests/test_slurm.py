@@ -197,7 +197,9 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
                                          r"rerun the same command to redo only them\. shard-00000 \(job \d+_0\): "
                                          r"cancelled") as raised:
         run_sharded(settings2, 3, executor="slurm", profile=profile, log=lambda m: None)
-    assert time.time() - cancelled_at[0] < 30  # reported within seconds of the scheduler knowing
+    # reported from the scheduler's state (the no-accounting fallback would have waited 600 s and
+    # said "left the queue"); slurmdbd on a loaded 2-core machine may take some seconds to know
+    assert time.time() - cancelled_at[0] < 120
     assert raised.value.exit_code == 4
     from annotate.status import run_status
 
@@ -215,6 +217,7 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     assert again.n_predicted == 6 and messages and messages[0].startswith("running ")
     status = run_status(run_folder(tmp_path / "again.fits"))
     assert status[1] == "shards: 3 of 3 done (8 rows), 0 missing" and status[-1] == f"merged: {tmp_path / 'again.fits'}"
+    assert not any(line.startswith("  job ") for line in status), status  # the cancels are history now
 
 
 def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path, capsys):
@@ -263,7 +266,9 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
 
 
 def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_conf, catalog, micro_model,  # noqa: F811
-                                                                        tmp_path):
+                                                                        tmp_path, capsys):
+    import shlex
+
     from astropy.io import fits
 
     from annotate.cli import main
@@ -271,8 +276,12 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
 
     options = ["--spectra-root", str(tmp_path / "spectra"), "--model", str(micro_model),
                "--out", str(tmp_path / "out.fits")]
-    done = subprocess.run(["sbatch", "--wait", "--parsable", "--partition=debug", "--array=0-2",
-                           str(REPO / "slurm" / "annotate-array.sbatch"), str(catalog), "3", *options],
+    # the plan prints the complete sbatch command; it runs as given (plus --wait to follow it here)
+    assert main(["run", "--catalog", str(catalog), "--shard-size", "3", "--dry-run", *options]) == 0
+    printed = next(line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("sbatch "))
+    command = shlex.split(printed)
+    assert command[1] == "--array=0-2%64"
+    done = subprocess.run([command[0], "--wait", "--parsable", "--partition=debug", *command[1:]],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text() for p in sorted(tmp_path.glob("annotate-run-*.out")))
     assert done.returncode == 0, logs[-3000:] + done.stderr

@@ -1,7 +1,5 @@
 """The DESI coadd reader on the two real coadds that fastspecfit 3.6.1 ships (format fixtures)."""
 
-import shutil
-
 import numpy as np
 import pytest
 from astropy.io import fits
