@@ -2,7 +2,7 @@
 
 Compares the old simulator (`SimulationSettings(realism=None)`), the realism simulator
 (`Realism()`) and real spectra that installed packages ship (SDSS DR18 coadds and a LEGA-C VIMOS
-spectrum from ppxf; two DESI coadds from the fastspecfit wheel, unzipped to /tmp/fsf/x). The real
+spectrum from ppxf; two DESI coadds from fastspecfit 3.6.1, `pip install --no-deps fastspecfit==3.6.1`). The real
 files are evaluation material only: nothing here feeds back into the simulator's parameters.
 Prints the numbers of annotate/simulate/REALISM.md and writes its figures; deterministic.
 
@@ -10,6 +10,7 @@ Prints the numbers of annotate/simulate/REALISM.md and writes its figures; deter
 """
 
 import copy
+import importlib.util
 import io
 import warnings
 from dataclasses import replace
@@ -28,7 +29,9 @@ from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_re
 from annotate.simulate.templates import load_library
 
 OUT = Path(__file__).resolve().parents[1] / "annotate" / "simulate" / "realism-plots"
-PPXF, DESI = Path(ppxf.__file__).parent / "spectra", Path("/tmp/fsf/x/fastspecfit/test/data")
+# fastspecfit 3.6.1, installed with --no-deps as the README's setup does: located, never imported
+DESI = Path(importlib.util.find_spec("fastspecfit").submodule_search_locations[0]) / "test" / "data"
+PPXF = Path(ppxf.__file__).parent / "spectra"
 GRID, LIB = WavelengthGrid(), load_library()
 SIMS = {"old": None, "realism": Realism()}
 ALL_SKY = air_to_vacuum(np.array([w for w, _ in SKY_LINES]))
