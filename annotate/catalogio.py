@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interrupts
 from .errors import CatalogError, OutputError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -190,6 +191,7 @@ class HDF5Catalog:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             self._check_written(tmp)
+            interrupts.check()  # an interrupt swallowed by a finaliser still stops the replace
             os.replace(tmp, out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

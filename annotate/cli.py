@@ -7,13 +7,12 @@ Errors the user can act on print one line (`annotate: error: ...`) and exit with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import AnnotateError, IncompleteRun
 
 EXAMPLES = {
@@ -313,29 +312,7 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "train": _cmd_train, "bench": _c
             "crosscheck": _cmd_crosscheck, "status": _cmd_status}
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what SLURM sends on scancel and at the time limit), handled like Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While a command runs in the main thread, SIGTERM raises Terminated, so that the run's
-    clean-up (locks, temporary files, the Dask cluster) happens as on Ctrl-C."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+Terminated = interrupts.Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     set_argv(argv)
     args = parser.parse_args(argv)
-    with _sigterm_as_interrupt():
+    with interrupts.recorded():
         return _main(args)
 
 
@@ -402,6 +379,7 @@ def _main(args) -> int:
         print(f"annotate: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
+        interrupts.handled()
         if args.debug:
             raise
         if isinstance(exc, Terminated):

@@ -214,6 +214,7 @@ def run_missing(tasks: list, n_shards: int, settings, executor: str, profile, fo
 
         with submission_errors():
             jobs = slurm_executor(_profile(profile), folder / "slurm", job_name="annotate-run").map_array(run_shard, tasks)
+        record_shard_jobs(folder / "slurm", {str(job.job_id): task["name"] for job, task in zip(jobs, tasks)})
         failed = wait_for_shards(jobs, tasks, folder, log=log)
         if failed:
             raise JobsFailed(failed_message(failed, len(tasks)))
@@ -309,6 +310,19 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
         if pending:
             time.sleep(poll_s)
     return failed
+
+
+SHARD_JOBS = "shard-jobs.json"  # in <run>/slurm/: which shard each submitted job ran
+
+
+def record_shard_jobs(slurm_folder: Path, jobs: dict[str, str]) -> None:
+    """Add {job id: shard name} to the run's record of submitted shard jobs (for annotate status)."""
+    path = slurm_folder / SHARD_JOBS
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    tmp = path.with_name(path.name + ".tmp")
+    slurm_folder.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps({**known, **jobs}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def index_ranges(indices: list[int]) -> str:

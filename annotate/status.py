@@ -63,17 +63,14 @@ def _expand_array_id(job_id: str) -> list[str]:
     return out
 
 
-def _shard_of(job_folder: Path) -> str | None:
-    """The shard a submitit job of a sharded run ran ('shard-00004'), from its submitted pickle;
-    None where it cannot be read (another kind of job, or a file being written)."""
-    import pickle
+def _shard_jobs(slurm_folder: Path) -> dict[str, str]:
+    """{job id: shard name} of the shard jobs submitted from a run folder (shards.SHARD_JOBS)."""
+    from .shards import SHARD_JOBS
 
     try:
-        with open(job_folder / f"{job_folder.name}_submitted.pkl", "rb") as handle:
-            delayed = pickle.load(handle)
-        return str(delayed.args[0]["name"])
-    except Exception:  # noqa: BLE001 - any unreadable pickle: the job is shown as it is
-        return None
+        return json.loads((slurm_folder / SHARD_JOBS).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
@@ -95,7 +92,8 @@ def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
              f"logs under {slurm_folder}"]
     bad = [p for p in jobs if states[p.name] not in ("RUNNING", "PENDING", "COMPLETED", "COMPLETING", "REQUEUED")]
     if missing is not None:  # a failed job whose shard a later job finished is history, not news
-        bad = [p for p in bad if _shard_of(p) in missing or _shard_of(p) is None]
+        shard_of = _shard_jobs(slurm_folder)
+        bad = [p for p in bad if shard_of.get(p.name) in missing or p.name not in shard_of]
     for job in bad[:SHOWN]:
         lines.append(f"  job {job.name}: {states[job.name].lower() or 'left the queue (no accounting to say how)'}"
                      f"{_last_error(job)}")

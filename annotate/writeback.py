@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import OutputError
 from .flags import NO_PREDICTION, PredFlag
 from .metrics import catastrophic
@@ -150,6 +150,7 @@ def write_fits(catalog: str | Path, out: str | Path, columns, provenance: dict, 
                 _stream_copy(catalog, tmp, hdul, hdu_index, header, columns)
             else:
                 _astropy_copy(hdul, hdu_index, header, columns, tmp)
+        interrupts.check()  # an interrupt swallowed by a finaliser still stops the replace
         os.replace(tmp, out)
         _fsync_directory(out.parent)
     except OSError as exc:

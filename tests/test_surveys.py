@@ -73,7 +73,7 @@ def test_misspelt_key_lists_valid_ones():
 
 def test_unknown_survey_lists_known():
     with pytest.raises(ConfigError, match="sdss_dr18"):
-        load_survey("desi_dr1")
+        load_survey("euclid_dr1")
 
 
 def test_sdss_dr19_paths_pad_the_field_and_drop_the_p():
