@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-fit", action="store_true", help="skip the template fit: class and z from the ViT alone")
     demo.add_argument("--survey", choices=("sdss_dr18", "desi_dr1"), default="sdss_dr18",
                       help="the sample's layout: SDSS DR18 spec files or DESI DR1 healpix coadds")
+    demo.add_argument("--profile", type=Path, help="SLURM profile YAML for --scheduler slurm (see slurm/profiles/)")
     _add_execution(demo)
 
     run = command("run", "annotate a catalog: ingest spectra, predict, write PRED_* columns to a new file")
@@ -367,10 +368,14 @@ def _main(args) -> int:
             if not args.debug:  # astropy's notes on damaged inputs: our error line says what went wrong
                 warnings.simplefilter("ignore", AstropyWarning)
             if getattr(args, "scheduler", None) == "slurm":
+                from .errors import ConfigError
                 from .parallel import dask_on_slurm
                 from .shards import _profile
 
-                with dask_on_slurm(_profile(getattr(args, "profile", None))):
+                if getattr(args, "profile", None) is None:
+                    raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/): the "
+                                      "Dask workers are started as SLURM jobs of that profile")
+                with dask_on_slurm(_profile(args.profile)):
                     return COMMANDS[args.command](args)
             return COMMANDS[args.command](args)
     except AnnotateError as exc:

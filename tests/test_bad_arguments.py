@@ -53,3 +53,38 @@ def test_crosscheck_arguments_are_checked_before_reading(tmp_path, capsys):
     assert main(["crosscheck", "--catalog", str(tmp_path / "c.fits"), "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+def test_scheduler_slurm_without_a_profile_names_the_right_flag(tmp_path, capsys):
+    for command in (["demo", "--out", str(tmp_path / "demo")], ["render", "--store", str(tmp_path / "s.h5"),
+                                                                 "--out", str(tmp_path / "i.h5")]):
+        assert main([*command, "--scheduler", "slurm"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("annotate: error: --scheduler slurm needs --profile") and len(err.splitlines()) == 1
+    help_text = _help(["demo", "--help"])
+    assert "--profile" in help_text  # the README offers `annotate demo --scheduler slurm --profile P`
+
+
+def _help(argv) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        main(argv)
+    return buffer.getvalue()
+
+
+def test_every_option_of_every_command_has_help_with_its_default():
+    from annotate.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings == ["-h", "--help"]:
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if action.default not in (None, False) and action.option_strings:
+                assert "default" in action.help, f"{name} {action.option_strings} does not say its default"
+    assert "exit codes:" in _help(["--help"]) and "4    a sharded run" in _help(["--help"])
