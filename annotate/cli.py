@@ -357,6 +357,19 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--out {args.out} is a file; the cross-check writes a report folder there")
 
 
+def dask_log_folder(args) -> Path:
+    """Where the Dask worker jobs of `--scheduler slurm` write their logs: `<output>.dask-logs/`
+    beside the command's output (the demo's: inside its folder), never the current directory."""
+    if args.command == "demo":
+        return Path(args.out) / "dask-logs"
+    if args.command == "run":
+        from .writeback import default_output_path
+
+        out = Path(args.out) if args.out is not None else default_output_path(args.catalog)
+        return out.with_name(out.name + ".dask-logs")
+    return Path(args.out).with_name(Path(args.out).name + ".dask-logs")
+
+
 def _main(args) -> int:
     import warnings
 
@@ -375,7 +388,7 @@ def _main(args) -> int:
                 if getattr(args, "profile", None) is None:
                     raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/): the "
                                       "Dask workers are started as SLURM jobs of that profile")
-                with dask_on_slurm(_profile(args.profile)):
+                with dask_on_slurm(_profile(args.profile), dask_log_folder(args)):
                     return COMMANDS[args.command](args)
             return COMMANDS[args.command](args)
     except AnnotateError as exc:

@@ -20,19 +20,21 @@ _slurm_profile: ContextVar = ContextVar("slurm_profile", default=None)
 
 
 @contextmanager
-def dask_on_slurm(profile):
+def dask_on_slurm(profile, log_directory=None):
     """Within this block, scheduler 'slurm' starts its Dask workers as SLURM jobs asking for what
-    `profile` (annotate.slurm.Profile) says: one job per worker, `cpus_per_task` cores each."""
-    token = _slurm_profile.set(profile)
+    `profile` (annotate.slurm.Profile) says: one job per worker, `cpus_per_task` cores each; their
+    `annotate-dask-<job>.out/.err` logs go to `log_directory` (created; default: the current one)."""
+    token = _slurm_profile.set((profile, log_directory))
     try:
         yield
     finally:
         _slurm_profile.reset(token)
 
 
-def slurm_cluster(profile, n_workers: int, start: bool = True):
+def slurm_cluster(profile, n_workers: int, start: bool = True, log_directory=None):
     """A dask-jobqueue SLURMCluster of `n_workers` one-process worker jobs, started (or, with
-    start=False, only set up: its `job_script()` is what each worker job would run)."""
+    start=False, only set up: its `job_script()` is what each worker job would run). Each job's
+    output goes to `log_directory` (created) when one is given."""
     import sys
 
     from dask_jobqueue import SLURMCluster
@@ -46,7 +48,8 @@ def slurm_cluster(profile, n_workers: int, start: bool = True):
         memory=f"{int((profile.mem_gb or 2) * 1024)}MB", walltime=f"{profile.time_min // 60:02d}:{profile.time_min % 60:02d}:00",
         job_name="annotate-dask", job_extra_directives=extra, job_script_prologue=list(profile.setup),
         worker_extra_args=worker_lifetime_args(profile.time_min), python=sys.executable,
-        scheduler_options={"dashboard_address": None}, silence_logs=logging.CRITICAL)
+        scheduler_options={"dashboard_address": None}, silence_logs=logging.CRITICAL,
+        log_directory=None if log_directory is None else str(os.path.abspath(log_directory)))
     # workers leave before their job's time limit (staggered, handing their data over) and the
     # adaptive cluster submits jobs to replace them
     if start:
@@ -170,11 +173,12 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
     elif scheduler == "slurm":
         from .errors import ConfigError
 
-        profile = _slurm_profile.get()
-        if profile is None:
+        on_slurm = _slurm_profile.get()
+        if on_slurm is None:
             raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
+        profile, log_directory = on_slurm
         requested = min(n_workers or 1, len(items))
-        cluster = slurm_cluster(profile, requested)
+        cluster = slurm_cluster(profile, requested, log_directory=log_directory)
         client = Client(cluster)
     else:
         requested = min(n_workers or default_workers(), len(items))

@@ -74,14 +74,41 @@ def test_dask_worker_jobs_retire_before_their_time_limit_and_carry_the_gpu_reque
     path.write_text("partition: gpu\ngres: gpu:a100:2\nconstraint: a100\ntime_min: 60\ncpus_per_task: 4\nmem_gb: 8\n")
     profile = Profile.from_yaml(path)
     assert profile.gpus() == 2  # a training job of this profile runs 2 DDP ranks
-    cluster = slurm_cluster(profile, 2, start=False)
+    cluster = slurm_cluster(profile, 2, start=False, log_directory=tmp_path / "out.h5.dask-logs")
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
+    logs = tmp_path / "out.h5.dask-logs"
     for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:a100:2", "#SBATCH --constraint=a100", "#SBATCH -t 01:00:00",
-                 "--lifetime 2946s --lifetime-stagger 294s"):
+                 "--lifetime 2946s --lifetime-stagger 294s", f"#SBATCH -o {logs}/annotate-dask-%J.out",
+                 f"#SBATCH -e {logs}/annotate-dask-%J.err"):
         assert line in script, script
+
+
+def test_down_sh_stops_only_the_daemons_up_sh_started(tmp_path):
+    """down.sh kills the pids in the cluster's pid files, never a daemon of the same name that
+    something else started."""
+    root = tmp_path / "cluster"
+    (root / "run").mkdir(parents=True)
+    (root / "munge").mkdir()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name in ("slurmd", "munged"):
+        (fake / name).symlink_to("/bin/sleep")
+    ours = subprocess.Popen([str(fake / "slurmd"), "300"])
+    theirs = subprocess.Popen([str(fake / "munged"), "300"])  # not in a pid file: someone else's
+    try:
+        (root / "run" / "slurmd.pid").write_text(f"{ours.pid}\n")
+        (root / "run" / "slurmctld.pid").write_text("not-a-pid\n")
+        subprocess.run(["bash", str(REPO / "slurm" / "testcluster" / "down.sh")], check=True, timeout=30,
+                       env={**os.environ, "ANNOTATE_SLURM_DIR": str(root)})
+        assert ours.wait(timeout=10) == -15
+        assert theirs.poll() is None
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
 
 
 def test_job_array_runs_and_accounting_reports_it(slurm_conf, tmp_path):
@@ -295,12 +322,16 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
         assert (hdul[1].data["PRED_FLAGS"][[3, 5]] & 3).all()
 
 
-def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path):
-    """`--scheduler slurm`: dask-jobqueue starts the Dask workers as SLURM jobs of the profile."""
+def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path, monkeypatch):
+    """`--scheduler slurm`: dask-jobqueue starts the Dask workers as SLURM jobs of the profile; their
+    logs go beside the output, not into the directory the command was started from."""
     from annotate.cli import main
     from annotate.images import read_images
 
     store = _simulated_store(tmp_path / "spectra.h5", 40, seed=9)
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
     submitted_before = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "--name=annotate-dask"],
                                       capture_output=True, text=True).stdout.split()
     assert main(["render", "--store", str(store), "--out", str(tmp_path / "images.h5"), "--encoding", "simple",
@@ -313,3 +344,6 @@ def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path):
     assert jobs and 1 <= len(jobs) <= 2, jobs
     assert _wait(lambda: not subprocess.run(["squeue", "-h", "--name=annotate-dask"], capture_output=True,
                                             text=True).stdout.strip(), 60, step=1)  # workers gone with the run
+    logs = sorted(p.name for p in (tmp_path / "images.h5.dask-logs").iterdir())
+    assert f"annotate-dask-{jobs[0]}.out" in logs, logs
+    assert list(started_in.iterdir()) == []

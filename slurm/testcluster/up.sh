@@ -55,7 +55,8 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown munge:munge /etc/munge/munge.key
 chmod 400 /etc/munge/munge.key
-su -s /bin/sh munge -c "/usr/sbin/munged --force"
+chown munge:munge "$ROOT/munge"
+su -s /bin/sh munge -c "/usr/sbin/munged --force --pid-file=$ROOT/munge/munged.pid"
 
 # --- MariaDB on 127.0.0.1, data, socket and pid under $ROOT ---
 mariadb-install-db --no-defaults --user=root --datadir="$ROOT/db" --auth-root-authentication-method=normal \
