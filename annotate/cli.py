@@ -7,7 +7,6 @@ Errors the user can act on print one line (`annotate: error: ...`) and exit with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -94,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="stop once N of the recipe's epochs are done (state saved; rerun to continue)")
     train.add_argument("--max-minutes", type=float, metavar="M",
                        help="stop M minutes after starting, with the state saved (rerun to continue)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     check = command("crosscheck", "compare an annotated catalog's predictions with the survey pipeline's values")
     check.add_argument("--catalog", type=Path, required=True, help="catalog written by annotate run")
@@ -215,14 +215,14 @@ def _finish(result) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import Recipe, train
+    from .train import Recipe
 
     recipe = Recipe.from_yaml(args.recipe)
     if args.evaluate:
         from .train import evaluate_checkpoint
 
-        summary = evaluate_checkpoint(recipe, args.evaluate, log=lambda line: None)
-        print(json.dumps({"test": summary["test"], "held_out_stars": summary["held_out_stars"]}, indent=1))
+        evaluate_checkpoint(recipe, args.evaluate, log=print)
+        print(f"metrics stored in {args.evaluate}'s card (config.json)")
         return 0
     out = args.out or Path("runs") / recipe.name
     if args.executor == "slurm":
@@ -240,14 +240,44 @@ def _cmd_train(args) -> int:
             return 0
         summary = wait_for_training(job, out)
     else:
-        summary = train(recipe, out, max_epochs=args.max_epochs, max_minutes=args.max_minutes)
+        summary = _train_here(recipe, out, args)
     if summary.get("stopped"):
         print(f"training stopped by the cap after {summary['epochs_done']} of {recipe.epochs} epochs "
               f"(step {summary['step']}); the state is in {out}: rerun to continue")
         return 0
-    print(json.dumps(summary.get("test", {}), indent=1))
-    print(f"checkpoint: {out}")
+    if args.executor == "slurm":  # the job's log has the summary; say it here too
+        from .trainlog import summary_lines
+
+        print("\n".join(summary_lines(summary)))
+    print(f"checkpoint: {out} (every figure: {Path(out) / 'training.json'}, per epoch: metrics.csv)")
     return 0
+
+
+def _train_here(recipe, out, args) -> dict:
+    """Train in this process behind a progress bar (steps, loss, time left); the log lines, one per
+    epoch and the summary at the end, print above it."""
+    from tqdm.auto import tqdm
+
+    from .train import train
+
+    bar = None
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=step - 1, desc="train", unit="step", mininterval=1.0,
+                       disable=args.no_progress, dynamic_ncols=True)
+        bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+        bar.update(step - bar.n)
+
+    def log(line: str) -> None:
+        (bar.write if bar is not None else print)(line)
+
+    try:
+        return train(recipe, out, log=log, max_epochs=args.max_epochs, max_minutes=args.max_minutes, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _cmd_bench(args) -> int:

@@ -147,14 +147,26 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         from .train import Recipe, train
 
-        if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DistributedDataParallel
+        environment = submitit.JobEnvironment()
+        if environment.num_tasks > 1:  # one task per GPU: DistributedDataParallel
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # The timeout signal may come in the middle of a step. Its submitit handler (requeue this
+        # job, exit) is deferred to the end of the step, where the loop first saves its state: a
+        # requeued job loses only the work since the signal, even before the first periodic save.
+        timeout_signal = environment._usr_sig()
+        requeue = signal.getsignal(timeout_signal)
+        caught = []
+        signal.signal(timeout_signal, lambda signum, frame: caught.append((signum, frame)))
         summary = train(Recipe.from_yaml(self.recipe), self.out_dir, log=lambda line: print(line, flush=True),
-                        max_epochs=getattr(self, "max_epochs", None), max_minutes=getattr(self, "max_minutes", None))
+                        max_epochs=getattr(self, "max_epochs", None), max_minutes=getattr(self, "max_minutes", None),
+                        stop_requested=lambda: bool(caught))
+        if summary.get("stopped") and caught and callable(requeue):
+            requeue(*caught[0])  # rank 0: requeues and exits
+            raise SystemExit(0)  # the other ranks: rank 0's exit ends the job step
         # finished: the timeout signal may still come while submitit writes the result and Python exits.
         # Requeueing then would train nothing, and the signal's default action would end a completed
         # job as FAILED in the accounting, so a finished job ignores it (the hard limit still holds).
-        signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN)
+        signal.signal(timeout_signal, signal.SIG_IGN)
         return summary
 
 

@@ -288,15 +288,17 @@ def _schedule(optimiser, recipe: Recipe, total_steps: int):
 
 
 def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None = None,
-          max_minutes: float | None = None) -> dict:
+          max_minutes: float | None = None, stop_requested=None, on_step=None) -> dict:
     """Train per `recipe` into `out_dir` (resuming there if it holds an interrupted run of the same
     recipe); returns the summary stored in the checkpoint's card (held-out metrics, split, timing).
 
     max_epochs / max_minutes cap this call without changing the recipe: it stops once that many of
     the recipe's epochs are done (counting those of earlier calls), or that many minutes after it
-    started, with the state saved; rerunning continues. A capped call returns {'stopped': True,
-    'epochs_done', 'step'}."""
-    from .trainlog import plot_learning_curve, write_history
+    started, with the state saved; rerunning continues. `stop_requested()`, asked after every step,
+    stops it the same way when it says True (a SLURM job's timeout signal). A stopped call returns
+    {'stopped': True, 'epochs_done', 'step'}. `on_step(step, total_steps, loss)` follows every step
+    (a progress bar); `log` gets a readable line per epoch and the summary at the end."""
+    from .trainlog import epoch_line, plot_learning_curve, summary_lines, write_history
     from .trainstate import TrainState, latest_state, load_state, read_state_json, save_state
 
     out_dir = Path(out_dir)
@@ -421,11 +423,17 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
             schedule.step()
             state.step, state.batch = state.step + 1, state.batch + 1
             state.loss_sum += float(loss.detach())
+            if on_step is not None and ranks.main:
+                on_step(state.step, total_steps, state.loss_sum / state.batch)
             if done():
                 break
             now = time.time()
             if deadline is not None and ranks.agree(now >= deadline):
                 save(f"epoch {state.epoch + 1}, batch {state.batch}; the {max_minutes:g}-minute cap")
+                stopped = True
+                break
+            if stop_requested is not None and ranks.agree(stop_requested()):
+                save(f"epoch {state.epoch + 1}, batch {state.batch}; the scheduler's timeout signal")
                 stopped = True
                 break
             if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
@@ -441,7 +449,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
                       **{f"val_{k}": v for k, v in val.items()}}
             record["val_score"] = validation_score(val, recipe.tasks)
             state.history.append(record)
-            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            log(epoch_line(record, recipe.epochs))
             if state.best is None or _better(record, state.best, recipe.select_by):
                 state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
                 card = ModelCard(**card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
@@ -453,7 +461,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
         save(f"end of epoch {state.epoch}")
 
     if stopped:
-        log(f"stopped by the cap after {state.epoch} of {recipe.epochs} epochs (step {state.step}); "
+        log(f"stopped after {state.epoch} of {recipe.epochs} epochs (step {state.step}), the state saved; "
             f"rerun the same command to continue")
         ranks.barrier()
         return {"stopped": True, "epochs_done": state.epoch, "step": state.step}
@@ -461,7 +469,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     if ranks.main:
         summary = _finish(recipe, out_dir, data, split, norms, settings, device, autocast, card_base, state,
                           time.time() - started)
-        log(json.dumps({"test": summary["test"], "held_out_stars": summary["held_out_stars"]}))
+        for line in summary_lines(summary):
+            log(line)
     ranks.barrier()
     return summary
 
@@ -560,5 +569,8 @@ def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
     training = {**card.training, "test": test, "held_out_stars": held_out, "annotate_version": __version__,
                 **({"robustness": robustness} if robustness else {})}
     write_card(folder, ModelCard(**{**card.__dict__, "training": training}))
-    log(json.dumps({"test": test, "held_out_stars": held_out}))
+    from .trainlog import summary_lines
+
+    for line in summary_lines(training):
+        log(line)
     return training

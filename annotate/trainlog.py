@@ -1,4 +1,5 @@
-"""Training logs: per-epoch metrics as JSON and CSV, and a learning-curve PNG."""
+"""Training logs: per-epoch metrics as JSON and CSV, a learning-curve PNG, and the lines a person
+reads (one per epoch, and the summary at the end)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,65 @@ def plot_learning_curve(out_dir: str | Path, history: list[dict], title: str = "
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _metric_words(metrics: dict, prefix: str = "") -> list[str]:
+    """The scores of one evaluation in a scientist's words: 'class accuracy 0.971', ..."""
+    get = metrics.get
+    words = []
+    if isinstance(get(f"{prefix}class_accuracy"), (int, float)):
+        words.append(f"class accuracy {get(f'{prefix}class_accuracy'):.3f}")
+    if isinstance(get(f"{prefix}z_nmad"), (int, float)):
+        words.append(f"z NMAD {get(f'{prefix}z_nmad'):.4f} (catastrophic {100 * get(f'{prefix}z_eta', float('nan')):.1f} %)")
+    stellar = [f"{name} R² {get(f'{prefix}{key}_r2'):.2f}" for key, name in (("teff", "Teff"), ("logg", "log g"),
+                                                                           ("feh", "[Fe/H]"))
+               if isinstance(get(f"{prefix}{key}_r2"), (int, float))]
+    if stellar:
+        words.append(", ".join(stellar))
+    return words
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One readable line per epoch, e.g. 'epoch 3/28 (199 s): loss -1.67 train, -1.47 validation;
+    class accuracy 0.971; z NMAD 0.0203 (catastrophic 13.8 %); Teff R² 0.85, log g R² 0.49, ...'.
+    metrics.json / metrics.csv keep every value."""
+    head = f"epoch {record['epoch']}/{epochs} ({record.get('seconds', 0):.0f} s): loss {record['train_loss']:.3f} train"
+    if isinstance(record.get("val_loss"), (int, float)):
+        head += f", {record['val_loss']:.3f} validation"
+    return "; ".join([head, *_metric_words(record, "val_")])
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The end of training in words: where the best epoch was, the held-out scores, the
+    stellar parameters by S/N beside the baseline. training.json keeps every value."""
+    lines = []
+    if "best_epoch" in summary:
+        lines.append(f"best epoch {summary['best_epoch']} (the checkpoint), {summary.get('steps', '?')} steps, "
+                     f"{summary.get('seconds', 0) / 60:.0f} min on {summary.get('device', '?')}")
+    sets = (("test", "test split (simulated objects never trained on)"),
+            ("held_out_stars", "held-out MILES stars (templates never trained on)"))
+    for key, name in sets:
+        if summary.get(key):
+            lines.append(f"{name}, {summary[key].get('n', '?')} spectra: " + "; ".join(_metric_words(summary[key])))
+    for key, part in (summary.get("robustness") or {}).items():
+        words = "stronger realism effects than in training" if key == "harder" else "the training's realism effects"
+        lines.append(f"new objects with {words}, {part.get('n', '?')} spectra: " + "; ".join(_metric_words(part)))
+    stellar = (summary.get("held_out_stars") or {}).get("stellar")
+    if stellar:
+        lines.append("stellar parameters of the held-out stars, RMSE by S/N (this model | "
+                     f"baseline: {stellar.get('baseline_method', 'k nearest templates')}):")
+        units = {"teff": ("Teff", "K", "{:.0f}"), "logg": ("log g", "dex", "{:.2f}"), "feh": ("[Fe/H]", "dex", "{:.2f}")}
+        for key, (name, unit, fmt) in units.items():
+            if key not in stellar["vit"]:
+                continue
+            cells = []
+            for ours, theirs in zip(stellar["vit"][key]["by_snr"], stellar["baseline"][key]["by_snr"]):
+                if ours["n"]:
+                    low, high = ours["snr"]
+                    band = f"{low:g}–{high:g}" if high is not None else f"≥ {low:g}"
+                    cells.append(f"S/N {band}: {fmt.format(ours['rmse'])} | {fmt.format(theirs['rmse'])}")
+            r2 = [k for k in stellar["vit"][key] if k.startswith("r2_snr_ge_")]
+            tail = "".join(f"; R² at S/N ≥ {k[len('r2_snr_ge_'):]}: {stellar['vit'][key][k]:.2f} | "
+                           f"{stellar['baseline'][key][k]:.2f}" for k in r2)
+            lines.append(f"  {name} ({unit}): " + ", ".join(cells) + tail)
+    return lines

@@ -277,6 +277,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
     assert summary["steps"] == epochs * -(-summary["split_counts"]["train"] // 8)
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
     assert "resumed from" in logs, logs[-3000:]
+    assert "the scheduler's timeout signal" in logs, logs[-3000:]  # a state saved when the signal came
     job_id = next(p.name for p in (out / "slurm").iterdir() if p.name.isdigit())
     # --dry-run printed exactly the script that was submitted
     assert (out / "slurm" / job_id / f"{job_id}_submission.sh").read_text().strip() == dry_run.strip()

@@ -270,6 +270,47 @@ def test_caps_stop_a_run_with_its_state_saved_and_a_rerun_continues(tmp_path, ca
     assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["steps"] == history[-1]["step"]
 
 
+def test_annotate_train_shows_a_progress_bar_a_line_per_epoch_and_a_readable_summary(tmp_path, capsys):
+    from annotate.cli import main
+
+    store = _labelled_store(tmp_path / "train.h5")
+    _recipe(tmp_path, store, epochs=2)
+    assert main(["train", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "ckpt")]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    history = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert f"class accuracy {history[1]['val_class_accuracy']:.3f}" in epochs[1]
+    assert f"z NMAD {history[1]['val_z_nmad']:.4f}" in epochs[1]
+    assert not any(line.lstrip().startswith("{") for line in lines)  # no raw JSON
+    test = json.loads((tmp_path / "ckpt" / "training.json").read_text())["test"]
+    summary = next(line for line in lines if line.startswith("test split"))
+    assert f"{test['n']} spectra: class accuracy {test['class_accuracy']:.3f}" in summary
+    assert lines[-1].startswith(f"checkpoint: {tmp_path / 'ckpt'}")
+    # the bar: steps done of all, and the running loss (24 training rows, batches of 8, 2 epochs)
+    assert "6/6" in captured.err and "loss" in captured.err
+
+
+def test_a_stop_request_saves_the_state_of_that_step_before_any_periodic_save(tmp_path):
+    """The timeout signal of a SLURM job asks the loop to stop: the state is saved at the step the
+    request was seen, though no periodic save has happened yet, and the rerun loses nothing."""
+    from annotate.trainstate import latest_state, read_state_json
+
+    store = _labelled_store(tmp_path / "train.h5")
+    recipe = _recipe(tmp_path, store, epochs=2, checkpoint_every=0, checkpoint_minutes=600)
+    asked = []
+    stopped = train(recipe, tmp_path / "ckpt", log=lambda line: None,
+                    stop_requested=lambda: asked.append(1) or len(asked) >= 2)
+    assert stopped == {"stopped": True, "epochs_done": 0, "step": 2}
+    saved = latest_state(tmp_path / "ckpt")
+    assert (read_state_json(saved)["step"], read_state_json(saved)["batch"]) == (2, 2)
+    summary = train(recipe, tmp_path / "ckpt", log=lambda line: None)
+    assert summary["steps"] == 6  # 3 steps an epoch: none repeated, none lost
+    uninterrupted = train(recipe, tmp_path / "straight", log=lambda line: None)
+    assert summary["steps"] == uninterrupted["steps"]
+
+
 def test_status_knows_a_training_folder_before_its_first_saved_state(tmp_path, capsys):
     from annotate.cli import main
 
