@@ -446,7 +446,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
-                         fit_provenance(settings.fit)))
+                         fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir))
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),

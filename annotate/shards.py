@@ -242,9 +242,9 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: Path, 
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, 0, shard_precision(folder, shards), plan.get("fit"))
+                                  survey.name, 0, shard_precision(folder, shards), plan.get("fit"), catalog=catalog,
+                                  model_dir=model_dir)
     provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
-    provenance["ANNCMD"] = (shlex.join(["annotate", *argv()])[:68], "command line (cut)")
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)
     return RunResult(output=out, store=folder / "stores", n_rows=plan["rows"], n_predicted=merged["n_predicted"],
                      counts=merged["counts"], summary=merged["summary"], errors=merged["errors"])

@@ -26,7 +26,7 @@ class OutputColumn:
     name: str
     fits_format: str
     unit: str
-    comment: str
+    comment: str  # the TTYPEn comment (short); with the unit, the column's TCOMMn description
 
 
 OUTPUT_COLUMNS = (
@@ -221,6 +221,8 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
         spec = next((s for s in OUTPUT_COLUMNS if s.name == name), None)
         if spec is not None:
             out.comments[f"TTYPE{i}"] = spec.comment
+            # TOPCAT and other readers show TCOMMn as the column's description
+            out.set(f"TCOMM{i}", column_description(spec), after=f"TUNIT{i}" if f"TUNIT{i}" in out else f"TFORM{i}")
             continue
         for prefix, value, comment in carried.get(name, []):
             if prefix.startswith("TTYPE"):
@@ -341,16 +343,34 @@ def _astropy_copy(hdul: fits.HDUList, hdu_index: int, header: fits.Header, colum
         os.fsync(f.fileno())
 
 
+def column_description(spec: OutputColumn) -> str:
+    """The TCOMMn text of an output column: its comment, with the unit where it has one."""
+    return f"{spec.comment} [{spec.unit}]" if spec.unit else spec.comment
+
+
 def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: str, n_failed: int,
-                     precision: str = "fp32", fit: dict | None = None) -> dict:
+                     precision: str = "fp32", fit: dict | None = None, catalog: str | Path | None = None,
+                     model_dir: str | Path | None = None) -> dict:
     """Header cards of an annotated catalog; `fit` = {'settings': text, 'sha256': template set
-    hash} when the template fit ran (ANNFIT on, ANNTSHA, ANNFITS), else ANNFIT off."""
+    hash} when the template fit ran (ANNFIT on, ANNTSHA, ANNFITS), else ANNFIT off. The command
+    line (ANNCMD), the input catalog (ANNCAT) and the model folder (ANNMDIR) are recorded in full:
+    values longer than a card continue in CONTINUE cards (the OGIP long-string convention,
+    LONGSTRN)."""
+    import shlex
+
+    from .invocation import argv
+
     fit_cards = {"ANNFIT": ("off", "template fit (off: PRED_CLASS/Z are the ViT's)")}
     if fit is not None:
         fit_cards = {"ANNFIT": ("on", "template fit seeded by the ViT"),
                      "ANNTSHA": (fit["sha256"], ""),
-                     "ANNFITS": (fit["settings"][:68], "")}  # the settings fill the card
+                     "ANNFITS": (fit["settings"], "template fit settings")}
+    paths = {key: (str(Path(path).resolve()), comment) for key, path, comment in (
+        ("ANNCAT", catalog, "input catalog"), ("ANNMDIR", model_dir, "model folder")) if path is not None}
     return {
+        "LONGSTRN": ("OGIP 1.0", "long strings continue in CONTINUE cards"),
+        "ANNCMD": (shlex.join(["annotate", *argv()]), "command line"),
+        **paths,
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),
         "ANNWSHA": (weights_sha, ""),  # 64 hex digits leave no room for a comment

@@ -180,3 +180,33 @@ def test_the_merge_summary_kept_as_sums_equals_the_whole_summary():
     for key, value in whole.items():
         assert streamed[key] == pytest.approx(value, rel=1e-9), key
     assert 0.85 < whole["class_accuracy"] < 0.95 and whole["teff_n"] < whole["logg_n"]
+
+
+def test_single_and_sharded_runs_record_the_whole_command_and_paths(catalog, micro_model, tmp_path):  # noqa: F811
+    """ANNCMD, ANNCAT and ANNMDIR hold the full command line and paths (long strings continue in
+    CONTINUE cards), for a single run and a sharded one alike; the PRED_* columns carry TCOMMn
+    descriptions that astropy reads back."""
+    import shlex
+
+    from astropy.table import Table
+
+    from annotate.writeback import column_description
+
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / "outputs"
+    deep.mkdir(parents=True)
+    for name, extra in (("single.fits", []), ("sharded.fits", ["--shard-size", "3", "--scheduler", "sync"])):
+        args = ["run", "--catalog", str(catalog), "--spectra-root", str(tmp_path / "spectra"), "--model",
+                str(micro_model), "--out", str(deep / name), "--no-fit", "--no-progress", *extra]
+        assert main(args) == 3  # two broken rows
+        with fits.open(deep / name) as hdul:
+            header = hdul[1].header
+            assert header["ANNCMD"] == shlex.join(["annotate", *args])
+            assert len(header["ANNCMD"]) > 68 and "CONTINUE" in header.tostring()
+            assert header["ANNCAT"] == str(catalog.resolve()) and header["ANNMDIR"] == str(micro_model.resolve())
+            assert header["LONGSTRN"] == "OGIP 1.0"
+            names = hdul[1].columns.names
+            for spec in OUTPUT_COLUMNS:
+                assert header[f"TCOMM{names.index(spec.name) + 1}"] == column_description(spec)
+        table = Table.read(deep / name, hdu=1)
+        index = table.colnames.index("PRED_TEFF") + 1
+        assert table.meta[f"TCOMM{index}"] == "predicted effective temperature (stars) [K]"

@@ -7,7 +7,8 @@ from astropy.table import Table
 
 from annotate.errors import OutputError
 from annotate.flags import PredFlag
-from annotate.writeback import OUTPUT_COLUMNS, default_output_path, prediction_columns, provenance_cards, write_fits
+from annotate.writeback import (OUTPUT_COLUMNS, column_description, default_output_path, prediction_columns,
+                                provenance_cards, write_fits)
 
 
 def _catalog(path):
@@ -196,6 +197,7 @@ def test_column_metadata_follows_its_column_when_an_old_pred_column_goes(tmp_pat
     header = fits.getheader(out, 1)
     assert header["TTYPE2"] == "B" and header.comments["TTYPE2"] == "description of B"
     assert header["TCOMM2"] == "long description of B" and header["TDMAX2"] == 10.0
-    assert "TCOMM3" not in header and "TDMAX3" not in header
+    assert "TDMAX3" not in header  # B's keywords moved with it; column 3 is now the first PRED_* one
+    assert header["TTYPE3"] == OUTPUT_COLUMNS[0].name and header["TCOMM3"] == column_description(OUTPUT_COLUMNS[0])
     assert header["ANNULUS"] == 3.0
     assert header["ANNVERS"] != "0.0.1" and list(header.keys()).count("ANNVERS") == 1
