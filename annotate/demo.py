@@ -31,20 +31,28 @@ DESI_HEALPIX = (27245, 27246, 27247, 27256)  # nside 64, nested; a few pixels of
 CATALOGS = {"sdss_dr18": "dr18.fits", "desi_dr1": "zpix-main-dark.fits"}
 
 
+def _simulated(n_objects: int, grid, seed: int, star_err_kms: float, err_kms: float) -> tuple[dict, np.ndarray,
+                                                                                       np.random.Generator]:
+    """The sample's objects (stars drawn from the held-out MILES stars, so the shipped model never
+    saw them), the pipeline's z uncertainty (`star_err_kms` for stars, `err_kms` otherwise) and the
+    generator of the catalog's other columns."""
+    lib = load_library()
+    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    sample = draw_sample(n_objects, lib, grid, seed=seed, star_indices=stars)
+    z_err = np.where(sample["class"] == "STAR", star_err_kms, err_kms) / SPEED_OF_LIGHT_KMS * (1 + sample["z"])
+    return sample, z_err, np.random.default_rng(seed + 1)
+
+
 def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, progress: bool = False) -> Path:
     """Write the demo catalog and its spectra; returns the catalog path."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    lib = load_library()
-    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
-    sample = draw_sample(n_objects, lib, NATIVE_GRID, seed=seed, star_indices=stars)
-    rng = np.random.default_rng(seed + 1)
+    sample, z_err, rng = _simulated(n_objects, NATIVE_GRID, seed, 10.0, 30.0)
     n = n_objects
     field = np.array([FIELDS[i % 2] for i in range(n)], dtype=np.int64)
     mjd = np.where(field == FIELDS[0], 59205, 60130).astype(np.int64)
     catalogid = 27021600000000000 + rng.choice(10**9, size=n, replace=False).astype(np.int64)
-    z_err = np.where(sample["class"] == "STAR", 10.0, 30.0) / SPEED_OF_LIGHT_KMS * (1 + sample["z"])
     zwarning = np.where(rng.random(n) < 0.03, 4, 0).astype(np.int32)  # a few SMALL_DELTA_CHI2 rows
     is_star = sample["class"] == "STAR"
     columns = {
@@ -77,14 +85,10 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
 def make_desi_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, progress: bool = False) -> Path:
     """Write the DESI demo catalog (zpix-like) and its healpix coadds; returns the catalog path."""
     out_dir = Path(out_dir)
-    lib = load_library()
-    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
-    sample = draw_sample(n_objects, lib, DESI_GRID, seed=seed, star_indices=stars)
-    rng = np.random.default_rng(seed + 1)
+    sample, z_err, rng = _simulated(n_objects, DESI_GRID, seed, 5.0, 15.0)
     n = n_objects
     healpix = np.array([DESI_HEALPIX[i % len(DESI_HEALPIX)] for i in range(n)], dtype=np.int32)
     target = 39627000000000000 + rng.choice(10**9, size=n, replace=False).astype(np.int64)
-    z_err = np.where(sample["class"] == "STAR", 5.0, 15.0) / SPEED_OF_LIGHT_KMS * (1 + sample["z"])
     zwarn = np.where(rng.random(n) < 0.03, 4, 0).astype(np.int64)  # a few SMALL_DELTA_CHI2 rows
     columns = {
         "TARGETID": target, "SURVEY": np.array(["main"] * n), "PROGRAM": np.array(["dark"] * n), "HEALPIX": healpix,
