@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--store", type=Path, help="spectra store for the disagreement sheet "
                        "(default: the run's store beside the catalog)")
     check.add_argument("--n-sheet", type=int, default=8, help="disagreements drawn on the sheet")
+    check.add_argument("--all-rows", action="store_true", help="compare every row with a prediction and a pipeline "
+                       "class and z, ignoring ZWARNING and the survey's selection (the report says so)")
 
     status = command("status", "where a sharded run or a training run stands: shards done and missing, SLURM jobs")
     status.add_argument("folder", type=Path, metavar="RUN_DIR",
@@ -162,12 +164,26 @@ def _print_result(result) -> None:
         print("rows without a prediction (first 5):")
         for line in result.errors[:5]:
             print(f"  {line}")
-    print(f"cross-check over {summary['rows_compared']} selected rows with a reference class and z:")
-    print(f"  class accuracy        {summary['class_accuracy']:.3f}")
-    print(f"  z R²                  {summary['z_r2']:.3f}   NMAD {summary['z_nmad']:.2g}   η {summary['z_eta']:.3f}")
-    print(f"  catastrophic z rate   {summary['z_catastrophic_rate']:.3f}  (Ross et al. 2020: >1000 km/s, QSO >3000 km/s)")
-    for role, label in (("teff", "Teff"), ("logg", "logg"), ("feh", "[Fe/H]")):
-        print(f"  {label:<7} R² (stars)    {summary[f'{role}_r2']:.3f}  (n={summary[f'{role}_n']})")
+    if not summary.get("rows_compared"):
+        from .crosscheck import no_comparison_line
+
+        try:
+            print(f"cross-check: {no_comparison_line(result.output)}")
+        except AnnotateError:  # e.g. a survey definition given as a file the catalog's card cannot name
+            print("cross-check: no row compared: none has a prediction, a pipeline class and z, ZWARNING = 0 and "
+                  "the survey's selection passed")
+    else:
+        def number(value: float, spec: str) -> str:
+            return format(value, spec) if value == value else "–"  # NaN: undefined (e.g. fewer than 2 rows)
+
+        print(f"cross-check over {summary['rows_compared']} selected rows with a reference class and z:")
+        print(f"  class accuracy        {number(summary['class_accuracy'], '.3f')}")
+        print(f"  z R²                  {number(summary['z_r2'], '.3f')}   NMAD of Δz/(1+z) {number(summary['z_nmad'], '.2g')}"
+              f"   outlier fraction η {number(summary['z_eta'], '.3f')}")
+        print(f"  catastrophic z rate   {number(summary['z_catastrophic_rate'], '.3f')}  "
+              "(Ross et al. 2020: >1000 km/s, QSO >3000 km/s)")
+        for role, label in (("teff", "Teff"), ("logg", "logg"), ("feh", "[Fe/H]")):
+            print(f"  {label:<7} R² (stars)    {number(summary[f'{role}_r2'], '.3f')}  (n={summary[f'{role}_n']})")
     print(f"annotated catalog: {result.output}")
     print(f"spectra store:     {result.store}")
 
@@ -301,16 +317,32 @@ def _cmd_status(args) -> int:
 def _cmd_crosscheck(args) -> int:
     from .crosscheck import crosscheck
 
-    result = crosscheck(args.catalog, args.out, args.survey, args.store, args.n_sheet)
+    result = crosscheck(args.catalog, args.out, args.survey, args.store, args.n_sheet, all_rows=args.all_rows)
     _print_crosscheck(result)
     return 0
 
 
 def _print_crosscheck(result) -> None:
+    from .crosscheck import why_none_compared
+
     m = result.metrics
-    print(f"cross-check: {m['compared']} rows compared, {m['disagreements']} disagreements; "
-          f"class accuracy {m['classification']['accuracy']:.3f}, macro F1 {m['classification']['macro_f1']:.3f}, "
-          f"z NMAD {m['redshift']['nmad']:.2g}")
+    if not m["compared"]:
+        print(f"cross-check: {why_none_compared(m)}")
+        print(f"cross-check report: {result.report}")
+        return
+    scope = " (--all-rows: ZWARNING and the survey's selection ignored)" if m.get("all_rows") else ""
+    print(f"cross-check: {m['compared']} of {m['rows']} rows compared{scope}; class accuracy "
+          f"{m['classification']['accuracy']:.3f}, macro F1 {m['classification']['macro_f1']:.3f}, "
+          f"NMAD of Δz/(1+z) {m['redshift']['nmad']:.2g}")
+    for line in m.get("look_first", []):
+        print(f"  {line}")
+    if m["disagreements"]:
+        sheet = result.out_dir / "disagreements.png"
+        print(f"{m['disagreements']} disagreements (rows whose class differs from the pipeline's or whose redshift "
+              f"is catastrophic): {result.out_dir / 'disagreements.csv'}"
+              + (f", spectra of the first in {sheet.name}" if sheet.is_file() else ""))
+    else:
+        print("no disagreements: every compared row has the pipeline's class and a redshift within the Ross et al. limit")
     print(f"cross-check report: {result.report}")
 
 

@@ -2,11 +2,14 @@
 
 Writes into one folder: `metrics.json`, `report.html` (one page, plots embedded as PNG data URIs),
 `disagreements.csv` and `disagreements.fits` (rows where class differs or PRED_Z_CATASTROPHIC,
-worst first) and `disagreements.png` (their spectra, with the main lines at both redshifts).
+likely pipeline failures first, then worst first) and `disagreements.png` (their spectra, with the
+main lines at both redshifts). The report opens with what made the catalog (its ANN* header cards,
+also under "provenance" in metrics.json) and a few sentences on what to look at first.
 
 Which rows are compared: those with a prediction, a reference class and z, ZWARNING = 0 and the
 survey's selection passed. Rows without a prediction, with ZWARNING ≠ 0, without a reference, or
-outside the selection are counted in `excluded`, never mixed in.
+outside the selection are counted in `excluded`, never mixed in. With `all_rows`, ZWARNING and the
+selection are ignored: every row with a prediction and a reference is compared.
 
 A catalog with the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT) gets the same
 classification and redshift metrics for the ViT alone under `vit`, over the same rows, shown beside
@@ -28,7 +31,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import CLASS_NAMES, __version__
-from .errors import CatalogError
+from .errors import AnnotateError, CatalogError
 from .metrics import (
     accuracy, bias, catastrophic, confusion_matrix, gaussian_crps, macro_f1, nmad, outlier_fraction,
     per_class_recall, r2_score, rmse, robust_spread, success_by_snr, velocity_offset_kms, within_sigma,
@@ -42,6 +45,21 @@ STELLAR = (("teff", "PRED_TEFF", "Teff", "K"), ("logg", "PRED_LOGG", "log g", "d
 # (class, z, z_err) columns of the final (fitted) result and of the ViT alone
 FINAL_COLUMNS = ("PRED_CLASS", "PRED_Z", "PRED_Z_ERR")
 VIT_COLUMNS = ("PRED_CLASS_VIT", "PRED_Z_VIT", "PRED_Z_ERR_VIT")
+# (metrics.json key under "provenance", header card, what the report calls it)
+PROVENANCE = (
+    ("model", "ANNMODEL", "model"), ("weights_sha256", "ANNWSHA", "model weights (sha256)"),
+    ("encoding", "ANNENC", "spectrum rendering encoding"), ("precision", "ANNPREC", "model arithmetic"),
+    ("template_fit", "ANNFIT", "template fit"), ("template_set_sha256", "ANNTSHA", "template set (sha256)"),
+    ("fit_settings", "ANNFITS", "template fit settings"), ("annotate_version", "ANNVERS", "annotate version"),
+    ("survey", "ANNSURV", "survey definition"), ("annotated_utc", "ANNDATE", "annotated (UTC)"),
+)
+NOT_RECORDED = "not recorded"
+# the fit and the ViT agree with each other within this, and the fit is this sure (Δχ² to the next
+# other solution), but both disagree with the pipeline: a likely pipeline failure
+AGREE_KMS, CONFIDENT_DELTACHI2 = 1000.0, 25.0
+LOW_ACCURACY = 0.95  # below it, the report names the confusion cell that dominates the errors
+STORE_FLUX_UNIT = "10⁻¹⁷ erg/s/cm²/Å"  # the spectra store's layout (annotate.store)
+RELATIVE_FLUX_READERS = ("lamost_lrs",)  # relative-calibrated flux, stored under the same label
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,24 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
     except CatalogError:
         paths = [""] * len(pred["PRED_Z"])
     return reference, pred, survey, survey.selected(table), paths
+
+
+def read_provenance(catalog: Path) -> dict:
+    """metrics.json's "provenance": the annotation's header cards (FITS table HDU, or the HDF5
+    table's stored provenance) by PROVENANCE key; None for a card the catalog lacks."""
+    from .catalogio import HDF5Catalog, is_hdf5
+
+    try:
+        if is_hdf5(catalog):
+            cards = HDF5Catalog(catalog).provenance()
+        else:
+            with fits.open(catalog, memmap=True) as hdul:
+                cards = {card: hdul[1].header.get(card) for _, card, _ in PROVENANCE}
+    except (OSError, ValueError, KeyError, IndexError, AnnotateError):
+        cards = {}
+    values = {key: cards.get(card) for key, card, _ in PROVENANCE}
+    return {key: None if value is None or str(value).strip() == "" else str(value).strip()
+            for key, value in values.items()}
 
 
 def has_vit(pred: dict) -> bool:
@@ -153,20 +189,34 @@ def assess(ref_class: np.ndarray, z_ref: np.ndarray, snr: np.ndarray, pred_class
     }
 
 
-def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np.ndarray]:
-    """metrics.json content and the (n,) bool of compared rows (chosen by the final columns; the
-    ViT's block, where the catalog has its columns, is over the same rows)."""
-    n = len(pred["PRED_Z"])
+def compared_rows(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = False) -> tuple:
+    """((n,) bool of the compared rows, `excluded` counts by reason, and with `all_rows` the counts
+    of rows compared although ZWARNING ≠ 0 or outside the selection, else {})."""
     predicted = (pred["PRED_CLASS"] != "") & np.isfinite(np.asarray(pred["PRED_Z"], float))
     zwarning = np.nan_to_num(np.asarray(reference["zwarning"], float), nan=0.0) != 0
     no_reference = (reference["class"] == "") | ~np.isfinite(np.asarray(reference["z"], float))
+    if all_rows:
+        compared = predicted & ~no_reference
+        excluded = {"no_prediction": int((~predicted).sum()), "zwarning_nonzero": 0,
+                    "no_reference": int((predicted & no_reference).sum()), "not_selected": 0}
+        return compared, excluded, {"zwarning_nonzero": int((compared & zwarning).sum()),
+                                    "not_selected": int((compared & ~zwarning & ~selected).sum())}
     compared = predicted & ~zwarning & ~no_reference & selected
     excluded = {"no_prediction": int((~predicted).sum()), "zwarning_nonzero": int((predicted & zwarning).sum()),
                 "no_reference": int((predicted & ~zwarning & no_reference).sum()),
                 "not_selected": int((predicted & ~zwarning & ~no_reference & ~selected).sum())}
+    return compared, excluded, {}
+
+
+def compute(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = False) -> tuple[dict, np.ndarray]:
+    """metrics.json content and the (n,) bool of compared rows (chosen by the final columns; the
+    ViT's block, where the catalog has its columns, is over the same rows)."""
+    n = len(pred["PRED_Z"])
+    compared, excluded, included = compared_rows(reference, pred, selected, all_rows)
     ref_class, z_ref = reference["class"][compared].astype(str), np.asarray(reference["z"], float)[compared]
     snr = np.asarray(reference["snr"], float)[compared]
-    metrics = {"rows": n, "compared": int(compared.sum()), "excluded": excluded,
+    metrics = {"rows": n, "compared": int(compared.sum()), "all_rows": bool(all_rows), "excluded": excluded,
+               **({"included_anyway": included} if all_rows else {}),
                **assess(ref_class, z_ref, snr, *compared_predictions(pred, compared)), "stellar": {}}
     stars = ref_class == "STAR"
     for role, column, _, unit in STELLAR:
@@ -179,17 +229,33 @@ def compute(reference: dict, pred: dict, selected: np.ndarray) -> tuple[dict, np
     return metrics, compared
 
 
+def fit_and_vit_agree(pred: dict) -> np.ndarray:
+    """(n,) bool: the template fit found a solution with Δχ² > CONFIDENT_DELTACHI2 and its class and
+    z agree with the ViT's (same class, |Δv| < AGREE_KMS); all False for a catalog without
+    PRED_DELTACHI2 or the ViT's columns."""
+    n = len(pred["PRED_Z"])
+    if "PRED_DELTACHI2" not in pred or not has_vit(pred):
+        return np.zeros(n, bool)
+    deltachi2 = np.asarray(pred["PRED_DELTACHI2"], float)
+    with np.errstate(invalid="ignore"):
+        offset = velocity_offset_kms(np.asarray(pred["PRED_Z"], float), np.asarray(pred["PRED_Z_VIT"], float))
+        return ((deltachi2 > CONFIDENT_DELTACHI2) & (pred["PRED_CLASS"].astype(str) == pred["PRED_CLASS_VIT"].astype(str))
+                & (offset < AGREE_KMS))
+
+
 def disagreements(reference: dict, pred: dict, compared: np.ndarray, paths: list) -> dict:
-    """Columns of the compared rows where class differs or z is catastrophic, worst first (class
-    mismatches, then by velocity offset)."""
+    """Columns of the compared rows where class differs or z is catastrophic: likely pipeline
+    failures first (the fit and the ViT agree with each other, not with the pipeline), then class
+    mismatches, then by velocity offset."""
     ref_class = reference["class"].astype(str)
     pred_class = pred["PRED_CLASS"].astype(str)
     z_ref, z_pred = np.asarray(reference["z"], float), np.asarray(pred["PRED_Z"], float)
     offset = velocity_offset_kms(z_pred, z_ref)
     wrong_class = compared & (ref_class != pred_class)
     wrong_z = compared & catastrophic(z_pred, z_ref, ref_class)
+    suspect = (wrong_class | wrong_z) & fit_and_vit_agree(pred)
     rows = np.flatnonzero(wrong_class | wrong_z)
-    order = np.lexsort((-np.nan_to_num(offset[rows], nan=0.0), ~wrong_class[rows]))
+    order = np.lexsort((-np.nan_to_num(offset[rows], nan=0.0), ~wrong_class[rows], ~suspect[rows]))
     rows = rows[order]
     prob = {c: np.asarray(pred.get(f"PRED_PROB_{c}", np.full(len(z_ref), np.nan)), float) for c in CLASS_NAMES}
     return {
@@ -200,7 +266,90 @@ def disagreements(reference: dict, pred: dict, compared: np.ndarray, paths: list
         "Z": z_ref[rows], "PRED_Z": z_pred[rows], "PRED_Z_ERR": np.asarray(pred["PRED_Z_ERR"], float)[rows],
         "DV_KMS": offset[rows], "SNR": np.asarray(reference["snr"], float)[rows],
         "CLASS_DIFFERS": wrong_class[rows], "Z_CATASTROPHIC": wrong_z[rows],
+        "PRED_DELTACHI2": np.asarray(pred.get("PRED_DELTACHI2", np.full(len(z_ref), np.nan)), float)[rows],
+        "LIKELY_PIPELINE_FAILURE": suspect[rows],
     }
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f} %" if np.isfinite(fraction) else "–"
+
+
+def look_first(metrics: dict, table: dict) -> list[str]:
+    """Sentences for the top of the report, from the metrics and the disagreement table: which
+    pipeline class the catastrophic redshifts come from, how many rows are likely pipeline
+    failures (where the catalog has the fit's Δχ² and the ViT's columns), and, below
+    LOW_ACCURACY, the confusion cell that dominates the class errors. [] when no row is compared."""
+    if not metrics["compared"]:
+        return []
+    sentences = []
+    z = metrics["redshift"]
+    failed = np.asarray(table["CLASS"]).astype(str)[np.asarray(table["Z_CATASTROPHIC"], bool)]
+    rate = _percent(z["catastrophic_rate"])
+    if not len(failed):
+        sentences.append("No compared row has a catastrophic redshift.")
+    else:
+        names, counts = np.unique(failed, return_counts=True)
+        top = int(np.argmax(counts))
+        name, count = str(names[top]), int(counts[top])
+        within = _percent(z["catastrophic_rate_by_class"].get(name, float("nan")))
+        if len(failed) == 1:
+            sentences.append(f"The catastrophic rate ({rate}) is one row, a pipeline {name}.")
+        elif 2 * count > len(failed):
+            sentences.append(f"The catastrophic rate ({rate}) is driven by {name} rows: {count} of the "
+                             f"{len(failed)} catastrophic rows ({within} of the pipeline's {name} rows).")
+        else:
+            spread = ", ".join(f"{c} {k}" for c, k in zip(names, counts))
+            sentences.append(f"The catastrophic rate ({rate}) is spread over the pipeline's classes: {spread} "
+                             f"of the {len(failed)} catastrophic rows.")
+    suspects = metrics.get("likely_pipeline_failures")
+    if suspects:
+        sentences.append(f"{suspects} {'row' if suspects == 1 else 'rows'} where the template fit and the ViT agree "
+                         f"with each other (same class, |Δv| < {AGREE_KMS:.0f} km/s) but not with the pipeline, with "
+                         f"Δχ² > {CONFIDENT_DELTACHI2:g}: likely pipeline failures — the first {suspects} of "
+                         "disagreements.csv (LIKELY_PIPELINE_FAILURE).")
+    c = metrics["classification"]
+    matrix = np.array(c["confusion_matrix"])
+    errors = int(matrix.sum() - np.trace(matrix))
+    if c["accuracy"] < LOW_ACCURACY and errors:
+        off = matrix.copy()
+        np.fill_diagonal(off, 0)
+        i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+        cell = f"pipeline {c['labels'][i]} called {c['labels'][j]}"
+        if errors == 1:
+            sentences.append(f"Class accuracy is {_percent(c['accuracy'])}: the one misclassified row is {cell}.")
+        else:
+            lead = "most errors are" if 2 * off[i, j] > errors else "the commonest error is"
+            sentences.append(f"Class accuracy is {_percent(c['accuracy'])}: {lead} {cell}: {off[i, j]} of the "
+                             f"{errors} misclassified rows.")
+    return sentences
+
+
+def why_none_compared(metrics: dict) -> str:
+    """One line on why no row was compared, from the `excluded` counts, and what compares them anyway."""
+    rows, excluded = metrics["rows"], metrics["excluded"]
+    if not rows:
+        return "no row compared: the catalog has no rows"
+    parts = []
+    failing = excluded["zwarning_nonzero"] + excluded["not_selected"]
+    if failing:
+        detail = ", ".join(f"{label}: {excluded[key]}" for key, label in (
+            ("zwarning_nonzero", "ZWARNING ≠ 0"), ("not_selected", "other selection rules")) if excluded[key])
+        parts.append(f"{failing} of {rows} rows fail the survey's selection ({detail})")
+    for key, what in (("no_reference", "have no pipeline class or z"), ("no_prediction", "have no prediction")):
+        if excluded[key]:
+            parts.append(f"{excluded[key]} of {rows} {what}")
+    line = "no row compared" + (": " + "; ".join(parts) if parts else "")
+    if failing:
+        line += f"; `annotate crosscheck --catalog {metrics.get('catalog', '<catalog>')} --all-rows` compares them anyway"
+    return line
+
+
+def no_comparison_line(catalog: str | Path) -> str:
+    """why_none_compared for an annotated catalog, read from it (the run's summary has no counts)."""
+    reference, pred, _, selected, _ = read_annotated(Path(catalog))
+    _, excluded, _ = compared_rows(reference, pred, selected)
+    return why_none_compared({"rows": len(pred["PRED_Z"]), "excluded": excluded, "catalog": str(catalog)})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,8 +382,8 @@ def plot_confusion(metrics: dict) -> bytes:
     labels = metrics["classification"]["labels"]
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted (PRED_CLASS)")
-    ax.set_ylabel("pipeline (CLASS)")
+    ax.set_xlabel("predicted class (PRED_CLASS)")
+    ax.set_ylabel("pipeline class (CLASS)")
     return _png(plt, fig)
 
 
@@ -246,8 +395,8 @@ def plot_redshift(z_ref: np.ndarray, z_pred: np.ndarray, ref_class: np.ndarray) 
         left.scatter(z_ref[pick], z_pred[pick], s=6, alpha=0.6, color=colour, label=name)
     top = float(np.nanmax(np.concatenate([z_ref, z_pred, [0.1]])))
     left.plot([0, top], [0, top], color="grey", lw=0.8)
-    left.set_xlabel("pipeline z")
-    left.set_ylabel("predicted z")
+    left.set_xlabel("pipeline redshift z")
+    left.set_ylabel("predicted redshift z")
     left.legend(fontsize=8)
     dz = (z_pred - z_ref) / (1 + z_ref)
     edges = np.quantile(z_ref, np.linspace(0, 1, 9)) if len(z_ref) > 8 else np.array([0, top])
@@ -262,8 +411,8 @@ def plot_redshift(z_ref: np.ndarray, z_pred: np.ndarray, ref_class: np.ndarray) 
     right.errorbar(centres, medians, yerr=spreads, fmt="o", color="black", label="median ± NMAD per z bin")
     right.axhline(0, color="grey", lw=0.8)
     right.set_ylim(-0.2, 0.2)
-    right.set_xlabel("pipeline z")
-    right.set_ylabel("Δz / (1 + z)")
+    right.set_xlabel("pipeline redshift z")
+    right.set_ylabel("Δz / (1 + z)  (predicted − pipeline)")
     right.legend(fontsize=8)
     return _png(plt, fig)
 
@@ -277,8 +426,8 @@ def plot_snr(metrics: dict) -> bytes:
     for i, b in enumerate(bins):
         ax.text(i, 0.02, f"n={b['n']}", ha="center", rotation=90, fontsize=7)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("S/N (median per pixel)")
-    ax.set_ylabel("redshift success rate")
+    ax.set_xlabel("pipeline S/N (median per pixel)")
+    ax.set_ylabel("redshift success rate (1 − catastrophic)")
     ax.tick_params(axis="x", labelsize=7)
     return _png(plt, fig)
 
@@ -296,7 +445,7 @@ def plot_stellar(reference: dict, pred: dict, compared: np.ndarray) -> bytes:
             lo, hi = np.min([true[finite].min(), guess[finite].min()]), np.max([true[finite].max(), guess[finite].max()])
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
         ax.set_xlabel(f"pipeline {label} ({unit})")
-        ax.set_ylabel(f"predicted {label}")
+        ax.set_ylabel(f"predicted {label} ({unit})")
     return _png(plt, fig)
 
 
@@ -313,18 +462,30 @@ def plot_pulls(pulls_by_label: dict) -> bytes:
     grid = np.linspace(edges[0], edges[-1], 241)
     ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="grey", ls="--", lw=1.0, label="unit Gaussian")
     ax.set_xlabel("pull = (predicted z − pipeline z) / predicted σ_z")
-    ax.set_ylabel("density")
+    ax.set_ylabel("probability density (per unit pull)")
     ax.legend(fontsize=8)
     return _png(plt, fig)
 
 
-def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.ndarray) -> bytes | None:
-    """Spectra of the first n disagreements from the spectra store, main lines marked at the
-    pipeline's z (dashed) and the predicted z (dotted). None without rows, or without a store that
-    belongs to this catalog (same rows, same object ids)."""
+def flux_unit(attrs, reader: str) -> str:
+    """The unit of a spectra store's flux: its `flux_unit` attribute where it has one, else the store
+    layout's (10⁻¹⁷ erg/s/cm²/Å), or "survey units" for a relative-calibrated survey's reader."""
+    unit = attrs.get("flux_unit")
+    unit = (unit.decode() if isinstance(unit, bytes) else str(unit or "")).strip()
+    if unit:
+        return unit
+    return "survey units" if reader in RELATIVE_FLUX_READERS else STORE_FLUX_UNIT
+
+
+def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.ndarray, reader: str = "") -> bytes | None:
+    """Spectra of the first n disagreements from the spectra store, main lines marked and named at
+    the pipeline's z (dashed, names at the top) and the predicted z (dotted, names at the bottom).
+    None without rows, or without a store that belongs to this catalog (same rows, same object ids);
+    `reader` (the survey's) names the flux unit where the store does not."""
     if store is None or not Path(store).is_file() or len(table["ROW"]) == 0:
         return None
     import h5py
+    from matplotlib.lines import Line2D
 
     from .errors import StoreError
     from .store import open_store, read_rows
@@ -335,6 +496,7 @@ def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.n
         return None
     with h5py.File(info.path, "r") as h5:
         stored_ids = h5["object_id"][()]
+        unit = flux_unit(h5.attrs, info.reader or reader)
     if info.n_rows != len(object_ids):
         return None
     rows = table["ROW"][:n]
@@ -342,7 +504,7 @@ def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.n
     if decoded != [str(object_ids[r]) for r in rows]:
         return None
     wave = info.grid.wavelength
-    plt, fig = _figure(10.0, 1.9 * len(rows) + 0.4)
+    plt, fig = _figure(10.0, 1.9 * len(rows) + 0.6)
     for k, row in enumerate(rows):
         ax = fig.add_subplot(len(rows), 1, k + 1)
         data = read_rows(store, int(row), int(row) + 1)
@@ -353,15 +515,24 @@ def plot_disagreements(table: dict, store: Path | None, n: int, object_ids: np.n
             lo, hi = np.percentile(finite, [1, 99.5])
             pad = 0.1 * (hi - lo) + 1e-3
             ax.set_ylim(lo - pad, hi + pad)
-        for z, style, colour in ((table["Z"][k], "--", "tab:blue"), (table["PRED_Z"][k], ":", "tab:red")):
-            for rest in LINES.values():
+        for z, style, colour, height in ((table["Z"][k], "--", "tab:blue", 0.97), (table["PRED_Z"][k], ":", "tab:red", 0.03)):
+            for name, rest in LINES.items():
                 observed = rest * (1 + z)
                 if np.isfinite(observed) and wave[0] < observed < wave[-1]:
                     ax.axvline(observed, ls=style, color=colour, lw=0.8)
+                    ax.text(observed, height, name, transform=ax.get_xaxis_transform(), color=colour, fontsize=6,
+                            rotation=90, ha="right", va="top" if height > 0.5 else "bottom")
         ax.set_title(f"row {row}  id {table['OBJECT_ID'][k]}: pipeline {table['CLASS'][k]} z={table['Z'][k]:.4f} "
                      f"(blue dashed) · model {table['PRED_CLASS'][k]} z={table['PRED_Z'][k]:.4f} (red dotted)",
                      fontsize=8)
+        ax.set_ylabel(f"flux ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend([Line2D([], [], ls="--", color="tab:blue"), Line2D([], [], ls=":", color="tab:red")],
+                      ["lines at the pipeline's z (names at the top)", "lines at the predicted z (names at the bottom)"],
+                      fontsize=6, loc="upper right")
+        if k == len(rows) - 1:
+            ax.set_xlabel("observed wavelength (Å)", fontsize=8)
     return _png(plt, fig)
 
 
@@ -380,16 +551,49 @@ def _image(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+# metrics.json keys of a "redshift" block -> what the report calls them
+METRIC_LABELS = {
+    "r2": "z R²", "rmse": "z RMSE", "bias": "z bias (mean Δz)", "nmad": "NMAD of Δz/(1+z)",
+    "eta": "outlier fraction η (|Δz|/(1+z) > 0.15)", "catastrophic_rate": "catastrophic rate (Ross et al. 2020)",
+    "crps": "CRPS with each row's PRED_Z_ERR", "crps_global_sigma": "CRPS with one σ for every row",
+    "z_err_within_1sigma": "rows within 1σ of PRED_Z_ERR", "z_err_within_2sigma": "rows within 2σ of PRED_Z_ERR",
+}
+EXCLUSION_LABELS = {"no_prediction": "no prediction (PRED_FLAGS says why)", "zwarning_nonzero": "ZWARNING ≠ 0",
+                    "no_reference": "no pipeline class or z", "not_selected": "outside the survey's selection"}
+# what the report's metric names mean
+DEFINITIONS = (
+    ("Δz", "predicted z − pipeline z; |Δv| = c·|Δz|/(1 + z), z the pipeline's."),
+    ("class accuracy", "the fraction of compared rows whose PRED_CLASS is the pipeline's class."),
+    ("recall", "per pipeline class, the fraction of its rows predicted as that class."),
+    ("macro F1", "the unweighted mean over the classes of F1 = 2·TP / (2·TP + FP + FN): a rare class counts "
+                 "as much as a common one."),
+    ("z R², RMSE, bias", "R² = 1 − Σ Δz² / Σ (z − mean z)²; RMSE = √(mean Δz²); bias = mean Δz."),
+    ("NMAD of Δz/(1+z)", "1.4826 · median(|Δz|/(1 + z)): the σ of Δz/(1 + z) for Gaussian scatter, insensitive "
+                         "to outliers; the median residual is not subtracted first, so a bias counts as scatter."),
+    ("outlier fraction η", "the fraction of rows with |Δz|/(1 + z) > 0.15."),
+    ("catastrophic rate", "Ross et al. (2020): the fraction of rows with |Δv| > 1000 km/s for GALAXY and STAR, "
+                          "> 3000 km/s for QSO, by the pipeline's class."),
+    ("redshift success rate", "1 − catastrophic rate, per bin of the pipeline's S/N."),
+    ("CRPS", "continuous ranked probability score of the Gaussian N(predicted z, σ²) against the pipeline z, "
+             "mean over rows, in units of z (lower is better; the mean |Δz| as σ → 0). With each row's "
+             "PRED_Z_ERR as σ, and with one σ (the RMS of Δz) for every row: per-row σ that carry information "
+             "give the lower value."),
+    ("rows within 1σ / 2σ", "the fraction with |Δz| ≤ 1 (2) times the stated σ; 0.683 (0.954) for right "
+                            "Gaussian errors."),
+    ("pull and robust spread", "pull = Δz / σ, σ the row's stated z error; robust spread = 1.4826 · median |pull "
+                               "− median pull|: 1 when the stated errors are right, above 1 when they are too small."),
+)
+
 # the rows of the ViT-against-final table: (label, path into a "classification"/"redshift" pair)
 SIDE_BY_SIDE = (
     ("class accuracy", ("classification", "accuracy")), ("macro F1", ("classification", "macro_f1")),
     *((f"recall {c}", ("classification", "recall", c)) for c in CLASS_NAMES),
-    ("z R²", ("redshift", "r2")), ("z RMSE", ("redshift", "rmse")), ("z bias", ("redshift", "bias")),
-    ("NMAD", ("redshift", "nmad")), ("η", ("redshift", "eta")),
+    ("z R²", ("redshift", "r2")), ("z RMSE", ("redshift", "rmse")), ("z bias (mean Δz)", ("redshift", "bias")),
+    ("NMAD of Δz/(1+z)", ("redshift", "nmad")), ("outlier fraction η (|Δz|/(1+z) > 0.15)", ("redshift", "eta")),
     ("catastrophic rate", ("redshift", "catastrophic_rate")),
     *((f"catastrophic rate {c}", ("redshift", "catastrophic_rate_by_class", c)) for c in CLASS_NAMES),
-    ("CRPS", ("redshift", "crps")), ("within 1σ", ("redshift", "z_err_within_1sigma")),
-    ("within 2σ", ("redshift", "z_err_within_2sigma")), ("pull median", ("redshift", "pulls", "median")),
+    ("CRPS with each row's σ", ("redshift", "crps")), ("rows within 1σ", ("redshift", "z_err_within_1sigma")),
+    ("rows within 2σ", ("redshift", "z_err_within_2sigma")), ("pull median", ("redshift", "pulls", "median")),
     ("pull robust spread", ("redshift", "pulls", "robust_spread")), ("rows with a pull", ("redshift", "pulls", "n")),
 )
 
@@ -409,55 +613,95 @@ def _side_by_side(metrics: dict, images: dict) -> str:
     return f"""<h2>ViT alone and final (fit)</h2>
 <p>The same rows, scored from the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT) and from
 the final ones (PRED_CLASS, PRED_Z, PRED_Z_ERR: the template fit's where it found a solution, the ViT's
-elsewhere). σ is each set's own z_err; pull = (predicted z − pipeline z)/σ, robust spread =
-1.4826·median|pull − median| (1 when σ is right).</p>
+elsewhere). σ is each set's own z error (PRED_Z_ERR_VIT, PRED_Z_ERR).</p>
 <table><tr><th>metric</th><th>ViT</th><th>final (fit)</th></tr>{rows}</table>
 {_image(images.get('pulls'), 'pull distributions')}
 """
 
 
+def _provenance(provenance: dict) -> str:
+    """The table of what made the catalog; "not recorded" for a missing card."""
+    rows = []
+    for key, card, label in PROVENANCE:
+        value = provenance.get(key)
+        if value is None and key in ("template_set_sha256", "fit_settings") and provenance.get("template_fit") == "off":
+            value = "none: the template fit did not run"
+        rows.append(f"<tr><td>{html.escape(label)}</td><td><code>{html.escape(value or NOT_RECORDED)}</code></td>"
+                    f"<td>{card}</td></tr>")
+    return f'<table class="left"><tr><th>what</th><th>value</th><th>header card</th></tr>{"".join(rows)}</table>'
+
+
+def _which_rows(metrics: dict) -> str:
+    """The paragraph on which rows were compared (and, with all_rows, what that let in)."""
+    if metrics.get("all_rows"):
+        included = metrics.get("included_anyway", {})
+        return (f"<p><strong>All rows compared (--all-rows)</strong>: ZWARNING and the survey's selection are ignored, "
+                f"so the pipeline values of some compared rows may be unreliable: {included.get('zwarning_nonzero', 0)} "
+                f"rows with ZWARNING ≠ 0 and {included.get('not_selected', 0)} outside the survey's selection are "
+                f"among the {metrics['compared']} of {metrics['rows']} compared (a prediction, a pipeline class and z). "
+                "Excluded, and not mixed in:</p>")
+    return (f"<p>{metrics['compared']} of {metrics['rows']} rows compared (a prediction, a pipeline class and z, "
+            "ZWARNING = 0, the survey's selection passed). Excluded, and not mixed in:</p>")
+
+
 def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int) -> str:
     c, z = metrics["classification"], metrics["redshift"]
-    excluded = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in metrics["excluded"].items())
+    excluded = "".join(f"<tr><td>{html.escape(EXCLUSION_LABELS.get(k, k))}</td><td>{v}</td></tr>"
+                       for k, v in metrics["excluded"].items())
     recall = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in c["recall"].items())
     by_class = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in z["catastrophic_rate_by_class"].items())
     snr = "".join(f"<tr><td>{b['snr_min']:g}–{'' if b['snr_max'] is None else format(b['snr_max'], 'g')}</td><td>{b['n']}</td><td>{_fmt(b['success_rate'])}</td></tr>"
                   for b in z["success_by_snr"])
-    stellar = "".join(f"<tr><td>{k}</td><td>{v['n']}</td><td>{_fmt(v['r2'])}</td><td>{_fmt(v['rmse'])} {v['unit']}</td>"
+    labels = {role: label for role, _, label, _ in STELLAR}
+    stellar = "".join(f"<tr><td>{labels.get(k, k)}</td><td>{v['n']}</td><td>{_fmt(v['r2'])}</td><td>{_fmt(v['rmse'])} {v['unit']}</td>"
                       f"<td>{_fmt(v['bias'])} {v['unit']}</td></tr>" for k, v in metrics["stellar"].items())
-    redshift = "".join(f"<tr><td>{k}</td><td>{_fmt(z[k])}</td></tr>" for k in (
-        "r2", "rmse", "bias", "nmad", "eta", "catastrophic_rate", "crps", "crps_global_sigma",
-        "z_err_within_1sigma", "z_err_within_2sigma"))
+    redshift = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(z[k])}</td></tr>" for k, label in METRIC_LABELS.items())
+    if metrics["compared"]:
+        first = " ".join(html.escape(line) for line in metrics.get("look_first", []))
+    else:
+        first = f"<strong>{html.escape(why_none_compared(metrics))}</strong>"
+    order = "class mismatches first, then by |Δv|"
+    if "likely_pipeline_failures" in metrics:
+        order = (f"likely pipeline failures first (LIKELY_PIPELINE_FAILURE: the template fit, with Δχ² &gt; "
+                 f"{CONFIDENT_DELTACHI2:g}, and the ViT agree with each other), then {order}")
+    definitions = "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in DEFINITIONS)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>annotate cross-check: {html.escape(catalog.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:0.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
-td:first-child{{text-align:left}}img{{max-width:100%;display:block;margin:0.5em 0}}</style></head><body>
+td:first-child,table.left td{{text-align:left}}img{{max-width:100%;display:block;margin:0.5em 0}}
+dt{{font-weight:bold}}dd{{margin:0 0 0.4em 1.5em}}</style></head><body>
 <h1>Cross-check of {html.escape(catalog.name)}</h1>
-<p>annotate {__version__}, {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
-{metrics['compared']} of {metrics['rows']} rows compared (a prediction, a pipeline class and z, ZWARNING = 0,
-the survey's selection passed). Excluded, and not mixed in:</p>
+<p>Report by annotate {__version__}, {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}: the
+catalog's predictions against the survey pipeline's values. The metric names are defined
+<a href="#definitions">at the end</a>.</p>
+<h2>What made the catalog</h2>
+{_provenance(metrics.get('provenance', {}))}
+<h2>What to look at first</h2>
+<p>{first}</p>
+{_which_rows(metrics)}
 <table><tr><th>reason</th><th>rows</th></tr>{excluded}</table>
 <h2>Classification</h2>
-<p>accuracy {_fmt(c['accuracy'])}, macro F1 {_fmt(c['macro_f1'])}</p>
-<table><tr><th>class</th><th>recall</th></tr>{recall}</table>
+<p>class accuracy {_fmt(c['accuracy'])}, macro F1 {_fmt(c['macro_f1'])}</p>
+<table><tr><th>pipeline class</th><th>recall</th></tr>{recall}</table>
 {_image(images.get('confusion'), 'confusion matrix')}
 <h2>Redshift</h2>
 <table><tr><th>metric</th><th>value</th></tr>{redshift}</table>
-<p>NMAD = 1.4826·median(|Δz|/(1+z)); η = fraction with |Δz|/(1+z) &gt; 0.15; catastrophic: Ross et al. 2020,
-|Δz|·c/(1+z) &gt; 1000 km/s (GALAXY, STAR) or 3000 km/s (QSO) by the pipeline's class. CRPS uses each row's
-PRED_Z_ERR; the global-σ variant one σ (the RMS residual) for all rows.</p>
 <table><tr><th>pipeline class</th><th>catastrophic rate</th></tr>{by_class}</table>
 {_image(images.get('redshift'), 'predicted against pipeline redshift')}
-<table><tr><th>S/N bin</th><th>rows</th><th>success rate</th></tr>{snr}</table>
+<table><tr><th>pipeline S/N bin</th><th>rows</th><th>redshift success rate</th></tr>{snr}</table>
 {_image(images.get('snr'), 'success rate by S/N')}
 {_side_by_side(metrics, images)}<h2>Stellar parameters (pipeline stars)</h2>
 <table><tr><th>parameter</th><th>n</th><th>R²</th><th>RMSE</th><th>bias</th></tr>{stellar}</table>
 {_image(images.get('stellar'), 'stellar parameters')}
 <h2>Disagreements</h2>
-<p>{n_disagreements} rows where the class differs or the redshift is catastrophic, worst first, are in
-<code>disagreements.csv</code> and <code>disagreements.fits</code>; the first of them:</p>
+<p>{n_disagreements} disagreements: compared rows whose class differs from the pipeline's or whose redshift is
+catastrophic. They are in <code>disagreements.csv</code> and <code>disagreements.fits</code> (ids, spectrum paths,
+both classes and redshifts, |Δv| in DV_KMS), {order}. The spectra of the first of them
+(<code>disagreements.png</code>), the main lines marked and named at both redshifts:</p>
 {_image(images.get('disagreements'), 'spectra of the first disagreements')}
+<h2 id="definitions">Definitions</h2>
+<dl>{definitions}</dl>
 </body></html>
 """
 
@@ -482,10 +726,11 @@ def _write(path: Path, payload: bytes) -> None:
 
 
 def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: str | None = None,
-               store: str | Path | None = None, n_sheet: int = 8) -> CrosscheckResult:
+               store: str | Path | None = None, n_sheet: int = 8, all_rows: bool = False) -> CrosscheckResult:
     """Write the cross-check of an annotated catalog into `out_dir` (default: beside it,
     `<catalog stem>.crosscheck/`); `store` (default: the run's store beside it) gives the spectra
-    for the disagreement sheet."""
+    for the disagreement sheet; `all_rows` compares rows with ZWARNING ≠ 0 or outside the
+    survey's selection too."""
     import pandas as pd
     from astropy.table import Table
 
@@ -496,17 +741,21 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     out_dir = Path(out_dir) if out_dir else catalog.with_name(catalog_stem(catalog) + ".crosscheck")
     store = Path(store) if store else default_store_path(catalog)
     reference, pred, definition, selected, paths = read_annotated(catalog, survey)
-    metrics, compared = compute(reference, pred, selected)
+    metrics, compared = compute(reference, pred, selected, all_rows)
     metrics["catalog"], metrics["survey"] = str(catalog), definition.name
+    metrics["provenance"] = read_provenance(catalog)
     table = disagreements(reference, pred, compared, paths)
     metrics["disagreements"] = int(len(table["ROW"]))
+    if "PRED_DELTACHI2" in pred and has_vit(pred):
+        metrics["likely_pipeline_failures"] = int(table["LIKELY_PIPELINE_FAILURE"].sum())
+    metrics["look_first"] = look_first(metrics, table)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out_dir / "metrics.json", (json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n").encode())
     ref_class, z_ref = reference["class"][compared].astype(str), np.asarray(reference["z"], float)[compared]
     _, z_final, z_err_final = compared_predictions(pred, compared)
     images = {"confusion": plot_confusion(metrics), "redshift": plot_redshift(z_ref, z_final, ref_class),
               "snr": plot_snr(metrics), "stellar": plot_stellar(reference, pred, compared),
-              "disagreements": plot_disagreements(table, store, n_sheet, reference["object_id"])}
+              "disagreements": plot_disagreements(table, store, n_sheet, reference["object_id"], definition.reader)}
     if has_vit(pred):
         _, z_vit, z_err_vit = compared_predictions(pred, compared, VIT_COLUMNS)
         images["pulls"] = plot_pulls({"ViT": pulls(z_ref, z_vit, z_err_vit),
@@ -519,6 +768,8 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     _write(out_dir / "disagreements.fits", fits_buffer.getvalue())
     if images["disagreements"] is not None:
         _write(out_dir / "disagreements.png", images["disagreements"])
+    else:  # a sheet left by an earlier cross-check would show other rows
+        (out_dir / "disagreements.png").unlink(missing_ok=True)
     report = out_dir / "report.html"
     _write(report, render_html(catalog, metrics, images, metrics["disagreements"]).encode())
     return CrosscheckResult(out_dir, report, metrics)

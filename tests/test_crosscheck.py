@@ -1,6 +1,7 @@
 """Cross-check: which rows are compared, the metrics on a hand-made catalog, and the report files."""
 
 import base64
+import html
 import io
 import json
 import re
@@ -16,6 +17,8 @@ from annotate.crosscheck import compute, crosscheck, disagreements, pull_summary
 from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog
 from annotate.writeback import prediction_columns, provenance_cards, write_fits
+
+from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _annotated(tmp_path):
@@ -234,3 +237,257 @@ def test_catalog_without_vit_columns_keeps_the_old_report(tmp_path):
     page = crosscheck(old).report.read_text()
     assert "final (fit)" not in page and "pull distributions" not in page
     assert page.count('src="data:image/png;base64,') == 4  # confusion, redshift, S/N, stellar
+
+
+# ------------------------------------------------------------------------------------------------
+# readability: provenance, look-first sentences, axis units, no row compared, --all-rows
+
+WEIGHTS_SHA = "3f" * 32
+TEMPLATES_SHA = "a1" * 32
+
+
+def _twenty_rows(tmp_path, zwarning=None, objtype=None, provenance=None, name="look"):
+    """Twenty compared rows with known outcomes (the fit's class, z and Δχ² beside the ViT's):
+    rows 0-9 GALAXY, right; 10-13 QSO at z 2 that the fit and the ViT both put at z 2.5 with
+    Δχ² 100 (catastrophic); 14 QSO both put at 1.5 from 1.0, Δχ² 10; 15 GALAXY the fit puts at 0.5
+    from 0.3, the ViT right; 16-18 GALAXY at z 0.0005 both call STAR at z 0, Δχ² 100; 19 STAR the
+    fit calls QSO, the ViT right. Catastrophic: 10-15 (QSO 5 of 6); class errors: 16-19 (GALAXY
+    called STAR 3 of 4); likely pipeline failures: 10-13 and 16-18."""
+    n = 20
+    ref_class = np.array(["GALAXY"] * 10 + ["QSO"] * 5 + ["GALAXY"] * 4 + ["STAR"])
+    ref_z = np.array([0.1] * 10 + [2.0] * 4 + [1.0, 0.3] + [0.0005] * 3 + [0.0])
+    fit_class = ref_class.copy().astype("U6")
+    fit_class[16:19], fit_class[19] = "STAR", "QSO"
+    fit_z = ref_z.copy()
+    fit_z[10:14], fit_z[14], fit_z[15], fit_z[16:19] = 2.5, 1.5, 0.5, 0.0
+    vit_class = fit_class.copy()
+    vit_class[19] = "STAR"
+    vit_z = fit_z.copy()
+    vit_z[15] = 0.3
+    deltachi2 = np.full(n, 100.0)
+    deltachi2[14] = 10.0
+    columns = {
+        "SPECOBJID": np.arange(n, dtype=np.int64) + 100, "FIELD": np.full(n, 15143), "MJD": np.full(n, 59205),
+        "CATALOGID": np.arange(n, dtype=np.int64) + 27021600000000000, "RUN2D": np.array(["v6_0_4"] * n),
+        "CLASS": ref_class, "Z": ref_z, "Z_ERR": np.full(n, 1e-4),
+        "ZWARNING": np.zeros(n, np.int64) if zwarning is None else zwarning,
+        "SN_MEDIAN_ALL": np.full(n, 12.0), "XCSAO_TEFF": np.where(ref_class == "STAR", 5000.0, np.nan),
+        "XCSAO_LOGG": np.where(ref_class == "STAR", 4.0, np.nan), "XCSAO_FEH": np.where(ref_class == "STAR", 0.0, np.nan),
+        "OBJTYPE": np.array(["SCIENCE"] * n) if objtype is None else objtype,
+    }
+    catalog = write_catalog(tmp_path / f"{name}.fits", columns)
+    prob = np.array([{"GALAXY": [0.9, 0.05, 0.05], "QSO": [0.05, 0.9, 0.05], "STAR": [0.05, 0.05, 0.9]}[c]
+                     for c in vit_class])
+    pred = {"prob": prob, "z": vit_z, "z_err": np.full(n, 1e-3), "teff": np.where(ref_class == "STAR", 5100.0, np.nan),
+            "logg": np.full(n, 4.0), "feh": np.full(n, 0.0), "fit_class": fit_class, "fit_z": fit_z,
+            "fit_z_err": np.full(n, 1e-4), "fit_deltachi2": deltachi2, "fit_rchi2": np.full(n, 1.0),
+            "fit_spectype": np.full(n, ""), "fit_flags": np.zeros(n, np.int64)}
+    reference = {"class": ref_class.astype(object), "z": ref_z}
+    cards = provenance or provenance_cards("spectromer-tiny", WEIGHTS_SHA, "2dmap", "sdss_dr18", 0, "bf16",
+                                           fit={"settings": "classes GALAXY QSO STAR", "sha256": TEMPLATES_SHA})
+    return write_fits(catalog, tmp_path / f"{name}.annotated.fits",
+                      prediction_columns(pred, reference, np.zeros(n, np.int64)), cards)
+
+
+def _store_for(catalog):
+    """A spectra store beside the annotated catalog, with its rows' ids and flat spectra."""
+    from annotate.crosscheck import read_annotated
+    from annotate.grid import WavelengthGrid
+    from annotate.pipeline import default_store_path
+    from annotate.store import create_store, write_rows
+
+    reference, pred, _, _, _ = read_annotated(catalog)
+    n, grid = len(pred["PRED_Z"]), WavelengthGrid()
+    store = default_store_path(catalog)
+    create_store(store, reference["object_id"], [""] * n, grid, reader="sdss")
+    flux = np.random.default_rng(0).normal(10.0, 1.0, (n, grid.n_pix)).astype(np.float32)
+    write_rows(store, 0, {"flux": flux, "ivar": np.ones_like(flux), "mask": np.zeros(flux.shape, np.uint8),
+                          "status": np.ones(n, np.int8)})
+    return store
+
+
+def test_report_names_the_model_weights_and_fit_that_made_the_catalog(tmp_path):
+    result = crosscheck(_twenty_rows(tmp_path))
+    page = result.report.read_text()
+    top = page[:page.index("<h2>Classification</h2>")]
+    for shown in ("spectromer-tiny", WEIGHTS_SHA, TEMPLATES_SHA, "bf16", "2dmap", "classes GALAXY QSO STAR"):
+        assert f"<code>{shown}</code>" in top, shown
+    assert "<tr><td>template fit</td><td><code>on</code></td><td>ANNFIT</td></tr>" in top
+    provenance = json.loads((result.out_dir / "metrics.json").read_text())["provenance"]
+    assert provenance["model"] == "spectromer-tiny" and provenance["weights_sha256"] == WEIGHTS_SHA
+    assert provenance["template_fit"] == "on" and provenance["template_set_sha256"] == TEMPLATES_SHA
+    assert provenance["precision"] == "bf16" and provenance["encoding"] == "2dmap"
+
+
+def test_missing_provenance_cards_read_not_recorded(tmp_path):
+    catalog = _annotated(tmp_path)
+    with fits.open(catalog, mode="update") as hdul:
+        for card in ("ANNMODEL", "ANNWSHA", "ANNPREC"):
+            del hdul[1].header[card]
+    result = crosscheck(catalog)
+    page = result.report.read_text()
+    assert "<tr><td>model</td><td><code>not recorded</code></td><td>ANNMODEL</td></tr>" in page
+    assert "<tr><td>model weights (sha256)</td><td><code>not recorded</code></td><td>ANNWSHA</td></tr>" in page
+    # the fit did not run (ANNFIT off): no template set, and the report says why
+    assert "<tr><td>template set (sha256)</td><td><code>none: the template fit did not run</code></td>" in page
+    provenance = json.loads((result.out_dir / "metrics.json").read_text())["provenance"]
+    assert provenance["model"] is None and provenance["template_fit"] == "off" and provenance["encoding"] == "2dmap"
+
+
+@pytest.mark.parametrize("convention", ["pandas", "astropy"])
+def test_provenance_of_an_hdf5_catalog(tmp_path, convention):
+    from annotate.writeback import write_annotated_catalog
+
+    fits_catalog = _twenty_rows(tmp_path)  # its input, cat look.fits, becomes an HDF5 table
+    table = Table.read(tmp_path / "look.fits")
+    h5 = tmp_path / "look.h5"
+    if convention == "astropy":
+        table.write(h5, path="catalog", serialize_meta=True)
+    else:
+        frame = table.to_pandas()
+        for name in frame.columns:
+            if frame[name].dtype == object:
+                frame[name] = frame[name].str.decode("ascii")
+        frame.to_hdf(h5, key="catalog", format="table")
+    with fits.open(fits_catalog) as hdul:
+        columns = {name: np.array(hdul[1].data[name]) for name in hdul[1].columns.names if name.startswith("PRED_")}
+    cards = provenance_cards("spectromer-tiny", WEIGHTS_SHA, "2dmap", "sdss_dr18", 0)
+    out = write_annotated_catalog(h5, tmp_path / "look.annotated.h5", columns, cards)
+    result = crosscheck(out)
+    assert result.metrics["compared"] == 20
+    assert result.metrics["provenance"]["model"] == "spectromer-tiny"
+    assert result.metrics["provenance"]["weights_sha256"] == WEIGHTS_SHA
+    assert result.metrics["provenance"]["template_fit"] == "off"
+    assert f"<code>{WEIGHTS_SHA}</code>" in result.report.read_text()
+
+
+def test_look_first_names_the_class_the_cell_and_the_likely_pipeline_failures(tmp_path):
+    result = crosscheck(_twenty_rows(tmp_path))
+    m = result.metrics
+    assert m["redshift"]["catastrophic_rate"] == pytest.approx(6 / 20, abs=1e-12)
+    assert m["likely_pipeline_failures"] == 7
+    assert m["look_first"] == [
+        "The catastrophic rate (30.0 %) is driven by QSO rows: 5 of the 6 catastrophic rows "
+        "(100.0 % of the pipeline's QSO rows).",
+        "7 rows where the template fit and the ViT agree with each other (same class, |Δv| < 1000 km/s) but not "
+        "with the pipeline, with Δχ² > 25: likely pipeline failures — the first 7 of disagreements.csv "
+        "(LIKELY_PIPELINE_FAILURE).",
+        "Class accuracy is 80.0 %: most errors are pipeline GALAXY called STAR: 3 of the 4 misclassified rows.",
+    ]
+    page = result.report.read_text()
+    assert html.escape(m["look_first"][0]) in page[:page.index("<h2>Classification</h2>")]
+    csv = pd.read_csv(result.out_dir / "disagreements.csv")
+    # the likely pipeline failures first (class mismatches among them first), then the rest worst first
+    assert csv["ROW"].tolist() == [16, 17, 18, 10, 11, 12, 13, 19, 14, 15]
+    assert csv["LIKELY_PIPELINE_FAILURE"].tolist() == [True] * 7 + [False] * 3
+    assert csv["PRED_DELTACHI2"].tolist()[7:] == pytest.approx([100.0, 10.0, 100.0], abs=1e-6)
+
+
+def test_look_first_without_the_fit_or_catastrophic_rows(tmp_path):
+    old = _without_vit_columns(_vit_and_fit(tmp_path), tmp_path / "old.annotated.fits")
+    result = crosscheck(old)
+    assert "likely_pipeline_failures" not in result.metrics
+    assert result.metrics["look_first"] == ["No compared row has a catastrophic redshift."]
+    # the ten rows: the fit did not run (no Δχ²), one catastrophic z and one class error in six rows
+    result = crosscheck(_annotated(tmp_path))
+    assert result.metrics["likely_pipeline_failures"] == 0
+    assert result.metrics["look_first"] == ["The catastrophic rate (16.7 %) is one row, a pipeline GALAXY.",
+                                            "Class accuracy is 83.3 %: the one misclassified row is pipeline QSO called STAR."]
+
+
+def test_every_axis_label_has_its_quantity_and_unit(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    catalog = _twenty_rows(tmp_path)
+    _store_for(catalog)
+    labels, texts = [], []
+    for name, into in (("set_xlabel", labels), ("set_ylabel", labels), ("text", texts)):
+        original = getattr(matplotlib.axes.Axes, name)
+
+        def wrapper(self, *args, _original=original, _into=into, _name=name, **kwargs):
+            _into.append(args[2] if _name == "text" else args[0])
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, wrapper)
+    result = crosscheck(catalog)
+    assert (result.out_dir / "disagreements.png").is_file()
+    assert labels and all(str(label).strip() for label in labels)
+    for unit in ("predicted Teff (K)", "pipeline Teff (K)", "predicted log g (dex)", "predicted [Fe/H] (dex)",
+                 "pipeline redshift z", "predicted redshift z", "observed wavelength (Å)",
+                 "flux (10⁻¹⁷ erg/s/cm²/Å)"):
+        assert unit in labels, unit
+    # the marked lines are named: the first sheet row is a pipeline GALAXY at z 0.0005
+    assert {"Hα", "Hβ", "[OIII]", "CaK", "CaH"} <= set(texts)
+
+
+def test_flux_unit_from_the_store_or_the_survey():
+    from annotate.crosscheck import flux_unit
+
+    assert flux_unit({}, "sdss") == "10⁻¹⁷ erg/s/cm²/Å"
+    assert flux_unit({}, "lamost_lrs") == "survey units"
+    assert flux_unit({"flux_unit": b"ADU"}, "sdss") == "ADU"
+
+
+def test_no_row_compared_says_why_in_one_line_then_all_rows_compares_them(tmp_path, capsys):
+    from annotate.cli import main
+
+    zwarning = np.array([4] * 15 + [0] * 5)
+    catalog = _twenty_rows(tmp_path, zwarning=zwarning, objtype=np.array(["SCIENCE"] * 15 + ["SKY"] * 5))
+    assert main(["crosscheck", "--catalog", str(catalog)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert out.splitlines()[0] == (
+        "cross-check: no row compared: 20 of 20 rows fail the survey's selection (ZWARNING ≠ 0: 15, other "
+        f"selection rules: 5); `annotate crosscheck --catalog {catalog} --all-rows` compares them anyway")
+    folder = tmp_path / "look.annotated.crosscheck"
+    assert json.loads((folder / "metrics.json").read_text())["all_rows"] is False
+    assert "no row compared: 20 of 20 rows fail" in (folder / "report.html").read_text()
+
+    assert main(["crosscheck", "--catalog", str(catalog), "--all-rows"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cross-check: 20 of 20 rows compared (--all-rows: ZWARNING and the survey's selection ignored)")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["all_rows"] is True and metrics["compared"] == 20
+    assert metrics["included_anyway"] == {"zwarning_nonzero": 15, "not_selected": 5}
+    assert metrics["classification"]["accuracy"] == pytest.approx(0.8, abs=1e-12)
+    assert "<strong>All rows compared (--all-rows)</strong>" in (folder / "report.html").read_text()
+
+
+def test_run_summary_without_compared_rows_says_why(tmp_path, micro_model, capsys):  # noqa: F811
+    from annotate.cli import main
+    from annotate.simulate.writer import write_sdss_spec
+    from annotate.surveys import load_survey
+
+    n = 3
+    columns = {"SPECOBJID": np.arange(n, dtype=np.int64) + 7, "RUN2D": np.array(["v6_0_4"] * n),
+               "FIELD": np.full(n, 15143), "MJD": np.full(n, 59205), "CATALOGID": np.arange(n, dtype=np.int64) + 5_000_000,
+               "CLASS": np.array(["GALAXY", "QSO", "STAR"]), "Z": np.array([0.1, 2.0, 0.0]), "ZWARNING": np.full(n, 4)}
+    loglam = 3.5530 + 1e-4 * np.arange(4640)
+    for path in load_survey("sdss_dr18").spectrum_paths(columns):
+        write_sdss_spec(tmp_path / "spectra" / path, loglam, np.full(4640, 10.0, np.float32), np.ones(4640, np.float32),
+                        np.zeros(4640, bool), {})
+    catalog = write_catalog(tmp_path / "warned.fits", columns)
+    assert main(["run", "--catalog", str(catalog), "--spectra-root", str(tmp_path / "spectra"), "--model",
+                 str(micro_model), "--scheduler", "sync", "--no-progress", "--no-fit"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "class accuracy" not in out
+    assert (f"cross-check: no row compared: 3 of 3 rows fail the survey's selection (ZWARNING ≠ 0: 3); "
+            f"`annotate crosscheck --catalog {tmp_path / 'warned.annotated.fits'} --all-rows` compares them anyway") in out
+
+
+def test_disagreement_line_says_what_they_are_and_where(tmp_path, capsys):
+    from annotate.cli import main
+
+    catalog = _twenty_rows(tmp_path)
+    _store_for(catalog)
+    folder = tmp_path / "look.annotated.crosscheck"
+    assert main(["crosscheck", "--catalog", str(catalog)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ("10 disagreements (rows whose class differs from the pipeline's or whose redshift is catastrophic): "
+            f"{folder / 'disagreements.csv'}, spectra of the first in disagreements.png") in lines
+    assert "  Class accuracy is 80.0 %: most errors are pipeline GALAXY called STAR: 3 of the 4 misclassified rows." in lines
+    # without a store the sheet of the earlier cross-check is removed, and the line no longer names it
+    assert main(["crosscheck", "--catalog", str(catalog), "--store", str(tmp_path / "none.h5")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"10 disagreements (rows whose class differs from the pipeline's or whose redshift is catastrophic): {folder / 'disagreements.csv'}" in lines
+    assert not (folder / "disagreements.png").exists()
