@@ -4,7 +4,7 @@ No other data source:
 
     python -m annotate.fit.build            # writes annotate/fit/data/bases.npz
 
-What it makes (steps and sources in SOURCES.md beside this file):
+What it makes:
 - GALAXY: a PCA (with gaps: missing blue ends are filled iteratively by the PCA itself) of the
   stellar populations outside the held-out part, each at two velocity dispersions, plus four
   emission-line templates ([OII] doublet; Balmer series; [OIII] doublet; [NII] + [SII]).
@@ -12,7 +12,9 @@ What it makes (steps and sources in SOURCES.md beside this file):
   where the type is missing) of the MILES stars outside the held-out stars (the 15 % that the
   default model never trained on), broadened to SDSS resolution.
 - QSO: a PCA of quasar-model spectra (power law, broad and narrow lines, mean Lyα-forest
-  transmission) drawn with their own seed (QSO_SEED), which no simulated test object uses.
+  transmission) drawn with their own seed (QSO_SEED), which no simulated test object uses, with
+  the simulator's quasar diversity (QSO_REALISM: slopes, a width per broad line, C IV and other
+  high-ionisation lines blueshifted, reddening), so that the basis spans what real quasars do.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from .. import SPEED_OF_LIGHT_KMS
 from ..simulate.dataset import held_out_star_indices
+from ..simulate.realism import Realism, realism_rng
 from ..simulate.spectra import GALAXY_LINES, SimulationSettings, broaden, quasar_rest
 from ..simulate.templates import LIBRARY_PATH, load_library
 from .bases import BASES_PATH, BasisSet, basis_set_from_arrays, file_sha256
@@ -38,6 +41,7 @@ HELD_OUT_POPULATION_FRACTION = 0.2
 POPULATION_SEED = 20261201
 QSO_SEED = 917_000_001
 N_QSO_DRAWS = 600
+QSO_REALISM = 1.0  # the quasar diversity of the simulator (and of the default model's training data)
 
 N_GALAXY_PCA = 6
 N_STAR_PCA = 5
@@ -170,13 +174,16 @@ def star_bases(lib, train: np.ndarray, log=print) -> tuple[dict, np.ndarray]:
     return out, np.array(membership, dtype=str)
 
 
-def qso_basis(log=print) -> dict:
-    """The QSO basis from N_QSO_DRAWS draws of the quasar model with its own seed."""
+def qso_basis(log=print, realism: float = QSO_REALISM) -> dict:
+    """The QSO basis from N_QSO_DRAWS draws of the quasar model with its own seed, with the
+    simulator's quasar diversity at `realism` strength (slopes, a width per broad line,
+    blueshifted high-ionisation lines, reddening; 0: the plain model)."""
     rng = np.random.default_rng(QSO_SEED)
-    settings = SimulationSettings()
+    settings = SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None)
+    extra = realism_rng(QSO_SEED) if realism > 0 else None
     spectra = []
     for _ in range(N_QSO_DRAWS):
-        loglam, flux, _, _ = quasar_rest(rng, settings, forest_fluctuations=False)
+        loglam, flux, _, _ = quasar_rest(rng, settings, forest_fluctuations=False, extra_rng=extra)
         spectra.append(flux)
     # rest grid on multiples of the step, from 600 Å (a quasar at z = 5 observed at 3600 Å)
     start = np.ceil(np.log10(600.0) / STEP) * STEP

@@ -4,7 +4,9 @@ cannot see (template mismatch, which sets a limit at high S/N).
 
     python -m annotate.fit.calibrate            # writes annotate/fit/data/calibration.json
 
-Never on the held-out templates (those are the evaluation's): the training templates are split
+The sample carries the simulator's realism effects (REALISM), as the default model's training data
+and real spectra do: sky residuals, calibration errors, dust and quasar diversity leave errors the
+curvature does not see. Never on the held-out templates (those are the evaluation's): the training templates are split
 in FOLDS; for each fold, bases are built without it (`build.build_in_memory`) and spectra simulated
 from it are fitted, so every fitted object comes from templates its bases never saw, as in use.
 For each class a scale and a floor are then chosen so that 68.27 % of the pulls lie within ±1 in
@@ -23,7 +25,8 @@ import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid
-from ..simulate.spectra import draw_sample
+from ..simulate.realism import Realism
+from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
 from .build import build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .evaluate import ross_success
@@ -33,14 +36,16 @@ from .stage import fit_rows
 SEED = 2027
 FOLDS = 4
 SNR_EDGES = (0.0, 3.0, 8.0, 20.0, np.inf)
-SCALES = np.round(np.arange(0.8, 2.51, 0.05), 2)
-FLOORS_KMS = np.arange(0.0, 60.1, 1.0)
+REALISM = 1.0  # the simulator's realism effects on the calibration sample (as in the default model's data)
+SCALES = np.round(np.arange(0.8, 4.01, 0.05), 2)
+FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.1, 5.0)])
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within 1σ
 
 
-def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS) -> dict:
+def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REALISM) -> dict:
     """Class, z, S/N, truth and the uncalibrated fit (class, z, σ_z) of n objects simulated from
-    the training templates fold by fold, each fitted with bases built without its fold."""
+    the training templates fold by fold (with the realism effects at `realism` strength), each
+    fitted with bases built without its fold."""
     grid = WavelengthGrid()
     lib = load_library()
     populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
@@ -50,7 +55,8 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS) -> dict:
     for fold in range(folds):
         pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
         bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso)
-        sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold)
+        sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold,
+                             settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None))
         fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
                        sample["flux"], sample["ivar"], sample["mask"], None)
         parts.append({"class": sample["class"], "z": sample["z"], "snr": sample["snr"],
@@ -83,7 +89,7 @@ def calibrate(n: int = 2400, seed: int = SEED) -> dict:
         scales[cls], floors[cls] = min(cost_of, key=cost_of.get)
     return {"scale": scales, "floor_kms": floors, "n": n, "seed": seed, "rows_used": int(good.sum()),
             "sample": f"training templates in {FOLDS} folds, each fitted with bases built without it; "
-                      "quasar draws of seeds from this one",
+                      f"quasar draws of seeds from this one; realism effects at strength {REALISM:g}",
             "made_by": "python -m annotate.fit.calibrate"}
 
 

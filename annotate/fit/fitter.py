@@ -51,8 +51,8 @@ class FitSettings:
     bin_galaxy: int = 3
     bin_qso: int = 6
     bin_star: int = 3
-    n_poly: int = 3
-    n_poly_coarse: int = 2
+    n_poly: int = 5          # flux-calibration errors and dust: a quadratic is too stiff (evaluate.py)
+    n_poly_coarse: int = 3
     coarse_pca: int = 4
     n_candidates: int = 3
     max_refine: int = 3
@@ -73,7 +73,7 @@ class FitSettings:
 
     def describe(self) -> str:
         """A short text for the output header (ANNFITS)."""
-        return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly} pca={self.coarse_pca} "
+        return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly}/{self.n_poly_coarse} pca={self.coarse_pca} "
                 f"cand={self.n_candidates} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
 
