@@ -1,0 +1,55 @@
+"""Class accuracy and z NMAD of checkpoints on the same new simulated objects, at several strengths
+of the simulator's realism effects (evaluation only: objects of a seed no recipe trains on, stars
+from the held-out MILES stars).
+
+    python training/compare_models.py OLD_CHECKPOINT annotate/models/spectromer-tiny --n 1500 --seed 777
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from annotate import CLASS_NAMES
+from annotate.checkpoint import load_checkpoint
+from annotate.grid import WavelengthGrid
+from annotate.metrics import nmad
+from annotate.predict import predict_batch
+from annotate.simulate.dataset import held_out_star_indices
+from annotate.simulate.realism import Realism
+from annotate.simulate.spectra import SimulationSettings, draw_sample
+from annotate.simulate.templates import load_library
+
+
+def predict(folder: str, sample: dict, batch: int = 250) -> dict:
+    model, card = load_checkpoint(folder, "cpu")
+    parts = [predict_batch(model, card, sample["flux"][a:a + batch], sample["mask"][a:a + batch])
+             for a in range(0, len(sample["flux"]), batch)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("prob", "z")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders")
+    parser.add_argument("--n", type=int, default=1500, help="objects per realism strength (default 1500)")
+    parser.add_argument("--seed", type=int, default=777, help="seed of the simulated objects (default 777)")
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0],
+                        help="realism strengths; 0: the plain simulator (default 0 1 2)")
+    args = parser.parse_args(argv)
+    lib, grid = load_library(), WavelengthGrid()
+    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    for strength in args.strengths:
+        settings = SimulationSettings(realism=Realism(strength=strength) if strength > 0 else None)
+        sample = draw_sample(args.n, lib, grid, seed=args.seed, star_indices=stars, settings=settings)
+        for folder in args.checkpoints:
+            out = predict(folder, sample)
+            predicted = np.array(CLASS_NAMES)[np.argmax(out["prob"], axis=1)]
+            recall = ", ".join(f"{c} {np.mean(predicted[sample['class'] == c] == c):.3f}" for c in CLASS_NAMES)
+            print(f"realism {strength:g}, {folder}: class accuracy {np.mean(predicted == sample['class']):.3f} "
+                  f"({recall}), z NMAD {nmad(sample['z'], out['z']):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
