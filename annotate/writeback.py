@@ -230,8 +230,16 @@ def _output_header(table: fits.BinTableHDU, columns: dict, provenance: dict) -> 
             else:
                 out.set(f"{prefix}{i}", value, comment, after=f"TFORM{i}")
     for key, (value, comment) in provenance.items():
-        out[key] = (value, comment)
+        out[key] = (header_text(value), comment)
     return out
+
+
+def header_text(value):
+    """A FITS card value: strings with each character outside printable ASCII written as its
+    Python escape (a catalog path `cat ä.fits` becomes `cat \\xe4.fits`); other values as they are."""
+    if not isinstance(value, str):
+        return value
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in value)
 
 
 FITS_DTYPES = {"E": ">f4", "D": ">f8", "J": ">i4", "L": "u1"}
@@ -364,12 +372,12 @@ def provenance_cards(model_name: str, weights_sha: str, encoding: str, survey: s
     if fit is not None:
         fit_cards = {"ANNFIT": ("on", "template fit seeded by the ViT"),
                      "ANNTSHA": (fit["sha256"], ""),
-                     "ANNFITS": (fit["settings"], "template fit settings")}
-    paths = {key: (str(Path(path).resolve()), comment) for key, path, comment in (
-        ("ANNCAT", catalog, "input catalog"), ("ANNMDIR", model_dir, "model folder")) if path is not None}
+                     "ANNFITS": (fit["settings"], "")}
+    paths = {key: (str(Path(path).resolve()), "") for key, path in (("ANNCAT", catalog), ("ANNMDIR", model_dir))
+             if path is not None}
     return {
         "LONGSTRN": ("OGIP 1.0", "long strings continue in CONTINUE cards"),
-        "ANNCMD": (shlex.join(["annotate", *argv()]), "command line"),
+        "ANNCMD": (shlex.join(["annotate", *argv()]), ""),  # long values: no room for a comment
         **paths,
         "ANNVERS": (__version__, "annotate version"),
         "ANNMODEL": (model_name, "model name"),

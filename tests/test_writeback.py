@@ -201,3 +201,18 @@ def test_column_metadata_follows_its_column_when_an_old_pred_column_goes(tmp_pat
     assert header["TTYPE3"] == OUTPUT_COLUMNS[0].name and header["TCOMM3"] == column_description(OUTPUT_COLUMNS[0])
     assert header["ANNULUS"] == 3.0
     assert header["ANNVERS"] != "0.0.1" and list(header.keys()).count("ANNVERS") == 1
+
+
+def test_non_ascii_paths_in_the_provenance_are_escaped_not_refused(tmp_path):
+    """FITS card values are printable ASCII: a catalog path with 'ä' and a newline is written as
+    its escapes; the long value continues on CONTINUE cards."""
+    from annotate.writeback import header_text
+
+    catalog = _catalog(tmp_path / "cat.fits")
+    odd = tmp_path / ("spéctra ä 'q'\n" + "x" * 80) / "cat.fits"
+    out = write_fits(catalog, tmp_path / "out.fits", _columns(),
+                     provenance_cards("m", "0" * 64, "2dmap", "s", 0, catalog=odd, model_dir=tmp_path))
+    header = fits.getheader(out, 1)
+    assert header["ANNCAT"] == header_text(str(odd.resolve()))
+    assert "sp\\xe9ctra \\xe4 'q'\\n" in header["ANNCAT"] and header["ANNMDIR"] == str(tmp_path.resolve())
+    assert header_text(7) == 7
