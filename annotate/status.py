@@ -27,16 +27,19 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
     if not job_ids:
         return {}
     wanted = set(job_ids)
+    # an array's tasks cancelled while pending may be accounted under the array's bare id ('123')
+    arrays = {job.split("_")[0] for job in job_ids if "_" in job}
     queued = squeue_rows("%i %T")
     states = {row[0]: row[1] for row in queued or [] if len(row) >= 2 and row[0] in wanted}
     try:
-        done = subprocess.run(["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j", ",".join(job_ids)],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j",
+                               ",".join(sorted(wanted | arrays))], capture_output=True, text=True, timeout=30)
         accounted = done.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         accounted = False
     if queued is None and not accounted:
         return None
+    masters = {}
     for line in done.stdout.splitlines() if accounted else []:
         parts = line.replace("|", " ").split()
         if len(parts) < 2:
@@ -44,6 +47,12 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         for job in _expand_array_id(parts[0]):  # array tasks cancelled while pending: '123_[4-5,7]'
             if job in wanted:
                 states.setdefault(job, parts[1].rstrip("+"))
+        if parts[0] in arrays:
+            masters[parts[0]] = parts[1].rstrip("+")
+    for job in job_ids:  # or, as some Slurm versions do, the cancelled remainder under '123'
+        master = masters.get(job.split("_")[0], "") if "_" in job else ""
+        if job not in states and master in TERMINAL_BAD:
+            states[job] = master
     return {job: states.get(job, "") for job in job_ids}
 
 
