@@ -44,7 +44,7 @@ N_QSO_DRAWS = 600
 QSO_REALISM = 1.0  # the quasar diversity of the simulator (and of the default model's training data)
 
 N_GALAXY_PCA = 6
-N_STAR_PCA = 5
+N_STAR_PCA = 10
 N_QSO_PCA = 8
 GALAXY_DISPERSIONS_KMS = (100.0, 220.0)
 GAS_SIGMA_KMS = 100.0
@@ -147,8 +147,9 @@ def star_group(sptype: str, teff: float) -> str | None:
     return None
 
 
-def star_bases(lib, train: np.ndarray, log=print) -> tuple[dict, np.ndarray]:
-    """The STAR:<group> bases from MILES stars `train`, and the group of each of those stars."""
+def star_bases(lib, train: np.ndarray, log=print, n_pca: int = N_STAR_PCA) -> tuple[dict, np.ndarray]:
+    """The STAR:<group> bases (`n_pca` vectors each) from MILES stars `train`, and the group of
+    each of those stars."""
     template_sigma = lib.star_fwhm_aa / (2 * np.sqrt(2 * np.log(2))) / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(RESOLUTION_KMS**2 - template_sigma**2, 0.0))
     groups = {}
@@ -163,7 +164,7 @@ def star_bases(lib, train: np.ndarray, log=print) -> tuple[dict, np.ndarray]:
         spectra = normalise(np.array(groups[group]))
         coverage = np.isfinite(spectra).mean(axis=0) > 0.5
         spectra[:, ~coverage] = np.nan
-        n = min(N_STAR_PCA, len(spectra) - 1)
+        n = min(n_pca, len(spectra) - 1)
         pca = gap_pca(spectra[:, coverage], n)
         flux = np.zeros((n, len(lib.star_loglam)))
         flux[:, coverage] = pca
@@ -201,11 +202,11 @@ def qso_basis(log=print, realism: float = QSO_REALISM) -> dict:
 
 
 def basis_arrays(lib, population_train: np.ndarray, star_train: np.ndarray, qso: dict | None = None,
-                 log=print) -> dict:
+                 log=print, n_star_pca: int = N_STAR_PCA) -> dict:
     """The arrays of a bases file for bases built from populations `population_train` and MILES
     stars `star_train` (what is not in them counts as held out); `qso`: a QSO basis already built."""
     galaxy = galaxy_basis(lib, population_train, log)
-    stars, star_groups = star_bases(lib, star_train, log)
+    stars, star_groups = star_bases(lib, star_train, log, n_star_pca)
     bases = {**galaxy, **(qso if qso is not None else qso_basis(log)), **stars}
     arrays = {"basis_names": np.array(list(bases), dtype=str), "step": np.float64(STEP),
               "held_out_stars": np.setdiff1d(np.arange(lib.n_star), star_train),
@@ -224,11 +225,12 @@ def basis_arrays(lib, population_train: np.ndarray, star_train: np.ndarray, qso:
     return arrays
 
 
-def build_in_memory(population_train: np.ndarray, star_train: np.ndarray, qso: dict | None = None) -> BasisSet:
+def build_in_memory(population_train: np.ndarray, star_train: np.ndarray, qso: dict | None = None,
+                    n_star_pca: int = N_STAR_PCA) -> BasisSet:
     """A BasisSet built as `build` does, from other training templates, without writing a file
     (for the calibration's leave-templates-out folds)."""
-    return basis_set_from_arrays(basis_arrays(load_library(), population_train, star_train, qso, log=lambda _: None),
-                                 Path("<in memory>"), "")
+    arrays = basis_arrays(load_library(), population_train, star_train, qso, log=lambda _: None, n_star_pca=n_star_pca)
+    return basis_set_from_arrays(arrays, Path("<in memory>"), "")
 
 
 def build(out: Path) -> None:

@@ -28,7 +28,7 @@ from ..grid import WavelengthGrid
 from ..simulate.realism import Realism
 from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
-from .build import build_in_memory, held_out_populations, held_out_stars, qso_basis
+from .build import N_STAR_PCA, build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .evaluate import ross_success
 from .fitter import CALIBRATION_PATH, Fitter, FitSettings
 from .stage import fit_rows
@@ -42,10 +42,11 @@ FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.1, 5
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within 1σ
 
 
-def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REALISM) -> dict:
+def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REALISM,
+              n_star_pca: int = N_STAR_PCA) -> dict:
     """Class, z, S/N, truth and the uncalibrated fit (class, z, σ_z) of n objects simulated from
     the training templates fold by fold (with the realism effects at `realism` strength), each
-    fitted with bases built without its fold."""
+    fitted with bases built without its fold (stars with `n_star_pca` vectors per group)."""
     grid = WavelengthGrid()
     lib = load_library()
     populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
@@ -54,7 +55,7 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
     parts = []
     for fold in range(folds):
         pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
-        bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso)
+        bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso, n_star_pca)
         sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold,
                              settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None))
         fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),

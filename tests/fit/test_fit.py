@@ -53,6 +53,31 @@ def _one_sample(lib, cls, seed, snr, star_indices=None, n=1):
     return draw_sample(n, lib, GRID, seed=seed, settings=settings, star_indices=star_indices)
 
 
+def test_star_bases_have_the_stated_vectors_and_span_an_unusual_held_out_star(bases):
+    """Each star group holds N_STAR_PCA vectors. The held-out metal-poor M dwarf BD+44 2051A
+    ([Fe/H] −1.5, unlike the group's training stars), simulated with the realism effects at S/N
+    8–60: at least 20 of 24 come out STAR (with 5 vectors per group: 18; the others lose to a
+    galaxy at z ≈ 0 with the calibration polynomials), those within 30 km/s."""
+    from annotate.fit.build import N_STAR_PCA, star_bases
+    from annotate.simulate.realism import Realism
+
+    assert N_STAR_PCA == 10
+    groups = ("OB", "A", "F", "G", "K", "M")
+    assert {b.subtype: b.n_basis for b in bases.bases if b.spectype == "STAR"} == {g: N_STAR_PCA for g in groups}
+    lib = load_library()
+    small, _ = star_bases(lib, np.setdiff1d(np.arange(lib.n_star), bases.held_out_stars), log=lambda _: None, n_pca=3)
+    assert {name: len(b["flux"]) for name, b in small.items()} == {f"STAR:{g}": 3 for g in groups}
+    (star,) = [i for i, name in enumerate(lib.star_name) if str(name).split()[-1] == "BD+442051A"]
+    assert star in bases.held_out_stars
+    settings = SimulationSettings(class_fractions=(0, 0, 1), snr=(8.0, 60.0), realism=Realism(strength=1.0))
+    sample = draw_sample(24, lib, GRID, seed=5, settings=settings, star_indices=np.array([star]))
+    fit = fit_rows(Fitter(GRID, FitSettings(prior=False), bases), sample["flux"], sample["ivar"], sample["mask"], None)
+    is_star = fit["fit_class"] == "STAR"
+    assert is_star.sum() >= 20, (is_star.sum(), sample["snr"][~is_star])
+    offset = (fit["fit_z"] - sample["z"]) * SPEED_OF_LIGHT_KMS / (1 + sample["z"])
+    assert np.abs(offset[is_star]).max() < 30.0, offset[is_star]
+
+
 # quasars: the basis spans blueshifted high-ionisation lines and a width per broad line, so the
 # plain model's quasar (none of either) sits at its edge; Ross et al.'s limit is 3,000 km/s
 @pytest.mark.parametrize("cls, limit_kms", [("GALAXY", 60.0), ("QSO", 1000.0), ("STAR", 30.0)])

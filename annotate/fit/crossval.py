@@ -1,0 +1,57 @@
+"""Choose the bases' settings without the held-out templates: leave-a-fold-out fits of the
+training templates (`calibrate.fold_fits`: for each of 4 folds, bases built without it fit objects
+simulated from it, with the realism effects), scored as `evaluate` scores the held-out ones.
+
+    python -m annotate.fit.crossval --star-pca 5 10
+
+The held-out templates stay the evaluation's alone: a setting chosen here is measured there once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from .build import N_STAR_PCA
+from .calibrate import fold_fits
+from .evaluate import ross_success
+
+SNR_BINS = (("S/N≥5", 5.0, np.inf), ("S/N 2-5", 2.0, 5.0))
+
+
+def crossval(n: int, seed: int, n_star_pca: int = N_STAR_PCA) -> dict:
+    """Per class: rows, class accuracy and Ross success by S/N bin of `fold_fits(n, seed)`."""
+    fits = fold_fits(n, seed, n_star_pca=n_star_pca)
+    success = ross_success(fits["fit_class"], fits["fit_z"], fits["class"], fits["z"])
+    out = {"n_star_pca": n_star_pca, "class_accuracy": float(np.mean(fits["fit_class"] == fits["class"]))}
+    for cls in CLASS_NAMES:
+        chosen = fits["class"] == cls
+        row = {"n": int(chosen.sum()), "accuracy": float(np.mean(fits["fit_class"][chosen] == cls))}
+        for name, lo, hi in SNR_BINS:
+            part = chosen & (fits["snr"] >= lo) & (fits["snr"] < hi)
+            row[name] = float(success[part].mean()) if part.any() else float("nan")
+        out[cls] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2400, help="objects over all folds")
+    parser.add_argument("--seed", type=int, default=3030)
+    parser.add_argument("--star-pca", type=int, nargs="+", default=[N_STAR_PCA],
+                        help="PCA vectors per star group to compare (default: the shipped bases')")
+    args = parser.parse_args(argv)
+    for k in args.star_pca:
+        result = crossval(args.n, args.seed, k)
+        print(f"star PCA {k}: class accuracy {result['class_accuracy']:.4f}")
+        for cls in CLASS_NAMES:
+            row = result[cls]
+            bins = ", ".join(f"{name} {row[name]:.3f}" for name, *_ in SNR_BINS)
+            print(f"  {cls:<6} n={row['n']}: accuracy {row['accuracy']:.4f}; success {bins}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
