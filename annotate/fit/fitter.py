@@ -94,8 +94,15 @@ class Candidate:
 
 @lru_cache(maxsize=1)
 def load_calibration(path: Path = CALIBRATION_PATH) -> dict:
-    """{'scale': {class: factor}, 'floor_kms': {class: km/s}, ...} from `annotate.fit.calibrate`."""
+    """{'scale': {class: [factor per z bin]}, 'floor_kms': {class: [km/s per z bin]},
+    'z_edges': {class: [bin edges in fitted z]}, ...} from `annotate.fit.calibrate`."""
     return json.loads(Path(path).read_text())
+
+
+def calibration_terms(calibration: dict, spectype: str, z: float) -> tuple[float, float]:
+    """(scale, floor in km/s) of σ_z for a `spectype` solution at redshift z."""
+    k = int(np.searchsorted(calibration["z_edges"][spectype], z, side="right"))
+    return float(calibration["scale"][spectype][k]), float(calibration["floor_kms"][spectype][k])
 
 
 def shift_to_z(shift, step: float = 1e-4):
@@ -326,8 +333,8 @@ class Fitter:
         z = float(shift_to_z(shift_hat, basis.step))
         z_err = float((1.0 + z) * LN10 * basis.step * sigma_shift)
         if self.calibration is not None:
-            floor_z = self.calibration["floor_kms"][basis.spectype] / SPEED_OF_LIGHT_KMS * (1.0 + z)
-            z_err = float(np.hypot(self.calibration["scale"][basis.spectype] * z_err, floor_z))
+            scale, floor_kms = calibration_terms(self.calibration, basis.spectype, z)
+            z_err = float(np.hypot(scale * z_err, floor_kms / SPEED_OF_LIGHT_KMS * (1.0 + z)))
         return Candidate(basis.spectype, basis.subtype, z, z_err, chi2_min, rchi2, at_edge, "scan", float(shift_hat))
 
     def spectral_type(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[str, str]:

@@ -287,3 +287,21 @@ def test_real_sdss_dr18_spectra_from_ppxf(ppxf_spectra, bases):
         assert out["fit_class"][i] == "GALAXY"
         assert offset < 100.0, (path, out["fit_z"][i], z_pipeline)
         assert out["fit_deltachi2"][i] > 1000.0
+
+
+def test_sigma_z_calibration_is_looked_up_by_class_and_fitted_z():
+    from annotate.fit.fitter import calibration_terms, load_calibration
+
+    table = {"scale": {"QSO": [1.0, 2.0, 3.0], "STAR": [1.5]}, "floor_kms": {"QSO": [0.0, 10.0, 20.0], "STAR": [4.0]},
+             "z_edges": {"QSO": [1.0, 2.0], "STAR": []}}
+    assert calibration_terms(table, "QSO", 0.5) == (1.0, 0.0)
+    assert calibration_terms(table, "QSO", 1.0) == (2.0, 10.0)   # an edge belongs to the bin above it
+    assert calibration_terms(table, "QSO", 4.9) == (3.0, 20.0)
+    assert calibration_terms(table, "STAR", -0.001) == (1.5, 4.0)
+    shipped = load_calibration()
+    for cls in ("GALAXY", "QSO", "STAR"):
+        edges = shipped["z_edges"][cls]
+        assert list(edges) == sorted(edges)
+        assert len(shipped["scale"][cls]) == len(shipped["floor_kms"][cls]) == len(edges) + 1
+        assert all(s > 0 for s in shipped["scale"][cls]) and all(f >= 0 for f in shipped["floor_kms"][cls])
+    assert len(shipped["z_edges"]["QSO"]) >= 2   # quasars: a scale per range of lines in view
