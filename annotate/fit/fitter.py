@@ -151,13 +151,17 @@ class Fitter:
         scan_classes = [self.classes_to_scan(None if prob is None else prob[i]) for i in range(n_spec)]
         candidates: list[list[Candidate]] = [[] for _ in range(n_spec)]
         coarse: dict = {}
+        binned: dict = {}  # (factor, rows) -> binned spectra, shared by the bases that bin alike
         for basis in self.bases.bases:
             rows = np.array([i for i in range(n_spec) if basis.spectype in scan_classes[i]], dtype=int)
             if len(rows) == 0:
                 continue
+            factor = self.settings.bin_for(basis.spectype)
+            key = (factor, rows.tobytes())
+            if key not in binned:
+                binned[key] = binned_spectrum(f[rows], w[rows], factor)
             chi2, shifts = coarse_scan(self.coarse_bases[basis.name], f[rows], w[rows], self.grid.loglam_start,
-                                       self.settings.bin_for(basis.spectype), self.backend,
-                                       n_poly=self.settings.n_poly_coarse)
+                                       factor, self.backend, n_poly=self.settings.n_poly_coarse, binned=binned[key])
             coarse[basis.name] = self._coarse_summary(basis.spectype, rows, chi2, shifts, vit)
         for i in range(n_spec):
             found = []

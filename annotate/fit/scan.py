@@ -169,7 +169,8 @@ def binned_spectrum(f: np.ndarray, w: np.ndarray, factor: int) -> tuple[np.ndarr
 
 
 def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, factor: int,
-                backend: Backend, shift_range: tuple | None = None, n_poly: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                backend: Backend, shift_range: tuple | None = None, n_poly: int = 2,
+                binned: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """χ² of `basis` plus `n_poly` Legendre terms against spectra (f, w: (B, n)) binned by
     `factor` pixels, at every shift that is a multiple of `factor` pixels within the basis' z
     range (or `shift_range`, pixels). Templates are zero where they have no data, so there the
@@ -179,11 +180,14 @@ def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, f
     per basis and configuration and kept on the basis; the spectra go through in chunks of
     COARSE_CHUNK, which keeps the transforms' temporaries small enough for the CPU's caches.
 
+    `binned`: `binned_spectrum(f, w, factor)` when the caller has it already (bases that share a
+    binning share it).
+
     Returns chi2 (B, n_shift) float64 and the shifts (n_shift,) in full-resolution pixels."""
     lo, hi = shift_range if shift_range is not None else basis.shift_range()
     nb = f.shape[-1] // factor
     plan = _coarse_plan(basis, grid_start, factor, nb, (lo, hi), n_poly, backend)
-    fb, wb = binned_spectrum(f, w, factor)
+    fb, wb = binned if binned is not None else binned_spectrum(f, w, factor)
     chi2 = np.empty((len(f), len(plan["shifts"])))
     for first in range(0, len(f), COARSE_CHUNK):
         rows = slice(first, first + COARSE_CHUNK)
