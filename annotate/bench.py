@@ -303,7 +303,8 @@ def bench_fit(sizes, workdir: Path) -> Row:
     one thread, seeded by the shipped ViT (whose own time is the end-to-end row's), against
     redrock's zfind on the first BASELINE_LIMIT of them with the same bases. Also recorded: the
     rate without the prior, each one's Ross success against the truth, the median |Δv| between
-    them."""
+    them, and the fit's peak memory above what the process held before it (`batch_rss_mb`: what one
+    batch costs; a run fits tasks of 256 rows, so that is what bounds its memory)."""
     from .checkpoint import load_checkpoint
     from .fit.evaluate import held_out_sample, ross_success
     from .fit.fitter import Fitter, FitSettings
@@ -322,7 +323,8 @@ def bench_fit(sizes, workdir: Path) -> Row:
         write_redrock_templates(templates, grid=grid)
     except ImportError as exc:
         templates, row.extra["baseline_missing"] = None, str(exc)
-    extra = {key: [] for key in ("rate_without_prior", "success", "baseline_success", "median_dv_between_kms")}
+    extra = {key: [] for key in ("rate_without_prior", "success", "baseline_success", "median_dv_between_kms",
+                                 "batch_rss_mb")}
     with single_threaded():
         fitters = {prior: Fitter(grid, FitSettings(prior=prior)) for prior in (True, False)}
         for n in sizes:
@@ -332,10 +334,13 @@ def bench_fit(sizes, workdir: Path) -> Row:
             for prior, fitter in fitters.items():
                 fit_rows(fitter, sample["flux"][:2], sample["ivar"][:2], sample["mask"][:2],
                          {k: v[:2] for k, v in vit.items()})  # caches built outside the clock
+                resident = peak_rss_mb("VmRSS")
+                _reset_peak_rss()
                 seconds, out = _timed(fit_rows, fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
                 rates[prior] = n / seconds
                 if prior:
                     ours = out
+                    extra["batch_rss_mb"].append(peak_rss_mb() - resident)
             row.sizes.append(n)
             row.ours.append(rates[True])
             extra["rate_without_prior"].append(rates[False])
@@ -581,6 +586,8 @@ def format_table(rows: list[Row]) -> str:
                          f"{' / '.join(f'{v:,.0f}' for v in e['rate_without_prior'])} | "
                          f"{' / '.join(f'{a:.3f} / {b:.3f}' for a, b in zip(e['success'], e['baseline_success']))} | "
                          f"{' / '.join(f'{v:.1f}' for v in e['median_dv_between_kms'])} | |")
+            lines.append(f"| ↳ fit's peak memory above the process's before it, MB | | "
+                         f"{' / '.join(f'{v:.0f}' for v in e['batch_rss_mb'])} | | | |")
         if row.step.startswith("merge"):
             lines.append(f"| ↳ merge peak RSS, MB (interpreter and torch before it) | | "
                          f"{' / '.join(f'{v:.0f} ({b:.0f})' for v, b in zip(row.extra['rss_mb'], row.extra['baseline_rss_mb']))} | | | |")

@@ -113,3 +113,6 @@ def test_fit_row_measures_the_fit_and_says_when_redrock_is_missing(tmp_path, mon
     assert 0.0 <= row.extra["success"][0] <= 1.0
     assert np.isnan(row.baseline[0]) and "compare" in row.extra["baseline_missing"]
     assert "without the prior" in bench.format_table([row])
+    # six spectra: their float64 flux and weights are under 1 MB, the caches were built before
+    assert -1.0 < row.extra["batch_rss_mb"][0] < 100.0
+    assert "fit's peak memory" in bench.format_table([row])
