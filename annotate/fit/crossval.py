@@ -16,23 +16,19 @@ import numpy as np
 from .. import CLASS_NAMES
 from .build import N_STAR_PCA
 from .calibrate import fold_fits
-from .evaluate import ross_success
-
-SNR_BINS = (("S/N≥5", 5.0, np.inf), ("S/N 2-5", 2.0, 5.0))
+from .evaluate import ross_success, success_by_target_bin
 
 
 def crossval(n: int, seed: int, n_star_pca: int = N_STAR_PCA) -> dict:
-    """Per class: rows, class accuracy and Ross success by S/N bin of `fold_fits(n, seed)`."""
+    """Per class: rows, class accuracy and Ross success in the target S/N bins
+    (`evaluate.success_by_target_bin`) of `fold_fits(n, seed)`."""
     fits = fold_fits(n, seed, n_star_pca=n_star_pca)
     success = ross_success(fits["fit_class"], fits["fit_z"], fits["class"], fits["z"])
     out = {"n_star_pca": n_star_pca, "class_accuracy": float(np.mean(fits["fit_class"] == fits["class"]))}
     for cls in CLASS_NAMES:
         chosen = fits["class"] == cls
-        row = {"n": int(chosen.sum()), "accuracy": float(np.mean(fits["fit_class"][chosen] == cls))}
-        for name, lo, hi in SNR_BINS:
-            part = chosen & (fits["snr"] >= lo) & (fits["snr"] < hi)
-            row[name] = float(success[part].mean()) if part.any() else float("nan")
-        out[cls] = row
+        out[cls] = {"n": int(chosen.sum()), "accuracy": float(np.mean(fits["fit_class"][chosen] == cls)),
+                    **success_by_target_bin(success, chosen, fits["snr"])}
     return out
 
 
@@ -48,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"star PCA {k}: class accuracy {result['class_accuracy']:.4f}")
         for cls in CLASS_NAMES:
             row = result[cls]
-            bins = ", ".join(f"{name} {row[name]:.3f}" for name, *_ in SNR_BINS)
-            print(f"  {cls:<6} n={row['n']}: accuracy {row['accuracy']:.4f}; success {bins}")
+            print(f"  {cls:<6} n={row['n']}: accuracy {row['accuracy']:.4f}; success S/N≥5 "
+                  f"{row['success_snr_ge_5']:.3f}, S/N 2-5 {row['success_snr_2_5']:.3f}")
     return 0
 
 

@@ -44,6 +44,20 @@ def ross_success(spectype: np.ndarray, z: np.ndarray, true_class: np.ndarray, tr
     return (np.asarray(spectype) == np.asarray(true_class)) & np.isfinite(z) & ~catastrophic(z, true_z, true_class)
 
 
+TARGET_SNR_BINS = (("snr_ge_5", 5.0, np.inf), ("snr_2_5", 2.0, 5.0))  # the issue's targets: S/N ≥ 5 and 2–5
+
+
+def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarray) -> dict:
+    """{'n_<bin>': rows, 'success_<bin>': their success rate (NaN for none)} of rows `chosen` in
+    each of TARGET_SNR_BINS."""
+    row = {}
+    for name, lo, hi in TARGET_SNR_BINS:
+        part = chosen & (snr >= lo) & (snr < hi)
+        row[f"n_{name}"] = int(part.sum())
+        row[f"success_{name}"] = float(success[part].mean()) if part.any() else float("nan")
+    return row
+
+
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the
     shipped ViT as in `annotate run` (the ViT's own time not counted)."""
@@ -67,11 +81,7 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
     pull = (z_fit - z_true) / z_err
     out = {"n": n, "seed": seed, "prior": prior, "realism": realism, "seconds_per_spectrum": seconds / n, "class_accuracy": float(np.mean(cls_fit == truth))}
     for cls in CLASS_NAMES:
-        row = {}
-        for name, lo, hi in (("snr_ge_5", 5.0, np.inf), ("snr_2_5", 2.0, 5.0)):
-            chosen = (truth == cls) & (snr >= lo) & (snr < hi)
-            row[f"n_{name}"] = int(chosen.sum())
-            row[f"success_{name}"] = float(success[chosen].mean()) if chosen.any() else float("nan")
+        row = success_by_target_bin(success, truth == cls, snr)
         good = (truth == cls) & (snr >= 5) & success
         row["nmad_snr_ge_5"] = nmad(z_true[good], z_fit[good])
         ok = (truth == cls) & success & np.isfinite(pull)

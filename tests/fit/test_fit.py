@@ -305,3 +305,16 @@ def test_sigma_z_calibration_is_looked_up_by_class_and_fitted_z():
         assert len(shipped["scale"][cls]) == len(shipped["floor_kms"][cls]) == len(edges) + 1
         assert all(s > 0 for s in shipped["scale"][cls]) and all(f >= 0 for f in shipped["floor_kms"][cls])
     assert len(shipped["z_edges"]["QSO"]) >= 2   # quasars: a scale per range of lines in view
+
+
+def test_success_is_counted_in_the_target_snr_bins():
+    from annotate.fit.evaluate import success_by_target_bin
+
+    success = np.array([True, False, True, True, False, True])
+    snr = np.array([6.0, 50.0, 5.0, 2.0, 4.9, 1.5])
+    chosen = np.array([True, True, True, True, True, False])
+    row = success_by_target_bin(success, chosen, snr)
+    assert row["n_snr_ge_5"] == 3 and row["success_snr_ge_5"] == pytest.approx(2 / 3)
+    assert row["n_snr_2_5"] == 2 and row["success_snr_2_5"] == pytest.approx(0.5)
+    empty = success_by_target_bin(success, np.zeros(6, bool), snr)
+    assert empty["n_snr_ge_5"] == 0 and np.isnan(empty["success_snr_ge_5"])
