@@ -231,26 +231,32 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     folder = run_folder(tmp_path / "out.fits")
     assert len(list((folder / "shards").glob("*.npz"))) == 3 and any((folder / "slurm").rglob("*_log.out"))
 
-    # a new run whose shard tasks are cancelled: reported, and a rerun redoes only what is missing
+    # a new run whose shard tasks are cancelled: reported, and a rerun redoes only what is missing.
+    # The array is held (sbatch --begin an hour ahead) and cancelled once the queue shows it, so
+    # every task is cancelled while pending, however fast the machine would have run them.
     settings2 = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
                             out=tmp_path / "again.fits", progress=False)
+    held = tmp_path / "held.yaml"
+    held.write_text(profile.read_text() + "additional: {begin: now+3600}\n")
     import threading
 
     cancelled_at = []
 
-    def cancel_soon():
-        time.sleep(1.0)
-        subprocess.run(["scancel", "--name=annotate-run"], check=False)
-        cancelled_at.append(time.time())
+    def cancel_once_queued():
+        queued = _wait(lambda: subprocess.run(["squeue", "--noheader", "--name=annotate-run", "--format=%i %T"],
+                                              capture_output=True, text=True).stdout.strip(), 60, step=0.5)
+        subprocess.run(["scancel", "--name=annotate-run"], check=False)  # whatever the queue said: never hang
+        cancelled_at.append((time.time(), queued))
 
-    threading.Thread(target=cancel_soon, daemon=True).start()
+    threading.Thread(target=cancel_once_queued, daemon=True).start()
     with pytest.raises(JobsFailed, match=r"3 of 3 shards did not finish \(3 cancelled\): nothing was merged; "
                                          r"rerun the same command to redo only them\. shard-00000 \(job \d+_0\): "
                                          r"cancelled") as raised:
-        run_sharded(settings2, 3, executor="slurm", profile=profile, log=lambda m: None)
+        run_sharded(settings2, 3, executor="slurm", profile=held, log=lambda m: None)
     # reported from the scheduler's state (the no-accounting fallback would have waited 600 s and
     # said "left the queue"); slurmdbd on a loaded 2-core machine may take some seconds to know
-    assert time.time() - cancelled_at[0] < 120
+    assert "PENDING" in cancelled_at[0][1], cancelled_at  # cancelled while held, before any task ran
+    assert time.time() - cancelled_at[0][0] < 120
     assert raised.value.exit_code == 4
     from annotate.status import run_status
 
