@@ -58,9 +58,11 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
     return row
 
 
-def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None) -> dict:
+def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
+             **settings) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the
-    shipped ViT as in `annotate run` (the ViT's own time not counted)."""
+    shipped ViT as in `annotate run` (the ViT's own time not counted). `settings`: other
+    FitSettings fields than the defaults."""
     grid = WavelengthGrid()
     sample = held_out_sample(n, seed, grid, realism)
     vit = None
@@ -70,8 +72,9 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
 
         model, card = load_checkpoint(None, "cpu")
         vit = predict_batch(model, card, sample["flux"], sample["mask"])
-    settings = FitSettings(prior=prior) if skip_below is None else FitSettings(prior=prior, skip_below=skip_below)
-    fitter = Fitter(grid, settings)
+    if skip_below is not None:
+        settings["skip_below"] = skip_below
+    fitter = Fitter(grid, FitSettings(prior=prior, **settings))
     start = time.perf_counter()
     fit = fit_rows(fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
     seconds = time.perf_counter() - start
@@ -102,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-below", type=float, default=None,
                         help="with --prior: skip classes whose ViT probability is under this when the ViT is "
                              "confident (FitSettings.skip_below; default: scan every class)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
     args = parser.parse_args(argv)
-    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below)
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if field not in FitSettings.__dataclass_fields__ or not value:
+            parser.error(f"--set {item}: not FIELD=VALUE with a FitSettings field")
+        overrides[field] = type(getattr(FitSettings(), field))(float(value))
+    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, **overrides)
     print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}, realism "
           f"{args.realism:g}): class accuracy {result['class_accuracy']:.3f}, "
           f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")

@@ -42,6 +42,9 @@ class FitSettings:
     coarse scan; n_candidates: minima kept per class; max_refine, refine_margin: refinements
     beyond each class's best while fewer than max_refine, within refine_margin (coarse Δχ²);
     sub_pixel_margin: candidates further behind after the whole-pixel step skip quarter pixels;
+    walk_margin: candidates further behind the best than this after their first three whole
+    pixels are not walked downhill (their χ² stays an upper bound of their minimum there, so a Δχ²
+    to them can only be overstated, and only where it is above walk_margin);
     prior: use the ViT's output (skip classes it rules out, add its window, break near-ties);
     skip_below, confident: a class whose ViT probability is under skip_below is not scanned when
     the ViT's top class has at least `confident`; small_deltachi2: Δχ² under which a solution is
@@ -58,6 +61,7 @@ class FitSettings:
     max_refine: int = 3
     refine_margin: float = 50.0
     sub_pixel_margin: float = 100.0
+    walk_margin: float = 100.0
     prior: bool = True
     skip_below: float = 0.0  # scan every class: a confident ViT can be wrong on real spectra
     confident: float = 0.99
@@ -74,7 +78,7 @@ class FitSettings:
     def describe(self) -> str:
         """A short text for the output header (ANNFITS)."""
         return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly}/{self.n_poly_coarse} pca={self.coarse_pca} "
-                f"cand={self.n_candidates} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
+                f"cand={self.n_candidates} walk<{self.walk_margin:g} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
 
 
@@ -235,7 +239,7 @@ class Fitter:
         class_best = {}
         for item in found:
             class_best.setdefault(item[1].spectype, item[0])
-        staged = []  # (item, products, whole-pixel shifts, their χ²)
+        staged = []  # (item, products, {whole-pixel shift: χ²})
         spectrum = prepare_spectrum(f, w, self.poly)
         products: dict = {}  # one per basis: its whole-pixel products serve every candidate of it
         for item in found:
@@ -247,11 +251,21 @@ class Fitter:
                     len(staged) < self.settings.max_refine and chi2 - class_best[basis.spectype] <= self.settings.refine_margin):
                 if basis.name not in products:
                     products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
-                whole = self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype))
-                if whole is not None:
-                    staged.append((item, products[basis.name], *whole))
+                points = self._whole_pixels(products[basis.name], shift, 0)
+                if any(np.isfinite(value) for value in points.values()):
+                    staged.append((item, products[basis.name], points))
                     continue
             rest.append(item)
+        # the walk downhill, for the candidates within walk_margin of the best after three whole
+        # pixels each: the others are solutions of no consequence, whose χ² only bounds a Δχ²
+        # already far above the doubt limit (on held-out samples no choice, z or σ_z changed)
+        if staged:
+            best_points = min(min(points.values()) for *_, points in staged)
+            for item, shift_products, points in staged:
+                if min(points.values()) - best_points <= self.settings.walk_margin:
+                    self._whole_pixels(shift_products, item[2], self.settings.bin_for(item[1].spectype) + 1, points)
+        staged = [(item, shift_products, *whole) for item, shift_products, points in staged
+                  if (whole := _whole_arrays(points)) is not None]
         if staged:
             best_whole = min(float(np.nanmin(chi2)) for *_, chi2 in staged)
         for (coarse_chi2, basis, _, at_edge, source), shift_products, whole, chi2 in staged:
@@ -287,16 +301,17 @@ class Fitter:
         most ±factor + 1), then quarter pixels within ±3/4 pixel of the best, a parabola through
         the five around the lowest."""
         products = ShiftProducts(basis, prepare_spectrum(f, w, self.poly), self.grid.loglam_start, self.backend)
-        whole = self._whole_pixels(products, shift, factor)
+        whole = _whole_arrays(self._whole_pixels(products, shift, factor + 1))
         return None if whole is None else self._finish(products, *whole, sub_pixel=True)
 
-    def _whole_pixels(self, products: ShiftProducts, shift: float, factor: int):
-        """(shifts, χ²) at whole pixels around `shift`, inside the basis' range: the nearest pixel
-        and its two neighbours, then one pixel at a time downhill until the lowest point has
-        both neighbours (at most `factor` + 1 steps, the coarse scan's spacing)."""
+    def _whole_pixels(self, products: ShiftProducts, shift: float, steps: int, points: dict | None = None) -> dict:
+        """χ² at whole pixels around `shift` (pixel -> χ², inf where undefined), inside the
+        basis' range: the nearest pixel and its two neighbours (unless `points` has them), then one
+        pixel at a time downhill until the lowest point has both neighbours, at most `steps` times
+        (the coarse scan's spacing and one more)."""
         lo_shift, hi_shift = products.basis.shift_range()
         first, last = int(np.floor(lo_shift)), int(np.ceil(hi_shift))
-        points: dict[int, float] = {}
+        points = {} if points is None else points
 
         def evaluate(shifts) -> None:
             shifts = sorted({int(s) for s in shifts if first <= s <= last and s not in points})
@@ -304,18 +319,16 @@ class Fitter:
                 chi2 = products.chi2(OVERSAMPLE * np.array(shifts))["chi2"]
                 points.update((s, float(c) if np.isfinite(c) else np.inf) for s, c in zip(shifts, chi2))
 
-        centre = int(np.clip(round(shift), first, last))
-        evaluate([centre - 1, centre, centre + 1])
-        for _ in range(factor + 1):
+        if not points:
+            centre = int(np.clip(round(shift), first, last))
+            evaluate([centre - 1, centre, centre + 1])
+        for _ in range(steps):
             best = min(points, key=points.get)
             missing = [s for s in (best - 1, best + 1) if first <= s <= last and s not in points]
             if not missing:
                 break
             evaluate(missing)
-        whole = np.array(sorted(points))
-        chi2 = np.array([points[s] for s in whole])
-        chi2[~np.isfinite(chi2)] = np.nan
-        return (whole, chi2) if np.isfinite(chi2).any() else None
+        return points
 
     def _finish(self, products: ShiftProducts, whole: np.ndarray, whole_chi2: np.ndarray, sub_pixel: bool) -> Candidate:
         """The candidate from the whole-pixel points, through quarter pixels when `sub_pixel`."""
@@ -370,6 +383,15 @@ class Fitter:
         chi2 = fb @ (wb * fb) - chi2_reduction_upper(terms, vector, 1 + n_p)
         best = chosen[int(np.argmin(chi2))]
         return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
+
+
+def _whole_arrays(points: dict):
+    """(shifts, χ²) arrays of `Fitter._whole_pixels`'s points, NaN where undefined; None when
+    none is defined."""
+    whole = np.array(sorted(points))
+    chi2 = np.array([points[s] for s in whole])
+    chi2[~np.isfinite(chi2)] = np.nan
+    return (whole, chi2) if np.isfinite(chi2).any() else None
 
 
 @lru_cache(maxsize=8)

@@ -318,3 +318,35 @@ def test_success_is_counted_in_the_target_snr_bins():
     assert row["n_snr_2_5"] == 2 and row["success_snr_2_5"] == pytest.approx(0.5)
     empty = success_by_target_bin(success, np.zeros(6, bool), snr)
     assert empty["n_snr_ge_5"] == 0 and np.isnan(empty["success_snr_ge_5"])
+
+
+def test_candidates_far_behind_are_not_walked_and_the_choice_is_unchanged(bases, held_out_library, monkeypatch):
+    """walk_margin: a candidate more than that behind the best after its first three whole pixels
+    keeps them. On a mixed sample at S/N 5-40 with the realism effects, the chosen class, z, σ_z
+    and χ²_ν are those of the full walk, fewer full-resolution products are computed, and Δχ²
+    (to a runner-up whose χ² is then an upper bound) is never smaller than the full walk's."""
+    from annotate.fit import scan
+    from annotate.simulate.realism import Realism
+
+    settings = SimulationSettings(snr=(5.0, 40.0), realism=Realism(strength=1.0))
+    sample = draw_sample(30, held_out_library, GRID, seed=71, settings=settings, star_indices=bases.held_out_stars)
+    computed = []
+    products = scan.ShiftProducts._products
+
+    def counting(self, s):
+        computed.append(s not in self.whole)
+        return products(self, s)
+
+    monkeypatch.setattr(scan.ShiftProducts, "_products", counting)
+    fits = {}
+    for margin in (float("inf"), 100.0):
+        computed.clear()
+        fits[margin] = fit_rows(Fitter(GRID, FitSettings(prior=False, walk_margin=margin), bases), sample["flux"],
+                                sample["ivar"], sample["mask"], None)
+        fits[margin]["n_products"] = sum(computed)
+    full, short = fits[float("inf")], fits[100.0]
+    assert list(short["fit_class"]) == list(full["fit_class"]) and (full["fit_class"] == sample["class"]).mean() >= 0.9
+    for key in ("fit_z", "fit_z_err", "fit_rchi2"):
+        np.testing.assert_allclose(short[key], full[key], rtol=1e-9, err_msg=key)
+    assert short["n_products"] < 0.9 * full["n_products"], (short["n_products"], full["n_products"])
+    assert (short["fit_deltachi2"] >= full["fit_deltachi2"] - 1e-6 * np.abs(full["fit_deltachi2"])).all()
