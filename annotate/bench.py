@@ -169,7 +169,7 @@ def matplotlib_2dmap_png(flux: np.ndarray, mask: np.ndarray, settings) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .render import normalise_flux
+    from .normalise import normalise_flux
 
     m, b = settings.blocks_per_side, settings.block_size
     values = np.full(m * m, np.nan)
@@ -194,7 +194,7 @@ def matplotlib_line_png(flux: np.ndarray, mask: np.ndarray, settings) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .render import normalise_flux
+    from .normalise import normalise_flux
     from .render_lines import segment_bounds
 
     norm = np.where(mask, np.nan, normalise_flux(flux[None], mask[None], settings.normalise)[0])

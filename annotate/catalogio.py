@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import interrupts
+from .columns import OUTPUT_COLUMNS
 from .errors import CatalogError, OutputError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -214,7 +215,6 @@ class HDF5Catalog:
         except (CatalogError, OSError, ValueError, KeyError, RuntimeError) as exc:
             raise OSError(f"the written file does not read back ({str(exc).strip().splitlines()[0]}); "
                           "is the disk or quota full?") from None
-        from .writeback import OUTPUT_COLUMNS
 
         if written.n_rows != self.n_rows or any(s.name not in last for s in OUTPUT_COLUMNS if self.n_rows):
             raise OSError(f"the written file holds {written.n_rows} of {self.n_rows} rows; is the disk or quota full?")
@@ -226,7 +226,6 @@ class HDF5Catalog:
         import h5py
         import pandas as pd
 
-        from .writeback import OUTPUT_COLUMNS
 
         names = [s.name for s in OUTPUT_COLUMNS]
         with h5py.File(self.path, "r") as source, h5py.File(tmp, "w") as target:
@@ -270,7 +269,6 @@ class HDF5Catalog:
     def _write_astropy(self, tmp: Path, chunk, cards: dict) -> None:
         import h5py
 
-        from .writeback import OUTPUT_COLUMNS
 
         names = {s.name for s in OUTPUT_COLUMNS}
         text = {s.name: _hdf5_dtype(s) for s in OUTPUT_COLUMNS if s.fits_format.endswith("A")}
@@ -400,7 +398,6 @@ def _meta_lines(lines: list[str], dtype: np.dtype, cards: dict) -> list[str]:
     in the table meta."""
     from astropy.table import Column, meta
 
-    from .writeback import OUTPUT_COLUMNS
 
     header = meta.get_header_from_yaml(lines)
     described = {c["name"]: c for c in header["datatype"]}

@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import ConfigError
+from .normalise import normalise_flux
+from .render_lines import render_overlap, render_simple
 
 ENCODINGS = ("2dmap", "simple", "overlap")
 NORMALISATIONS = ("median", "none")
@@ -98,39 +100,6 @@ def colormap_lut(name: str) -> np.ndarray:
     return np.vstack([rgb, np.zeros((1, 3), np.uint8)])
 
 
-def row_median(values: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """(B,) median of each row of (B, n) `values` over its `good` entries (the mean of the two
-    middle values for an even count); NaN for rows with none. One partition per row (O(n)),
-    not a sort: unusable entries become +inf and so lie above every rank that is read."""
-    filled = np.where(good, values, np.inf)
-    n_good = good.sum(axis=1)
-    out = np.full(len(values), np.nan, dtype=filled.dtype)
-    for i, n in enumerate(n_good.tolist()):
-        if n == 0:
-            continue
-        upper = n // 2
-        row = filled[i]
-        row.partition(upper)
-        middle = row[upper]
-        out[i] = middle if n % 2 else 0.5 * (row[:upper].max() + middle)
-    return out
-
-
-def normalise_flux(flux: np.ndarray, mask: np.ndarray, how: str = "median") -> np.ndarray:
-    """(B, n) flux divided by each row's median over usable pixels (its mean |flux| if that median
-    is not positive). Unusable pixels (masked or non-finite) are returned as 0."""
-    good = ~mask & np.isfinite(flux)
-    if how == "none":
-        return np.where(good, flux, 0.0).astype(np.float32)
-    scale = row_median(flux, good)
-    low = ~(scale > 0)
-    if low.any():  # the mean |flux| only for rows whose median is not positive
-        n_good = np.maximum(good[low].sum(axis=1), 1)  # summed in float64: the same in any order
-        scale[low] = np.where(good[low], np.abs(flux[low]).astype(np.float64), 0.0).sum(axis=1) / n_good
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    return np.where(good, flux / scale[:, None], 0.0).astype(np.float32)
-
-
 def colour_index(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:
     """(B, n) uint16 colormap index 0..255 per pixel, 256 for background (masked or non-finite)."""
     norm = normalise_flux(flux, mask, settings.normalise)
@@ -173,7 +142,6 @@ def _packed_lut(name: str) -> np.ndarray:
     return rgba.view(np.uint32).ravel()
 
 
-from .render_lines import render_overlap, render_simple  # noqa: E402
 
 RENDERERS = {"2dmap": render_2dmap, "simple": render_simple, "overlap": render_overlap}
 

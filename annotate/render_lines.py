@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import ConfigError
+from .normalise import normalise_flux
 
 
 def segment_bounds(n_pix: int, n_segments: int) -> list[tuple[int, int]]:
@@ -93,8 +94,6 @@ def line_mask(flux_scaled: np.ndarray, good: np.ndarray, size: int, width: int) 
 
 def scaled_flux(flux: np.ndarray, mask: np.ndarray, settings) -> tuple[np.ndarray, np.ndarray]:
     """(B, n) flux normalised and scaled to [0, 1] between the thresholds, and the usable pixels."""
-    from .render import normalise_flux
-
     good = ~mask & np.isfinite(flux)
     norm = normalise_flux(flux, mask, settings.normalise)
     span = np.float32(settings.flux_max - settings.flux_min)

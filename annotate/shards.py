@@ -262,7 +262,7 @@ def wait_for_shards(jobs, tasks: list, folder: Path, poll_s: float = 2.0, lost_a
     (no accounting to ask: cancelled before it started, killed, lost with a node)."""
     import time
 
-    from .status import TERMINAL_BAD, job_states
+    from .slurm import TERMINAL_BAD, job_states
 
     lost_after_s = LOST_AFTER_S if lost_after_s is None else lost_after_s
     pending = {i: job for i, job in enumerate(jobs)}
@@ -363,7 +363,7 @@ def sbatch_array_command(catalog: Path, shard_size: int, indices: list[int], arg
 def _scheduler_word(job) -> str:
     """'cancelled', 'timeout', ... when the scheduler (squeue/sacct, or submitit's own view of
     sacct) says the job ended so; '' otherwise."""
-    from .status import TERMINAL_BAD, job_states
+    from .slurm import TERMINAL_BAD, job_states
 
     for _ in range(3):  # accounting may lag the end of the job by a second or two
         state = (job_states([str(job.job_id)]) or {}).get(str(job.job_id), "").split(" ")[0]

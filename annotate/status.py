@@ -11,65 +11,12 @@ otherwise say that the job has left the queue. Nothing is unpickled.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from .errors import ConfigError
+from .slurm import job_states, training_progress
 
 SHOWN = 10  # missing shards and failed jobs listed by name
-
-
-def job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: state} for ids like '123' or '123_4', from squeue (this user's jobs), then sacct;
-    '' where neither knows; None when neither command answers (not a SLURM machine)."""
-    from .slurm import squeue_rows
-
-    if not job_ids:
-        return {}
-    wanted = set(job_ids)
-    # an array's tasks cancelled while pending may be accounted under the array's bare id ('123')
-    arrays = {job.split("_")[0] for job in job_ids if "_" in job}
-    queued = squeue_rows("%i %T")
-    states = {row[0]: row[1] for row in queued or [] if len(row) >= 2 and row[0] in wanted}
-    try:
-        done = subprocess.run(["sacct", "-n", "-X", "-P", "--format", "JobID,State", "-j",
-                               ",".join(sorted(wanted | arrays))], capture_output=True, text=True, timeout=30)
-        accounted = done.returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        accounted = False
-    if queued is None and not accounted:
-        return None
-    masters = {}
-    for line in done.stdout.splitlines() if accounted else []:
-        parts = line.replace("|", " ").split()
-        if len(parts) < 2:
-            continue
-        for job in _expand_array_id(parts[0]):  # array tasks cancelled while pending: '123_[4-5,7]'
-            if job in wanted:
-                states.setdefault(job, parts[1].rstrip("+"))
-        if parts[0] in arrays:
-            masters[parts[0]] = parts[1].rstrip("+")
-    for job in job_ids:  # or, as some Slurm versions do, the cancelled remainder under '123'
-        master = masters.get(job.split("_")[0], "") if "_" in job else ""
-        if job not in states and master in TERMINAL_BAD:
-            states[job] = master
-    return {job: states.get(job, "") for job in job_ids}
-
-
-TERMINAL_BAD = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
-
-
-def _expand_array_id(job_id: str) -> list[str]:
-    """'123_[4-5,7%2]' -> ['123_4', '123_5', '123_7']; any other id as it is."""
-    if "_[" not in job_id or not job_id.endswith("]"):
-        return [job_id]
-    array, spec = job_id[:-1].split("_[", 1)
-    out = []
-    for part in spec.split("%")[0].split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit() and (not hi or hi.isdigit()):
-            out += [f"{array}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return out
 
 
 def _shard_jobs(slurm_folder: Path) -> dict[str, str]:
@@ -178,7 +125,6 @@ def _shard_run_status(folder: Path) -> list[str]:
 
 
 def _training_status(folder: Path) -> list[str]:
-    from .slurm import training_progress
 
     finished = folder / "training.json"
     if finished.is_file():

@@ -15,7 +15,7 @@ from annotate.catalogio import HDF5Catalog
 from annotate.errors import CatalogError
 from annotate.pipeline import RunSettings, run
 from annotate.shards import run_sharded
-from annotate.writeback import OUTPUT_COLUMNS
+from annotate.columns import OUTPUT_COLUMNS
 
 from test_pipeline import N, catalog, micro_model  # noqa: F401 - fixtures: 8 rows, 2 broken
 

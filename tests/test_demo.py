@@ -12,7 +12,7 @@ from astropy.table import Table
 from annotate.checkpoint import DEFAULT_MODEL, load_checkpoint
 from annotate.cli import main
 from annotate.surveys import load_survey
-from annotate.writeback import OUTPUT_COLUMNS
+from annotate.columns import OUTPUT_COLUMNS
 
 pytestmark = pytest.mark.slow
 

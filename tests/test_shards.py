@@ -8,7 +8,7 @@ from annotate.cli import main
 from annotate.errors import ConfigError
 from annotate.pipeline import RunSettings, run
 from annotate.shards import plan_shards, run_folder, run_sharded, write_plan
-from annotate.writeback import OUTPUT_COLUMNS
+from annotate.columns import OUTPUT_COLUMNS
 
 from test_pipeline import N, catalog, micro_model  # noqa: F401 - fixtures: 8 rows, 2 broken
 

@@ -90,10 +90,9 @@ def test_array_tasks_cancelled_while_pending_are_known_under_either_accounting_f
     """sacct reports an array's tasks cancelled before they started as '11_[1-2]' or, on some
     Slurm versions, under the array's bare id '11': both read as cancelled, a running task keeps
     its own state."""
-    import annotate.slurm
-    from annotate import status
+    import annotate.slurm as slurm
 
-    monkeypatch.setattr(annotate.slurm, "squeue_rows", lambda fields: [])
+    monkeypatch.setattr(slurm, "squeue_rows", lambda fields: [])
     for accounting in ("11_0|CANCELLED by 0\n11|CANCELLED by 0\n", "11_0|CANCELLED by 0\n11_[1-2]|CANCELLED by 0\n"):
         asked = []
 
@@ -101,13 +100,13 @@ def test_array_tasks_cancelled_while_pending_are_known_under_either_accounting_f
             asked.append(command[-1])
             return subprocess.CompletedProcess(command, 0, stdout=accounting, stderr="")
 
-        monkeypatch.setattr(status.subprocess, "run", sacct)
-        assert status.job_states(["11_0", "11_1", "11_2"]) == {"11_0": "CANCELLED", "11_1": "CANCELLED",
+        monkeypatch.setattr(slurm.subprocess, "run", sacct)
+        assert slurm.job_states(["11_0", "11_1", "11_2"]) == {"11_0": "CANCELLED", "11_1": "CANCELLED",
                                                                "11_2": "CANCELLED"}
         assert asked == ["11,11_0,11_1,11_2"]  # the bare array id is asked for too
-    monkeypatch.setattr(status.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
+    monkeypatch.setattr(slurm.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
         command, 0, stdout="12_0|RUNNING\n12|PENDING\n", stderr=""))
-    assert status.job_states(["12_0", "12_1"]) == {"12_0": "RUNNING", "12_1": ""}  # not terminal: unknown
+    assert slurm.job_states(["12_0", "12_1"]) == {"12_0": "RUNNING", "12_1": ""}  # not terminal: unknown
 
 
 def test_down_sh_stops_only_the_daemons_up_sh_started(tmp_path):

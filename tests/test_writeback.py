@@ -5,10 +5,10 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from annotate.columns import OUTPUT_COLUMNS, column_description
 from annotate.errors import OutputError
 from annotate.flags import PredFlag
-from annotate.writeback import (OUTPUT_COLUMNS, column_description, default_output_path, prediction_columns,
-                                provenance_cards, write_fits)
+from annotate.writeback import default_output_path, prediction_columns, provenance_cards, write_fits
 
 
 def _catalog(path):
