@@ -59,7 +59,7 @@ NOT_RECORDED = "not recorded"
 AGREE_KMS, CONFIDENT_DELTACHI2 = 1000.0, 25.0
 LOW_ACCURACY = 0.95  # below it, the report names the confusion cell that dominates the errors
 STORE_FLUX_UNIT = "10⁻¹⁷ erg/s/cm²/Å"  # the spectra store's layout (annotate.store)
-RELATIVE_FLUX_READERS = ("lamost_lrs",)  # relative-calibrated flux, stored under the same label
+RELATIVE_FLUX_READERS = ("lamost_lrs",)  # relative-calibrated flux, in stores without a flux_unit attribute
 
 
 @dataclass(frozen=True)
@@ -468,12 +468,15 @@ def plot_pulls(pulls_by_label: dict) -> bytes:
 
 
 def flux_unit(attrs, reader: str) -> str:
-    """The unit of a spectra store's flux: its `flux_unit` attribute where it has one, else the store
-    layout's (10⁻¹⁷ erg/s/cm²/Å), or "survey units" for a relative-calibrated survey's reader."""
+    """The unit of a spectra store's flux: its `flux_unit` attribute, the units its readers gave
+    (10⁻¹⁷ erg/s/cm²/Å written so); for a store ingested before the attribute, the store layout's
+    unit, or "survey units" for a relative-calibrated survey's reader."""
+    from .readers import FLUX_UNIT
+
     unit = attrs.get("flux_unit")
     unit = (unit.decode() if isinstance(unit, bytes) else str(unit or "")).strip()
     if unit:
-        return unit
+        return "; ".join(STORE_FLUX_UNIT if part == FLUX_UNIT else part for part in unit.split("; "))
     return "survey units" if reader in RELATIVE_FLUX_READERS else STORE_FLUX_UNIT
 
 

@@ -435,7 +435,8 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
         with _progress(settings.progress, n_rows, "ingest") as update:
             counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
-                            n_workers=settings.n_workers, progress=update, address=address, reasons=reasons)
+                            n_workers=settings.n_workers, progress=update, address=address, reasons=reasons,
+                            bad_bits=survey.bad_pixel_bits)
         with _progress(settings.progress, n_rows, "predict") as update:
             pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
                                  progress=update)

@@ -120,7 +120,8 @@ def run_shard(task: dict) -> str:
                              reader=survey.reader, catalog=task["catalog"])
     for line in notes:
         print(f"{task['name']}: {line}", flush=True)
-    ingest(store, paths, refused, reader=survey.reader, scheduler="sync", reasons=reasons)
+    ingest(store, paths, refused, reader=survey.reader, scheduler="sync", reasons=reasons,
+           bad_bits=survey.bad_pixel_bits)
     pred = predict_store(model, card, store, batch_size=task["batch_size"], device=task["device"])
     pred.update(fit_predictions(store, pred, card.grid, task.get("fit", True)))
     _, errors = read_status(store)

@@ -218,9 +218,10 @@ def ingest_rows(task: dict) -> dict:
 
     task: {'start': int, 'paths': [str | None], 'refused': [bool], 'grid': dict, 'reader': str | None,
     'reasons': [str] (optional: why a row has no path), 'targets': [str] (optional: the rows'
-    object ids, which pick the spectrum in files of several targets)}.
+    object ids, which pick the spectrum in files of several targets), 'bad_bits': int | None
+    (optional: the survey's unusable pixel-mask bits)}.
     Rows that name the same file are read from one opening of it.
-    Returns the rows' flux, ivar, mask, status and error arrays.
+    Returns the rows' flux, ivar, mask, status and error arrays and the flux units read.
     """
     from .readers import read_spectra, read_spectrum
 
@@ -229,8 +230,10 @@ def ingest_rows(task: dict) -> dict:
     out = {
         "flux": np.zeros((n, grid.n_pix), np.float32), "ivar": np.zeros((n, grid.n_pix), np.float32),
         "mask": np.ones((n, grid.n_pix), np.uint8), "status": np.zeros(n, np.int8), "error": [""] * n,
+        "flux_units": [],
     }
     reasons = task.get("reasons") or [""] * n
+    bad_bits = task.get("bad_bits")
     targets = [_target(t) for t in task.get("targets") or [None] * n]
     by_file: dict[str, list[int]] = {}
     for i, path in enumerate(task["paths"]):
@@ -245,14 +248,25 @@ def ingest_rows(task: dict) -> dict:
             warnings.simplefilter("ignore")
             if len(rows) == 1:
                 try:
-                    results = [read_spectrum(path, task["reader"], labels=False, target=targets[rows[0]])]
+                    results = [read_spectrum(path, task["reader"], labels=False, target=targets[rows[0]],
+                                             bad_bits=bad_bits)]
                 except SpectrumError as exc:
                     results = [exc]
             else:
-                results = read_spectra(path, [targets[i] for i in rows], task["reader"])
+                results = read_spectra(path, [targets[i] for i in rows], task["reader"], bad_bits)
         for i, spectrum in zip(rows, results):
             _resampled_row(out, i, path, spectrum, grid)
+            if not isinstance(spectrum, SpectrumError) and spectrum.flux_unit not in out["flux_units"]:
+                out["flux_units"].append(spectrum.flux_unit)
     return out
+
+
+def _record_flux_units(store_path, units: list[str]) -> None:
+    """The store's `flux_unit` attribute: the units of its spectra, the ones of earlier ingests kept."""
+    with h5py.File(store_path, "r+") as h5:
+        before = _text(h5.attrs.get("flux_unit", ""))
+        known = [unit for unit in before.split("; ") if unit] if before else []
+        h5.attrs["flux_unit"] = "; ".join(known + [unit for unit in units if unit not in known])
 
 
 def _target(object_id):
@@ -281,13 +295,15 @@ def _resampled_row(out: dict, i: int, path: str, spectrum, grid: WavelengthGrid)
 def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
            scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
            progress: Callable[[int], None] | None = None, address: str | None = None,
-           reasons: list | None = None) -> dict:
+           reasons: list | None = None, bad_bits: int | None = None) -> dict:
     """Fill the PENDING rows of an existing store from spectrum files, in parallel (on the Dask
     scheduler at `address`, an address or a parallel.SharedCluster, when given).
 
     paths: (n_rows,) absolute spectrum paths (None or '' where the row has none); refused: rows whose
-    path was refused (outside the spectra root); reasons: why a row has no path (`resolve_paths`).
-    Returns counts per status name.
+    path was refused (outside the spectra root); reasons: why a row has no path (`resolve_paths`);
+    bad_bits: the pixel-mask bits that make a pixel unusable (`Survey.bad_pixel_bits`; None: each
+    reader's own rule). The flux unit of the spectra read goes into the store's `flux_unit`
+    attribute (several, joined by '; ', where the files differ). Returns counts per status name.
     """
     from .parallel import map_unordered
 
@@ -307,12 +323,16 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
         first, last = start + pending[0], start + pending[-1] + 1
         tasks.append({"start": int(first), "paths": [paths[i] or None for i in range(first, last)],
                       "refused": [bool(refused[i]) for i in range(first, last)],
-                      "grid": info.grid.to_dict(), "reader": reader,
+                      "grid": info.grid.to_dict(), "reader": reader, "bad_bits": bad_bits,
                       "reasons": [reasons[i] if reasons else "" for i in range(first, last)],
                       "targets": object_ids[first:last]})
+    units: list[str] = []
     for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers, address=address):
         write_rows(store_path, tasks[index]["start"], rows)
+        units += [unit for unit in rows["flux_units"] if unit not in units]
         if progress is not None:
             progress(len(rows["status"]))
+    if units:
+        _record_flux_units(store_path, units)
     status, _ = read_status(store_path)
     return {name: int((status == code).sum()) for name, code in STATUS.items()}

@@ -85,6 +85,7 @@ class Survey:
     snr_bands: tuple | None = None
     missing_value: float | None = None
     description: str = ""
+    bad_pixel_bits: int | None = None  # mask_bits_bad as one integer; None: the reader's own rule
 
     # -- column lookup ----------------------------------------------------------------------
     def column(self, role: str, colnames) -> str | None:
@@ -405,4 +406,27 @@ def survey_from_dict(raw: dict, source: str = "<dict>") -> Survey:
         selection=tuple(raw.get("selection") or ()), class_names=class_names,
         snr_bands=tuple(raw["snr_bands"]) if raw.get("snr_bands") else None,
         missing_value=raw.get("missing_value"), description=raw.get("description", ""),
+        bad_pixel_bits=_mask_bits(raw.get("mask_bits_bad"), source),
     )
+
+
+def _mask_bits(value, source: str) -> int | None:
+    """`mask_bits_bad` as one integer: a list of {name, bit}, a mapping name -> bit, or the
+    integer itself; None (the key absent or null) leaves each reader's own rule."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{source}: 'mask_bits_bad' must be a list of {{name, bit}}, a mapping or an integer")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{source}: 'mask_bits_bad' must not be negative, got {value}")
+        return value
+    items = list(value.items()) if isinstance(value, dict) else \
+        [(item.get("name"), item.get("bit")) if isinstance(item, dict) else (None, item) for item in value]
+    bits = 0
+    for name, bit in items:
+        if isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit < 63:
+            raise ConfigError(f"{source}: 'mask_bits_bad' entry {name or bit!r}: the bit must be an integer 0-62, "
+                              f"got {bit!r}")
+        bits |= 1 << bit
+    return bits

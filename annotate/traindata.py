@@ -119,7 +119,7 @@ def catalog_training_data(spec: dict, grid: WavelengthGrid) -> dict:
         create_store(store, labels["object"], paths, grid, survey=source["survey"].name,
                      reader=source["survey"].reader, catalog=str(source["catalog"]))
     workers = int(spec.get("ingest_workers", 0))
-    ingest(store, paths, refused, reader=source["survey"].reader,
+    ingest(store, paths, refused, reader=source["survey"].reader, bad_bits=source["survey"].bad_pixel_bits,
            scheduler="distributed" if workers > 1 else "sync", n_workers=workers or None)
     return store_training_data(store, grid, labels=labels)
 

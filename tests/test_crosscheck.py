@@ -426,6 +426,9 @@ def test_flux_unit_from_the_store_or_the_survey():
     assert flux_unit({}, "sdss") == "10⁻¹⁷ erg/s/cm²/Å"
     assert flux_unit({}, "lamost_lrs") == "survey units"
     assert flux_unit({"flux_unit": b"ADU"}, "sdss") == "ADU"
+    assert flux_unit({"flux_unit": "1e-17 erg / (s cm2 Angstrom)"}, "sdss_spec") == "10⁻¹⁷ erg/s/cm²/Å"
+    assert flux_unit({"flux_unit": "relative flux (survey calibration)"}, "lamost_lrs") == \
+        "relative flux (survey calibration)"
 
 
 def test_no_row_compared_says_why_in_one_line_then_all_rows_compares_them(tmp_path, capsys):

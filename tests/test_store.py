@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from annotate.errors import StoreError
 from annotate.grid import WavelengthGrid
@@ -88,3 +89,23 @@ def test_zero_ivar_everywhere_is_no_usable_pixels(tmp_path):
     counts = ingest(store, [str(path)], scheduler="sync")
     assert counts["NO_USABLE_PIXELS"] == 1
     assert "0 usable pixels" in read_status(store)[1][0]
+
+
+def test_ingest_applies_the_survey_mask_bits_and_records_the_flux_unit(tmp_path):
+    """A pixel flagged only BRIGHTSKY (SPPIXMASK 23) is usable by the reader's own bits and
+    unusable when the survey's bits include it; the store says what its flux is."""
+    from annotate.readers import FLUX_UNIT
+
+    paths = _files(tmp_path, n=1)
+    with fits.open(paths[0], mode="update") as hdul:
+        hdul["COADD"].data["and_mask"][100:110] = 1 << 23
+    stores = {}
+    for bits in (None, 1 << 23):
+        store = tmp_path / f"store-{bits}.h5"
+        create_store(store, ["a"], paths, GRID, survey="sdss_dr18")
+        ingest(store, paths, scheduler="sync", bad_bits=bits)
+        stores[bits] = read_rows(store, 0, 1)["mask"][0].astype(bool)
+        with h5py.File(store) as h5:
+            assert h5.attrs["flux_unit"] == FLUX_UNIT
+    assert not stores[None].any()
+    assert 8 <= stores[1 << 23].sum() <= 12  # the ten flagged pixels, resampled onto the grid

@@ -81,3 +81,20 @@ def test_sdss_dr19_paths_pad_the_field_and_drop_the_p():
     table = {"RUN2D": np.array(["v6_1_3"]), "FIELD": np.array([15000]), "MJD": np.array([59146]),
              "CATALOGID": np.array([4375786564])}
     assert survey.spectrum_paths(table) == ["v6_1_3/spectra/full/015000/59146/spec-015000-59146-4375786564.fits"]
+
+
+def test_mask_bits_bad_become_one_integer_for_the_readers():
+    from annotate.readers.sdss import BAD_PIXEL_BITS
+
+    assert load_survey("sdss_dr18").bad_pixel_bits == BAD_PIXEL_BITS
+    assert load_survey("desi_dr1").bad_pixel_bits == 2**10 - 1  # every bit of desispec's specmask
+    assert load_survey("lamost_dr10").bad_pixel_bits is None    # the reader's own rule
+    base = {"name": "x", "reader": "sdss_spec", "columns": {}, "paths": []}
+    for value, bits in (([{"name": "A", "bit": 0}, {"name": "B", "bit": 23}], 1 | 1 << 23),
+                        ({"A": 2, "B": 5}, 4 | 32), (9, 9), (None, None), ([], 0)):
+        assert survey_from_dict({**base, "mask_bits_bad": value}).bad_pixel_bits == bits
+    for value, message in (([{"name": "A", "bit": 70}], "bit must be an integer 0-62"),
+                           ([{"name": "A"}], "bit must be an integer"), (-1, "must not be negative"),
+                           ("BRIGHTSKY", "must be a list or a mapping or an integer")):
+        with pytest.raises(ConfigError, match=message):
+            survey_from_dict({**base, "mask_bits_bad": value}, source="x.yaml")

@@ -19,6 +19,7 @@ from astropy.io import fits
 from ..errors import SpectrumError
 
 FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
+RELATIVE_FLUX_UNIT = "relative flux (survey calibration)"  # flux calibrated in shape, not in scale
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,22 @@ class Loader:
 _LOADERS: dict[str, Loader] = {}
 
 
+def bad_pixels(mask_words, bad_bits: int | None, default_bits: int | None = None) -> np.ndarray:
+    """Pixels whose mask word has any of `bad_bits` (the survey definition's `mask_bits_bad`), or,
+    where the survey names none, any of the reader's `default_bits` (None: any bit at all)."""
+    words = np.asarray(mask_words).astype(np.int64)
+    bits = bad_bits if bad_bits is not None else default_bits
+    return words != 0 if bits is None else (words & bits) != 0
+
+
 def register(name: str, identify: Callable[[fits.HDUList], bool], priority: int = 0,
              read_path: Callable[[Path], "Spectrum | None"] | None = None,
              read_targets: Callable[[fits.HDUList, list], list] | None = None):
-    """Decorator registering `read(hdul) -> Spectrum` as the loader `name`; `read_path`, when
-    given, reads flux, ivar and mask without astropy (and without labels) for bulk ingest;
-    `read_targets`, for formats of several targets per file, reads the named ones at once."""
+    """Decorator registering `read(hdul, bad_bits=None) -> Spectrum` as the loader `name`;
+    `read_path`, when given, reads flux, ivar and mask without astropy (and without labels) for
+    bulk ingest; `read_targets`, for formats of several targets per file, reads the named ones at
+    once. Each takes `bad_bits`, the pixel-mask bits the survey counts as unusable (None: the
+    loader's own rule; see `bad_pixels`)."""
 
     def decorate(read):
         _LOADERS[name] = Loader(name, identify, read, priority, read_path, read_targets)
@@ -98,13 +109,15 @@ def _checked(loader: Loader, hdul: fits.HDUList) -> Loader:
                         f"this file's format")
 
 
-def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = True, target=None) -> Spectrum:
+def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = True, target=None,
+                  bad_bits: int | None = None) -> Spectrum:
     """Read one spectrum file (FITS, optionally gzip-compressed) with the named or identified loader.
 
     labels=False lets a named loader take its fast path (no astropy, no pipeline labels) where it
     has one and the file allows. target: the object id of the row, which picks the spectrum in a
-    file of several targets (ignored by single-target formats). Raises SpectrumError with a
-    one-line reason for a missing, truncated or unrecognised file.
+    file of several targets (ignored by single-target formats). bad_bits: the pixel-mask bits that
+    make a pixel unusable (a survey's `mask_bits_bad`; None: the loader's own rule). Raises
+    SpectrumError with a one-line reason for a missing, truncated or unrecognised file.
     """
     path = Path(path)
     if not path.is_file():
@@ -112,18 +125,18 @@ def read_spectrum(path: str | Path, loader: str | None = None, labels: bool = Tr
     fast = _LOADERS[loader].read_path if not labels and loader in _LOADERS else None
     if fast is not None:
         try:
-            spectrum = fast(path)
+            spectrum = fast(path, bad_bits=bad_bits)
         except (OSError, ValueError, KeyError, IndexError, TypeError, SpectrumError):
             spectrum = None  # astropy below reads it, or says why it cannot
         if spectrum is not None:
             return validate(spectrum)
-    result = read_spectra(path, [target], loader)[0]
+    result = read_spectra(path, [target], loader, bad_bits)[0]
     if isinstance(result, SpectrumError):
         raise result
     return result
 
 
-def read_spectra(path: str | Path, targets: list, loader: str | None = None) -> list:
+def read_spectra(path: str | Path, targets: list, loader: str | None = None, bad_bits: int | None = None) -> list:
     """Open a file once and read the spectrum of each of `targets` (object ids; None where a row
     has none): [Spectrum or SpectrumError] in their order. A single-target format gives its one
     spectrum to every target; a file that cannot be read gives every target its error."""
@@ -143,9 +156,9 @@ def read_spectra(path: str | Path, targets: list, loader: str | None = None) -> 
                 else:
                     raise SpectrumError(f"unknown reader {loader!r}; known: {', '.join(loader_names())}")
                 if chosen.read_targets is not None and any(t is not None for t in targets):
-                    results = chosen.read_targets(hdul, list(targets))
+                    results = chosen.read_targets(hdul, list(targets), bad_bits=bad_bits)
                 else:
-                    results = [chosen.read(hdul)] * len(targets)
+                    results = [chosen.read(hdul, bad_bits=bad_bits)] * len(targets)
         except SpectrumError as exc:
             raise SpectrumError(f"{path}: {exc}") from None
         except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:

@@ -6,8 +6,8 @@ name it.
 
 The arms overlap by ~40 Å (5760-5800 Å, 7520-7620 Å) on a common 0.8 Å grid; they are joined there
 by inverse-variance weighting of the good pixels, as desispec's coadd_cameras does. A pixel is
-unusable where its MASK is nonzero (desispec specmask: SOMEBADPIX, ALLBADPIX, COSMIC, LOWFLAT,
-BADFIBERFLAT, BRIGHTSKY, BADSKY, ...) or its IVAR is 0. RESOLUTION is not read (the store holds
+unusable where its IVAR is 0 or its MASK has any of the survey's `mask_bits_bad` (desispec
+specmask; catalogs/desi_dr1.yaml lists them all), or any bit where the survey names none. RESOLUTION is not read (the store holds
 spectra at the survey's resolution, and the fit's templates are broadened to a fixed σ).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
-from . import FLUX_UNIT, Spectrum, register
+from . import FLUX_UNIT, Spectrum, bad_pixels, register
 from ..errors import SpectrumError
 
 ARMS = ("B", "R", "Z")
@@ -45,7 +45,7 @@ def target_ids(hdul: fits.HDUList) -> np.ndarray:
     return np.asarray(fibermap["TARGETID"]).astype(np.int64)
 
 
-def _arm_rows(hdul: fits.HDUList, arm: str, rows: np.ndarray, n_targets: int):
+def _arm_rows(hdul: fits.HDUList, arm: str, rows: np.ndarray, n_targets: int, bad_bits: int | None = None):
     wave = np.asarray(hdul[f"{arm}_WAVELENGTH"].data, dtype=np.float64)
     flux = np.asarray(hdul[f"{arm}_FLUX"].data, dtype=np.float32)
     ivar = np.asarray(hdul[f"{arm}_IVAR"].data, dtype=np.float32)
@@ -59,7 +59,7 @@ def _arm_rows(hdul: fits.HDUList, arm: str, rows: np.ndarray, n_targets: int):
         mask = np.asarray(hdul[f"{arm}_MASK"].data)
         mask = mask[None] if mask.ndim == 1 else mask
         if mask.shape == flux.shape:
-            bad |= mask[rows] != 0
+            bad |= bad_pixels(mask[rows], bad_bits)
     return wave, flux[rows], ivar[rows], bad
 
 
@@ -95,9 +95,9 @@ def join_arms(arms: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return tuple(np.concatenate([p[i] for p in pieces], axis=-1) for i in range(4))
 
 
-def _spectra(hdul: fits.HDUList, rows: np.ndarray) -> list[Spectrum]:
+def _spectra(hdul: fits.HDUList, rows: np.ndarray, bad_bits: int | None = None) -> list[Spectrum]:
     ids = target_ids(hdul)
-    arms = [_arm_rows(hdul, arm, rows, len(ids)) for arm in _arms(hdul)]
+    arms = [_arm_rows(hdul, arm, rows, len(ids), bad_bits) for arm in _arms(hdul)]
     wave, flux, ivar, bad = join_arms(arms)
     unit = str(hdul[f"{_arms(hdul)[0]}_FLUX"].header.get("BUNIT", "")).replace(" ", "")
     flux_unit = FLUX_UNIT if unit in ("", "10**-17erg/(scm2Angstrom)", "1e-17erg/(scm2Angstrom)") else unit
@@ -105,13 +105,13 @@ def _spectra(hdul: fits.HDUList, rows: np.ndarray) -> list[Spectrum]:
             for j, r in enumerate(rows)]
 
 
-def read_targets(hdul: fits.HDUList, targets) -> list:
+def read_targets(hdul: fits.HDUList, targets, bad_bits: int | None = None) -> list:
     """For each requested TARGETID, its Spectrum, or a SpectrumError when the file lacks it."""
     ids = target_ids(hdul)
     position = {int(t): i for i, t in enumerate(ids)}
     wanted = [position.get(int(t)) if t is not None else (0 if len(ids) == 1 else None) for t in targets]
     found = sorted({i for i in wanted if i is not None})
-    spectra = dict(zip(found, _spectra(hdul, np.array(found, dtype=np.int64)))) if found else {}
+    spectra = dict(zip(found, _spectra(hdul, np.array(found, dtype=np.int64), bad_bits))) if found else {}
     out = []
     for target, i in zip(targets, wanted):
         if i is None:
@@ -122,9 +122,9 @@ def read_targets(hdul: fits.HDUList, targets) -> list:
 
 
 @register("desi_coadd", identify, priority=20, read_targets=read_targets)
-def read(hdul: fits.HDUList) -> Spectrum:
+def read(hdul: fits.HDUList, bad_bits: int | None = None) -> Spectrum:
     """The file's only target; a file of several targets needs `read_targets` (a TARGETID)."""
     ids = target_ids(hdul)
     if len(ids) != 1:
         raise SpectrumError(f"DESI coadd holds {len(ids)} targets; a catalog row must name one by TARGETID")
-    return _spectra(hdul, np.array([0]))[0]
+    return _spectra(hdul, np.array([0]), bad_bits)[0]

@@ -8,7 +8,7 @@ from astropy.io import fits
 
 from pathlib import Path
 
-from . import Spectrum, register, table_column
+from . import Spectrum, bad_pixels, register, table_column
 from .rawfits import read_table
 from ..errors import SpectrumError
 
@@ -32,26 +32,27 @@ def identify(hdul: fits.HDUList) -> bool:
     return {"flux", "loglam", "ivar"} <= names
 
 
-def read_path(path: Path) -> Spectrum | None:
+def read_path(path: Path, bad_bits: int | None = None) -> Spectrum | None:
     """The COADD HDU without astropy (see rawfits); None where the file needs astropy."""
     columns = read_table(path, "COADD")
     if columns is None or not {"loglam", "flux", "ivar"} <= set(columns):
         return None
-    return _spectrum(lambda name: columns[name], len(columns["flux"]), {})
+    return _spectrum(lambda name: columns[name], len(columns["flux"]), {}, bad_bits)
 
 
 @register("sdss_spec", identify, priority=10, read_path=read_path)
-def read(hdul: fits.HDUList) -> Spectrum:
+def read(hdul: fits.HDUList, bad_bits: int | None = None) -> Spectrum:
     if "COADD" not in hdul and len(hdul) < 2:
         raise SpectrumError("no COADD HDU")
     table = _coadd(hdul).data
     if table is None:
         raise SpectrumError("COADD HDU is empty")
-    return _spectrum(lambda name: table_column(table, name), len(table), _labels(hdul))
+    return _spectrum(lambda name: table_column(table, name), len(table), _labels(hdul), bad_bits)
 
 
-def _spectrum(column, n_rows: int, labels: dict) -> Spectrum:
-    """Spectrum from a column getter (lower-case name -> array) of a COADD table."""
+def _spectrum(column, n_rows: int, labels: dict, bad_bits: int | None = None) -> Spectrum:
+    """Spectrum from a column getter (lower-case name -> array) of a COADD table; unusable pixels
+    where and_mask has any of `bad_bits` (default: the SPPIXMASK bits of BAD_PIXEL_BITS)."""
     if n_rows == 0:
         raise SpectrumError("COADD HDU is empty")
     try:
@@ -65,8 +66,7 @@ def _spectrum(column, n_rows: int, labels: dict) -> Spectrum:
     if np.nanmedian(loglam) > 10:
         raise SpectrumError("LOGLAM holds wavelengths in Å, not log10(Å)")
     try:
-        and_mask = np.asarray(column("and_mask")).astype(np.int64)
-        bad = (and_mask & BAD_PIXEL_BITS) != 0
+        bad = bad_pixels(column("and_mask"), bad_bits, BAD_PIXEL_BITS)
     except (SpectrumError, KeyError):
         bad = np.zeros(flux.shape, dtype=bool)
     return Spectrum(10.0**loglam, flux, ivar, bad, labels=labels)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from annotate.readers import read_spectrum
 from annotate.simulate.writer import write_lamost_image, write_lamost_table
@@ -27,3 +28,24 @@ def test_both_layouts_read_alike(tmp_path, writer, loader):
     assert spectrum.bad.sum() == 5
     assert spectrum.labels["CLASS"] == "STAR"
     assert read_spectrum(path, loader).flux.shape == flux.shape
+
+
+@pytest.mark.parametrize("writer", [write_lamost_table, write_lamost_image])
+def test_andmask_bits_of_the_survey_and_relative_flux(tmp_path, writer):
+    """Without mask_bits_bad (LAMOST's names are unconfirmed) any ANDMASK bit makes a pixel
+    unusable; with it, only those bits. The flux is labelled relative, not SDSS's absolute unit."""
+    from annotate.readers import RELATIVE_FLUX_UNIT
+
+    wavelength, flux, ivar, mask = _spectrum()
+    path = writer(tmp_path / "spec.fits", wavelength, flux, ivar, mask)
+    with fits.open(path, mode="update") as hdul:  # ANDMASK bit 1 on pixels 0-4, bit 3 on pixel 100
+        if writer is write_lamost_table:
+            hdul[1].data["ANDMASK"][0][:5] = 2
+            hdul[1].data["ANDMASK"][0][100] = 8
+        else:
+            hdul[0].data[3][:5] = 2
+            hdul[0].data[3][100] = 8
+    spectrum = read_spectrum(path)
+    assert np.flatnonzero(spectrum.bad).tolist() == [0, 1, 2, 3, 4, 100]
+    assert np.flatnonzero(read_spectrum(path, bad_bits=1 << 3).bad).tolist() == [100]
+    assert spectrum.flux_unit == RELATIVE_FLUX_UNIT

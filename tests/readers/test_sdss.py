@@ -130,3 +130,24 @@ def test_fast_path_reports_a_truncated_file(ppxf_spectra, tmp_path):
     cut.write_bytes(data[: 2880 * 3])
     with pytest.raises(SpectrumError, match="cut.fits"):
         read_spectrum(cut, "sdss_spec", labels=False)
+
+
+def test_the_survey_mask_bits_decide_which_pixels_are_unusable(tmp_path):
+    """and_mask bits: NODATA (24) is one of the reader's own six, BRIGHTSKY (23) is not. A survey
+    definition's mask_bits_bad replaces the six, on the fast path and through astropy alike."""
+    n = 50
+    and_mask = np.zeros(n, np.int32)
+    and_mask[10], and_mask[20], and_mask[30] = 1 << 24, 1 << 23, (1 << 23) | (1 << 24)
+    cols = [fits.Column("flux", "E", array=np.ones(n, np.float32)),
+            fits.Column("loglam", "E", array=3.6 + 1e-4 * np.arange(n)),
+            fits.Column("ivar", "E", array=np.ones(n, np.float32)), fits.Column("and_mask", "J", array=and_mask)]
+    path = tmp_path / "spec.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(path)
+    for labels in (False, True):  # the fast path, then astropy
+        def bad(bits):
+            return np.flatnonzero(read_spectrum(path, "sdss_spec", labels=labels, bad_bits=bits).bad).tolist()
+
+        assert bad(None) == [10, 30]
+        assert bad(1 << 23) == [20, 30]
+        assert bad((1 << 23) | (1 << 24)) == [10, 20, 30]
+        assert bad(0) == []
