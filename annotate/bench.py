@@ -109,7 +109,7 @@ def _per_target_loop(paths: list[str], targets: list[int]) -> int:
 def bench_ingest_desi(sizes, workdir: Path) -> Row:
     """DESI healpix coadds of ~n/4 targets each (the demo's layout), read once per file per task."""
     from .demo import make_desi_sample
-    from .pipeline import read_catalog
+    from .catalogs import read_catalog
     from .surveys import load_survey
 
     row = Row("ingest DESI coadds, 4 files of many targets (1 core)", "targets/s",
@@ -133,7 +133,7 @@ def bench_ingest_desi(sizes, workdir: Path) -> Row:
 def bench_ingest(sizes, workdir: Path) -> Row:
     from .demo import make_sample
     from .surveys import load_survey
-    from .pipeline import read_catalog
+    from .catalogs import read_catalog
 
     sample = workdir / "ingest"
     catalog = make_sample(sample, max(sizes), seed=7)
@@ -253,7 +253,7 @@ def _png_pipeline(catalog: Path, n: int) -> int:
 
     from .checkpoint import load_checkpoint
     from .grid import resample
-    from .pipeline import read_catalog
+    from .catalogs import read_catalog
     from .readers import read_spectrum
     from .surveys import load_survey
 
@@ -433,7 +433,8 @@ def writeback_case(case: str, catalog: str, out: str) -> str:
     from astropy.io import fits
     from astropy.table import Table
 
-    from .writeback import provenance_cards, write_fits
+    from .catalogs.fits_writer import write_fits
+    from .writeback import provenance_cards
 
     with fits.open(catalog, memmap=True) as hdul:
         n = hdul[1].header["NAXIS2"]

@@ -472,9 +472,9 @@ def _main(args) -> int:
 def entry() -> None:
     """The `annotate` command: main(), then exit with its code."""
     code = main()
-    from . import catalogio
+    from .catalogs import hdf5
 
-    if catalogio.HDF5_WRITE_FAILED:
+    if hdf5.HDF5_WRITE_FAILED:
         # the HDF5 library may still hold the file it failed to write; its own clean-up at exit
         # would crash on it, so the process ends here, its output flushed
         sys.stdout.flush()

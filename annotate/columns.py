@@ -1,5 +1,5 @@
 """The PRED_* columns an annotated catalog gains: names, FITS formats, units and descriptions.
-The one schema that the FITS writer (`writeback`), the HDF5 catalog formats (`catalogio`), the
+The one schema that the catalog formats (`annotate.catalogs`: the FITS writer, the HDF5 tables), the
 merge and the report share."""
 
 from __future__ import annotations

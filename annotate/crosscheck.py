@@ -71,32 +71,17 @@ class CrosscheckResult:
 
 def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict, dict, object, np.ndarray, list]:
     """(reference values, prediction columns, survey, selected, relative spectrum paths)."""
-    from .catalogio import HDF5Catalog, is_hdf5
+    from .catalogs import open_catalog
 
     if not catalog.is_file():
         raise CatalogError(f"catalog not found: {catalog}")
-
-    def check(names: list) -> None:
-        missing = [c for c in ("PRED_CLASS", "PRED_Z", "PRED_Z_ERR", "PRED_FLAGS") if c not in names]
-        if missing:
-            raise CatalogError(f"{catalog} has no {', '.join(missing)}: run annotate run on it first")
-
-    if is_hdf5(catalog):
-        hdf5 = HDF5Catalog(catalog)
-        names = hdf5.colnames
-        check(names)
-        survey = load_survey(survey_name or hdf5.provenance().get("ANNSURV", "sdss_dr18"))
-        table = hdf5.read(names)
-    else:
-        try:
-            with fits.open(catalog, memmap=True) as hdul:
-                header, data = hdul[1].header, hdul[1].data
-                names = list(hdul[1].columns.names)
-                check(names)
-                survey = load_survey(survey_name or header.get("ANNSURV", "sdss_dr18"))
-                table = {name: np.array(data[name]) for name in names}
-        except OSError as exc:
-            raise CatalogError(f"{catalog}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+    opened = open_catalog(catalog)
+    names = opened.colnames
+    missing = [c for c in ("PRED_CLASS", "PRED_Z", "PRED_Z_ERR", "PRED_FLAGS") if c not in names]
+    if missing:
+        raise CatalogError(f"{catalog} has no {', '.join(missing)}: run annotate run on it first")
+    survey = load_survey(survey_name or opened.provenance().get("ANNSURV", "sdss_dr18"))
+    table = opened.read(names)
     reference = survey.reference(table)
     pred = {name: table[name] for name in names if name.startswith("PRED_")}
     for name in (FINAL_COLUMNS[0], VIT_COLUMNS[0]):
@@ -112,14 +97,10 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
 def read_provenance(catalog: Path) -> dict:
     """metrics.json's "provenance": the annotation's header cards (FITS table HDU, or the HDF5
     table's stored provenance) by PROVENANCE key; None for a card the catalog lacks."""
-    from .catalogio import HDF5Catalog, is_hdf5
+    from .catalogs import open_catalog
 
     try:
-        if is_hdf5(catalog):
-            cards = HDF5Catalog(catalog).provenance()
-        else:
-            with fits.open(catalog, memmap=True) as hdul:
-                cards = {card: hdul[1].header.get(card) for _, card, _ in PROVENANCE}
+        cards = open_catalog(catalog).provenance()
     except (OSError, ValueError, KeyError, IndexError, AnnotateError):
         cards = {}
     values = {key: cards.get(card) for key, card, _ in PROVENANCE}

@@ -110,7 +110,7 @@ def read_images(path: str | Path, start: int, stop: int) -> np.ndarray:
 def _catalog_labels(store: Path) -> dict:
     """Class and z from the catalog the store was ingested from (its survey's columns), if readable."""
     from .errors import AnnotateError
-    from .pipeline import read_catalog
+    from .catalogs import read_catalog
     from .surveys import load_survey
 
     with h5py.File(store, "r") as h5:

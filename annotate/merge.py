@@ -145,7 +145,8 @@ class SummaryRows:
 def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int, out: Path, provenance: dict) -> dict:
     """Write the annotated catalog from the shard files, streaming; returns counts, errors, the
     number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL."""
-    from .pipeline import duplicate_mask, read_catalog, read_column, row_flags
+    from .catalogs import read_catalog, read_column
+    from .pipeline import duplicate_mask, row_flags
     from .writeback import prediction_columns, write_annotated_catalog
 
     counts, errors = check_shards(folder, shards, n_rows)
@@ -173,11 +174,6 @@ def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int,
 
 
 def _colnames(catalog: Path) -> list:
-    from astropy.io import fits
+    from .catalogs import open_catalog
 
-    from .catalogio import HDF5Catalog, is_hdf5
-
-    if is_hdf5(catalog):
-        return HDF5Catalog(catalog).colnames
-    with fits.open(catalog, memmap=True) as hdul:
-        return list(hdul[1].columns.names)
+    return open_catalog(catalog).colnames

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
-from .catalogio import HDF5Catalog, is_hdf5
+from .catalogs import read_catalog
 from .errors import CatalogError, OutputError
 from .flags import PredFlag
 from .parallel import shared_cluster
@@ -59,149 +58,6 @@ class RunResult:
         return self.n_rows - self.n_predicted
 
 
-def read_catalog(path: Path, survey: Survey, hdu: int = 1, rows: slice | None = None, paths: bool = True,
-                 extra: tuple = ()) -> dict:
-    """The columns the survey needs (roles, path fields, selection) and the `extra` ones as
-    name -> array; `rows` reads only that slice (from a memory map: a shard never loads the whole
-    catalog). FITS (table HDU `hdu`) or an HDF5 table (pandas or astropy convention)."""
-    wanted = {str(c).upper() for c in survey.columns.values() if c}
-    if paths:  # the columns spectrum paths are made from
-        wanted |= {str(c).upper() for rule in survey.paths for c in rule.fields.values()}
-    wanted |= {str(rule["column"]).upper() for rule in survey.selection}
-    wanted |= {str(b).upper() for b in survey.snr_bands or ()}
-    wanted |= {c.upper() for c in extra}
-    check_catalog_file(path)
-    if is_hdf5(path):
-        table = HDF5Catalog(path)
-        _check_columns(path, survey, table.colnames, table.n_rows, extra, f", table {table.key}")
-        return table.read([n for n in table.colnames if n.upper() in wanted], rows)
-    _check_fits_file(path)
-    try:
-        with fits.open(path, memmap=True) as hdul:
-            if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
-                raise CatalogError(_no_table_message(path, hdu))
-            data = hdul[hdu].data
-            names = list(hdul[hdu].columns.names)
-            _check_columns(path, survey, names, 0 if data is None else len(data), extra, f", HDU {hdu}")
-            # slice the table before taking columns: astropy converts (decodes, scales) a whole
-            # column on first access, so data[name][rows] would cost the full column every time
-            part = data[rows if rows is not None else slice(None)]
-            columns = hdul[hdu].columns
-            return {name: _with_nulls(np.array(part[name]), columns[name].null)
-                    for name in names if name.upper() in wanted}
-    except OSError as exc:
-        raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
-
-
-def _with_nulls(values: np.ndarray, null) -> np.ndarray:
-    """An integer FITS column with TNULL as a masked array (the null value means missing, as a
-    masked value of an HDF5 catalog and NaN do); every other column as it is."""
-    if null is None or values.dtype.kind not in "iu" or isinstance(null, str):
-        return values
-    try:
-        missing = values == int(null)
-    except (TypeError, ValueError):
-        return values
-    return np.ma.MaskedArray(values, mask=missing) if missing.any() else values
-
-
-def check_catalog_file(path: Path) -> None:
-    """CatalogError, before the file is opened, for a catalog that is missing or no regular file:
-    a folder, a pipe or FIFO (which can be read once only and would leave annotate waiting), a
-    device."""
-    import stat
-
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise CatalogError(f"catalog not found: {path}") from None
-    except OSError as exc:
-        raise CatalogError(f"catalog {path} cannot be opened: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise CatalogError(f"{path} is a folder, not a catalog file")
-    if stat.S_ISFIFO(mode):
-        raise CatalogError(f"{path} is a pipe or FIFO; annotate reads the catalog more than once and in other "
-                           "processes: give it as a file")
-    if not stat.S_ISREG(mode):
-        raise CatalogError(f"{path} is not a regular file (a device or socket); give the catalog as a file")
-
-
-def _check_fits_file(path: Path) -> None:
-    """CatalogError for a missing file, or a plain FITS file cut short (FITS files are whole
-    2880-byte blocks; compressed ones are checked by astropy as it reads)."""
-    path = Path(path)
-    check_catalog_file(path)
-    if _is_plain_fits(path) and path.stat().st_size % 2880:
-        raise CatalogError(f"{path}: truncated or damaged FITS file ({path.stat().st_size} bytes, "
-                           "not a whole number of 2880-byte blocks)")
-
-
-def _no_table_message(path: Path, hdu: int) -> str:
-    """Why HDU `hdu` of a FITS catalog is not a table: a gzip file cut short (astropy reads it
-    lazily, so the table is simply not there) says so; otherwise the HDU is of another kind."""
-    import gzip
-    import zlib
-
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == b"\x1f\x8b"
-    if compressed:
-        try:
-            with gzip.open(path, "rb") as stream:
-                while stream.read(1 << 22):
-                    pass
-        except (EOFError, OSError, zlib.error) as exc:
-            return f"{path}: truncated or damaged gzip file ({exc}); its HDU {hdu} cannot be read"
-    return f"{path}: HDU {hdu} is not a binary table"
-
-
-def _is_plain_fits(path: Path) -> bool:
-    """An uncompressed FITS file (a gzip one starts with its own magic bytes instead)."""
-    with open(path, "rb") as handle:
-        return handle.read(6) == b"SIMPLE"
-
-
-def _check_columns(path: Path, survey: Survey, names: list, n_rows: int, extra: tuple = (), where: str = "") -> None:
-    """CatalogError when the survey's columns are missing (naming the HDU or table read, `where`),
-    two columns share a name up to case, or there are no rows."""
-    seen: dict = {}
-    for name in names:
-        if name.upper() in seen:
-            raise CatalogError(f"{path}{where}: two columns named {seen[name.upper()]!r} and {name!r} "
-                               "(column names are compared without case); rename one")
-        seen[name.upper()] = name
-    try:
-        survey.check_catalog(names)
-    except CatalogError as exc:
-        if where:
-            raise CatalogError(f"{exc} (read {path.name}{where})") from None
-        raise
-    missing = [c for c in extra if c.upper() not in {n.upper() for n in names}]
-    if missing:
-        raise CatalogError(f"{path}: no column {', '.join(missing)}")
-    if n_rows == 0:
-        raise CatalogError(f"{path}: the catalog has no rows")
-
-
-def catalog_rows(path: Path, survey: Survey, hdu: int = 1) -> int:
-    """The number of rows of a catalog whose columns suit `survey` (read from the header only)."""
-    check_catalog_file(path)
-    if is_hdf5(path):
-        table = HDF5Catalog(path)
-        _check_columns(path, survey, table.colnames, table.n_rows, where=f", table {table.key}")
-        return table.n_rows
-    _check_fits_file(path)
-    try:
-        with fits.open(path, memmap=True) as hdul:
-            if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU):
-                raise CatalogError(_no_table_message(path, hdu))
-            _check_columns(path, survey, list(hdul[hdu].columns.names), int(hdul[hdu].header["NAXIS2"]),
-                           where=f", HDU {hdu}")
-            return int(hdul[hdu].header["NAXIS2"])
-    except OSError as exc:
-        raise CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
-
-
 def default_store_path(output: Path) -> Path:
     """The spectra store beside an annotated catalog: `x.annotated.fits` -> `x.annotated.spectra.h5`."""
     return Path(output).with_name(catalog_stem(output) + ".spectra.h5")
@@ -244,27 +100,6 @@ def duplicate_mask(ids) -> np.ndarray:
         return np.zeros(0, bool)
     _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     return counts[inverse.reshape(-1)] > 1
-
-
-def read_column(path: Path, name: str, chunk_rows: int = 1_000_000) -> np.ndarray:
-    """One whole column of a FITS or HDF5 catalog (as stored: no text decoding). A FITS column is
-    read a slice of rows at a time, the file mapped afresh for each: its rows interleave all the
-    columns, so reading one column through a single map would bring the whole table into memory."""
-    if is_hdf5(path):
-        return HDF5Catalog(path).read_column(name)
-    if not _is_plain_fits(path):  # compressed: every open would decompress the whole file, so read it once
-        with fits.open(path) as hdul:
-            return np.array(hdul[1].data[name])
-    with fits.open(path, memmap=True) as hdul:
-        n_rows = int(hdul[1].header["NAXIS2"])
-    out = None
-    for start in range(0, max(n_rows, 1), chunk_rows):
-        with fits.open(path, memmap=True) as hdul:
-            part = np.array(hdul[1].data[start:start + chunk_rows][name])
-        if out is None:
-            out = np.empty(n_rows, part.dtype)
-        out[start:start + len(part)] = part
-    return out
 
 
 @contextmanager
@@ -409,7 +244,7 @@ def run(settings: RunSettings) -> RunResult:
 def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
     """Refuse before any spectrum is read when the output's file system has no room for the
     annotated copy (the input's size plus the PRED_* columns)."""
-    from .catalogio import PRED_BYTES_PER_ROW, check_free_space
+    from .catalogs.registry import PRED_BYTES_PER_ROW, check_free_space
 
     check_free_space(Path(out).parent, Path(catalog).stat().st_size + n_rows * PRED_BYTES_PER_ROW)
 

@@ -97,7 +97,8 @@ def run_shard(task: dict) -> str:
     """Ingest and predict rows [start, stop) of the catalog; write shards/<name>.npz. Runs on a
     Dask worker or a SLURM array task; returns the shard file's path."""
     from .checkpoint import load_checkpoint
-    from .pipeline import fit_predictions, read_catalog, resolve_paths
+    from .catalogs import read_catalog
+    from .pipeline import fit_predictions, resolve_paths
     from .predict import precision, predict_store
     from .store import ingest, prepare_store, read_status
     from .surveys import load_survey
@@ -138,7 +139,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
     here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
     from .checkpoint import DEFAULT_MODEL
-    from .pipeline import catalog_rows
+    from .catalogs import catalog_rows
     from .surveys import load_survey
     from .writeback import default_output_path
 

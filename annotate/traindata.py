@@ -70,7 +70,8 @@ def store_training_data(store: str | Path, grid: WavelengthGrid, images: str | N
 def catalog_labels(spec: dict) -> tuple[dict, dict, list[str], np.ndarray]:
     """Labels per catalog row from the survey's columns (and the joined stellar catalog), the
     table read, spectrum paths and refused rows. Rows the survey's selection drops get no labels."""
-    from .pipeline import read_catalog, resolve_paths
+    from .catalogs import read_catalog
+    from .pipeline import resolve_paths
     from .surveys import load_survey
 
     catalog = Path(spec["catalog"])

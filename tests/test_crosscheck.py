@@ -16,7 +16,8 @@ from PIL import Image
 from annotate.crosscheck import compute, crosscheck, disagreements, pull_summary, pulls
 from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog
-from annotate.writeback import prediction_columns, provenance_cards, write_fits
+from annotate.catalogs.fits_writer import write_fits
+from annotate.writeback import prediction_columns, provenance_cards
 
 from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 

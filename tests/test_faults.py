@@ -13,7 +13,7 @@ import time
 import numpy as np
 from astropy.io import fits
 
-from annotate.writeback import OUTPUT_COLUMNS
+from annotate.columns import OUTPUT_COLUMNS
 
 from test_pipeline import N, catalog, micro_model  # noqa: F401 - fixtures: 8 rows, 2 broken
 

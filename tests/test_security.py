@@ -1,6 +1,6 @@
 """Security by construction: no shell strings, nothing unpickled, catalog paths confined. The
 behaviour is tested end to end elsewhere (path refusal and pickle checkpoints in
-test_bad_input.py, pickled HDF5 attributes in test_catalogio.py); this checks the source itself."""
+test_bad_input.py, pickled HDF5 attributes in test_catalogs.py); this checks the source itself."""
 
 import ast
 from pathlib import Path

@@ -136,12 +136,12 @@ def test_merge_in_chunks_that_straddle_shards_matches_the_whole_merge(catalog, m
                                                                       monkeypatch):
     """The merge streams row chunks that do not line up with the shards (3-row shards, a chunk of
     a few rows): the columns, the summary and the counts are those of a merge in one chunk."""
-    import annotate.writeback
+    import annotate.catalogs.fits_writer as fits_writer
 
     whole = run_sharded(_settings(catalog, tmp_path, micro_model, "whole.fits"), 3, log=lambda m: None)
     with fits.open(catalog) as hdul:
         row_bytes = hdul[1].header["NAXIS1"]
-    monkeypatch.setattr(annotate.writeback, "CHUNK_BYTES", 2 * row_bytes + 250)  # 2-row chunks
+    monkeypatch.setattr(fits_writer, "CHUNK_BYTES", 2 * row_bytes + 250)  # 2-row chunks
     chunked = run_sharded(_settings(catalog, tmp_path, micro_model, "chunked.fits"), 3, log=lambda m: None)
     assert _pred_bytes(chunked.output) == _pred_bytes(whole.output)
     assert chunked.counts == whole.counts and chunked.counts["OK"] == N - 2
@@ -190,7 +190,7 @@ def test_single_and_sharded_runs_record_the_whole_command_and_paths(catalog, mic
 
     from astropy.table import Table
 
-    from annotate.writeback import column_description
+    from annotate.columns import column_description
 
     deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / "outputs"
     deep.mkdir(parents=True)

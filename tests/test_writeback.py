@@ -5,10 +5,11 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from annotate.catalogs.fits_writer import header_text, write_fits
 from annotate.columns import OUTPUT_COLUMNS, column_description
 from annotate.errors import OutputError
 from annotate.flags import PredFlag
-from annotate.writeback import default_output_path, prediction_columns, provenance_cards, write_fits
+from annotate.writeback import default_output_path, prediction_columns, provenance_cards
 
 
 def _catalog(path):
@@ -125,9 +126,9 @@ def _random_columns(n, seed=1):
 
 @pytest.mark.parametrize("compress", [False, True], ids=["streamed", "gzip-via-astropy"])
 def test_every_column_kind_survives_in_chunks(tmp_path, monkeypatch, compress):
-    import annotate.writeback as writeback
+    import annotate.catalogs.fits_writer as fits_writer
 
-    monkeypatch.setattr(writeback, "CHUNK_BYTES", 4096)  # many chunks, with a short last one
+    monkeypatch.setattr(fits_writer, "CHUNK_BYTES", 4096)  # many chunks, with a short last one
     n = 1000
     catalog = _wide_catalog(tmp_path / "wide.fits", n, compress)
     columns = _random_columns(n)
@@ -206,7 +207,6 @@ def test_column_metadata_follows_its_column_when_an_old_pred_column_goes(tmp_pat
 def test_non_ascii_paths_in_the_provenance_are_escaped_not_refused(tmp_path):
     """FITS card values are printable ASCII: a catalog path with 'ä' and a newline is written as
     its escapes; the long value continues on CONTINUE cards."""
-    from annotate.writeback import header_text
 
     catalog = _catalog(tmp_path / "cat.fits")
     odd = tmp_path / ("spéctra ä 'q'\n" + "x" * 80) / "cat.fits"

@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from annotate.catalogio import HDF5Catalog
+from annotate.catalogs.hdf5 import open_hdf5
 from annotate.errors import CatalogError
 from annotate.pipeline import RunSettings, run
 from annotate.shards import run_sharded
@@ -109,12 +109,12 @@ def test_a_file_with_two_tables_is_refused_naming_them(tmp_path):
     frame.to_hdf(tmp_path / "two.h5", key="general", format="table")
     frame.to_hdf(tmp_path / "two.h5", key="stellar", format="table")
     with pytest.raises(CatalogError, match=r"exactly one table; found /general \(pandas\), /stellar \(pandas\)"):
-        HDF5Catalog(tmp_path / "two.h5")
+        open_hdf5(tmp_path / "two.h5")
 
 
 def test_reading_a_slice_reads_those_rows(catalog, tmp_path):  # noqa: F811
     for convention in ("astropy", "pandas"):
-        table = HDF5Catalog(_as_hdf5(catalog, tmp_path / f"{convention}.h5", convention))
+        table = open_hdf5(_as_hdf5(catalog, tmp_path / f"{convention}.h5", convention))
         assert (table.convention, table.n_rows) == (convention, N)
         part = table.read(["SPECOBJID", "CLASS"], slice(2, 5))
         assert part["SPECOBJID"].tolist() == [1002, 1003, 1004] and part["CLASS"].tolist() == ["STAR", "GALAXY", "STAR"]
@@ -129,11 +129,11 @@ def test_a_pandas_file_whose_attributes_would_run_code_is_refused(tmp_path):
 
     frame = pd.DataFrame({"obsid": [1, 2], "z": [0.1, 0.2]})
     frame.to_hdf(tmp_path / "cat.h5", key="catalog", format="table")
-    assert HDF5Catalog(tmp_path / "cat.h5").n_rows == 2  # the real pandas attributes pass
+    assert open_hdf5(tmp_path / "cat.h5").n_rows == 2  # the real pandas attributes pass
     with h5py.File(tmp_path / "cat.h5", "a") as h5:
         h5["catalog"].attrs["info"] = np.bytes_(pickle.dumps(print, protocol=0))
     with pytest.raises(CatalogError, match=r"/catalog:info holds a pickled object"):
-        HDF5Catalog(tmp_path / "cat.h5")
+        open_hdf5(tmp_path / "cat.h5")
 
 
 def _predictions(n):
@@ -163,7 +163,7 @@ def test_an_astropy_table_in_a_nested_group_is_written_back_in_place(tmp_path):
     with h5py.File(tmp_path / "cat.h5", "a") as h5:
         h5["data/weights"] = np.arange(3.0)  # a sibling of the table inside the same group
         h5["data"].attrs["release"] = "dr18"
-    source = HDF5Catalog(tmp_path / "cat.h5")
+    source = open_hdf5(tmp_path / "cat.h5")
     assert (source.convention, source.key) == ("astropy", "data/cat")
     source.write_annotated(tmp_path / "out.h5", _predictions(5), PROVENANCE)
     out = Table.read(tmp_path / "out.h5", path="data/cat")
@@ -178,9 +178,9 @@ def test_pandas_write_back_keeps_attributes_other_objects_and_compression(tmp_pa
     compression survive; a text index whose longest value sits in a later chunk fits."""
     import h5py
 
-    import annotate.catalogio as catalogio
+    import annotate.catalogs.hdf5 as hdf5
 
-    monkeypatch.setattr(catalogio, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(hdf5, "CHUNK_ROWS", 4)
     index = ["a", "b", "c", "d", "a-much-longer-object-name", "e", "f"]
     frame = pd.DataFrame({"Z": np.linspace(0, 1, 7), "SURVEY": ["sdss"] * 7}, index=index)
     with pd.HDFStore(tmp_path / "cat.h5", "w", complib="zlib", complevel=5) as store:
@@ -190,7 +190,7 @@ def test_pandas_write_back_keeps_attributes_other_objects_and_compression(tmp_pa
         h5.create_dataset("raw/wavelength", data=np.arange(10.0), compression="gzip")
         h5.attrs["creator"] = "pipeline v5"
     before = _sha(tmp_path / "cat.h5")
-    catalog = HDF5Catalog(tmp_path / "cat.h5")
+    catalog = open_hdf5(tmp_path / "cat.h5")
     assert catalog.key == "/catalog"
     catalog.write_annotated(tmp_path / "out.h5", _predictions(7), PROVENANCE)
     assert _sha(tmp_path / "cat.h5") == before
@@ -225,18 +225,18 @@ def test_a_full_disk_while_writing_back_is_one_clear_error(tmp_path, convention)
     script = textwrap.dedent(f"""
         import resource, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_catalogio import _predictions, PROVENANCE
-        from annotate.catalogio import HDF5Catalog
+        from test_catalogs import _predictions, PROVENANCE
+        from annotate.catalogs.hdf5 import open_hdf5
         from annotate.errors import OutputError
-        catalog = HDF5Catalog({str(tmp_path / "cat.h5")!r})
+        catalog = open_hdf5({str(tmp_path / "cat.h5")!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
         try:
             catalog.write_annotated({str(tmp_path / "out.h5")!r}, _predictions({n}), PROVENANCE)
         except OutputError as exc:
             print(exc, flush=True)
-            import annotate.catalogio, os
-            assert annotate.catalogio.HDF5_WRITE_FAILED
+            import annotate.catalogs.hdf5, os
+            assert annotate.catalogs.hdf5.HDF5_WRITE_FAILED
             os._exit(2)  # as the annotate command ends after a failed HDF5 write (cli.entry)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -249,13 +249,13 @@ def test_no_room_for_the_output_is_refused_before_writing(tmp_path, monkeypatch)
     import os
     from types import SimpleNamespace
 
-    import annotate.catalogio as catalogio
+    import annotate.catalogs.registry as registry
     from annotate.errors import OutputError
 
     Table({"OBJID": np.arange(1000)}).write(tmp_path / "cat.h5", path="catalog")
-    monkeypatch.setattr(catalogio.os, "statvfs", lambda path: SimpleNamespace(f_bavail=10, f_frsize=4096))
+    monkeypatch.setattr(registry.os, "statvfs", lambda path: SimpleNamespace(f_bavail=10, f_frsize=4096))
     with pytest.raises(OutputError, match=rf"not enough free space in {tmp_path} .* 0 MB free"):
-        HDF5Catalog(tmp_path / "cat.h5").write_annotated(tmp_path / "out.h5", _predictions(1000), PROVENANCE)
+        open_hdf5(tmp_path / "cat.h5").write_annotated(tmp_path / "out.h5", _predictions(1000), PROVENANCE)
     assert os.listdir(tmp_path) == ["cat.h5"]
 
 
@@ -264,10 +264,10 @@ def test_one_column_is_read_in_slices_in_every_format(tmp_path, monkeypatch):
     (one mapped slice at a time) and gzip-compressed (read once)."""
     import gzip
 
-    import annotate.catalogio as catalogio
-    from annotate.pipeline import read_column
+    import annotate.catalogs.hdf5 as hdf5
+    from annotate.catalogs import read_column
 
-    monkeypatch.setattr(catalogio, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(hdf5, "CHUNK_ROWS", 3)
     table = Table({"OBJID": np.arange(10, 20), "NAME": np.array([f"n{i}" for i in range(10)])})
     table.write(tmp_path / "astropy.h5", path="cat")
     table.to_pandas().to_hdf(tmp_path / "table.h5", key="cat", format="table")
@@ -276,4 +276,4 @@ def test_one_column_is_read_in_slices_in_every_format(tmp_path, monkeypatch):
     (tmp_path / "cat.fits.gz").write_bytes(gzip.compress((tmp_path / "cat.fits").read_bytes()))
     for name in ("astropy.h5", "table.h5", "fixed.h5", "cat.fits", "cat.fits.gz"):
         assert read_column(tmp_path / name, "OBJID", chunk_rows=3).tolist() == list(range(10, 20)), name
-    assert HDF5Catalog(tmp_path / "table.h5").read_column("NAME").tolist() == [f"n{i}" for i in range(10)]
+    assert open_hdf5(tmp_path / "table.h5").read_column("NAME").tolist() == [f"n{i}" for i in range(10)]
