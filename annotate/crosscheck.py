@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from . import CLASS_NAMES, __version__
 from .errors import AnnotateError, CatalogError

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogs import read_catalog
-from .errors import CatalogError, OutputError
+from .errors import OutputError
 from .flags import PredFlag
 from .parallel import shared_cluster
 from .store import STATUS, ingest, prepare_store, read_status

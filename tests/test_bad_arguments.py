@@ -7,7 +7,6 @@ import torch
 from annotate.cli import main
 
 from test_bad_input import Case, _hashes
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 RUN_CASES = {
     "--batch-size 0": (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),

@@ -14,7 +14,6 @@ from annotate.cli import main
 from annotate.flags import PredFlag
 
 from test_bad_input import Case, _columns, _hashes
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _one_error_line(capsys, code, *needles):

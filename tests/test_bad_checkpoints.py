@@ -10,7 +10,6 @@ import pytest
 from annotate.cli import main
 
 from test_bad_input import Case
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _set(path: list, value):

@@ -26,7 +26,6 @@ from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog, write_sdss_spec
 from annotate.surveys import load_survey
 
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 N_PIX = 4640
 LOGLAM = 3.5530 + 1e-4 * np.arange(N_PIX)

@@ -13,7 +13,6 @@ from annotate.cli import main
 from annotate.flags import PredFlag
 
 from test_bad_input import INPUT_BITS, Case, _columns, _hashes
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _float_field(value):

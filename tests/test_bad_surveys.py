@@ -11,7 +11,6 @@ from annotate.errors import ConfigError
 from annotate.surveys import load_survey, survey_dirs
 
 from test_bad_input import Case
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 @pytest.fixture(scope="module")

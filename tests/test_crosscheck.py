@@ -19,7 +19,6 @@ from annotate.simulate.writer import write_catalog
 from annotate.catalogs.fits_writer import write_fits
 from annotate.writeback import prediction_columns, provenance_cards
 
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _annotated(tmp_path):

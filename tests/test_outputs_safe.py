@@ -12,7 +12,6 @@ import numpy as np
 from annotate.cli import main
 
 from test_bad_input import Case, _columns, _hashes, _interrupt_a_run
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 
 def _refused(case, capsys, *extra, match: str):

@@ -10,7 +10,7 @@ from annotate.pipeline import RunSettings, run
 from annotate.shards import plan_shards, run_folder, run_sharded, write_plan
 from annotate.columns import OUTPUT_COLUMNS
 
-from test_pipeline import N, catalog, micro_model  # noqa: F401 - fixtures: 8 rows, 2 broken
+N = 8  # rows of conftest's catalog fixture
 
 
 def _settings(catalog, tmp_path, model, out_name="out.fits", scheduler="sync"):

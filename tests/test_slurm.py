@@ -209,7 +209,6 @@ def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
     assert read_images(tmp_path / "images.h5", 0, 24).any(axis=(1, 2, 3)).all()
 
 
-from test_pipeline import catalog, micro_model  # noqa: E402,F401 - an 8-row catalog with 2 broken rows
 
 
 def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, catalog, micro_model, tmp_path,  # noqa: F811

@@ -18,7 +18,6 @@ from annotate.simulate.writer import write_catalog, write_sdss_spec
 from annotate.store import STATUS, create_store, prepare_store, read_status
 from annotate.surveys import load_survey
 
-from test_pipeline import micro_model  # noqa: F401 - a random-init vit-micro checkpoint
 
 N = 6
 LOGLAM = 3.5530 + 1e-4 * np.arange(4640)

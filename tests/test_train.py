@@ -139,7 +139,6 @@ def test_training_from_an_image_store_sees_the_same_pixels(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # labels from a survey catalog (the real workflow)
 
-from test_pipeline import catalog  # noqa: E402,F401  (fixture: an SDSS-V catalog of 8 rows with spec files)
 
 
 def test_catalog_labels_come_from_the_survey_columns(tmp_path, catalog):
