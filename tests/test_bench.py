@@ -8,6 +8,8 @@ from astropy.io import fits
 from PIL import Image
 
 import annotate.bench as bench
+from annotate.bench.render import matplotlib_2dmap_png, matplotlib_line_png, synthetic_batch
+from annotate.bench.writeback import make_catalog
 from annotate.cli import main
 from annotate.render import RenderSettings, render
 
@@ -16,9 +18,9 @@ def test_matplotlib_reference_draws_the_same_2dmap(tmp_path):
     """The baseline renders what we render: same blocks, same colours (up to PNG/Agg rounding)."""
     import io
 
-    flux, mask = bench._synthetic_batch(1, 4608)
+    flux, mask = synthetic_batch(1, 4608)
     settings = RenderSettings()
-    png = bench.matplotlib_2dmap_png(flux[0], mask[0], settings)
+    png = matplotlib_2dmap_png(flux[0], mask[0], settings)
     reference = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     ours = render(flux, mask, settings)[0].astype(int)
     assert reference.shape == ours.shape == (224, 224, 3)
@@ -39,7 +41,7 @@ def test_matplotlib_line_reference_draws_the_same_lines(encoding):
     flux = (2.0 + 0.5 * np.sin(np.linspace(0, 6 * np.pi, n)) + offset).astype(np.float32)[None]
     mask = np.zeros((1, n), bool)
     settings = RenderSettings(encoding=encoding)
-    png = bench.matplotlib_line_png(flux[0], mask[0], settings)
+    png = matplotlib_line_png(flux[0], mask[0], settings)
     reference = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     ours = render(flux, mask, settings)[0].astype(int)
     for channel in range(3):
@@ -67,7 +69,7 @@ def test_writeback_rows_measure_time_and_memory(tmp_path, monkeypatch):
 
 
 def test_benchmark_catalog_is_an_spall_like_table(tmp_path):
-    path = bench.make_catalog(tmp_path / "c.fits", 50)
+    path = make_catalog(tmp_path / "c.fits", 50)
     with fits.open(path) as hdul:
         assert hdul[1].name == "SPALL" and len(hdul[1].data) == 50
         assert {"CATALOGID", "CLASS", "Z", "ZWARNING"} <= set(hdul[1].columns.names)
@@ -108,7 +110,9 @@ def test_fit_row_measures_the_fit_and_says_when_redrock_is_missing(tmp_path, mon
         raise ImportError("redrock is not installed: pip install -e \".[compare]\"")
 
     monkeypatch.setattr(redrock_compare, "import_redrock", missing)
-    row = bench.bench_fit((6,), tmp_path)
+    from annotate.bench.fit import bench_fit
+
+    row = bench_fit((6,), tmp_path)
     assert row.sizes == [6] and row.ours[0] > 0 and row.extra["rate_without_prior"][0] > 0
     assert 0.0 <= row.extra["success"][0] <= 1.0
     assert np.isnan(row.baseline[0]) and "compare" in row.extra["baseline_missing"]

@@ -1,0 +1,64 @@
+"""End to end: `annotate run` against the same model fed one PNG per spectrum (the paper's way)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .common import BASELINE_LIMIT, Row, timed
+from .render import matplotlib_2dmap_png
+
+
+def _png_pipeline(catalog: Path, n: int) -> int:
+    """The paper's way: read each spectrum, render a PNG, decode it, run the model one batch."""
+    import torch
+    from PIL import Image
+
+    from ..checkpoint import load_checkpoint
+    from ..grid import resample
+    from ..catalogs import read_catalog
+    from ..readers import read_spectrum
+    from ..surveys import load_survey
+
+    model, card = load_checkpoint(None, "cpu")
+    survey = load_survey("sdss_dr18")
+    paths = survey.spectrum_paths(read_catalog(catalog, survey))[:n]
+    images = []
+    for rel in paths:
+        spectrum = read_spectrum(catalog.parent / rel)
+        flux, _, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, card.grid)
+        png = matplotlib_2dmap_png(flux, mask, card.render)
+        images.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    with torch.no_grad():
+        for i in range(0, len(pixels), 64):
+            model(pixels[i:i + 64])
+    return len(images)
+
+
+def bench_end_to_end(sizes, workdir: Path) -> Row:
+    from ..demo import make_sample
+    from ..pipeline import RunSettings, run
+
+    from ..checkpoint import load_checkpoint
+
+    row = Row(f"end-to-end annotate run ({os.cpu_count()} cores)", "spectra/s",
+              baseline_name="same model, one matplotlib PNG per spectrum")
+    load_checkpoint(None, "cpu")  # imports (torch, transformers) are not part of the rate
+    for n in sizes:
+        folder = workdir / f"e2e-{n}"
+        catalog = make_sample(folder, n, seed=11)
+        settings = RunSettings(catalog=catalog, progress=False,
+                               out=folder / "out.fits", store=folder / "store.h5")
+        seconds, result = timed(lambda: run(settings))
+        m = min(n, BASELINE_LIMIT["end_to_end"])
+        base, _ = timed(_png_pipeline, catalog, m)
+        row.sizes.append(n)
+        row.ours.append(n / seconds)
+        row.baseline.append(m / base)
+        for path in (folder / "out.fits", folder / "store.h5"):
+            path.unlink(missing_ok=True)
+    return row
