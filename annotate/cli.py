@@ -231,11 +231,11 @@ def _finish(result) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import Recipe
+    from .training import Recipe
 
     recipe = Recipe.from_yaml(args.recipe)
     if args.evaluate:
-        from .train import evaluate_checkpoint
+        from .training import evaluate_checkpoint
 
         evaluate_checkpoint(recipe, args.evaluate, log=print)
         print(f"metrics stored in {args.evaluate}'s card (config.json)")
@@ -243,7 +243,8 @@ def _cmd_train(args) -> int:
     out = args.out or Path("runs") / recipe.name
     if args.executor == "slurm":
         from .shards import _profile
-        from .slurm import TRAIN_SRUN_ARGS, sbatch_script, submit_training, wait_for_training
+        from .slurm import sbatch_script
+        from .training.job import TRAIN_SRUN_ARGS, submit_training, wait_for_training
 
         profile = _profile(args.profile)
         if args.dry_run:
@@ -262,7 +263,7 @@ def _cmd_train(args) -> int:
               f"(step {summary['step']}); the state is in {out}: rerun to continue")
         return 0
     if args.executor == "slurm":  # the job's log has the summary; say it here too
-        from .trainlog import summary_lines
+        from .training.log import summary_lines
 
         print("\n".join(summary_lines(summary)))
     print(f"checkpoint: {out} (every figure: {Path(out) / 'training.json'}, per epoch: metrics.csv)")
@@ -274,7 +275,7 @@ def _train_here(recipe, out, args) -> dict:
     epoch and the summary at the end, print above it."""
     from tqdm.auto import tqdm
 
-    from .train import train
+    from .training import train
 
     bar = None
 

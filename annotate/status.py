@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
-from .slurm import job_states, training_progress
+from .slurm import job_states
+from .training.job import training_progress
 
 SHOWN = 10  # missing shards and failed jobs listed by name
 

@@ -160,7 +160,7 @@ def test_a_cancelled_job_is_reported_not_waited_for(slurm_conf, tmp_path):
 
 def test_a_job_sbatch_refuses_is_one_clear_error(slurm_conf, tmp_path):
     from annotate.errors import AnnotateError
-    from annotate.slurm import submit_training
+    from annotate.training.job import submit_training
 
     profile_path = tmp_path / "p.yaml"
     profile_path.write_text((REPO / "slurm" / "profiles" / "testcluster.yaml").read_text().replace("partition: debug", "partition: nosuchpart"))

@@ -8,8 +8,8 @@ from annotate.checkpoint import load_checkpoint
 from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid
 from annotate.store import STATUS, create_store, write_rows
-from annotate.train import Recipe, train
-from annotate.traindata import encode_targets, fit_label_norm, split_by_object
+from annotate.training import Recipe, train
+from annotate.training.data import encode_targets, fit_label_norm, split_by_object
 
 
 def _labelled_store(path, n=48):
@@ -71,7 +71,7 @@ def test_training_writes_a_checkpoint_that_loads(tmp_path):
 
     # re-evaluating the saved checkpoint on the same split reproduces the stored test metrics
     from annotate.checkpoint import read_card
-    from annotate.train import evaluate_checkpoint
+    from annotate.training import evaluate_checkpoint
 
     weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
     again = evaluate_checkpoint(_recipe(tmp_path, store), tmp_path / "ckpt", log=lambda line: None)
@@ -142,7 +142,7 @@ def test_training_from_an_image_store_sees_the_same_pixels(tmp_path):
 
 
 def test_catalog_labels_come_from_the_survey_columns(tmp_path, catalog):
-    from annotate.traindata import load_training_data
+    from annotate.training.data import load_training_data
 
     spec = {"catalog": str(catalog), "survey": "sdss_dr18", "spectra_root": str(tmp_path / "spectra"),
             "store": str(tmp_path / "train.h5")}
@@ -178,7 +178,7 @@ def test_stellar_parameters_join_on_the_object_id(tmp_path):
     from annotate.errors import CatalogError
     from annotate.simulate.writer import write_catalog
     from annotate.surveys import load_survey
-    from annotate.traindata import join_stellar
+    from annotate.training.data import join_stellar
 
     survey = load_survey("sdss_dr18")
     table = write_catalog(tmp_path / "stellar.fits", {
@@ -251,7 +251,7 @@ def test_a_realistic_simulated_run_reports_robustness_and_the_stellar_baseline(t
 
 def test_caps_stop_a_run_with_its_state_saved_and_a_rerun_continues(tmp_path, capsys):
     from annotate.cli import main
-    from annotate.trainstate import latest_state
+    from annotate.training.state import latest_state
 
     store = _labelled_store(tmp_path / "train.h5")
     recipe = _recipe(tmp_path, store, epochs=3)
@@ -294,7 +294,7 @@ def test_annotate_train_shows_a_progress_bar_a_line_per_epoch_and_a_readable_sum
 def test_a_stop_request_saves_the_state_of_that_step_before_any_periodic_save(tmp_path):
     """The timeout signal of a SLURM job asks the loop to stop: the state is saved at the step the
     request was seen, though no periodic save has happened yet, and the rerun loses nothing."""
-    from annotate.trainstate import latest_state, read_state_json
+    from annotate.training.state import latest_state, read_state_json
 
     store = _labelled_store(tmp_path / "train.h5")
     recipe = _recipe(tmp_path, store, epochs=2, checkpoint_every=0, checkpoint_minutes=600)

@@ -14,8 +14,8 @@ import yaml
 from safetensors.numpy import load_file
 
 from annotate.errors import ConfigError
-from annotate.train import Recipe, train
-from annotate.trainstate import latest_state
+from annotate.training import Recipe, train
+from annotate.training.state import latest_state
 
 from test_train import _labelled_store
 
@@ -36,7 +36,7 @@ def _train_in_child(recipe_path, out, kill_after: str | None = None) -> tuple[in
     script = textwrap.dedent(f"""
         import json, os, signal, torch
         torch.set_num_threads(1)
-        from annotate.train import Recipe, train
+        from annotate.training import Recipe, train
         def log(line):
             print(line, flush=True)
             if {kill_after!r} is not None and line.startswith({kill_after!r}):
@@ -133,7 +133,7 @@ def test_a_state_saved_twice_at_one_step_is_never_lost(tmp_path, monkeypatch):
 
     import torch
 
-    from annotate.trainstate import TrainState, save_state
+    from annotate.training.state import TrainState, save_state
 
     model = torch.nn.Linear(3, 2)
     optimiser = torch.optim.AdamW(model.parameters())
@@ -188,7 +188,7 @@ def _two_ranks(recipe_path, out, port_offset: int = 0) -> tuple[list[int], list[
     """Train with two torchrun-style CPU ranks (gloo); their exit codes and (stdout, stderr)."""
     script = textwrap.dedent(f"""
         import os, sys
-        from annotate.train import Recipe, train
+        from annotate.training import Recipe, train
         train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=lambda line: print(os.environ["RANK"], line))
     """)
     procs = []

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--machine", default=f"{os.cpu_count()} CPU cores")
     args = parser.parse_args(argv)
 
-    from annotate.train import Recipe, train
+    from annotate.training import Recipe, train
 
     base = yaml.safe_load((HERE / "default-tiny.yaml").read_text())
     rows = []

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import CLASS_NAMES
-from .checkpoint import LabelNorm
-from .errors import CatalogError, ConfigError
-from .grid import WavelengthGrid
-from .model import STELLAR_LABELS
-from .render import RenderSettings, render, to_model_input
+from .. import CLASS_NAMES
+from ..checkpoint import LabelNorm
+from ..errors import CatalogError, ConfigError
+from ..grid import WavelengthGrid
+from ..model import STELLAR_LABELS
+from ..render import RenderSettings, render, to_model_input
 
 LABELS = ("class", "z", "teff", "logg", "feh")
 CATALOG_KEYS = {"catalog", "survey", "spectra_root", "store", "stellar_catalog", "object_column", "ingest_workers"}
@@ -34,7 +34,7 @@ def load_training_data(data_spec: dict, grid: WavelengthGrid) -> dict:
     """flux, mask (n, n_pix) and labels class (n,) str, z, teff, logg, feh, plus 'object' ids
     (and 'split' when the source fixes it, 'held_out_stars' for simulated sets)."""
     if "simulate" in data_spec:
-        from .simulate.dataset import simulate_training_set
+        from ..simulate.dataset import simulate_training_set
 
         return simulate_training_set(grid=grid, **data_spec["simulate"])
     if "catalog" in data_spec:
@@ -45,7 +45,7 @@ def load_training_data(data_spec: dict, grid: WavelengthGrid) -> dict:
 def store_training_data(store: str | Path, grid: WavelengthGrid, images: str | None = None,
                         labels: dict | None = None) -> dict:
     """The rows ingested OK from a store, with `labels` (default: the store's /labels group)."""
-    from .store import STATUS, open_store, read_labels, read_rows
+    from ..store import STATUS, open_store, read_labels, read_rows
 
     info = open_store(store)
     if info.grid != grid:
@@ -70,9 +70,9 @@ def store_training_data(store: str | Path, grid: WavelengthGrid, images: str | N
 def catalog_labels(spec: dict) -> tuple[dict, dict, list[str], np.ndarray]:
     """Labels per catalog row from the survey's columns (and the joined stellar catalog), the
     table read, spectrum paths and refused rows. Rows the survey's selection drops get no labels."""
-    from .catalogs import read_catalog
-    from .pipeline import resolve_paths
-    from .surveys import load_survey
+    from ..catalogs import read_catalog
+    from ..pipeline import resolve_paths
+    from ..surveys import load_survey
 
     catalog = Path(spec["catalog"])
     survey = load_survey(spec.get("survey", "sdss_dr18"))
@@ -103,7 +103,7 @@ def catalog_labels(spec: dict) -> tuple[dict, dict, list[str], np.ndarray]:
 def catalog_training_data(spec: dict, grid: WavelengthGrid) -> dict:
     """Spectra from `spec['store']` (ingested from the catalog's files first if it does not
     exist or is incomplete) with labels from the catalog."""
-    from .store import create_store, ingest, open_store
+    from ..store import create_store, ingest, open_store
 
     unknown = set(spec) - CATALOG_KEYS
     if unknown:
@@ -160,8 +160,8 @@ def image_store_settings(path: str | Path) -> RenderSettings:
 def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: np.ndarray) -> None:
     import h5py
 
-    from .errors import StoreError
-    from .images import check_image_store
+    from ..errors import StoreError
+    from ..images import check_image_store
 
     image_store_settings(path)
     try:

@@ -1,0 +1,174 @@
+"""Metrics of a model on rows of the training data: per epoch on the validation split, and at the
+end on the held-out sets, with the stellar baseline beside the ViT."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import ModelCard
+from ..grid import WavelengthGrid
+from ..model import STELLAR_LABELS
+from ..render import RenderSettings
+from .data import RenderedBatches, batch_loader, encode_targets, load_training_data, split_by_object
+
+
+from .loss import multitask_loss
+from .ranks import pick_device
+from .recipe import Recipe, TASKS
+
+
+def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
+    """Per-row targets and outputs over `loader`, in its order (normalised units) and the losses."""
+    model.eval()
+    rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mask", "z_mu", "z_sigma", "stellar_true",
+                            "stellar_pred", "stellar_mask", "loss")}
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast():
+                out = model(batch["pixels"])
+            loss, _ = multitask_loss(out, batch, {}, tasks)
+            rows["loss"].append(float(loss.detach()))
+            rows["cls_true"].append(batch["class"].cpu().numpy())
+            rows["cls_pred"].append(out["class_logits"].float().argmax(1).cpu().numpy())
+            rows["z_true"].append(batch["z"].cpu().numpy())
+            rows["z_mask"].append(batch["z_mask"].cpu().numpy())
+            rows["z_mu"].append(out["z_mean"].float().cpu().numpy())
+            rows["z_sigma"].append(out["z_log_sigma"].float().exp().cpu().numpy())
+            rows["stellar_true"].append(batch["stellar"].cpu().numpy())
+            rows["stellar_pred"].append(out["stellar"].float().cpu().numpy())
+            rows["stellar_mask"].append(batch["stellar_mask"].cpu().numpy())
+    model.train()
+    return {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
+
+
+def stellar_physical(rows: dict, norms: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) (n, 3) Teff, log g, [Fe/H] in physical units, NaN where unlabelled."""
+    true = np.full(rows["stellar_true"].shape, np.nan)
+    pred = np.full(rows["stellar_pred"].shape, np.nan)
+    for i, key in enumerate(STELLAR_LABELS):
+        m = rows["stellar_mask"][:, i]
+        true[m, i] = norms[key].decode(rows["stellar_true"][m, i].astype(float))
+        pred[:, i] = norms[key].decode(rows["stellar_pred"][:, i].astype(float))
+    return true, pred
+
+
+def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS, rows: dict | None = None) -> dict:
+    """Metrics in physical units over `loader` (or over `rows` from `predict_rows`): loss, and per
+    task accuracy / z R², NMAD, η, CRPS / Teff, logg, [Fe/H] R² (and the number of labelled rows
+    each used)."""
+    from ..metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
+
+    cat = predict_rows(model, loader, device, autocast, tasks) if rows is None else rows
+    metrics = {"loss": float(cat["loss"].mean()), "n": int(len(cat["cls_true"]))}
+    if "class" in tasks:
+        labelled = cat["cls_true"] != -100
+        metrics["class_accuracy"] = accuracy(cat["cls_true"][labelled], cat["cls_pred"][labelled])
+        metrics["class_n"] = int(labelled.sum())
+    if "z" in tasks:
+        m, z_norm = cat["z_mask"], norms["z"]
+        mu, sigma = cat["z_mu"][m].astype(float), cat["z_sigma"][m].astype(float)
+        z_true, z_pred = z_norm.decode(cat["z_true"][m].astype(float)), z_norm.decode(mu)
+        z_sigma = z_norm.decode_sigma(mu, sigma)
+        metrics.update({"z_r2": r2_score(z_true, z_pred), "z_nmad": nmad(z_true, z_pred),
+                        "z_eta": outlier_fraction(z_true, z_pred), "z_crps": gaussian_crps(z_true, z_pred, z_sigma),
+                        "z_n": int(m.sum())})
+    if "stellar" in tasks:
+        true, pred = stellar_physical(cat, norms)
+        for i, key in enumerate(STELLAR_LABELS):
+            m = cat["stellar_mask"][:, i]
+            metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true[m, i], pred[m, i]), int(m.sum())
+    return metrics
+
+
+def validation_score(metrics: dict, tasks: tuple) -> float:
+    """Higher is better: the mean over tasks of class accuracy, z R² and the mean stellar R²."""
+    parts = []
+    if "class" in tasks:
+        parts.append(metrics.get("class_accuracy", math.nan))
+    if "z" in tasks:
+        parts.append(metrics.get("z_r2", math.nan))
+    if "stellar" in tasks:
+        stellar = [metrics.get(f"{k}_r2", math.nan) for k in STELLAR_LABELS]
+        stellar = [v for v in stellar if math.isfinite(v)]
+        parts.append(sum(stellar) / len(stellar) if stellar else math.nan)
+    finite = [p for p in parts if math.isfinite(p)]
+    return sum(finite) / len(finite) if finite else -math.inf
+
+
+def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms: dict, settings: RenderSettings,
+                     device, autocast) -> tuple[dict, dict, dict]:
+    """Metrics on the test split, on the spectra of held-out stars (with RMSE by S/N next to the
+    k-nearest-templates baseline, `stellarbaseline`) and on the robustness sets (empty where
+    absent)."""
+
+    def batches(part: dict, rows: np.ndarray):
+        dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std)
+        indices = np.flatnonzero(rows)
+        return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
+
+    def everything(part: dict):
+        return batches(part, np.ones(len(part["flux"]), bool))
+
+    tasks = tuple(recipe.tasks)
+    test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks) \
+        if (split == "test").any() else {}
+    extra = data.get("held_out_stars")
+    held_out = {}
+    if extra is not None:
+        rows = predict_rows(model, everything(extra), device, autocast, tasks)
+        held_out = evaluate(model, None, norms, device, autocast, tasks, rows=rows)
+        if "stellar" in tasks and "train_star_indices" in data and "snr" in extra:
+            held_out["stellar"] = stellar_comparison(rows, norms, extra, data["train_star_indices"], WavelengthGrid(**recipe.grid))
+    robustness = {name: evaluate(model, everything(part), norms, device, autocast, tasks)
+                  for name, part in data.get("robustness", {}).items()}
+    return test, held_out, robustness
+
+
+def stellar_comparison(rows: dict, norms: dict, stars: dict, train_star_indices: np.ndarray, grid: WavelengthGrid) -> dict:
+    """The ViT's and the k-nearest-templates baseline's Teff / log g / [Fe/H] on held-out stars, by
+    S/N: {'vit': report, 'baseline': report} (`stellarbaseline.stellar_report`)."""
+    from .. import stellarbaseline
+    from ..simulate.templates import load_library
+
+    true, vit = stellar_physical(rows, norms)
+    templates, usable, labels = stellarbaseline.template_stars(load_library(), np.asarray(train_star_indices), grid)
+    baseline = stellarbaseline.nearest_templates(stars["flux"], stars["ivar"], templates, usable, labels)
+    snr = np.asarray(stars["snr"], float)
+    return {"vit": stellarbaseline.stellar_report(true, vit, snr),
+            "baseline": stellarbaseline.stellar_report(true, baseline, snr),
+            "baseline_method": f"mean labels of the {stellarbaseline.K} training stars nearest by χ²"}
+
+
+def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
+    """Recompute the held-out metrics of the checkpoint in `folder`, trained with `recipe` (same
+    data, same split, same label normalisation), and store them in its card; the weights are
+    untouched. For when the metric definitions change after training."""
+    from ..checkpoint import load_checkpoint, write_card
+
+    device = pick_device(recipe.device)
+    model, card = load_checkpoint(folder, str(device))
+    data = load_training_data(recipe.data, card.grid)
+    split = data.get("split")
+    if split is None:
+        split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
+    use_bf16 = recipe.precision == "bf16" and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    test, held_out, robustness = held_out_metrics(model, recipe, data, split, card.label_norm, card.render, device,
+                                                  autocast)
+    training = {**card.training, "test": test, "held_out_stars": held_out, "annotate_version": __version__,
+                **({"robustness": robustness} if robustness else {})}
+    write_card(folder, ModelCard(**{**card.__dict__, "training": training}))
+    from .log import summary_lines
+
+    for line in summary_lines(training):
+        log(line)
+    return training

@@ -1,0 +1,83 @@
+"""A training recipe (YAML): data, backbone, tasks, optimiser, epochs, checked whole when it is read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..model import check_backbone_name
+from ..render import RenderSettings
+
+
+TASKS = ("class", "z", "stellar")
+
+
+# recipe fields that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe; every field is documented in training/README.md."""
+
+    name: str
+    data: dict
+    backbone: str = "vit-tiny"
+    pretrained: bool = True
+    tasks: tuple = TASKS
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    loss_weights: dict = field(default_factory=lambda: {"class": 1.0, "z": 1.0, "stellar": 1.0})
+    select_by: str = "score"
+    render: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    image_mean: float = 0.5
+    image_std: float = 0.5
+    num_workers: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    save_half: bool = False
+    max_steps: int | None = None
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        from ..yamlconfig import read_fields
+
+        raw = read_fields(path, cls, "recipe")
+        if "tasks" in raw:
+            raw["tasks"] = tuple(raw["tasks"]) if isinstance(raw["tasks"], (list, tuple)) else (raw["tasks"],)
+        recipe = cls(**raw)
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        check_backbone_name(self.backbone)
+        sources = {"catalog"} if "catalog" in self.data else set(self.data) & {"simulate", "store"}
+        if len(sources) != 1 or ("images" in self.data and set(self.data) - {"store", "images"}) \
+                or ("catalog" in self.data and "simulate" in self.data):
+            raise ConfigError("recipe 'data' must have exactly one of: simulate, store, catalog "
+                              "(and, with store alone, optionally images: an image store made by annotate render)")
+        if "simulate" in self.data and len(self.data) != 1:
+            raise ConfigError("recipe 'data.simulate' takes no other data keys")
+        if not self.tasks or set(self.tasks) - set(TASKS):
+            raise ConfigError(f"recipe tasks must be a non-empty list of {', '.join(TASKS)}")
+        if self.select_by not in ("score", "loss"):
+            raise ConfigError("select_by must be score (validation accuracy / R²) or loss")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError("precision must be fp32 or bf16")
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 0:
+            raise ConfigError("epochs and batch_size must be >= 1, checkpoint_every >= 0")
+        RenderSettings.from_dict(self.render)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
