@@ -13,7 +13,8 @@ from astropy.io import fits
 from astropy.table import Table
 from PIL import Image
 
-from annotate.crosscheck import compute, crosscheck, disagreements, pull_summary, pulls
+from annotate.crosscheck import crosscheck
+from annotate.crosscheck.assess import compute, disagreements, pull_summary, pulls
 from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog
 from annotate.catalogs.fits_writer import write_fits
@@ -54,7 +55,7 @@ def _annotated(tmp_path):
 
 
 def test_compared_rows_and_exclusions(tmp_path):
-    from annotate.crosscheck import read_annotated
+    from annotate.crosscheck.read import read_annotated
 
     reference, pred, _, selected, _ = read_annotated(_annotated(tmp_path))
     metrics, compared = compute(reference, pred, selected)
@@ -75,7 +76,7 @@ def test_compared_rows_and_exclusions(tmp_path):
 
 
 def test_disagreements_worst_first(tmp_path):
-    from annotate.crosscheck import read_annotated
+    from annotate.crosscheck.read import read_annotated
 
     reference, pred, _, selected, paths = read_annotated(_annotated(tmp_path))
     _, compared = compute(reference, pred, selected)
@@ -194,7 +195,7 @@ def test_pull_summary_of_known_pulls():
 
 
 def test_vit_and_final_side_by_side(tmp_path):
-    from annotate.crosscheck import read_annotated
+    from annotate.crosscheck.read import read_annotated
 
     reference, pred, _, selected, _ = read_annotated(_vit_and_fit(tmp_path))
     metrics, compared = compute(reference, pred, selected)
@@ -227,7 +228,7 @@ def test_vit_and_final_side_by_side(tmp_path):
 
 
 def test_catalog_without_vit_columns_keeps_the_old_report(tmp_path):
-    from annotate.crosscheck import read_annotated
+    from annotate.crosscheck.read import read_annotated
 
     old = _without_vit_columns(_vit_and_fit(tmp_path), tmp_path / "old.annotated.fits")
     reference, pred, _, selected, _ = read_annotated(old)
@@ -291,7 +292,7 @@ def _twenty_rows(tmp_path, zwarning=None, objtype=None, provenance=None, name="l
 
 def _store_for(catalog):
     """A spectra store beside the annotated catalog, with its rows' ids and flat spectra."""
-    from annotate.crosscheck import read_annotated
+    from annotate.crosscheck.read import read_annotated
     from annotate.grid import WavelengthGrid
     from annotate.pipeline import default_store_path
     from annotate.store import create_store, write_rows
@@ -421,7 +422,7 @@ def test_every_axis_label_has_its_quantity_and_unit(tmp_path, monkeypatch):
 
 
 def test_flux_unit_from_the_store_or_the_survey():
-    from annotate.crosscheck import flux_unit
+    from annotate.crosscheck.figures import flux_unit
 
     assert flux_unit({}, "sdss") == "10⁻¹⁷ erg/s/cm²/Å"
     assert flux_unit({}, "lamost_lrs") == "survey units"
