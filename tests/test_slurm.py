@@ -281,20 +281,32 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
 def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(slurm_conf, tmp_path, capsys):
     """A 1-minute job limit and more training than fits in it on one core: Slurm signals the job
     before its limit, submitit requeues it (TrainJob is Checkpointable), and the requeued job resumes
-    from the saved state instead of starting over. 120 epochs: 60 (~70 s on a slow day) finished
-    within the first 40 s on a fast one, before any signal."""
-    epochs = 120
+    from the saved state instead of starting over. Slurm checks limits every ~30 s, so the signal
+    comes 40-70 s into the job: the epochs are sized from this machine's own speed on one thread to
+    take about 80 s, longer than that on any machine and done after one or two requeues."""
+    import torch
     import yaml
 
     from annotate.cli import main
+    from annotate.training import Recipe, train
     from test_train import _labelled_store
 
     store = _labelled_store(tmp_path / "train.h5", n=150)
+    spec = {"name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "batch_size": 8,
+            "lr": 1e-3, "val_fraction": 0.1, "test_fraction": 0.1, "device": "cpu", "checkpoint_every": 20}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = {}
+        for n in (1, 2, 8):  # the first pays for imports and caches; the difference of the others leaves out the set-up
+            start = time.perf_counter()
+            train(Recipe(**spec, epochs=n), tmp_path / f"speed-{n}", log=lambda line: None)
+            seconds[n] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    epochs = min(2000, max(60, math.ceil(80.0 / max((seconds[8] - seconds[2]) / 6, 0.04))))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": epochs,
-        "batch_size": 8, "lr": 1e-3, "val_fraction": 0.1, "test_fraction": 0.1, "device": "cpu",
-        "checkpoint_every": 20}))
+    recipe.write_text(yaml.safe_dump({**spec, "epochs": epochs}))
     profile = tmp_path / "profile.yaml"
     profile.write_text("partition: debug\ncpus_per_task: 1\nmem_gb: 1\ntime_min: 1\nsignal_delay_s: 20\n")
     out = tmp_path / "model"

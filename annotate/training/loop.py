@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from ..model import build_model
 from ..render import RenderSettings
 from .data import (RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm, image_store_settings,
                    load_training_data, split_by_object)
-
 from .evaluate import evaluate, held_out_metrics, validation_score
 from .loss import multitask_loss
 from .ranks import start_ranks
@@ -69,8 +69,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     stops it the same way when it says True (a SLURM job's timeout signal). A stopped call returns
     {'stopped': True, 'epochs_done', 'step'}. `on_step(step, total_steps, loss)` follows every step
     (a progress bar); `log` gets a readable line per epoch and the summary at the end."""
-    from .log import epoch_line, plot_learning_curve, summary_lines, write_history
-    from .state import TrainState, latest_state, load_state, read_state_json, save_state
+    from .log import summary_lines
 
     out_dir = Path(out_dir)
     finished = out_dir / "training.json"
@@ -79,15 +78,154 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
         _check_resumable(summary.get("recipe", {}), recipe, out_dir)
         log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
         return summary
+    run = _setup(recipe, out_dir, log)
+    deadline = run.started + 60.0 * max_minutes if max_minutes is not None else None
+    stop = _Stop(deadline, max_minutes, stop_requested)
+    stopped = False
+    run.model.train()
+    while run.state.epoch < recipe.epochs and not run.done():
+        if max_epochs is not None and run.state.epoch >= max_epochs:
+            stopped = True
+            break
+        epoch_start = time.time()
+        if _run_epoch(run, stop, on_step):
+            stopped = True
+            break
+        _end_epoch(run, time.time() - epoch_start)
+    if stopped:
+        log(f"stopped after {run.state.epoch} of {recipe.epochs} epochs (step {run.state.step}), the state saved; "
+            f"rerun the same command to continue")
+        run.ranks.barrier()
+        return {"stopped": True, "epochs_done": run.state.epoch, "step": run.state.step}
+    summary = {}
+    if run.ranks.main:
+        summary = _finish(recipe, out_dir, run.data, run.split, run.norms, run.settings, run.device, run.autocast,
+                          run.card_base, run.state, time.time() - run.started)
+        for line in summary_lines(summary):
+            log(line)
+    run.ranks.barrier()
+    return summary
+
+
+@dataclass
+class _Stop:
+    """When a call stops before its recipe's end: a time cap, or the scheduler's signal."""
+
+    deadline: float | None
+    minutes: float | None
+    requested: object  # () -> bool, or None
+
+    def reason(self, ranks, now: float) -> str | None:
+        """Why to stop now (every rank agreeing), or None."""
+        if self.deadline is not None and ranks.agree(now >= self.deadline):
+            return f"the {self.minutes:g}-minute cap"
+        if self.requested is not None and ranks.agree(self.requested()):
+            return "the scheduler's timeout signal"
+        return None
+
+
+@dataclass
+class _Run:
+    """What one call of `train` sets up once (`_setup`) and its epochs share."""
+
+    recipe: Recipe
+    out_dir: Path
+    log: object
+    ranks: object
+    settings: RenderSettings
+    grid: WavelengthGrid
+    data: dict
+    split: np.ndarray
+    train_rows: np.ndarray
+    norms: dict
+    dataset: RenderedBatches
+    val_batches: list
+    model: nn.Module
+    forward: nn.Module
+    optimiser: torch.optim.Optimizer
+    schedule: object
+    state: object
+    total_steps: int
+    card_base: dict
+    started: float
+    last_save: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ranks.device
+
+    @property
+    def pin(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        enabled = self.recipe.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def done(self) -> bool:
+        return bool(self.recipe.max_steps) and self.state.step >= self.recipe.max_steps
+
+    def save(self, reason: str) -> None:
+        from .state import save_state
+
+        if self.ranks.main:
+            where = save_state(self.out_dir, self.state, self.model, self.optimiser, self.schedule,
+                               self.recipe.to_json(), world_size=self.ranks.world_size)
+            self.log(f"state saved at step {self.state.step} ({reason}): {where}")
+        self.ranks.barrier()
+        self.last_save = time.time()
+
+
+def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
+    """The folder marked, the resumable state checked, the data loaded and split, the model,
+    optimiser and schedule built, and the saved state loaded where there is one."""
+    from ..checkpoint import backbone_dict
+    from .state import TrainState, load_state
+
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = start_ranks(recipe.device)
     if ranks.main:  # marks the folder as a training folder from the start (annotate status)
         tmp = out_dir / "recipe.json.tmp"
         tmp.write_text(json.dumps(recipe.to_json(), indent=1) + "\n")
         tmp.replace(out_dir / "recipe.json")
-    device = ranks.device
     torch.manual_seed(recipe.seed)
     grid = WavelengthGrid(**recipe.grid)
+    settings = _render_settings(recipe, grid)
+    resume_from = _resumable_state(recipe, out_dir, ranks)
+    started = time.time()
+    data, split, norms = _load_data(recipe, grid, ranks)
+    train_rows = np.flatnonzero(split == "train")
+    log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
+        f"({time.time() - started:.0f} s)")
+    dataset = RenderedBatches(data, encode_targets(data, norms), settings, recipe.image_mean, recipe.image_std)
+    val_rows = np.flatnonzero(split == "val")
+    val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
+    model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(ranks.device)
+    freeze_unused_heads(model, recipe.tasks)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
+                                  weight_decay=recipe.weight_decay)
+    steps_per_epoch = len(epoch_batches(train_rows, recipe.batch_size, recipe.seed, 0, ranks.world_size)) \
+        // ranks.world_size
+    total_steps = recipe.epochs * steps_per_epoch
+    if recipe.max_steps:
+        total_steps = min(total_steps, recipe.max_steps)
+    schedule = _schedule(optimiser, recipe, max(total_steps, 1))
+    state = TrainState(history=[])
+    if resume_from is not None:
+        state = load_state(resume_from, model, optimiser, schedule)
+        log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
+    forward = model
+    if ranks.world_size > 1:
+        device = ranks.device
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
+                     name=recipe.name)
+    return _Run(recipe, out_dir, log, ranks, settings, grid, data, split, train_rows, norms, dataset, val_batches,
+                model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
+
+
+def _render_settings(recipe: Recipe, grid: WavelengthGrid) -> RenderSettings:
+    """The recipe's rendering, or the image store's (which a recipe may not contradict)."""
     settings = RenderSettings.from_dict(recipe.render)
     if "images" in recipe.data:
         stored = image_store_settings(recipe.data["images"])
@@ -95,6 +233,13 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
             raise ConfigError(f"recipe render settings differ from those of the image store {recipe.data['images']}")
         settings = stored
     settings.check_grid(grid.n_pix)
+    return settings
+
+
+def _resumable_state(recipe: Recipe, out_dir: Path, ranks) -> Path | None:
+    """The newest saved state of an interrupted run of this recipe with as many processes, or None."""
+    from .state import latest_state, read_state_json
+
     resume_from = latest_state(out_dir)
     if resume_from is not None:
         saved = read_state_json(resume_from)
@@ -102,9 +247,13 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
         if saved.get("world_size", ranks.world_size) != ranks.world_size:  # states of older versions lack it
             raise ConfigError(f"{out_dir} holds a run interrupted with {saved['world_size']} processes; resume it "
                               f"with as many (now {ranks.world_size}): the data order depends on them")
-    started = time.time()
-    # rank 0 loads first (a catalog source may have to ingest its spectra into the store once) and
-    # tells the others whether it could, so that an error there does not leave them waiting
+    return resume_from
+
+
+def _load_data(recipe: Recipe, grid: WavelengthGrid, ranks) -> tuple[dict, np.ndarray, dict]:
+    """(data, split, label normalisation). Rank 0 loads first (a catalog source may have to ingest
+    its spectra into the store once) and tells the others whether it could, so that an error there
+    does not leave them waiting."""
     if ranks.main:
         try:
             data = load_training_data(recipe.data, grid)
@@ -119,131 +268,70 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     split = data.get("split")
     if split is None:
         split = split_by_object(np.asarray(data["object"]), recipe.val_fraction, recipe.test_fraction, recipe.seed)
-    train_rows = np.flatnonzero(split == "train")
     for part in ("train", "val"):
         if not (split == part).any():
             raise ConfigError(f"the {part} split is empty ({len(split)} rows, val_fraction {recipe.val_fraction}, "
                               f"test_fraction {recipe.test_fraction}): give the recipe more data or other fractions")
-    norms = fit_label_norm(data, split == "train")
-    targets = encode_targets(data, norms)
-    log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
-        f"({time.time() - started:.0f} s)")
+    return data, split, fit_label_norm(data, split == "train")
 
-    dataset = RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
-    pin = device.type == "cuda"
-    val_batches = [b for b in np.array_split(np.flatnonzero(split == "val"),
-                                             max(1, math.ceil((split == "val").sum() / recipe.batch_size))) if len(b)]
-    model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(device)
-    freeze_unused_heads(model, recipe.tasks)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = len(epoch_batches(train_rows, recipe.batch_size, recipe.seed, 0, ranks.world_size)) \
-        // ranks.world_size
-    total_steps = recipe.epochs * steps_per_epoch
-    if recipe.max_steps:
-        total_steps = min(total_steps, recipe.max_steps)
-    schedule = _schedule(optimiser, recipe, max(total_steps, 1))
-    state = TrainState(history=[])
-    if resume_from is not None:
-        state = load_state(resume_from, model, optimiser, schedule)
-        log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
-    use_bf16 = recipe.precision == "bf16" and device.type == "cuda"
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
+    """The rest of the current epoch's batches (from `state.batch`), saving the state on schedule;
+    True when the call must stop here (the state saved)."""
+    recipe, state, ranks = run.recipe, run.state, run.ranks
+    mine = epoch_batches(run.train_rows, recipe.batch_size, recipe.seed, state.epoch, ranks.world_size)
+    mine = mine[ranks.rank::ranks.world_size]
+    for batch in batch_loader(run.dataset, mine[state.batch:], recipe.num_workers, run.pin):
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        with run.autocast():
+            out = run.forward(batch["pixels"])
+        loss, _ = multitask_loss(out, batch, recipe.loss_weights, recipe.tasks)
+        run.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+        run.optimiser.step()
+        run.schedule.step()
+        state.step, state.batch = state.step + 1, state.batch + 1
+        state.loss_sum += float(loss.detach())
+        if on_step is not None and ranks.main:
+            on_step(state.step, run.total_steps, state.loss_sum / state.batch)
+        if run.done():
+            return False
+        now = time.time()
+        reason = stop.reason(ranks, now)
+        if reason is not None:
+            run.save(f"epoch {state.epoch + 1}, batch {state.batch}; {reason}")
+            return True
+        if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
+                ranks.agree(now - run.last_save > 60 * recipe.checkpoint_minutes):
+            run.save(f"epoch {state.epoch + 1}, batch {state.batch}")
+    return False
 
-    forward = model
-    if ranks.world_size > 1:
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from ..checkpoint import backbone_dict
 
-    card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
-                     name=recipe.name)
-    last_save = time.time()
+def _end_epoch(run: _Run, seconds: float) -> None:
+    """Validation metrics into the history and the log line, the checkpoint where the epoch is the
+    best so far, the learning curve; then the next epoch begins with its state saved."""
+    from .log import epoch_line, plot_learning_curve, write_history
 
-    def save(reason: str) -> None:
-        nonlocal last_save
-        if ranks.main:
-            where = save_state(out_dir, state, model, optimiser, schedule, recipe.to_json(), world_size=ranks.world_size)
-            log(f"state saved at step {state.step} ({reason}): {where}")
-        ranks.barrier()
-        last_save = time.time()
-
-    def done() -> bool:
-        return bool(recipe.max_steps) and state.step >= recipe.max_steps
-
-    deadline = started + 60.0 * max_minutes if max_minutes is not None else None
-    stopped = False
-    model.train()
-    while state.epoch < recipe.epochs and not done():
-        if max_epochs is not None and state.epoch >= max_epochs:
-            stopped = True
-            break
-        mine = epoch_batches(train_rows, recipe.batch_size, recipe.seed, state.epoch, ranks.world_size)
-        mine = mine[ranks.rank::ranks.world_size]
-        loader = batch_loader(dataset, mine[state.batch:], recipe.num_workers, pin)
-        epoch_start = time.time()
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast():
-                out = forward(batch["pixels"])
-            loss, _ = multitask_loss(out, batch, recipe.loss_weights, recipe.tasks)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            schedule.step()
-            state.step, state.batch = state.step + 1, state.batch + 1
-            state.loss_sum += float(loss.detach())
-            if on_step is not None and ranks.main:
-                on_step(state.step, total_steps, state.loss_sum / state.batch)
-            if done():
-                break
-            now = time.time()
-            if deadline is not None and ranks.agree(now >= deadline):
-                save(f"epoch {state.epoch + 1}, batch {state.batch}; the {max_minutes:g}-minute cap")
-                stopped = True
-                break
-            if stop_requested is not None and ranks.agree(stop_requested()):
-                save(f"epoch {state.epoch + 1}, batch {state.batch}; the scheduler's timeout signal")
-                stopped = True
-                break
-            if (recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0) or \
-                    ranks.agree(now - last_save > 60 * recipe.checkpoint_minutes):
-                save(f"epoch {state.epoch + 1}, batch {state.batch}")
-        if stopped:
-            break
-        if ranks.main:
-            val = evaluate(model, batch_loader(dataset, val_batches, recipe.num_workers, pin), norms, device,
-                           autocast, recipe.tasks)
-            record = {"epoch": state.epoch + 1, "step": state.step,
-                      "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
-                      **{f"val_{k}": v for k, v in val.items()}}
-            record["val_score"] = validation_score(val, recipe.tasks)
-            state.history.append(record)
-            log(epoch_line(record, recipe.epochs))
-            if state.best is None or _better(record, state.best, recipe.select_by):
-                state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
-                card = ModelCard(**card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
+    recipe, state = run.recipe, run.state
+    if run.ranks.main:
+        val = evaluate(run.model, batch_loader(run.dataset, run.val_batches, recipe.num_workers, run.pin), run.norms,
+                       run.device, run.autocast, recipe.tasks)
+        record = {"epoch": state.epoch + 1, "step": state.step,
+                  "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(seconds, 1),
+                  **{f"val_{k}": v for k, v in val.items()}}
+        record["val_score"] = validation_score(val, recipe.tasks)
+        state.history.append(record)
+        run.log(epoch_line(record, recipe.epochs))
+        if state.best is None or _better(record, state.best, recipe.select_by):
+            state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
+            card = ModelCard(**run.card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
                                                         "best_epoch": record["epoch"]})
-                save_checkpoint(model, card, out_dir, half=recipe.save_half)
-            write_history(out_dir, state.history)
-            plot_learning_curve(out_dir, state.history, recipe.name)
-        state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-        save(f"end of epoch {state.epoch}")
-
-    if stopped:
-        log(f"stopped after {state.epoch} of {recipe.epochs} epochs (step {state.step}), the state saved; "
-            f"rerun the same command to continue")
-        ranks.barrier()
-        return {"stopped": True, "epochs_done": state.epoch, "step": state.step}
-    summary = {}
-    if ranks.main:
-        summary = _finish(recipe, out_dir, data, split, norms, settings, device, autocast, card_base, state,
-                          time.time() - started)
-        for line in summary_lines(summary):
-            log(line)
-    ranks.barrier()
-    return summary
+            save_checkpoint(run.model, card, run.out_dir, half=recipe.save_half)
+        write_history(run.out_dir, state.history)
+        plot_learning_curve(run.out_dir, state.history, recipe.name)
+    state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+    run.save(f"end of epoch {state.epoch}")
 
 
 def _better(record: dict, best: dict, select_by: str) -> bool:
