@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
-from .slurm import job_states
-from .training.job import training_progress
 
 SHOWN = 10  # missing shards and failed jobs listed by name
 
@@ -39,6 +37,8 @@ def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
     jobs = sorted((p for p in folders if p.name not in arrays), key=lambda p: _job_key(p.name))
     if not jobs:
         return ["jobs: none submitted from this folder"]
+    from .slurm import job_states
+
     states = job_states([p.name for p in jobs])
     if states is None:
         return [f"jobs: {len(jobs)}, states unknown (neither squeue nor sacct answers here); logs under {slurm_folder}"]
@@ -134,6 +134,8 @@ def _training_status(folder: Path) -> list[str]:
         lines = [f"training {folder}: finished, best epoch {summary.get('best_epoch')} of "
                  f"{summary.get('recipe', {}).get('epochs')}; test {json.dumps(test)}"]
     else:
+        from .training.job import training_progress
+
         lines = [f"training {folder}: {training_progress(folder)}"]
         history = folder / "metrics.json"
         if history.is_file():

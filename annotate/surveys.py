@@ -418,8 +418,8 @@ def _mask_bits(value, source: str) -> int | None:
     if isinstance(value, bool):
         raise ConfigError(f"{source}: 'mask_bits_bad' must be a list of {{name, bit}}, a mapping or an integer")
     if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{source}: 'mask_bits_bad' must not be negative, got {value}")
+        if not 0 <= value < 2**63:
+            raise ConfigError(f"{source}: 'mask_bits_bad' as an integer must lie in 0 … 2**63 - 1, got {value}")
         return value
     items = list(value.items()) if isinstance(value, dict) else \
         [(item.get("name"), item.get("bit")) if isinstance(item, dict) else (None, item) for item in value]

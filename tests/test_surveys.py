@@ -94,7 +94,7 @@ def test_mask_bits_bad_become_one_integer_for_the_readers():
                         ({"A": 2, "B": 5}, 4 | 32), (9, 9), (None, None), ([], 0)):
         assert survey_from_dict({**base, "mask_bits_bad": value}).bad_pixel_bits == bits
     for value, message in (([{"name": "A", "bit": 70}], "bit must be an integer 0-62"),
-                           ([{"name": "A"}], "bit must be an integer"), (-1, "must not be negative"),
+                           ([{"name": "A"}], "bit must be an integer"), (-1, "must lie in 0"), (2**63, "must lie in 0"),
                            ("BRIGHTSKY", "must be a list or a mapping or an integer")):
         with pytest.raises(ConfigError, match=message):
             survey_from_dict({**base, "mask_bits_bad": value}, source="x.yaml")

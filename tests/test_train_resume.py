@@ -184,7 +184,17 @@ def test_logs_and_learning_curve(uninterrupted):
     assert json.loads((clean / "training.json").read_text())["recipe"]["name"] == "resume-test"
 
 
-def _two_ranks(recipe_path, out, port_offset: int = 0) -> tuple[list[int], list[tuple[str, str]]]:
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the system's choice), for the ranks' rendezvous: a fixed
+    or pid-derived one can be taken by another test's Dask or SLURM processes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_ranks(recipe_path, out) -> tuple[list[int], list[tuple[str, str]]]:
     """Train with two torchrun-style CPU ranks (gloo); their exit codes and (stdout, stderr)."""
     script = textwrap.dedent(f"""
         import os, sys
@@ -192,9 +202,10 @@ def _two_ranks(recipe_path, out, port_offset: int = 0) -> tuple[list[int], list[
         train(Recipe.from_yaml({str(recipe_path)!r}), {str(out)!r}, log=lambda line: print(os.environ["RANK"], line))
     """)
     procs = []
+    port = _free_port()
     for rank in range(2):
         env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + (os.getpid() + port_offset) % 1000)}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -205,7 +216,7 @@ def _two_ranks(recipe_path, out, port_offset: int = 0) -> tuple[list[int], list[
 def test_a_data_error_on_rank_0_ends_every_rank(tmp_path, store):
     """Rank 0 loads the data first; when it cannot, the other ranks are told and stop too."""
     recipe_path = _recipe_file(tmp_path, tmp_path / "no-such-store.h5", epochs=1)
-    codes, outputs = _two_ranks(recipe_path, tmp_path / "ddp", port_offset=7)
+    codes, outputs = _two_ranks(recipe_path, tmp_path / "ddp")
     assert codes[0] != 0 and codes[1] != 0
     assert "no-such-store.h5" in outputs[0][1]
     assert "rank 0 could not load the training data" in outputs[1][1]

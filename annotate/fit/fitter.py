@@ -252,6 +252,8 @@ class Fitter:
                 if basis.name not in products:
                     products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
                 points = self._whole_pixels(products[basis.name], shift, 0)
+                if not any(np.isfinite(value) for value in points.values()):  # walk on before giving up
+                    self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype) + 1, points)
                 if any(np.isfinite(value) for value in points.values()):
                     staged.append((item, products[basis.name], points))
                     continue

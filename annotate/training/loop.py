@@ -91,7 +91,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
         if _run_epoch(run, stop, on_step):
             stopped = True
             break
-        _end_epoch(run, time.time() - epoch_start)
+        _end_epoch(run, epoch_start)
     if stopped:
         log(f"stopped after {run.state.epoch} of {recipe.epochs} epochs (step {run.state.step}), the state saved; "
             f"rerun the same command to continue")
@@ -308,7 +308,7 @@ def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
     return False
 
 
-def _end_epoch(run: _Run, seconds: float) -> None:
+def _end_epoch(run: _Run, epoch_start: float) -> None:
     """Validation metrics into the history and the log line, the checkpoint where the epoch is the
     best so far, the learning curve; then the next epoch begins with its state saved."""
     from .log import epoch_line, plot_learning_curve, write_history
@@ -318,7 +318,7 @@ def _end_epoch(run: _Run, seconds: float) -> None:
         val = evaluate(run.model, batch_loader(run.dataset, run.val_batches, recipe.num_workers, run.pin), run.norms,
                        run.device, run.autocast, recipe.tasks)
         record = {"epoch": state.epoch + 1, "step": state.step,
-                  "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(seconds, 1),
+                  "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
                   **{f"val_{k}": v for k, v in val.items()}}
         record["val_score"] = validation_score(val, recipe.tasks)
         state.history.append(record)
