@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from ..errors import CatalogError
 from .hdf5 import is_hdf5
-from .registry import Catalog, check_catalog_file, register
+from .registry import Catalog, register
 
 COLUMN_CHUNK_ROWS = 1_000_000  # rows per memory map when one column is read whole
 
@@ -36,13 +36,13 @@ class FitsCatalog(Catalog):
                 self.colnames = list(hdul[hdu].columns.names)
                 self.n_rows = int(hdul[hdu].header["NAXIS2"])
         except OSError as exc:
-            raise CatalogError(f"{self.path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+            raise _unreadable(self.path, exc) from None
 
     def _open(self):
         try:
             return fits.open(self.path, memmap=True)
         except OSError as exc:
-            raise CatalogError(f"{self.path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+            raise _unreadable(self.path, exc) from None
 
     def read(self, names, rows: slice | None = None) -> dict:
         try:
@@ -53,7 +53,7 @@ class FitsCatalog(Catalog):
                 part = data[rows if rows is not None else slice(None)]
                 return {name: _with_nulls(np.array(part[name]), columns[name].null) for name in names}
         except OSError as exc:
-            raise CatalogError(f"{self.path}: not a readable FITS catalog ({str(exc).splitlines()[0]})") from None
+            raise _unreadable(self.path, exc) from None
 
     def read_column(self, name: str, chunk_rows: int | None = None) -> np.ndarray:
         """As stored (no text decoding), a slice of rows at a time, the file mapped afresh for
@@ -95,11 +95,15 @@ def _with_nulls(values: np.ndarray, null) -> np.ndarray:
     return np.ma.MaskedArray(values, mask=missing) if missing.any() else values
 
 
+def _unreadable(path: Path, exc: OSError) -> CatalogError:
+    return CatalogError(f"{path}: not a readable FITS catalog ({str(exc).splitlines()[0]})")
+
+
 def _check_fits_file(path: Path) -> None:
-    """CatalogError for a missing file, or a plain FITS file cut short (FITS files are whole
-    2880-byte blocks; compressed ones are checked by astropy as it reads)."""
+    """CatalogError for a plain FITS file cut short (FITS files are whole 2880-byte blocks;
+    compressed ones are checked by astropy as it reads). `open_catalog` has checked that the
+    file exists and is a regular file."""
     path = Path(path)
-    check_catalog_file(path)
     if _is_plain_fits(path) and path.stat().st_size % 2880:
         raise CatalogError(f"{path}: truncated or damaged FITS file ({path.stat().st_size} bytes, "
                            "not a whole number of 2880-byte blocks)")

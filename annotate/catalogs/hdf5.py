@@ -25,7 +25,7 @@ import numpy as np
 from .. import interrupts
 from ..columns import OUTPUT_COLUMNS
 from ..errors import CatalogError, OutputError
-from .registry import PRED_BYTES_PER_ROW, Catalog, check_free_space
+from .registry import PRED_BYTES_PER_ROW, Catalog, check_free_space, register
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 PANDAS_TYPES = ("frame_table", "frame")
@@ -134,17 +134,14 @@ CONVENTIONS: dict[str, type] = {}  # 'pandas' / 'astropy' -> its HDF5Table subcl
 
 
 def open_hdf5(path: str | Path, hdu: int = 1) -> HDF5Table:
-    """The one table of an HDF5 catalog, in its convention (`hdu` is for FITS and not used)."""
+    """The one table of an HDF5 catalog, in the convention `find_table` reads off the file (its
+    subclass registered in CONVENTIONS by hdf5_pandas / hdf5_astropy); `hdu` is FITS's."""
     convention, key = find_table(path)
     return CONVENTIONS[convention](path, key)
 
 
-def is_convention(convention: str):
-    """identify(path) for the format of one convention (a file of several tables is refused by
-    the opener, naming them)."""
-    def identify(path: Path) -> bool:
-        return is_hdf5(path) and find_table(path)[0] == convention
-    return identify
+# one format for both conventions: the file says which (find_table), read once when it is opened
+register("hdf5", is_hdf5, priority=10)(open_hdf5)
 
 
 # set once an HDF5 write failed in this process: the HDF5 library may then hold a file it cannot

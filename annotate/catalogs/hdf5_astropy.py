@@ -11,9 +11,7 @@ import numpy as np
 
 from ..columns import OUTPUT_COLUMNS
 from . import hdf5
-from .hdf5 import (CONVENTIONS, META_SUFFIX, HDF5Table, _attr_text, _copy_tree, _text, is_convention,
-                   open_hdf5)
-from .registry import register
+from .hdf5 import (CONVENTIONS, META_SUFFIX, HDF5Table, _attr_text, _copy_tree, _text)
 
 
 class AstropyCatalog(HDF5Table):
@@ -127,4 +125,3 @@ def _meta_lines(lines: list[str], dtype: np.dtype, cards: dict) -> list[str]:
 
 
 CONVENTIONS["astropy"] = AstropyCatalog
-register("hdf5_astropy", is_convention("astropy"), priority=10)(open_hdf5)

@@ -12,8 +12,7 @@ import numpy as np
 from ..columns import OUTPUT_COLUMNS
 from ..errors import CatalogError
 from . import hdf5
-from .hdf5 import CONVENTIONS, HDF5Table, _copy_tree, _text, is_convention, open_hdf5
-from .registry import register
+from .hdf5 import CONVENTIONS, HDF5Table, _copy_tree, _text
 
 
 class PandasCatalog(HDF5Table):
@@ -161,4 +160,3 @@ def refuse_pickled_objects(path: Path) -> None:
 
 
 CONVENTIONS["pandas"] = PandasCatalog
-register("hdf5_pandas", is_convention("pandas"), priority=10)(open_hdf5)

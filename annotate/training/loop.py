@@ -133,7 +133,6 @@ class _Run:
     log: object
     ranks: object
     settings: RenderSettings
-    grid: WavelengthGrid
     data: dict
     split: np.ndarray
     train_rows: np.ndarray
@@ -220,7 +219,7 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
                      name=recipe.name)
-    return _Run(recipe, out_dir, log, ranks, settings, grid, data, split, train_rows, norms, dataset, val_batches,
+    return _Run(recipe, out_dir, log, ranks, settings, data, split, train_rows, norms, dataset, val_batches,
                 model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
 
 
