@@ -37,6 +37,7 @@ BACKBONES = {
     "vit-tiny-p32": Preset(128, 4, 4, 512, patch_size=32),
     "vit-mini-p32": Preset(128, 2, 4, 512, patch_size=32),
     "vit-wide-p32": Preset(192, 6, 6, 768, patch_size=32),
+    "vit-medium-p28": Preset(256, 8, 4, 1024, patch_size=28),
     "vit-small": Preset(384, 12, 6, 1536),
 }
 PRETRAINED = ("facebook/dino-vitb16", "facebook/dino-vits16", "google/vit-base-patch16-224-in21k")

@@ -136,6 +136,36 @@ def test_training_from_an_image_store_sees_the_same_pixels(tmp_path):
                       render={"encoding": "simple"}), tmp_path / "c", log=lambda line: None)
 
 
+def test_batches_rendered_on_the_device_are_the_dataloaders_batches(tmp_path):
+    """render_on: device (the default on a GPU) renders with render_torch where the spectra
+    already are; on the CPU here it must give the very batches, and the same training, as the
+    DataLoader path."""
+    import torch
+
+    from annotate.render import RenderSettings
+    from annotate.training.data import DeviceBatches, RenderedBatches, store_training_data
+
+    store = _labelled_store(tmp_path / "train.h5")
+    data = store_training_data(store, WavelengthGrid())
+    targets = encode_targets(data, fit_label_norm(data, np.ones(len(data["flux"]), bool)))
+    for encoding in ("2dmap", "overlap"):
+        settings = RenderSettings(encoding=encoding)
+        rows = np.array([7, 3, 11, 0])
+        on_cpu = RenderedBatches(data, targets, settings, 0.5, 0.5)[rows]
+        on_device = DeviceBatches(data, targets, settings, 0.5, 0.5, "cpu")[rows]
+        assert set(on_cpu) == set(on_device)
+        for key in on_cpu:
+            assert torch.equal(on_cpu[key], on_device[key]), (encoding, key)
+    device = train(_recipe(tmp_path, store, render_on="device", epochs=1), tmp_path / "a", log=lambda line: None)
+    workers = train(_recipe(tmp_path, store, render_on="cpu", epochs=1), tmp_path / "b", log=lambda line: None)
+    history_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    history_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert history_a[0]["train_loss"] == pytest.approx(history_b[0]["train_loss"], rel=1e-6)
+    assert device["test"]["loss"] == pytest.approx(workers["test"]["loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="render_on must be one of auto, cpu, device"):
+        _recipe(tmp_path, store, render_on="gpu")
+
+
 # ------------------------------------------------------------------------------------------------
 # labels from a survey catalog (the real workflow)
 

@@ -260,6 +260,31 @@ class RenderedBatches(torch.utils.data.Dataset):
         return batch
 
 
+class DeviceBatches:
+    """The same batches as `RenderedBatches`, rendered on the training device (`render_torch`, whose
+    images are identical to the numpy renderers'): the spectra and targets are moved there once,
+    so a GPU is not kept waiting on CPU rendering and on copying float images to it."""
+
+    def __init__(self, data: dict, targets: dict, settings: RenderSettings, mean: float, std: float, device):
+        self.settings, self.mean, self.std, self.device = settings, mean, std, torch.device(device)
+        self.flux = torch.as_tensor(np.asarray(data["flux"], np.float32)).to(self.device)
+        self.mask = torch.as_tensor(np.asarray(data["mask"], bool)).to(self.device)
+        self.targets = {key: torch.from_numpy(values).to(self.device) for key, values in targets.items()}
+
+    def __getitem__(self, indices) -> dict:
+        from .. import render_torch
+
+        rows = torch.from_numpy(np.sort(np.asarray(indices))).to(self.device)
+        images = render_torch.render(self.flux[rows], self.mask[rows], self.settings)
+        batch = {"pixels": render_torch.to_model_input(images, self.mean, self.std)}
+        for key, values in self.targets.items():
+            batch[key] = values[rows]
+        return batch
+
+    def loader(self, batches: list):
+        return (self[b] for b in batches)
+
+
 def batch_loader(dataset: RenderedBatches, batches: list, num_workers: int = 0, pin_memory: bool = False):
     """A DataLoader over precomputed batches of row indices (rendering happens in its workers)."""
     return torch.utils.data.DataLoader(dataset, sampler=[b.tolist() for b in batches], batch_size=None,

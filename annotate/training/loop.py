@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..grid import WavelengthGrid
 from ..model import build_model
 from ..render import RenderSettings
-from .data import (RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm, image_store_settings,
+from .data import (DeviceBatches, RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm, image_store_settings,
                    load_training_data, split_by_object)
 from .evaluate import evaluate, held_out_metrics, validation_score
 from .loss import multitask_loss
@@ -137,7 +137,7 @@ class _Run:
     split: np.ndarray
     train_rows: np.ndarray
     norms: dict
-    dataset: RenderedBatches
+    dataset: RenderedBatches | DeviceBatches
     val_batches: list
     model: nn.Module
     forward: nn.Module
@@ -156,6 +156,13 @@ class _Run:
     @property
     def pin(self) -> bool:
         return self.device.type == "cuda"
+
+    def loader(self, batches: list):
+        """The batches (lists of row indices) as model inputs and targets: rendered on the device,
+        or by `num_workers` DataLoader processes."""
+        if isinstance(self.dataset, DeviceBatches):
+            return self.dataset.loader(batches)
+        return batch_loader(self.dataset, batches, self.recipe.num_workers, self.pin)
 
     def autocast(self):
         enabled = self.recipe.precision == "bf16" and self.device.type == "cuda"
@@ -196,7 +203,7 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
         f"({time.time() - started:.0f} s)")
-    dataset = RenderedBatches(data, encode_targets(data, norms), settings, recipe.image_mean, recipe.image_std)
+    dataset = _dataset(recipe, data, norms, settings, ranks.device)
     val_rows = np.flatnonzero(split == "val")
     val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
     model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(ranks.device)
@@ -221,6 +228,16 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
                      name=recipe.name)
     return _Run(recipe, out_dir, log, ranks, settings, data, split, train_rows, norms, dataset, val_batches,
                 model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
+
+
+def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device):
+    """Batches rendered on the training device (`render_on: device`, or `auto` on a GPU without
+    an image store), else on the CPU."""
+    on_device = recipe.render_on == "device" or (recipe.render_on == "auto" and device.type == "cuda")
+    targets = encode_targets(data, norms)
+    if on_device and not data.get("images_path"):
+        return DeviceBatches(data, targets, settings, recipe.image_mean, recipe.image_std, device)
+    return RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
 
 
 def _render_settings(recipe: Recipe, grid: WavelengthGrid) -> RenderSettings:
@@ -280,7 +297,7 @@ def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
     recipe, state, ranks = run.recipe, run.state, run.ranks
     mine = epoch_batches(run.train_rows, recipe.batch_size, recipe.seed, state.epoch, ranks.world_size)
     mine = mine[ranks.rank::ranks.world_size]
-    for batch in batch_loader(run.dataset, mine[state.batch:], recipe.num_workers, run.pin):
+    for batch in run.loader(mine[state.batch:]):
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
         with run.autocast():
             out = run.forward(batch["pixels"])
@@ -314,7 +331,7 @@ def _end_epoch(run: _Run, epoch_start: float) -> None:
 
     recipe, state = run.recipe, run.state
     if run.ranks.main:
-        val = evaluate(run.model, batch_loader(run.dataset, run.val_batches, recipe.num_workers, run.pin), run.norms,
+        val = evaluate(run.model, run.loader(run.val_batches), run.norms,
                        run.device, run.autocast, recipe.tasks)
         record = {"epoch": state.epoch + 1, "step": state.step,
                   "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),

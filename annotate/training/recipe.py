@@ -15,7 +15,8 @@ TASKS = ("class", "z", "stellar")
 
 
 # recipe fields that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes")
+RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes", "render_on")
+RENDER_ON = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Recipe:
     image_mean: float = 0.5
     image_std: float = 0.5
     num_workers: int = 0
+    render_on: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
     save_half: bool = False
@@ -73,6 +75,8 @@ class Recipe:
             raise ConfigError(f"recipe tasks must be a non-empty list of {', '.join(TASKS)}")
         if self.select_by not in ("score", "loss"):
             raise ConfigError("select_by must be score (validation accuracy / R²) or loss")
+        if self.render_on not in RENDER_ON:
+            raise ConfigError(f"render_on must be one of {', '.join(RENDER_ON)}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("precision must be fp32 or bf16")
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 0:
