@@ -166,6 +166,22 @@ def test_batches_rendered_on_the_device_are_the_dataloaders_batches(tmp_path):
         _recipe(tmp_path, store, render_on="gpu")
 
 
+def test_a_run_can_start_from_a_checkpoint_and_keeps_its_label_scale(tmp_path):
+    """init_from: the weights and label normalisation of an earlier checkpoint; with a zero
+    learning rate the warm-started run's held-out loss is the earlier model's."""
+    store = _labelled_store(tmp_path / "train.h5")
+    first = train(_recipe(tmp_path, store, epochs=1), tmp_path / "a", log=lambda line: None)
+    again = train(_recipe(tmp_path, store, epochs=1, lr=0.0, init_from=str(tmp_path / "a")), tmp_path / "b",
+                  log=lambda line: None)
+    assert again["test"]["loss"] == pytest.approx(first["test"]["loss"], rel=1e-5)
+    _, card_a = load_checkpoint(tmp_path / "a")
+    _, card_b = load_checkpoint(tmp_path / "b")
+    assert card_b.label_norm == card_a.label_norm
+    with pytest.raises(ConfigError, match="its backbone differ from the recipe's"):
+        train(_recipe(tmp_path, store, backbone="vit-tiny-p32", init_from=str(tmp_path / "a")), tmp_path / "c",
+              log=lambda line: None)
+
+
 # ------------------------------------------------------------------------------------------------
 # labels from a survey catalog (the real workflow)
 

@@ -200,6 +200,8 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     resume_from = _resumable_state(recipe, out_dir, ranks)
     started = time.time()
     data, split, norms = _load_data(recipe, grid, ranks)
+    weights, start_norms = _start_from(recipe, settings, grid)
+    norms = start_norms or norms
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
         f"({time.time() - started:.0f} s)")
@@ -207,6 +209,8 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     val_rows = np.flatnonzero(split == "val")
     val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
     model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(ranks.device)
+    if weights is not None:
+        model.load_state_dict(weights)
     freeze_unused_heads(model, recipe.tasks)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
                                   weight_decay=recipe.weight_decay)
@@ -238,6 +242,25 @@ def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, 
     if on_device and not data.get("images_path"):
         return DeviceBatches(data, targets, settings, recipe.image_mean, recipe.image_std, device)
     return RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
+
+
+def _start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -> tuple[dict | None, dict | None]:
+    """(weights, label normalisation) of the checkpoint the recipe starts from (`init_from`), or
+    (None, None). Its backbone, rendering and grid must be the recipe's; its label normalisation
+    is kept, so that its heads go on meaning what they meant."""
+    if not recipe.init_from:
+        return None, None
+    from ..checkpoint import backbone_dict, load_checkpoint
+    from ..model import vit_config
+
+    model, card = load_checkpoint(recipe.init_from, "cpu")
+    wanted = backbone_dict(vit_config(recipe.backbone, settings.image_size))
+    if card.backbone != wanted or card.render != settings or card.grid != grid:
+        what = [name for name, same in (("backbone", card.backbone == wanted), ("render settings", card.render == settings),
+                                        ("grid", card.grid == grid)) if not same]
+        raise ConfigError(f"init_from {recipe.init_from}: its {', '.join(what)} differ from the recipe's; "
+                          "a warm start keeps them")
+    return model.state_dict(), card.label_norm
 
 
 def _render_settings(recipe: Recipe, grid: WavelengthGrid) -> RenderSettings:

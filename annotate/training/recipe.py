@@ -27,6 +27,7 @@ class Recipe:
     data: dict
     backbone: str = "vit-tiny"
     pretrained: bool = True
+    init_from: str | None = None
     tasks: tuple = TASKS
     epochs: int = 10
     batch_size: int = 64
