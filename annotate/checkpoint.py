@@ -24,7 +24,19 @@ from .render import RenderSettings
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "spectromer-tiny"
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = SHIPPED_MODELS / "spectromer-tiny"
+
+
+def model_folder(model: str | Path | None) -> Path:
+    """The checkpoint folder a run uses: the default model for None, a folder that exists, or
+    the name of a model shipped in annotate/models (e.g. `spectromer-medium`)."""
+    if model is None or str(model) == "":
+        return DEFAULT_MODEL
+    path = Path(model)
+    if not path.exists() and path.name == str(model) and (SHIPPED_MODELS / path.name).is_dir():
+        return SHIPPED_MODELS / path.name
+    return path
 
 
 @dataclass(frozen=True)
@@ -233,7 +245,7 @@ def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
     from safetensors.torch import load_file
     from .model import SpectromerModel
 
-    folder = Path(folder) if folder is not None else DEFAULT_MODEL
+    folder = model_folder(folder)
     card = read_card(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():

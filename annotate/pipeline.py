@@ -225,9 +225,9 @@ def run(settings: RunSettings) -> RunResult:
     table = read_catalog(catalog, survey)
     out = Path(settings.out) if settings.out else default_output_path(catalog)
     store = Path(settings.store) if settings.store else default_store_path(out)
-    from .checkpoint import DEFAULT_MODEL
+    from .checkpoint import model_folder
 
-    check_outputs(out, catalog, store, Path(settings.model) if settings.model else DEFAULT_MODEL)
+    check_outputs(out, catalog, store, model_folder(settings.model))
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"output directory is missing or not writable: {out.parent}")
     if not store.parent.is_dir():
@@ -250,12 +250,12 @@ def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
 
 
 def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path) -> RunResult:
-    from .checkpoint import load_checkpoint, weights_sha256, DEFAULT_MODEL
+    from .checkpoint import load_checkpoint, model_folder, weights_sha256
     from .metrics import summary
     from .predict import precision, predict_store
 
     n_rows = len(next(iter(table.values())))
-    model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
+    model_dir = model_folder(settings.model)
     model, card = load_checkpoint(model_dir, settings.device)
 
     reference = survey.reference(table)

@@ -138,7 +138,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     """Plan, run the missing shards with `executor`, merge. Returns the RunResult, or None for a
     dry run (which prints the plan and submits nothing) and for `only_shard`: run that one shard
     here and stop (what each task of slurm/annotate-array.sbatch does; a later run merges)."""
-    from .checkpoint import DEFAULT_MODEL
+    from .checkpoint import model_folder
     from .catalogs import catalog_rows
     from .surveys import load_survey
     from .writeback import default_output_path
@@ -147,7 +147,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     survey = load_survey(settings.survey)
     n_rows = catalog_rows(catalog, survey)  # the shards and the merge read the rows they need
     out = Path(settings.out) if settings.out else default_output_path(catalog)
-    model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL
+    model_dir = model_folder(settings.model)
     from .pipeline import check_outputs
 
     check_outputs(out, catalog, None, model_dir)

@@ -145,3 +145,18 @@ def test_pretrained_backbone_from_local_folder(tmp_path):
     reference = ViTModel.from_pretrained(tmp_path / "dino-like", add_pooling_layer=False)
     assert torch.equal(model.backbone.embeddings.patch_embeddings.projection.weight,
                        reference.embeddings.patch_embeddings.projection.weight)
+
+
+def test_a_run_names_a_shipped_model_by_its_name_and_a_folder_wins(tmp_path, monkeypatch):
+    from annotate.checkpoint import DEFAULT_MODEL, SHIPPED_MODELS, model_folder
+
+    assert model_folder(None) == DEFAULT_MODEL
+    assert model_folder("spectromer-medium") == SHIPPED_MODELS / "spectromer-medium"
+    model, card = load_checkpoint("spectromer-medium")
+    assert card.name == "spectromer-medium" and card.training["best_epoch"] >= 1
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(6.9e6, rel=0.02)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spectromer-medium").mkdir()  # a folder of that name here is what the user means
+    assert model_folder("spectromer-medium").resolve() == tmp_path / "spectromer-medium"
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        load_checkpoint("no-such-model")

@@ -59,10 +59,10 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 
 
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
-             **settings) -> dict:
-    """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the
-    shipped ViT as in `annotate run` (the ViT's own time not counted). `settings`: other
-    FitSettings fields than the defaults."""
+             model: str | None = None, **settings) -> dict:
+    """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the ViT
+    of `model` (default: the shipped default model) as in `annotate run` (the ViT's own time not
+    counted). `settings`: other FitSettings fields than the defaults."""
     grid = WavelengthGrid()
     sample = held_out_sample(n, seed, grid, realism)
     vit = None
@@ -70,8 +70,11 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
         from ..checkpoint import load_checkpoint
         from ..predict import predict_batch
 
-        model, card = load_checkpoint(None, "cpu")
-        vit = predict_batch(model, card, sample["flux"], sample["mask"])
+        import torch
+
+        vit_model, card = load_checkpoint(model, "cpu")
+        with torch.inference_mode():
+            vit = predict_batch(vit_model, card, sample["flux"], sample["mask"])
     if skip_below is not None:
         settings["skip_below"] = skip_below
     fitter = Fitter(grid, FitSettings(prior=prior, **settings))
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--prior", action="store_true", help="seed the fit with the shipped ViT, as annotate run does")
+    parser.add_argument("--model", default=None, help="with --prior: the checkpoint folder (default: the shipped model)")
     parser.add_argument("--realism", type=float, default=0.0,
                         help="strength of the simulator's realism effects (annotate/simulate/realism.py); 0: none")
     parser.add_argument("--skip-below", type=float, default=None,
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if field not in FitSettings.__dataclass_fields__ or not value:
             parser.error(f"--set {item}: not FIELD=VALUE with a FitSettings field")
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
-    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, **overrides)
+    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, **overrides)
     print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}, realism "
           f"{args.realism:g}): class accuracy {result['class_accuracy']:.3f}, "
           f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
