@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device for the ViT, e.g. cpu or cuda")
     run.add_argument("--shard-size", type=int, help="split the catalog into shards of N rows, run them (resumably: "
                      "finished shards are kept in <out>.run/) and merge")
-    run.add_argument("--executor", default="local", choices=["local", "slurm"],
-                     help="where shards run: this machine (Dask) or a SLURM job array (needs --profile)")
+    run.add_argument("--executor", default="local", choices=["debug", "local", "slurm"],
+                     help="where shards run: this machine (Dask), a SLURM job array (needs --profile), or one "
+                          "after another in this process (debug)")
     run.add_argument("--profile", type=Path, help="SLURM profile YAML (see slurm/profiles/)")
     run.add_argument("--dry-run", action="store_true", help="print the shard plan (and the sbatch script) only")
     run.add_argument("--shard", type=int, metavar="INDEX", help="run only shard INDEX of the plan, here, and do not "

@@ -19,6 +19,7 @@ from .errors import OutputError
 from .flags import PredFlag
 from .fit.stage import FIT_KEYS
 from .predict import PREDICTION_KEYS
+from .runfolder import RunFolder
 from .store import STATUS
 
 SHARD_KEYS = PREDICTION_KEYS + FIT_KEYS  # what a shard file holds per row
@@ -27,20 +28,18 @@ SUMMARY_ROLES = ("class", "z", "zwarning", "snr", "teff", "logg", "feh")
 NO_REFERENCE = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
 
 
-def shard_file(folder: Path, shard) -> Path:
-    return Path(folder) / "shards" / f"{shard.name}.npz"
-
-
-def check_shards(folder: Path, shards: list, n_rows: int) -> tuple[dict, list[str]]:
+def check_shards(folder: RunFolder, shards: list, n_rows: int) -> tuple[dict, list[str]]:
     """Counts per store status over all rows and the rows' error lines; OutputError unless the
-    shard files cover rows 0..n_rows once each, in order, each holding the rows the plan says."""
+    shard files cover rows 0..n_rows once each, in order, each is the file written (its checksum)
+    and holds the rows the plan says."""
     if sum(s.stop - s.start for s in shards) != n_rows or any(a.stop != b.start for a, b in zip(shards, shards[1:])) \
             or (shards and shards[0].start != 0):
         raise OutputError(f"the plan's shards do not cover the catalog's {n_rows} rows once each")
     counts = {name: 0 for name in STATUS}
     errors: list[str] = []
     for shard in shards:
-        with np.load(shard_file(folder, shard), allow_pickle=False) as data:
+        folder.verify_shard(shard.name)
+        with np.load(folder.shard_file(shard.name), allow_pickle=False) as data:
             status = data["status"]
             if (int(data["start"]), int(data["stop"])) != (shard.start, shard.stop) or \
                     len(status) != shard.stop - shard.start:
@@ -56,13 +55,13 @@ class ShardReader:
     """Predictions of any row range, read from the shard files that hold it (the last shard read
     stays open: chunks go through the rows in order)."""
 
-    def __init__(self, folder: Path, shards: list):
-        self.folder, self.shards = Path(folder), shards
+    def __init__(self, folder: RunFolder, shards: list):
+        self.folder, self.shards = folder, shards
         self._index, self._data = None, None
 
     def _load(self, index: int) -> dict:
         if self._index != index:
-            with np.load(shard_file(self.folder, self.shards[index]), allow_pickle=False) as data:
+            with np.load(self.folder.shard_file(self.shards[index].name), allow_pickle=False) as data:
                 self._data = {key: data[key] for key in SHARD_KEYS}
             self._index = index
         return self._data
@@ -142,7 +141,7 @@ class SummaryRows:
         return result
 
 
-def merge_shards(catalog: Path, survey, folder: Path, shards: list, n_rows: int, out: Path, provenance: dict) -> dict:
+def merge_shards(catalog: Path, survey, folder: RunFolder, shards: list, n_rows: int, out: Path, provenance: dict) -> dict:
     """Write the annotated catalog from the shard files, streaming; returns counts, errors, the
     number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL."""
     from .catalogs import read_catalog, read_column

@@ -252,7 +252,7 @@ def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
 def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path) -> RunResult:
     from .checkpoint import load_checkpoint, model_folder, weights_sha256
     from .metrics import summary
-    from .predict import precision, predict_store
+    from .predict import precision
 
     n_rows = len(next(iter(table.values())))
     model_dir = model_folder(settings.model)
@@ -265,19 +265,11 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), root, reasons)
 
     store_path = Path(settings.store) if settings.store else default_store_path(out)
-    _, notes = prepare_store(store_path, reference["object_id"], paths, card.grid, survey=survey.name,
-                             reader=survey.reader, catalog=str(catalog))
+    rows = RowSource(reference["object_id"], paths, refused, reasons, str(catalog))
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
-        with _progress(settings.progress, n_rows, "ingest") as update:
-            counts = ingest(store_path, paths, refused, reader=survey.reader, scheduler=settings.scheduler,
-                            n_workers=settings.n_workers, progress=update, address=address, reasons=reasons,
-                            bad_bits=survey.bad_pixel_bits)
-        with _progress(settings.progress, n_rows, "predict") as update:
-            pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
-                                 progress=update)
-        with _progress(settings.progress and settings.fit, n_rows, "fit") as update:
-            pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
-                                        settings.n_workers, progress=update, address=address))
+        pred, counts, notes = annotate_rows(
+            rows, store_path, survey, model, card, settings, address=address,
+            progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit), n_rows, stage))
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
@@ -287,6 +279,47 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),
                      errors=[e for e in errors if e], notes=notes)
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """The catalog rows a run or a shard annotates: object ids, spectrum paths (None where refused,
+    with the reason in `reasons`), and the catalog's path for the store's provenance."""
+
+    object_ids: np.ndarray
+    paths: list
+    refused: np.ndarray
+    reasons: list
+    catalog: str
+
+
+@contextmanager
+def _no_progress(stage: str):
+    yield None
+
+
+def annotate_rows(rows: RowSource, store_path: Path, survey: Survey, model, card, settings: RunSettings,
+                  address: str | None = None, progress=_no_progress) -> tuple[dict, dict, list[str]]:
+    """The one ingest -> predict -> fit sequence of `annotate run`, for a whole catalog or one
+    shard: the spectra into the store (created, or resumed when it is this catalog's), the ViT's
+    predictions and the template fit's keys. `settings` gives the scheduler, workers, batch size,
+    device and whether to fit; `progress(stage)` is a context manager giving an update callable.
+    Returns (predictions, ingest counts, notes about the store)."""
+    from .predict import predict_store
+
+    _, notes = prepare_store(store_path, rows.object_ids, rows.paths, card.grid, survey=survey.name,
+                             reader=survey.reader, catalog=rows.catalog)
+    with progress("ingest") as update:
+        counts = ingest(store_path, rows.paths, rows.refused, reader=survey.reader, scheduler=settings.scheduler,
+                        n_workers=settings.n_workers, progress=update, address=address, reasons=rows.reasons,
+                        bad_bits=survey.bad_pixel_bits)
+    with progress("predict") as update:
+        pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
+                             progress=update)
+    with progress("fit") as update:
+        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
+                                    settings.n_workers, progress=update, address=address))
+    return pred, counts, notes
 
 
 def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",

@@ -1,7 +1,7 @@
 """`annotate status RUN_DIR`: where a sharded run or a training run stands, from its own files
 and the scheduler.
 
-A sharded run's folder (`<output>.run/`, shards.py) gives the plan, the finished shard files and,
+A sharded run's folder (`<output>.run/`, runfolder.py) gives the plan, the finished shard files and,
 under `slurm/<job id>/`, one folder per SLURM job with its logs; a training folder (`--out` of
 `annotate train`) gives its saved state, its metrics and its jobs the same way. Job states come
 from `squeue` while a job is queued, from `sacct` once it has left (where accounting runs), and
@@ -14,18 +14,9 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
+from .runfolder import RunFolder
 
 SHOWN = 10  # missing shards and failed jobs listed by name
-
-
-def _shard_jobs(slurm_folder: Path) -> dict[str, str]:
-    """{job id: shard name} of the shard jobs submitted from a run folder (shards.SHARD_JOBS)."""
-    from .shards import SHARD_JOBS
-
-    try:
-        return json.loads((slurm_folder / SHARD_JOBS).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
@@ -49,7 +40,7 @@ def _job_lines(slurm_folder: Path, missing: set | None = None) -> list[str]:
              f"logs under {slurm_folder}"]
     bad = [p for p in jobs if states[p.name] not in ("RUNNING", "PENDING", "COMPLETED", "COMPLETING", "REQUEUED")]
     if missing is not None:  # a failed job whose shard a later job finished is history, not news
-        shard_of = _shard_jobs(slurm_folder)
+        shard_of = RunFolder(slurm_folder.parent).recorded_jobs()
         bad = [p for p in bad if shard_of.get(p.name) in missing or p.name not in shard_of]
     for job in bad[:SHOWN]:
         lines.append(f"  job {job.name}: {states[job.name].lower() or 'left the queue (no accounting to say how)'}"
@@ -77,26 +68,26 @@ def run_status(folder: str | Path) -> list[str]:
     """The lines `annotate status` prints for a sharded run folder or a training folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        run = folder.with_name(folder.name + ".run")
+        run = RunFolder.for_output(folder).path
         hint = f"; its sharded run folder is {run}" if run.is_dir() else ""
         raise ConfigError(f"{folder} is a file, not a run folder (give <output>.run/ or a training folder){hint}")
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder")
-    if (folder / "plan.json").is_file():
-        return _shard_run_status(folder)
+    if RunFolder(folder).is_run():
+        return _shard_run_status(RunFolder(folder))
     if any((folder / name).exists() for name in ("state", "training.json", "metrics.json", "recipe.json", "slurm")):
         return _training_status(folder)
     raise ConfigError(f"{folder} is neither a sharded run folder (<output>.run/ with plan.json) "
                       "nor a training folder (with recipe.json, state/, metrics.json, training.json or slurm/)")
 
 
-def _shard_run_status(folder: Path) -> list[str]:
-    from .merge import shard_file
+def _shard_run_status(run: RunFolder) -> list[str]:
     from .shards import plan_shards
 
-    plan = json.loads((folder / "plan.json").read_text())
+    folder = run.path
+    plan = run.read_plan()
     shards = plan_shards(plan["rows"], plan["shard_size"])
-    done = [s for s in shards if shard_file(folder, s).is_file()]
+    done = run.done(shards)
     missing = [s for s in shards if s not in done]
     lines = [f"run {folder}: catalog {plan['catalog']['path']} ({plan['rows']} rows), survey {plan['survey']}, "
              f"model {plan['model']}",
@@ -108,7 +99,7 @@ def _shard_run_status(folder: Path) -> list[str]:
         lines.append(f"  ... and {len(missing) - SHOWN} more")
     jobs = _job_lines(folder / "slurm", {s.name for s in missing})
     lines += jobs
-    output = folder.with_name(folder.name[:-len(".run")]) if folder.name.endswith(".run") else None
+    output = run.output
     if output is not None and output.is_file() and not missing:
         lines.append(f"merged: {output}")
     elif not missing:

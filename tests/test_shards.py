@@ -210,3 +210,35 @@ def test_single_and_sharded_runs_record_the_whole_command_and_paths(catalog, mic
         table = Table.read(deep / name, hdu=1)
         index = table.colnames.index("PRED_TEFF") + 1
         assert table.meta[f"TCOMM{index}"] == "predicted effective temperature (stars) [K]"
+
+
+def test_a_shard_file_changed_after_it_was_written_is_named_and_not_merged(catalog, micro_model, tmp_path):  # noqa: F811
+    from annotate.errors import OutputError
+
+    settings = _settings(catalog, tmp_path, micro_model, "sums.fits")
+    first = run_sharded(settings, 3, log=lambda m: None)
+    reference = _pred_bytes(first.output)
+    folder = run_folder(tmp_path / "sums.fits")
+    assert sorted(p.name for p in (folder / "shards").glob("*.sha256")) == [f"shard-0000{i}.sha256" for i in range(3)]
+    damaged = folder / "shards" / "shard-00001.npz"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    first.output.unlink()
+    with pytest.raises(OutputError, match="shard-00001.npz changed since it was written"):
+        run_sharded(settings, 3, log=lambda m: None)
+    assert not (tmp_path / "sums.fits").exists()
+    damaged.unlink()  # as the message says: delete it and rerun
+    messages = []
+    again = run_sharded(settings, 3, log=messages.append)
+    assert messages == ["running 1 of 3 shards (local)"] and _pred_bytes(again.output) == reference
+
+
+def test_the_debug_executor_runs_the_shards_here_with_the_same_result(catalog, micro_model, tmp_path):  # noqa: F811
+    local = run_sharded(_settings(catalog, tmp_path, micro_model, "local.fits"), 3, log=lambda m: None)
+    messages = []
+    here = run_sharded(_settings(catalog, tmp_path, micro_model, "here.fits"), 3, executor="debug", log=messages.append)
+    assert messages == ["running 3 of 3 shards (debug)"]
+    assert _pred_bytes(here.output) == _pred_bytes(local.output)
+    with pytest.raises(ConfigError, match="unknown executor 'cloud'; valid: debug, local, slurm"):
+        run_sharded(_settings(catalog, tmp_path, micro_model, "x.fits"), 3, executor="cloud", log=lambda m: None)

@@ -213,11 +213,11 @@ def test_render_dask_sbatch_script_runs_for_real(slurm_conf, tmp_path):
 
 def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, catalog, micro_model, tmp_path,  # noqa: F811
                                                                 monkeypatch):
-    import annotate.shards
+    import annotate.executors
     from annotate.errors import JobsFailed
 
     # the scheduler's own word must report the cancel: the no-accounting fallback would take 10 min
-    monkeypatch.setattr(annotate.shards, "LOST_AFTER_S", 600.0)
+    monkeypatch.setattr(annotate.executors, "LOST_AFTER_S", 600.0)
     from annotate.pipeline import RunSettings
     from annotate.shards import run_folder, run_sharded
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -20,23 +19,23 @@ def merge_case(n_rows: str, workdir: str, shard_size: str = "500000") -> str:
     from ..checkpoint import DEFAULT_MODEL
     from ..fit.stage import empty_fit
     from ..pipeline import RunSettings
-    from ..shards import make_plan, plan_shards, run_folder, run_sharded
+    from ..runfolder import RunFolder
+    from ..shards import make_plan, plan_shards, run_sharded
 
     n, size, work = int(n_rows), int(shard_size), Path(workdir)
     catalog = make_catalog(work / f"merge-{n}.fits", n)
     out = work / f"merge-{n}.annotated.fits"
-    folder = run_folder(out)
-    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    folder = RunFolder.for_output(out.resolve())
     shards = plan_shards(n, size)
-    plan = make_plan(catalog, n, size, DEFAULT_MODEL, "sdss_dr18", fit=True)
-    (folder / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    folder.write_plan(make_plan(catalog, n, size, DEFAULT_MODEL, "sdss_dr18", fit=True))
     rng = np.random.default_rng(0)
     for shard in shards:
         m = shard.stop - shard.start
-        np.savez(folder / "shards" / f"{shard.name}.npz", start=shard.start, stop=shard.stop, errors=np.array([""] * m),
-                 prob=rng.dirichlet(np.ones(3), m), z=rng.uniform(0, 3, m), z_err=rng.uniform(0, 0.1, m),
-                 teff=rng.uniform(3000, 9000, m), logg=rng.uniform(0, 5, m), feh=rng.uniform(-2, 0.5, m),
-                 coverage=np.ones(m), status=np.ones(m, np.int8), **empty_fit(m))
+        folder.write_shard(shard.name, dict(
+            start=shard.start, stop=shard.stop, errors=np.array([""] * m), prob=rng.dirichlet(np.ones(3), m),
+            z=rng.uniform(0, 3, m), z_err=rng.uniform(0, 0.1, m), teff=rng.uniform(3000, 9000, m),
+            logg=rng.uniform(0, 5, m), feh=rng.uniform(-2, 0.5, m), coverage=np.ones(m), status=np.ones(m, np.int8),
+            **empty_fit(m)))
     import gc
 
     gc.collect()
