@@ -244,11 +244,10 @@ def _cmd_train(args) -> int:
         return 0
     out = args.out or Path("runs") / recipe.name
     if args.executor == "slurm":
-        from .shards import _profile
-        from .slurm import sbatch_script
+        from .slurm import profile_for_executor, sbatch_script
         from .training.job import TRAIN_SRUN_ARGS, submit_training, wait_for_training
 
-        profile = _profile(args.profile)
+        profile = profile_for_executor(args.profile)
         if args.dry_run:
             print(sbatch_script(profile, Path(out) / "slurm", job_name="annotate-train",
                                 tasks_per_node=max(1, profile.gpus()), srun_args=TRAIN_SRUN_ARGS))
@@ -422,6 +421,19 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--out {args.out} is a file; the cross-check writes a report folder there")
 
 
+def _slurm_workers(args):
+    """--scheduler slurm as the scheduler value the commands pass on: the profile read once, and
+    where the worker jobs' logs go."""
+    from .errors import ConfigError
+    from .parallel import SlurmWorkers
+    from .slurm import Profile
+
+    if getattr(args, "profile", None) is None:
+        raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/): the "
+                          "Dask workers are started as SLURM jobs of that profile")
+    return SlurmWorkers(Profile.from_yaml(args.profile), str(dask_log_folder(args)))
+
+
 def dask_log_folder(args) -> Path:
     """Where the Dask worker jobs of `--scheduler slurm` write their logs: `<output>.dask-logs/`
     beside the command's output (the demo's: inside its folder), never the current directory."""
@@ -446,15 +458,7 @@ def _main(args) -> int:
             if not args.debug:  # astropy's notes on damaged inputs: our error line says what went wrong
                 warnings.simplefilter("ignore", AstropyWarning)
             if getattr(args, "scheduler", None) == "slurm":
-                from .errors import ConfigError
-                from .parallel import dask_on_slurm
-                from .shards import _profile
-
-                if getattr(args, "profile", None) is None:
-                    raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/): the "
-                                      "Dask workers are started as SLURM jobs of that profile")
-                with dask_on_slurm(_profile(args.profile), dask_log_folder(args)):
-                    return COMMANDS[args.command](args)
+                args.scheduler = _slurm_workers(args)
             return COMMANDS[args.command](args)
     except AnnotateError as exc:
         if args.debug:

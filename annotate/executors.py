@@ -66,19 +66,19 @@ class SlurmExecutor:
 
     def run(self, fn: Callable, tasks: list, log=print) -> None:
         from .slurm import executor as slurm_executor
-        from .slurm import submission_errors
+        from .slurm import profile_for_executor, submission_errors
 
         with submission_errors():
-            jobs = slurm_executor(_profile(self.profile), self.folder.slurm, job_name="annotate-run").map_array(fn, tasks)
+            jobs = slurm_executor(profile_for_executor(self.profile), self.folder.slurm, job_name="annotate-run").map_array(fn, tasks)
         self.folder.record_jobs({str(job.job_id): task.name for job, task in zip(jobs, tasks)})
         failed = wait_for_shards(jobs, tasks, self.folder, log=log)
         if failed:
             raise JobsFailed(failed_message(failed, len(tasks)))
 
     def script(self, n_tasks: int) -> str | None:
-        from .slurm import sbatch_script
+        from .slurm import profile_for_executor, sbatch_script
 
-        return sbatch_script(_profile(self.profile), self.folder.slurm, job_name="annotate-run", array_size=n_tasks)
+        return sbatch_script(profile_for_executor(self.profile), self.folder.slurm, job_name="annotate-run", array_size=n_tasks)
 
 
 EXECUTORS = {
@@ -189,11 +189,3 @@ def failed_message(failed: list[tuple[str, str, str]], n_tasks: int) -> str:
     more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
     return (f"{len(failed)} of {n_tasks} shards did not finish ({how}): nothing was merged; rerun the same "
             f"command to redo only them. {shown}{more}")
-
-
-def _profile(profile):
-    from .slurm import Profile
-
-    if profile is None:
-        raise ConfigError("--executor slurm needs --profile (a YAML file, see slurm/profiles/)")
-    return Profile.from_yaml(profile)

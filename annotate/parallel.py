@@ -10,25 +10,27 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 SCHEDULERS = ("distributed", "threads", "sync", "slurm")
 WINDOW_PER_WORKER = 2
 WORKERS_START_TIMEOUT_S = 600
-_slurm_profile: ContextVar = ContextVar("slurm_profile", default=None)
 
 
-@contextmanager
-def dask_on_slurm(profile, log_directory=None):
-    """Within this block, scheduler 'slurm' starts its Dask workers as SLURM jobs asking for what
-    `profile` (annotate.slurm.Profile) says: one job per worker, `cpus_per_task` cores each; their
-    `annotate-dask-<job>.out/.err` logs go to `log_directory` (created; default: the current one)."""
-    token = _slurm_profile.set((profile, log_directory))
-    try:
-        yield
-    finally:
-        _slurm_profile.reset(token)
+@dataclass(frozen=True)
+class SlurmWorkers:
+    """The scheduler 'slurm' with what it needs: its Dask workers are started as SLURM jobs asking
+    for what `profile` (annotate.slurm.Profile) says, one job per worker of `cpus_per_task` cores,
+    with their `annotate-dask-<job>.out/.err` logs in `log_directory` (created; default: the
+    current one). The CLI builds it from --scheduler slurm --profile P; it travels wherever a
+    scheduler name does (settings, ingest, fit, render)."""
+
+    profile: object
+    log_directory: str | None = None
+
+    def __str__(self) -> str:
+        return "slurm"
 
 
 def slurm_cluster(profile, n_workers: int, start: bool = True, log_directory=None):
@@ -134,58 +136,63 @@ def shared_cluster(scheduler: str, n_workers: int | None = None) -> Iterator[Sha
         shared.close()
 
 
-def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
+def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" = "distributed",
                   n_workers: int | None = None, address: "str | SharedCluster | None" = None) -> Iterator[tuple[int, object]]:
     """Yield (index, func(items[index])) as tasks finish.
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
-    `address`), 'slurm' (workers as SLURM jobs, inside `dask_on_slurm(profile)`), 'threads'
-    (dask's thread pool) or 'sync' (in this process, in order). At most
-    WINDOW_PER_WORKER tasks per worker are in flight or finished-but-unconsumed at a time, so
-    memory stays bounded however many tasks there are and however slowly the caller consumes.
+    `address`), a `SlurmWorkers` (workers as SLURM jobs of its profile), 'threads' (dask's thread
+    pool) or 'sync' (in this process, in order). At most WINDOW_PER_WORKER tasks per worker are in
+    flight or finished-but-unconsumed at a time, so memory stays bounded however many tasks there
+    are and however slowly the caller consumes.
     """
-    if scheduler not in SCHEDULERS:
-        from .errors import ConfigError
+    from .errors import ConfigError
+
+    on_slurm = isinstance(scheduler, SlurmWorkers)
+    if scheduler == "slurm":
+        raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
+    if not on_slurm and scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if not items:
         return
     if isinstance(address, SharedCluster):  # a single task runs here unless the cluster is up anyway
         address = address.address if len(items) > 1 or address.started else None
-    if scheduler == "sync" or (len(items) == 1 and address is None and scheduler != "slurm"):
+    if scheduler == "sync" or (len(items) == 1 and address is None and not on_slurm):
         for index, item in enumerate(items):
             yield index, func(item)
-        return
-    if scheduler == "threads":
-        import dask
-        from dask import delayed
+    elif scheduler == "threads":
+        yield from _map_threads(func, items, n_workers)
+    else:
+        yield from _map_distributed(func, items, scheduler, n_workers, address)
 
-        workers = n_workers or default_workers()
-        window = WINDOW_PER_WORKER * workers
-        for first in range(0, len(items), window):
-            results = dask.compute(*[delayed(func)(item) for item in items[first:first + window]],
-                                   scheduler="threads", num_workers=workers)
-            yield from enumerate(results, start=first)
-        return
+
+def _map_threads(func: Callable, items: list, n_workers: int | None) -> Iterator[tuple[int, object]]:
+    import dask
+    from dask import delayed
+
+    workers = n_workers or default_workers()
+    window = WINDOW_PER_WORKER * workers
+    for first in range(0, len(items), window):
+        results = dask.compute(*[delayed(func)(item) for item in items[first:first + window]],
+                               scheduler="threads", num_workers=workers)
+        yield from enumerate(results, start=first)
+
+
+def _map_distributed(func: Callable, items: list, scheduler, n_workers: int | None,
+                     address: str | None) -> Iterator[tuple[int, object]]:
+    """A window of tasks in flight on a Dask cluster: the one at `address`, SLURM worker jobs, or
+    a LocalCluster started for this call."""
     from distributed import Client, as_completed
 
     if address is not None:
         client, cluster = Client(address), None
-    elif scheduler == "slurm":
-        from .errors import ConfigError
-
-        on_slurm = _slurm_profile.get()
-        if on_slurm is None:
-            raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
-        profile, log_directory = on_slurm
-        requested = min(n_workers or 1, len(items))
-        cluster = slurm_cluster(profile, requested, log_directory=log_directory)
-        client = Client(cluster)
     else:
-        requested = min(n_workers or default_workers(), len(items))
-        cluster = _local_cluster(requested)
+        requested = min(n_workers or (1 if isinstance(scheduler, SlurmWorkers) else default_workers()), len(items))
+        cluster = slurm_cluster(scheduler.profile, requested, log_directory=scheduler.log_directory) \
+            if isinstance(scheduler, SlurmWorkers) else _local_cluster(requested)
         client = Client(cluster)
     try:
-        if scheduler == "slurm":
+        if isinstance(scheduler, SlurmWorkers):
             _wait_for_slurm_workers(client)
         # the window follows the workers asked for, not those up yet: SLURM workers arrive one by one
         workers = len(client.scheduler_info().get("workers", {}))
@@ -213,4 +220,3 @@ def map_unordered(func: Callable, items: list, scheduler: str = "distributed",
         client.close()
         if cluster is not None:
             cluster.close()
-

@@ -200,3 +200,8 @@ def submission_errors():
         raise AnnotateError(f"sbatch refused the job: {lines[-1].strip()}") from None
 
 
+def profile_for_executor(profile: str | Path | None) -> Profile:
+    """The profile of `--executor slurm --profile P`; ConfigError naming the flag without one."""
+    if profile is None:
+        raise ConfigError("--executor slurm needs --profile (a YAML file, see slurm/profiles/)")
+    return Profile.from_yaml(profile)
