@@ -67,11 +67,12 @@ def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mas
     for i, name in enumerate(("teff", "logg", "feh")):
         result[name] = norm[name].decode(stellar[:, i])
     # a head the model was not trained for predicts nothing
-    tasks = card.training.get("tasks", ("class", "z", "stellar"))
-    untrained = {"class": ("prob",), "z": ("z", "z_err"), "stellar": ("teff", "logg", "feh")}
-    for task, keys in untrained.items():
-        if task not in tasks:
-            for key in keys:
+    from .tasks import TASK_NAMES, TASKS
+
+    trained = card.training.get("tasks", TASK_NAMES)
+    for name, task in TASKS.items():
+        if name not in trained:
+            for key in task.outputs:
                 result[key] = np.full_like(result[key], np.nan, dtype=float)
     return result
 

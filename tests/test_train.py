@@ -368,3 +368,26 @@ def test_status_knows_a_training_folder_before_its_first_saved_state(tmp_path, c
     (submitted / "slurm").mkdir(parents=True)  # a SLURM training job not started yet
     assert main(["status", str(submitted)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"training {submitted}: starting"
+
+
+def test_every_task_has_a_head_prediction_keys_and_a_zero_loss_without_labels(micro_model):
+    """The task registry (annotate.tasks) is what training and prediction loop over."""
+    import torch
+
+    from annotate.predict import predict_batch
+    from annotate.tasks import TASKS
+
+    model, card = load_checkpoint(micro_model)
+    n_pix = card.grid.n_pix
+    flux = np.random.default_rng(0).normal(1.0, 0.1, (4, n_pix)).astype(np.float32)
+    with torch.no_grad():
+        predicted = predict_batch(model, card, flux, np.zeros_like(flux, bool))
+    out = model(torch.zeros(4, 3, card.render.image_size, card.render.image_size))
+    nothing = {"class": torch.full((4,), -100), "z": torch.zeros(4), "z_mask": torch.zeros(4, dtype=torch.bool),
+               "stellar": torch.zeros(4, 3), "stellar_mask": torch.zeros(4, 3, dtype=torch.bool)}
+    assert set(TASKS) == {"class", "z", "stellar"}
+    for name, task in TASKS.items():
+        assert isinstance(getattr(model, task.head), torch.nn.Linear), name
+        assert set(task.outputs) <= set(predicted) and all(np.isfinite(predicted[k]).all() for k in task.outputs)
+        loss = task.loss(out, nothing)
+        assert float(loss) == 0.0 and loss.requires_grad, name

@@ -12,11 +12,12 @@ import torch
 from .. import __version__
 from ..checkpoint import ModelCard
 from ..grid import WavelengthGrid
-from ..model import STELLAR_LABELS
 from ..render import RenderSettings
 from .data import RenderedBatches, batch_loader, encode_targets, load_training_data, split_by_object
 
 
+from ..tasks import TASKS as REGISTRY
+from ..tasks import stellar_physical
 from .loss import multitask_loss
 from .ranks import pick_device
 from .recipe import Recipe, TASKS
@@ -47,56 +48,20 @@ def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
     return {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
 
 
-def stellar_physical(rows: dict, norms: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(true, predicted) (n, 3) Teff, log g, [Fe/H] in physical units, NaN where unlabelled."""
-    true = np.full(rows["stellar_true"].shape, np.nan)
-    pred = np.full(rows["stellar_pred"].shape, np.nan)
-    for i, key in enumerate(STELLAR_LABELS):
-        m = rows["stellar_mask"][:, i]
-        true[m, i] = norms[key].decode(rows["stellar_true"][m, i].astype(float))
-        pred[:, i] = norms[key].decode(rows["stellar_pred"][:, i].astype(float))
-    return true, pred
-
-
 def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS, rows: dict | None = None) -> dict:
-    """Metrics in physical units over `loader` (or over `rows` from `predict_rows`): loss, and per
-    task accuracy / z R², NMAD, η, CRPS / Teff, logg, [Fe/H] R² (and the number of labelled rows
-    each used)."""
-    from ..metrics import accuracy, gaussian_crps, nmad, outlier_fraction, r2_score
-
+    """Metrics in physical units over `loader` (or over `rows` from `predict_rows`): loss, and each
+    task's own (`annotate.tasks`: accuracy / z R², NMAD, η, CRPS / Teff, logg, [Fe/H] R², with the
+    number of labelled rows each used)."""
     cat = predict_rows(model, loader, device, autocast, tasks) if rows is None else rows
     metrics = {"loss": float(cat["loss"].mean()), "n": int(len(cat["cls_true"]))}
-    if "class" in tasks:
-        labelled = cat["cls_true"] != -100
-        metrics["class_accuracy"] = accuracy(cat["cls_true"][labelled], cat["cls_pred"][labelled])
-        metrics["class_n"] = int(labelled.sum())
-    if "z" in tasks:
-        m, z_norm = cat["z_mask"], norms["z"]
-        mu, sigma = cat["z_mu"][m].astype(float), cat["z_sigma"][m].astype(float)
-        z_true, z_pred = z_norm.decode(cat["z_true"][m].astype(float)), z_norm.decode(mu)
-        z_sigma = z_norm.decode_sigma(mu, sigma)
-        metrics.update({"z_r2": r2_score(z_true, z_pred), "z_nmad": nmad(z_true, z_pred),
-                        "z_eta": outlier_fraction(z_true, z_pred), "z_crps": gaussian_crps(z_true, z_pred, z_sigma),
-                        "z_n": int(m.sum())})
-    if "stellar" in tasks:
-        true, pred = stellar_physical(cat, norms)
-        for i, key in enumerate(STELLAR_LABELS):
-            m = cat["stellar_mask"][:, i]
-            metrics[f"{key}_r2"], metrics[f"{key}_n"] = r2_score(true[m, i], pred[m, i]), int(m.sum())
+    for name in tasks:
+        metrics.update(REGISTRY[name].metrics(cat, norms))
     return metrics
 
 
 def validation_score(metrics: dict, tasks: tuple) -> float:
     """Higher is better: the mean over tasks of class accuracy, z R² and the mean stellar R²."""
-    parts = []
-    if "class" in tasks:
-        parts.append(metrics.get("class_accuracy", math.nan))
-    if "z" in tasks:
-        parts.append(metrics.get("z_r2", math.nan))
-    if "stellar" in tasks:
-        stellar = [metrics.get(f"{k}_r2", math.nan) for k in STELLAR_LABELS]
-        stellar = [v for v in stellar if math.isfinite(v)]
-        parts.append(sum(stellar) / len(stellar) if stellar else math.nan)
+    parts = [REGISTRY[name].score(metrics) for name in tasks]
     finite = [p for p in parts if math.isfinite(p)]
     return sum(finite) / len(finite) if finite else -math.inf
 

@@ -38,9 +38,11 @@ from .recipe import RESUMABLE_CHANGES, Recipe
 def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
     """Heads of tasks the recipe does not train take no gradient (DDP refuses parameters that
     never receive one); their untrained outputs become NaN at inference (predict.py)."""
-    for task, head in (("class", model.class_head), ("z", model.z_head), ("stellar", model.stellar_head)):
-        if task not in tasks:
-            head.requires_grad_(False)
+    from ..tasks import TASKS
+
+    for name, task in TASKS.items():
+        if name not in tasks:
+            getattr(model, task.head).requires_grad_(False)
 
 
 def _check_resumable(saved: dict, recipe: Recipe, folder: Path) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..model import check_backbone_name
 from ..render import RenderSettings
+from ..tasks import TASK_NAMES
 
 
-TASKS = ("class", "z", "stellar")
+TASKS = TASK_NAMES  # annotate.tasks: class, z, stellar
 
 
 # recipe fields that may change between an interrupted run and its resumption
