@@ -6,7 +6,7 @@ import torch
 
 from annotate.cli import main
 
-from test_bad_input import Case, _hashes
+from helpers import Case, _hashes
 
 RUN_CASES = {
     "--batch-size 0": (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),

@@ -13,7 +13,7 @@ from astropy.io import fits
 from annotate.cli import main
 from annotate.flags import PredFlag
 
-from test_bad_input import Case, _columns, _hashes
+from helpers import Case, _columns, _hashes
 
 
 def _one_error_line(capsys, code, *needles):

@@ -9,7 +9,7 @@ import pytest
 
 from annotate.cli import main
 
-from test_bad_input import Case
+from helpers import Case
 
 
 def _set(path: list, value):

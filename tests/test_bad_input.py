@@ -5,11 +5,9 @@ crash, never a partial output. After every case the input catalog and spectra ar
 to before."""
 
 import gzip
-import hashlib
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,60 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_BITS = 0xFF  # PRED_FLAGS bits 0-7: what the input was like
 import pytest
 from astropy.io import fits
 
 from annotate.cli import main
+from helpers import INPUT_BITS, LOGLAM, N_PIX, Case, _columns, _hashes, _interrupt_a_run
 from annotate.flags import PredFlag
 from annotate.simulate.writer import write_catalog, write_sdss_spec
-from annotate.surveys import load_survey
 
-
-N_PIX = 4640
-LOGLAM = 3.5530 + 1e-4 * np.arange(N_PIX)
-
-
-def _columns(n=4):
-    return {"SPECOBJID": np.arange(1000, 1000 + n, dtype=np.int64), "RUN2D": np.array(["v6_0_4"] * n),
-            "FIELD": np.full(n, 15143), "MJD": np.full(n, 59205), "CATALOGID": np.arange(n, dtype=np.int64) + 4_000_000,
-            "CLASS": np.array(["GALAXY", "QSO", "STAR", "GALAXY"][:n]), "Z": np.array([0.1, 2.0, 0.0, 0.3][:n]),
-            "ZWARNING": np.zeros(n, np.int64)}
-
-
-class Case:
-    """Inputs under root/'in' (catalog + spectra), outputs under root/'out'."""
-
-    def __init__(self, root: Path, model: Path):
-        self.root, self.model = root, model
-        self.inputs, self.out_dir = root / "in", root / "out"
-        self.inputs.mkdir()
-        self.out_dir.mkdir()
-        self.spectra = self.inputs / "spectra"
-        self.catalog = self.inputs / "cat.fits"
-        self.out = self.out_dir / "cat.annotated.fits"
-
-    def write(self, columns=None, spectra=True):
-        columns = _columns() if columns is None else columns
-        relative = load_survey("sdss_dr18").spectrum_paths(columns)
-        rng = np.random.default_rng(0)
-        self.paths = [self.spectra / r for r in relative]
-        if spectra:
-            for path in self.paths:
-                if not path.exists():
-                    write_sdss_spec(path, LOGLAM, rng.normal(10, 1, N_PIX).astype(np.float32),
-                                    np.ones(N_PIX, np.float32), np.zeros(N_PIX, bool), {"CLASS": "GALAXY"})
-        write_catalog(self.catalog, columns)
-        return self
-
-    def argv(self, *extra):
-        return ["run", "--catalog", str(self.catalog), "--spectra-root", str(self.spectra), "--model",
-                str(self.model), "--out", str(self.out), "--scheduler", "sync", "--no-progress", *extra]
-
-
-def _hashes(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -438,27 +390,6 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
     assert "interrupted; outputs were not replaced" in capsys.readouterr().err
     assert case.out.read_bytes() == previous
     assert [p.name for p in case.out_dir.iterdir() if p.name.startswith(".")] == []
-
-
-def _interrupt_a_run(case, sig: int = signal.SIGINT) -> tuple[int, str]:
-    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr)."""
-    import time
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # a shell starts background jobs (CI's among them) with SIGINT ignored, and a child inherits
-    # that: Python then never raises KeyboardInterrupt. The child gets the default back, as a
-    # command typed at a terminal has.
-    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    store = case.out_dir / "cat.annotated.spectra.h5"
-    for _ in range(600):  # the store exists once ingest has begun
-        if store.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err
 
 
 def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811

@@ -12,7 +12,7 @@ from astropy.table import MaskedColumn, Table
 from annotate.cli import main
 from annotate.flags import PredFlag
 
-from test_bad_input import INPUT_BITS, Case, _columns, _hashes
+from helpers import INPUT_BITS, Case, _columns, _hashes
 
 
 def _float_field(value):

@@ -10,7 +10,7 @@ from annotate.cli import main
 from annotate.errors import ConfigError
 from annotate.surveys import load_survey, survey_dirs
 
-from test_bad_input import Case
+from helpers import Case
 
 
 @pytest.fixture(scope="module")

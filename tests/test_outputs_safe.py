@@ -11,7 +11,7 @@ import numpy as np
 
 from annotate.cli import main
 
-from test_bad_input import Case, _columns, _hashes, _interrupt_a_run
+from helpers import Case, _columns, _hashes, _interrupt_a_run
 
 
 def _refused(case, capsys, *extra, match: str):

@@ -289,7 +289,7 @@ def test_training_job_hits_its_time_limit_requeues_and_finishes_from_its_state(s
 
     from annotate.cli import main
     from annotate.training import Recipe, train
-    from test_train import _labelled_store
+    from helpers import _labelled_store
 
     store = _labelled_store(tmp_path / "train.h5", n=150)
     spec = {"name": "requeue-test", "backbone": "vit-micro", "data": {"store": str(store)}, "batch_size": 8,

@@ -7,27 +7,9 @@ import yaml
 from annotate.checkpoint import load_checkpoint
 from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid
-from annotate.store import STATUS, create_store, write_rows
 from annotate.training import Recipe, train
 from annotate.training.data import encode_targets, fit_label_norm, split_by_object
-
-
-def _labelled_store(path, n=48):
-    """A store whose classes differ visibly: GALAXY flat, QSO a blue slope, STAR a red slope."""
-    grid = WavelengthGrid()
-    rng = np.random.default_rng(0)
-    classes = np.array(["GALAXY", "QSO", "STAR"] * (n // 3))
-    x = np.linspace(-1, 1, grid.n_pix)
-    slope = {"GALAXY": 0.0, "QSO": -0.8, "STAR": 0.8}
-    flux = np.stack([1.5 + slope[c] * x + rng.normal(0, 0.05, grid.n_pix) for c in classes]).astype(np.float32)
-    z = np.where(classes == "QSO", 2.0, np.where(classes == "GALAXY", 0.3, 0.0))
-    teff = np.where(classes == "STAR", rng.uniform(4000, 7000, n), np.nan)
-    labels = {"class": classes, "z": z, "teff": teff, "logg": np.where(classes == "STAR", 4.0, np.nan),
-              "feh": np.full(n, np.nan), "object": np.arange(n)}
-    create_store(path, np.arange(n), [""] * n, grid, labels=labels)
-    write_rows(path, 0, {"flux": flux, "ivar": np.ones_like(flux), "mask": np.zeros(flux.shape, np.uint8),
-                         "status": np.full(n, STATUS["OK"], np.int8)})
-    return path
+from helpers import _labelled_store
 
 
 def _recipe(tmp_path, store, **overrides):

@@ -17,7 +17,7 @@ from annotate.errors import ConfigError
 from annotate.training import Recipe, train
 from annotate.training.state import latest_state
 
-from test_train import _labelled_store
+from helpers import _labelled_store
 
 
 def _recipe_file(tmp_path, store, **overrides):

@@ -1,0 +1,101 @@
+"""Helpers shared by several test modules (fixtures are in conftest.py): bad-input cases of
+`annotate run`, file hashes, an interrupted run, and a labelled spectra store for training."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from annotate.grid import WavelengthGrid
+from annotate.simulate.writer import write_catalog, write_sdss_spec
+from annotate.store import STATUS, create_store, write_rows
+from annotate.surveys import load_survey
+
+INPUT_BITS = 0xFF  # PRED_FLAGS bits 0-7: what the input was like
+N_PIX = 4640
+LOGLAM = 3.5530 + 1e-4 * np.arange(N_PIX)
+
+
+def _columns(n=4):
+    return {"SPECOBJID": np.arange(1000, 1000 + n, dtype=np.int64), "RUN2D": np.array(["v6_0_4"] * n),
+            "FIELD": np.full(n, 15143), "MJD": np.full(n, 59205), "CATALOGID": np.arange(n, dtype=np.int64) + 4_000_000,
+            "CLASS": np.array(["GALAXY", "QSO", "STAR", "GALAXY"][:n]), "Z": np.array([0.1, 2.0, 0.0, 0.3][:n]),
+            "ZWARNING": np.zeros(n, np.int64)}
+
+
+class Case:
+    """Inputs under root/'in' (catalog + spectra), outputs under root/'out'."""
+
+    def __init__(self, root: Path, model: Path):
+        self.root, self.model = root, model
+        self.inputs, self.out_dir = root / "in", root / "out"
+        self.inputs.mkdir()
+        self.out_dir.mkdir()
+        self.spectra = self.inputs / "spectra"
+        self.catalog = self.inputs / "cat.fits"
+        self.out = self.out_dir / "cat.annotated.fits"
+
+    def write(self, columns=None, spectra=True):
+        columns = _columns() if columns is None else columns
+        relative = load_survey("sdss_dr18").spectrum_paths(columns)
+        rng = np.random.default_rng(0)
+        self.paths = [self.spectra / r for r in relative]
+        if spectra:
+            for path in self.paths:
+                if not path.exists():
+                    write_sdss_spec(path, LOGLAM, rng.normal(10, 1, N_PIX).astype(np.float32),
+                                    np.ones(N_PIX, np.float32), np.zeros(N_PIX, bool), {"CLASS": "GALAXY"})
+        write_catalog(self.catalog, columns)
+        return self
+
+    def argv(self, *extra):
+        return ["run", "--catalog", str(self.catalog), "--spectra-root", str(self.spectra), "--model",
+                str(self.model), "--out", str(self.out), "--scheduler", "sync", "--no-progress", *extra]
+
+
+def _hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _interrupt_a_run(case, sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr)."""
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a shell starts background jobs (CI's among them) with SIGINT ignored, and a child inherits
+    # that: Python then never raises KeyboardInterrupt. The child gets the default back, as a
+    # command typed at a terminal has.
+    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    store = case.out_dir / "cat.annotated.spectra.h5"
+    for _ in range(600):  # the store exists once ingest has begun
+        if store.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _labelled_store(path, n=48):
+    """A store whose classes differ visibly: GALAXY flat, QSO a blue slope, STAR a red slope."""
+    grid = WavelengthGrid()
+    rng = np.random.default_rng(0)
+    classes = np.array(["GALAXY", "QSO", "STAR"] * (n // 3))
+    x = np.linspace(-1, 1, grid.n_pix)
+    slope = {"GALAXY": 0.0, "QSO": -0.8, "STAR": 0.8}
+    flux = np.stack([1.5 + slope[c] * x + rng.normal(0, 0.05, grid.n_pix) for c in classes]).astype(np.float32)
+    z = np.where(classes == "QSO", 2.0, np.where(classes == "GALAXY", 0.3, 0.0))
+    teff = np.where(classes == "STAR", rng.uniform(4000, 7000, n), np.nan)
+    labels = {"class": classes, "z": z, "teff": teff, "logg": np.where(classes == "STAR", 4.0, np.nan),
+              "feh": np.full(n, np.nan), "object": np.arange(n)}
+    create_store(path, np.arange(n), [""] * n, grid, labels=labels)
+    write_rows(path, 0, {"flux": flux, "ivar": np.ones_like(flux), "mask": np.zeros(flux.shape, np.uint8),
+                         "status": np.full(n, STATUS["OK"], np.int8)})
+    return path
