@@ -17,6 +17,7 @@ import yaml
 
 from . import CLASS_NAMES
 from .errors import CatalogError, ConfigError
+from .survey_values import DERIVED_FIELDS, PathValueError, as_float, as_integer, path_value, text_array
 
 ROLES = ("object_id", "class", "subclass", "z", "z_err", "zwarning", "snr", "teff", "logg", "feh")
 SELECTION_OPS = {
@@ -25,42 +26,6 @@ SELECTION_OPS = {
     "in": lambda col, values: np.isin(col, values),
     "not_in": lambda col, values: ~np.isin(col, values),
 }
-
-
-def _is_v6_0(fields: dict) -> bool:
-    return str(fields["run2d"]).strip() in ("v6_0_1", "v6_0_2", "v6_0_3", "v6_0_4")
-
-
-def sdss5_field_dir(fields: dict) -> str:
-    """SDSS-V BOSS field folder (sdss_access `isplate`/`pad_fieldid`): run2d v6_0_1..v6_0_4 (DR18) use
-    the unpadded field id plus 'p' (`15170p`); later reductions (DR19 v6_1_x) pad to 6 digits (`015000`)."""
-    return f"{int(fields['field'])}p" if _is_v6_0(fields) else f"{int(fields['field']):06d}"
-
-
-def sdss5_field_name(fields: dict) -> str:
-    """The field id as written in SDSS-V spec file names: unpadded for v6_0_x, 6 digits after."""
-    return str(int(fields["field"])) if _is_v6_0(fields) else f"{int(fields['field']):06d}"
-
-
-def sdss5_catalogid(fields: dict) -> str:
-    """CATALOGID in SDSS-V spec file names: zero-padded to 11 digits for v6_0_x, as is after."""
-    return f"{int(fields['catalogid']):011d}" if _is_v6_0(fields) else str(int(fields["catalogid"]))
-
-
-def legacy_subdir(fields: dict) -> str:
-    """SDSS-I/II spectrograph reductions (run2d 26, 103, 104) keep spec files in `spectra/{plate}`;
-    BOSS/eBOSS ones (v5_*) in `spectra/full/{plate}`."""
-    return "spectra" if str(fields["run2d"]).strip() in ("26", "103", "104") else "spectra/full"
-
-
-def desi_pixel_group(fields: dict) -> str:
-    """DESI healpix coadds are grouped in folders of 100 pixels: PIXGROUP = HEALPIX // 100."""
-    return str(int(fields["healpix"]) // 100)
-
-
-DERIVED_FIELDS = {"sdss5_field_dir": sdss5_field_dir, "sdss5_field_name": sdss5_field_name,
-                  "sdss5_catalogid": sdss5_catalogid, "legacy_subdir": legacy_subdir,
-                  "desi_pixel_group": desi_pixel_group}
 
 
 @dataclass(frozen=True)
@@ -138,18 +103,18 @@ class Survey:
                 values = {}
                 for var, col in columns.items():
                     if masks[var] is not None and masks[var][i]:
-                        raise _PathValueError(f"{names[var]} is masked (missing)")
-                    values[var] = _path_value(col[i], names[var])
+                        raise PathValueError(f"{names[var]} is masked (missing)")
+                    values[var] = path_value(col[i], names[var])
                 for var, func_name in rule.derived.items():
                     values[var] = DERIVED_FIELDS[func_name](values)
                 try:
                     path = rule.template.format(**values)
                 except (ValueError, TypeError):  # e.g. '{plate:04d}' given a digit string or 3586.0
-                    path = rule.template.format(**{k: _as_integer(v) for k, v in values.items()})
+                    path = rule.template.format(**{k: as_integer(v) for k, v in values.items()})
                 if "\0" in path:
-                    raise _PathValueError("the path would hold a NUL byte")
+                    raise PathValueError("the path would hold a NUL byte")
                 reason = ""
-            except _PathValueError as exc:
+            except PathValueError as exc:
                 path, reason = None, f"no spectrum path: {exc}"
             except (ValueError, TypeError, KeyError, OverflowError, IndexError) as exc:
                 path, reason = None, f"no spectrum path: the row's values do not fit {rule.template!r} ({exc})"
@@ -174,11 +139,11 @@ class Survey:
             values = np.asanyarray(table[name])  # a masked array keeps its mask: masked means missing
             if role in ("class", "subclass", "object_id"):
                 missing = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
-                values = _text_array(np.ma.getdata(values))
+                values = text_array(np.ma.getdata(values))
                 if missing is not None and missing.any():
                     values = np.where(missing, "", values)
             else:
-                values = _as_float(values)
+                values = as_float(values)
                 if self.missing_value is not None:
                     values[values == self.missing_value] = np.nan
             out[role] = values
@@ -193,7 +158,7 @@ class Survey:
     def band_snr(self, table, colnames) -> np.ndarray:
         """LAMOST snMedian = sqrt(snru² + snrg² + snrr² + snri² + snrz²); NaN where a band is missing."""
         lookup = {name.upper(): name for name in colnames}
-        bands = [_as_float(np.asarray(table[lookup[b.upper()]])) for b in self.snr_bands
+        bands = [as_float(np.asarray(table[lookup[b.upper()]])) for b in self.snr_bands
                  if b.upper() in lookup]
         if len(bands) != len(self.snr_bands):
             return np.full(len(table[colnames[0]]), np.nan)
@@ -217,83 +182,17 @@ class Survey:
                 keep &= ~np.ma.getmaskarray(column)
             values = np.asarray(np.ma.getdata(column))
             if values.dtype.kind in "SUO":
-                values = _text_array(values)
+                values = text_array(values)
             keep &= np.asarray(SELECTION_OPS[rule["op"]](values, rule["value"]), dtype=bool)
         if self.missing_value is not None:
             for role in ("z", "z_err"):
                 name = self.column(role, colnames)
                 if name is not None:
-                    keep &= _as_float(np.asarray(table[name])) != self.missing_value
+                    keep &= as_float(np.asarray(table[name])) != self.missing_value
             for band in self.snr_bands or ():
                 if band.upper() in lookup:
-                    keep &= _as_float(np.asarray(table[lookup[band.upper()]])) != self.missing_value
+                    keep &= as_float(np.asarray(table[lookup[band.upper()]])) != self.missing_value
         return keep
-
-
-def _text_array(values: np.ndarray) -> np.ndarray:
-    """(n,) str array, stripped, from bytes, str or numbers (vectorised)."""
-    values = np.asarray(values)
-    if values.dtype.kind == "S":
-        values = np.char.decode(values, "utf-8", errors="replace")
-    elif values.dtype.kind == "O":
-        values = np.array([_text(v) for v in values], dtype=str)
-    else:
-        values = values.astype(str)
-    return np.char.strip(values) if values.size else values.astype(str)
-
-
-def _text(value) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode(errors="replace").strip()
-    return str(value).strip()
-
-
-class _PathValueError(ValueError):
-    """A path column's value that no path can be made of (the message says which and why)."""
-
-
-def _path_value(value, column: str):
-    """One path column's value as str, int or float, or _PathValueError."""
-    if isinstance(value, (bytes, np.bytes_)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _PathValueError(f"{column} is not UTF-8 text ({bytes(value)[:20]!r})") from None
-    if isinstance(value, str):
-        if "\0" in value:
-            raise _PathValueError(f"{column} holds a NUL byte")
-        return value.strip()
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and not np.isfinite(value):
-        raise _PathValueError(f"{column} is {value}")
-    return value
-
-
-def _as_integer(value):
-    """An integral float or a digit string as int; anything else unchanged."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value)
-    return value
-
-
-def _scalar(value):
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode().strip()
-    if isinstance(value, str):
-        return value.strip()
-    return value.item() if hasattr(value, "item") else value
-
-
-def _as_float(values: np.ndarray) -> np.ndarray:
-    try:
-        out = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CatalogError(f"column of type {values.dtype} cannot be read as numbers") from None
-    if np.ma.isMaskedArray(values):
-        out[np.ma.getmaskarray(values)] = np.nan
-    return out
 
 
 def survey_dirs() -> list[Path]:
