@@ -93,14 +93,6 @@ def as_integer(value):
     return value
 
 
-def scalar(value):
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode().strip()
-    if isinstance(value, str):
-        return value.strip()
-    return value.item() if hasattr(value, "item") else value
-
-
 def as_float(values: np.ndarray) -> np.ndarray:
     try:
         out = np.array(values, dtype=np.float64)

@@ -32,7 +32,8 @@ from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
 from .build import N_STAR_PCA, build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .evaluate import ross_success
-from .fitter import CALIBRATION_PATH, Fitter, FitSettings
+from .fitter import Fitter
+from .settings import CALIBRATION_PATH, FitSettings
 from .stage import fit_rows
 
 SEED = 2027

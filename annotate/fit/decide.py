@@ -22,7 +22,7 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..flags import PredFlag
 from ..metrics import CATASTROPHIC_KMS
-from .fitter import Candidate
+from .settings import Candidate
 
 FAR_KMS = 1000.0
 

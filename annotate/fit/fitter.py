@@ -16,107 +16,17 @@ Steps per spectrum (redrock's split: scan, refine, choose):
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
+from .settings import TYPE_BIN, Candidate, FitSettings, calibration_terms, load_calibration, shift_to_z, z_to_shift
 from .scan import (Backend, ShiftProducts, binned_spectrum, chi2_reduction_upper, coarse_scan, legendre,
                    prepare_spectrum, spectrum_arrays)
 
 LN10 = np.log(10.0)
-CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
-TYPE_BIN = 4  # pixels per bin when the spectral type is read
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How the fit runs (validated by the dataclass; the run passes the defaults).
-
-    bin_galaxy/bin_qso/bin_star: pixels per bin of each class's coarse scan; n_poly (refined) and
-    n_poly_coarse: Legendre terms for calibration errors; coarse_pca: leading PCA vectors in the
-    coarse scan; n_candidates: minima kept per class; max_refine, refine_margin: refinements
-    beyond each class's best while fewer than max_refine, within refine_margin (coarse Δχ²);
-    sub_pixel_margin: candidates further behind after the whole-pixel step skip quarter pixels;
-    walk_margin: candidates further behind the best than this after their first three whole
-    pixels are not walked downhill (their χ² stays an upper bound of their minimum there, so a Δχ²
-    to them can only be overstated, and only where it is above walk_margin);
-    prior: use the ViT's output (skip classes it rules out, add its window, break near-ties);
-    skip_below, confident: a class whose ViT probability is under skip_below is not scanned when
-    the ViT's top class has at least `confident`; small_deltachi2: Δχ² under which a solution is
-    doubtful (redrock's ZWARN uses 9); vit_window_sigma, vit_window_min_kms: the ViT's window;
-    backend, device: numpy or torch (on `device`); calibrated: apply data/calibration.json."""
-
-    bin_galaxy: int = 3
-    bin_qso: int = 6
-    bin_star: int = 3
-    n_poly: int = 5          # flux-calibration errors and dust: a quadratic is too stiff (evaluate.py)
-    n_poly_coarse: int = 3
-    coarse_pca: int = 4
-    n_candidates: int = 3
-    max_refine: int = 3
-    refine_margin: float = 50.0
-    sub_pixel_margin: float = 100.0
-    walk_margin: float = 100.0
-    prior: bool = True
-    skip_below: float = 0.0  # scan every class: a confident ViT can be wrong on real spectra
-    confident: float = 0.99
-    small_deltachi2: float = 9.0
-    vit_window_sigma: float = 5.0
-    vit_window_min_kms: float = 2000.0
-    backend: str = "numpy"
-    device: str = "cpu"
-    calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
-
-    def bin_for(self, spectype: str) -> int:
-        return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
-
-    def describe(self) -> str:
-        """A short text for the output header (ANNFITS)."""
-        return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly}/{self.n_poly_coarse} pca={self.coarse_pca} "
-                f"cand={self.n_candidates} walk<{self.walk_margin:g} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
-                f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
-
-
-@dataclass
-class Candidate:
-    spectype: str
-    subtype: str
-    z: float
-    z_err: float
-    chi2: float        # χ² at the refined minimum
-    rchi2: float       # χ² per degree of freedom over the usable pixels
-    at_edge: bool      # the minimum lies at the edge of the scanned range
-    source: str        # 'scan', 'vit' (the ViT window's minimum) or 'coarse' (not refined)
-    shift: float       # pixels
-    coarse_chi2: float = np.nan
-
-
-@lru_cache(maxsize=1)
-def load_calibration(path: Path = CALIBRATION_PATH) -> dict:
-    """{'scale': {class: [factor per z bin]}, 'floor_kms': {class: [km/s per z bin]},
-    'z_edges': {class: [bin edges in fitted z]}, ...} from `annotate.fit.calibrate`."""
-    return json.loads(Path(path).read_text())
-
-
-def calibration_terms(calibration: dict, spectype: str, z: float) -> tuple[float, float]:
-    """(scale, floor in km/s) of σ_z for a `spectype` solution at redshift z."""
-    k = int(np.searchsorted(calibration["z_edges"][spectype], z, side="right"))
-    return float(calibration["scale"][spectype][k]), float(calibration["floor_kms"][spectype][k])
-
-
-def shift_to_z(shift, step: float = 1e-4):
-    return 10.0 ** (np.asarray(shift, float) * step) - 1.0
-
-
-def z_to_shift(z, step: float = 1e-4):
-    return np.log10(1.0 + np.asarray(z, float)) / step
-
-
 class Fitter:
     """Fits batches of spectra on one wavelength grid (`grid_start`: log10 Å of pixel 0)."""
 

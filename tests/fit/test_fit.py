@@ -290,7 +290,7 @@ def test_real_sdss_dr18_spectra_from_ppxf(ppxf_spectra, bases):
 
 
 def test_sigma_z_calibration_is_looked_up_by_class_and_fitted_z():
-    from annotate.fit.fitter import calibration_terms, load_calibration
+    from annotate.fit.settings import calibration_terms, load_calibration
 
     table = {"scale": {"QSO": [1.0, 2.0, 3.0], "STAR": [1.5]}, "floor_kms": {"QSO": [0.0, 10.0, 20.0], "STAR": [4.0]},
              "z_edges": {"QSO": [1.0, 2.0], "STAR": []}}
