@@ -7,7 +7,6 @@ names, the package version, and the training summary (recipe, split, metrics).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -232,11 +231,9 @@ def backbone_config(fields: dict):
 
 
 def weights_sha256(folder: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(Path(folder) / WEIGHTS, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .digest import file_sha256
+
+    return file_sha256(Path(folder) / WEIGHTS)
 
 
 def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):

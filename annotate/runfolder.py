@@ -15,7 +15,6 @@ its checksum matches, so a file changed or damaged since it was written is named
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -24,19 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .digest import file_sha256
 from .errors import ConfigError, OutputError
 
 PLAN = "plan.json"
 SHARD_JOBS = "shard-jobs.json"
 SUFFIX = ".run"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

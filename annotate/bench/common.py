@@ -82,30 +82,38 @@ def linearity(row: Row) -> float:
     return per_item[-1] / per_item[0]
 
 
+def _slashed(values, spec: str) -> str:
+    """'a / b / c' with each value formatted by `spec` (a format string of one or more fields)."""
+    return " / ".join(spec.format(*(v if isinstance(v, tuple) else (v,))) for v in values)
+
+
+def _extra_lines(row: Row) -> list[str]:
+    """The ↳ lines some steps add under their row: memory, and what their baselines measured."""
+    e = row.extra
+    if row.step.startswith("template fit"):
+        return [f"| ↳ without the prior (spectra/s); Ross success ours / redrock; median \\|Δv\\| between (km/s) | | "
+                f"{_slashed(e['rate_without_prior'], '{:,.0f}')} | "
+                f"{_slashed(zip(e['success'], e['baseline_success']), '{:.3f} / {:.3f}')} | "
+                f"{_slashed(e['median_dv_between_kms'], '{:.1f}')} | |",
+                f"| ↳ fit's peak memory above the process's before it, MB | | {_slashed(e['batch_rss_mb'], '{:.0f}')} | | | |"]
+    if row.step.startswith("merge"):
+        return [f"| ↳ merge peak RSS, MB (interpreter and torch before it) | | "
+                f"{_slashed(zip(e['rss_mb'], e['baseline_rss_mb']), '{:.0f} ({:.0f})')} | | | |"]
+    if row.step.startswith("write-back"):
+        return [f"| ↳ write-back peak RSS, MB (of which the writer's own) | | "
+                f"{_slashed(zip(e['rss_mb'], e['writer_rss_mb']), '{:.0f} ({:.0f})')} | "
+                f"astropy: {_slashed(e['astropy_rss_mb'], '{:.0f}')} MB, {_slashed(e['astropy_seconds'], '{:.2f}')} s; "
+                f"read/write copy {_slashed(e['userspace_copy_seconds'], '{:.3f}')} s | input "
+                f"{_slashed(e['input_mb'], '{:.1f}')} MB | |"]
+    return []
+
+
 def format_table(rows: list[Row]) -> str:
     lines = ["| step | sizes | ours | baseline | ratio | cost/item largest÷smallest |", "|---|---|---|---|---|---|"]
     for row in rows:
-        fmt = (lambda v: f"{v:,.0f}") if row.unit.endswith("/s") else (lambda v: f"{v:.3f}")
-        lines.append(f"| {row.step} ({row.unit}) | {' / '.join(f'{n:,}' for n in row.sizes)} | "
-                     f"{' / '.join(fmt(v) for v in row.ours)} | {' / '.join(fmt(v) for v in row.baseline)} "
-                     f"({row.baseline_name}) | {' / '.join(f'{r:.1f}×' for r in row.ratio())} | {linearity(row):.2f} |")
-        if row.step.startswith("template fit"):
-            e = row.extra
-            lines.append(f"| ↳ without the prior (spectra/s); Ross success ours / redrock; median \\|Δv\\| between (km/s) | | "
-                         f"{' / '.join(f'{v:,.0f}' for v in e['rate_without_prior'])} | "
-                         f"{' / '.join(f'{a:.3f} / {b:.3f}' for a, b in zip(e['success'], e['baseline_success']))} | "
-                         f"{' / '.join(f'{v:.1f}' for v in e['median_dv_between_kms'])} | |")
-            lines.append(f"| ↳ fit's peak memory above the process's before it, MB | | "
-                         f"{' / '.join(f'{v:.0f}' for v in e['batch_rss_mb'])} | | | |")
-        if row.step.startswith("merge"):
-            lines.append(f"| ↳ merge peak RSS, MB (interpreter and torch before it) | | "
-                         f"{' / '.join(f'{v:.0f} ({b:.0f})' for v, b in zip(row.extra['rss_mb'], row.extra['baseline_rss_mb']))} | | | |")
-        if row.step.startswith("write-back"):
-            e = row.extra
-            lines.append(f"| ↳ write-back peak RSS, MB (of which the writer's own) | | "
-                         f"{' / '.join(f'{v:.0f} ({w:.0f})' for v, w in zip(e['rss_mb'], e['writer_rss_mb']))} | "
-                         f"astropy: {' / '.join(f'{v:.0f}' for v in e['astropy_rss_mb'])} MB, "
-                         f"{' / '.join(f'{v:.2f}' for v in e['astropy_seconds'])} s; read/write copy "
-                         f"{' / '.join(f'{v:.3f}' for v in e['userspace_copy_seconds'])} s | input "
-                         f"{' / '.join(f'{v:.1f}' for v in e['input_mb'])} MB | |")
+        spec = "{:,.0f}" if row.unit.endswith("/s") else "{:.3f}"
+        lines.append(f"| {row.step} ({row.unit}) | {_slashed(row.sizes, '{:,}')} | {_slashed(row.ours, spec)} | "
+                     f"{_slashed(row.baseline, spec)} ({row.baseline_name}) | {_slashed(row.ratio(), '{:.1f}×')} | "
+                     f"{linearity(row):.2f} |")
+        lines += _extra_lines(row)
     return "\n".join(lines)

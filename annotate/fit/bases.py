@@ -11,13 +11,13 @@ log10(1 + z) = shift · step.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ..digest import file_sha256
 from ..errors import ConfigError
 
 BASES_PATH = Path(__file__).resolve().parent / "data" / "bases.npz"
@@ -134,14 +134,6 @@ class BasisSet:
     @property
     def classes(self) -> tuple:
         return tuple(dict.fromkeys(b.spectype for b in self.bases))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=4)

@@ -31,7 +31,8 @@ from ..simulate.dataset import held_out_star_indices
 from ..simulate.realism import Realism, realism_rng
 from ..simulate.spectra import GALAXY_LINES, SimulationSettings, broaden, quasar_rest
 from ..simulate.templates import LIBRARY_PATH, load_library
-from .bases import BASES_PATH, BasisSet, basis_set_from_arrays, file_sha256
+from ..digest import file_sha256
+from .bases import BASES_PATH, BasisSet, basis_set_from_arrays
 
 STEP = 1e-4
 RESOLUTION_KMS = 69.0           # SDSS/BOSS instrumental σ

@@ -119,15 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item}: not FIELD=VALUE with a FitSettings field")
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
     result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, **overrides)
-    print(f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if args.prior else 'off'}, realism "
-          f"{args.realism:g}): class accuracy {result['class_accuracy']:.3f}, "
-          f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
-    for cls in CLASS_NAMES:
-        row = result[cls]
-        print(f"  {cls:<6} success S/N≥5 {row['success_snr_ge_5']:.3f} (n={row['n_snr_ge_5']}), "
-              f"S/N 2-5 {row['success_snr_2_5']:.3f} (n={row['n_snr_2_5']}); NMAD S/N≥5 {row['nmad_snr_ge_5']:.2e}; "
-              f"pull spread {row['pull_spread']:.2f}, within 1σ {row['within_1sigma']:.2f}")
+    print("\n".join(report_lines(result)))
     return 0
+
+
+def report_lines(result: dict) -> list[str]:
+    """The figures of `evaluate` in words: a line for the sample, then one per class."""
+    head = (f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if result['prior'] else 'off'}, "
+            f"realism {result['realism']:g}): class accuracy {result['class_accuracy']:.3f}, "
+            f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
+    return [head] + [
+        f"  {cls:<6} success S/N≥5 {row['success_snr_ge_5']:.3f} (n={row['n_snr_ge_5']}), S/N 2-5 "
+        f"{row['success_snr_2_5']:.3f} (n={row['n_snr_2_5']}); NMAD S/N≥5 {row['nmad_snr_ge_5']:.2e}; "
+        f"pull spread {row['pull_spread']:.2f}, within 1σ {row['within_1sigma']:.2f}"
+        for cls, row in ((c, result[c]) for c in CLASS_NAMES)]
 
 
 if __name__ == "__main__":
