@@ -22,6 +22,7 @@ from .writeback import (catalog_stem, default_output_path, prediction_columns, p
                         write_annotated_catalog)
 
 LOW_COVERAGE = 0.5
+SINGLE_SHARD = {"ANNSHRDS": (1, "shards the run was split into")}  # the cards of a sharded run's header
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
-                         fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir))
+                         fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)
     _, errors = read_status(store_path)
     return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
                      summary=summary(reference, columns, usable),

@@ -210,14 +210,14 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: RunFol
     """The annotated catalog from the finished shards (merge.py), with the run's provenance."""
     from .checkpoint import read_card
     from .merge import merge_shards
-    from .pipeline import RunResult
+    from .pipeline import SINGLE_SHARD, RunResult
     from .writeback import provenance_cards
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
                                   survey.name, 0, shard_precision(folder, shards), plan.get("fit"), catalog=catalog,
                                   model_dir=model_dir)
-    provenance["ANNSHRDS"] = (len(shards), "shards the run was split into")
+    provenance["ANNSHRDS"] = (len(shards), SINGLE_SHARD["ANNSHRDS"][1])
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)
     return RunResult(output=out, store=folder.stores, n_rows=plan["rows"], n_predicted=merged["n_predicted"],
                      counts=merged["counts"], summary=merged["summary"], errors=merged["errors"])

@@ -242,3 +242,14 @@ def test_the_debug_executor_runs_the_shards_here_with_the_same_result(catalog, m
     assert _pred_bytes(here.output) == _pred_bytes(local.output)
     with pytest.raises(ConfigError, match="unknown executor 'cloud'; valid: debug, local, slurm"):
         run_sharded(_settings(catalog, tmp_path, micro_model, "x.fits"), 3, executor="cloud", log=lambda m: None)
+
+
+def test_single_and_sharded_runs_write_the_same_provenance(catalog, micro_model, tmp_path):  # noqa: F811
+    single = run(_settings(catalog, tmp_path, micro_model, "one.fits"))
+    sharded = run_sharded(_settings(catalog, tmp_path, micro_model, "many.fits"), 3, log=lambda m: None)
+    with fits.open(single.output) as x, fits.open(sharded.output) as y:
+        a, b = x[1].header, y[1].header
+        cards = {k for k in a if k.startswith("ANN")}
+        assert cards == {k for k in b if k.startswith("ANN")} and {"ANNSHRDS", "ANNNFAIL", "ANNFIT"} <= cards
+        assert (a["ANNSHRDS"], b["ANNSHRDS"]) == (1, 3)
+        assert {k: a[k] for k in cards - {"ANNDATE", "ANNSHRDS"}} == {k: b[k] for k in cards - {"ANNDATE", "ANNSHRDS"}}
