@@ -28,15 +28,17 @@ SUMMARY_ROLES = ("class", "z", "zwarning", "snr", "teff", "logg", "feh")
 NO_REFERENCE = int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)
 
 
-def check_shards(folder: RunFolder, shards: list, n_rows: int) -> tuple[dict, list[str]]:
-    """Counts per store status over all rows and the rows' error lines; OutputError unless the
-    shard files cover rows 0..n_rows once each, in order, each is the file written (its checksum)
-    and holds the rows the plan says."""
+def check_shards(folder: RunFolder, shards: list, n_rows: int) -> tuple[dict, list[str], str]:
+    """Counts per store status over all rows, the rows' error lines, and the model's arithmetic
+    ('fp32' or 'bf16' when every shard was predicted so, else 'mixed'); OutputError unless the
+    shard files cover rows 0..n_rows once each, in order, each is the file written (its checksum,
+    checked before the file is opened) and holds the rows the plan says."""
     if sum(s.stop - s.start for s in shards) != n_rows or any(a.stop != b.start for a, b in zip(shards, shards[1:])) \
             or (shards and shards[0].start != 0):
         raise OutputError(f"the plan's shards do not cover the catalog's {n_rows} rows once each")
     counts = {name: 0 for name in STATUS}
     errors: list[str] = []
+    precisions = set()
     for shard in shards:
         folder.verify_shard(shard.name)
         with np.load(folder.shard_file(shard.name), allow_pickle=False) as data:
@@ -48,7 +50,8 @@ def check_shards(folder: RunFolder, shards: list, n_rows: int) -> tuple[dict, li
             for name, code in STATUS.items():
                 counts[name] += int((status == code).sum())
             errors.extend(e for e in data["errors"].tolist() if e)
-    return counts, errors
+            precisions.add(str(data["precision"]) if "precision" in data.files else "fp32")
+    return counts, errors, precisions.pop() if len(precisions) == 1 else "mixed"
 
 
 class ShardReader:
@@ -143,13 +146,14 @@ class SummaryRows:
 
 def merge_shards(catalog: Path, survey, folder: RunFolder, shards: list, n_rows: int, out: Path, provenance: dict) -> dict:
     """Write the annotated catalog from the shard files, streaming; returns counts, errors, the
-    number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL."""
+    number of rows predicted and the cross-check summary. `provenance` gains ANNNFAIL and ANNPREC."""
     from .catalogs import read_catalog, read_column
     from .pipeline import duplicate_mask, row_flags
     from .writeback import prediction_columns, write_annotated_catalog
 
-    counts, errors = check_shards(folder, shards, n_rows)
-    provenance = {**provenance, "ANNNFAIL": (n_rows - counts["OK"], "rows without a prediction")}
+    counts, errors, precision = check_shards(folder, shards, n_rows)
+    provenance = {**provenance, "ANNNFAIL": (n_rows - counts["OK"], "rows without a prediction"),
+                  "ANNPREC": (precision, provenance.get("ANNPREC", ("", "model arithmetic"))[1])}
     predictions = ShardReader(folder, shards)
     id_column = survey.column("object_id", _colnames(catalog))
     duplicate = duplicate_mask(read_column(catalog, id_column)) if id_column else np.zeros(n_rows, bool)

@@ -300,16 +300,19 @@ def _no_progress(stage: str):
 
 
 def annotate_rows(rows: RowSource, store_path: Path, survey: Survey, model, card, settings: RunSettings,
-                  address: str | None = None, progress=_no_progress) -> tuple[dict, dict, list[str]]:
+                  address: str | None = None, progress=_no_progress, log=None) -> tuple[dict, dict, list[str]]:
     """The one ingest -> predict -> fit sequence of `annotate run`, for a whole catalog or one
     shard: the spectra into the store (created, or resumed when it is this catalog's), the ViT's
     predictions and the template fit's keys. `settings` gives the scheduler, workers, batch size,
-    device and whether to fit; `progress(stage)` is a context manager giving an update callable.
+    device and whether to fit; `progress(stage)` is a context manager giving an update callable;
+    `log`, when given, gets each note about the store as soon as it is made.
     Returns (predictions, ingest counts, notes about the store)."""
     from .predict import predict_store
 
     _, notes = prepare_store(store_path, rows.object_ids, rows.paths, card.grid, survey=survey.name,
                              reader=survey.reader, catalog=rows.catalog)
+    for line in notes if log is not None else ():
+        log(line)
     with progress("ingest") as update:
         counts = ingest(store_path, rows.paths, rows.refused, reader=survey.reader, scheduler=settings.scheduler,
                         n_workers=settings.n_workers, progress=update, address=address, reasons=rows.reasons,

@@ -116,10 +116,8 @@ def run_shard(task: ShardTask) -> str:
     store.parent.mkdir(exist_ok=True)
     settings = RunSettings(catalog=Path(task.catalog), scheduler="sync", batch_size=task.batch_size,
                            device=task.device, progress=False, fit=task.fit)
-    pred, _, notes = annotate_rows(RowSource(reference["object_id"], paths, refused, reasons, task.catalog), store,
-                                   survey, model, card, settings)
-    for line in notes:
-        print(f"{task.name}: {line}", flush=True)
+    pred, _, _ = annotate_rows(RowSource(reference["object_id"], paths, refused, reasons, task.catalog), store,
+                               survey, model, card, settings, log=lambda line: print(f"{task.name}: {line}", flush=True))
     _, errors = read_status(store)
     folder.write_shard(task.name, {"start": task.start, "stop": task.stop, "errors": np.array(errors, dtype=str),
                                    "precision": precision(task.device), **pred})
@@ -148,7 +146,8 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     folder = RunFolder.for_output(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
     plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit)
-    missing = [s for s in shards if s not in folder.done(shards)]
+    done = {s.name for s in folder.done(shards)}
+    missing = [s for s in shards if s.name not in done]
     run = executor_for(executor, settings, profile, folder)
     if dry_run:
         _describe_plan(run, folder, catalog, shards, missing, shard_size, log)
@@ -197,15 +196,6 @@ def _describe_plan(run, folder: RunFolder, catalog: Path, shards: list, missing:
         log("  " + sbatch_array_command(catalog, shard_size, [s.index for s in missing], argv()))
 
 
-def shard_precision(folder: RunFolder, shards: list) -> str:
-    """'fp32' or 'bf16' when every shard was predicted so, else 'mixed'."""
-    found = set()
-    for shard in shards:
-        with np.load(folder.shard_file(shard.name), allow_pickle=False) as data:
-            found.add(str(data["precision"]) if "precision" in data.files else "fp32")
-    return found.pop() if len(found) == 1 else "mixed"
-
-
 def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: RunFolder, shards: list, out: Path):
     """The annotated catalog from the finished shards (merge.py), with the run's provenance."""
     from .checkpoint import read_card
@@ -215,7 +205,7 @@ def merge_run(catalog: Path, survey, model_dir: Path, plan: dict, folder: RunFol
 
     card = read_card(model_dir)  # the name and encoding only: the merge never builds the model
     provenance = provenance_cards(card.name or model_dir.name, plan["weights_sha256"], card.render.encoding,
-                                  survey.name, 0, shard_precision(folder, shards), plan.get("fit"), catalog=catalog,
+                                  survey.name, 0, "", plan.get("fit"), catalog=catalog,
                                   model_dir=model_dir)
     provenance["ANNSHRDS"] = (len(shards), SINGLE_SHARD["ANNSHRDS"][1])
     merged = merge_shards(catalog, survey, folder, shards, plan["rows"], out, provenance)

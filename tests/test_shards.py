@@ -228,6 +228,12 @@ def test_a_shard_file_changed_after_it_was_written_is_named_and_not_merged(catal
     with pytest.raises(OutputError, match="shard-00001.npz changed since it was written"):
         run_sharded(settings, 3, log=lambda m: None)
     assert not (tmp_path / "sums.fits").exists()
+    cut = folder / "shards" / "shard-00000.npz"  # a file cut short is no zip any more: still one message
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(OutputError, match="shard-00000.npz changed since it was written"):
+        run_sharded(settings, 3, log=lambda m: None)
+    cut.write_bytes(whole)
     damaged.unlink()  # as the message says: delete it and rerun
     messages = []
     again = run_sharded(settings, 3, log=messages.append)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from annotate.checkpoint import load_checkpoint
@@ -162,6 +163,20 @@ def test_a_run_can_start_from_a_checkpoint_and_keeps_its_label_scale(tmp_path):
     with pytest.raises(ConfigError, match="its backbone differ from the recipe's"):
         train(_recipe(tmp_path, store, backbone="vit-tiny-p32", init_from=str(tmp_path / "a")), tmp_path / "c",
               log=lambda line: None)
+    with pytest.raises(ConfigError, match="its image_mean/image_std differ"):
+        train(_recipe(tmp_path, store, image_std=0.25, init_from=str(tmp_path / "a")), tmp_path / "c",
+              log=lambda line: None)
+    # an interrupted warm start resumes only from the weights it started from
+    warm = _recipe(tmp_path, store, epochs=2, init_from=str(tmp_path / "a"))
+    assert train(warm, tmp_path / "d", log=lambda line: None, max_epochs=1)["stopped"]
+    from annotate.checkpoint import save_checkpoint
+
+    model, card = load_checkpoint(tmp_path / "a")
+    with torch.no_grad():
+        model.class_head.bias += 1.0
+    save_checkpoint(model, card, tmp_path / "a")
+    with pytest.raises(ConfigError, match="init_from_sha256 changed"):
+        train(warm, tmp_path / "d", log=lambda line: None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,8 +45,18 @@ def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
             getattr(model, task.head).requires_grad_(False)
 
 
-def _check_resumable(saved: dict, recipe: Recipe, folder: Path) -> None:
-    current = recipe.to_json()
+def _recipe_record(recipe: Recipe) -> dict:
+    """The recipe as a run's saved state records it: with `init_from`, also the SHA-256 of the
+    weights it starts from, so that a resumption after that checkpoint changed is refused."""
+    record = recipe.to_json()
+    if recipe.init_from:
+        from ..checkpoint import model_folder, weights_sha256
+
+        record["init_from_sha256"] = weights_sha256(model_folder(recipe.init_from))
+    return record
+
+
+def _check_resumable(saved: dict, current: dict, folder: Path) -> None:
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if changed:
@@ -77,7 +87,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     finished = out_dir / "training.json"
     if finished.is_file():
         summary = json.loads(finished.read_text())
-        _check_resumable(summary.get("recipe", {}), recipe, out_dir)
+        _check_resumable(summary.get("recipe", {}), recipe.to_json(), out_dir)
         log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
         return summary
     run = _setup(recipe, out_dir, log)
@@ -178,7 +188,7 @@ class _Run:
 
         if self.ranks.main:
             where = save_state(self.out_dir, self.state, self.model, self.optimiser, self.schedule,
-                               self.recipe.to_json(), world_size=self.ranks.world_size)
+                               _recipe_record(self.recipe), world_size=self.ranks.world_size)
             self.log(f"state saved at step {self.state.step} ({reason}): {where}")
         self.ranks.barrier()
         self.last_save = time.time()
@@ -207,7 +217,7 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
         f"({time.time() - started:.0f} s)")
-    dataset = _dataset(recipe, data, norms, settings, ranks.device)
+    dataset = _dataset(recipe, data, norms, settings, ranks.device, log)
     val_rows = np.flatnonzero(split == "val")
     val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
     model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(ranks.device)
@@ -236,12 +246,16 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
                 model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
 
 
-def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device):
-    """Batches rendered on the training device (`render_on: device`, or `auto` on a GPU without
-    an image store), else on the CPU."""
-    on_device = recipe.render_on == "device" or (recipe.render_on == "auto" and device.type == "cuda")
+def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device, log):
+    """Batches rendered on the training device (`render_on: device`, or `auto` on a GPU whose free
+    memory holds the spectra twice over, without an image store), else by DataLoader workers."""
     targets = encode_targets(data, norms)
+    on_device = recipe.render_on == "device" or (recipe.render_on == "auto" and device.type == "cuda")
+    if on_device and recipe.render_on == "auto":
+        need = np.asarray(data["flux"]).size * 5  # float32 flux and a bool mask
+        on_device = need < 0.5 * torch.cuda.mem_get_info(device)[0]
     if on_device and not data.get("images_path"):
+        log(f"batches rendered on {device} (render_on: {recipe.render_on})")
         return DeviceBatches(data, targets, settings, recipe.image_mean, recipe.image_std, device)
     return RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
 
@@ -257,9 +271,12 @@ def _start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) 
 
     model, card = load_checkpoint(recipe.init_from, "cpu")
     wanted = backbone_dict(vit_config(recipe.backbone, settings.image_size))
-    if card.backbone != wanted or card.render != settings or card.grid != grid:
-        what = [name for name, same in (("backbone", card.backbone == wanted), ("render settings", card.render == settings),
-                                        ("grid", card.grid == grid)) if not same]
+    trained = card.training.get("recipe", {})
+    scale = (trained.get("image_mean", recipe.image_mean), trained.get("image_std", recipe.image_std))
+    same = {"backbone": card.backbone == wanted, "render settings": card.render == settings, "grid": card.grid == grid,
+            "image_mean/image_std": scale == (recipe.image_mean, recipe.image_std)}
+    if not all(same.values()):
+        what = [name for name, ok in same.items() if not ok]
         raise ConfigError(f"init_from {recipe.init_from}: its {', '.join(what)} differ from the recipe's; "
                           "a warm start keeps them")
     return model.state_dict(), card.label_norm
@@ -284,7 +301,7 @@ def _resumable_state(recipe: Recipe, out_dir: Path, ranks) -> Path | None:
     resume_from = latest_state(out_dir)
     if resume_from is not None:
         saved = read_state_json(resume_from)
-        _check_resumable(saved["recipe"], recipe, out_dir)
+        _check_resumable(saved["recipe"], _recipe_record(recipe), out_dir)
         if saved.get("world_size", ranks.world_size) != ranks.world_size:  # states of older versions lack it
             raise ConfigError(f"{out_dir} holds a run interrupted with {saved['world_size']} processes; resume it "
                               f"with as many (now {ranks.world_size}): the data order depends on them")
