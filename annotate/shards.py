@@ -42,11 +42,6 @@ def plan_shards(n_rows: int, shard_size: int) -> list[Shard]:
     return [Shard(i, start, min(start + shard_size, n_rows)) for i, start in enumerate(range(0, n_rows, shard_size))]
 
 
-def run_folder(out: Path) -> Path:
-    """The run folder's path for the output `out` (RunFolder.for_output)."""
-    return RunFolder.for_output(out).path
-
-
 def _catalog_identity(catalog: Path) -> dict:
     stat = catalog.stat()
     return {"path": str(catalog.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -64,11 +59,6 @@ def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, surv
             "fit": fit_provenance(fit)}
 
 
-def write_plan(folder: Path, plan: dict) -> None:
-    """Create or check the run's plan (RunFolder.write_plan)."""
-    RunFolder(Path(folder)).write_plan(plan)
-
-
 @dataclass(frozen=True)
 class ShardTask:
     """One shard's work, as sent to a Dask worker or a SLURM array task: paths, rows, settings."""
@@ -84,10 +74,6 @@ class ShardTask:
     device: str = "cpu"
     batch_size: int = 64
     fit: bool = True
-
-    @property
-    def shard_file(self) -> Path:
-        return RunFolder(Path(self.folder)).shard_file(self.name)
 
 
 def run_shard(task: ShardTask) -> str:

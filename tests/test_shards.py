@@ -7,7 +7,8 @@ from astropy.io import fits
 from annotate.cli import main
 from annotate.errors import ConfigError
 from annotate.pipeline import RunSettings, run
-from annotate.shards import plan_shards, run_folder, run_sharded, write_plan
+from annotate.runfolder import RunFolder
+from annotate.shards import plan_shards, run_sharded
 from annotate.columns import OUTPUT_COLUMNS
 
 N = 8  # rows of conftest's catalog fixture
@@ -42,14 +43,14 @@ def test_sharded_run_equals_the_single_run(catalog, micro_model, tmp_path):  # n
         np.testing.assert_allclose(y[1].data["PRED_Z"], x[1].data["PRED_Z"], rtol=1e-5, equal_nan=True)
         assert list(y[1].data["SPECOBJID"]) == list(x[1].data["SPECOBJID"])  # input order kept
         assert y[1].header["ANNSHRDS"] == 3 and y[1].header["ANNPREC"] == x[1].header["ANNPREC"] == "fp32"
-    assert len(list((run_folder(tmp_path / "sharded.fits") / "shards").glob("*.npz"))) == 3
+    assert len(list((RunFolder.for_output(tmp_path / "sharded.fits").path / "shards").glob("*.npz"))) == 3
 
 
 def test_interrupted_run_resumes_to_the_same_bytes(catalog, micro_model, tmp_path):  # noqa: F811
     settings = _settings(catalog, tmp_path, micro_model, "clean.fits")
     clean = run_sharded(settings, 3, log=lambda m: None)
     reference = _pred_bytes(clean.output)
-    folder = run_folder(tmp_path / "clean.fits")
+    folder = RunFolder.for_output(tmp_path / "clean.fits").path
     kept = folder / "shards" / "shard-00000.npz"
     kept_mtime = kept.stat().st_mtime_ns
     # shard 1 was killed half-way: its file was never renamed into place, a partial temp file is left
@@ -67,7 +68,7 @@ def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa
     settings = _settings(catalog, tmp_path, micro_model, "out.fits")
     for index in (0, 2):  # two array tasks ran, as with slurm/annotate-array.sbatch
         run_sharded(settings, 3, log=lambda m: None, only_shard=index)
-    folder = run_folder(tmp_path / "out.fits")
+    folder = RunFolder.for_output(tmp_path / "out.fits").path
     assert main(["status", str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"run {folder}: catalog {catalog.resolve()} ({N} rows)")
@@ -102,11 +103,11 @@ def test_array_tasks_writing_the_plan_at_once_agree(tmp_path):
 
     plan = {"catalog": {"path": "/data/dr18.fits", "size": 1}, "rows": 10, "shard_size": 2}
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda _: write_plan(tmp_path / "run", plan), range(64)))
+        list(pool.map(lambda _: RunFolder(tmp_path / "run").write_plan(plan), range(64)))
     assert json.loads((tmp_path / "run" / "plan.json").read_text()) == plan
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["plan.json"]
     with pytest.raises(ConfigError, match="holds a run with other rows"):
-        write_plan(tmp_path / "run", {**plan, "rows": 11})
+        RunFolder(tmp_path / "run").write_plan({**plan, "rows": 11})
 
 
 def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp_path, capsys):  # noqa: F811
@@ -118,7 +119,7 @@ def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp
     assert code == 0
     assert "8 rows in 3 shards of up to 3; 0 done, 3 to run with executor slurm" in printed
     assert "#SBATCH --array=0-2%3" in printed and "#SBATCH --gpus-per-node=1" in printed
-    assert not run_folder(tmp_path / "cat.annotated.fits").exists()  # nothing written, nothing submitted
+    assert not RunFolder.for_output(tmp_path / "cat.annotated.fits").path.exists()  # nothing written, nothing submitted
     sbatch = next(line.strip() for line in printed.splitlines() if line.strip().startswith("sbatch "))
     assert sbatch.startswith("sbatch --array=0-2%64 ") and "slurm/annotate-array.sbatch" in sbatch
     assert f" {catalog.resolve()} 3 " in sbatch and f"--model {micro_model}" in sbatch
@@ -218,7 +219,7 @@ def test_a_shard_file_changed_after_it_was_written_is_named_and_not_merged(catal
     settings = _settings(catalog, tmp_path, micro_model, "sums.fits")
     first = run_sharded(settings, 3, log=lambda m: None)
     reference = _pred_bytes(first.output)
-    folder = run_folder(tmp_path / "sums.fits")
+    folder = RunFolder.for_output(tmp_path / "sums.fits").path
     assert sorted(p.name for p in (folder / "shards").glob("*.sha256")) == [f"shard-0000{i}.sha256" for i in range(3)]
     damaged = folder / "shards" / "shard-00001.npz"
     data = bytearray(damaged.read_bytes())

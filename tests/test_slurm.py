@@ -219,14 +219,15 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     # the scheduler's own word must report the cancel: the no-accounting fallback would take 10 min
     monkeypatch.setattr(annotate.executors, "LOST_AFTER_S", 600.0)
     from annotate.pipeline import RunSettings
-    from annotate.shards import run_folder, run_sharded
+    from annotate.runfolder import RunFolder
+    from annotate.shards import run_sharded
 
     settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
                            out=tmp_path / "out.fits", progress=False)
     profile = REPO / "slurm" / "profiles" / "testcluster.yaml"
     result = run_sharded(settings, 3, executor="slurm", profile=profile, log=lambda m: None)
     assert result.n_rows == 8 and result.n_predicted == 6
-    folder = run_folder(tmp_path / "out.fits")
+    folder = RunFolder.for_output(tmp_path / "out.fits").path
     assert len(list((folder / "shards").glob("*.npz"))) == 3 and any((folder / "slurm").rglob("*_log.out"))
 
     # a new run whose shard tasks are cancelled: reported, and a rerun redoes only what is missing.
@@ -265,15 +266,15 @@ def test_sharded_run_as_a_job_array_and_a_cancelled_shard_rerun(slurm_conf, cata
     def jobs_line(lines):
         return next(line for line in lines if line.startswith("jobs: "))
 
-    status = _wait(lambda: (lines := run_status(run_folder(tmp_path / "again.fits"))) and "cancelled" in jobs_line(lines)
-                   and lines, 60, step=2) or run_status(run_folder(tmp_path / "again.fits"))
+    status = _wait(lambda: (lines := run_status(RunFolder.for_output(tmp_path / "again.fits").path)) and "cancelled" in jobs_line(lines)
+                   and lines, 60, step=2) or run_status(RunFolder.for_output(tmp_path / "again.fits").path)
     assert status[1].endswith("missing") and not status[1].startswith("shards: 3 of 3"), status
     assert jobs_line(status).startswith("jobs: 3 (") and "cancelled" in jobs_line(status), status
     assert any(line.startswith("  job ") and "cancelled" in line for line in status), status
     messages = []
     again = run_sharded(settings2, 3, executor="slurm", profile=profile, log=messages.append)
     assert again.n_predicted == 6 and messages and messages[0].startswith("running ")
-    status = run_status(run_folder(tmp_path / "again.fits"))
+    status = run_status(RunFolder.for_output(tmp_path / "again.fits").path)
     assert status[1] == "shards: 3 of 3 done (8 rows), 0 missing" and status[-1] == f"merged: {tmp_path / 'again.fits'}"
     assert not any(line.startswith("  job ") for line in status), status  # the cancels are history now
 
@@ -343,7 +344,7 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
     from astropy.io import fits
 
     from annotate.cli import main
-    from annotate.shards import run_folder
+    from annotate.runfolder import RunFolder
 
     options = ["--spectra-root", str(tmp_path / "spectra"), "--model", str(micro_model),
                "--out", str(tmp_path / "out.fits")]
@@ -356,7 +357,7 @@ def test_annotate_array_sbatch_script_runs_shards_and_a_plain_run_merges(slurm_c
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text() for p in sorted(tmp_path.glob("annotate-run-*.out")))
     assert done.returncode == 0, logs[-3000:] + done.stderr
-    shards = sorted(p.name for p in (run_folder(tmp_path / "out.fits") / "shards").glob("*.npz"))
+    shards = sorted(p.name for p in (RunFolder.for_output(tmp_path / "out.fits").path / "shards").glob("*.npz"))
     assert shards == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     assert "shard-00002 (rows 6-8)" in logs
     # the merge: the same command without --shard; rows 3 and 5 have no spectrum (exit code 3)
