@@ -29,9 +29,12 @@ OUTPUT_COLUMNS = (
     OutputColumn("PRED_DELTACHI2", "E", "", "fit chi2 of the next other solution minus best"),
     OutputColumn("PRED_RCHI2", "E", "", "fit chi2 per degree of freedom"),
     OutputColumn("PRED_SPECTYPE", "12A", "", "stars: type of the best-fitting MILES star"),
-    OutputColumn("PRED_TEFF", "E", "K", "predicted effective temperature (stars)"),
-    OutputColumn("PRED_LOGG", "E", "dex", "predicted log10 surface gravity, cgs (stars)"),
-    OutputColumn("PRED_FEH", "E", "dex", "predicted [Fe/H] (stars)"),
+    OutputColumn("PRED_TEFF", "E", "K", "effective temperature (fit's if STAR, else ViT)"),
+    OutputColumn("PRED_LOGG", "E", "dex", "log10 gravity, cgs (fit's if STAR, else ViT)"),
+    OutputColumn("PRED_FEH", "E", "dex", "[Fe/H] (fit's if STAR, else ViT)"),
+    OutputColumn("PRED_TEFF_VIT", "E", "K", "ViT effective temperature"),
+    OutputColumn("PRED_LOGG_VIT", "E", "dex", "ViT log10 surface gravity, cgs"),
+    OutputColumn("PRED_FEH_VIT", "E", "dex", "ViT [Fe/H]"),
     OutputColumn("PRED_FLAGS", "J", "", "quality bitmask, bits named in PFLAGn cards"),
 )
 

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .invocation import argv
 from .runfolder import RunFolder
 
-PLAN_VERSION = 3  # 2: shard files hold the template fit's keys; 3: each shard file has its checksum
+PLAN_VERSION = 4  # 2: shard files hold the template fit's keys; 3: each shard file has its checksum; 4: the fit's stellar labels
 
 
 @dataclass(frozen=True)

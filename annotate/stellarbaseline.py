@@ -1,5 +1,6 @@
-"""The stellar-parameter baseline a survey scientist would reach for instead of the ViT: the
-k nearest template stars by χ².
+"""Stellar parameters from the k nearest template stars by χ²: the baseline a survey scientist
+would reach for instead of the ViT, and the template fit's stellar parameters (annotate.fit.stellar
+calls it at the fitted velocity for rows the fit classes STAR).
 
 Each spectrum and each training star (a MILES template broadened to the instrument's resolution
 and put on the store grid at rest) is divided by its own smooth continuum (a weighted running mean
@@ -27,21 +28,35 @@ SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)
 LABELS = ("teff", "logg", "feh")
 
 
-def _smooth(values: np.ndarray, weights: np.ndarray, width: int) -> np.ndarray:
-    """Weighted running mean along the last axis (edges use what they have)."""
-    kernel = np.ones(width)
-    numerator = np.apply_along_axis(np.convolve, -1, values * weights, kernel, mode="same")
-    denominator = np.apply_along_axis(np.convolve, -1, weights, kernel, mode="same")
-    return np.where(denominator > 0, numerator / np.maximum(denominator, 1e-30), np.nan)
+def _running_sum(values: np.ndarray, width: int) -> np.ndarray:
+    """Sum over a centred window of `width` (odd) pixels along the last axis, zeros beyond the
+    edges: np.convolve(row, ones(width), 'same') for every row, from cumulative sums."""
+    half = width // 2
+    n = values.shape[-1]
+    total = np.empty(values.shape[:-1] + (n + 2 * half + 1,))
+    total[..., :half + 1] = 0.0
+    np.cumsum(values, axis=-1, out=total[..., half + 1:half + 1 + n])
+    total[..., half + 1 + n:] = total[..., half + n:half + 1 + n]  # the sum of the whole row
+    return total[..., width:width + n] - total[..., :n]
 
 
-def normalise(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flux / continuum, ivar × continuum²), 0 where unusable; (n, n_pix) in and out."""
-    weights = (ivar > 0).astype(np.float64)
-    continuum = _smooth(np.where(weights > 0, flux, 0.0), weights, CONTINUUM_PIX)
-    usable = (weights > 0) & np.isfinite(continuum) & (continuum > 0)
-    safe = np.where(usable, continuum, 1.0)
-    return np.where(usable, flux / safe, 0.0), np.where(usable, ivar * safe**2, 0.0)
+def normalise(flux: np.ndarray, ivar: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(flux / continuum, ivar × continuum²), 0 where unusable; (n, n_pix) in and out. The
+    continuum is the running mean of the usable pixels over CONTINUUM_PIX pixels (edges use what
+    they have); rows are taken `chunk` at a time, which keeps the temporaries in cache."""
+    out_flux, out_ivar = np.zeros(flux.shape), np.zeros(ivar.shape)
+    for start in range(0, len(flux), chunk):
+        rows = slice(start, start + chunk)
+        f, w = flux[rows], ivar[rows]
+        good = w > 0
+        count = _running_sum(good.astype(np.float64), CONTINUUM_PIX)  # whole numbers: 0 means no pixel
+        total = _running_sum(np.where(good, f, 0.0), CONTINUUM_PIX)
+        continuum = total / np.maximum(count, 0.5)
+        usable = good & (count > 0.5) & (continuum > 0)
+        safe = np.where(usable, continuum, 1.0)
+        out_flux[rows] = np.where(usable, f / safe, 0.0)
+        out_ivar[rows] = np.where(usable, w * safe**2, 0.0)
+    return out_flux, out_ivar
 
 
 def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_sigma_kms: float = 69.0):
@@ -53,11 +68,16 @@ def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_si
     template_sigma = lib.star_fwhm_aa * FWHM_TO_SIGMA / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(resolution_sigma_kms**2 - template_sigma**2, 0.0))
     wave = 10.0**lib.star_loglam
+    offset = (grid.loglam_start - lib.star_loglam[0]) / step
+    aligned = np.isclose(grid.loglam_step, step, rtol=1e-9) and abs(offset - round(offset)) < 1e-6
     fluxes, ivars = [], []
     for i in indices:
         flux = broaden(lib.star_flux[i].astype(np.float64), extra, step)
         bad = ~np.isfinite(flux)
-        f, _, mask = resample(wave, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
+        if aligned:  # the grids share their pixels: a slice is the flux-conserving resampling
+            f, mask = _slice_onto(flux, bad, int(round(offset)), grid.n_pix)
+        else:
+            f, _, mask = resample(wave, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
         fluxes.append(np.where(mask, 0.0, f))
         ivars.append((~mask).astype(np.float64))
     flux, usable = normalise(np.array(fluxes), np.array(ivars))
@@ -65,30 +85,64 @@ def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_si
     return flux.astype(np.float32), usable > 0, labels
 
 
+def _slice_onto(flux: np.ndarray, bad: np.ndarray, offset: int, n_pix: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flux (n_pix,), mask (n_pix,) True = no data) of a spectrum whose pixel `offset` is the
+    grid's pixel 0 (same step), masked where it has no pixel or a bad one."""
+    out = np.zeros(n_pix)
+    mask = np.ones(n_pix, bool)
+    lo, hi = max(0, -offset), min(n_pix, len(flux) - offset)
+    if hi > lo:
+        out[lo:hi] = flux[offset + lo:offset + hi]
+        mask[lo:hi] = bad[offset + lo:offset + hi]
+    return out, mask
+
+
+def at_rest(flux: np.ndarray, ivar: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spectra (n, n_pix) moved to rest by their whole-pixel shifts (n,) (log10(1 + z) / step,
+    rounded): pixel p of the result is observed pixel p + shift; pixels with no observed pixel
+    get ivar 0."""
+    flux, ivar = np.asarray(flux, np.float64), np.asarray(ivar, np.float64)
+    rest_flux, rest_ivar = np.zeros_like(flux), np.zeros_like(ivar)
+    n_pix = flux.shape[1]
+    for i, shift in enumerate(np.rint(np.asarray(shifts, float)).astype(int)):
+        lo, hi = max(0, -shift), min(n_pix, n_pix - shift)
+        if hi > lo:
+            rest_flux[i, lo:hi] = flux[i, lo + shift:hi + shift]
+            rest_ivar[i, lo:hi] = ivar[i, lo + shift:hi + shift]
+    return rest_flux, rest_ivar
+
+
 def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray, usable: np.ndarray,
-                      labels: np.ndarray, k: int = K, max_shift: int = MAX_SHIFT, chunk: int = 256) -> np.ndarray:
+                      labels: np.ndarray, k: int = K, max_shift: int = MAX_SHIFT, chunk: int = 256,
+                      shifts: np.ndarray | None = None) -> np.ndarray:
     """(n, 3) Teff, log g, [Fe/H]: the mean over the k lowest-χ² templates (each label over those
-    of the k that have it). flux, ivar: (n, n_pix) on the templates' grid."""
+    of the k that have it). flux, ivar: (n, n_pix) on the templates' grid; `shifts` (n,), when
+    given: each spectrum's velocity in pixels (the fit's), by which it is moved to rest first,
+    the search then being within ±max_shift of it."""
+    if shifts is not None:
+        flux, ivar = at_rest(flux, ivar, shifts)
     norm_flux, norm_ivar = normalise(np.asarray(flux, np.float64), np.asarray(ivar, np.float64))
     out = np.full((len(flux), labels.shape[1]), np.nan)
-    t = templates.astype(np.float32)
-    t2 = (t * t).astype(np.float32)
-    valid = usable.astype(np.float32)
+    # the template side is fixed (0 where unusable); each shift moves the spectra instead, whose
+    # pixels moved past an edge get weight 0: the same pixel pairs as moving the templates
+    t = np.asarray(templates, np.float32)
+    t2 = t * t
+    valid = np.asarray(usable, np.float32)
     for start in range(0, len(flux), chunk):
-        f = norm_flux[start:start + chunk].astype(np.float32)
-        w = norm_ivar[start:start + chunk].astype(np.float32)
-        best = np.full((len(f), len(t)), np.inf)
+        f0 = norm_flux[start:start + chunk].astype(np.float32)
+        w0 = norm_ivar[start:start + chunk].astype(np.float32)
+        best = np.full((len(f0), len(t)), np.inf)
         for shift in range(-max_shift, max_shift + 1):
-            ts, t2s, vs = (np.roll(a, shift, axis=1) for a in (t, t2, valid))
+            f, w = np.roll(f0, -shift, axis=1), np.roll(w0, -shift, axis=1)
             if shift > 0:
-                vs[:, :shift] = 0
+                w[:, -shift:] = 0
             elif shift < 0:
-                vs[:, shift:] = 0
+                w[:, :-shift] = 0
             wf = w * f
-            ft = wf @ (ts * vs).T                 # Σ w f t
-            tt = w @ (t2s * vs).T                 # Σ w t²
-            ff = (wf * f) @ vs.T                  # Σ w f² over the template's pixels
-            n_used = (w > 0).astype(np.float32) @ vs.T
+            ft = wf @ t.T                         # Σ w f t
+            tt = w @ t2.T                         # Σ w t²
+            ff = (wf * f) @ valid.T               # Σ w f² over the template's pixels
+            n_used = (w > 0).astype(np.float32) @ valid.T
             chi2 = (ff - np.where(tt > 0, ft**2 / np.maximum(tt, 1e-30), 0.0)) / np.maximum(n_used, 1.0)
             best = np.minimum(best, np.where(n_used > 100, chi2, np.inf))
         order = np.argsort(best, axis=1)[:, :k]

@@ -47,9 +47,12 @@ def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
         "PRED_DELTACHI2": nan_if_none(pred["fit_deltachi2"]).astype(np.float32),
         "PRED_RCHI2": nan_if_none(pred["fit_rchi2"]).astype(np.float32),
         "PRED_SPECTYPE": text_if_any(pred["fit_spectype"], 12),
-        "PRED_TEFF": nan_if_none(pred["teff"]).astype(np.float32),
-        "PRED_LOGG": nan_if_none(pred["logg"]).astype(np.float32),
-        "PRED_FEH": nan_if_none(pred["feh"]).astype(np.float32),
+        "PRED_TEFF": nan_if_none(final["teff"]).astype(np.float32),
+        "PRED_LOGG": nan_if_none(final["logg"]).astype(np.float32),
+        "PRED_FEH": nan_if_none(final["feh"]).astype(np.float32),
+        "PRED_TEFF_VIT": nan_if_none(pred["teff"]).astype(np.float32),
+        "PRED_LOGG_VIT": nan_if_none(pred["logg"]).astype(np.float32),
+        "PRED_FEH_VIT": nan_if_none(pred["feh"]).astype(np.float32),
         "PRED_FLAGS": flags.astype(np.int32),
     }
 

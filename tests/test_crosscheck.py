@@ -168,7 +168,10 @@ def _vit_and_fit(tmp_path):
             "fit_class": ref_class.astype("U6"), "fit_z": ref_z + np.array([0.5, -0.5, 0.25, -0.25]) * fit_err,
             "fit_z_err": np.full(4, fit_err), "fit_deltachi2": np.full(4, 100.0), "fit_rchi2": np.full(4, 1.0),
             "fit_spectype": np.array(["", "", "", "G2V"]),
-            "fit_flags": np.array([0, int(PredFlag.FIT_VIT_DISAGREE), 0, int(PredFlag.FIT_VIT_DISAGREE)])}
+            "fit_flags": np.array([0, int(PredFlag.FIT_VIT_DISAGREE), 0, int(PredFlag.FIT_VIT_DISAGREE)]),
+            # the fit's stellar labels, for the star it found (row 3)
+            "fit_teff": np.array([np.nan, np.nan, np.nan, 5800.0]), "fit_logg": np.array([np.nan, np.nan, np.nan, 4.5]),
+            "fit_feh": np.array([np.nan, np.nan, np.nan, -0.5])}
     reference = {"class": ref_class.astype(object), "z": ref_z}
     written = prediction_columns(pred, reference, np.zeros(4, np.int64))
     return write_fits(catalog, tmp_path / "fit.annotated.fits", written, provenance_cards("m", "0" * 64, "2dmap", "sdss_dr18", 1))
@@ -215,6 +218,11 @@ def test_vit_and_final_side_by_side(tmp_path):
     assert final["redshift"]["pulls"] == pytest.approx({"n": 4, "median": 0.0, "robust_spread": 1.4826 * 0.375,
                                                         "within_1sigma": 1.0, "within_2sigma": 1.0}, abs=1e-9)
     assert vit["redshift"]["z_err_within_1sigma"] == 0.25 and final["redshift"]["z_err_within_1sigma"] == 1.0
+    # the star: the ViT's labels are the pipeline's (5000 K, 4.0, 0.0), the fit's 5800 K, 4.5, -0.5
+    assert pred["PRED_TEFF"][3] == 5800.0 and pred["PRED_TEFF_VIT"][3] == 5000.0
+    assert np.isnan(pred["PRED_TEFF"][0]) and pred["PRED_LOGG"][0] == pred["PRED_LOGG_VIT"][0] == 4.0
+    assert [final["stellar"][k]["bias"] for k in ("teff", "logg", "feh")] == pytest.approx([800.0, 0.5, -0.5])
+    assert [vit["stellar"][k]["rmse"] for k in ("teff", "logg", "feh")] == [0.0, 0.0, 0.0]
 
     result = crosscheck(tmp_path / "fit.annotated.fits")
     page = result.report.read_text()
@@ -223,6 +231,7 @@ def test_vit_and_final_side_by_side(tmp_path):
     assert "<tr><td>recall STAR</td><td>0</td><td>1</td></tr>" in page
     assert f"<tr><td>pull robust spread</td><td>{1.4826 * 2.0:.4g}</td>" in page
     assert 'alt="pull distributions" src="data:image/png;base64,' in page
+    assert "<tr><td>Teff RMSE (pipeline stars)</td><td>0</td><td>800</td></tr>" in page
     written = json.loads((result.out_dir / "metrics.json").read_text())
     assert written["vit"]["classification"]["accuracy"] == 0.5 and written["redshift"]["pulls"]["n"] == 4
 
@@ -282,7 +291,8 @@ def _twenty_rows(tmp_path, zwarning=None, objtype=None, provenance=None, name="l
     pred = {"prob": prob, "z": vit_z, "z_err": np.full(n, 1e-3), "teff": np.where(ref_class == "STAR", 5100.0, np.nan),
             "logg": np.full(n, 4.0), "feh": np.full(n, 0.0), "fit_class": fit_class, "fit_z": fit_z,
             "fit_z_err": np.full(n, 1e-4), "fit_deltachi2": deltachi2, "fit_rchi2": np.full(n, 1.0),
-            "fit_spectype": np.full(n, ""), "fit_flags": np.zeros(n, np.int64)}
+            "fit_spectype": np.full(n, ""), "fit_flags": np.zeros(n, np.int64),
+            **{f"fit_{key}": np.full(n, np.nan) for key in ("teff", "logg", "feh")}}
     reference = {"class": ref_class.astype(object), "z": ref_z}
     cards = provenance or provenance_cards("spectromer-tiny", WEIGHTS_SHA, "2dmap", "sdss_dr18", 0, "bf16",
                                            fit={"settings": "classes GALAXY QSO STAR", "sha256": TEMPLATES_SHA})

@@ -210,7 +210,7 @@ def test_single_and_sharded_runs_record_the_whole_command_and_paths(catalog, mic
                 assert header[f"TCOMM{names.index(spec.name) + 1}"] == column_description(spec)
         table = Table.read(deep / name, hdu=1)
         index = table.colnames.index("PRED_TEFF") + 1
-        assert table.meta[f"TCOMM{index}"] == "predicted effective temperature (stars) [K]"
+        assert table.meta[f"TCOMM{index}"] == "effective temperature (fit's if STAR, else ViT) [K]"
 
 
 def test_a_shard_file_changed_after_it_was_written_is_named_and_not_merged(catalog, micro_model, tmp_path):  # noqa: F811

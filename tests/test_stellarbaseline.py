@@ -32,3 +32,29 @@ def test_rmse_and_r2_by_snr_bin():
     report = stellarbaseline.stellar_report(np.tile(true[:, None], 3), np.tile(pred[:, None], 3), snr)
     # S/N >= 20: true (4, 5), pred (4, 7): R² = 1 - 4 / 0.5
     assert report["logg"]["r2_snr_ge_20"] == pytest.approx(1 - 4 / 0.5)
+
+
+def test_running_sum_is_the_convolution_with_a_box():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(3, 500))
+    values[1, 100:300] = 0.0
+    expected = np.stack([np.convolve(row, np.ones(151), mode="same") for row in values])
+    np.testing.assert_allclose(stellarbaseline._running_sum(values, 151), expected, atol=1e-12)
+
+
+def test_a_star_far_off_rest_is_found_once_moved_by_its_velocity():
+    """A training star observed 40 pixels (≈ 9,200 km/s) off rest: with its shift given, the nearest
+    template is itself; at rest (±3 pixels searched) it is not."""
+    lib = load_library()
+    stars = np.arange(0, 300, 3)
+    templates, usable, labels = stellarbaseline.template_stars(lib, stars, GRID)
+    flux = np.roll(templates[[25]], 40, axis=1).astype(np.float64)
+    ivar = np.where(np.roll(usable[[25]], 40, axis=1), 1e4, 0.0)
+    ivar[:, :40] = 0.0
+    moved = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1, max_shift=1, shifts=[40.2])
+    np.testing.assert_array_equal(np.nan_to_num(moved, nan=-99), np.nan_to_num(labels[[25]], nan=-99))
+    rest_flux, rest_ivar = stellarbaseline.at_rest(flux, ivar, [40.2])
+    np.testing.assert_array_equal(rest_flux[0, :-40], flux[0, 40:])
+    assert (rest_ivar[0, -40:] == 0).all()
+    unmoved = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1)
+    assert not np.array_equal(np.nan_to_num(unmoved, nan=-99), np.nan_to_num(labels[[25]], nan=-99))

@@ -13,7 +13,7 @@ from ..metrics import (
     accuracy, bias, catastrophic, confusion_matrix, gaussian_crps, macro_f1, nmad, outlier_fraction,
     per_class_recall, r2_score, rmse, robust_spread, success_by_snr, velocity_offset_kms, within_sigma,
 )
-from .read import FINAL_COLUMNS, STELLAR, VIT_COLUMNS, has_vit, read_annotated
+from .read import FINAL_COLUMNS, STELLAR, STELLAR_VIT, VIT_COLUMNS, has_vit, read_annotated
 
 
 # the fit and the ViT agree with each other within this, and the fit is this sure (Δχ² to the next
@@ -109,16 +109,26 @@ def compute(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = 
     snr = np.asarray(reference["snr"], float)[compared]
     metrics = {"rows": n, "compared": int(compared.sum()), "all_rows": bool(all_rows), "excluded": excluded,
                **({"included_anyway": included} if all_rows else {}),
-               **assess(ref_class, z_ref, snr, *compared_predictions(pred, compared)), "stellar": {}}
-    stars = ref_class == "STAR"
-    for role, column, _, unit in STELLAR:
-        true = np.asarray(reference[role], float)[compared][stars]
-        guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
-        metrics["stellar"][role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
-                                    "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess)}
+               **assess(ref_class, z_ref, snr, *compared_predictions(pred, compared)),
+               "stellar": stellar_metrics(reference, pred, compared, ref_class == "STAR")}
     if has_vit(pred):
         metrics["vit"] = assess(ref_class, z_ref, snr, *compared_predictions(pred, compared, VIT_COLUMNS))
+        if all(column in pred for _, column, _, _ in STELLAR_VIT):
+            metrics["vit"]["stellar"] = stellar_metrics(reference, pred, compared, ref_class == "STAR", STELLAR_VIT)
     return metrics, compared
+
+
+def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np.ndarray, columns=STELLAR) -> dict:
+    """{role: {'n', 'unit', 'r2', 'rmse', 'bias'}} of the compared rows that are pipeline stars
+    (`stars`, over the compared rows), the predictions read from `columns` (NaN where absent)."""
+    n = len(pred["PRED_Z"])
+    out = {}
+    for role, column, _, unit in columns:
+        true = np.asarray(reference[role], float)[compared][stars]
+        guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
+        out[role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
+                     "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess)}
+    return out
 
 
 def fit_and_vit_agree(pred: dict) -> np.ndarray:

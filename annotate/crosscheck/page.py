@@ -90,12 +90,17 @@ def _side_by_side(metrics: dict, images: dict) -> str:
             block = block[key]
         return block
 
+    paths = SIDE_BY_SIDE
+    if "stellar" in metrics["vit"]:  # catalogs with PRED_TEFF_VIT, PRED_LOGG_VIT, PRED_FEH_VIT
+        paths += tuple((f"{label} {what} (pipeline stars)", ("stellar", role, key)) for role, _, label, _ in STELLAR
+                       for what, key in (("R²", "r2"), ("RMSE", "rmse")))
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(value(metrics['vit'], path))}</td>"
-                   f"<td>{_fmt(value(metrics, path))}</td></tr>" for label, path in SIDE_BY_SIDE)
+                   f"<td>{_fmt(value(metrics, path))}</td></tr>" for label, path in paths)
     return f"""<h2>ViT alone and final (fit)</h2>
-<p>The same rows, scored from the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT) and from
-the final ones (PRED_CLASS, PRED_Z, PRED_Z_ERR: the template fit's where it found a solution, the ViT's
-elsewhere). σ is each set's own z error (PRED_Z_ERR_VIT, PRED_Z_ERR).</p>
+<p>The same rows, scored from the ViT's own columns (PRED_CLASS_VIT, PRED_Z_VIT, PRED_Z_ERR_VIT and, where the
+catalog has them, PRED_TEFF_VIT, PRED_LOGG_VIT, PRED_FEH_VIT) and from the final ones (PRED_CLASS, PRED_Z,
+PRED_Z_ERR, PRED_TEFF, PRED_LOGG, PRED_FEH: the template fit's where it found a solution, or a star for the
+stellar parameters, the ViT's elsewhere). σ is each set's own z error (PRED_Z_ERR_VIT, PRED_Z_ERR).</p>
 <table><tr><th>metric</th><th>ViT</th><th>final (fit)</th></tr>{rows}</table>
 {_image(images.get('pulls'), 'pull distributions')}
 """

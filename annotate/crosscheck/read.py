@@ -15,6 +15,10 @@ from ..surveys import load_survey
 STELLAR = (("teff", "PRED_TEFF", "Teff", "K"), ("logg", "PRED_LOGG", "log g", "dex"), ("feh", "PRED_FEH", "[Fe/H]", "dex"))
 
 
+# the ViT's own stellar parameters (PRED_TEFF etc. are the fit's for the rows it classed STAR)
+STELLAR_VIT = tuple((role, f"{column}_VIT", label, unit) for role, column, label, unit in STELLAR)
+
+
 # (class, z, z_err) columns of the final (fitted) result and of the ViT alone
 FINAL_COLUMNS = ("PRED_CLASS", "PRED_Z", "PRED_Z_ERR")
 

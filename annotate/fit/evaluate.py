@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
+
 import numpy as np
 
 from .. import CLASS_NAMES
@@ -27,13 +29,16 @@ from .fitter import Fitter, FitSettings
 from .stage import fit_rows
 
 
-def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0) -> dict:
+def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0, stars_only: bool = False) -> dict:
     """n simulated spectra from the held-out stars and populations and quasar draws of `seed`,
-    with the simulator's realism effects at `realism` strength (0: none)."""
+    with the simulator's realism effects at `realism` strength (0: none); only stars with
+    `stars_only`."""
     bases = load_bases()
     lib = load_library()
     stars, held = bases.held_out_stars, bases.held_out_populations
     settings = SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None)
+    if stars_only:
+        settings = replace(settings, class_fractions=(0.0, 0.0, 1.0))
     return draw_sample(n, lib.with_populations(held), grid, seed=seed, star_indices=stars, settings=settings)
 
 
@@ -59,12 +64,14 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 
 
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
-             model: str | None = None, **settings) -> dict:
-    """The fit's figures on `held_out_sample(n, seed, realism)`; with `prior`, seeded by the ViT
-    of `model` (default: the shipped default model) as in `annotate run` (the ViT's own time not
-    counted). `settings`: other FitSettings fields than the defaults."""
+             model: str | None = None, stars_only: bool = False, **settings) -> dict:
+    """The fit's figures on `held_out_sample(n, seed, realism, stars_only)`; with `prior`, seeded
+    by the ViT of `model` (default: the shipped default model) as in `annotate run` (the ViT's
+    own time not counted). `settings`: other FitSettings fields than the defaults. 'stellar':
+    stellarbaseline.stellar_report of the fit's labels (and the ViT's, with `prior`) on the
+    held-out stars the fit classed STAR."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid, realism)
+    sample = held_out_sample(n, seed, grid, realism, stars_only)
     vit = None
     if prior:
         from ..checkpoint import load_checkpoint
@@ -95,7 +102,21 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
         row["pull_spread"] = robust_spread(p)
         row["within_1sigma"] = float(np.mean(np.abs(p) <= 1)) if ok.any() else float("nan")
         out[cls] = row
+    out["stellar"] = _stellar_figures(sample, fit, vit)
     return out
+
+
+def _stellar_figures(sample: dict, fit: dict, vit: dict | None) -> dict:
+    """{'n', 'fit': report[, 'vit': report]} over true stars that the fit classed STAR."""
+    from ..stellarbaseline import LABELS, stellar_report
+
+    rows = (sample["class"] == "STAR") & (fit["fit_class"] == "STAR")
+    true = np.stack([sample[key][rows] for key in LABELS], axis=1)
+    figures = {"n": int(rows.sum()),
+               "fit": stellar_report(true, np.stack([fit[f"fit_{key}"][rows] for key in LABELS], axis=1), sample["snr"][rows])}
+    if vit is not None:
+        figures["vit"] = stellar_report(true, np.stack([vit[key][rows] for key in LABELS], axis=1), sample["snr"][rows])
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-below", type=float, default=None,
                         help="with --prior: skip classes whose ViT probability is under this when the ViT is "
                              "confident (FitSettings.skip_below; default: scan every class)")
+    parser.add_argument("--stars", action="store_true", help="a sample of held-out stars only (stellar parameters)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
     args = parser.parse_args(argv)
@@ -118,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if field not in FitSettings.__dataclass_fields__ or not value:
             parser.error(f"--set {item}: not FIELD=VALUE with a FitSettings field")
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
-    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, **overrides)
+    result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, args.stars,
+                      **overrides)
     print("\n".join(report_lines(result)))
     return 0
 
@@ -128,11 +151,19 @@ def report_lines(result: dict) -> list[str]:
     head = (f"{result['n']} held-out objects (seed {result['seed']}, prior {'on' if result['prior'] else 'off'}, "
             f"realism {result['realism']:g}): class accuracy {result['class_accuracy']:.3f}, "
             f"{1e3 * result['seconds_per_spectrum']:.1f} ms per spectrum")
-    return [head] + [
+    lines = [head] + [
         f"  {cls:<6} success S/N≥5 {row['success_snr_ge_5']:.3f} (n={row['n_snr_ge_5']}), S/N 2-5 "
         f"{row['success_snr_2_5']:.3f} (n={row['n_snr_2_5']}); NMAD S/N≥5 {row['nmad_snr_ge_5']:.2e}; "
         f"pull spread {row['pull_spread']:.2f}, within 1σ {row['within_1sigma']:.2f}"
         for cls, row in ((c, result[c]) for c in CLASS_NAMES)]
+    stellar = result.get("stellar", {})
+    if stellar.get("n"):
+        lines.append(f"  stars classed STAR: {stellar['n']}; RMSE by S/N 0-10/10-20/20-50/≥50, R² at S/N≥20")
+        for source in ("fit", "vit"):
+            for label, report in stellar.get(source, {}).items():
+                rmse = " / ".join(f"{row['rmse']:.3g}" for row in report["by_snr"])
+                lines.append(f"    {source:<3} {label:<4} {rmse}; R² {report['r2_snr_ge_20']:.3f}")
+    return lines
 
 
 if __name__ == "__main__":

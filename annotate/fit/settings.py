@@ -30,7 +30,9 @@ class FitSettings:
     skip_below, confident: a class whose ViT probability is under skip_below is not scanned when
     the ViT's top class has at least `confident`; small_deltachi2: Δχ² under which a solution is
     doubtful (redrock's ZWARN uses 9); vit_window_sigma, vit_window_min_kms: the ViT's window;
-    backend, device: numpy or torch (on `device`); calibrated: apply data/calibration.json."""
+    backend, device: numpy or torch (on `device`); calibrated: apply data/calibration.json;
+    stellar_k: training stars whose mean labels are a fitted star's Teff, log g and [Fe/H]
+    (annotate.fit.stellar; 0: none, the ViT's stand)."""
 
     bin_galaxy: int = 3
     bin_qso: int = 6
@@ -52,6 +54,7 @@ class FitSettings:
     backend: str = "numpy"
     device: str = "cpu"
     calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
+    stellar_k: int = 5
 
     def bin_for(self, spectype: str) -> int:
         return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
@@ -60,7 +63,8 @@ class FitSettings:
         """A short text for the output header (ANNFITS)."""
         return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly}/{self.n_poly_coarse} pca={self.coarse_pca} "
                 f"cand={self.n_candidates} walk<{self.walk_margin:g} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
-                f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else ""))
+                f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else "")
+                + (f" stars=knn{self.stellar_k}" if self.stellar_k > 0 else ""))
 
 
 @dataclass

@@ -12,8 +12,11 @@ from .. import CLASS_NAMES
 from .decide import choose
 from .fitter import Fitter, FitSettings
 from .scan import spectrum_arrays
+from .stellar import stellar_labels
 
-FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags")
+STELLAR_KEYS = ("teff", "logg", "feh")
+FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags",
+            *(f"fit_{key}" for key in STELLAR_KEYS))
 SPECTYPE_WIDTH = 12
 
 
@@ -21,7 +24,8 @@ def empty_fit(n: int) -> dict:
     """The fit's keys for n rows that were not fitted ('' class, NaN values, no flags)."""
     return {"fit_class": np.full(n, "", dtype="U6"), "fit_z": np.full(n, np.nan), "fit_z_err": np.full(n, np.nan),
             "fit_deltachi2": np.full(n, np.nan), "fit_rchi2": np.full(n, np.nan),
-            "fit_spectype": np.full(n, "", dtype=f"U{SPECTYPE_WIDTH}"), "fit_flags": np.zeros(n, np.int64)}
+            "fit_spectype": np.full(n, "", dtype=f"U{SPECTYPE_WIDTH}"), "fit_flags": np.zeros(n, np.int64),
+            **{f"fit_{key}": np.full(n, np.nan) for key in STELLAR_KEYS}}
 
 
 def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, vit: dict | None) -> dict:
@@ -32,6 +36,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
         return out
     f, w, _ = spectrum_arrays(flux, ivar, mask)
     candidates = fitter.fit_arrays(f, w, vit)
+    star_shifts = {}
     for i in range(n):
         prob = None if vit is None else vit["prob"][i]
         vit_z = np.nan if vit is None else float(vit["z"][i])
@@ -46,6 +51,13 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
         if choice.spectype == "STAR":
             sptype, _ = fitter.spectral_type(f[i], w[i], choice.best.shift, choice.subtype)
             out["fit_spectype"][i] = sptype[:SPECTYPE_WIDTH]
+            star_shifts[i] = choice.best.shift
+    if star_shifts and fitter.settings.stellar_k > 0:
+        rows = np.fromiter(star_shifts, int)
+        labels = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows], np.fromiter(star_shifts.values(), float),
+                                fitter.settings.stellar_k)
+        for j, key in enumerate(STELLAR_KEYS):
+            out[f"fit_{key}"][rows] = labels[:, j]
     return out
 
 
@@ -115,11 +127,15 @@ def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(
 
 def final_columns(pred: dict) -> dict:
     """class (U6), z, z_err and the ViT's class: the fit's values where it found a solution, the
-    ViT's elsewhere (and everywhere when the fit did not run)."""
+    ViT's elsewhere (and everywhere when the fit did not run); teff, logg, feh: the fit's where it
+    found a star and has the label (annotate.fit.stellar), the ViT's elsewhere."""
     prob = pred["prob"]
     vit_class = np.where(np.isfinite(prob).all(axis=1), np.array(CLASS_NAMES)[np.nan_to_num(prob, nan=0).argmax(axis=1)], "")
     fitted = pred["fit_class"] != ""
+    star = pred["fit_class"] == "STAR"
+    stellar = {key: np.where(star & np.isfinite(pred[f"fit_{key}"]), pred[f"fit_{key}"], pred[key])
+               for key in STELLAR_KEYS}
     return {"class": np.where(fitted, pred["fit_class"], vit_class).astype("U6"),
             "z": np.where(fitted, pred["fit_z"], pred["z"]), "z_err": np.where(fitted, pred["fit_z_err"], pred["z_err"]),
-            "vit_class": vit_class.astype("U6"), "fitted": fitted}
+            "vit_class": vit_class.astype("U6"), "fitted": fitted, **stellar}
 

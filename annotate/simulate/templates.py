@@ -50,11 +50,11 @@ class TemplateLibrary:
 
     @property
     def n_star(self) -> int:
-        return self.star_flux.shape[0]
+        return len(self.star_flux)
 
     @property
     def n_gal(self) -> int:
-        return self.gal_flux.shape[0]
+        return len(self.gal_flux)
 
 
 @lru_cache(maxsize=2)
