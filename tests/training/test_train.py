@@ -261,7 +261,7 @@ def test_recipe_validation_names_the_problem(tmp_path):
 def test_every_shipped_recipe_is_valid_and_the_paper_recipes_follow_the_paper():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "training"
+    folder = Path(__file__).resolve().parents[2] / "training"
     recipes = {p.stem: Recipe.from_yaml(p) for p in folder.glob("*.yaml")}
     assert {"demo", "default-tiny", "spectromer-dino-vitb16", "spectromer-dino-vitb16-class",
             "spectromer-dino-vitb16-z", "spectromer-dino-vitb16-stellar"} <= set(recipes)
