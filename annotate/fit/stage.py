@@ -9,12 +9,12 @@ from typing import Callable
 import numpy as np
 
 from .. import CLASS_NAMES
+from ..stellarbaseline import LABELS as STELLAR_KEYS  # teff, logg, feh: the order of the labels' columns
 from .decide import choose
 from .fitter import Fitter, FitSettings
 from .scan import spectrum_arrays
 from .stellar import stellar_labels
 
-STELLAR_KEYS = ("teff", "logg", "feh")
 FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags",
             *(f"fit_{key}" for key in STELLAR_KEYS))
 SPECTYPE_WIDTH = 12
