@@ -16,8 +16,9 @@ from .catalogs import read_catalog
 from .errors import OutputError
 from .flags import PredFlag
 from .parallel import shared_cluster
-from .store import STATUS, ingest, prepare_store, read_status
+from .store import STATUS
 from .surveys import Survey, load_survey
+from .task import ShardTask, annotate_task
 from .writeback import (catalog_stem, default_output_path, prediction_columns, provenance_cards,
                         write_annotated_catalog)
 
@@ -62,36 +63,6 @@ class RunResult:
 def default_store_path(output: Path) -> Path:
     """The spectra store beside an annotated catalog: `x.annotated.fits` -> `x.annotated.spectra.h5`."""
     return Path(output).with_name(catalog_stem(output) + ".spectra.h5")
-
-
-def resolve_paths(relative: list, root: Path, reasons: list | None = None) -> tuple[list[str], np.ndarray]:
-    """Absolute paths under `root`, and a (n,) bool of rows refused because their path leaves it.
-    A missing `x.fits` is looked for as `x.fits.gz`. A row without a path (None) or whose path
-    the file system cannot take (a component longer than it allows, a symlink loop, a NUL byte)
-    gets '' and, in `reasons` (a list of one str per row, '' where fine) when given, why."""
-    root = root.resolve()
-    paths, refused = [], np.zeros(len(relative), bool)
-    for i, rel in enumerate(relative):
-        if rel is None:
-            paths.append("")
-            continue
-        try:
-            candidate = (root / rel).resolve()
-            if not candidate.is_relative_to(root):
-                refused[i] = True
-                paths.append("")
-                if reasons is not None and not reasons[i]:
-                    reasons[i] = f"spectrum path {str(rel)[:200]!r} leads outside the spectra root {root}; not read"
-                continue
-            if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
-                candidate = candidate.with_name(candidate.name + ".gz")
-        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-            paths.append("")
-            if reasons is not None and not reasons[i]:
-                reasons[i] = f"spectrum path {str(rel)[:200]!r} unusable: {str(exc).splitlines()[0][:200]}"
-            continue
-        paths.append(str(candidate))
-    return paths, refused
 
 
 def duplicate_mask(ids) -> np.ndarray:
@@ -237,7 +208,7 @@ def run(settings: RunSettings) -> RunResult:
     notes: list[str] = []
     with output_lock(out, notes=notes), output_lock(store, "using the spectra store", notes):
         remove_stale_temporaries(out, notes)
-        result = _run_locked(settings, catalog, survey, table, out)
+        result = _run_locked(settings, catalog, survey, table, out, store)
     result.notes[:0] = notes
     return result
 
@@ -250,91 +221,28 @@ def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
     check_free_space(Path(out).parent, Path(catalog).stat().st_size + n_rows * PRED_BYTES_PER_ROW)
 
 
-def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path) -> RunResult:
-    from .checkpoint import load_checkpoint, model_folder, weights_sha256
+def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path,
+                store: Path) -> RunResult:
+    from .checkpoint import model_folder, weights_sha256
     from .metrics import summary
     from .predict import precision
 
     n_rows = len(next(iter(table.values())))
     model_dir = model_folder(settings.model)
-    model, card = load_checkpoint(model_dir, settings.device)
-
-    reference = survey.reference(table)
-    selected = survey.selected(table)
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
-    reasons: list[str] = []
-    paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), root, reasons)
-
-    store_path = Path(settings.store) if settings.store else default_store_path(out)
-    rows = RowSource(reference["object_id"], paths, refused, reasons, str(catalog))
+    task = ShardTask.whole(n_rows, catalog, survey.name, root, model_dir, store, settings)
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
-        pred, counts, notes = annotate_rows(
-            rows, store_path, survey, model, card, settings, address=address,
-            progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit), n_rows, stage))
+        done = annotate_task(task, table, settings.scheduler, settings.n_workers, address, progress=lambda stage:
+                             _progress(settings.progress and (stage != "fit" or settings.fit), n_rows, stage))
+    pred, reference, card = done.pred, done.reference, done.card
     columns, predicted, usable = write_annotated(
-        catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
+        catalog, out, pred, reference, survey.selected(table), duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
                          fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)
-    _, errors = read_status(store_path)
-    return RunResult(output=out, store=store_path, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=counts,
+    return RunResult(output=out, store=store, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=done.counts,
                      summary=summary(reference, columns, usable),
-                     errors=[e for e in errors if e], notes=notes)
-
-
-@dataclass(frozen=True)
-class RowSource:
-    """The catalog rows a run or a shard annotates: object ids, spectrum paths (None where refused,
-    with the reason in `reasons`), and the catalog's path for the store's provenance."""
-
-    object_ids: np.ndarray
-    paths: list
-    refused: np.ndarray
-    reasons: list
-    catalog: str
-
-
-@contextmanager
-def _no_progress(stage: str):
-    yield None
-
-
-def annotate_rows(rows: RowSource, store_path: Path, survey: Survey, model, card, settings: RunSettings,
-                  address: str | None = None, progress=_no_progress, log=None) -> tuple[dict, dict, list[str]]:
-    """The one ingest -> predict -> fit sequence of `annotate run`, for a whole catalog or one
-    shard: the spectra into the store (created, or resumed when it is this catalog's), the ViT's
-    predictions and the template fit's keys. `settings` gives the scheduler, workers, batch size,
-    device and whether to fit; `progress(stage)` is a context manager giving an update callable;
-    `log`, when given, gets each note about the store as soon as it is made.
-    Returns (predictions, ingest counts, notes about the store)."""
-    from .predict import predict_store
-
-    _, notes = prepare_store(store_path, rows.object_ids, rows.paths, card.grid, survey=survey.name,
-                             reader=survey.reader, catalog=rows.catalog)
-    for line in notes if log is not None else ():
-        log(line)
-    with progress("ingest") as update:
-        counts = ingest(store_path, rows.paths, rows.refused, reader=survey.reader, scheduler=settings.scheduler,
-                        n_workers=settings.n_workers, progress=update, address=address, reasons=rows.reasons,
-                        bad_bits=survey.bad_pixel_bits)
-    with progress("predict") as update:
-        pred = predict_store(model, card, store_path, batch_size=settings.batch_size, device=settings.device,
-                             progress=update)
-    with progress("fit") as update:
-        pred.update(fit_predictions(store_path, pred, card.grid, settings.fit, settings.scheduler,
-                                    settings.n_workers, progress=update, address=address))
-    return pred, counts, notes
-
-
-def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",
-                    n_workers: int | None = None, progress=None, address: str | None = None) -> dict:
-    """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
-    from .fit.stage import empty_fit, fit_store
-
-    if not enabled:
-        return empty_fit(len(pred["status"]))
-    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress,
-                     address=address)
+                     errors=[e for e in done.errors if e], notes=done.notes)
 
 
 def fit_provenance(enabled: bool) -> dict | None:

@@ -3,7 +3,7 @@
 The run folder (`<output>.run/`, `runfolder.RunFolder`) holds the plan, the finished shard files
 with their checksums, the shards' spectra stores and the SLURM logs. A shard task (`ShardTask`)
 carries file paths, a row range and settings only; it runs the same ingest -> predict -> fit code
-as a single run (`pipeline.annotate_rows`) and writes its shard file whole. A re-run after any
+as a single run (`task.annotate_task`) and writes its shard file whole. A re-run after any
 interruption computes only the missing shards; the merge checks that the shards cover every row
 exactly once, in order, and that each file is the one written, then writes the annotated catalog
 with the streaming writer. Where the tasks run is the executor's business (`executors.py`).
@@ -21,6 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .invocation import argv
 from .runfolder import RunFolder
+from .task import ShardTask, annotate_task
 
 PLAN_VERSION = 4  # 2: shard files hold the template fit's keys; 3: each shard file has its checksum; 4: the fit's stellar labels
 
@@ -59,32 +60,10 @@ def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, surv
             "fit": fit_provenance(fit)}
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    """One shard's work, as sent to a Dask worker or a SLURM array task: paths, rows, settings."""
-
-    folder: str
-    name: str
-    start: int
-    stop: int
-    catalog: str
-    survey: str
-    spectra_root: str
-    model: str
-    device: str = "cpu"
-    batch_size: int = 64
-    fit: bool = True
-
-
 def run_shard(task: ShardTask) -> str:
-    """Ingest, predict and fit rows [start, stop) of the catalog (`pipeline.annotate_rows`, as a
+    """Ingest, predict and fit rows [start, stop) of the catalog (`task.annotate_task`, as a
     single run does, in this process); write the shard file. Returns its path."""
-    from .catalogs import read_catalog
-    from .checkpoint import load_checkpoint
-    from .pipeline import RowSource, RunSettings, annotate_rows, resolve_paths
     from .predict import precision
-    from .store import read_status
-    from .surveys import load_survey
 
     folder = RunFolder(Path(task.folder))
     target = folder.shard_file(task.name)
@@ -92,21 +71,10 @@ def run_shard(task: ShardTask) -> str:
         print(f"{task.name}: rows {task.start}-{task.stop} of {task.catalog}", flush=True)
     if target.exists():
         return str(target)
-    survey = load_survey(task.survey)
-    table = read_catalog(Path(task.catalog), survey, rows=slice(task.start, task.stop))
-    reference = survey.reference(table)
-    reasons: list[str] = []
-    paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), Path(task.spectra_root), reasons)
-    model, card = load_checkpoint(task.model, task.device)
-    store = folder.store_file(task.name)
-    store.parent.mkdir(exist_ok=True)
-    settings = RunSettings(catalog=Path(task.catalog), scheduler="sync", batch_size=task.batch_size,
-                           device=task.device, progress=False, fit=task.fit)
-    pred, _, _ = annotate_rows(RowSource(reference["object_id"], paths, refused, reasons, task.catalog), store,
-                               survey, model, card, settings, log=lambda line: print(f"{task.name}: {line}", flush=True))
-    _, errors = read_status(store)
-    folder.write_shard(task.name, {"start": task.start, "stop": task.stop, "errors": np.array(errors, dtype=str),
-                                   "precision": precision(task.device), **pred})
+    Path(task.store).parent.mkdir(exist_ok=True)
+    done = annotate_task(task, log=lambda line: print(f"{task.name}: {line}", flush=True))
+    folder.write_shard(task.name, {"start": task.start, "stop": task.stop, "errors": np.array(done.errors, dtype=str),
+                                   "precision": precision(task.device), **done.pred})
     return str(target)
 
 
@@ -143,9 +111,9 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
 
     def task(s: Shard) -> ShardTask:
-        return ShardTask(str(folder.path), s.name, s.start, s.stop, str(catalog.resolve()), survey.name,
-                         str(root.resolve()), str(model_dir.resolve()), settings.device, settings.batch_size,
-                         settings.fit)
+        return ShardTask(s.name, s.start, s.stop, str(catalog.resolve()), survey.name, str(root.resolve()),
+                         str(model_dir.resolve()), str(folder.store_file(s.name)), settings.device,
+                         settings.batch_size, settings.fit, str(folder.path))
 
     if only_shard is not None:
         if not 0 <= only_shard < len(shards):

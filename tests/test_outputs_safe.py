@@ -129,11 +129,11 @@ def test_sharded_run_refuses_an_output_inside_the_model_or_not_a_regular_file(tm
 def test_an_interrupt_a_finaliser_swallows_still_stops_the_output(tmp_path, micro_model, capsys, monkeypatch):
     """Ctrl-C landing inside a finaliser (a file closing) is printed as 'Exception ignored' by
     Python and the run goes on; the recorded signal still stops the output from replacing anything."""
-    import annotate.pipeline
+    import annotate.task
 
     case = Case(tmp_path, micro_model).write()
     before = _hashes(case.inputs)
-    predict = annotate.pipeline.fit_predictions
+    predict = annotate.task.fit_predictions
 
     class Closing:
         def __del__(self):
@@ -144,12 +144,12 @@ def test_an_interrupt_a_finaliser_swallows_still_stops_the_output(tmp_path, micr
         del closing
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr(annotate.pipeline, "fit_predictions", interrupted_inside_a_finaliser)
+    monkeypatch.setattr(annotate.task, "fit_predictions", interrupted_inside_a_finaliser)
     # without the recorded signal the run would go on and exit 0 (pytest reports the swallowed
     # exception as a PytestUnraisableExceptionWarning instead of Python's "Exception ignored")
     assert main(case.argv()) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "annotate: interrupted; outputs were not replaced (rerun to resume)"
     assert not case.out.exists() and _hashes(case.inputs) == before
-    monkeypatch.setattr(annotate.pipeline, "fit_predictions", predict)
+    monkeypatch.setattr(annotate.task, "fit_predictions", predict)
     assert main(case.argv()) == 0 and case.out.is_file()  # the next run is not haunted by it

@@ -71,7 +71,7 @@ def catalog_labels(spec: dict) -> tuple[dict, dict, list[str], np.ndarray]:
     """Labels per catalog row from the survey's columns (and the joined stellar catalog), the
     table read, spectrum paths and refused rows. Rows the survey's selection drops get no labels."""
     from ..catalogs import read_catalog
-    from ..pipeline import resolve_paths
+    from ..task import resolve_paths
     from ..surveys import load_survey
 
     catalog = Path(spec["catalog"])

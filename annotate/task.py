@@ -1,0 +1,140 @@
+"""One task of `annotate run`: rows [start, stop) of a catalog -> spectra store -> ViT -> fit.
+
+`annotate_task` is the only ingest -> predict -> fit code. A single run is one task of all its
+rows (`ShardTask.whole`), run in the calling process on the run's shared Dask cluster and written
+straight to the annotated catalog; a sharded run plans one task per shard (`shards.py`), runs
+them where its executor says, each writing its shard file, and merges them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+WHOLE = "all"  # the name of a single run's one task
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One task's work, as sent to a Dask worker or a SLURM array task: paths, rows, settings.
+    `folder` is the run folder its shard file goes to ('' for a single run's task)."""
+
+    name: str
+    start: int
+    stop: int
+    catalog: str
+    survey: str
+    spectra_root: str
+    model: str
+    store: str
+    device: str = "cpu"
+    batch_size: int = 64
+    fit: bool = True
+    folder: str = ""
+
+    @classmethod
+    def whole(cls, n_rows: int, catalog, survey: str, spectra_root, model, store, settings) -> "ShardTask":
+        """A single run's task: every row, its store, the batch size, device and fit of `settings`
+        (pipeline.RunSettings)."""
+        return cls(WHOLE, 0, n_rows, str(catalog), survey, str(spectra_root), str(model), str(store),
+                   settings.device, settings.batch_size, settings.fit)
+
+
+@dataclass
+class TaskResult:
+    """What a task computed: the predictions and fit keys per row, the ingest counts, notes about
+    the store, the catalog's reference values for its rows, the store's error per row, the model card."""
+
+    pred: dict
+    counts: dict
+    notes: list
+    reference: dict
+    errors: list
+    card: object = field(repr=False, default=None)
+
+
+@contextmanager
+def _no_progress(stage: str):
+    yield None
+
+
+def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "sync", n_workers: int | None = None,
+                  address: str | None = None, progress=_no_progress, log=None) -> TaskResult:
+    """Ingest, predict and fit the task's rows: the spectra into its store (created, or resumed
+    when it is this catalog's), the ViT's predictions and the template fit's keys. `table` is the
+    task's rows of the catalog when the caller has read them already (else they are read here);
+    `scheduler`, `n_workers` and `address` (a running Dask cluster) say where ingest and fit run
+    (a shard task: in this process); `progress(stage)` is a context manager giving an update
+    callable; `log`, when given, gets each note about the store as soon as it is made."""
+    from .catalogs import read_catalog
+    from .checkpoint import load_checkpoint
+    from .predict import predict_store
+    from .store import ingest, prepare_store, read_status
+    from .surveys import load_survey
+
+    survey = load_survey(task.survey)
+    if table is None:
+        table = read_catalog(Path(task.catalog), survey, rows=slice(task.start, task.stop))
+    model, card = load_checkpoint(task.model, task.device)
+    reference = survey.reference(table)
+    reasons: list[str] = []
+    paths, refused = resolve_paths(survey.spectrum_paths(table, reasons), Path(task.spectra_root), reasons)
+    store = Path(task.store)
+    _, notes = prepare_store(store, reference["object_id"], paths, card.grid, survey=survey.name,
+                             reader=survey.reader, catalog=task.catalog)
+    for line in notes if log is not None else ():
+        log(line)
+    with progress("ingest") as update:
+        counts = ingest(store, paths, refused, reader=survey.reader, scheduler=scheduler, n_workers=n_workers,
+                        progress=update, address=address, reasons=reasons, bad_bits=survey.bad_pixel_bits)
+    with progress("predict") as update:
+        pred = predict_store(model, card, store, batch_size=task.batch_size, device=task.device, progress=update)
+    with progress("fit") as update:
+        pred.update(fit_predictions(store, pred, card.grid, task.fit, scheduler, n_workers, progress=update,
+                                    address=address))
+    _, errors = read_status(store)
+    return TaskResult(pred, counts, notes, reference, list(errors), card)
+
+
+def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",
+                    n_workers: int | None = None, progress=None, address: str | None = None) -> dict:
+    """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
+    from .fit.stage import empty_fit, fit_store
+
+    if not enabled:
+        return empty_fit(len(pred["status"]))
+    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress,
+                     address=address)
+
+
+def resolve_paths(relative: list, root: Path, reasons: list | None = None) -> tuple[list[str], np.ndarray]:
+    """Absolute paths under `root`, and a (n,) bool of rows refused because their path leaves it.
+    A missing `x.fits` is looked for as `x.fits.gz`. A row without a path (None) or whose path
+    the file system cannot take (a component longer than it allows, a symlink loop, a NUL byte)
+    gets '' and, in `reasons` (a list of one str per row, '' where fine) when given, why."""
+    root = root.resolve()
+    paths, refused = [], np.zeros(len(relative), bool)
+    for i, rel in enumerate(relative):
+        if rel is None:
+            paths.append("")
+            continue
+        try:
+            candidate = (root / rel).resolve()
+            if not candidate.is_relative_to(root):
+                refused[i] = True
+                paths.append("")
+                if reasons is not None and not reasons[i]:
+                    reasons[i] = f"spectrum path {str(rel)[:200]!r} leads outside the spectra root {root}; not read"
+                continue
+            if not candidate.exists() and candidate.with_name(candidate.name + ".gz").exists():
+                candidate = candidate.with_name(candidate.name + ".gz")
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            paths.append("")
+            if reasons is not None and not reasons[i]:
+                reasons[i] = f"spectrum path {str(rel)[:200]!r} unusable: {str(exc).splitlines()[0][:200]}"
+            continue
+        paths.append(str(candidate))
+    return paths, refused
