@@ -1,6 +1,9 @@
 """`annotate run`: catalog -> spectra store -> predictions -> annotated catalog -> summary.
 
-Plain functions over a frozen `RunSettings`; the CLI and the demo are thin clients.
+Plain functions over a frozen `RunSettings`; the CLI and the demo are thin clients. A single run
+checks its outputs, takes their locks and runs one task of every row (`task.annotate_task`) on a
+Dask cluster that ingest and fit share, then writes the annotated catalog; the checks, locks,
+flags and write-back here are also those of a sharded run (`shards.py`, `merge.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ class RunSettings:
     device: str = "cpu"
     progress: bool = True
     fit: bool = True  # the template fit seeded by the ViT (False: the ViT's class and z alone)
+
+    def output(self) -> Path:
+        """The annotated catalog: `out`, or `x.annotated.fits` beside the catalog `x.fits`."""
+        return Path(self.out) if self.out else default_output_path(Path(self.catalog))
+
+    def spectra_folder(self) -> Path:
+        """Where the catalog's spectrum paths start: `spectra_root`, or the catalog's folder."""
+        return Path(self.spectra_root) if self.spectra_root else Path(self.catalog).parent
 
 
 @dataclass
@@ -192,23 +203,26 @@ def _progress(enabled: bool, total: int, desc: str):
 
 def run(settings: RunSettings) -> RunResult:
     """Annotate one catalog; returns counts, paths and the cross-check summary."""
+    from .checkpoint import model_folder
+
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
     table = read_catalog(catalog, survey)
-    out = Path(settings.out) if settings.out else default_output_path(catalog)
+    out = settings.output()
     store = Path(settings.store) if settings.store else default_store_path(out)
-    from .checkpoint import model_folder
-
-    check_outputs(out, catalog, store, model_folder(settings.model))
+    model_dir = model_folder(settings.model)
+    check_outputs(out, catalog, store, model_dir)
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"output directory is missing or not writable: {out.parent}")
     if not store.parent.is_dir():
         raise OutputError(f"the spectra store's folder does not exist: {store.parent}")
-    check_output_room(out, catalog, len(next(iter(table.values()))))
+    n_rows = len(next(iter(table.values())))
+    check_output_room(out, catalog, n_rows)
+    task = ShardTask.whole(n_rows, catalog, survey.name, settings.spectra_folder(), model_dir, store, settings)
     notes: list[str] = []
     with output_lock(out, notes=notes), output_lock(store, "using the spectra store", notes):
         remove_stale_temporaries(out, notes)
-        result = _run_locked(settings, catalog, survey, table, out, store)
+        result = _run_locked(settings, task, survey, table, out)
     result.notes[:0] = notes
     return result
 
@@ -221,16 +235,13 @@ def check_output_room(out: Path, catalog: Path, n_rows: int) -> None:
     check_free_space(Path(out).parent, Path(catalog).stat().st_size + n_rows * PRED_BYTES_PER_ROW)
 
 
-def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dict, out: Path,
-                store: Path) -> RunResult:
-    from .checkpoint import model_folder, weights_sha256
+def _run_locked(settings: RunSettings, task: ShardTask, survey: Survey, table: dict, out: Path) -> RunResult:
+    """The single run's one task, on a Dask cluster shared by ingest and fit, then the write-back."""
+    from .checkpoint import weights_sha256
     from .metrics import summary
     from .predict import precision
 
-    n_rows = len(next(iter(table.values())))
-    model_dir = model_folder(settings.model)
-    root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
-    task = ShardTask.whole(n_rows, catalog, survey.name, root, model_dir, store, settings)
+    catalog, model_dir, n_rows = Path(task.catalog), Path(task.model), task.stop
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
         done = annotate_task(task, table, settings.scheduler, settings.n_workers, address, progress=lambda stage:
                              _progress(settings.progress and (stage != "fit" or settings.fit), n_rows, stage))
@@ -240,7 +251,7 @@ def _run_locked(settings: RunSettings, catalog: Path, survey: Survey, table: dic
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
                          fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)
-    return RunResult(output=out, store=store, n_rows=n_rows, n_predicted=int(predicted.sum()), counts=done.counts,
+    return RunResult(output=out, store=Path(task.store), n_rows=n_rows, n_predicted=int(predicted.sum()), counts=done.counts,
                      summary=summary(reference, columns, usable),
                      errors=[e for e in done.errors if e], notes=done.notes)
 

@@ -89,12 +89,11 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     from .executors import executor_for
     from .pipeline import check_output_room, check_outputs, output_lock, remove_stale_temporaries
     from .surveys import load_survey
-    from .writeback import default_output_path
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
     n_rows = catalog_rows(catalog, survey)  # the shards and the merge read the rows they need
-    out = Path(settings.out) if settings.out else default_output_path(catalog)
+    out = settings.output()
     model_dir = model_folder(settings.model)
     check_outputs(out, catalog, None, model_dir)
     folder = RunFolder.for_output(out.resolve())  # tasks on other nodes get absolute paths
@@ -108,7 +107,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
         return None
     check_output_room(out, catalog, n_rows)
     folder.write_plan(plan)
-    root = Path(settings.spectra_root) if settings.spectra_root else catalog.parent
+    root = settings.spectra_folder()
 
     def task(s: Shard) -> ShardTask:
         return ShardTask(s.name, s.start, s.stop, str(catalog.resolve()), survey.name, str(root.resolve()),

@@ -27,12 +27,13 @@ from ..errors import ConfigError
 from ..grid import WavelengthGrid
 from ..model import build_model
 from ..render import RenderSettings
-from .data import (DeviceBatches, RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm, image_store_settings,
+from .data import (DeviceBatches, RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm,
                    load_training_data, split_by_object)
 from .evaluate import evaluate, held_out_metrics, validation_score
 from .loss import multitask_loss
 from .ranks import start_ranks
-from .recipe import RESUMABLE_CHANGES, Recipe
+from .recipe import Recipe
+from .start import check_resumable, recipe_record, render_settings, resumable_state, start_from
 
 
 def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
@@ -43,25 +44,6 @@ def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
     for name, task in TASKS.items():
         if name not in tasks:
             getattr(model, task.head).requires_grad_(False)
-
-
-def _recipe_record(recipe: Recipe) -> dict:
-    """The recipe as a run's saved state records it: with `init_from`, also the SHA-256 of the
-    weights it starts from, so that a resumption after that checkpoint changed is refused."""
-    record = recipe.to_json()
-    if recipe.init_from:
-        from ..checkpoint import model_folder, weights_sha256
-
-        record["init_from_sha256"] = weights_sha256(model_folder(recipe.init_from))
-    return record
-
-
-def _check_resumable(saved: dict, current: dict, folder: Path) -> None:
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if changed:
-        raise ConfigError(f"{folder} holds an interrupted run of a different recipe ({', '.join(changed)} changed); "
-                          "train into a new --out folder, or delete its state/ to start over")
 
 
 def _schedule(optimiser, recipe: Recipe, total_steps: int):
@@ -87,7 +69,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     finished = out_dir / "training.json"
     if finished.is_file():
         summary = json.loads(finished.read_text())
-        _check_resumable(summary.get("recipe", {}), recipe.to_json(), out_dir)
+        check_resumable(summary.get("recipe", {}), recipe.to_json(), out_dir)
         log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
         return summary
     run = _setup(recipe, out_dir, log)
@@ -188,7 +170,7 @@ class _Run:
 
         if self.ranks.main:
             where = save_state(self.out_dir, self.state, self.model, self.optimiser, self.schedule,
-                               _recipe_record(self.recipe), world_size=self.ranks.world_size)
+                               recipe_record(self.recipe), world_size=self.ranks.world_size)
             self.log(f"state saved at step {self.state.step} ({reason}): {where}")
         self.ranks.barrier()
         self.last_save = time.time()
@@ -208,11 +190,11 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
         tmp.replace(out_dir / "recipe.json")
     torch.manual_seed(recipe.seed)
     grid = WavelengthGrid(**recipe.grid)
-    settings = _render_settings(recipe, grid)
-    resume_from = _resumable_state(recipe, out_dir, ranks)
+    settings = render_settings(recipe, grid)
+    resume_from = resumable_state(recipe, out_dir, ranks)
     started = time.time()
     data, split, norms = _load_data(recipe, grid, ranks)
-    weights, start_norms = _start_from(recipe, settings, grid)
+    weights, start_norms = start_from(recipe, settings, grid)
     norms = start_norms or norms
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
@@ -258,54 +240,6 @@ def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, 
         log(f"batches rendered on {device} (render_on: {recipe.render_on})")
         return DeviceBatches(data, targets, settings, recipe.image_mean, recipe.image_std, device)
     return RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
-
-
-def _start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -> tuple[dict | None, dict | None]:
-    """(weights, label normalisation) of the checkpoint the recipe starts from (`init_from`), or
-    (None, None). Its backbone, rendering and grid must be the recipe's; its label normalisation
-    is kept, so that its heads go on meaning what they meant."""
-    if not recipe.init_from:
-        return None, None
-    from ..checkpoint import backbone_dict, load_checkpoint
-    from ..model import vit_config
-
-    model, card = load_checkpoint(recipe.init_from, "cpu")
-    wanted = backbone_dict(vit_config(recipe.backbone, settings.image_size))
-    trained = card.training.get("recipe", {})
-    scale = (trained.get("image_mean", recipe.image_mean), trained.get("image_std", recipe.image_std))
-    same = {"backbone": card.backbone == wanted, "render settings": card.render == settings, "grid": card.grid == grid,
-            "image_mean/image_std": scale == (recipe.image_mean, recipe.image_std)}
-    if not all(same.values()):
-        what = [name for name, ok in same.items() if not ok]
-        raise ConfigError(f"init_from {recipe.init_from}: its {', '.join(what)} differ from the recipe's; "
-                          "a warm start keeps them")
-    return model.state_dict(), card.label_norm
-
-
-def _render_settings(recipe: Recipe, grid: WavelengthGrid) -> RenderSettings:
-    """The recipe's rendering, or the image store's (which a recipe may not contradict)."""
-    settings = RenderSettings.from_dict(recipe.render)
-    if "images" in recipe.data:
-        stored = image_store_settings(recipe.data["images"])
-        if recipe.render and stored != settings:
-            raise ConfigError(f"recipe render settings differ from those of the image store {recipe.data['images']}")
-        settings = stored
-    settings.check_grid(grid.n_pix)
-    return settings
-
-
-def _resumable_state(recipe: Recipe, out_dir: Path, ranks) -> Path | None:
-    """The newest saved state of an interrupted run of this recipe with as many processes, or None."""
-    from .state import latest_state, read_state_json
-
-    resume_from = latest_state(out_dir)
-    if resume_from is not None:
-        saved = read_state_json(resume_from)
-        _check_resumable(saved["recipe"], _recipe_record(recipe), out_dir)
-        if saved.get("world_size", ranks.world_size) != ranks.world_size:  # states of older versions lack it
-            raise ConfigError(f"{out_dir} holds a run interrupted with {saved['world_size']} processes; resume it "
-                              f"with as many (now {ranks.world_size}): the data order depends on them")
-    return resume_from
 
 
 def _load_data(recipe: Recipe, grid: WavelengthGrid, ranks) -> tuple[dict, np.ndarray, dict]:
