@@ -20,7 +20,7 @@ from .pipeline import RunResult, RunSettings, run
 from .simulate.dataset import held_out_star_indices
 from .simulate.spectra import draw_sample
 from .simulate.templates import load_library
-from .simulate.writer import write_catalog, write_desi_coadd, write_sdss_spec
+from .simulate.writer import write_catalog, write_desi_coadd, write_sdss_specs
 from .surveys import load_survey
 
 RUN2D = "v6_0_4"
@@ -72,12 +72,15 @@ def make_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026, pro
     survey = load_survey("sdss_dr18")
     relative = survey.spectrum_paths(columns)
     spectra_root = out_dir  # the run2d folders sit beside the catalog, as on the SAS
-    loglam = NATIVE_GRID.loglam
-    for i in tqdm(range(n), desc="write sample", unit="file", disable=not progress, mininterval=0.5):
-        row = {key: values[i] for key, values in columns.items()}
-        header = {"FIELD": int(field[i]), "MJD": int(mjd[i]), "CATID": int(catalogid[i]), "RUN2D": RUN2D}
-        write_sdss_spec(spectra_root / relative[i], loglam, sample["flux"][i], sample["ivar"][i], sample["mask"][i],
-                        row, header)
+    headers = [{"FIELD": int(field[i]), "MJD": int(mjd[i]), "CATID": int(catalogid[i]), "RUN2D": RUN2D}
+               for i in range(n)]
+    with tqdm(total=n, desc="write sample", unit="file", disable=not progress, mininterval=0.5) as bar:
+        for start in range(0, n, 50):  # 50 files a call: their HDUs are built once
+            rows = slice(start, start + 50)
+            written = write_sdss_specs([spectra_root / path for path in relative[rows]], NATIVE_GRID.loglam,
+                                       sample["flux"][rows], sample["ivar"][rows], sample["mask"][rows],
+                                       {k: v[rows] for k, v in columns.items()}, headers[rows])
+            bar.update(len(written))
     return write_catalog(out_dir / "dr18.fits", columns,
                          header={"ORIGIN": "annotate demo", "COMMENT": "simulated SDSS DR18-style spAll sample"})
 

@@ -27,26 +27,42 @@ def write_sdss_spec(path: str | Path, loglam: np.ndarray, flux: np.ndarray, ivar
     loglam: (n,) log10 vacuum Å; flux, ivar: (n,) 1e-17 erg/s/cm²/Å and its inverse variance;
     mask: (n,) bool, written as SPPIXMASK NODATA in and_mask.
     """
-    path = Path(path)
+    return write_sdss_specs([path], loglam, np.asarray(flux)[None], np.asarray(ivar)[None], np.asarray(mask)[None],
+                            {k: np.asarray([v]) for k, v in spall_row.items()}, [header or {}], wdisp_pix)[0]
+
+
+def write_sdss_specs(paths: list, loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray,
+                     spall: dict, headers: list[dict], wdisp_pix: float = 1.0) -> list[Path]:
+    """One spec-*.fits (as `write_sdss_spec`) per row of flux, ivar, mask (m, n) and of the
+    catalog columns `spall` (name -> (m,) array), with primary header cards `headers[i]`. The
+    HDUs are built once and their values replaced for each file (a string column is as wide as
+    its longest value in `spall`), which is what makes a few hundred files quick to write."""
     n = len(loglam)
-    and_mask = np.where(mask, 1 << SPPIXMASK_BAD["NODATA"], 0).astype(np.int32)
-    coadd = fits.BinTableHDU.from_columns([
-        fits.Column("flux", "E", array=np.asarray(flux, np.float32)),
-        fits.Column("loglam", "E", array=np.asarray(loglam, np.float32)),
-        fits.Column("ivar", "E", array=np.asarray(ivar, np.float32)),
-        fits.Column("and_mask", "J", array=and_mask),
-        fits.Column("or_mask", "J", array=and_mask),
-        fits.Column("wdisp", "E", array=np.full(n, wdisp_pix, np.float32)),
-        fits.Column("sky", "E", array=np.zeros(n, np.float32)),
-        fits.Column("model", "E", array=np.zeros(n, np.float32)),
-    ], name="COADD")
-    primary = fits.PrimaryHDU()
-    primary.header["TELESCOP"] = ("SDSS 2.5-M", "Sloan Digital Sky Survey")
-    for key, value in (header or {}).items():
-        primary.header[key] = value
-    spall = table_hdu({k: np.asarray([v]) for k, v in spall_row.items()}, name="SPALL")
-    _atomic_write(fits.HDUList([primary, coadd, spall]), path)
-    return path
+    columns = {"flux": "E", "loglam": "E", "ivar": "E", "and_mask": "J", "or_mask": "J", "wdisp": "E", "sky": "E",
+               "model": "E"}
+    coadd = fits.BinTableHDU.from_columns(
+        [fits.Column(name, form, array=np.zeros(n, np.float32 if form == "E" else np.int32))
+         for name, form in columns.items()], name="COADD")
+    coadd.data["loglam"][:] = loglam
+    coadd.data["wdisp"][:] = wdisp_pix
+    spall = {k: np.asarray(v).astype(str) if np.asarray(v).dtype.kind in "UO" else np.asarray(v) for k, v in spall.items()}
+    one_row = table_hdu({k: v[:1] for k, v in spall.items()}, name="SPALL")
+    written = []
+    for i, path in enumerate(paths):
+        primary = fits.PrimaryHDU()
+        primary.header["TELESCOP"] = ("SDSS 2.5-M", "Sloan Digital Sky Survey")
+        and_mask = np.where(mask[i], 1 << SPPIXMASK_BAD["NODATA"], 0)
+        coadd.data["flux"][:] = flux[i]
+        coadd.data["ivar"][:] = ivar[i]
+        coadd.data["and_mask"][:] = and_mask
+        coadd.data["or_mask"][:] = and_mask
+        for key, values in spall.items():
+            one_row.data[key][0] = values[i]
+        for key, value in headers[i].items():
+            primary.header[key] = value
+        _atomic_write(fits.HDUList([primary, coadd, one_row]), Path(path))
+        written.append(Path(path))
+    return written
 
 
 def table_hdu(columns: dict, name: str | None = None, units: dict | None = None) -> fits.BinTableHDU:
