@@ -218,7 +218,7 @@ def run(settings: RunSettings) -> RunResult:
         raise OutputError(f"the spectra store's folder does not exist: {store.parent}")
     n_rows = len(next(iter(table.values())))
     check_output_room(out, catalog, n_rows)
-    task = ShardTask.whole(n_rows, catalog, survey.name, settings.spectra_folder(), model_dir, store, settings)
+    task = ShardTask.whole(n_rows, catalog, settings.spectra_folder(), model_dir, store, settings)
     notes: list[str] = []
     with output_lock(out, notes=notes), output_lock(store, "using the spectra store", notes):
         remove_stale_temporaries(out, notes)
@@ -242,12 +242,14 @@ def _run_locked(settings: RunSettings, task: ShardTask, survey: Survey, table: d
     from .predict import precision
 
     catalog, model_dir, n_rows = Path(task.catalog), Path(task.model), task.stop
+    selected = survey.selected(table)  # a selection rule's error comes before any spectrum is read
     with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
-        done = annotate_task(task, table, settings.scheduler, settings.n_workers, address, progress=lambda stage:
-                             _progress(settings.progress and (stage != "fit" or settings.fit), n_rows, stage))
+        done = annotate_task(task, table, settings.scheduler, settings.n_workers, address, survey=survey,
+                             progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit),
+                                                              n_rows, stage))
     pred, reference, card = done.pred, done.reference, done.card
     columns, predicted, usable = write_annotated(
-        catalog, out, pred, reference, survey.selected(table), duplicate_mask(reference["object_id"]),
+        catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
                          fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)

@@ -88,7 +88,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     from .checkpoint import model_folder
     from .executors import executor_for
     from .pipeline import check_output_room, check_outputs, output_lock, remove_stale_temporaries
-    from .surveys import load_survey
+    from .surveys import load_survey, survey_reference
 
     catalog = Path(settings.catalog)
     survey = load_survey(settings.survey)
@@ -110,9 +110,9 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     root = settings.spectra_folder()
 
     def task(s: Shard) -> ShardTask:
-        return ShardTask(s.name, s.start, s.stop, str(catalog.resolve()), survey.name, str(root.resolve()),
-                         str(model_dir.resolve()), str(folder.store_file(s.name)), settings.device,
-                         settings.batch_size, settings.fit, str(folder.path))
+        return ShardTask(s.name, s.start, s.stop, str(catalog.resolve()), survey_reference(settings.survey),
+                         str(root.resolve()), str(model_dir.resolve()), str(folder.store_file(s.name)),
+                         settings.device, settings.batch_size, settings.fit, str(folder.path))
 
     if only_shard is not None:
         if not 0 <= only_shard < len(shards):

@@ -210,6 +210,13 @@ def available_surveys() -> list[str]:
     return sorted(names)
 
 
+def survey_reference(name_or_path: str) -> str:
+    """What `load_survey` takes, fit to travel to another process or node: a YAML path made
+    absolute, a name as it is."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.suffix in (".yaml", ".yml") else str(name_or_path)
+
+
 def load_survey(name_or_path: str) -> Survey:
     """Load a survey definition by name (searched in `survey_dirs()`) or by YAML path."""
     path = Path(name_or_path)

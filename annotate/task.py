@@ -26,7 +26,7 @@ class ShardTask:
     start: int
     stop: int
     catalog: str
-    survey: str
+    survey: str  # a survey's name, or the absolute path of its YAML file (surveys.survey_reference)
     spectra_root: str
     model: str
     store: str
@@ -36,11 +36,13 @@ class ShardTask:
     folder: str = ""
 
     @classmethod
-    def whole(cls, n_rows: int, catalog, survey: str, spectra_root, model, store, settings) -> "ShardTask":
-        """A single run's task: every row, its store, the batch size, device and fit of `settings`
-        (pipeline.RunSettings)."""
-        return cls(WHOLE, 0, n_rows, str(catalog), survey, str(spectra_root), str(model), str(store),
-                   settings.device, settings.batch_size, settings.fit)
+    def whole(cls, n_rows: int, catalog, spectra_root, model, store, settings) -> "ShardTask":
+        """A single run's task: every row, its store, the survey, batch size, device and fit of
+        `settings` (pipeline.RunSettings)."""
+        from .surveys import survey_reference
+
+        return cls(WHOLE, 0, n_rows, str(catalog), survey_reference(settings.survey), str(spectra_root), str(model),
+                   str(store), settings.device, settings.batch_size, settings.fit)
 
 
 @dataclass
@@ -62,10 +64,11 @@ def _no_progress(stage: str):
 
 
 def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "sync", n_workers: int | None = None,
-                  address: str | None = None, progress=_no_progress, log=None) -> TaskResult:
+                  address: str | None = None, progress=_no_progress, log=None, survey=None) -> TaskResult:
     """Ingest, predict and fit the task's rows: the spectra into its store (created, or resumed
     when it is this catalog's), the ViT's predictions and the template fit's keys. `table` is the
-    task's rows of the catalog when the caller has read them already (else they are read here);
+    task's rows of the catalog when the caller has read them already (else they are read here),
+    `survey` the task's survey when the caller has loaded it;
     `scheduler`, `n_workers` and `address` (a running Dask cluster) say where ingest and fit run
     (a shard task: in this process); `progress(stage)` is a context manager giving an update
     callable; `log`, when given, gets each note about the store as soon as it is made."""
@@ -75,7 +78,7 @@ def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "
     from .store import ingest, prepare_store, read_status
     from .surveys import load_survey
 
-    survey = load_survey(task.survey)
+    survey = survey if survey is not None else load_survey(task.survey)
     if table is None:
         table = read_catalog(Path(task.catalog), survey, rows=slice(task.start, task.stop))
     model, card = load_checkpoint(task.model, task.device)

@@ -16,7 +16,7 @@ def _task(catalog, micro_model, tmp_path, start, stop, name):
 
 def test_a_task_of_some_rows_gives_those_rows_of_the_whole_task(catalog, micro_model, tmp_path):
     settings = RunSettings(catalog=catalog, progress=False)
-    whole = ShardTask.whole(N, catalog, "sdss_dr18", tmp_path / "spectra", micro_model, tmp_path / "all.h5", settings)
+    whole = ShardTask.whole(N, catalog, tmp_path / "spectra", micro_model, tmp_path / "all.h5", settings)
     assert (whole.name, whole.start, whole.stop, whole.folder) == (WHOLE, 0, N, "")
     everything = annotate_task(whole)
     part = annotate_task(_task(catalog, micro_model, tmp_path, 2, 6, "part"))
@@ -43,3 +43,27 @@ def test_a_task_resumes_its_store_and_logs_what_it_did(catalog, micro_model, tmp
     assert first.notes == [] and lines == again.notes == [
         f"{task.store}: 1 rows that could not be read before are tried again"]  # row 3's missing file
     np.testing.assert_allclose(again.pred["z"], first.pred["z"], rtol=1e-5, equal_nan=True)
+
+
+def test_single_and_sharded_runs_take_a_survey_by_its_yaml_path(catalog, micro_model, tmp_path, monkeypatch):
+    """A survey file the tool does not ship, named by a relative path: the tasks (here and in the
+    shards) read that file, not a shipped survey by its name."""
+    from astropy.io import fits
+
+    from annotate.shards import run_sharded
+    from annotate.surveys import survey_dirs, survey_reference
+
+    shipped = (survey_dirs()[-1] / "sdss_dr18.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(shipped.replace("name: sdss_dr18", "name: my_sdss", 1))
+    monkeypatch.chdir(tmp_path)
+    assert survey_reference("mine.yaml") == str(tmp_path / "mine.yaml") and survey_reference("desi_dr1") == "desi_dr1"
+    common = dict(catalog=catalog, survey="mine.yaml", spectra_root=tmp_path / "spectra", model=micro_model,
+                  scheduler="sync", progress=False)
+    from annotate.pipeline import run
+
+    single = run(RunSettings(out=tmp_path / "single.fits", **common))
+    sharded = run_sharded(RunSettings(out=tmp_path / "sharded.fits", **common), 3, executor="debug", log=lambda m: None)
+    assert single.n_predicted == sharded.n_predicted == 6
+    with fits.open(single.output) as x, fits.open(sharded.output) as y:
+        assert x[1].header["ANNSURV"] == y[1].header["ANNSURV"] == "my_sdss"
+        assert list(x[1].data["PRED_FLAGS"]) == list(y[1].data["PRED_FLAGS"])
