@@ -268,9 +268,9 @@ def dask_log_folder(args) -> Path:
     if args.command == "demo":
         return Path(args.out) / "dask-logs"
     if args.command == "run":
-        from .writeback import default_output_path
+        from .pipeline import RunSettings
 
-        out = Path(args.out) if args.out is not None else default_output_path(args.catalog)
+        out = RunSettings(catalog=args.catalog, out=args.out).output()
         return out.with_name(out.name + ".dask-logs")
     return Path(args.out).with_name(Path(args.out).name + ".dask-logs")
 
