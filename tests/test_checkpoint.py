@@ -10,6 +10,7 @@ from annotate.grid import WavelengthGrid
 from annotate.model import BACKBONES, build_model
 from annotate.render import RenderSettings
 from annotate.checkpoint import backbone_dict
+from annotate import CLASS_NAMES
 
 NORMS = {"z": LabelNorm(0.1, 0.2, "log1p10"), "teff": LabelNorm(5500.0, 1000.0),
          "logg": LabelNorm(4.0, 1.0), "feh": LabelNorm(-0.3, 0.4)}
@@ -160,3 +161,27 @@ def test_a_run_names_a_shipped_model_by_its_name_and_a_folder_wins(tmp_path, mon
     assert model_folder("spectromer-medium").resolve() == tmp_path / "spectromer-medium"
     with pytest.raises(CheckpointError, match="no-such-model"):
         load_checkpoint("no-such-model")
+
+
+def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
+    """Evaluation only, as the README's model section reports it: the ViT alone on the real DR18
+    spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073. The GPU-trained
+    spectromer-medium classes NGC 3522 GALAXY (the default model does not: README, its limits)."""
+    import torch
+
+    from annotate.grid import WavelengthGrid
+    from annotate.predict import predict_batch
+    from annotate.store import ingest_rows
+
+    paths = [str(ppxf_spectra / "NGC3522_SDSS_DR18.fits"), str(ppxf_spectra / "NGC3073_SDSS_DR18.fits")]
+    rows = ingest_rows({"start": 0, "paths": paths, "refused": [False, False], "grid": WavelengthGrid().to_dict(),
+                        "reader": None})
+    found = {}
+    for name in ("spectromer-tiny", "spectromer-medium"):
+        model, card = load_checkpoint(name, "cpu")
+        with torch.inference_mode():
+            found[name] = predict_batch(model, card, rows["flux"], rows["mask"])["prob"]
+    galaxy = CLASS_NAMES.index("GALAXY")
+    assert found["spectromer-medium"][0].argmax() == galaxy and found["spectromer-medium"][0, galaxy] > 0.7
+    for prob in found.values():
+        np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-4)
