@@ -45,7 +45,7 @@ def write_sdss_specs(paths: list, loglam: np.ndarray, flux: np.ndarray, ivar: np
          for name, form in columns.items()], name="COADD")
     coadd.data["loglam"][:] = loglam
     coadd.data["wdisp"][:] = wdisp_pix
-    spall = {k: np.asarray(v).astype(str) if np.asarray(v).dtype.kind in "UO" else np.asarray(v) for k, v in spall.items()}
+    spall = {k: _column_array(v) for k, v in spall.items()}  # strings as wide as the longest of all files
     one_row = table_hdu({k: v[:1] for k, v in spall.items()}, name="SPALL")
     written = []
     for i, path in enumerate(paths):
@@ -69,14 +69,19 @@ def table_hdu(columns: dict, name: str | None = None, units: dict | None = None)
     """A binary table HDU from name -> (n,) array (strings become fixed-width ASCII)."""
     from astropy.table import Table
 
-    table = Table({key: np.asarray(values).astype(str) if np.asarray(values).dtype.kind in "UO" else values
-                   for key, values in columns.items()})
+    table = Table({key: _column_array(values) for key, values in columns.items()})
     for key, unit in (units or {}).items():
         table[key].unit = unit
     hdu = fits.table_to_hdu(table)
     if name:
         hdu.name = name
     return hdu
+
+
+def _column_array(values):
+    """Text (str or object) as a fixed-width str array; other values as given (a masked column
+    keeps its mask)."""
+    return np.asarray(values).astype(str) if np.asarray(values).dtype.kind in "UO" else values
 
 
 def write_catalog(path: str | Path, columns: dict, header: dict | None = None) -> Path:
