@@ -49,16 +49,19 @@ def simulate(n_objects: int, grid: WavelengthGrid, seed: int, star_indices: np.n
 def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, held_out_star_fraction: float = 0.15,
                           n_held_out_spectra: int = 0, workers: int | None = None,
                           class_fractions: tuple | None = None, realism: dict | float | None = None,
-                          n_robustness_spectra: int = 0, harder_strength: float = 2.0) -> dict:
+                          n_robustness_spectra: int = 0, harder_strength: float = 2.0,
+                          held_out_seed: int | None = None) -> dict:
     """A training sample (flux, mask, class, z, teff, logg, feh, object) plus, when
     n_held_out_spectra > 0, 'held_out_stars': spectra of the held-out MILES stars only.
 
     realism: the recipe's `realism:` (`Realism.from_dict`); None is the plain simulator.
     n_robustness_spectra > 0 (with realism) adds 'robustness': {'matched': ..., 'harder': ...},
     the same new objects (all classes, stars from the held-out ones) with the training's realism
-    and with every effect `harder_strength` times stronger."""
+    and with every effect `harder_strength` times stronger.
+    held_out_seed: the seed that picks the held-out stars (default `seed`), so that a run on new
+    objects (another `seed`) can keep the stars an earlier run held out."""
     lib = load_library()
-    held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed)
+    held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed if held_out_seed is None else held_out_seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
     effects = Realism.from_dict(realism)
     settings = SimulationSettings(realism=effects)

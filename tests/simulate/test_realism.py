@@ -115,6 +115,21 @@ def test_robustness_sets_hold_the_same_new_objects_with_stronger_effects():
     assert len(data["train_star_indices"]) + len(held) == load_library().n_star
 
 
+def test_a_new_seed_draws_new_objects_and_keeps_the_held_out_stars_of_held_out_seed():
+    from annotate.simulate.dataset import held_out_star_indices, simulate_training_set
+
+    first = simulate_training_set(30, GRID, seed=0, workers=1, n_held_out_spectra=5)
+    more = simulate_training_set(30, GRID, seed=1, workers=1, n_held_out_spectra=5, held_out_seed=0)
+    other = simulate_training_set(30, GRID, seed=1, workers=1, n_held_out_spectra=5)
+    n_star = load_library().n_star
+    assert list(more["held_out_star_names"]) == list(first["held_out_star_names"])
+    assert list(other["held_out_star_names"]) != list(first["held_out_star_names"])
+    assert np.array_equal(more["train_star_indices"],
+                          np.setdiff1d(np.arange(n_star), held_out_star_indices(n_star, 0.15, 0)))
+    assert not np.array_equal(more["z"], first["z"])  # new objects
+    assert set(more["template"][more["class"] == "STAR"]).isdisjoint(set(first["held_out_star_names"]))
+
+
 def test_throughput_falls_at_both_ends_and_dips_at_the_dichroics():
     wave = GRID.wavelength
     realism = Realism(blue_throughput_loss=(0.8, 0.8), red_throughput_loss=(0.5, 0.5), dichroic_depth=(0.5, 0.5))
