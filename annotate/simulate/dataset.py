@@ -50,7 +50,7 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
                           n_held_out_spectra: int = 0, workers: int | None = None,
                           class_fractions: tuple | None = None, realism: dict | float | None = None,
                           n_robustness_spectra: int = 0, harder_strength: float = 2.0,
-                          held_out_seed: int | None = None) -> dict:
+                          held_out_seed: int | None = None, low_z_fraction: float = 0.0) -> dict:
     """A training sample (flux, mask, class, z, teff, logg, feh, object) plus, when
     n_held_out_spectra > 0, 'held_out_stars': spectra of the held-out MILES stars only.
 
@@ -59,7 +59,9 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     the same new objects (all classes, stars from the held-out ones) with the training's realism
     and with every effect `harder_strength` times stronger.
     held_out_seed: the seed that picks the held-out stars (default `seed`), so that a run on new
-    objects (another `seed`) can keep the stars an earlier run held out."""
+    objects (another `seed`) can keep the stars an earlier run held out.
+    low_z_fraction: `SimulationSettings.low_z_fraction` of the training sample only; the held-out
+    and robustness sets keep the plain redshift distribution, so their figures stay comparable."""
     lib = load_library()
     held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed if held_out_seed is None else held_out_seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
@@ -67,7 +69,7 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     settings = SimulationSettings(realism=effects)
     if class_fractions is not None:
         settings = replace(settings, class_fractions=tuple(class_fractions))
-    data = simulate(n_objects, grid, seed, train_stars, settings, workers)
+    data = simulate(n_objects, grid, seed, train_stars, replace(settings, low_z_fraction=float(low_z_fraction)), workers)
     data["object"] = np.arange(n_objects)
     if n_held_out_spectra:
         star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))

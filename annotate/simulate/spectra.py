@@ -49,10 +49,17 @@ LYMAN_LIMIT = 911.75
 class SimulationSettings:
     """Distributions of the synthetic sample. Redshifts are uniform in the ranges; S/N (median per
     pixel) and flux level (median, 1e-17 erg/s/cm²/Å) log-uniform; instrument resolution as a
-    Gaussian σ in km/s (SDSS/BOSS: about one 69 km/s pixel)."""
+    Gaussian σ in km/s (SDSS/BOSS: about one 69 km/s pixel).
+
+    low_z_fraction: the share of galaxies whose z is drawn from `z_galaxy_low` instead of
+    `z_galaxy` (0: none; the draws of a sample without it are unchanged). Uniform z over 0-0.7
+    puts 0.7 % of galaxies below z 0.005, where an absorption-line galaxy differs from a G/K star
+    at rest only by its velocity dispersion and its few hundred km/s of recession."""
 
     class_fractions: tuple = (0.4, 0.25, 0.35)
     z_galaxy: tuple = (0.0, 0.7)
+    low_z_fraction: float = 0.0
+    z_galaxy_low: tuple = (0.0, 0.02)
     z_qso: tuple = (0.1, 4.0)
     star_rv_sigma_kms: float = 80.0
     snr: tuple = (1.5, 60.0)
@@ -128,7 +135,8 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines. With
     `settings.realism` (and `extra_rng`, its stream) often a delayed-τ history over one set's
     populations instead, and Calzetti dust on the stars and, more strongly, on the lines."""
-    z = rng.uniform(*settings.z_galaxy)
+    low = settings.low_z_fraction > 0 and rng.random() < settings.low_z_fraction
+    z = rng.uniform(*(settings.z_galaxy_low if low else settings.z_galaxy))
     # populations that cover the rest-frame range observed at this z, as far as any does (the
     # MaNGA sets start at 3000-3622 Å, so at higher z the blue end stays masked)
     blue_end = np.log10(settings.observed_range_aa[0] / (1.0 + z))

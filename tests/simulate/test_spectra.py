@@ -97,3 +97,16 @@ def test_sample_is_reproducible_and_star_indices_are_respected():
     assert np.array_equal(a["flux"], b["flux"])
     stars = a["class"] == "STAR"
     assert set(a["template"][stars]) <= {str(lib.star_name[10]), str(lib.star_name[11])}
+
+
+def test_low_z_fraction_draws_that_share_of_galaxies_from_the_low_range_and_leaves_the_plain_draws_alone():
+    lib = load_library()
+    plain = SimulationSettings()
+    low = SimulationSettings(low_z_fraction=0.5)
+    z_plain = np.array([galaxy_rest(lib, np.random.default_rng(i), plain)[2] for i in range(200)])
+    z_low = np.array([galaxy_rest(lib, np.random.default_rng(i), low)[2] for i in range(200)])
+    assert np.mean(z_plain < 0.02) < 0.06  # uniform over 0-0.7: 2.9 % expected
+    assert 0.4 < np.mean(z_low < 0.02) < 0.62  # half from 0-0.02, plus 2.9 % of the other half
+    assert (z_low >= 0).all() and (z_low < 0.7).all()
+    # without it, z is still the stream's first draw: seeded samples are the objects they were
+    assert np.array_equal(z_plain, [np.random.default_rng(i).uniform(0.0, 0.7) for i in range(200)])
