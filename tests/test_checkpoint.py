@@ -165,8 +165,8 @@ def test_a_run_names_a_shipped_model_by_its_name_and_a_folder_wins(tmp_path, mon
 
 def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
     """Evaluation only, as the README's model section reports it: the ViT alone on the real DR18
-    spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073. The GPU-trained
-    spectromer-medium classes NGC 3522 GALAXY (the default model does not: README, its limits)."""
+    spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073. Both shipped models class
+    NGC 3522 GALAXY (measured P 0.68 for the default, 0.85 for spectromer-medium: README)."""
     import torch
 
     from annotate.grid import WavelengthGrid
@@ -183,5 +183,6 @@ def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
             found[name] = predict_batch(model, card, rows["flux"], rows["mask"])["prob"]
     galaxy = CLASS_NAMES.index("GALAXY")
     assert found["spectromer-medium"][0].argmax() == galaxy and found["spectromer-medium"][0, galaxy] > 0.7
+    assert found["spectromer-tiny"][0].argmax() == galaxy and found["spectromer-tiny"][0, galaxy] > 0.6
     for prob in found.values():
         np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-4)

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     label=f"{label}: fraction turned{'' if 'star' in label else ' (negative)'}")
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_ylabel("ΔP(GALAXY); fraction turned")
-        ax.set_title(name, fontsize=10)
+        ax.set_title(Path(name).name, fontsize=10)
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel(f"centre of the hidden window (Å, observed; {WINDOW} pixels of 1e-4 dex)")
     fig.tight_layout()
