@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..grid import WavelengthGrid
 from .realism import Realism
 from .spectra import SimulationSettings, draw_sample
@@ -62,6 +63,8 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     objects (another `seed`) can keep the stars an earlier run held out.
     low_z_fraction: `SimulationSettings.low_z_fraction` of the training sample only; the held-out
     and robustness sets keep the plain redshift distribution, so their figures stay comparable."""
+    if not 0.0 <= float(low_z_fraction) <= 1.0:
+        raise ConfigError(f"data.simulate.low_z_fraction must be between 0 and 1, got {low_z_fraction}")
     lib = load_library()
     held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed if held_out_seed is None else held_out_seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)

@@ -128,6 +128,13 @@ def test_a_new_seed_draws_new_objects_and_keeps_the_held_out_stars_of_held_out_s
                           np.setdiff1d(np.arange(n_star), held_out_star_indices(n_star, 0.15, 0)))
     assert not np.array_equal(more["z"], first["z"])  # new objects
     assert set(more["template"][more["class"] == "STAR"]).isdisjoint(set(first["held_out_star_names"]))
+    low = simulate_training_set(60, GRID, seed=1, workers=1, low_z_fraction=1.0, realism=1.0, n_robustness_spectra=60)
+    galaxies = low["class"] == "GALAXY"
+    assert galaxies.sum() > 10 and (low["z"][galaxies] < 0.02).all()  # the training sample only
+    matched = low["robustness"]["matched"]
+    assert (matched["z"][matched["class"] == "GALAXY"] > 0.02).mean() > 0.5
+    with pytest.raises(ConfigError, match="low_z_fraction must be between 0 and 1, got 10"):
+        simulate_training_set(30, GRID, seed=1, workers=1, low_z_fraction=10)
 
 
 def test_throughput_falls_at_both_ends_and_dips_at_the_dichroics():
