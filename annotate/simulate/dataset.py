@@ -63,8 +63,9 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     objects (another `seed`) can keep the stars an earlier run held out.
     low_z_fraction: `SimulationSettings.low_z_fraction` of the training sample only; the held-out
     and robustness sets keep the plain redshift distribution, so their figures stay comparable."""
-    if not 0.0 <= float(low_z_fraction) <= 1.0:
-        raise ConfigError(f"data.simulate.low_z_fraction must be between 0 and 1, got {low_z_fraction}")
+    low_z_fraction = float(low_z_fraction)
+    if not 0.0 <= low_z_fraction <= 1.0:
+        raise ConfigError(f"data.simulate.low_z_fraction must be between 0 and 1, got {low_z_fraction:g}")
     lib = load_library()
     held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed if held_out_seed is None else held_out_seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
@@ -72,7 +73,7 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     settings = SimulationSettings(realism=effects)
     if class_fractions is not None:
         settings = replace(settings, class_fractions=tuple(class_fractions))
-    data = simulate(n_objects, grid, seed, train_stars, replace(settings, low_z_fraction=float(low_z_fraction)), workers)
+    data = simulate(n_objects, grid, seed, train_stars, replace(settings, low_z_fraction=low_z_fraction), workers)
     data["object"] = np.arange(n_objects)
     if n_held_out_spectra:
         star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))
