@@ -75,14 +75,16 @@ class ModelCard:
     name: str = ""
     annotate_version: str = __version__
     training: dict = field(default_factory=dict)
+    z_head: dict = field(default_factory=dict)  # model.ZHead.to_dict(); {}: the Gaussian head
 
     def to_json(self) -> dict:
-        return {
+        card = {
             "format_version": FORMAT_VERSION, "name": self.name, "annotate_version": self.annotate_version,
             "class_names": list(self.class_names), "backbone": self.backbone, "render": self.render.to_dict(),
             "grid": self.grid.to_dict(),
             "label_norm": {k: vars(v) for k, v in self.label_norm.items()}, "training": self.training,
         }
+        return {**card, "z_head": self.z_head} if self.z_head else card
 
 
 def _umask() -> int:
@@ -149,6 +151,7 @@ def read_card(folder: str | Path) -> ModelCard:
             label_norm={k: LabelNorm(**v) for k, v in raw["label_norm"].items()},
             class_names=tuple(raw["class_names"]), name=raw.get("name", folder.name),
             annotate_version=raw.get("annotate_version", ""), training=raw.get("training", {}),
+            z_head=raw.get("z_head", {}),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{folder}/{CONFIG}: missing or malformed entry {exc}") from None
@@ -190,6 +193,17 @@ def card_problem(card: ModelCard) -> str:
         card.render.check_grid(grid.n_pix)
     except Exception as exc:  # ConfigError: the encoding cannot show this grid
         return str(exc)
+    from .errors import ConfigError
+    from .model import ZHead
+
+    if not isinstance(card.z_head, dict):
+        return f"z_head is a {type(card.z_head).__name__}, not a mapping"
+    try:
+        ZHead.from_dict(card.z_head)
+    except ConfigError as exc:
+        return str(exc)
+    if ZHead.from_dict(card.z_head).kind == "bins" and "z" not in card.label_norm:
+        return "a binned z head needs label_norm z"
     if tuple(card.class_names) != tuple(CLASS_NAMES):
         return f"class_names {list(card.class_names)}, but the heads predict {list(CLASS_NAMES)}"
     for name, norm in card.label_norm.items():
@@ -240,7 +254,7 @@ def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
     """(model in eval mode, ModelCard) from a checkpoint folder (default: the shipped model)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from .model import SpectromerModel
+    from .model import SpectromerModel, ZHead
 
     folder = model_folder(folder)
     card = read_card(folder)
@@ -253,7 +267,7 @@ def load_checkpoint(folder: str | Path | None = None, device: str = "cpu"):
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
     config = backbone_config(card.backbone)
     config._attn_implementation = "sdpa"
-    model = SpectromerModel(config)
+    model = SpectromerModel(config, ZHead.from_dict(card.z_head), card.label_norm.get("z"))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -89,22 +89,114 @@ def resolve_pretrained(backbone: str) -> str:
         f"Hugging Face cache at {constants.HF_HUB_CACHE}; nothing is downloaded at run time")
 
 
+Z_HEAD_KINDS = ("gaussian", "bins")
+
+
+@dataclass(frozen=True)
+class ZHead:
+    """How the model answers z.
+
+    'gaussian' (the Spectromer paper's): a linear layer -> mean and log σ of the normalised z,
+    trained by Gaussian negative log-likelihood.
+    'bins': a probability for each of `n_bins` bins uniform in log10(1 + z) from `z_min` to
+    `z_max` (an MLP with `hidden` units, or linear with 0), trained by cross-entropy against the
+    true z shared between its two nearest bin centres. z is the probability-weighted mean of the
+    `window` bins either side of the most probable one, so a second peak (another line
+    identification) moves neither the answer nor, through the mean, the flag; σ is the RMS of the
+    whole distribution about that z, so a second peak widens it."""
+
+    kind: str = "gaussian"
+    n_bins: int = 768
+    z_min: float = -0.01
+    z_max: float = 7.0
+    hidden: int = 512
+    window: int = 4
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "ZHead":
+        """A ZHead from a card's or recipe's `z_head` mapping ({} or None: gaussian); ConfigError
+        saying what is wrong."""
+        raw = dict(raw or {})
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"z_head: unknown key(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}")
+        try:
+            head = cls(**raw)
+            ints = (head.n_bins, head.hidden, head.window)
+            numbers = (float(head.z_min), float(head.z_max))
+        except (TypeError, ValueError):
+            raise ConfigError(f"z_head: malformed {raw}") from None
+        if head.kind not in Z_HEAD_KINDS:
+            raise ConfigError(f"z_head kind must be one of {', '.join(Z_HEAD_KINDS)}, got {head.kind!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in ints) or not (
+                2 <= head.n_bins <= 16384 and 0 <= head.hidden <= 16384 and 0 <= head.window < head.n_bins):
+            raise ConfigError(f"z_head: n_bins must be an integer from 2 to 16384, hidden from 0 to 16384 and "
+                              f"window from 0 to n_bins - 1 (got {head.n_bins!r}, {head.hidden!r}, {head.window!r})")
+        if not -1.0 < numbers[0] < numbers[1] <= 20.0:
+            raise ConfigError(f"z_head: needs -1 < z_min < z_max <= 20 (got {head.z_min!r}, {head.z_max!r})")
+        return head
+
+    def to_dict(self) -> dict:
+        """{} for the gaussian head, so that cards and recipes without one stay as they were."""
+        return {} if self.kind == "gaussian" else dict(vars(self))
+
+
+def two_hot(target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(B, n_bins) weights: each target shared between its two nearest of the uniform `centres`
+    in inverse proportion to the distance (clipped to the range), so Σ w·centre = target."""
+    width = centres[1] - centres[0]
+    position = ((target - centres[0]) / width).clamp(0.0, len(centres) - 1.0)
+    low = position.floor().long().clamp(max=len(centres) - 2)
+    upper = position - low
+    weights = torch.zeros(len(target), len(centres), device=target.device, dtype=torch.float32)
+    weights.scatter_(1, low[:, None], (1.0 - upper)[:, None].float())
+    weights.scatter_add_(1, (low + 1)[:, None], upper[:, None].float())
+    return weights
+
+
 class SpectromerModel(nn.Module):
     """ViT backbone -> CLS token -> heads.
 
     forward(pixel_values (B, 3, S, S) float) -> dict with
       'class_logits' (B, 3) over CLASS_NAMES; 'z_mean', 'z_log_sigma' (B,) in the normalised
-      redshift space; 'stellar' (B, 3) normalised teff, logg, feh.
-    """
+      redshift space (with a binned z head also 'z_logits' (B, n_bins) and 'z_centres', the
+      bins' centres); 'stellar' (B, 3) normalised teff, logg, feh.
 
-    def __init__(self, config):
+    z_head: a ZHead; z_norm: the label normalisation of z (a checkpoint's LabelNorm), which puts
+    a binned head's bins into the normalised space."""
+
+    def __init__(self, config, z_head: ZHead = ZHead(), z_norm=None):
         super().__init__()
         cls, extra = backbone_class(config)
         self.backbone = cls(config, **extra)
         hidden = config.hidden_size
         self.class_head = nn.Linear(hidden, len(CLASS_NAMES))
-        self.z_head = nn.Linear(hidden, 2)
+        self.z_kind = z_head.kind
+        if z_head.kind == "bins":
+            if z_norm is None:
+                raise ConfigError("a binned z head needs the z label normalisation")
+            if z_head.hidden:
+                self.z_head = nn.Sequential(nn.Linear(hidden, z_head.hidden), nn.GELU(),
+                                            nn.Linear(z_head.hidden, z_head.n_bins))
+            else:
+                self.z_head = nn.Linear(hidden, z_head.n_bins)
+            low, high = (float(z_norm.encode(z)) for z in (z_head.z_min, z_head.z_max))
+            self.register_buffer("z_centres", torch.linspace(low, high, z_head.n_bins), persistent=False)
+            self.z_window = z_head.window
+        else:
+            self.z_head = nn.Linear(hidden, 2)
         self.stellar_head = nn.Linear(hidden, len(STELLAR_LABELS))
+
+    def _z_from_bins(self, logits: torch.Tensor) -> dict:
+        prob = logits.softmax(dim=1)
+        n = len(self.z_centres)
+        around = (prob.argmax(dim=1, keepdim=True)
+                  + torch.arange(-self.z_window, self.z_window + 1, device=logits.device)).clamp(0, n - 1)
+        weight = prob.gather(1, around)
+        mean = (weight * self.z_centres[around]).sum(1) / weight.sum(1).clamp_min(1e-30)
+        spread = (prob * (self.z_centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
+        return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0), "z_logits": logits,
+                "z_centres": self.z_centres}
 
     def forward(self, pixel_values: torch.Tensor) -> dict:
         cls = self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]
@@ -112,15 +204,19 @@ class SpectromerModel(nn.Module):
         with torch.autocast(device_type=cls.device.type, enabled=False):
             cls = cls.float()
             z = self.z_head(cls)
-            return {"class_logits": self.class_head(cls), "z_mean": z[:, 0],
-                    "z_log_sigma": z[:, 1].clamp(-7.0, 5.0), "stellar": self.stellar_head(cls)}
+            if self.z_kind == "bins":
+                z_out = self._z_from_bins(z)
+            else:
+                z_out = {"z_mean": z[:, 0], "z_log_sigma": z[:, 1].clamp(-7.0, 5.0)}
+            return {"class_logits": self.class_head(cls), **z_out, "stellar": self.stellar_head(cls)}
 
 
-def build_model(backbone: str, image_size: int = 224, pretrained: bool = True) -> SpectromerModel:
+def build_model(backbone: str, image_size: int = 224, pretrained: bool = True, z_head: ZHead = ZHead(),
+                z_norm=None) -> SpectromerModel:
     """A model with a preset (random init) or a pretrained backbone (weights from disk/cache)."""
     config = vit_config(backbone, image_size)
     config._attn_implementation = "sdpa"
-    model = SpectromerModel(config)
+    model = SpectromerModel(config, z_head, z_norm)
     if backbone not in BACKBONES and pretrained:
         location = resolve_pretrained(backbone)
         cls, extra = backbone_class(config)

@@ -36,10 +36,17 @@ def _class_loss(out: dict, batch: dict) -> torch.Tensor:
 
 
 def _z_loss(out: dict, batch: dict) -> torch.Tensor:
-    """Gaussian negative log-likelihood of the normalised z, with the predicted σ."""
+    """Gaussian negative log-likelihood of the normalised z, with the predicted σ; for a binned
+    head (`model.ZHead`), cross-entropy against the true z shared between its two nearest bins."""
     z_mask = batch["z_mask"]
+    binned = "z_logits" in out
     if not z_mask.any():
-        return (out["z_mean"].sum() + out["z_log_sigma"].sum()) * 0.0
+        return (out["z_logits"].sum() if binned else out["z_mean"].sum() + out["z_log_sigma"].sum()) * 0.0
+    if binned:
+        from .model import two_hot
+
+        target = two_hot(batch["z"][z_mask].float(), out["z_centres"])
+        return -(target * out["z_logits"].float()[z_mask].log_softmax(dim=1)).sum(1).mean()
     mu, log_sigma = out["z_mean"].float()[z_mask], out["z_log_sigma"].float()[z_mask]
     return (0.5 * ((batch["z"][z_mask] - mu) / log_sigma.exp()) ** 2 + log_sigma).mean()
 

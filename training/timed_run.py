@@ -35,13 +35,15 @@ FINISH_S = 45.0  # held-out metrics, the stellar baseline and the last checkpoin
 def step_seconds(recipe: Recipe, n_steps: int = 20) -> float:
     """Seconds per training step of the recipe's backbone on its device (after 5 warm-up steps)."""
     from annotate import render_torch
-    from annotate.model import build_model
+    from annotate.checkpoint import LabelNorm
+    from annotate.model import ZHead, build_model
     from annotate.training.ranks import pick_device
 
     device = pick_device(recipe.device)
     settings = RenderSettings.from_dict(recipe.render)
     grid = WavelengthGrid(**recipe.grid)
-    model = build_model(recipe.backbone, settings.image_size, pretrained=False).to(device)
+    model = build_model(recipe.backbone, settings.image_size, pretrained=False, z_head=ZHead.from_dict(recipe.z_head),
+                        z_norm=LabelNorm(0.16, 0.2, "log1p10")).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
     generator = torch.Generator(device="cpu").manual_seed(0)
     flux = (1 + 0.1 * torch.randn(recipe.batch_size, grid.n_pix, generator=generator)).to(device)

@@ -25,7 +25,7 @@ from .. import __version__
 from ..checkpoint import ModelCard, save_checkpoint
 from ..errors import ConfigError
 from ..grid import WavelengthGrid
-from ..model import build_model
+from ..model import ZHead, build_model
 from ..render import RenderSettings
 from .data import (DeviceBatches, RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm,
                    load_training_data, split_by_object)
@@ -44,6 +44,16 @@ def freeze_unused_heads(model: nn.Module, tasks: tuple) -> None:
     for name, task in TASKS.items():
         if name not in tasks:
             getattr(model, task.head).requires_grad_(False)
+
+
+def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """The trainable parameters for AdamW: one group at `lr`, or, with `head_lr`, the backbone at
+    `lr` and the heads at `head_lr` (a head that starts anew on a trained backbone)."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if recipe.head_lr is None:
+        return [{"params": [p for _, p in trainable]}]
+    return [{"params": [p for name, p in trainable if name.startswith("backbone.")]},
+            {"params": [p for name, p in trainable if not name.startswith("backbone.")], "lr": recipe.head_lr}]
 
 
 def _schedule(optimiser, recipe: Recipe, total_steps: int):
@@ -194,7 +204,7 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     resume_from = resumable_state(recipe, out_dir, ranks)
     started = time.time()
     data, split, norms = _load_data(recipe, grid, ranks)
-    weights, start_norms = start_from(recipe, settings, grid)
+    weights, start_norms, new_z_head = start_from(recipe, settings, grid)
     norms = start_norms or norms
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
@@ -202,12 +212,15 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     dataset = _dataset(recipe, data, norms, settings, ranks.device, log)
     val_rows = np.flatnonzero(split == "val")
     val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
-    model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained).to(ranks.device)
+    z_head = ZHead.from_dict(recipe.z_head)
+    model = build_model(recipe.backbone, settings.image_size, pretrained=recipe.pretrained, z_head=z_head,
+                        z_norm=norms.get("z")).to(ranks.device)
     if weights is not None:
-        model.load_state_dict(weights)
+        model.load_state_dict(weights, strict=not new_z_head)
+        if new_z_head:
+            log(f"init_from {recipe.init_from}: its z head is not the recipe's ({z_head.kind}); that head starts anew")
     freeze_unused_heads(model, recipe.tasks)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
-                                  weight_decay=recipe.weight_decay)
+    optimiser = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(epoch_batches(train_rows, recipe.batch_size, recipe.seed, 0, ranks.world_size)) \
         // ranks.world_size
     total_steps = recipe.epochs * steps_per_epoch
@@ -223,7 +236,7 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
         device = ranks.device
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
-                     name=recipe.name)
+                     name=recipe.name, z_head=z_head.to_dict())
     return _Run(recipe, out_dir, log, ranks, settings, data, split, train_rows, norms, dataset, val_batches,
                 model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..model import check_backbone_name
+from ..model import ZHead, check_backbone_name
 from ..render import RenderSettings
 from ..tasks import TASK_NAMES
 
@@ -18,6 +18,8 @@ TASKS = TASK_NAMES  # annotate.tasks: class, z, stellar
 # recipe fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes", "render_on")
 RENDER_ON = ("auto", "cpu", "device")
+FLOAT_KEYS = ("lr", "head_lr", "weight_decay", "warmup_fraction", "val_fraction", "test_fraction", "image_mean",
+              "image_std", "checkpoint_minutes")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Recipe:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-4
+    head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     val_fraction: float = 0.1
@@ -40,6 +43,7 @@ class Recipe:
     seed: int = 0
     loss_weights: dict = field(default_factory=lambda: {"class": 1.0, "z": 1.0, "stellar": 1.0})
     select_by: str = "score"
+    z_head: dict = field(default_factory=dict)
     render: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     image_mean: float = 0.5
@@ -58,6 +62,12 @@ class Recipe:
         from ..yamlconfig import read_fields
 
         raw = read_fields(path, cls, "recipe")
+        for key in FLOAT_KEYS:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            if isinstance(raw.get(key), str):
+                try:
+                    raw[key] = float(raw[key])
+                except ValueError:
+                    raise ConfigError(f"{path}: {key} must be a number, got {raw[key]!r}") from None
         if "tasks" in raw:
             raw["tasks"] = tuple(raw["tasks"]) if isinstance(raw["tasks"], (list, tuple)) else (raw["tasks"],)
         recipe = cls(**raw)
@@ -75,6 +85,9 @@ class Recipe:
             raise ConfigError("recipe 'data.simulate' takes no other data keys")
         if not self.tasks or set(self.tasks) - set(TASKS):
             raise ConfigError(f"recipe tasks must be a non-empty list of {', '.join(TASKS)}")
+        ZHead.from_dict(self.z_head)
+        if self.head_lr is not None and not (isinstance(self.head_lr, (int, float)) and 0 < self.head_lr < 1):
+            raise ConfigError(f"head_lr must be a learning rate between 0 and 1, got {self.head_lr!r}")
         if self.select_by not in ("score", "loss"):
             raise ConfigError("select_by must be score (validation accuracy / R²) or loss")
         if self.render_on not in RENDER_ON:

@@ -31,14 +31,15 @@ def check_resumable(saved: dict, current: dict, folder: Path) -> None:
                           "train into a new --out folder, or delete its state/ to start over")
 
 
-def start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -> tuple[dict | None, dict | None]:
-    """(weights, label normalisation) of the checkpoint the recipe starts from (`init_from`), or
-    (None, None). Its backbone, rendering and grid must be the recipe's; its label normalisation
-    is kept, so that its heads go on meaning what they meant."""
+def start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -> tuple[dict | None, dict | None, bool]:
+    """(weights, label normalisation, whether the z head starts anew) of the checkpoint the recipe
+    starts from (`init_from`), or (None, None, False). Its backbone, rendering and grid must be
+    the recipe's; its label normalisation is kept, so that its heads go on meaning what they
+    meant. A recipe whose `z_head` differs from the checkpoint's takes everything but that head."""
     if not recipe.init_from:
-        return None, None
+        return None, None, False
     from ..checkpoint import backbone_dict, load_checkpoint
-    from ..model import vit_config
+    from ..model import ZHead, vit_config
 
     model, card = load_checkpoint(recipe.init_from, "cpu")
     wanted = backbone_dict(vit_config(recipe.backbone, settings.image_size))
@@ -50,7 +51,11 @@ def start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -
         what = [name for name, ok in same.items() if not ok]
         raise ConfigError(f"init_from {recipe.init_from}: its {', '.join(what)} differ from the recipe's; "
                           "a warm start keeps them")
-    return model.state_dict(), card.label_norm
+    weights = model.state_dict()
+    new_z_head = ZHead.from_dict(card.z_head) != ZHead.from_dict(recipe.z_head)
+    if new_z_head:
+        weights = {name: value for name, value in weights.items() if not name.startswith("z_head.")}
+    return weights, card.label_norm, new_z_head
 
 
 def render_settings(recipe: Recipe, grid: WavelengthGrid) -> RenderSettings:

@@ -388,3 +388,37 @@ def test_every_task_has_a_head_prediction_keys_and_a_zero_loss_without_labels(mi
         assert set(task.outputs) <= set(predicted) and all(np.isfinite(predicted[k]).all() for k in task.outputs)
         loss = task.loss(out, nothing)
         assert float(loss) == 0.0 and loss.requires_grad, name
+
+
+def test_a_warm_start_may_replace_the_z_head_and_train_it_at_its_own_rate(tmp_path):
+    """init_from a Gaussian-head checkpoint with a binned z_head: every other weight comes from
+    the checkpoint, the z head starts anew (said in the log), the heads train at head_lr, and
+    the new checkpoint carries its head."""
+    from annotate.training.loop import parameter_groups
+
+    store = _labelled_store(tmp_path / "train.h5")
+    train(_recipe(tmp_path, store, epochs=1), tmp_path / "a", log=lambda line: None)
+    z_head = {"kind": "bins", "n_bins": 64, "z_min": -0.01, "z_max": 1.0, "hidden": 0, "window": 2}
+    recipe = _recipe(tmp_path, store, epochs=1, lr=0.0, head_lr="1e-2", z_head=z_head, init_from=str(tmp_path / "a"))
+    assert recipe.head_lr == 0.01  # YAML reads 1e-2 as a string
+    lines = []
+    train(recipe, tmp_path / "b", log=lines.append)
+    assert any("its z head is not the recipe's (bins); that head starts anew" in line for line in lines)
+    first, _ = load_checkpoint(tmp_path / "a")
+    warm, card = load_checkpoint(tmp_path / "b")
+    assert card.z_head == z_head and warm.z_kind == "bins"
+    a, b = first.state_dict(), warm.state_dict()
+    for name in a:
+        if name.startswith("backbone."):  # lr 0: the backbone is the checkpoint's
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-3)  # saved as float16 or not
+    assert not torch.allclose(a["class_head.weight"], b["class_head.weight"])  # the heads moved at head_lr
+    groups = parameter_groups(warm, recipe)
+    assert len(groups) == 2 and groups[1]["lr"] == 0.01 and "lr" not in groups[0]
+    assert sum(len(g["params"]) for g in groups) == len(list(warm.parameters()))
+    assert len(parameter_groups(warm, _recipe(tmp_path, store))) == 1
+    with pytest.raises(ConfigError, match="head_lr must be a learning rate"):
+        _recipe(tmp_path, store, head_lr=5)
+    with pytest.raises(ConfigError, match="z_head kind must be one of"):
+        _recipe(tmp_path, store, z_head={"kind": "mixture"})
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        _recipe(tmp_path, store, lr="fast")
