@@ -165,8 +165,10 @@ def test_a_run_names_a_shipped_model_by_its_name_and_a_folder_wins(tmp_path, mon
 
 def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
     """Evaluation only, as the README's model section reports it: the ViT alone on the real DR18
-    spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073. Both shipped models class
-    NGC 3522 GALAXY (measured P 0.68 for the default, 0.85 for spectromer-medium: README)."""
+    spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073 (a dwarf galaxy the SDSS
+    pipeline calls an A0 star, z 0.0038). Both shipped models class NGC 3522 GALAXY (measured P
+    0.99 for the default, 0.85 for spectromer-medium: README); the default also classes NGC 3073
+    GALAXY (0.99) and puts both within the Ross et al. 1,000 km/s of the SDSS z (500 and 350 km/s)."""
     import torch
 
     from annotate.grid import WavelengthGrid
@@ -180,9 +182,14 @@ def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
     for name in ("spectromer-tiny", "spectromer-medium"):
         model, card = load_checkpoint(name, "cpu")
         with torch.inference_mode():
-            found[name] = predict_batch(model, card, rows["flux"], rows["mask"])["prob"]
+            found[name] = predict_batch(model, card, rows["flux"], rows["mask"])
     galaxy = CLASS_NAMES.index("GALAXY")
-    assert found["spectromer-medium"][0].argmax() == galaxy and found["spectromer-medium"][0, galaxy] > 0.7
-    assert found["spectromer-tiny"][0].argmax() == galaxy and found["spectromer-tiny"][0, galaxy] > 0.6
-    for prob in found.values():
-        np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-4)
+    medium, default = found["spectromer-medium"]["prob"], found["spectromer-tiny"]["prob"]
+    assert medium[0].argmax() == galaxy and medium[0, galaxy] > 0.7
+    assert (default.argmax(1) == galaxy).all() and (default[:, galaxy] > 0.9).all()
+    from annotate.metrics import velocity_offset_kms
+
+    offsets = velocity_offset_kms(found["spectromer-tiny"]["z"], np.array([0.0040180, 0.0037627]))  # SPECOBJ Z
+    assert (offsets < 1000.0).all(), offsets
+    for result in found.values():
+        np.testing.assert_allclose(result["prob"].sum(1), 1.0, atol=1e-4)

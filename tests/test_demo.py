@@ -27,8 +27,10 @@ def test_shipped_model_loads_offline():
     model, card = load_checkpoint(DEFAULT_MODEL, "cpu")
     assert card.name == "spectromer-tiny"
     assert tuple(card.class_names) == ("GALAXY", "QSO", "STAR")
-    # vit-mini-p32: 2 layers, 128 wide, 32-px patches, with the class, z and stellar heads
-    assert 0.7e6 < sum(p.numel() for p in model.parameters()) < 0.9e6
+    # vit-mini-p32: 2 layers, 128 wide, 32-px patches (0.8 M), with the class and stellar heads and a
+    # binned z head (a 512-unit MLP onto 768 bins, 0.46 M)
+    assert model.z_kind == "bins" and card.z_head["n_bins"] == 768
+    assert 1.2e6 < sum(p.numel() for p in model.parameters()) < 1.3e6
     assert card.training["recipe"]["data"]["simulate"]["realism"] == {"strength": 1.0}
     size = sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir())
     assert size < 10e6

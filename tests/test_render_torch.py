@@ -90,11 +90,12 @@ def test_bf16_inference_stays_close_to_float32(batch):
     full = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=False)
     half = predict_batch(model, card, flux[:32], mask[:32], "cpu", bf16=True)
     assert not np.array_equal(half["z"], full["z"])  # autocast did change the arithmetic
-    # (measured: every class the same, probabilities within 0.005, median |Δz|/(1+z) 2e-4)
+    # (measured with the default model: every class the same, probabilities within 0.001, median |Δz|/(1+z) 5e-6)
     assert (half["prob"].argmax(1) == full["prob"].argmax(1)).mean() >= 0.97
     np.testing.assert_allclose(half["prob"], full["prob"], atol=0.02)
-    assert np.median(np.abs(half["z"] - full["z"]) / (1 + full["z"])) < 1e-3  # the model's NMAD is 8e-3
-    np.testing.assert_allclose(half["teff"], full["teff"], rtol=0.02)
+    assert np.median(np.abs(half["z"] - full["z"]) / (1 + full["z"])) < 2e-4  # the model's NMAD is 7e-4
+    # 2 % or 100 K, far inside the model's Teff RMSE (~1,000 K); the head's Teff for a galaxy can be a few 100 K
+    np.testing.assert_allclose(half["teff"], full["teff"], rtol=0.02, atol=100.0)
 
 
 def test_spectra_with_a_non_positive_median_match_too():

@@ -1,4 +1,4 @@
-"""Class accuracy and z NMAD of checkpoints on the same new simulated objects, at several strengths
+"""Class accuracy, z NMAD and Ross et al. (2020) success of checkpoints on the same new simulated objects, at several strengths
 of the simulator's realism effects (evaluation only: objects of a seed no recipe trains on, stars
 from the held-out MILES stars).
 
@@ -15,6 +15,7 @@ from annotate import CLASS_NAMES
 from annotate.checkpoint import load_checkpoint
 from annotate.grid import WavelengthGrid
 from annotate.metrics import nmad
+from annotate.fit.evaluate import ross_success
 from annotate.predict import predict_batch
 from annotate.simulate.dataset import held_out_star_indices
 from annotate.simulate.realism import Realism
@@ -26,7 +27,12 @@ def predict(folder: str, sample: dict, batch: int = 250) -> dict:
     model, card = load_checkpoint(folder, "cpu")
     parts = [predict_batch(model, card, sample["flux"][a:a + batch], sample["mask"][a:a + batch])
              for a in range(0, len(sample["flux"]), batch)]
-    return {key: np.concatenate([p[key] for p in parts]) for key in ("prob", "z")}
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("prob", "z", "z_err")}
+
+
+def within(out: dict, sample: dict, k: float) -> float:
+    """The share of objects whose |Δz| is at most k of the model's own σ (calibrated: 0.683, 0.954)."""
+    return float(np.mean(np.abs(out["z"] - sample["z"]) <= k * out["z_err"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             out = predict(folder, sample)
             predicted = np.array(CLASS_NAMES)[np.argmax(out["prob"], axis=1)]
             recall = ", ".join(f"{c} {np.mean(predicted[sample['class'] == c] == c):.3f}" for c in CLASS_NAMES)
+            success = ross_success(predicted, out["z"], sample["class"], sample["z"])
+            by_class = ", ".join(f"{c} {np.mean(success[sample['class'] == c]):.3f}" for c in CLASS_NAMES)
+            extragalactic = ", ".join(f"{c} {nmad(sample['z'][sample['class'] == c], out['z'][sample['class'] == c]):.4f}"
+                                      for c in CLASS_NAMES[:2])
             print(f"realism {strength:g}, {folder}: class accuracy {np.mean(predicted == sample['class']):.3f} "
-                  f"({recall}), z NMAD {nmad(sample['z'], out['z']):.4f}")
+                  f"({recall}), z NMAD {nmad(sample['z'], out['z']):.4f} ({extragalactic}), "
+                  f"Ross success {np.mean(success):.3f} ({by_class}), "
+                  f"|Δz| within 1σ / 2σ {within(out, sample, 1):.3f} / {within(out, sample, 2):.3f}")
     return 0
 
 
