@@ -172,7 +172,8 @@ def card_problem(card: ModelCard) -> str:
     spectrum is read: backbone sizes that are not positive integers within BACKBONE_LIMITS (a
     typo there would allocate without bound), a patch larger than the image, a grid beyond
     any spectrograph's or one the encoding cannot show, other class names than the heads', label
-    normalisations without a finite mean and a positive, finite std."""
+    normalisations without a finite mean and a positive, finite std, a z_head that
+    `model.ZHead` refuses (or a binned one without a z normalisation)."""
     backbone = card.backbone
     for key, limit in BACKBONE_LIMITS.items():
         if key not in backbone:
@@ -199,10 +200,10 @@ def card_problem(card: ModelCard) -> str:
     if not isinstance(card.z_head, dict):
         return f"z_head is a {type(card.z_head).__name__}, not a mapping"
     try:
-        ZHead.from_dict(card.z_head)
+        z_head = ZHead.from_dict(card.z_head)
     except ConfigError as exc:
         return str(exc)
-    if ZHead.from_dict(card.z_head).kind == "bins" and "z" not in card.label_norm:
+    if z_head.kind == "bins" and "z" not in card.label_norm:
         return "a binned z head needs label_norm z"
     if tuple(card.class_names) != tuple(CLASS_NAMES):
         return f"class_names {list(card.class_names)}, but the heads predict {list(CLASS_NAMES)}"
