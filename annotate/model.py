@@ -102,8 +102,8 @@ class ZHead:
     `z_max` (an MLP with `hidden` units, or linear with 0), trained by cross-entropy against the
     true z shared between its two nearest bin centres. z is the probability-weighted mean of the
     `window` bins either side of the most probable one, so a second peak (another line
-    identification) moves neither the answer nor, through the mean, the flag; σ is the RMS of the
-    whole distribution about that z, so a second peak widens it."""
+    identification) does not pull z between the two; σ is the RMS of the whole distribution about
+    that z, so a second peak widens it."""
 
     kind: str = "gaussian"
     n_bins: int = 768
@@ -190,9 +190,11 @@ class SpectromerModel(nn.Module):
     def _z_from_bins(self, logits: torch.Tensor) -> dict:
         prob = logits.softmax(dim=1)
         n = len(self.z_centres)
-        around = (prob.argmax(dim=1, keepdim=True)
-                  + torch.arange(-self.z_window, self.z_window + 1, device=logits.device)).clamp(0, n - 1)
-        weight = prob.gather(1, around)
+        around = prob.argmax(dim=1, keepdim=True) + torch.arange(-self.z_window, self.z_window + 1,
+                                                                  device=logits.device)
+        inside = (around >= 0) & (around < n)  # a window at an end of the range is cut short there
+        around = around.clamp(0, n - 1)
+        weight = prob.gather(1, around) * inside
         mean = (weight * self.z_centres[around]).sum(1) / weight.sum(1).clamp_min(1e-30)
         spread = (prob * (self.z_centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
         return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0), "z_logits": logits,
