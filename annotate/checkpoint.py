@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import CLASS_NAMES, __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .grid import WavelengthGrid
 from .render import RenderSettings
 
@@ -139,8 +139,6 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"{folder}/{CONFIG}: holds a {type(raw).__name__}, not a mapping of settings")
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: checkpoint format {raw.get('format_version')}, expected {FORMAT_VERSION}")
-    from .errors import ConfigError
-
     try:
         for key in ("backbone", "render", "grid", "label_norm"):
             if not isinstance(raw[key], dict):
@@ -194,7 +192,6 @@ def card_problem(card: ModelCard) -> str:
         card.render.check_grid(grid.n_pix)
     except Exception as exc:  # ConfigError: the encoding cannot show this grid
         return str(exc)
-    from .errors import ConfigError
     from .model import ZHead
 
     if not isinstance(card.z_head, dict):

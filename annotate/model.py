@@ -154,6 +154,27 @@ def two_hot(target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return weights
 
 
+def bin_centres(z_head: ZHead, z_norm) -> torch.Tensor:
+    """(n_bins,) centres of a binned head's bins in the normalised z space of `z_norm` (LabelNorm)."""
+    low, high = (float(z_norm.encode(z)) for z in (z_head.z_min, z_head.z_max))
+    return torch.linspace(low, high, z_head.n_bins)
+
+
+def read_bins(logits: torch.Tensor, centres: torch.Tensor, window: int) -> dict:
+    """'z_mean' and 'z_log_sigma' (normalised) of (B, n_bins) logits: the probability-weighted mean
+    of the `window` bins either side of the most probable one (cut short at an end of the range),
+    and the log of the distribution's RMS about that mean (see ZHead)."""
+    prob = logits.softmax(dim=1)
+    n = len(centres)
+    around = prob.argmax(dim=1, keepdim=True) + torch.arange(-window, window + 1, device=logits.device)
+    inside = (around >= 0) & (around < n)
+    around = around.clamp(0, n - 1)
+    weight = prob.gather(1, around) * inside
+    mean = (weight * centres[around]).sum(1) / weight.sum(1).clamp_min(1e-30)
+    spread = (prob * (centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
+    return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0)}
+
+
 class SpectromerModel(nn.Module):
     """ViT backbone -> CLS token -> heads.
 
@@ -180,25 +201,14 @@ class SpectromerModel(nn.Module):
                                             nn.Linear(z_head.hidden, z_head.n_bins))
             else:
                 self.z_head = nn.Linear(hidden, z_head.n_bins)
-            low, high = (float(z_norm.encode(z)) for z in (z_head.z_min, z_head.z_max))
-            self.register_buffer("z_centres", torch.linspace(low, high, z_head.n_bins), persistent=False)
+            self.register_buffer("z_centres", bin_centres(z_head, z_norm), persistent=False)
             self.z_window = z_head.window
         else:
             self.z_head = nn.Linear(hidden, 2)
         self.stellar_head = nn.Linear(hidden, len(STELLAR_LABELS))
 
     def _z_from_bins(self, logits: torch.Tensor) -> dict:
-        prob = logits.softmax(dim=1)
-        n = len(self.z_centres)
-        around = prob.argmax(dim=1, keepdim=True) + torch.arange(-self.z_window, self.z_window + 1,
-                                                                  device=logits.device)
-        inside = (around >= 0) & (around < n)  # a window at an end of the range is cut short there
-        around = around.clamp(0, n - 1)
-        weight = prob.gather(1, around) * inside
-        mean = (weight * self.z_centres[around]).sum(1) / weight.sum(1).clamp_min(1e-30)
-        spread = (prob * (self.z_centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
-        return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0), "z_logits": logits,
-                "z_centres": self.z_centres}
+        return {**read_bins(logits, self.z_centres, self.z_window), "z_logits": logits, "z_centres": self.z_centres}
 
     def forward(self, pixel_values: torch.Tensor) -> dict:
         cls = self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]

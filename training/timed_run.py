@@ -43,7 +43,7 @@ def step_seconds(recipe: Recipe, n_steps: int = 20) -> float:
     settings = RenderSettings.from_dict(recipe.render)
     grid = WavelengthGrid(**recipe.grid)
     model = build_model(recipe.backbone, settings.image_size, pretrained=False, z_head=ZHead.from_dict(recipe.z_head),
-                        z_norm=LabelNorm(0.16, 0.2, "log1p10")).to(device)
+                        z_norm=LabelNorm(0.16, 0.2, "log1p10")).to(device)  # any z scale times the same
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
     generator = torch.Generator(device="cpu").manual_seed(0)
     flux = (1 + 0.1 * torch.randn(recipe.batch_size, grid.n_pix, generator=generator)).to(device)

@@ -19,7 +19,7 @@ from torch import nn
 from annotate.checkpoint import load_checkpoint
 from annotate.grid import WavelengthGrid
 from annotate.metrics import nmad, outlier_fraction
-from annotate.model import SpectromerModel, ZHead, two_hot
+from annotate.model import ZHead, bin_centres, read_bins, two_hot
 from annotate.render import render, to_model_input
 from annotate.simulate.dataset import held_out_star_indices
 from annotate.simulate.realism import Realism
@@ -72,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model, card = load_checkpoint(args.model, "cpu")
-    held = held_out_star_indices(load_library().n_star, 0.15, seed=0)
-    train_stars = np.setdiff1d(np.arange(load_library().n_star), held)
+    n_star = load_library().n_star
+    held = held_out_star_indices(n_star, 0.15, seed=0)
+    train_stars = np.setdiff1d(np.arange(n_star), held)
     x_fit, z_fit, _ = features(model, card, args.n_fit, 101, train_stars)
     x_score, z_score, cls_score = features(model, card, args.n_score, 102, held)
     norm = card.label_norm["z"]
     y = torch.tensor(norm.encode(z_fit), dtype=torch.float32)
     bins = ZHead(kind="bins")
-    reader = SpectromerModel(model.backbone.config, bins, norm)  # for its bins and read-out only
+    centres = bin_centres(bins, norm)
     hidden = x_fit.shape[1]
     extragalactic = cls_score != "STAR"
     for name, head, binned in (
@@ -88,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             ("Gaussian, 512-unit layer", nn.Sequential(nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, 2)), False),
             ("binned, 512-unit layer", nn.Sequential(nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, bins.n_bins)),
              True)):
-        fit_head(head, x_fit, y, reader.z_centres if binned else None)
+        fit_head(head, x_fit, y, centres if binned else None)
         with torch.inference_mode():
             out = head(x_score)
-            mean = reader._z_from_bins(out)["z_mean"] if binned else out[:, 0]
+            mean = read_bins(out, centres, bins.window)["z_mean"] if binned else out[:, 0]
         z = norm.decode(mean.numpy().astype(float))
         print(f"{name}: z NMAD {nmad(z_score, z):.4f}, galaxies and quasars {nmad(z_score[extragalactic], z[extragalactic]):.4f}"
               f" (η {outlier_fraction(z_score[extragalactic], z[extragalactic]):.3f})")
