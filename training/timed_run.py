@@ -83,7 +83,8 @@ def simulation_rate(recipe: Recipe) -> float:
     start = time.perf_counter()
     simulate_training_set(n_objects=n, grid=WavelengthGrid(**recipe.grid), seed=spec.get("seed", 0) + 99,
                           workers=spec.get("workers"), realism=spec.get("realism"),
-                          class_fractions=spec.get("class_fractions"))
+                          class_fractions=spec.get("class_fractions"),
+                          star_blend_fraction=spec.get("star_blend_fraction", 0.0))
     return n / (time.perf_counter() - start)
 
 

@@ -27,6 +27,18 @@ def held_out_star_indices(n_star: int, fraction: float, seed: int) -> np.ndarray
     return np.sort(rng.choice(n_star, size=int(round(fraction * n_star)), replace=False))
 
 
+def check_fractions(class_fractions) -> tuple:
+    """The recipe's class_fractions as a tuple of three non-negative numbers that sum above 0."""
+    try:
+        fractions = tuple(float(f) for f in class_fractions)
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ConfigError(f"data.simulate.class_fractions must be three shares (GALAXY, QSO, STAR) >= 0 "
+                          f"that sum above 0, got {class_fractions!r}")
+    return fractions
+
+
 def _chunk(args) -> dict:
     n, seed, grid_dict, star_indices, settings = args
     return draw_sample(n, load_library(), WavelengthGrid(**grid_dict), seed=seed, star_indices=star_indices,
@@ -51,7 +63,8 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
                           n_held_out_spectra: int = 0, workers: int | None = None,
                           class_fractions: tuple | None = None, realism: dict | float | None = None,
                           n_robustness_spectra: int = 0, harder_strength: float = 2.0,
-                          held_out_seed: int | None = None, low_z_fraction: float = 0.0) -> dict:
+                          held_out_seed: int | None = None, low_z_fraction: float = 0.0,
+                          star_blend_fraction: float = 0.0) -> dict:
     """A training sample (flux, mask, class, z, teff, logg, feh, object) plus, when
     n_held_out_spectra > 0, 'held_out_stars': spectra of the held-out MILES stars only.
 
@@ -61,19 +74,23 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     and with every effect `harder_strength` times stronger.
     held_out_seed: the seed that picks the held-out stars (default `seed`), so that a run on new
     objects (another `seed`) can keep the stars an earlier run held out.
-    low_z_fraction: `SimulationSettings.low_z_fraction` of the training sample only; the held-out
-    and robustness sets keep the plain redshift distribution, so their figures stay comparable."""
-    low_z_fraction = float(low_z_fraction)
-    if not 0.0 <= low_z_fraction <= 1.0:
-        raise ConfigError(f"data.simulate.low_z_fraction must be between 0 and 1, got {low_z_fraction:g}")
+    low_z_fraction, star_blend_fraction, class_fractions: `SimulationSettings.low_z_fraction`,
+    `.star_blend_probability` and `.class_fractions` of the training sample only; the held-out
+    and robustness sets keep the plain redshift distribution, real MILES stars and the plain
+    class fractions, so that their figures stay comparable between runs."""
+    low_z_fraction, star_blend_fraction = float(low_z_fraction), float(star_blend_fraction)
+    for key, value in (("low_z_fraction", low_z_fraction), ("star_blend_fraction", star_blend_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.simulate.{key} must be between 0 and 1, got {value:g}")
     lib = load_library()
     held = held_out_star_indices(lib.n_star, held_out_star_fraction, seed if held_out_seed is None else held_out_seed)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
     effects = Realism.from_dict(realism)
     settings = SimulationSettings(realism=effects)
+    training = replace(settings, low_z_fraction=low_z_fraction, star_blend_probability=star_blend_fraction)
     if class_fractions is not None:
-        settings = replace(settings, class_fractions=tuple(class_fractions))
-    data = simulate(n_objects, grid, seed, train_stars, replace(settings, low_z_fraction=low_z_fraction), workers)
+        training = replace(training, class_fractions=check_fractions(class_fractions))
+    data = simulate(n_objects, grid, seed, train_stars, training, workers)
     data["object"] = np.arange(n_objects)
     if n_held_out_spectra:
         star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))

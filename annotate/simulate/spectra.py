@@ -42,6 +42,7 @@ GALAXY_LINES = (
     ("[NII]6584", 6585.27, 0.35), ("[SII]6717", 6718.29, 0.2), ("[SII]6731", 6732.67, 0.15),
 )
 LYA = 1215.67
+BLEND_NEIGHBOURS = 5
 LYMAN_LIMIT = 911.75
 
 
@@ -54,7 +55,15 @@ class SimulationSettings:
     low_z_fraction: the share of galaxies whose z is drawn from `z_galaxy_low` instead of
     `z_galaxy` (0: none; the draws of a sample without it are unchanged). Uniform z over 0-0.7
     puts 0.7 % of galaxies below z 0.005, where an absorption-line galaxy differs from a G/K star
-    at rest only by its velocity dispersion and its few hundred km/s of recession."""
+    at rest only by its velocity dispersion and its few hundred km/s of recession.
+
+    star_blend_probability: the share of stars that are a blend of the drawn MILES star and one of
+    its BLEND_NEIGHBOURS nearest stars of the sample (`star_neighbours`), weight up to
+    `star_blend_max` on the neighbour, labels blended alike (0: none; the draws of a sample
+    without it are unchanged). The library has one spectrum per star; blends fill the label space
+    between neighbouring stars, as the local interpolation of empirical libraries does (e.g.
+    Vazdekis et al. 2010's MILES interpolator), so that a model learns Teff, log g and [Fe/H]
+    as continuous quantities and not as the ~840 label triples of the training stars."""
 
     class_fractions: tuple = (0.4, 0.25, 0.35)
     z_galaxy: tuple = (0.0, 0.7)
@@ -68,6 +77,8 @@ class SimulationSettings:
     edge_mask_probability: float = 0.15
     blue_mask_probability: float = 0.4
     observed_range_aa: tuple = (3600.0, 10400.0)
+    star_blend_probability: float = 0.0
+    star_blend_max: float = 0.5
     realism: Realism | None = None  # sky, calibration, dust, histories, quasar diversity (realism.py)
 
 
@@ -117,17 +128,47 @@ def add_lines(loglam: np.ndarray, flux: np.ndarray, lines, amplitudes, sigma_kms
     return out
 
 
-def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settings: SimulationSettings):
-    """(rest loglam, rest flux, z, labels) for MILES star `index` with a random radial velocity."""
+def star_rest(lib: TemplateLibrary, index: int, rng: np.random.Generator, settings: SimulationSettings,
+              blend: tuple[int, float] | None = None):
+    """(rest loglam, rest flux, z, labels) for MILES star `index` with a random radial velocity.
+    blend: (another star, its weight w): the spectrum is (1 - w) × this star's plus w × the
+    other's, each scaled to a median of 1, and Teff, log g and [Fe/H] are blended alike; its template
+    name is both names joined by ' & '."""
     velocity = rng.normal(0.0, settings.star_rv_sigma_kms)
     z = np.sqrt((1 + velocity / SPEED_OF_LIGHT_KMS) / (1 - velocity / SPEED_OF_LIGHT_KMS)) - 1
     flux = lib.star_flux[index].astype(np.float64)
+    teff, logg, feh = lib.star_teff[index], lib.star_logg[index], lib.star_feh[index]
+    name = str(lib.star_name[index])
+    if blend is not None:
+        other, weight = blend
+        second = lib.star_flux[other].astype(np.float64)
+        flux = (1.0 - weight) * flux / np.nanmedian(flux) + weight * second / np.nanmedian(second)
+        teff = (1.0 - weight) * teff + weight * lib.star_teff[other]
+        logg = (1.0 - weight) * logg + weight * lib.star_logg[other]
+        feh = (1.0 - weight) * feh + weight * lib.star_feh[other]
+        name = f"{name} & {lib.star_name[other]}"
     template_sigma = lib.star_fwhm_aa * FWHM_TO_SIGMA / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
     flux = broaden(flux, extra, lib.star_loglam[1] - lib.star_loglam[0])
-    labels = {"teff": lib.star_teff[index], "logg": lib.star_logg[index], "feh": lib.star_feh[index],
-              "template": str(lib.star_name[index])}
+    labels = {"teff": teff, "logg": logg, "feh": feh, "template": name}
     return lib.star_loglam, flux, z, labels
+
+
+def star_neighbours(lib: TemplateLibrary, indices: np.ndarray, k: int = BLEND_NEIGHBOURS) -> dict:
+    """{star: its k nearest other stars} among `indices`, for the stars with all three labels, in
+    (log10 Teff, log g, [Fe/H]) each divided by its spread over those stars. Stars of `indices`
+    only: a sample's blends never reach a star it may not use (the held-out ones)."""
+    indices = np.asarray(indices)
+    labelled = indices[np.isfinite(lib.star_teff[indices]) & np.isfinite(lib.star_logg[indices])
+                       & np.isfinite(lib.star_feh[indices])]
+    if len(labelled) <= k:
+        return {}
+    x = np.stack([np.log10(lib.star_teff[labelled]), lib.star_logg[labelled], lib.star_feh[labelled]], axis=1)
+    x = x / x.std(axis=0)
+    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distance, np.inf)
+    nearest = np.argsort(distance, axis=1)[:, :k]
+    return {int(star): labelled[row] for star, row in zip(labelled, nearest)}
 
 
 def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings,
@@ -277,6 +318,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     realism = settings.realism
     extra_rng = realism_rng(seed) if realism is not None else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
+    neighbours = star_neighbours(lib, star_indices) if settings.star_blend_probability > 0 else {}
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
     out = {
         "flux": np.zeros((n, grid.n_pix), np.float32), "ivar": np.zeros((n, grid.n_pix), np.float32),
@@ -288,7 +330,12 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     for i, cls in enumerate(classes):
         name = CLASS_NAMES[cls]
         if name == "STAR":
-            loglam, flux, z, labels = star_rest(lib, int(rng.choice(star_indices)), rng, settings)
+            index = int(rng.choice(star_indices))
+            blend = None
+            if settings.star_blend_probability > 0 and rng.random() < settings.star_blend_probability \
+                    and index in neighbours:
+                blend = (int(rng.choice(neighbours[index])), rng.uniform(0.0, settings.star_blend_max))
+            loglam, flux, z, labels = star_rest(lib, index, rng, settings, blend)
             out["teff"][i], out["logg"][i], out["feh"][i] = labels["teff"], labels["logg"], labels["feh"]
         elif name == "GALAXY":
             loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng)

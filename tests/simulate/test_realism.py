@@ -156,3 +156,24 @@ def test_another_instruments_range_masks_an_end():
     for mask in masks:
         assert mask[0] and mask[-1] and not mask[(wave > 4000) & (wave < 9100)].any()
     assert not instrument_range(GRID, Realism(range_probability=0.0), np.random.default_rng(0)).any()
+
+
+def test_star_blends_and_class_fractions_shape_the_training_sample_only():
+    from annotate.simulate.dataset import simulate_training_set
+
+    data = simulate_training_set(80, GRID, seed=2, workers=1, realism=1.0, class_fractions=[0, 0, 1],
+                                 star_blend_fraction=1.0, n_held_out_spectra=20, n_robustness_spectra=60)
+    assert (data["class"] == "STAR").all() and np.mean([" & " in t for t in data["template"]]) > 0.8
+    names = list(load_library().star_name)
+    train = set(data["train_star_indices"])
+    for template in data["template"]:
+        assert {names.index(part) for part in template.split(" & ")} <= train
+    held = data["held_out_stars"]
+    matched = data["robustness"]["matched"]
+    assert not any(" & " in t for t in np.concatenate([held["template"], matched["template"]]))
+    assert set(matched["class"]) == {"GALAXY", "QSO", "STAR"}  # the plain class fractions
+    for bad in ([1, 0], [1, -1, 1], [0, 0, 0], "stars"):
+        with pytest.raises(ConfigError, match="class_fractions must be three shares"):
+            simulate_training_set(10, GRID, seed=1, workers=1, class_fractions=bad)
+    with pytest.raises(ConfigError, match="star_blend_fraction must be between 0 and 1, got 2"):
+        simulate_training_set(10, GRID, seed=1, workers=1, star_blend_fraction=2)

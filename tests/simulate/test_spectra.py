@@ -6,7 +6,7 @@ import pytest
 from annotate import CLASS_NAMES
 from annotate.grid import WavelengthGrid
 from annotate.simulate.spectra import (
-    SimulationSettings, add_lines, draw_sample, galaxy_rest, lyman_transmission, observe, quasar_rest,
+    SimulationSettings, add_lines, draw_sample, galaxy_rest, lyman_transmission, observe, quasar_rest, star_neighbours,
 )
 from annotate.simulate.templates import load_library
 
@@ -110,3 +110,48 @@ def test_low_z_fraction_draws_that_share_of_galaxies_from_the_low_range_and_leav
     assert (z_low >= 0).all() and (z_low < 0.7).all()
     # without it, z is still the stream's first draw: seeded samples are the objects they were
     assert np.array_equal(z_plain, [np.random.default_rng(i).uniform(0.0, 0.7) for i in range(200)])
+
+
+def test_star_neighbours_are_the_nearest_labelled_stars_of_the_sample_only():
+    lib = load_library()
+    allowed = np.arange(0, lib.n_star, 2)
+    neighbours = star_neighbours(lib, allowed, k=3)
+    labelled = allowed[np.isfinite(lib.star_teff[allowed]) & np.isfinite(lib.star_logg[allowed])
+                       & np.isfinite(lib.star_feh[allowed])]
+    assert sorted(neighbours) == sorted(int(i) for i in labelled)
+    x = np.stack([np.log10(lib.star_teff[labelled]), lib.star_logg[labelled], lib.star_feh[labelled]], 1)
+    x = x / x.std(0)
+    for star in labelled[::40]:
+        near = neighbours[int(star)]
+        assert len(near) == 3 and star not in near and set(near) <= set(labelled)
+        d = ((x - x[labelled == star]) ** 2).sum(1)
+        d[labelled == star] = np.inf
+        assert np.sort(d[np.isin(labelled, near)]) == pytest.approx(np.sort(d)[:3])
+
+
+def test_blended_stars_take_a_neighbour_and_labels_between_the_two_and_leave_the_plain_draws_alone():
+    lib = load_library()
+    allowed = np.arange(100, 400)
+    plain = draw_sample(60, lib, GRID, seed=3, star_indices=allowed,
+                        settings=SimulationSettings(class_fractions=(0, 0, 1)))
+    unblended = draw_sample(60, lib, GRID, seed=3, star_indices=allowed,
+                            settings=SimulationSettings(class_fractions=(0, 0, 1), star_blend_probability=0.0))
+    assert np.array_equal(plain["flux"], unblended["flux"]) and " & " not in "".join(plain["template"])
+    blended = draw_sample(60, lib, GRID, seed=3, star_indices=allowed,
+                          settings=SimulationSettings(class_fractions=(0, 0, 1), star_blend_probability=1.0))
+    names = {str(n): i for i, n in enumerate(lib.star_name)}
+    neighbours = star_neighbours(lib, allowed)
+    n_blends = 0
+    for template, teff, logg, feh in zip(blended["template"], blended["teff"], blended["logg"], blended["feh"]):
+        if " & " not in template:  # a star without all three labels is never blended
+            assert not np.isfinite([lib.star_teff[names[template]], lib.star_logg[names[template]],
+                                    lib.star_feh[names[template]]]).all()
+            continue
+        n_blends += 1
+        first, second = (names[part] for part in template.split(" & "))
+        assert second in neighbours[first] and 100 <= second < 400
+        for value, labels in ((teff, lib.star_teff), (logg, lib.star_logg), (feh, lib.star_feh)):
+            a, b = labels[first], labels[second]
+            if a != b:  # the weight on the neighbour is between 0 and star_blend_max (0.5)
+                assert 0.0 <= (value - a) / (b - a) <= 0.5
+    assert n_blends > 50
