@@ -8,9 +8,10 @@ the Hugging Face cache only (nothing is downloaded at run time).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -103,7 +104,13 @@ class ZHead:
     true z shared between its two nearest bin centres. z is the probability-weighted mean of the
     `window` bins either side of the most probable one, so a second peak (another line
     identification) does not pull z between the two; σ is the RMS of the whole distribution about
-    that z, so a second peak widens it."""
+    that z, so a second peak widens it.
+
+    sigma_scale: a calibration of a trained binned head (`calibrate_sigma`, written into the
+    checkpoint by training/calibrate_z_sigma.py): one factor per class of CLASS_NAMES; σ is then
+    that factor, for the class the model predicts, times the RMS of the `window` bins either side
+    of the most probable one (the width of the peak z is read from), so that 68 % of new objects
+    of each class lie within 1σ. () (the default): σ as above, uncalibrated."""
 
     kind: str = "gaussian"
     n_bins: int = 768
@@ -111,6 +118,7 @@ class ZHead:
     z_max: float = 7.0
     hidden: int = 512
     window: int = 4
+    sigma_scale: tuple = ()
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> "ZHead":
@@ -134,11 +142,36 @@ class ZHead:
                               f"window from 0 to n_bins - 1 (got {head.n_bins!r}, {head.hidden!r}, {head.window!r})")
         if not -1.0 < numbers[0] < numbers[1] <= 20.0:
             raise ConfigError(f"z_head: needs -1 < z_min < z_max <= 20 (got {head.z_min!r}, {head.z_max!r})")
-        return head
+        return replace(head, sigma_scale=cls._check_scale(head))
+
+    @staticmethod
+    def _check_scale(head: "ZHead") -> tuple:
+        scale = head.sigma_scale
+        if scale is None or (isinstance(scale, (list, tuple)) and len(scale) == 0):
+            return ()
+        try:
+            values = tuple(float(v) for v in scale)
+        except (TypeError, ValueError):
+            values = ()
+        if head.kind != "bins" or len(values) != len(CLASS_NAMES) or not all(0.0 < v < 1e3 for v in values) \
+                or any(isinstance(v, bool) for v in scale):
+            raise ConfigError(f"z_head: sigma_scale must be {len(CLASS_NAMES)} positive factors ({', '.join(CLASS_NAMES)}) "
+                              f"of a binned head, got {scale!r}")
+        return values
 
     def to_dict(self) -> dict:
-        """{} for the gaussian head, so that cards and recipes without one stay as they were."""
-        return {} if self.kind == "gaussian" else dict(vars(self))
+        """{} for the gaussian head, so that cards and recipes without one stay as they were (and
+        no sigma_scale key for an uncalibrated binned head)."""
+        if self.kind == "gaussian":
+            return {}
+        out = dict(vars(self))
+        out["sigma_scale"] = list(self.sigma_scale)
+        return out if self.sigma_scale else {k: v for k, v in out.items() if k != "sigma_scale"}
+
+    def uncalibrated(self) -> "ZHead":
+        """The same head without its sigma_scale: what a warm start compares, since a calibration
+        belongs to the weights it was measured on, not to the head's shape."""
+        return replace(self, sigma_scale=())
 
 
 def two_hot(target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -163,7 +196,8 @@ def bin_centres(z_head: ZHead, z_norm) -> torch.Tensor:
 def read_bins(logits: torch.Tensor, centres: torch.Tensor, window: int) -> dict:
     """'z_mean' and 'z_log_sigma' (normalised) of (B, n_bins) logits: the probability-weighted mean
     of the `window` bins either side of the most probable one (cut short at an end of the range),
-    and the log of the distribution's RMS about that mean (see ZHead)."""
+    and the log of the distribution's RMS about that mean (see ZHead); 'z_log_peak': the log of
+    the RMS of those bins alone about it (the peak's width, what a sigma_scale multiplies)."""
     prob = logits.softmax(dim=1)
     n = len(centres)
     around = prob.argmax(dim=1, keepdim=True) + torch.arange(-window, window + 1, device=logits.device)
@@ -172,7 +206,28 @@ def read_bins(logits: torch.Tensor, centres: torch.Tensor, window: int) -> dict:
     weight = prob.gather(1, around) * inside
     mean = (weight * centres[around]).sum(1) / weight.sum(1).clamp_min(1e-30)
     spread = (prob * (centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
-    return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0)}
+    peak = ((weight * (centres[around] - mean[:, None]) ** 2).sum(1) / weight.sum(1).clamp_min(1e-30))
+    return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0),
+            "z_log_peak": peak.clamp_min(1e-12).sqrt().log().clamp(-7.0, 5.0)}
+
+
+ONE_SIGMA = 0.6827  # the share of a Gaussian within 1σ
+
+
+def calibrate_sigma(abs_error: np.ndarray, peak: np.ndarray, classes: np.ndarray, min_count: int = 50) -> tuple:
+    """sigma_scale (one factor per class of CLASS_NAMES) from new objects: |z − true z|, the peak
+    widths σ_peak (same units; `read_bins`' z_log_peak) and the predicted class index of each.
+    Each factor is the ONE_SIGMA quantile of |error| / σ_peak over the objects predicted in that
+    class (over all objects for a class with fewer than `min_count`), rounded to 4 figures."""
+    ratio = np.asarray(abs_error, float) / np.asarray(peak, float)
+    classes = np.asarray(classes)
+    ok = np.isfinite(ratio)
+    pooled = float(np.quantile(ratio[ok], ONE_SIGMA))
+    scales = []
+    for c in range(len(CLASS_NAMES)):
+        mine = ok & (classes == c)
+        scales.append(float(np.quantile(ratio[mine], ONE_SIGMA)) if mine.sum() >= min_count else pooled)
+    return tuple(float(f"{max(s, 1e-3):.4g}") for s in scales)
 
 
 class SpectromerModel(nn.Module):
@@ -203,6 +258,8 @@ class SpectromerModel(nn.Module):
                 self.z_head = nn.Linear(hidden, z_head.n_bins)
             self.register_buffer("z_centres", bin_centres(z_head, z_norm), persistent=False)
             self.z_window = z_head.window
+            scale = torch.tensor(z_head.sigma_scale, dtype=torch.float32) if z_head.sigma_scale else None
+            self.register_buffer("z_sigma_scale", scale, persistent=False)
         else:
             self.z_head = nn.Linear(hidden, 2)
         self.stellar_head = nn.Linear(hidden, len(STELLAR_LABELS))
@@ -216,11 +273,15 @@ class SpectromerModel(nn.Module):
         with torch.autocast(device_type=cls.device.type, enabled=False):
             cls = cls.float()
             z = self.z_head(cls)
+            class_logits = self.class_head(cls)
             if self.z_kind == "bins":
                 z_out = self._z_from_bins(z)
+                if self.z_sigma_scale is not None:  # calibrated: the peak's width times its class's factor
+                    factor = self.z_sigma_scale[class_logits.argmax(dim=1)]
+                    z_out["z_log_sigma"] = (z_out["z_log_peak"] + factor.log()).clamp(-7.0, 5.0)
             else:
                 z_out = {"z_mean": z[:, 0], "z_log_sigma": z[:, 1].clamp(-7.0, 5.0)}
-            return {"class_logits": self.class_head(cls), **z_out, "stellar": self.stellar_head(cls)}
+            return {"class_logits": class_logits, **z_out, "stellar": self.stellar_head(cls)}
 
 
 def build_model(backbone: str, image_size: int = 224, pretrained: bool = True, z_head: ZHead = ZHead(),

@@ -10,7 +10,7 @@ import torch
 from annotate.checkpoint import LabelNorm, ModelCard, backbone_dict, load_checkpoint, save_checkpoint
 from annotate.errors import CheckpointError, ConfigError
 from annotate.grid import WavelengthGrid
-from annotate.model import ZHead, build_model, two_hot
+from annotate.model import ZHead, build_model, calibrate_sigma, read_bins, two_hot
 from annotate.render import RenderSettings
 from annotate.tasks import TASKS
 
@@ -29,7 +29,11 @@ def test_a_z_head_mapping_is_checked_whole():
                        ({"kind": "bins", "n_bins": 10, "window": 10}, "window from 0 to n_bins - 1"),
                        ({"kind": "bins", "z_min": 2.0, "z_max": 1.0}, "z_min < z_max"),
                        ({"kind": "bins", "z_max": float("nan")}, "z_min < z_max"),
-                       ({"kind": "bins", "z_max": "far"}, "malformed")):
+                       ({"kind": "bins", "z_max": "far"}, "malformed"),
+                       ({"kind": "bins", "sigma_scale": [0.5, 1.0]}, "sigma_scale must be 3 positive factors"),
+                       ({"kind": "bins", "sigma_scale": [0.5, -1.0, 0.2]}, "sigma_scale must be 3 positive"),
+                       ({"kind": "bins", "sigma_scale": "small"}, "sigma_scale must be 3 positive"),
+                       ({"kind": "gaussian", "sigma_scale": [0.5, 1.0, 0.2]}, "of a binned head")):
         with pytest.raises(ConfigError, match=words):
             ZHead.from_dict(raw)
 
@@ -120,9 +124,57 @@ def test_a_card_with_a_broken_z_head_is_a_one_line_error(tmp_path):
     config = tmp_path / "bins" / "config.json"
     raw = json.loads(config.read_text())
     for z_head, words in (({"kind": "bins", "n_bins": -3}, "n_bins must be"), ("bins", "z_head is a str"),
+                          ({**BINS.to_dict(), "sigma_scale": [1.0]}, "sigma_scale must be 3 positive factors"),
                           ({"kind": "bins", "n_bins": 32, "z_min": -0.01, "z_max": 4.0, "hidden": 16, "window": 2},
                            "tensor z_head.2.(weight|bias) has shape")):
         config.write_text(json.dumps({**raw, "z_head": z_head}))
         with pytest.raises(CheckpointError, match=words) as info:
             load_checkpoint(tmp_path / "bins")
         assert "\n" not in str(info.value)
+
+
+def test_the_peak_width_is_the_rms_of_the_window_alone():
+    centres = torch.linspace(-1.0, 1.0, 201)  # width 0.01
+    prob = torch.zeros(2, 201)
+    prob[:, 100], prob[:, 101], prob[:, 99] = 0.5, 0.15, 0.05  # mean 0.001 (window 2)
+    prob[0, 180] = 0.3                                          # a second peak 80 bins away
+    prob[1, 102] = 0.3                                          # or inside the window
+    out = read_bins((prob + 1e-20).log(), centres, window=2)
+    inside = np.array([[0.05, 0.5, 0.15, 0.0], [0.05, 0.5, 0.15, 0.3]])
+    where = np.array([-0.01, 0.0, 0.01, 0.02])
+    for row in range(2):
+        mean = (inside[row] * where).sum() / inside[row].sum()
+        peak = np.sqrt((inside[row] * (where - mean) ** 2).sum() / inside[row].sum())
+        assert float(out["z_mean"][row]) == pytest.approx(mean, abs=1e-6)
+        assert float(out["z_log_peak"][row].exp()) == pytest.approx(peak, rel=1e-4)
+    # the far peak widens the whole RMS (about √0.3 × 0.8) but not the peak's width
+    assert float(out["z_log_sigma"][0].exp()) == pytest.approx(np.sqrt(0.3 * 0.799**2 + 0.7 * 0.006**2), rel=0.02)
+    assert float(out["z_log_peak"][0].exp()) < 0.01
+
+
+def test_calibrate_sigma_is_the_one_sigma_quantile_per_predicted_class():
+    rng = np.random.default_rng(4)
+    n = 40_000
+    peak = rng.uniform(0.5, 2.0, n)
+    classes = rng.choice([0, 1, 2], n, p=[0.5, 0.4999, 0.0001])
+    factor = np.array([2.0, 0.25, 1.0])[classes]
+    error = np.abs(rng.normal(0.0, 1.0, n)) * peak * factor  # |Gaussian|: 68.27 % within 1 × its σ
+    scale = calibrate_sigma(error, peak, classes)
+    assert scale[0] == pytest.approx(2.0, rel=0.03) and scale[1] == pytest.approx(0.25, rel=0.03)
+    pooled = np.quantile(error / peak, 0.6827)  # too few predicted STAR: the pooled factor
+    assert scale[2] == pytest.approx(pooled, rel=1e-3)
+
+
+def test_a_calibrated_head_gives_the_peak_width_times_its_class_factor(tmp_path):
+    model = _binned_model()
+    _save(model, tmp_path / "bins", {**BINS.to_dict(), "sigma_scale": [0.5, 2.0, 0.1]})
+    calibrated, card = load_checkpoint(tmp_path / "bins")
+    assert card.z_head["sigma_scale"] == [0.5, 2.0, 0.1]
+    pixels = torch.randn(6, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        raw, cal = model(pixels), calibrated(pixels)
+    torch.testing.assert_close(cal["z_mean"], raw["z_mean"], rtol=1e-5, atol=1e-6)
+    factor = torch.tensor([0.5, 2.0, 0.1])[cal["class_logits"].argmax(1)]
+    torch.testing.assert_close(cal["z_log_sigma"], raw["z_log_peak"] + factor.log(), rtol=0, atol=1e-5)
+    whole = read_bins(raw["z_logits"], raw["z_centres"], BINS.window)["z_log_sigma"]
+    torch.testing.assert_close(raw["z_log_sigma"], whole, rtol=0, atol=1e-6)  # uncalibrated: the whole RMS

@@ -85,7 +85,9 @@ class Recipe:
             raise ConfigError("recipe 'data.simulate' takes no other data keys")
         if not self.tasks or set(self.tasks) - set(TASKS):
             raise ConfigError(f"recipe tasks must be a non-empty list of {', '.join(TASKS)}")
-        ZHead.from_dict(self.z_head)
+        if ZHead.from_dict(self.z_head).sigma_scale:
+            raise ConfigError("recipe z_head: sigma_scale is a trained checkpoint's calibration "
+                              "(training/calibrate_z_sigma.py), not a recipe's; leave it out")
         if self.head_lr is not None and not (isinstance(self.head_lr, (int, float)) and 0 < self.head_lr < 1):
             raise ConfigError(f"head_lr must be a learning rate between 0 and 1, got {self.head_lr!r}")
         if self.select_by not in ("score", "loss"):

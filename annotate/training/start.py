@@ -52,7 +52,7 @@ def start_from(recipe: Recipe, settings: RenderSettings, grid: WavelengthGrid) -
         raise ConfigError(f"init_from {recipe.init_from}: its {', '.join(what)} differ from the recipe's; "
                           "a warm start keeps them")
     weights = model.state_dict()
-    new_z_head = ZHead.from_dict(card.z_head) != ZHead.from_dict(recipe.z_head)
+    new_z_head = ZHead.from_dict(card.z_head).uncalibrated() != ZHead.from_dict(recipe.z_head).uncalibrated()
     if new_z_head:
         weights = {name: value for name, value in weights.items() if not name.startswith("z_head.")}
     return weights, card.label_norm, new_z_head

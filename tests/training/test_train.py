@@ -416,6 +416,21 @@ def test_a_warm_start_may_replace_the_z_head_and_train_it_at_its_own_rate(tmp_pa
     assert len(groups) == 2 and groups[1]["lr"] == 0.01 and "lr" not in groups[0]
     assert sum(len(g["params"]) for g in groups) == len(list(warm.parameters()))
     assert len(parameter_groups(warm, _recipe(tmp_path, store))) == 1
+    # a calibrated checkpoint (sigma_scale) has the same head: a warm start keeps it, and the new
+    # checkpoint is uncalibrated (the factors belong to the weights they were measured on)
+    from dataclasses import replace
+
+    from annotate.checkpoint import write_card
+    write_card(tmp_path / "b", replace(card, z_head={**z_head, "sigma_scale": [0.5, 1.0, 0.2]}))
+    lines = []
+    train(_recipe(tmp_path, store, epochs=1, lr=0.0, z_head=z_head, init_from=str(tmp_path / "b")), tmp_path / "c",
+          log=lines.append)
+    assert not any("starts anew" in line for line in lines)
+    again, card_c = load_checkpoint(tmp_path / "c")
+    assert card_c.z_head == z_head and again.z_sigma_scale is None
+    torch.testing.assert_close(again.state_dict()["z_head.weight"], b["z_head.weight"], rtol=0, atol=1e-3)
+    with pytest.raises(ConfigError, match="sigma_scale is a trained checkpoint's calibration"):
+        _recipe(tmp_path, store, z_head={**z_head, "sigma_scale": [0.5, 1.0, 0.2]})
     with pytest.raises(ConfigError, match="head_lr must be a learning rate"):
         _recipe(tmp_path, store, head_lr=5)
     with pytest.raises(ConfigError, match="z_head kind must be one of"):
