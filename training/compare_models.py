@@ -1,8 +1,11 @@
 """Class accuracy, z NMAD and Ross et al. (2020) success of checkpoints on the same new simulated objects, at several strengths
 of the simulator's realism effects (evaluation only: objects of a seed no recipe trains on, stars
-from the held-out MILES stars).
+from the held-out MILES stars). With --stars N, also Teff, log g and [Fe/H] of N new spectra of the
+held-out MILES stars (realism strength 1): R² at S/N >= 20 and RMSE by S/N of each checkpoint and
+of the k-nearest-templates baseline (`annotate.stellarbaseline`, on the training stars), all on
+the same spectra.
 
-    python training/compare_models.py OLD_CHECKPOINT annotate/models/spectromer-tiny --n 1500 --seed 777
+    python training/compare_models.py OLD_CHECKPOINT annotate/models/spectromer-tiny --n 1500 --seed 777 --stars 3000
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
 
 
-def predict(folder: str, sample: dict, batch: int = 250) -> dict:
+def predict(folder: str, sample: dict, batch: int = 250, keys=("prob", "z", "z_err")) -> dict:
     model, card = load_checkpoint(folder, "cpu")
     parts = [predict_batch(model, card, sample["flux"][a:a + batch], sample["mask"][a:a + batch])
              for a in range(0, len(sample["flux"]), batch)]
-    return {key: np.concatenate([p[key] for p in parts]) for key in ("prob", "z", "z_err")}
+    return {key: np.concatenate([p[key] for p in parts]) for key in keys}
 
 
 def within(out: dict, sample: dict, k: float) -> float:
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=777, help="seed of the simulated objects (default 777)")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0],
                         help="realism strengths; 0: the plain simulator (default 0 1 2)")
+    parser.add_argument("--stars", type=int, default=0, help="held-out star spectra for the stellar comparison (default 0: none)")
     args = parser.parse_args(argv)
     lib, grid = load_library(), WavelengthGrid()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
@@ -60,7 +64,31 @@ def main(argv: list[str] | None = None) -> int:
                   f"({recall}), z NMAD {nmad(sample['z'], out['z']):.4f} ({extragalactic}), "
                   f"Ross success {np.mean(success):.3f} ({by_class}), "
                   f"|Δz| within 1σ / 2σ {within(out, sample, 1):.3f} / {within(out, sample, 2):.3f}")
+    if args.stars:
+        compare_stellar(args.checkpoints, args.stars, args.seed + 1, lib, grid, stars)
     return 0
+
+
+def compare_stellar(checkpoints: list[str], n: int, seed: int, lib, grid: WavelengthGrid, held: np.ndarray) -> None:
+    from annotate import stellarbaseline
+
+    settings = SimulationSettings(class_fractions=(0.0, 0.0, 1.0), realism=Realism(strength=1.0))
+    sample = draw_sample(n, lib, grid, seed=seed, star_indices=held, settings=settings)
+    true = np.stack([sample[k] for k in stellarbaseline.LABELS], axis=1)
+    templates, usable, labels = stellarbaseline.template_stars(lib, np.setdiff1d(np.arange(lib.n_star), held), grid)
+    results = {"baseline (5 nearest training stars by χ²)":
+               stellarbaseline.nearest_templates(sample["flux"], sample["ivar"], templates, usable, labels)}
+    for folder in checkpoints:
+        out = predict(folder, sample, keys=stellarbaseline.LABELS)
+        results[folder] = np.stack([out[k] for k in stellarbaseline.LABELS], axis=1)
+    print(f"{n} spectra of the held-out MILES stars (seed {seed}, realism strength 1), R² at S/N >= 20; "
+          "RMSE at S/N 0-10 / 10-20 / 20-50 / >= 50:")
+    for name, pred in results.items():
+        report = stellarbaseline.stellar_report(true, pred, sample["snr"])
+        words = [f"{key} {report[key]['r2_snr_ge_20']:.3f} ("
+                 + " / ".join(f"{row['rmse']:.3g}" for row in report[key]["by_snr"]) + ")"
+                 for key in stellarbaseline.LABELS]
+        print(f"  {name}: " + ", ".join(words))
 
 
 if __name__ == "__main__":
