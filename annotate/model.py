@@ -193,6 +193,11 @@ def bin_centres(z_head: ZHead, z_norm) -> torch.Tensor:
     return torch.linspace(low, high, z_head.n_bins)
 
 
+# the least log σ_peak (normalised units): about 3e-6 in z, under 1 km/s. The Gaussian head's floor,
+# -7 (about 125 km/s with the default model's z scale), is above a calibrated star's σ (~60 km/s)
+LOG_PEAK_MIN = -12.0
+
+
 def read_bins(logits: torch.Tensor, centres: torch.Tensor, window: int) -> dict:
     """'z_mean' and 'z_log_sigma' (normalised) of (B, n_bins) logits: the probability-weighted mean
     of the `window` bins either side of the most probable one (cut short at an end of the range),
@@ -208,7 +213,7 @@ def read_bins(logits: torch.Tensor, centres: torch.Tensor, window: int) -> dict:
     spread = (prob * (centres[None] - mean[:, None]) ** 2).sum(1).clamp_min(1e-12).sqrt()
     peak = ((weight * (centres[around] - mean[:, None]) ** 2).sum(1) / weight.sum(1).clamp_min(1e-30))
     return {"z_mean": mean, "z_log_sigma": spread.log().clamp(-7.0, 5.0),
-            "z_log_peak": peak.clamp_min(1e-12).sqrt().log().clamp(-7.0, 5.0)}
+            "z_log_peak": peak.clamp_min(1e-24).sqrt().log().clamp(LOG_PEAK_MIN, 5.0)}
 
 
 ONE_SIGMA = 0.6827  # the share of a Gaussian within 1σ
@@ -278,7 +283,7 @@ class SpectromerModel(nn.Module):
                 z_out = self._z_from_bins(z)
                 if self.z_sigma_scale is not None:  # calibrated: the peak's width times its class's factor
                     factor = self.z_sigma_scale[class_logits.argmax(dim=1)]
-                    z_out["z_log_sigma"] = (z_out["z_log_peak"] + factor.log()).clamp(-7.0, 5.0)
+                    z_out["z_log_sigma"] = (z_out["z_log_peak"] + factor.log()).clamp(LOG_PEAK_MIN, 5.0)
             else:
                 z_out = {"z_mean": z[:, 0], "z_log_sigma": z[:, 1].clamp(-7.0, 5.0)}
             return {"class_logits": class_logits, **z_out, "stellar": self.stellar_head(cls)}

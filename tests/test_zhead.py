@@ -178,3 +178,11 @@ def test_a_calibrated_head_gives_the_peak_width_times_its_class_factor(tmp_path)
     torch.testing.assert_close(cal["z_log_sigma"], raw["z_log_peak"] + factor.log(), rtol=0, atol=1e-5)
     whole = read_bins(raw["z_logits"], raw["z_centres"], BINS.window)["z_log_sigma"]
     torch.testing.assert_close(raw["z_log_sigma"], whole, rtol=0, atol=1e-6)  # uncalibrated: the whole RMS
+    # a small factor goes below the Gaussian head's floor of log σ = -7 (a calibrated star's σ does)
+    _save(model, tmp_path / "sharp", {**BINS.to_dict(), "sigma_scale": [1e-3, 1e-3, 1e-3]})
+    sharp, _ = load_checkpoint(tmp_path / "sharp")
+    with torch.inference_mode():
+        narrow = sharp(pixels)
+    expected = raw["z_log_peak"] + np.log(1e-3)
+    assert (expected < -7.0).any()
+    torch.testing.assert_close(narrow["z_log_sigma"], expected, rtol=0, atol=1e-5)
