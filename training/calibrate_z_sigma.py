@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     strength = float((spec.get("realism") or {}).get("strength", 1.0)) if isinstance(spec.get("realism"), dict) \
         else float(spec.get("realism") or 1.0)
     lib = load_library()
-    held = held_out_star_indices(lib.n_star, 0.15, int(spec.get("held_out_seed", spec.get("seed", 0))))
+    held = held_out_star_indices(lib.n_star, float(spec.get("held_out_star_fraction", 0.15)),
+                                 int(spec.get("held_out_seed", spec.get("seed", 0))))
     settings = SimulationSettings(realism=Realism(strength=strength))
     grid = card.grid
     fit_sample = draw_sample(args.n, lib, grid, seed=args.seed, settings=settings,
