@@ -10,7 +10,6 @@ head and the k-nearest-templates baseline on the same spectra.
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from annotate.simulate.dataset import held_out_star_indices
 from annotate.simulate.realism import Realism
 from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
+from z_head_probe import fit_head  # training/, the script's folder
 
 
 def features(model, card, lib, n: int, seed: int, stars: np.ndarray, batch: int = 256) -> tuple:
@@ -38,23 +38,6 @@ def features(model, card, lib, n: int, seed: int, stars: np.ndarray, batch: int 
             cls.append(hidden)
             head.append(model.stellar_head(hidden))
     return torch.cat(cls), torch.cat(head).numpy(), sample
-
-
-def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, known: torch.Tensor, epochs: int = 60) -> nn.Module:
-    """AdamW (lr 2e-3, cosine), batches of 256, MSE over the labels each star has."""
-    torch.manual_seed(0)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * math.ceil(len(x) / 256))
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for a in range(0, len(x), 256):
-            rows = order[a:a + 256]
-            loss = (((head(x[rows]) - y[rows]) ** 2) * known[rows]).sum() / known[rows].sum()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-    return head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("512-unit layer", nn.Sequential(nn.Linear(width, 512), nn.GELU(), nn.Linear(512, 3))),
                        ("two 512-unit layers", nn.Sequential(nn.Linear(width, 512), nn.GELU(), nn.Linear(512, 512),
                                                              nn.GELU(), nn.Linear(512, 3)))):
-        fit_head(head, x_fit, y, known)
+        fit_head(head, x_fit, lambda out, rows: (((out - y[rows]) ** 2) * known[rows]).sum() / known[rows].sum())
         with torch.inference_mode():
             show(name, decode(head(x_score).numpy()))
     templates, usable, labels = stellarbaseline.template_stars(lib, train_stars, card.grid)

@@ -39,10 +39,9 @@ def features(model, card, n: int, seed: int, stars: np.ndarray, batch: int = 256
     return torch.cat(parts), sample["z"], sample["class"]
 
 
-def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, centres: torch.Tensor | None,
-             epochs: int = 60, lr: float = 2e-3) -> nn.Module:
-    """AdamW with cosine decay, batches of 256; cross-entropy against two-bin targets when
-    `centres` is given, else Gaussian NLL of (mean, log σ)."""
+def fit_head(head: nn.Module, x: torch.Tensor, batch_loss, epochs: int = 60, lr: float = 2e-3) -> nn.Module:
+    """AdamW with cosine decay over `epochs`, batches of 256 rows of `x`; batch_loss(out, rows)
+    gives the loss of the head's output for those rows."""
     torch.manual_seed(0)
     steps = epochs * math.ceil(len(x) / 256)
     optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
@@ -51,17 +50,23 @@ def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, centres: torch.T
         order = torch.randperm(len(x))
         for a in range(0, len(x), 256):
             rows = order[a:a + 256]
-            out = head(x[rows])
-            if centres is not None:
-                loss = -(two_hot(y[rows], centres) * out.log_softmax(1)).sum(1).mean()
-            else:
-                log_sigma = out[:, 1].clamp(-7.0, 5.0)
-                loss = (0.5 * ((y[rows] - out[:, 0]) / log_sigma.exp()) ** 2 + log_sigma).mean()
+            loss = batch_loss(head(x[rows]), rows)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
     return head
+
+
+def z_loss(y: torch.Tensor, centres: torch.Tensor | None):
+    """The batch loss of a z head: cross-entropy against two-bin targets when `centres` is given,
+    else Gaussian NLL of (mean, log σ)."""
+    def loss(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if centres is not None:
+            return -(two_hot(y[rows], centres) * out.log_softmax(1)).sum(1).mean()
+        log_sigma = out[:, 1].clamp(-7.0, 5.0)
+        return (0.5 * ((y[rows] - out[:, 0]) / log_sigma.exp()) ** 2 + log_sigma).mean()
+    return loss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             ("Gaussian, 512-unit layer", nn.Sequential(nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, 2)), False),
             ("binned, 512-unit layer", nn.Sequential(nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, bins.n_bins)),
              True)):
-        fit_head(head, x_fit, y, centres if binned else None)
+        fit_head(head, x_fit, z_loss(y, centres if binned else None))
         with torch.inference_mode():
             out = head(x_score)
             mean = read_bins(out, centres, bins.window)["z_mean"] if binned else out[:, 0]
