@@ -186,3 +186,29 @@ def test_a_calibrated_head_gives_the_peak_width_times_its_class_factor(tmp_path)
     expected = raw["z_log_peak"] + np.log(1e-3)
     assert (expected < -7.0).any()
     torch.testing.assert_close(narrow["z_log_sigma"], expected, rtol=0, atol=1e-5)
+
+
+def test_calibrate_z_sigma_writes_factors_that_the_checkpoint_then_applies(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _save(_binned_model(), tmp_path / "bins", BINS.to_dict())
+    script = Path(__file__).resolve().parents[1] / "training" / "calibrate_z_sigma.py"
+    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "bins"), "--n", "150",
+                           "--n-check", "60", "--seed", "5"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "sigma_scale" not in json.loads((tmp_path / "bins" / "config.json").read_text())["z_head"]  # no --write
+    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "bins"), "--n", "150",
+                           "--n-check", "60", "--seed", "5", "--write"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    scale = json.loads((tmp_path / "bins" / "config.json").read_text())["z_head"]["sigma_scale"]
+    assert len(scale) == 3 and all(0 < f < 1e3 for f in scale)
+    assert f"sigma_scale (GALAXY, QSO, STAR): {scale}" in done.stdout
+    model, card = load_checkpoint(tmp_path / "bins")
+    assert model.z_sigma_scale.tolist() == pytest.approx(scale)
+    gaussian = build_model("vit-micro")
+    _save(gaussian, tmp_path / "gauss", {})
+    refused = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "gauss")], capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "only a binned head is calibrated" in refused.stderr
