@@ -76,19 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     if head.kind != "bins":
         parser.error(f"{args.model}: its z head is {head.kind}; only a binned head is calibrated here")
     spec = card.training.get("recipe", {}).get("data", {}).get("simulate", {})
-    strength = float((spec.get("realism") or {}).get("strength", 1.0)) if isinstance(spec.get("realism"), dict) \
-        else float(spec.get("realism") or 1.0)
+    realism = Realism.from_dict(spec.get("realism", 1.0))  # as the checkpoint was trained (strength 1 if unknown)
     lib = load_library()
     held = held_out_star_indices(lib.n_star, float(spec.get("held_out_star_fraction", 0.15)),
                                  int(spec.get("held_out_seed", spec.get("seed", 0))))
-    settings = SimulationSettings(realism=Realism(strength=strength))
-    grid = card.grid
-    fit_sample = draw_sample(args.n, lib, grid, seed=args.seed, settings=settings,
+    settings = SimulationSettings(realism=realism)
+    fit_sample = draw_sample(args.n, lib, card.grid, seed=args.seed, settings=settings,
                              star_indices=np.setdiff1d(np.arange(lib.n_star), held))
-    check_sample = draw_sample(args.n_check, lib, grid, seed=args.seed + 1, settings=settings, star_indices=held)
+    check_sample = draw_sample(args.n_check, lib, card.grid, seed=args.seed + 1, settings=settings, star_indices=held)
     fitted, checked = peaks(model, card, fit_sample), peaks(model, card, check_sample)
     scale = calibrate_sigma(fitted["error"], fitted["peak"], fitted["cls"])
-    print(f"realism strength {strength:g}; sigma_scale ({', '.join(CLASS_NAMES)}): {list(scale)} "
+    print(f"realism strength {realism.strength if realism else 0:g}; sigma_scale ({', '.join(CLASS_NAMES)}): {list(scale)} "
           f"(the {ONE_SIGMA:.2%} quantile of |Δz| / σ_peak on {args.n} new objects, seed {args.seed})")
     factor = np.asarray(scale)
     coverage(checked, checked["sigma"], f"check ({args.n_check} new objects, held-out stars, seed {args.seed + 1}), σ as the card stands:")

@@ -18,26 +18,11 @@ from torch import nn
 from annotate import stellarbaseline
 from annotate.checkpoint import load_checkpoint
 from annotate.metrics import r2_score
-from annotate.render import render, to_model_input
 from annotate.simulate.dataset import held_out_star_indices
 from annotate.simulate.realism import Realism
-from annotate.simulate.spectra import SimulationSettings, draw_sample
+from annotate.simulate.spectra import SimulationSettings
 from annotate.simulate.templates import load_library
-from z_head_probe import fit_head  # training/, the script's folder
-
-
-def features(model, card, lib, n: int, seed: int, stars: np.ndarray, batch: int = 256) -> tuple:
-    """(CLS features, the trained head's normalised output, the sample) of n new star spectra."""
-    sample = draw_sample(n, lib, card.grid, seed=seed, star_indices=stars,
-                         settings=SimulationSettings(class_fractions=(0, 0, 1), realism=Realism(strength=1.0)))
-    cls, head = [], []
-    with torch.inference_mode():
-        for a in range(0, n, batch):
-            pixels = to_model_input(render(sample["flux"][a:a + batch], sample["mask"][a:a + batch], card.render))
-            hidden = model.backbone(pixel_values=pixels).last_hidden_state[:, 0].float()
-            cls.append(hidden)
-            head.append(model.stellar_head(hidden))
-    return torch.cat(cls), torch.cat(head).numpy(), sample
+from z_head_probe import features, fit_head  # training/, the script's folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     lib = load_library()
     held = held_out_star_indices(lib.n_star, 0.15, seed=0)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
-    x_fit, _, fit_sample = features(model, card, lib, args.n_fit, 201, train_stars)
-    x_score, trained, score_sample = features(model, card, lib, args.n_score, 202, held)
+    stars_only = SimulationSettings(class_fractions=(0, 0, 1), realism=Realism(strength=1.0))
+    x_fit, fit_sample = features(model, card, args.n_fit, 201, train_stars, settings=stars_only)
+    x_score, score_sample = features(model, card, args.n_score, 202, held, settings=stars_only)
+    with torch.inference_mode():
+        trained = model.stellar_head(x_score).numpy()
     norms = [card.label_norm[k] for k in stellarbaseline.LABELS]
     y = torch.tensor(np.stack([n.encode(fit_sample[k]) for n, k in zip(norms, stellarbaseline.LABELS)], 1),
                      dtype=torch.float32)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from annotate.checkpoint import load_checkpoint
-from annotate.grid import WavelengthGrid
 from annotate.metrics import nmad, outlier_fraction
 from annotate.model import ZHead, bin_centres, read_bins, two_hot
 from annotate.render import render, to_model_input
@@ -27,16 +26,17 @@ from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
 
 
-def features(model, card, n: int, seed: int, stars: np.ndarray, batch: int = 256) -> tuple:
-    """(CLS features, true z, true class) of n new simulated objects."""
-    sample = draw_sample(n, load_library(), WavelengthGrid(), seed=seed, star_indices=stars,
-                         settings=SimulationSettings(realism=Realism(strength=1.0)))
+def features(model, card, n: int, seed: int, stars: np.ndarray, batch: int = 256,
+             settings: SimulationSettings = SimulationSettings(realism=Realism(strength=1.0))) -> tuple:
+    """(CLS features of the frozen backbone, the sample) of n new simulated objects (`settings`:
+    all classes with the realism effects at strength 1 unless given), stars from `stars`."""
+    sample = draw_sample(n, load_library(), card.grid, seed=seed, star_indices=stars, settings=settings)
     parts = []
     with torch.inference_mode():
         for a in range(0, n, batch):
             pixels = to_model_input(render(sample["flux"][a:a + batch], sample["mask"][a:a + batch], card.render))
             parts.append(model.backbone(pixel_values=pixels).last_hidden_state[:, 0].float())
-    return torch.cat(parts), sample["z"], sample["class"]
+    return torch.cat(parts), sample
 
 
 def fit_head(head: nn.Module, x: torch.Tensor, batch_loss, epochs: int = 60, lr: float = 2e-3) -> nn.Module:
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     n_star = load_library().n_star
     held = held_out_star_indices(n_star, 0.15, seed=0)
     train_stars = np.setdiff1d(np.arange(n_star), held)
-    x_fit, z_fit, _ = features(model, card, args.n_fit, 101, train_stars)
-    x_score, z_score, cls_score = features(model, card, args.n_score, 102, held)
+    x_fit, fit_sample = features(model, card, args.n_fit, 101, train_stars)
+    x_score, score_sample = features(model, card, args.n_score, 102, held)
+    z_fit, z_score, cls_score = fit_sample["z"], score_sample["z"], score_sample["class"]
     norm = card.label_norm["z"]
     y = torch.tensor(norm.encode(z_fit), dtype=torch.float32)
     bins = ZHead(kind="bins")
