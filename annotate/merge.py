@@ -47,6 +47,10 @@ def check_shards(folder: RunFolder, shards: list, n_rows: int) -> tuple[dict, li
                     len(status) != shard.stop - shard.start:
                 raise OutputError(f"{shard.name} holds rows {int(data['start'])}-{int(data['stop'])}, "
                                   f"the plan says {shard.start}-{shard.stop}")
+            lacking = [key for key in SHARD_KEYS if key not in data.files]
+            if lacking:
+                raise OutputError(f"{folder.shard_file(shard.name)} lacks {', '.join(lacking)} (written by an earlier "
+                                  "annotate); delete the shard file and rerun the same command to recompute it")
             for name, code in STATUS.items():
                 counts[name] += int((status == code).sum())
             errors.extend(e for e in data["errors"].tolist() if e)

@@ -114,15 +114,19 @@ def at_rest(flux: np.ndarray, ivar: np.ndarray, shifts: np.ndarray) -> tuple[np.
 
 def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray, usable: np.ndarray,
                       labels: np.ndarray, k: int = K, max_shift: int = MAX_SHIFT, chunk: int = 256,
-                      shifts: np.ndarray | None = None) -> np.ndarray:
+                      shifts: np.ndarray | None = None, spread: bool = False):
     """(n, 3) Teff, log g, [Fe/H]: the mean over the k lowest-χ² templates (each label over those
     of the k that have it). flux, ivar: (n, n_pix) on the templates' grid; `shifts` (n,), when
     given: each spectrum's velocity in pixels (the fit's), by which it is moved to rest first,
-    the search then being within ±max_shift of it."""
+    the search then being within ±max_shift of it. With `spread`: (means, spreads), the spread
+    being the standard deviation (ddof 1) of each label over those of the k that have it (NaN
+    where fewer than two have it) — the scatter of the neighbours' labels, from which the fit's
+    stellar σ is calibrated (annotate.fit.calibrate)."""
     if shifts is not None:
         flux, ivar = at_rest(flux, ivar, shifts)
     norm_flux, norm_ivar = normalise(np.asarray(flux, np.float64), np.asarray(ivar, np.float64))
     out = np.full((len(flux), labels.shape[1]), np.nan)
+    scatter = np.full((len(flux), labels.shape[1]), np.nan)
     # the template side is fixed (0 where unusable); each shift moves the spectra instead, whose
     # pixels moved past an edge get weight 0: the same pixel pairs as moving the templates
     t = np.asarray(templates, np.float32)
@@ -149,25 +153,43 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
         with warnings.catch_warnings():  # none of the k has the label: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             out[start:start + len(f)] = np.nanmean(labels[order], axis=1)
-    return out
+            if spread:
+                near = labels[order]
+                enough = np.sum(np.isfinite(near), axis=1) >= 2
+                scatter[start:start + len(f)] = np.where(enough, np.nanstd(near, axis=1, ddof=1), np.nan)
+    return (out, scatter) if spread else out
 
 
-def by_snr(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, bins=SNR_BINS) -> list[dict]:
-    """[{'snr': [lo, hi], 'n', 'rmse', 'r2'}] over rows where both are finite."""
+def by_snr(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, bins=SNR_BINS, sigma: np.ndarray | None = None) -> list[dict]:
+    """[{'snr': [lo, hi], 'n', 'rmse', 'r2'}] over rows where both are finite; with `sigma` (the
+    predictions' 1σ), also 'within_1sigma': the share of those rows with |pred − true| ≤ σ."""
     rows = []
     for lo, hi in zip(bins[:-1], bins[1:]):
         inside = (snr >= lo) & (snr < hi) & np.isfinite(true) & np.isfinite(pred)
         rmse = float(np.sqrt(np.mean((pred[inside] - true[inside]) ** 2))) if inside.any() else float("nan")
-        rows.append({"snr": [lo, None if np.isinf(hi) else hi], "n": int(inside.sum()), "rmse": rmse,
-                     "r2": r2_score(true[inside], pred[inside])})
+        row = {"snr": [lo, None if np.isinf(hi) else hi], "n": int(inside.sum()), "rmse": rmse,
+               "r2": r2_score(true[inside], pred[inside])}
+        if sigma is not None:
+            row["within_1sigma"] = within_sigma(true[inside], pred[inside], sigma[inside])
+        rows.append(row)
     return rows
 
 
-def stellar_report(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, min_snr: float = 20.0) -> dict:
-    """Per label: RMSE/R² by S/N bin and R² at S/N ≥ `min_snr`. true, pred: (n, 3)."""
+def within_sigma(true: np.ndarray, pred: np.ndarray, sigma: np.ndarray) -> float:
+    """The share of rows with |pred − true| ≤ σ (NaN for none; a NaN σ counts as outside)."""
+    return float(np.mean(np.abs(pred - true) <= sigma)) if len(true) else float("nan")
+
+
+def stellar_report(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, min_snr: float = 20.0,
+                   sigma: np.ndarray | None = None) -> dict:
+    """Per label: RMSE/R² by S/N bin and R² at S/N ≥ `min_snr`. true, pred: (n, 3); with `sigma`
+    (n, 3), the predictions' 1σ: also the share within 1σ by S/N bin and over all rows."""
     report = {}
     for j, key in enumerate(LABELS):
         high = snr >= min_snr
-        report[key] = {"by_snr": by_snr(true[:, j], pred[:, j], snr),
+        report[key] = {"by_snr": by_snr(true[:, j], pred[:, j], snr, sigma=None if sigma is None else sigma[:, j]),
                        f"r2_snr_ge_{min_snr:g}": r2_score(true[high, j], pred[high, j])}
+        if sigma is not None:
+            both = np.isfinite(true[:, j]) & np.isfinite(pred[:, j])
+            report[key]["within_1sigma"] = within_sigma(true[both, j], pred[both, j], sigma[both, j])
     return report

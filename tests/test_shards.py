@@ -241,6 +241,29 @@ def test_a_shard_file_changed_after_it_was_written_is_named_and_not_merged(catal
     assert messages == ["running 1 of 3 shards (local)"] and _pred_bytes(again.output) == reference
 
 
+def test_a_shard_file_of_an_earlier_annotate_lacking_keys_is_named_and_not_merged(catalog, micro_model, tmp_path):  # noqa: F811
+    from annotate.errors import OutputError
+
+    settings = _settings(catalog, tmp_path, micro_model, "old.fits")
+    first = run_sharded(settings, 3, log=lambda m: None)
+    reference = _pred_bytes(first.output)
+    first.output.unlink()
+    folder = RunFolder.for_output(tmp_path / "old.fits")
+    with np.load(folder.shard_file("shard-00002"), allow_pickle=False) as data:
+        older = {key: data[key] for key in data.files if not key.endswith("_err") or not key.startswith("fit_")
+                 or key == "fit_z_err"}  # as written before the stellar labels had a σ
+    assert "fit_teff_err" not in older and "fit_z_err" in older
+    folder.write_shard("shard-00002", older)  # a whole file with its checksum
+    with pytest.raises(OutputError, match="shard-00002.npz lacks fit_teff_err, fit_logg_err, fit_feh_err "
+                                          r"\(written by an earlier annotate\); delete the shard file"):
+        run_sharded(settings, 3, log=lambda m: None)
+    assert not (tmp_path / "old.fits").exists()
+    folder.shard_file("shard-00002").unlink()
+    messages = []
+    again = run_sharded(settings, 3, log=messages.append)
+    assert messages == ["running 1 of 3 shards (local)"] and _pred_bytes(again.output) == reference
+
+
 def test_the_debug_executor_runs_the_shards_here_with_the_same_result(catalog, micro_model, tmp_path):  # noqa: F811
     local = run_sharded(_settings(catalog, tmp_path, micro_model, "local.fits"), 3, log=lambda m: None)
     messages = []

@@ -21,6 +21,37 @@ def test_nearest_template_finds_a_shifted_tilted_noisy_copy_of_a_training_star()
     np.testing.assert_array_equal(np.nan_to_num(found, nan=-99), np.nan_to_num(labels[[10, 40]], nan=-99))
 
 
+def test_spread_is_the_standard_deviation_of_the_k_neighbours_labels():
+    """Five templates at growing distances from the spectrum (a copy of the first): the k = 3
+    nearest are the first three, and the spread is their labels' standard deviation (ddof 1),
+    over those that have the label; NaN where fewer than two have it."""
+    n_pix = 800
+    rng = np.random.default_rng(3)
+    base = 1.0 + 0.2 * np.sin(np.arange(n_pix) / 7.0)
+    templates = np.stack([base + d * rng.normal(size=n_pix) for d in (0.0, 0.01, 0.02, 0.2, 0.4)]).astype(np.float32)
+    usable = np.ones_like(templates, bool)
+    labels = np.array([[5000.0, 4.0, np.nan], [5200.0, 4.5, np.nan], [5600.0, np.nan, -0.5],
+                       [9000.0, 1.0, 0.3], [3000.0, 0.5, 0.2]])
+    flux, ivar = base[None, :], np.full((1, n_pix), 1e4)
+    means, spread = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=3, max_shift=0,
+                                                      spread=True)
+    assert means[0] == pytest.approx([5266.667, 4.25, -0.5], abs=1e-3)
+    assert spread[0, 0] == pytest.approx(np.std([5000.0, 5200.0, 5600.0], ddof=1))
+    assert spread[0, 1] == pytest.approx(np.std([4.0, 4.5], ddof=1)) and np.isnan(spread[0, 2])
+    alone = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=3, max_shift=0)
+    np.testing.assert_array_equal(alone, means)
+
+
+def test_share_within_sigma_by_snr_bin():
+    true, pred = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 5.0, 4.2])
+    sigma = np.array([1.0, np.nan, 1.0, 0.1])   # within, NaN σ (outside), outside, outside
+    rows = stellarbaseline.by_snr(true, pred, np.array([5.0, 5.0, 30.0, 30.0]), sigma=sigma)
+    assert [r["within_1sigma"] for r in rows[:1] + rows[2:3]] == [0.5, 0.0] and np.isnan(rows[1]["within_1sigma"])
+    report = stellarbaseline.stellar_report(np.tile(true[:, None], 3), np.tile(pred[:, None], 3), np.full(4, 30.0),
+                                            sigma=np.tile(sigma[:, None], 3))
+    assert report["feh"]["within_1sigma"] == 0.25
+
+
 def test_rmse_and_r2_by_snr_bin():
     true = np.array([1.0, 2.0, 3.0, 4.0, 5.0, np.nan])
     pred = np.array([1.0, 2.0, 4.0, 4.0, 7.0, 1.0])

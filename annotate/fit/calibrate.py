@@ -14,6 +14,14 @@ chosen so that 68.27 % of the pulls lie within ±1 in every S/N bin (what "σ" p
 robust spread of the pulls follows): a quasar's broad lines and a star's narrow ones leave the
 curvature's σ wrong by different factors, and a quasar's by a factor that changes with the lines
 in view.
+
+The stellar labels' σ (annotate.fit.stellar) is calibrated the same way, on spectra of stars
+only (`--part stellar` redoes that part alone): the fold's stars are fitted with bases, and
+neighbours, built without them, and per label a scale of the neighbours' spread and a floor are
+chosen so that 68.27 % of the errors lie within 1σ in every S/N bin and every third of the
+spread.
+
+    python -m annotate.fit.calibrate --part stellar
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ..grid import WavelengthGrid
 from ..simulate.realism import Realism
 from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
+from ..stellarbaseline import LABELS as STELLAR_LABELS
 from .build import N_STAR_PCA, build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .evaluate import ross_success
 from .fitter import Fitter
@@ -48,13 +57,21 @@ N_OBJECTS = 4800
 # the lines in view (blueshifted C IV from z ≈ 1.4, the Lyα forest from z ≈ 2.1), 0.96 of pulls
 # within ±1 at z < 0.8 against 0.32 at z 2.4–3.2 with one scale for all
 Z_EDGES = {"GALAXY": (), "QSO": (0.8, 1.6, 2.4, 3.2), "STAR": ()}
+N_STARS = 3000
+STELLAR_SCALES = np.round(np.arange(0.2, 4.01, 0.05), 2)
+STELLAR_FLOORS = {"teff": np.arange(0.0, 600.1, 10.0), "logg": np.round(np.arange(0.0, 0.601, 0.01), 2),
+                  "feh": np.round(np.arange(0.0, 0.401, 0.01), 2)}
+STELLAR_KEYS = ("teff", "logg", "feh", *(f"fit_{key}" for key in STELLAR_LABELS),
+                *(f"fit_{key}_err" for key in STELLAR_LABELS))
 
 
 def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REALISM,
-              n_star_pca: int = N_STAR_PCA) -> dict:
+              n_star_pca: int = N_STAR_PCA, stars_only: bool = False) -> dict:
     """Class, z, S/N, truth and the uncalibrated fit (class, z, σ_z) of n objects simulated from
     the training templates fold by fold (with the realism effects at `realism` strength), each
-    fitted with bases built without its fold (stars with `n_star_pca` vectors per group)."""
+    fitted with bases built without its fold (stars with `n_star_pca` vectors per group). With
+    `stars_only`: only stars, and also their true and fitted labels and the labels' uncalibrated
+    σ (the neighbours' spread)."""
     grid = WavelengthGrid()
     lib = load_library()
     populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
@@ -65,11 +82,13 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
         pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
         bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso, n_star_pca)
         sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold,
-                             settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None))
+                             settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None,
+                                                         **({"class_fractions": (0.0, 0.0, 1.0)} if stars_only else {})))
         fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
                        sample["flux"], sample["ivar"], sample["mask"], None)
-        parts.append({"class": sample["class"], "z": sample["z"], "snr": sample["snr"],
-                      **{key: fit[key] for key in ("fit_class", "fit_z", "fit_z_err")}})
+        both = {**sample, **fit}
+        parts.append({key: both[key] for key in ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err")
+                      + (STELLAR_KEYS if stars_only else ())})
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -82,15 +101,8 @@ def calibrate(n: int = N_OBJECTS, seed: int = SEED) -> dict:
     bins = np.digitize(fits["snr"], SNR_EDGES) - 1
 
     def cost(chosen: np.ndarray, scale: float, floor: float) -> float:
-        """Σ over the S/N bins of log²(the 68.27th percentile of |pull|) of rows `chosen`: 0
-        where 68.27 % of rows lie within 1σ in every bin, as for a Gaussian, whatever the tails."""
-        total = 0.0
-        for b in range(len(SNR_EDGES) - 1):
-            part = chosen & (bins == b)
-            if part.sum() >= 5:
-                pulls = dv[part] / np.hypot(scale * sigma_v[part], floor)
-                total += np.log(np.quantile(np.abs(pulls), ONE_SIGMA)) ** 2
-        return total
+        """0 where 68.27 % of rows `chosen` lie within 1σ in every S/N bin (quantile_cost)."""
+        return quantile_cost(dv, np.hypot(scale * sigma_v, floor), [chosen & (bins == b) for b in range(len(SNR_EDGES) - 1)])
 
     scales, floors = {}, {}
     for cls in CLASS_NAMES:  # each class its own scale and floor: their σ_stat err differently
@@ -109,16 +121,74 @@ def calibrate(n: int = N_OBJECTS, seed: int = SEED) -> dict:
             "made_by": "python -m annotate.fit.calibrate"}
 
 
+def quantile_cost(errors: np.ndarray, sigma: np.ndarray, groups: list[np.ndarray]) -> float:
+    """Σ over `groups` (boolean row selections) of log²(the 68.27th percentile of |error / σ|):
+    0 where 68.27 % of each group's rows lie within 1σ, as for a Gaussian, whatever the tails;
+    groups of under 5 rows do not count."""
+    total = 0.0
+    for part in groups:
+        if part.sum() >= 5:
+            total += np.log(np.quantile(np.abs(errors[part] / sigma[part]), ONE_SIGMA)) ** 2
+    return total
+
+
+def calibrate_stellar_sigma(errors: np.ndarray, spread: np.ndarray, snr: np.ndarray,
+                            scales: np.ndarray, floors: np.ndarray) -> tuple[float, float]:
+    """(scale, floor) of σ = √((scale · spread)² + floor²) for one label: the pair of the grids
+    `scales` × `floors` whose σ holds 68.27 % of |errors| in each S/N bin (SNR_EDGES) and each
+    third of the spread (rows with finite error and spread; a spread of 0 leaves the floor alone)."""
+    ok = np.isfinite(errors) & np.isfinite(spread)
+    errors, spread, snr = np.abs(errors[ok]), spread[ok], snr[ok]
+    bins = np.digitize(snr, SNR_EDGES) - 1
+    thirds = np.digitize(spread, np.quantile(spread, [1 / 3, 2 / 3]))
+    groups = [bins == b for b in range(len(SNR_EDGES) - 1)] + [thirds == t for t in range(3)]
+    cost_of = {}
+    for scale in scales:
+        for floor in floors:
+            sigma = np.hypot(scale * spread, floor)
+            if np.all(sigma > 0):
+                cost_of[(float(scale), float(floor))] = quantile_cost(errors, sigma, groups)
+    return min(cost_of, key=cost_of.get)
+
+
+def calibrate_stellar(n: int = N_STARS, seed: int = SEED + 100) -> dict:
+    """The 'stellar' part of the calibration: {label: {'scale', 'floor'}, 'n', 'rows_used', ...}
+    from n star spectra of the training stars, fold by fold (`fold_fits(stars_only=True)`),
+    over the rows the fit classed STAR."""
+    fits = fold_fits(n, seed, stars_only=True)
+    star = fits["fit_class"] == "STAR"
+    out = {}
+    for key in STELLAR_LABELS:
+        errors = np.where(star, fits[f"fit_{key}"] - fits[key], np.nan)
+        scale, floor = calibrate_stellar_sigma(errors, fits[f"fit_{key}_err"], fits["snr"], STELLAR_SCALES,
+                                               STELLAR_FLOORS[key])
+        out[key] = {"scale": scale, "floor": floor}
+    out.update({"n": n, "seed": seed, "rows_used": int(star.sum()),
+                "sample": f"star spectra of the training stars in {FOLDS} folds, each fitted with bases and "
+                          f"neighbours built without it; realism effects at strength {REALISM:g}",
+                "made_by": "python -m annotate.fit.calibrate --part stellar"})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N_OBJECTS)
+    parser.add_argument("--n-stars", type=int, default=N_STARS)
+    parser.add_argument("--part", choices=("all", "stellar"), default="all",
+                        help="stellar: redo only the stellar labels' σ, keeping the rest of --out")
     parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
     args = parser.parse_args(argv)
-    result = calibrate(args.n)
+    if args.part == "stellar":
+        result = json.loads(args.out.read_text())
+    else:
+        result = calibrate(args.n)
+    result["stellar"] = calibrate_stellar(args.n_stars)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(args.out)
-    print(f"scales {result['scale']}, floors (km/s) {result['floor_kms']} from {result['rows_used']} rows: {args.out}")
+    print(f"scales {result['scale']}, floors (km/s) {result['floor_kms']} from {result['rows_used']} rows; "
+          f"stellar σ {json.dumps({key: result['stellar'][key] for key in STELLAR_LABELS})} "
+          f"from {result['stellar']['rows_used']} stars: {args.out}")
     return 0
 
 

@@ -113,7 +113,8 @@ def _stellar_figures(sample: dict, fit: dict, vit: dict | None) -> dict:
     rows = (sample["class"] == "STAR") & (fit["fit_class"] == "STAR")
     true = np.stack([sample[key][rows] for key in LABELS], axis=1)
     figures = {"n": int(rows.sum()),
-               "fit": stellar_report(true, np.stack([fit[f"fit_{key}"][rows] for key in LABELS], axis=1), sample["snr"][rows])}
+               "fit": stellar_report(true, np.stack([fit[f"fit_{key}"][rows] for key in LABELS], axis=1), sample["snr"][rows],
+                                     sigma=np.stack([fit[f"fit_{key}_err"][rows] for key in LABELS], axis=1))}
     if vit is not None:
         figures["vit"] = stellar_report(true, np.stack([vit[key][rows] for key in LABELS], axis=1), sample["snr"][rows])
     return figures
@@ -162,7 +163,11 @@ def report_lines(result: dict) -> list[str]:
         for source in ("fit", "vit"):
             for label, report in stellar.get(source, {}).items():
                 rmse = " / ".join(f"{row['rmse']:.3g}" for row in report["by_snr"])
-                lines.append(f"    {source:<3} {label:<4} {rmse}; R² {report['r2_snr_ge_20']:.3f}")
+                within = ""
+                if "within_1sigma" in report:
+                    within = (f"; within 1σ {report['within_1sigma']:.2f} ("
+                              + " / ".join(f"{row['within_1sigma']:.2f}" for row in report["by_snr"]) + ")")
+                lines.append(f"    {source:<3} {label:<4} {rmse}; R² {report['r2_snr_ge_20']:.3f}{within}")
     return lines
 
 

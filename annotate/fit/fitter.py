@@ -41,6 +41,9 @@ class Fitter:
         self.backend = Backend(settings.backend, settings.device)
         self.poly = legendre(grid.n_pix, settings.n_poly)
         self.calibration = load_calibration() if settings.calibrated else None
+        # σ of the stellar labels from the neighbours' spread (annotate.fit.stellar); the spread
+        # itself when uncalibrated or before the calibration has a 'stellar' part
+        self.stellar_calibration = (self.calibration or {}).get("stellar")
         # the coarse scan only finds candidates: the leading PCA vectors (and any line
         # templates) suffice there; refinement uses the whole basis
         self.coarse_bases = {b.name: b.leading(settings.coarse_pca) for b in self.bases.bases}

@@ -16,7 +16,7 @@ from .scan import spectrum_arrays
 from .stellar import stellar_labels
 
 FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags",
-            *(f"fit_{key}" for key in STELLAR_KEYS))
+            *(f"fit_{key}" for key in STELLAR_KEYS), *(f"fit_{key}_err" for key in STELLAR_KEYS))
 SPECTYPE_WIDTH = 12
 
 
@@ -25,7 +25,8 @@ def empty_fit(n: int) -> dict:
     return {"fit_class": np.full(n, "", dtype="U6"), "fit_z": np.full(n, np.nan), "fit_z_err": np.full(n, np.nan),
             "fit_deltachi2": np.full(n, np.nan), "fit_rchi2": np.full(n, np.nan),
             "fit_spectype": np.full(n, "", dtype=f"U{SPECTYPE_WIDTH}"), "fit_flags": np.zeros(n, np.int64),
-            **{f"fit_{key}": np.full(n, np.nan) for key in STELLAR_KEYS}}
+            **{f"fit_{key}": np.full(n, np.nan) for key in STELLAR_KEYS},
+            **{f"fit_{key}_err": np.full(n, np.nan) for key in STELLAR_KEYS}}
 
 
 def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, vit: dict | None) -> dict:
@@ -54,10 +55,12 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
             star_shifts[i] = choice.best.shift
     if star_shifts and fitter.settings.stellar_k > 0:
         rows = np.fromiter(star_shifts, int)
-        labels = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows], np.fromiter(star_shifts.values(), float),
-                                fitter.settings.stellar_k)
+        labels, sigma = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows],
+                                       np.fromiter(star_shifts.values(), float), fitter.settings.stellar_k,
+                                       fitter.stellar_calibration)
         for j, key in enumerate(STELLAR_KEYS):
             out[f"fit_{key}"][rows] = labels[:, j]
+            out[f"fit_{key}_err"][rows] = sigma[:, j]
     return out
 
 
@@ -128,13 +131,17 @@ def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(
 def final_columns(pred: dict) -> dict:
     """class (U6), z, z_err and the ViT's class: the fit's values where it found a solution, the
     ViT's elsewhere (and everywhere when the fit did not run); teff, logg, feh: the fit's where it
-    found a star and has the label (annotate.fit.stellar), the ViT's elsewhere."""
+    found a star and has the label (annotate.fit.stellar), the ViT's elsewhere; teff_err, logg_err,
+    feh_err: the fit's σ of those labels, NaN where the ViT's stand (the ViT gives none)."""
     prob = pred["prob"]
     vit_class = np.where(np.isfinite(prob).all(axis=1), np.array(CLASS_NAMES)[np.nan_to_num(prob, nan=0).argmax(axis=1)], "")
     fitted = pred["fit_class"] != ""
     star = pred["fit_class"] == "STAR"
-    stellar = {key: np.where(star & np.isfinite(pred[f"fit_{key}"]), pred[f"fit_{key}"], pred[key])
-               for key in STELLAR_KEYS}
+    stellar = {}
+    for key in STELLAR_KEYS:
+        fit_has = star & np.isfinite(pred[f"fit_{key}"])
+        stellar[key] = np.where(fit_has, pred[f"fit_{key}"], pred[key])
+        stellar[f"{key}_err"] = np.where(fit_has, pred[f"fit_{key}_err"], np.nan)
     return {"class": np.where(fitted, pred["fit_class"], vit_class).astype("U6"),
             "z": np.where(fitted, pred["fit_z"], pred["z"]), "z_err": np.where(fitted, pred["fit_z_err"], pred["z_err"]),
             "vit_class": vit_class.astype("U6"), "fitted": fitted, **stellar}

@@ -7,6 +7,11 @@ stars; its held-out stars are in neither), broadened to the SDSS resolution (69 
 grid, each divided by its running-mean continuum so that flux calibration and reddening do not enter.
 On held-out stars this beats the shipped ViT in log g and [Fe/H] at every S/N (README, "The
 template fit"), which is why PRED_TEFF/LOGG/FEH take these values where the fit found a star.
+
+Each label's 1σ is √((scale · spread)² + floor²), the spread being the standard deviation of the K
+neighbours' labels: far from the library's stars (a type it has few of) the neighbours disagree
+and σ grows. scale and floor are fitted per label by `annotate.fit.calibrate` on stars the
+library was built without, fold by fold, and kept in data/calibration.json ('stellar').
 """
 
 from __future__ import annotations
@@ -36,11 +41,24 @@ def training_stars(grid, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _TRAINING_STARS[key]
 
 
-def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, k: int) -> np.ndarray:
-    """(n, 3) Teff [K], log g, [Fe/H] [dex] of spectra (n, n_pix) with weights w (0 = unusable)
-    whose fitted velocities are `shifts` (n,) pixels; NaN where a label is unknown."""
+def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, k: int,
+                   calibration: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 3) Teff [K], log g, [Fe/H] [dex], (n, 3) their 1σ) of spectra (n, n_pix) with weights w
+    (0 = unusable) whose fitted velocities are `shifts` (n,) pixels; NaN where a label is unknown
+    (σ also where fewer than two neighbours have it). `calibration`: {label: {'scale', 'floor'}}
+    (annotate.fit.calibrate); None: σ is the neighbours' spread itself."""
     if len(f) == 0:
-        return np.zeros((0, 3))
+        return np.zeros((0, 3)), np.zeros((0, 3))
     templates, usable, labels = training_stars(grid, bases)
-    return stellarbaseline.nearest_templates(f, w, templates, usable, labels, k=k, max_shift=SEARCH_PIXELS,
-                                             shifts=shifts)
+    means, spread = stellarbaseline.nearest_templates(f, w, templates, usable, labels, k=k, max_shift=SEARCH_PIXELS,
+                                                      shifts=shifts, spread=True)
+    return means, stellar_sigma(spread, calibration)
+
+
+def stellar_sigma(spread: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """(n, 3) 1σ of the labels from their neighbours' spread (n, 3): √((scale · spread)² + floor²)
+    per label of `calibration` ({label: {'scale', 'floor'}}), the spread itself without one."""
+    if calibration is None:
+        return np.array(spread, float)
+    terms = np.array([[calibration[key]["scale"], calibration[key]["floor"]] for key in stellarbaseline.LABELS])
+    return np.hypot(terms[:, 0] * spread, terms[:, 1])

@@ -171,7 +171,10 @@ def _vit_and_fit(tmp_path):
             "fit_flags": np.array([0, int(PredFlag.FIT_VIT_DISAGREE), 0, int(PredFlag.FIT_VIT_DISAGREE)]),
             # the fit's stellar labels, for the star it found (row 3)
             "fit_teff": np.array([np.nan, np.nan, np.nan, 5800.0]), "fit_logg": np.array([np.nan, np.nan, np.nan, 4.5]),
-            "fit_feh": np.array([np.nan, np.nan, np.nan, -0.5])}
+            "fit_feh": np.array([np.nan, np.nan, np.nan, -0.5]),
+            "fit_teff_err": np.array([np.nan, np.nan, np.nan, 150.0]),
+            "fit_logg_err": np.array([np.nan, np.nan, np.nan, 0.25]),
+            "fit_feh_err": np.array([np.nan, np.nan, np.nan, 0.125])}
     reference = {"class": ref_class.astype(object), "z": ref_z}
     written = prediction_columns(pred, reference, np.zeros(4, np.int64))
     return write_fits(catalog, tmp_path / "fit.annotated.fits", written, provenance_cards("m", "0" * 64, "2dmap", "sdss_dr18", 1))
@@ -221,6 +224,8 @@ def test_vit_and_final_side_by_side(tmp_path):
     # the star: the ViT's labels are the pipeline's (5000 K, 4.0, 0.0), the fit's 5800 K, 4.5, -0.5
     assert pred["PRED_TEFF"][3] == 5800.0 and pred["PRED_TEFF_VIT"][3] == 5000.0
     assert np.isnan(pred["PRED_TEFF"][0]) and pred["PRED_LOGG"][0] == pred["PRED_LOGG_VIT"][0] == 4.0
+    assert [pred[f"PRED_{k}_ERR"][3] for k in ("TEFF", "LOGG", "FEH")] == [150.0, 0.25, 0.125]
+    assert np.isnan(pred["PRED_LOGG_ERR"][0])  # the ViT's log g stands there: no σ
     assert [final["stellar"][k]["bias"] for k in ("teff", "logg", "feh")] == pytest.approx([800.0, 0.5, -0.5])
     assert [vit["stellar"][k]["rmse"] for k in ("teff", "logg", "feh")] == [0.0, 0.0, 0.0]
 
@@ -292,7 +297,7 @@ def _twenty_rows(tmp_path, zwarning=None, objtype=None, provenance=None, name="l
             "logg": np.full(n, 4.0), "feh": np.full(n, 0.0), "fit_class": fit_class, "fit_z": fit_z,
             "fit_z_err": np.full(n, 1e-4), "fit_deltachi2": deltachi2, "fit_rchi2": np.full(n, 1.0),
             "fit_spectype": np.full(n, ""), "fit_flags": np.zeros(n, np.int64),
-            **{f"fit_{key}": np.full(n, np.nan) for key in ("teff", "logg", "feh")}}
+            **{f"fit_{key}{part}": np.full(n, np.nan) for key in ("teff", "logg", "feh") for part in ("", "_err")}}
     reference = {"class": ref_class.astype(object), "z": ref_z}
     cards = provenance or provenance_cards("spectromer-tiny", WEIGHTS_SHA, "2dmap", "sdss_dr18", 0, "bf16",
                                            fit={"settings": "classes GALAXY QSO STAR", "sha256": TEMPLATES_SHA})

@@ -307,6 +307,30 @@ def test_sigma_z_calibration_is_looked_up_by_class_and_fitted_z():
     assert len(shipped["z_edges"]["QSO"]) >= 2   # quasars: a scale per range of lines in view
 
 
+def test_stellar_sigma_calibration_recovers_a_known_scale_and_floor():
+    """Errors drawn from N(0, √((2 · spread)² + 0.1²)): the grid search finds scale 2 and floor
+    0.1 within one or two grid steps, and the shipped calibration has a positive pair per label."""
+    from annotate.fit.calibrate import STELLAR_SCALES, calibrate_stellar_sigma
+    from annotate.fit.settings import load_calibration
+    from annotate.fit.stellar import stellar_sigma
+
+    rng = np.random.default_rng(5)
+    n = 20000
+    spread = rng.uniform(0.0, 0.5, n)
+    snr = rng.uniform(1.0, 80.0, n)
+    errors = rng.normal(0.0, np.hypot(2.0 * spread, 0.1))
+    errors[:50], spread[50:60] = np.nan, np.nan   # rows without a label or a spread do not count
+    scale, floor = calibrate_stellar_sigma(errors, spread, snr, STELLAR_SCALES, np.round(np.arange(0.0, 0.3, 0.01), 2))
+    assert scale == pytest.approx(2.0, abs=0.1) and floor == pytest.approx(0.1, abs=0.02)
+    shipped = load_calibration()["stellar"]
+    for key in ("teff", "logg", "feh"):
+        assert shipped[key]["scale"] > 0 and shipped[key]["floor"] > 0
+    sigma = stellar_sigma(np.array([[300.0, 0.0, np.nan]]), {"teff": {"scale": 2.0, "floor": 800.0},
+                                                             "logg": {"scale": 1.0, "floor": 0.2},
+                                                             "feh": {"scale": 1.0, "floor": 0.1}})
+    assert sigma[0, :2] == pytest.approx([1000.0, 0.2]) and np.isnan(sigma[0, 2])
+
+
 def test_success_is_counted_in_the_target_snr_bins():
     from annotate.fit.evaluate import success_by_target_bin
 
