@@ -119,15 +119,23 @@ def compute(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = 
 
 
 def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np.ndarray, columns=STELLAR) -> dict:
-    """{role: {'n', 'unit', 'r2', 'rmse', 'bias'}} of the compared rows that are pipeline stars
-    (`stars`, over the compared rows), the predictions read from `columns` (NaN where absent)."""
+    """{role: {'n', 'unit', 'r2', 'rmse', 'bias', 'n_sigma', 'within_1sigma'}} of the compared rows
+    that are pipeline stars (`stars`, over the compared rows), the predictions read from `columns`
+    (NaN where absent) and their σ from `<column>_ERR` where the catalog has it: 'within_1sigma' is
+    the share of the 'n_sigma' rows with a σ whose |prediction − pipeline| is at most that σ (our
+    σ alone: the pipeline's own errors widen the difference)."""
     n = len(pred["PRED_Z"])
     out = {}
     for role, column, _, unit in columns:
         true = np.asarray(reference[role], float)[compared][stars]
         guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
+        sigma = np.asarray(pred.get(f"{column}_ERR", np.full(n, np.nan)), float)[compared][stars]
+        with_sigma = np.isfinite(true) & np.isfinite(guess) & np.isfinite(sigma)
         out[role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
-                     "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess)}
+                     "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess),
+                     "n_sigma": int(with_sigma.sum()),
+                     "within_1sigma": float(np.mean(np.abs(guess - true)[with_sigma] <= sigma[with_sigma]))
+                     if with_sigma.any() else float("nan")}
     return out
 
 

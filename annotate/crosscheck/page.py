@@ -141,7 +141,8 @@ def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int
                   for b in z["success_by_snr"])
     labels = {role: label for role, _, label, _ in STELLAR}
     stellar = "".join(f"<tr><td>{labels.get(k, k)}</td><td>{v['n']}</td><td>{_fmt(v['r2'])}</td><td>{_fmt(v['rmse'])} {v['unit']}</td>"
-                      f"<td>{_fmt(v['bias'])} {v['unit']}</td></tr>" for k, v in metrics["stellar"].items())
+                      f"<td>{_fmt(v['bias'])} {v['unit']}</td><td>{_fmt(v.get('within_1sigma', float('nan')))} "
+                      f"({v.get('n_sigma', 0)})</td></tr>" for k, v in metrics["stellar"].items())
     redshift = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(z[k])}</td></tr>" for k, label in METRIC_LABELS.items())
     if metrics["compared"]:
         first = " ".join(html.escape(line) for line in metrics.get("look_first", []))
@@ -179,7 +180,10 @@ catalog's predictions against the survey pipeline's values. The metric names are
 <table><tr><th>pipeline S/N bin</th><th>rows</th><th>redshift success rate</th></tr>{snr}</table>
 {_image(images.get('snr'), 'success rate by S/N')}
 {_side_by_side(metrics, images)}<h2>Stellar parameters (pipeline stars)</h2>
-<table><tr><th>parameter</th><th>n</th><th>R²</th><th>RMSE</th><th>bias</th></tr>{stellar}</table>
+<p>Within 1σ: the share of the rows with a σ (PRED_TEFF_ERR, PRED_LOGG_ERR, PRED_FEH_ERR: the fit's stars; their
+count in brackets) whose difference from the pipeline's value is at most that σ. The σ is ours alone: the
+pipeline's own errors add to the difference, so a share under 0.68 is expected where they are not small.</p>
+<table><tr><th>parameter</th><th>n</th><th>R²</th><th>RMSE</th><th>bias</th><th>within 1σ (rows)</th></tr>{stellar}</table>
 {_image(images.get('stellar'), 'stellar parameters')}
 <h2>Disagreements</h2>
 <p>{n_disagreements} disagreements: compared rows whose class differs from the pipeline's or whose redshift is

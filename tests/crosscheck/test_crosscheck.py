@@ -172,7 +172,7 @@ def _vit_and_fit(tmp_path):
             # the fit's stellar labels, for the star it found (row 3)
             "fit_teff": np.array([np.nan, np.nan, np.nan, 5800.0]), "fit_logg": np.array([np.nan, np.nan, np.nan, 4.5]),
             "fit_feh": np.array([np.nan, np.nan, np.nan, -0.5]),
-            "fit_teff_err": np.array([np.nan, np.nan, np.nan, 150.0]),
+            "fit_teff_err": np.array([np.nan, np.nan, np.nan, 900.0]),
             "fit_logg_err": np.array([np.nan, np.nan, np.nan, 0.25]),
             "fit_feh_err": np.array([np.nan, np.nan, np.nan, 0.125])}
     reference = {"class": ref_class.astype(object), "z": ref_z}
@@ -224,10 +224,14 @@ def test_vit_and_final_side_by_side(tmp_path):
     # the star: the ViT's labels are the pipeline's (5000 K, 4.0, 0.0), the fit's 5800 K, 4.5, -0.5
     assert pred["PRED_TEFF"][3] == 5800.0 and pred["PRED_TEFF_VIT"][3] == 5000.0
     assert np.isnan(pred["PRED_TEFF"][0]) and pred["PRED_LOGG"][0] == pred["PRED_LOGG_VIT"][0] == 4.0
-    assert [pred[f"PRED_{k}_ERR"][3] for k in ("TEFF", "LOGG", "FEH")] == [150.0, 0.25, 0.125]
+    assert [pred[f"PRED_{k}_ERR"][3] for k in ("TEFF", "LOGG", "FEH")] == [900.0, 0.25, 0.125]
     assert np.isnan(pred["PRED_LOGG_ERR"][0])  # the ViT's log g stands there: no σ
     assert [final["stellar"][k]["bias"] for k in ("teff", "logg", "feh")] == pytest.approx([800.0, 0.5, -0.5])
     assert [vit["stellar"][k]["rmse"] for k in ("teff", "logg", "feh")] == [0.0, 0.0, 0.0]
+    # |Δ| 800 K within σ 900 K; 0.5 dex beyond 0.25; 0.5 dex beyond 0.125; the ViT gives no σ
+    assert [final["stellar"][k]["within_1sigma"] for k in ("teff", "logg", "feh")] == [1.0, 0.0, 0.0]
+    assert [final["stellar"][k]["n_sigma"] for k in ("teff", "logg", "feh")] == [1, 1, 1]
+    assert vit["stellar"]["teff"]["n_sigma"] == 0 and np.isnan(vit["stellar"]["teff"]["within_1sigma"])
 
     result = crosscheck(tmp_path / "fit.annotated.fits")
     page = result.report.read_text()
@@ -237,6 +241,7 @@ def test_vit_and_final_side_by_side(tmp_path):
     assert f"<tr><td>pull robust spread</td><td>{1.4826 * 2.0:.4g}</td>" in page
     assert 'alt="pull distributions" src="data:image/png;base64,' in page
     assert "<tr><td>Teff RMSE (pipeline stars)</td><td>0</td><td>800</td></tr>" in page
+    assert "<th>within 1σ (rows)</th>" in page and "<td>800 K</td><td>1 (1)</td></tr>" in page
     written = json.loads((result.out_dir / "metrics.json").read_text())
     assert written["vit"]["classification"]["accuracy"] == 0.5 and written["redshift"]["pulls"]["n"] == 4
 
