@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
     args = parser.parse_args(argv)
     if args.part == "stellar":
+        if not args.out.is_file():
+            parser.error(f"--part stellar keeps the rest of {args.out}, which does not exist (run --part all)")
         result = json.loads(args.out.read_text())
     else:
         result = calibrate(args.n)
