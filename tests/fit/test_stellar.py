@@ -73,3 +73,29 @@ def test_final_stellar_columns_are_the_fits_for_its_stars_and_the_vits_elsewhere
     assert final["teff"].tolist() == [5500.0, 6000.0, 7000.0, 8000.0]
     assert final["logg"].tolist() == [4.5, 2.0, 4.0, 4.0]
     assert final["feh"].tolist() == pytest.approx([0.0] * n)
+
+
+def test_a_calibration_folds_stars_are_not_among_its_neighbours():
+    """`annotate.fit.calibrate` fits each fold's stars with bases built without them; the fit's
+    stellar neighbours come from those bases' training stars, so a fold star is never its own
+    neighbour (the stellar σ is calibrated on stars the library did not hold)."""
+    from annotate.fit.build import build_in_memory, held_out_populations, held_out_stars
+
+    lib = load_library()
+    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
+    stars = np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star))
+    fold = stars[0::4]
+    bases = build_in_memory(populations, np.setdiff1d(stars, fold))
+    assert set(fold) <= set(bases.held_out_stars.tolist())
+    _, _, labels = training_stars(GRID, bases)
+    kept = np.setdiff1d(stars, fold)
+    assert len(labels) == len(kept)
+    np.testing.assert_array_equal(labels[:, 0], lib.star_teff[kept])
+    settings = SimulationSettings(class_fractions=(0, 0, 1), snr=(40.0, 60.0), realism=Realism(strength=1.0))
+    sample = draw_sample(8, lib, GRID, seed=2, settings=settings, star_indices=fold)
+    fit = fit_rows(Fitter(GRID, FitSettings(prior=False, calibrated=False), bases), sample["flux"], sample["ivar"],
+                   sample["mask"], None)
+    star = fit["fit_class"] == "STAR"
+    assert star.sum() >= 7
+    # uncalibrated: σ is the neighbours' own spread, positive where two or more have the label
+    assert (fit["fit_teff_err"][star] > 0).all()
