@@ -152,9 +152,9 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
         order = np.argsort(best, axis=1)[:, :k]
         with warnings.catch_warnings():  # none of the k has the label: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            out[start:start + len(f)] = np.nanmean(labels[order], axis=1)
+            near = labels[order]
+            out[start:start + len(f)] = np.nanmean(near, axis=1)
             if spread:
-                near = labels[order]
                 enough = np.sum(np.isfinite(near), axis=1) >= 2
                 scatter[start:start + len(f)] = np.where(enough, np.nanstd(near, axis=1, ddof=1), np.nan)
     return (out, scatter) if spread else out
@@ -170,13 +170,15 @@ def by_snr(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, bins=SNR_BINS, s
         row = {"snr": [lo, None if np.isinf(hi) else hi], "n": int(inside.sum()), "rmse": rmse,
                "r2": r2_score(true[inside], pred[inside])}
         if sigma is not None:
-            row["within_1sigma"] = within_sigma(true[inside], pred[inside], sigma[inside])
+            row["within_1sigma"] = share_within(true[inside], pred[inside], sigma[inside])
         rows.append(row)
     return rows
 
 
-def within_sigma(true: np.ndarray, pred: np.ndarray, sigma: np.ndarray) -> float:
-    """The share of rows with |pred − true| ≤ σ (NaN for none; a NaN σ counts as outside)."""
+def share_within(true: np.ndarray, pred: np.ndarray, sigma: np.ndarray) -> float:
+    """The share of rows with |pred − true| ≤ σ (NaN for none). Unlike `metrics.within_sigma`,
+    which leaves such rows out, a row without a σ counts as outside: a star the fit gave no σ is
+    not one its σ covered."""
     return float(np.mean(np.abs(pred - true) <= sigma)) if len(true) else float("nan")
 
 
@@ -191,5 +193,5 @@ def stellar_report(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, min_snr:
                        f"r2_snr_ge_{min_snr:g}": r2_score(true[high, j], pred[high, j])}
         if sigma is not None:
             both = np.isfinite(true[:, j]) & np.isfinite(pred[:, j])
-            report[key]["within_1sigma"] = within_sigma(true[both, j], pred[both, j], sigma[both, j])
+            report[key]["within_1sigma"] = share_within(true[both, j], pred[both, j], sigma[both, j])
     return report

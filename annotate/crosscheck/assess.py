@@ -133,9 +133,7 @@ def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np
         with_sigma = np.isfinite(true) & np.isfinite(guess) & np.isfinite(sigma)
         out[role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
                      "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess),
-                     "n_sigma": int(with_sigma.sum()),
-                     "within_1sigma": float(np.mean(np.abs(guess - true)[with_sigma] <= sigma[with_sigma]))
-                     if with_sigma.any() else float("nan")}
+                     "n_sigma": int(with_sigma.sum()), "within_1sigma": within_sigma(true, guess, sigma, 1.0)}
     return out
 
 

@@ -61,7 +61,7 @@ N_STARS = 3000
 STELLAR_SCALES = np.round(np.arange(0.2, 4.01, 0.05), 2)
 STELLAR_FLOORS = {"teff": np.arange(0.0, 600.1, 10.0), "logg": np.round(np.arange(0.0, 0.601, 0.01), 2),
                   "feh": np.round(np.arange(0.0, 0.401, 0.01), 2)}
-STELLAR_KEYS = ("teff", "logg", "feh", *(f"fit_{key}" for key in STELLAR_LABELS),
+STAR_FIT_KEYS = ("teff", "logg", "feh", *(f"fit_{key}" for key in STELLAR_LABELS),
                 *(f"fit_{key}_err" for key in STELLAR_LABELS))
 
 
@@ -88,7 +88,7 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
                        sample["flux"], sample["ivar"], sample["mask"], None)
         both = {**sample, **fit}
         parts.append({key: both[key] for key in ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err")
-                      + (STELLAR_KEYS if stars_only else ())})
+                      + (STAR_FIT_KEYS if stars_only else ())})
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
