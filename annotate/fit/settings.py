@@ -32,7 +32,9 @@ class FitSettings:
     doubtful (redrock's ZWARN uses 9); vit_window_sigma, vit_window_min_kms: the ViT's window;
     backend, device: numpy or torch (on `device`); calibrated: apply data/calibration.json;
     stellar_k: training stars whose mean labels are a fitted star's Teff, log g and [Fe/H]
-    (annotate.fit.stellar; 0: none, the ViT's stand)."""
+    (annotate.fit.stellar; 0: none, the ViT's stand), and whose labels' spread its σ is made
+    from; stellar_mix: the nearest training stars whose best non-negative mixture gives the
+    labels instead (0: the mean of the stellar_k stands)."""
 
     bin_galaxy: int = 3
     bin_qso: int = 6
@@ -55,6 +57,7 @@ class FitSettings:
     device: str = "cpu"
     calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
     stellar_k: int = 5
+    stellar_mix: int = 15    # chosen on the training stars in 4 folds (README, "The template fit")
 
     def bin_for(self, spectype: str) -> int:
         return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
@@ -64,7 +67,8 @@ class FitSettings:
         return (f"bin={self.bin_galaxy}/{self.bin_qso}/{self.bin_star} poly={self.n_poly}/{self.n_poly_coarse} pca={self.coarse_pca} "
                 f"cand={self.n_candidates} walk<{self.walk_margin:g} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else "")
-                + (f" stars=knn{self.stellar_k}" if self.stellar_k > 0 else ""))
+                + (f" stars=knn{self.stellar_k}" if self.stellar_k > 0 else "")
+                + (f"+mix{self.stellar_mix}" if self.stellar_k > 0 and self.stellar_mix > 0 else ""))
 
 
 @dataclass

@@ -57,7 +57,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
         rows = np.fromiter(star_shifts, int)
         labels, sigma = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows],
                                        np.fromiter(star_shifts.values(), float), fitter.settings.stellar_k,
-                                       fitter.stellar_calibration)
+                                       fitter.stellar_calibration, fitter.settings.stellar_mix)
         for j, key in enumerate(STELLAR_KEYS):
             out[f"fit_{key}"][rows] = labels[:, j]
             out[f"fit_{key}_err"][rows] = sigma[:, j]

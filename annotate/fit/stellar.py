@@ -1,12 +1,17 @@
 """The fit's stellar parameters: for rows the fit classes STAR, Teff, log g and [Fe/H] are the
-mean labels of the K training stars nearest by χ² (`annotate.stellarbaseline`), the spectrum
-first moved to rest by the fitted velocity.
+labels of the training stars nearest by χ² (`annotate.stellarbaseline`), the spectrum first moved
+to rest by the fitted velocity: each label the mean over the best non-negative mixture of the
+FitSettings.stellar_mix (15) nearest, weighted by their shares in it (the mean of the K = 5
+nearest with stellar_mix 0). The mixture places a star between its neighbours by its spectrum
+where the plain mean weighs a far neighbour like a near one; on the training stars in 4 folds it
+raised R² at S/N ≥ 20 from 0.803 / 0.811 / 0.736 to 0.826 / 0.847 / 0.764 (README, "The template
+fit").
 
 The training stars are the MILES stars of the fit's STAR bases (the default model's training
 stars; its held-out stars are in neither), broadened to the SDSS resolution (69 km/s), on the run's
 grid, each divided by its running-mean continuum so that flux calibration and reddening do not enter.
-On held-out stars this beats the shipped ViT in log g and [Fe/H] at every S/N (README, "The
-template fit"), which is why PRED_TEFF/LOGG/FEH take these values where the fit found a star.
+On held-out stars this beats the shipped ViT in each label (README, "The template fit"), which is
+why PRED_TEFF/LOGG/FEH take these values where the fit found a star.
 
 Each label's 1σ is √((scale · spread)² + floor²), the spread being the standard deviation of the K
 neighbours' labels: far from the library's stars (a type it has few of) the neighbours disagree
@@ -42,16 +47,17 @@ def training_stars(grid, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, k: int,
-                   calibration: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   calibration: dict | None = None, mix: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """((n, 3) Teff [K], log g, [Fe/H] [dex], (n, 3) their 1σ) of spectra (n, n_pix) with weights w
     (0 = unusable) whose fitted velocities are `shifts` (n,) pixels; NaN where a label is unknown
     (σ also where fewer than two neighbours have it). `calibration`: {label: {'scale', 'floor'}}
-    (annotate.fit.calibrate); None: σ is the neighbours' spread itself."""
+    (annotate.fit.calibrate); None: σ is the neighbours' spread itself. `mix` > 0: the labels of
+    the best mixture of the `mix` nearest stars, not the mean of the k nearest."""
     if len(f) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
     templates, usable, labels = training_stars(grid, bases)
     means, spread = stellarbaseline.nearest_templates(f, w, templates, usable, labels, k=k, max_shift=SEARCH_PIXELS,
-                                                      shifts=shifts, spread=True)
+                                                      shifts=shifts, spread=True, mix=mix)
     return means, stellar_sigma(spread, calibration)
 
 
