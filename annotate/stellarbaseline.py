@@ -159,12 +159,13 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
             if spread:
                 enough = np.sum(np.isfinite(near), axis=1) >= 2
                 scatter[start:start + len(f0)] = np.where(enough, np.nanstd(near, axis=1, ddof=1), np.nan)
-        for i in range(len(f0)) if mix > 0 else ():
-            chosen = ranked[i, :mix]   # at the shift of the nearest, the spectrum's own
-            moved_f, moved_w = _shifted(f0[i:i + 1], w0[i:i + 1], int(best_shift[i, chosen[0]]))
-            mixed = mixture_labels(moved_f[0], moved_w[0], t[chosen], usable[chosen], labels[chosen])
-            if mixed is not None:
-                out[start + i] = mixed
+        if mix > 0:
+            for i in range(len(f0)):
+                chosen = ranked[i, :mix]   # at the shift of the nearest, the spectrum's own
+                moved_f, moved_w = _shifted(f0[i:i + 1], w0[i:i + 1], int(best_shift[i, chosen[0]]))
+                mixed = mixture_labels(moved_f[0], moved_w[0], t[chosen], usable[chosen], labels[chosen])
+                if mixed is not None:
+                    out[start + i] = mixed
     return (out, scatter) if spread else out
 
 

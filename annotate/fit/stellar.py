@@ -4,7 +4,7 @@ to rest by the fitted velocity: each label the mean over the best non-negative m
 FitSettings.stellar_mix (15) nearest, weighted by their shares in it (the mean of the K = 5
 nearest with stellar_mix 0). The mixture places a star between its neighbours by its spectrum
 where the plain mean weighs a far neighbour like a near one; on the training stars in 4 folds it
-raised R² at S/N ≥ 20 from 0.803 / 0.811 / 0.736 to 0.826 / 0.847 / 0.764 (README, "The template
+raised R² at S/N ≥ 20 from 0.803 / 0.811 / 0.736 to 0.826 / 0.847 / 0.770 (README, "The template
 fit").
 
 The training stars are the MILES stars of the fit's STAR bases (the default model's training
