@@ -6,8 +6,10 @@ Each spectrum and each training star (a MILES template broadened to the instrume
 and put on the store grid at rest) is divided by its own smooth continuum (a weighted running mean
 of CONTINUUM_PIX pixels), so that flux calibration and reddening do not enter; χ² with a free scale
 is computed against every template at whole-pixel shifts within ±MAX_SHIFT (the radial velocity),
-and the labels are the mean of the K templates with the lowest χ². It is trained on exactly the
-stars the ViT is trained on, and both are scored on the same held-out stars.
+and the labels are the mean of the K templates with the lowest χ² — the baseline. The template fit
+instead takes the labels of the best non-negative mixture of the 15 nearest (`mix`,
+`mixture_labels`). It is trained on exactly the stars the ViT is trained on, and both are scored on
+the same held-out stars.
 
 Also: RMSE and R² of predictions by S/N bin, the form in which the model card reports both.
 """
@@ -23,6 +25,7 @@ from .metrics import r2_score
 
 K = 5
 MAX_SHIFT = 3           # pixels (±207 km/s on the SDSS grid: 2.6 σ of the simulated radial velocities)
+MIN_PIXELS = 100        # shared usable pixels below which a template is not compared (χ² infinite)
 CONTINUUM_PIX = 151
 SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)
 LABELS = ("teff", "logg", "feh")
@@ -147,21 +150,25 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
             ff = (wf * f) @ valid.T               # Σ w f² over the template's pixels
             n_used = (w > 0).astype(np.float32) @ valid.T
             chi2 = (ff - np.where(tt > 0, ft**2 / np.maximum(tt, 1e-30), 0.0)) / np.maximum(n_used, 1.0)
-            chi2 = np.where(n_used > 100, chi2, np.inf)
+            chi2 = np.where(n_used > MIN_PIXELS, chi2, np.inf)
             best_shift[chi2 < best] = shift
             best = np.minimum(best, chi2)
         ranked = np.argsort(best, axis=1)
         order = ranked[:, :k]
         with warnings.catch_warnings():  # none of the k has the label: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            near = labels[order]
+            # a template too far from the spectrum's pixels to compare is no neighbour
+            near = np.where(np.isfinite(np.take_along_axis(best, order, axis=1))[:, :, None], labels[order], np.nan)
             out[start:start + len(f0)] = np.nanmean(near, axis=1)
             if spread:
                 enough = np.sum(np.isfinite(near), axis=1) >= 2
                 scatter[start:start + len(f0)] = np.where(enough, np.nanstd(near, axis=1, ddof=1), np.nan)
         if mix > 0:
             for i in range(len(f0)):
-                chosen = ranked[i, :mix]   # at the shift of the nearest, the spectrum's own
+                chosen = ranked[i, :mix][np.isfinite(best[i, ranked[i, :mix]])]
+                if len(chosen) == 0:
+                    continue
+                # at the shift of the nearest, the spectrum's own
                 moved_f, moved_w = _shifted(f0[i:i + 1], w0[i:i + 1], int(best_shift[i, chosen[0]]))
                 mixed = mixture_labels(moved_f[0], moved_w[0], t[chosen], usable[chosen], labels[chosen])
                 if mixed is not None:
@@ -190,12 +197,12 @@ def mixture_labels(flux: np.ndarray, weight: np.ndarray, templates: np.ndarray, 
     one; on held-out stars it is the better estimate of all three labels (README, "The template
     fit"). NaN for a label held by templates of under half the mixture (else a minor template's
     label would stand for the star: a held-out 9,300 K supergiant was read [Fe/H] −2.6 when the
-    plain mean had none). None where the mixture cannot be made (too few shared pixels, or
-    nothing matches)."""
+    plain mean had none). None where the mixture cannot be made (MIN_PIXELS shared pixels or
+    fewer, or nothing matches)."""
     from scipy.optimize import nnls
 
     use = (weight > 0) & usable.all(axis=0)
-    if use.sum() < len(templates):
+    if use.sum() <= max(MIN_PIXELS, len(templates)):
         return None
     root = np.sqrt(weight[use]).astype(np.float64)
     amounts, _ = nnls(templates[:, use].T.astype(np.float64) * root[:, None], flux[use].astype(np.float64) * root)

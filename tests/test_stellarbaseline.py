@@ -77,7 +77,7 @@ def test_nearest_templates_with_mix_give_the_mixture_and_keep_the_k_spread():
     and 0.4 of the second, one pixel off rest. The k = 2 nearest are that pair: without mix their
     plain mean stands; with mix the labels are within 2 % of the range of the shares' mean (the
     spectrum is re-normalised, so the shares come out near, not at, 0.6 / 0.4). The spread is the
-    k nearest's either way."""
+    k nearest's either way, and rows taken one at a time get the same labels."""
     n_pix = 800
     rng = np.random.default_rng(11)
     base = 1.0 + 0.2 * np.sin(np.arange(n_pix) / 7.0)
@@ -94,6 +94,38 @@ def test_nearest_templates_with_mix_give_the_mixture_and_keep_the_k_spread():
     np.testing.assert_allclose(plain[0], labels[:2].mean(axis=0), rtol=1e-6)
     expected, span = 0.6 * labels[0] + 0.4 * labels[1], np.abs(labels[0] - labels[1])
     assert (np.abs(mixed[0] - expected) < 0.02 * span).all(), (mixed[0], expected)
+    # row by row (chunk 1, the pair's spectrum second) the same labels land on the same row
+    two = np.concatenate([np.roll(templates[[3]], 1).astype(np.float64), flux])
+    rows = stellarbaseline.nearest_templates(two, np.concatenate([ivar, ivar]), templates, usable, labels, k=2,
+                                             mix=4, chunk=1)
+    np.testing.assert_array_equal(rows[1], mixed[0])
+    assert abs(rows[0, 0] - 3500.0) < 0.02 * 4500
+    # the half-share rule overrides the k-mean: [Fe/H] only on the 0.4 star, so none, where the
+    # mean of the 2 nearest gives that star's
+    half = labels.copy()
+    half[0, 2] = np.nan
+    plain_half = stellarbaseline.nearest_templates(flux, ivar, templates, usable, half, k=2)
+    mixed_half = stellarbaseline.nearest_templates(flux, ivar, templates, usable, half, k=2, mix=4)
+    assert plain_half[0, 2] == pytest.approx(0.2) and np.isnan(mixed_half[0, 2])
+
+
+def test_nearest_templates_keep_the_k_mean_where_no_mixture_can_be_made_and_none_where_nothing_compares():
+    """Two templates covering overlapping halves: both compare with the spectrum (over 100 shared
+    pixels each) but share only 100 pixels with each other, too few for a mixture, so the mean of
+    the k = 2 stands. A spectrum with 50 usable pixels compares with no template: NaN."""
+    n_pix = 800
+    rng = np.random.default_rng(2)
+    templates = (1.0 + 0.1 * rng.normal(size=(2, n_pix))).astype(np.float32)
+    usable = np.zeros((2, n_pix), bool)
+    usable[0, :400], usable[1, 300:] = True, True
+    templates[~usable] = 0.0
+    labels = np.array([[5000.0, 4.0, 0.0], [6000.0, 3.0, -1.0]])
+    flux = np.where(usable[0], templates[0], templates[1])[None, :].astype(np.float64)
+    ivar = np.full((1, n_pix), 1e4)
+    mixed = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=2, max_shift=0, mix=2)
+    np.testing.assert_allclose(mixed[0], labels.mean(axis=0), rtol=1e-6)
+    ivar[:, 50:] = 0.0
+    assert np.isnan(stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=2, mix=2)).all()
 
 
 def test_share_within_sigma_by_snr_bin():

@@ -10,8 +10,9 @@ fit").
 The training stars are the MILES stars of the fit's STAR bases (the default model's training
 stars; its held-out stars are in neither), broadened to the SDSS resolution (69 km/s), on the run's
 grid, each divided by its running-mean continuum so that flux calibration and reddening do not enter.
-On held-out stars this beats the shipped ViT in each label (README, "The template fit"), which is
-why PRED_TEFF/LOGG/FEH take these values where the fit found a star.
+On held-out stars this beats the shipped ViT in each label at S/N ≥ 10 (below it the ViT's Teff
+is the closer; README, "The template fit"), which is why PRED_TEFF/LOGG/FEH take these values
+where the fit found a star.
 
 Each label's 1σ is √((scale · spread)² + floor²), the spread being the standard deviation of the K
 neighbours' labels: far from the library's stars (a type it has few of) the neighbours disagree
