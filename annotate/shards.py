@@ -184,16 +184,37 @@ _NOT_FOR_ARRAY = {"--catalog": 1, "--shard-size": 1, "--executor": 1, "--profile
                   "--scheduler": 1, "--no-progress": 0}
 
 
+# options of `annotate run` that name paths: always (the first), or where the value is an existing
+# file or folder rather than a name (`--model spectromer-tiny`, `--survey sdss_dr18`)
+_PATH_OPTIONS = ("--out", "--spectra-root", "--store")
+_PATH_OR_NAME_OPTIONS = ("--model", "--survey")
+
+
+def _absolute(name: str, value: str) -> str:
+    """`value` of option `name` as an absolute path where it names one, else as given."""
+    if name in _PATH_OPTIONS or (name in _PATH_OR_NAME_OPTIONS and Path(value).exists()):
+        return str(Path(value).resolve())
+    return value
+
+
 def sbatch_array_command(catalog: Path, shard_size: int, indices: list[int], argv: list[str]) -> str:
     """The complete `sbatch --array=... slurm/annotate-array.sbatch CATALOG SHARD_SIZE [options]`
-    for the shards `indices`, with the run options of `argv` (an `annotate run ...` command line)."""
+    for the shards `indices`, with the run options of `argv` (an `annotate run ...` command line),
+    paths made absolute, so that the command means the same from any folder it is submitted from
+    (an array task runs in the folder of its submission, the merge perhaps in another)."""
     options, i = [], 1 if argv[:1] == ["run"] else 0
     while i < len(argv):
         name = argv[i].split("=", 1)[0]
         if name in _NOT_FOR_ARRAY:
             i += 1 + (_NOT_FOR_ARRAY[name] if "=" not in argv[i] else 0)
             continue
-        options.append(argv[i])
+        if "=" in argv[i]:
+            options.append(f"{name}={_absolute(name, argv[i].split('=', 1)[1])}")
+        elif i + 1 < len(argv) and name in _PATH_OPTIONS + _PATH_OR_NAME_OPTIONS:
+            options += [name, _absolute(name, argv[i + 1])]
+            i += 1
+        else:
+            options.append(argv[i])
         i += 1
     script = Path(__file__).resolve().parent.parent / "slurm" / "annotate-array.sbatch"
     script_text = str(script) if script.is_file() else "slurm/annotate-array.sbatch"

@@ -1,5 +1,8 @@
 """`annotate run --shard-size`: plan, shards (resumable, never recomputed), exactly-once merge."""
 
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -124,6 +127,24 @@ def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp
     assert sbatch.startswith("sbatch --array=0-2%64 ") and "slurm/annotate-array.sbatch" in sbatch
     assert f" {catalog.resolve()} 3 " in sbatch and f"--model {micro_model}" in sbatch
     assert "--dry-run" not in sbatch and "--executor" not in sbatch and "--profile" not in sbatch
+
+
+def test_sbatch_command_makes_paths_absolute_and_keeps_names(tmp_path, monkeypatch):
+    """Relative paths in the printed sbatch command would be read from whatever folder it is
+    submitted from: they are made absolute; a shipped model's or a survey's name is kept."""
+    from annotate.shards import sbatch_array_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("name: mine\n")
+    argv = ["run", "--catalog", "cat.fits", "--shard-size", "10", "--out", "out/x.fits", "--model", "spectromer-tiny",
+            "--survey=mine.yaml", "--spectra-root", "spectra", "--device", "cuda", "--dry-run"]
+    words = shlex.split(sbatch_array_command(Path("cat.fits"), 10, [0, 1], argv))
+    assert words[3:5] == [str(tmp_path / "cat.fits"), "10"]
+    assert words[5:] == ["--out", str(tmp_path / "out" / "x.fits"), "--model", "spectromer-tiny",
+                         f"--survey={tmp_path / 'mine.yaml'}", "--spectra-root", str(tmp_path / "spectra"),
+                         "--device", "cuda"]
+    words = shlex.split(sbatch_array_command(Path("cat.fits"), 10, [0], ["run", "--survey", "sdss_dr18"]))
+    assert words[-2:] == ["--survey", "sdss_dr18"]
 
 
 def test_index_ranges_are_sbatch_array_syntax():
