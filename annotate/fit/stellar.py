@@ -3,9 +3,8 @@ labels of the training stars nearest by χ² (`annotate.stellarbaseline`), the s
 to rest by the fitted velocity: each label the mean over the best non-negative mixture of the
 FitSettings.stellar_mix (15) nearest, weighted by their shares in it (the mean of the K = 5
 nearest with stellar_mix 0). The mixture places a star between its neighbours by its spectrum
-where the plain mean weighs a far neighbour like a near one; on the training stars in 4 folds it
-raised R² at S/N ≥ 20 from 0.803 / 0.811 / 0.736 to 0.826 / 0.847 / 0.770 (README, "The template
-fit").
+where the plain mean weighs a far neighbour like a near one; it raised R² in every label on the
+training stars in 4 folds, where the 15 was chosen (figures: README, "The template fit").
 
 The training stars are the MILES stars of the fit's STAR bases (the default model's training
 stars; its held-out stars are in neither), broadened to the SDSS resolution (69 km/s), on the run's
