@@ -145,9 +145,10 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_execution(parser: argparse.ArgumentParser, work: str = "reading spectra and fitting them") -> None:
-    parser.add_argument("--scheduler", default="distributed", choices=("distributed", "threads", "sync", "slurm"),
-                        help=f"Dask scheduler for {work} (default: a local distributed cluster; slurm: "
-                        "--workers Dask workers started as SLURM jobs of --profile)")
+    parser.add_argument("--scheduler", default="auto", choices=("auto", "distributed", "threads", "sync", "slurm"),
+                        help=f"Dask scheduler for {work} (default: auto, in this process for up to "
+                        "1,024 spectra and on a local distributed cluster above; slurm: --workers Dask "
+                        "workers started as SLURM jobs of --profile)")
     parser.add_argument("--workers", type=int, help="Dask workers (default: CPU cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

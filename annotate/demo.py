@@ -117,7 +117,7 @@ def make_desi_sample(out_dir: str | Path, n_objects: int = 300, seed: int = 2026
 
 
 def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: int = 2026,
-             scheduler: str = "distributed", progress: bool = True, fit: bool = True,
+             scheduler: str = "auto", progress: bool = True, fit: bool = True,
              survey: str = "sdss_dr18") -> RunResult:
     """Write the sample of `survey` (sdss_dr18 or desi_dr1) into `out_dir` unless it is there, and
     run the pipeline on it."""

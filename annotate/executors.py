@@ -42,14 +42,16 @@ class DebugExecutor:
 
 @dataclass(frozen=True)
 class LocalExecutor:
-    scheduler: str = "distributed"
+    scheduler: str = "auto"
     n_workers: int | None = None
     name: str = "local"
 
     def run(self, fn: Callable, tasks: list, log=print) -> None:
         from .parallel import map_unordered
 
-        for _ in map_unordered(fn, tasks, scheduler=self.scheduler, n_workers=self.n_workers):
+        # a shard is a large task: 'auto' (which counts tasks of TASK_ROWS rows) means worker processes
+        scheduler = "distributed" if self.scheduler == "auto" else self.scheduler
+        for _ in map_unordered(fn, tasks, scheduler=scheduler, n_workers=self.n_workers):
             pass
 
     def script(self, n_tasks: int) -> str | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, StoreError
+from .parallel import TASK_ROWS
 from .render import ENCODINGS, RenderSettings, render
 from .store import STATUS, open_store, read_labels, read_rows
 
@@ -73,7 +74,7 @@ def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra
 
 
 def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSettings,
-                 scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
+                 scheduler: str = "auto", n_workers: int | None = None, rows_per_task: int = TASK_ROWS,
                  progress: Callable[[int], None] | None = None) -> dict:
     """Render every row of `spectra_store` into the image store `out` (created or resumed).
     Returns {'rendered': rows rendered now, 'skipped': rows already done, 'n_rows': total}."""

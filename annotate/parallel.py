@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-SCHEDULERS = ("distributed", "threads", "sync", "slurm")
+SCHEDULERS = ("auto", "distributed", "threads", "sync", "slurm")
+TASK_ROWS = 256             # rows per task of ingest, fit and render
+AUTO_IN_PROCESS_TASKS = 4   # 'auto': this many tasks or fewer run in this process (README, "Benchmarks")
 WINDOW_PER_WORKER = 2
 WORKERS_START_TIMEOUT_S = 600
 
@@ -80,6 +82,15 @@ def _wait_for_slurm_workers(client) -> None:
                             "(see squeue: are the jobs pending on the partition or resources of the profile?)") from None
 
 
+def resolve_scheduler(scheduler, n_tasks: int):
+    """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for
+    AUTO_IN_PROCESS_TASKS or fewer, where starting worker processes and their imports costs more
+    than the second core gives back; 'distributed' for more. Any other scheduler as given."""
+    if isinstance(scheduler, str) and scheduler == "auto":
+        return "sync" if n_tasks <= AUTO_IN_PROCESS_TASKS else "distributed"
+    return scheduler
+
+
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
 
@@ -142,7 +153,8 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
     `address`), a `SlurmWorkers` (workers as SLURM jobs of its profile), 'threads' (dask's thread
-    pool) or 'sync' (in this process, in order). At most WINDOW_PER_WORKER tasks per worker are in
+    pool), 'sync' (in this process, in order) or 'auto' (`resolve_scheduler` by the number of
+    items). At most WINDOW_PER_WORKER tasks per worker are in
     flight or finished-but-unconsumed at a time, so memory stays bounded however many tasks there
     are and however slowly the caller consumes.
     """
@@ -155,6 +167,7 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if not items:
         return
+    scheduler = resolve_scheduler(scheduler, len(items))
     if isinstance(address, SharedCluster):  # a single task runs here unless the cluster is up anyway
         address = address.address if len(items) > 1 or address.started else None
     if scheduler == "sync" or (len(items) == 1 and address is None and not on_slurm):

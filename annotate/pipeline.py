@@ -18,7 +18,7 @@ import numpy as np
 from .catalogs import read_catalog
 from .errors import OutputError
 from .flags import PredFlag
-from .parallel import shared_cluster
+from .parallel import TASK_ROWS, resolve_scheduler, shared_cluster
 from .store import STATUS
 from .surveys import Survey, load_survey
 from .task import ShardTask, annotate_task
@@ -39,7 +39,7 @@ class RunSettings:
     store: Path | None = None
     model: Path | None = None
     out: Path | None = None
-    scheduler: str = "distributed"
+    scheduler: str = "auto"  # annotate.parallel.resolve_scheduler: by the run's rows
     n_workers: int | None = None
     batch_size: int = 64
     device: str = "cpu"
@@ -243,8 +243,10 @@ def _run_locked(settings: RunSettings, task: ShardTask, survey: Survey, table: d
 
     catalog, model_dir, n_rows = Path(task.catalog), Path(task.model), task.stop
     selected = survey.selected(table)  # a selection rule's error comes before any spectrum is read
-    with shared_cluster(settings.scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
-        done = annotate_task(task, table, settings.scheduler, settings.n_workers, address, survey=survey,
+    # decided once for the run, so that ingest and fit share one cluster or both run here
+    scheduler = resolve_scheduler(settings.scheduler, -(-n_rows // TASK_ROWS))
+    with shared_cluster(scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
+        done = annotate_task(task, table, scheduler, settings.n_workers, address, survey=survey,
                              progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit),
                                                               n_rows, stage))
     pred, reference, card = done.pred, done.reference, done.card

@@ -136,7 +136,9 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
     # pixels moved past an edge get weight 0: the same pixel pairs as moving the templates
     t = np.asarray(templates, np.float32)
     t2 = t * t
-    valid = np.asarray(usable, np.float32)
+    # the templates share a few coverage patterns (the library's wavelength ranges): sums over a
+    # template's pixels are taken once per pattern
+    valid, pattern_of = _coverage_patterns(usable)
     for start in range(0, len(flux), chunk):
         f0 = norm_flux[start:start + chunk].astype(np.float32)
         w0 = norm_ivar[start:start + chunk].astype(np.float32)
@@ -147,8 +149,8 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
             wf = w * f
             ft = wf @ t.T                         # Σ w f t
             tt = w @ t2.T                         # Σ w t²
-            ff = (wf * f) @ valid.T               # Σ w f² over the template's pixels
-            n_used = (w > 0).astype(np.float32) @ valid.T
+            ff = ((wf * f) @ valid.T)[:, pattern_of]   # Σ w f² over the template's pixels
+            n_used = ((w > 0).astype(np.float32) @ valid.T)[:, pattern_of]
             chi2 = (ff - np.where(tt > 0, ft**2 / np.maximum(tt, 1e-30), 0.0)) / np.maximum(n_used, 1.0)
             chi2 = np.where(n_used > MIN_PIXELS, chi2, np.inf)
             best_shift[chi2 < best] = shift
@@ -174,6 +176,16 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
                 if mixed is not None:
                     out[start + i] = mixed
     return (out, scatter) if spread else out
+
+
+def _coverage_patterns(usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(patterns (P, n_pix) float32, index (S,) of each template's pattern) of the distinct rows
+    of `usable` (S, n_pix): a template's pixel sums are its pattern's."""
+    rows = np.ascontiguousarray(usable, dtype=bool)
+    first: dict = {}
+    index = np.array([first.setdefault(row.tobytes(), len(first)) for row in rows], dtype=np.intp)
+    starts = np.unique(index, return_index=True)[1]
+    return rows[starts].astype(np.float32), index
 
 
 def _shifted(flux: np.ndarray, weight: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ import numpy as np
 from . import __version__
 from .errors import SpectrumError, StoreError
 from .grid import WavelengthGrid, resample
+from .parallel import TASK_ROWS
 
 LAYOUT_VERSION = 1
 STATUS = {"PENDING": 0, "OK": 1, "NO_SPECTRUM": 2, "NO_USABLE_PIXELS": 3, "PATH_REFUSED": 4}
@@ -293,7 +294,7 @@ def _resampled_row(out: dict, i: int, path: str, spectrum, grid: WavelengthGrid)
 
 
 def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = None, reader: str | None = None,
-           scheduler: str = "distributed", n_workers: int | None = None, rows_per_task: int = 256,
+           scheduler: str = "auto", n_workers: int | None = None, rows_per_task: int = TASK_ROWS,
            progress: Callable[[int], None] | None = None, address: str | None = None,
            reasons: list | None = None, bad_bits: int | None = None) -> dict:
     """Fill the PENDING rows of an existing store from spectrum files, in parallel (on the Dask

@@ -20,7 +20,7 @@ def test_every_result_once(scheduler):
 
 
 def test_unknown_scheduler_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid: distributed, threads, sync, slurm"):
+    with pytest.raises(ConfigError, match="valid: auto, distributed, threads, sync, slurm"):
         list(map_unordered(_square, [1], scheduler="dask"))
 
 
@@ -48,3 +48,34 @@ def test_a_shared_cluster_serves_every_step_and_starts_only_when_needed():
     assert not shared.started
     with shared_cluster("sync") as none:
         assert none is None
+
+
+def test_auto_runs_few_tasks_here_and_more_on_worker_processes():
+    from annotate.parallel import AUTO_IN_PROCESS_TASKS, resolve_scheduler
+
+    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS) == "sync"
+    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS + 1) == "distributed"
+    for other in ("sync", "threads", "distributed"):
+        assert resolve_scheduler(other, 1) == other and resolve_scheduler(other, 100) == other
+    few = list(map_unordered(_pid, list(range(AUTO_IN_PROCESS_TASKS)), scheduler="auto", n_workers=2))
+    assert [index for index, _ in few] == list(range(AUTO_IN_PROCESS_TASKS))  # in order, in this process
+    assert {pid for _, pid in few} == {os.getpid()}
+    many = list(map_unordered(_pid, list(range(AUTO_IN_PROCESS_TASKS + 3)), scheduler="auto", n_workers=2))
+    assert sorted(index for index, _ in many) == list(range(AUTO_IN_PROCESS_TASKS + 3))
+    assert os.getpid() not in {pid for _, pid in many}
+
+
+def test_local_shards_under_auto_run_on_worker_processes(monkeypatch):
+    import annotate.parallel
+    from annotate.executors import LocalExecutor
+
+    seen = []
+
+    def record(fn, tasks, scheduler, n_workers=None):
+        seen.append(scheduler)
+        return iter(())
+
+    monkeypatch.setattr(annotate.parallel, "map_unordered", record)
+    LocalExecutor("auto").run(_square, [1, 2])  # two shards are two large tasks, not two small ones
+    LocalExecutor("sync").run(_square, [1, 2])
+    assert seen == ["distributed", "sync"]

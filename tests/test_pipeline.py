@@ -44,6 +44,31 @@ def test_run_flags_bad_rows_and_keeps_input(catalog, micro_model, tmp_path):
     assert result.summary["rows_compared"] == 4  # rows 0, 1, 2, 4
 
 
+def test_auto_scheduler_decides_once_per_run_by_its_rows(catalog, micro_model, tmp_path, monkeypatch):
+    import annotate.parallel
+    import annotate.pipeline
+
+    chosen = []
+    real = annotate.pipeline.shared_cluster
+
+    def recording(scheduler, n_workers=None):
+        chosen.append(scheduler)
+        return real(scheduler, n_workers)
+
+    def no_cluster(n_workers):
+        raise AssertionError("a small run started worker processes")
+
+    monkeypatch.setattr(annotate.pipeline, "shared_cluster", recording)
+    monkeypatch.setattr(annotate.parallel, "_local_cluster", no_cluster)
+    settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False)
+    assert settings.scheduler == "auto"
+    assert run(settings).n_predicted == N - 2  # 8 rows: in this process
+    monkeypatch.setattr(annotate.parallel, "AUTO_IN_PROCESS_TASKS", 0)  # as if the catalog were large
+    run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False,
+                    out=tmp_path / "large.fits", store=tmp_path / "large.h5"))
+    assert chosen == ["sync", "distributed"]
+
+
 def test_rerun_resumes_from_the_store(catalog, micro_model, tmp_path):
     settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model,
                            scheduler="sync", progress=False)

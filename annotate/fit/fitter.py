@@ -340,9 +340,18 @@ def _parabola(u: np.ndarray, chi2: np.ndarray, j: int) -> tuple[float, float, fl
     lo, hi = max(0, j - 2), min(len(u), j + 3)
     x, y = u[lo:hi].astype(float) - u[j], chi2[lo:hi]
     spacing = float(u[1] - u[0]) if len(u) > 1 else 1.0
-    if len(x) >= 3:
-        a, b, c = np.polyfit(x, y, 2)
+    if len(x) >= 3 and np.isfinite(y).all():
+        a, b, c = _quadratic(x / spacing, y)
+        a, b = a / spacing**2, b / spacing
         if a > 0 and abs(b / (2 * a)) <= 2.0 * spacing:
             centre = -b / (2 * a)
             return float(u[j] + centre), float(1.0 / np.sqrt(a)), float(min(c - b * b / (4 * a), chi2[j]))
     return float(u[j]), spacing * len(u) / 2, float(chi2[j])
+
+
+def _quadratic(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(a, b, c) of the least-squares y ≈ a x² + b x + c through three to five points whose x
+    are a few units from 0 (so the normal equations are well conditioned): one 3×3 solve, which
+    np.polyfit's SVD made about seven times slower on the fit's hot path."""
+    vander = np.stack([x * x, x, np.ones_like(x)], axis=1)
+    return tuple(float(v) for v in np.linalg.solve(vander.T @ vander, vander.T @ y))

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .. import CLASS_NAMES
+from ..parallel import TASK_ROWS
 from ..stellarbaseline import LABELS as STELLAR_KEYS  # teff, logg, feh: the order of the labels' columns
 from .decide import choose
 from .fitter import Fitter, FitSettings
@@ -101,7 +102,7 @@ def fit_task(task: dict) -> dict:
 
 
 def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(), scheduler: str = "sync",
-              n_workers: int | None = None, rows_per_task: int = 256,
+              n_workers: int | None = None, rows_per_task: int = TASK_ROWS,
               progress: Callable[[int], None] | None = None, address: str | None = None) -> dict:
     """Fit every row of a spectra store whose ViT predictions are `pred` (predict_store's output);
     returns the FIT_KEYS arrays. Tasks of `rows_per_task` rows run with `scheduler` (as the
