@@ -18,10 +18,9 @@ import numpy as np
 from .catalogs import read_catalog
 from .errors import OutputError
 from .flags import PredFlag
-from .parallel import TASK_ROWS, resolve_scheduler, shared_cluster
 from .store import STATUS
 from .surveys import Survey, load_survey
-from .task import ShardTask, annotate_task
+from .task import ShardTask, annotate_task_here
 from .writeback import (catalog_stem, default_output_path, prediction_columns, provenance_cards,
                         write_annotated_catalog)
 
@@ -243,12 +242,9 @@ def _run_locked(settings: RunSettings, task: ShardTask, survey: Survey, table: d
 
     catalog, model_dir, n_rows = Path(task.catalog), Path(task.model), task.stop
     selected = survey.selected(table)  # a selection rule's error comes before any spectrum is read
-    # decided once for the run, so that ingest and fit share one cluster or both run here
-    scheduler = resolve_scheduler(settings.scheduler, -(-n_rows // TASK_ROWS))
-    with shared_cluster(scheduler, settings.n_workers) as address:  # one cluster for ingest and fit
-        done = annotate_task(task, table, scheduler, settings.n_workers, address, survey=survey,
-                             progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit),
-                                                              n_rows, stage))
+    done = annotate_task_here(task, settings.scheduler, settings.n_workers, table=table, survey=survey,
+                              progress=lambda stage: _progress(settings.progress and (stage != "fit" or settings.fit),
+                                                               n_rows, stage))
     pred, reference, card = done.pred, done.reference, done.card
     columns, predicted, usable = write_annotated(
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),

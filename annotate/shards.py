@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .invocation import argv
 from .runfolder import RunFolder
-from .task import ShardTask, annotate_task
+from .task import ShardTask, annotate_task_here
 
 PLAN_VERSION = 4  # 2: shard files hold the template fit's keys; 3: each shard file has its checksum; 4: the fit's stellar labels
 
@@ -62,7 +62,8 @@ def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, surv
 
 def run_shard(task: ShardTask) -> str:
     """Ingest, predict and fit rows [start, stop) of the catalog (`task.annotate_task`, as a
-    single run does, in this process); write the shard file. Returns its path."""
+    single run does, on the task's own scheduler: `shard_scheduler`); write the shard file.
+    Returns its path."""
     from .predict import precision
 
     folder = RunFolder(Path(task.folder))
@@ -72,7 +73,8 @@ def run_shard(task: ShardTask) -> str:
     if target.exists():
         return str(target)
     Path(task.store).parent.mkdir(exist_ok=True)
-    done = annotate_task(task, log=lambda line: print(f"{task.name}: {line}", flush=True))
+    done = annotate_task_here(task, task.scheduler, task.n_workers,
+                              log=lambda line: print(f"{task.name}: {line}", flush=True))
     folder.write_shard(task.name, {"start": task.start, "stop": task.stop, "errors": np.array(done.errors, dtype=str),
                                    "precision": precision(task.device), **done.pred})
     return str(target)
@@ -109,10 +111,13 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     folder.write_plan(plan)
     root = settings.spectra_folder()
 
+    scheduler = shard_scheduler(settings.scheduler, executor, only_shard)
+
     def task(s: Shard) -> ShardTask:
         return ShardTask(s.name, s.start, s.stop, str(catalog.resolve()), survey_reference(settings.survey),
                          str(root.resolve()), str(model_dir.resolve()), str(folder.store_file(s.name)),
-                         settings.device, settings.batch_size, settings.fit, str(folder.path))
+                         settings.device, settings.batch_size, settings.fit, str(folder.path),
+                         scheduler, settings.n_workers)
 
     if only_shard is not None:
         if not 0 <= only_shard < len(shards):
@@ -129,6 +134,20 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
             log(f"running {len(missing)} of {len(shards)} shards ({executor})")
             run.run(run_shard, [task(s) for s in missing], log)
         return merge_run(catalog, survey, model_dir, plan, folder, shards, out)
+
+
+def shard_scheduler(scheduler, executor: str, only_shard: int | None) -> str:
+    """Where each shard's ingest and fit run inside the shard's process. Where a shard has a
+    process of its own — a SLURM job of executor 'slurm', or one array task's `--shard` — the
+    run's `--scheduler` ('auto' by default: a LocalCluster of the job's cores for a shard of more
+    than 1,024 rows), so that the fit, the slow part on a GPU node, uses every core the job was
+    given. 'sync' where the shards are themselves tasks on worker processes ('local': they cannot
+    start processes of their own) or run one after another to be followed ('debug'), and for
+    `--scheduler slurm`, whose Dask worker jobs are a single run's."""
+    own_process = only_shard is not None or executor == "slurm"
+    if own_process and isinstance(scheduler, str) and scheduler in ("auto", "distributed", "threads", "sync"):
+        return scheduler
+    return "sync"
 
 
 def _describe_plan(run, folder: RunFolder, catalog: Path, shards: list, missing: list, shard_size: int, log) -> None:

@@ -34,6 +34,10 @@ class ShardTask:
     batch_size: int = 64
     fit: bool = True
     folder: str = ""
+    # where a shard's own ingest and fit run (annotate.parallel; 'auto': by its rows); a single
+    # run's task is given its run's scheduler instead
+    scheduler: str = "sync"
+    n_workers: int | None = None
 
     @classmethod
     def whole(cls, n_rows: int, catalog, spectra_root, model, store, settings) -> "ShardTask":
@@ -61,6 +65,17 @@ class TaskResult:
 @contextmanager
 def _no_progress(stage: str):
     yield None
+
+
+def annotate_task_here(task: ShardTask, scheduler, n_workers: int | None = None, **kwargs) -> TaskResult:
+    """`annotate_task` with `scheduler` decided once for the task's rows ('auto':
+    parallel.resolve_scheduler) and, where that is 'distributed', one LocalCluster that its ingest
+    and fit share, closed when it returns."""
+    from .parallel import TASK_ROWS, resolve_scheduler, shared_cluster
+
+    scheduler = resolve_scheduler(scheduler, -(-(task.stop - task.start) // TASK_ROWS))
+    with shared_cluster(scheduler, n_workers) as address:
+        return annotate_task(task, scheduler=scheduler, n_workers=n_workers, address=address, **kwargs)
 
 
 def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "sync", n_workers: int | None = None,

@@ -46,10 +46,9 @@ def test_run_flags_bad_rows_and_keeps_input(catalog, micro_model, tmp_path):
 
 def test_auto_scheduler_decides_once_per_run_by_its_rows(catalog, micro_model, tmp_path, monkeypatch):
     import annotate.parallel
-    import annotate.pipeline
 
     chosen = []
-    real = annotate.pipeline.shared_cluster
+    real = annotate.parallel.shared_cluster
 
     def recording(scheduler, n_workers=None):
         chosen.append(scheduler)
@@ -58,7 +57,7 @@ def test_auto_scheduler_decides_once_per_run_by_its_rows(catalog, micro_model, t
     def no_cluster(n_workers):
         raise AssertionError("a small run started worker processes")
 
-    monkeypatch.setattr(annotate.pipeline, "shared_cluster", recording)
+    monkeypatch.setattr(annotate.parallel, "shared_cluster", recording)
     monkeypatch.setattr(annotate.parallel, "_local_cluster", no_cluster)
     settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False)
     assert settings.scheduler == "auto"

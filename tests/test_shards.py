@@ -92,6 +92,38 @@ def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa
     assert capsys.readouterr().err.strip() == f"annotate: error: {tmp_path / 'missing.run'}: no such folder"
 
 
+def test_a_shard_with_a_process_of_its_own_reads_and_fits_on_the_runs_scheduler(catalog, micro_model, tmp_path,  # noqa: F811
+                                                                                 monkeypatch):
+    from dataclasses import replace
+
+    import annotate.parallel
+    from annotate.parallel import SlurmWorkers
+    from annotate.shards import shard_scheduler
+
+    assert shard_scheduler("auto", "slurm", None) == "auto"                # a SLURM job per shard
+    assert shard_scheduler("distributed", "local", 1) == "distributed"     # one array task's --shard
+    assert shard_scheduler("auto", "local", None) == "sync"    # shards are tasks on worker processes
+    assert shard_scheduler("distributed", "debug", None) == "sync"
+    assert shard_scheduler(SlurmWorkers(profile=None), "slurm", None) == "sync"
+    seen = []
+    real = annotate.parallel.shared_cluster
+
+    def recording(scheduler, n_workers=None):
+        seen.append((scheduler, n_workers))
+        return real(scheduler, n_workers)
+
+    monkeypatch.setattr(annotate.parallel, "shared_cluster", recording)
+    own = replace(_settings(catalog, tmp_path, micro_model, "own.fits", "distributed"), n_workers=2)
+    for index in range(3):  # as the array tasks of slurm/annotate-array.sbatch
+        run_sharded(own, 3, log=lambda m: None, only_shard=index)
+    merged = run_sharded(own, 3, log=lambda m: None)  # every shard done: merges only
+    assert seen == [("distributed", 2)] * 3
+    here = run_sharded(_settings(catalog, tmp_path, micro_model, "here.fits", "distributed"), 3, executor="debug",
+                       log=lambda m: None)
+    assert seen[3:] == [("sync", None)] * 3
+    assert _pred_bytes(merged.output) == _pred_bytes(here.output)
+
+
 def test_a_run_folder_belongs_to_one_plan(catalog, micro_model, tmp_path):  # noqa: F811
     settings = _settings(catalog, tmp_path, micro_model)
     run_sharded(settings, 3, log=lambda m: None)
