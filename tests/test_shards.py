@@ -93,7 +93,7 @@ def test_status_of_a_run_folder(catalog, micro_model, tmp_path, capsys):  # noqa
 
 
 def test_a_shard_with_a_process_of_its_own_reads_and_fits_on_the_runs_scheduler(catalog, micro_model, tmp_path,  # noqa: F811
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, capsys):
     from dataclasses import replace
 
     import annotate.parallel
@@ -118,9 +118,12 @@ def test_a_shard_with_a_process_of_its_own_reads_and_fits_on_the_runs_scheduler(
         run_sharded(own, 3, log=lambda m: None, only_shard=index)
     merged = run_sharded(own, 3, log=lambda m: None)  # every shard done: merges only
     assert seen == [("distributed", 2)] * 3
+    said = capsys.readouterr().out
+    assert all(f"shard-0000{i}: reading and fitting on 2 Dask worker processes" in said for i in range(3)), said
     here = run_sharded(_settings(catalog, tmp_path, micro_model, "here.fits", "distributed"), 3, executor="debug",
                        log=lambda m: None)
     assert seen[3:] == [("sync", None)] * 3
+    assert "worker processes" not in capsys.readouterr().out
     assert _pred_bytes(merged.output) == _pred_bytes(here.output)
 
 
