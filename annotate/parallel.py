@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 SCHEDULERS = ("auto", "distributed", "threads", "sync", "slurm")
 TASK_ROWS = 256             # rows per task of ingest, fit and render
 AUTO_IN_PROCESS_TASKS = 4   # 'auto': this many tasks or fewer run in this process (README, "Benchmarks")
+WORKER_BYTES = 768 * 2**20  # a worker process's room: the fit's bases and training stars and one task (peak ~0.5 GB)
+OWN_BYTES = 2**30           # the command's own process beside its workers: the model, predictions, write-back
 WINDOW_PER_WORKER = 2
 WORKERS_START_TIMEOUT_S = 600
 
@@ -82,17 +84,33 @@ def _wait_for_slurm_workers(client) -> None:
                             "(see squeue: are the jobs pending on the partition or resources of the profile?)") from None
 
 
-def resolve_scheduler(scheduler, n_tasks: int):
+def resolve_scheduler(scheduler, n_tasks: int, n_workers: int | None = None):
     """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for
     AUTO_IN_PROCESS_TASKS or fewer, where starting worker processes and their imports costs more
-    than the second core gives back; 'distributed' for more. Any other scheduler as given."""
+    than the second core gives back, and where fewer than two workers (`n_workers`, default
+    `process_workers()`) would run; 'distributed' otherwise. Any other scheduler as given."""
     if isinstance(scheduler, str) and scheduler == "auto":
-        return "sync" if n_tasks <= AUTO_IN_PROCESS_TASKS else "distributed"
+        if n_tasks <= AUTO_IN_PROCESS_TASKS or (n_workers or process_workers()) < 2:
+            return "sync"
+        return "distributed"
     return scheduler
 
 
 def default_workers() -> int:
+    """This process's cores (its CPU affinity: a SLURM job's allocation), at most 8."""
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
+def process_workers() -> int:
+    """Worker processes for a LocalCluster when --workers does not say: `default_workers()`, but
+    no more than fit in the memory this process may use (Dask's reading of it: the cgroup's limit,
+    RLIMIT_RSS — which SLURM sets from --mem — or the machine's) with OWN_BYTES left for this
+    process and WORKER_BYTES for each worker; at least 1. Dask splits that memory evenly between
+    the workers and stops a worker that outgrows its share: in a SLURM job of 1 GB, two workers
+    of 512 MB each were stopped in turn while fitting until the shard failed."""
+    from distributed.system import MEMORY_LIMIT
+
+    return max(1, min(default_workers(), int((MEMORY_LIMIT - OWN_BYTES) // WORKER_BYTES)))
 
 
 def _local_cluster(n_workers: int):
@@ -123,7 +141,7 @@ class SharedCluster:
     @property
     def address(self) -> str:
         if self._cluster is None:
-            self._cluster = _local_cluster(self.n_workers or default_workers())
+            self._cluster = _local_cluster(self.n_workers or process_workers())
         return self._cluster.scheduler_address
 
     def close(self) -> None:
@@ -167,7 +185,7 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if not items:
         return
-    scheduler = resolve_scheduler(scheduler, len(items))
+    scheduler = resolve_scheduler(scheduler, len(items), n_workers)
     if isinstance(address, SharedCluster):  # a single task runs here unless the cluster is up anyway
         address = address.address if len(items) > 1 or address.started else None
     if scheduler == "sync" or (len(items) == 1 and address is None and not on_slurm):
@@ -200,7 +218,7 @@ def _map_distributed(func: Callable, items: list, scheduler, n_workers: int | No
     if address is not None:
         client, cluster = Client(address), None
     else:
-        requested = min(n_workers or (1 if isinstance(scheduler, SlurmWorkers) else default_workers()), len(items))
+        requested = min(n_workers or (1 if isinstance(scheduler, SlurmWorkers) else process_workers()), len(items))
         cluster = slurm_cluster(scheduler.profile, requested, log_directory=scheduler.log_directory) \
             if isinstance(scheduler, SlurmWorkers) else _local_cluster(requested)
         client = Client(cluster)

@@ -71,11 +71,11 @@ def annotate_task_here(task: ShardTask, scheduler, n_workers: int | None = None,
     """`annotate_task` with `scheduler` decided once for the task's rows ('auto':
     parallel.resolve_scheduler) and, where that is 'distributed', one LocalCluster that its ingest
     and fit share, closed when it returns."""
-    from .parallel import TASK_ROWS, default_workers, resolve_scheduler, shared_cluster
+    from .parallel import TASK_ROWS, process_workers, resolve_scheduler, shared_cluster
 
-    scheduler = resolve_scheduler(scheduler, -(-(task.stop - task.start) // TASK_ROWS))
+    scheduler = resolve_scheduler(scheduler, -(-(task.stop - task.start) // TASK_ROWS), n_workers)
     if kwargs.get("log") is not None and scheduler == "distributed":
-        kwargs["log"](f"reading and fitting on {n_workers or default_workers()} Dask worker processes")
+        kwargs["log"](f"reading and fitting on {n_workers or process_workers()} Dask worker processes")
     with shared_cluster(scheduler, n_workers) as address:
         return annotate_task(task, scheduler=scheduler, n_workers=n_workers, address=address, **kwargs)
 

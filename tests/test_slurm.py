@@ -392,3 +392,30 @@ def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path, monkeyp
     logs = sorted(p.name for p in (tmp_path / "images.h5.dask-logs").iterdir())
     assert f"annotate-dask-{jobs[0]}.out" in logs, logs
     assert list(started_in.iterdir()) == []
+
+
+def test_a_large_shard_fits_on_the_jobs_cores_where_its_memory_allows(slurm_conf, micro_model, tmp_path):  # noqa: F811
+    """A shard of more than 1,024 rows in a SLURM job: with 4 GB for 2 CPUs it reads and fits on two
+    Dask worker processes; with 1 GB (Dask would give each worker 512 MB and stop it while it fits)
+    it stays in the job's own process. Both finish, with the same predictions to the bit."""
+    import numpy as np
+    from astropy.io import fits
+
+    from annotate.cli import main
+    from annotate.demo import make_sample
+
+    catalog = make_sample(tmp_path / "sample", 1100, seed=5)
+    outputs = {}
+    for mem_gb, cpus in ((1, 1), (4, 2)):
+        profile = tmp_path / f"profile-{mem_gb}.yaml"
+        profile.write_text(f"partition: debug\ncpus_per_task: {cpus}\nmem_gb: {mem_gb}\ntime_min: 5\n")
+        out = tmp_path / f"out-{mem_gb}.fits"
+        assert main(["run", "--catalog", str(catalog), "--shard-size", "1100", "--executor", "slurm", "--profile",
+                     str(profile), "--model", str(micro_model), "--out", str(out), "--no-progress"]) == 0
+        logs = "".join(p.read_text() for p in (tmp_path / f"out-{mem_gb}.fits.run" / "slurm").rglob("*_log.out"))
+        assert ("shard-00000: reading and fitting on 2 Dask worker processes" in logs) == (mem_gb == 4), logs[-3000:]
+        outputs[mem_gb] = fits.getdata(out, 1)
+    for name in outputs[1].columns.names:
+        if name.startswith("PRED_"):
+            a, b = outputs[1][name], outputs[4][name]
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
