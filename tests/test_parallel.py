@@ -79,3 +79,19 @@ def test_local_shards_under_auto_run_on_worker_processes(monkeypatch):
     LocalExecutor("auto").run(_square, [1, 2])  # two shards are two large tasks, not two small ones
     LocalExecutor("sync").run(_square, [1, 2])
     assert seen == ["distributed", "sync"]
+
+
+def test_worker_processes_fit_in_the_memory_the_process_may_use(monkeypatch):
+    import distributed.system
+
+    from annotate.parallel import OWN_BYTES, WORKER_BYTES, default_workers, process_workers, resolve_scheduler
+
+    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", OWN_BYTES + 2 * WORKER_BYTES)
+    assert process_workers() == min(2, default_workers())
+    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", 2**30)  # a SLURM job of --mem=1G
+    assert process_workers() == 1
+    assert resolve_scheduler("auto", 100) == "sync"  # one worker would only add its start
+    assert resolve_scheduler("auto", 100, n_workers=2) == "distributed"  # --workers says
+    assert resolve_scheduler("distributed", 100) == "distributed"
+    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", 2**40)
+    assert process_workers() == default_workers()
