@@ -175,3 +175,29 @@ def test_a_star_far_off_rest_is_found_once_moved_by_its_velocity():
     assert (rest_ivar[0, -40:] == 0).all()
     unmoved = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1)
     assert not np.array_equal(np.nan_to_num(unmoved, nan=-99), np.nan_to_num(labels[[25]], nan=-99))
+
+
+def test_templates_of_different_coverage_are_ranked_by_their_own_pixels():
+    """χ² per template is taken over the pixels it covers (sums shared by the templates of one
+    coverage pattern): the ranking equals a direct per-template computation."""
+    rng = np.random.default_rng(3)
+    n_pix, n_templates = 400, 12
+    templates = (1 + 0.2 * rng.normal(size=(n_templates, n_pix))).astype(np.float32)
+    usable = np.ones((n_templates, n_pix), bool)
+    usable[3:6, 300:] = False   # three patterns: full, red end missing, blue end missing
+    usable[6:9, :120] = False
+    templates[~usable] = 0.0
+    labels = np.column_stack([np.arange(n_templates) * 100.0 + 4000, np.zeros(n_templates), np.zeros(n_templates)])
+    valid, index = stellarbaseline._coverage_patterns(usable)
+    assert len(valid) == 3 and np.array_equal(valid[index].astype(bool), usable)
+    flux = 1 + 0.2 * rng.normal(size=(5, n_pix))
+    ivar = rng.uniform(0.5, 2.0, (5, n_pix))
+    ivar[:, 50:60] = 0.0
+    norm_flux, norm_ivar = stellarbaseline.normalise(flux, ivar)
+    direct = np.empty((5, n_templates))
+    for j in range(n_templates):
+        w = norm_ivar * usable[j]
+        ft, tt, ff = (w * norm_flux) @ templates[j], w @ templates[j] ** 2, (w * norm_flux**2).sum(1)
+        direct[:, j] = (ff - ft**2 / tt) / (w > 0).sum(1)
+    nearest = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1, max_shift=0)
+    np.testing.assert_array_equal(nearest[:, 0], labels[np.argmin(direct, axis=1), 0])

@@ -374,3 +374,16 @@ def test_candidates_far_behind_are_not_walked_and_the_choice_is_unchanged(bases,
         np.testing.assert_allclose(short[key], full[key], rtol=1e-9, err_msg=key)
     assert short["n_products"] < 0.9 * full["n_products"], (short["n_products"], full["n_products"])
     assert (short["fit_deltachi2"] >= full["fit_deltachi2"] - 1e-6 * np.abs(full["fit_deltachi2"])).all()
+
+
+def test_parabola_through_quarter_pixel_points_gives_vertex_width_and_minimum():
+    from annotate.fit.fitter import _parabola
+
+    u = np.arange(-3, 4) + 160  # quarter pixels around 40 whole pixels
+    chi2 = 2.5 * (u - 160.4) ** 2 + 812.0
+    centre, sigma, minimum = _parabola(u, chi2, 3)
+    assert centre == pytest.approx(160.4, abs=1e-9) and minimum == pytest.approx(812.0, abs=1e-9)
+    assert sigma == pytest.approx(1 / np.sqrt(2.5), rel=1e-9)
+    flat = _parabola(u, np.full(7, 5.0), 3)  # no curvature: the grid point and half the span
+    assert flat == (160.0, 3.5, 5.0)
+    assert _parabola(u, np.where(u == 161, np.nan, chi2), 3)[0] == 160.0  # an undefined point: the grid point
