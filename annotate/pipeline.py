@@ -1,9 +1,10 @@
 """`annotate run`: catalog -> spectra store -> predictions -> annotated catalog -> summary.
 
 Plain functions over a frozen `RunSettings`; the CLI and the demo are thin clients. A single run
-checks its outputs, takes their locks and runs one task of every row (`task.annotate_task`) on a
-Dask cluster that ingest and fit share, then writes the annotated catalog; the checks, locks,
-flags and write-back here are also those of a sharded run (`shards.py`, `merge.py`).
+checks its outputs, takes their locks and runs one task of every row (`task.annotate_task_here`:
+in this process, or on a Dask cluster that ingest and fit share), then writes the annotated
+catalog; the checks, locks, flags and write-back here are also those of a sharded run
+(`shards.py`, `merge.py`).
 """
 
 from __future__ import annotations

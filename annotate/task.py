@@ -1,9 +1,10 @@
 """One task of `annotate run`: rows [start, stop) of a catalog -> spectra store -> ViT -> fit.
 
 `annotate_task` is the only ingest -> predict -> fit code. A single run is one task of all its
-rows (`ShardTask.whole`), run in the calling process on the run's shared Dask cluster and written
-straight to the annotated catalog; a sharded run plans one task per shard (`shards.py`), runs
-them where its executor says, each writing its shard file, and merges them.
+rows (`ShardTask.whole`), run by the calling process (`annotate_task_here`: its ingest and fit in
+that process or on one Dask cluster they share, as the run's scheduler says) and written straight
+to the annotated catalog; a sharded run plans one task per shard (`shards.py`), runs them where
+its executor says, each writing its shard file, and merges them.
 """
 
 from __future__ import annotations
