@@ -1,5 +1,6 @@
-"""Run independent tasks with Dask: a distributed LocalCluster by default, Dask workers started as
-SLURM jobs (dask-jobqueue), or in-process.
+"""Run independent tasks with Dask: 'auto' (the commands' default: in this process for a few tasks,
+a distributed LocalCluster for more), a LocalCluster, Dask workers started as SLURM jobs
+(dask-jobqueue), dask's threads, or in-process.
 
 Tasks receive plain data (file names, row ranges, settings dicts), never open files or models.
 This is the only module that imports dask.
