@@ -64,7 +64,7 @@ def test_auto_scheduler_decides_once_per_run_by_its_rows(catalog, micro_model, t
     assert run(settings).n_predicted == N - 2  # 8 rows: in this process
     monkeypatch.setattr(annotate.parallel, "AUTO_IN_PROCESS_TASKS", 0)  # as if the catalog were large
     run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False,
-                    out=tmp_path / "large.fits", store=tmp_path / "large.h5"))
+                    out=tmp_path / "large.fits", store=tmp_path / "large.h5", n_workers=2))
     assert chosen == ["sync", "distributed"]
 
 
