@@ -4,6 +4,7 @@ slurm/testcluster/up.sh (started by .ci/run) and are skipped, with the reason, w
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -413,7 +414,9 @@ def test_a_large_shard_fits_on_the_jobs_cores_where_its_memory_allows(slurm_conf
         assert main(["run", "--catalog", str(catalog), "--shard-size", "1100", "--executor", "slurm", "--profile",
                      str(profile), "--model", str(micro_model), "--out", str(out), "--no-progress"]) == 0
         logs = "".join(p.read_text() for p in (tmp_path / f"out-{mem_gb}.fits.run" / "slurm").rglob("*_log.out"))
-        assert ("shard-00000: reading and fitting on 2 Dask worker processes" in logs) == (mem_gb == 4), logs[-3000:]
+        # 2 workers here (2 cores); as many as the node's cores allow, up to 4 in 4 GB, elsewhere
+        on_workers = re.search(r"shard-00000: reading and fitting on [2-4] Dask worker processes", logs)
+        assert bool(on_workers) == (mem_gb == 4), logs[-3000:]
         outputs[mem_gb] = fits.getdata(out, 1)
     for name in outputs[1].columns.names:
         if name.startswith("PRED_"):
