@@ -145,7 +145,9 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_execution(parser: argparse.ArgumentParser, work: str = "reading spectra and fitting them") -> None:
-    parser.add_argument("--scheduler", default="auto", choices=("auto", "distributed", "threads", "sync", "slurm"),
+    from .parallel import SCHEDULERS
+
+    parser.add_argument("--scheduler", default="auto", choices=SCHEDULERS,
                         help=f"Dask scheduler for {work} (default: auto, in this process for up to "
                         "1,024 spectra and on a local distributed cluster above; slurm: --workers Dask "
                         "workers started as SLURM jobs of --profile)")

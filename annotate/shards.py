@@ -144,8 +144,10 @@ def shard_scheduler(scheduler, executor: str, only_shard: int | None) -> str:
     given. 'sync' where the shards are themselves tasks on worker processes ('local': they cannot
     start processes of their own) or run one after another to be followed ('debug'), and for
     `--scheduler slurm`, whose Dask worker jobs are a single run's."""
+    from .parallel import SCHEDULERS
+
     own_process = only_shard is not None or executor == "slurm"
-    if own_process and isinstance(scheduler, str) and scheduler in ("auto", "distributed", "threads", "sync"):
+    if own_process and isinstance(scheduler, str) and scheduler in SCHEDULERS and scheduler != "slurm":
         return scheduler
     return "sync"
 
