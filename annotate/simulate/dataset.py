@@ -71,7 +71,8 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
     realism: the recipe's `realism:` (`Realism.from_dict`); None is the plain simulator.
     n_robustness_spectra > 0 (with realism) adds 'robustness': {'matched': ..., 'harder': ...},
     the same new objects (all classes, stars from the held-out ones) with the training's realism
-    and with every effect `harder_strength` times stronger.
+    and with every effect `harder_strength` times stronger than the training's strongest
+    (`Realism.top`: its `strength_max` where it has a range).
     held_out_seed: the seed that picks the held-out stars (default `seed`), so that a run on new
     objects (another `seed`) can keep the stars an earlier run held out.
     low_z_fraction, star_blend_fraction, class_fractions: `SimulationSettings.low_z_fraction`,
@@ -96,7 +97,7 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
         star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))
         data["held_out_stars"] = simulate(n_held_out_spectra, grid, seed + 1, held, star_only, workers)
     if n_robustness_spectra and effects is not None:
-        harder = replace(settings, realism=replace(effects, strength=effects.strength * harder_strength))
+        harder = replace(settings, realism=replace(effects, strength=effects.top * harder_strength, strength_max=None))
         data["robustness"] = {"matched": simulate(n_robustness_spectra, grid, seed + 2, held, settings, workers),
                               "harder": simulate(n_robustness_spectra, grid, seed + 2, held, harder, workers)}
     data["held_out_star_names"] = lib.star_name[held]

@@ -1,7 +1,9 @@
 """Effects of real observations that the templates do not carry, for the simulator.
 
 `Realism` switches them on in `draw_sample` (`SimulationSettings.realism`); every amplitude is
-scaled by `strength` (1: the training set; above 1: a harder set for robustness tests). Its random
+scaled by `strength` (1: the training set; above 1: a harder set for robustness tests), or, with
+`strength_max`, by a strength drawn for each object uniformly between the two, so that one
+training set holds clean and strongly affected spectra alike. Its random
 draws come from their own stream, so a sample with and without them holds the same objects at the
 same redshifts and S/N.
 
@@ -64,6 +66,7 @@ class Realism:
     """Ranges of the effects (see the module docstring); all amplitudes times `strength`."""
 
     strength: float = 1.0
+    strength_max: float | None = None      # each object's strength uniform in [strength, strength_max]
     calibration_rms: tuple = (0.02, 0.2)   # log-uniform RMS of the multiplicative calibration error
     sky_to_object: tuple = (0.01, 3.0)     # log-uniform sky continuum at 7000 Å / object median flux
     sky_line_scale: tuple = (8.0, 80.0)    # log-uniform flux of a line of intensity 1 / sky continuum per Å, × Å
@@ -89,6 +92,21 @@ class Realism:
     def __post_init__(self):
         if not np.isfinite(self.strength) or self.strength < 0:
             raise ConfigError(f"realism strength must be >= 0, got {self.strength}")
+        if self.strength_max is not None and not (np.isfinite(self.strength_max) and self.strength_max >= self.strength):
+            raise ConfigError(f"realism strength_max must be a number >= strength ({self.strength:g}), "
+                              f"got {self.strength_max}")
+
+    @property
+    def top(self) -> float:
+        """The strongest strength any object gets."""
+        return self.strength if self.strength_max is None else self.strength_max
+
+    def strengths(self, n: int, seed: int) -> np.ndarray | None:
+        """n objects' strengths for a sample drawn with `seed` (from a stream of their own, so the
+        other draws are those of a fixed strength), or None where the strength is fixed."""
+        if self.strength_max is None:
+            return None
+        return np.random.default_rng([seed, 0x57E4]).uniform(self.strength, self.strength_max, n)
 
     @classmethod
     def from_dict(cls, spec: dict | float | None) -> "Realism | None":

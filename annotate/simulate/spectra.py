@@ -14,7 +14,7 @@ Lyman-alpha forest mean optical depth: τ_eff(z) = 0.0018 (1 + z)^3.92, Faucher-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -327,8 +327,13 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
         "snr": loguniform(rng, *settings.snr, n), "flux_level": loguniform(rng, *settings.flux_level, n),
         "template": np.empty(n, dtype=object),
     }
+    strengths = realism.strengths(n, seed) if realism is not None else None
+    base = settings
     for i, cls in enumerate(classes):
         name = CLASS_NAMES[cls]
+        if strengths is not None:   # this object's strength: the settings' realism at it
+            realism = replace(base.realism, strength=float(strengths[i]), strength_max=None)
+            settings = replace(base, realism=realism)
         if name == "STAR":
             index = int(rng.choice(star_indices))
             blend = None

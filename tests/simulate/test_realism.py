@@ -115,6 +115,41 @@ def test_robustness_sets_hold_the_same_new_objects_with_stronger_effects():
     assert len(data["train_star_indices"]) + len(held) == load_library().n_star
 
 
+def test_a_strength_range_draws_each_objects_strength_and_keeps_the_objects():
+    lib = load_library()
+    ranged = Realism(strength=0.5, strength_max=2.0)
+    strengths = ranged.strengths(200, 9)
+    assert strengths.min() >= 0.5 and strengths.max() <= 2.0 and strengths.std() > 0.3
+    np.testing.assert_array_equal(strengths, ranged.strengths(200, 9))    # seeded
+    assert Realism(strength=1.0).strengths(5, 9) is None and ranged.top == 2.0 and Realism(1.3).top == 1.3
+    sample = draw_sample(12, lib, GRID, seed=9, settings=SimulationSettings(realism=ranged))
+    first = ranged.strengths(12, 9)[0]
+    fixed = draw_sample(12, lib, GRID, seed=9, settings=SimulationSettings(realism=Realism(strength=first)))
+    np.testing.assert_array_equal(sample["z"], fixed["z"])
+    np.testing.assert_array_equal(sample["class"], fixed["class"])
+    # the first object is drawn from the same streams as in a sample at its own strength
+    np.testing.assert_array_equal(sample["flux"][0], fixed["flux"][0])
+    assert not np.array_equal(sample["flux"][1:], fixed["flux"][1:])
+    # a range of one value is that fixed strength, to the bit
+    one = draw_sample(12, lib, GRID, seed=9, settings=SimulationSettings(realism=Realism(1.0, strength_max=1.0)))
+    plain = draw_sample(12, lib, GRID, seed=9, settings=SimulationSettings(realism=Realism(1.0)))
+    for key in ("flux", "ivar", "mask"):
+        np.testing.assert_array_equal(one[key], plain[key])
+    with pytest.raises(ConfigError, match="strength_max must be a number >= strength"):
+        Realism.from_dict({"strength": 1.0, "strength_max": 0.5})
+
+
+def test_the_harder_robustness_set_is_stronger_than_the_strongest_training_object():
+    from annotate.simulate.dataset import simulate_training_set
+
+    ranged = simulate_training_set(20, GRID, seed=0, workers=1, realism={"strength": 0.5, "strength_max": 1.0},
+                                   n_robustness_spectra=15, harder_strength=2.0)
+    fixed = simulate_training_set(20, GRID, seed=0, workers=1, realism={"strength": 1.0},
+                                  n_robustness_spectra=15, harder_strength=2.0)
+    np.testing.assert_array_equal(ranged["robustness"]["harder"]["flux"], fixed["robustness"]["harder"]["flux"])
+    assert not np.array_equal(ranged["robustness"]["matched"]["flux"], fixed["robustness"]["matched"]["flux"])
+
+
 def test_a_new_seed_draws_new_objects_and_keeps_the_held_out_stars_of_held_out_seed():
     from annotate.simulate.dataset import held_out_star_indices, simulate_training_set
 
