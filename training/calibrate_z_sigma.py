@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     check_sample = draw_sample(args.n_check, lib, card.grid, seed=args.seed + 1, settings=settings, star_indices=held)
     fitted, checked = peaks(model, card, fit_sample), peaks(model, card, check_sample)
     scale = calibrate_sigma(fitted["error"], fitted["peak"], fitted["cls"])
-    print(f"realism strength {realism.strength if realism else 0:g}; sigma_scale ({', '.join(CLASS_NAMES)}): {list(scale)} "
+    strength = "0" if realism is None else f"{realism.strength:g}" + (f"–{realism.top:g}" if realism.strength_max else "")
+    print(f"realism strength {strength}; sigma_scale ({', '.join(CLASS_NAMES)}): {list(scale)} "
           f"(the {ONE_SIGMA:.2%} quantile of |Δz| / σ_peak on {args.n} new objects, seed {args.seed})")
     factor = np.asarray(scale)
     coverage(checked, checked["sigma"], f"check ({args.n_check} new objects, held-out stars, seed {args.seed + 1}), σ as the card stands:")
