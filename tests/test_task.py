@@ -67,3 +67,17 @@ def test_single_and_sharded_runs_take_a_survey_by_its_yaml_path(catalog, micro_m
     with fits.open(single.output) as x, fits.open(sharded.output) as y:
         assert x[1].header["ANNSURV"] == y[1].header["ANNSURV"] == "my_sdss"
         assert list(x[1].data["PRED_FLAGS"]) == list(y[1].data["PRED_FLAGS"])
+
+
+def test_a_task_pickled_before_it_had_a_scheduler_runs_its_shard_in_process():
+    """A SLURM job queued by an older annotate holds a pickled ShardTask without `scheduler` and
+    `n_workers`; unpickled now it must run as it would have then (in the shard's own process)."""
+    import pickle
+
+    task = ShardTask("shard-00001", 10, 20, "cat.fits", "sdss_dr18", "/data", "spectromer-tiny", "s.h5",
+                     scheduler="auto", n_workers=3)
+    old = {key: value for key, value in task.__dict__.items() if key not in ("scheduler", "n_workers")}
+    object.__setattr__(task, "__dict__", old)
+    restored = pickle.loads(pickle.dumps(task))
+    assert (restored.scheduler, restored.n_workers) == ("sync", None)
+    assert (restored.name, restored.start, restored.stop) == ("shard-00001", 10, 20)
