@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     check_sample = draw_sample(args.n_check, lib, card.grid, seed=args.seed + 1, settings=settings, star_indices=held)
     fitted, checked = peaks(model, card, fit_sample), peaks(model, card, check_sample)
     scale = calibrate_sigma(fitted["error"], fitted["peak"], fitted["cls"])
-    strength = "0" if realism is None else f"{realism.strength:g}" + (f"–{realism.top:g}" if realism.strength_max else "")
+    strength = "0" if realism is None else f"{realism.strength:g}" + (f"–{realism.top:g}" if realism.strength_max is not None else "")
     print(f"realism strength {strength}; sigma_scale ({', '.join(CLASS_NAMES)}): {list(scale)} "
           f"(the {ONE_SIGMA:.2%} quantile of |Δz| / σ_peak on {args.n} new objects, seed {args.seed})")
     factor = np.asarray(scale)

@@ -37,6 +37,7 @@ for the rest. Mercury lines (4358, 5461 Å) are street-light lines present at mo
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -90,6 +91,10 @@ class Realism:
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
 
     def __post_init__(self):
+        for key in ("strength", "strength_max"):
+            value = getattr(self, key)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)) and not (key == "strength_max" and value is None):
+                raise ConfigError(f"realism {key} must be a number, got {value!r}")
         if not np.isfinite(self.strength) or self.strength < 0:
             raise ConfigError(f"realism strength must be >= 0, got {self.strength}")
         if self.strength_max is not None and not (np.isfinite(self.strength_max) and self.strength_max >= self.strength):

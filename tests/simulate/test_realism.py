@@ -137,6 +137,8 @@ def test_a_strength_range_draws_each_objects_strength_and_keeps_the_objects():
         np.testing.assert_array_equal(one[key], plain[key])
     with pytest.raises(ConfigError, match="strength_max must be a number >= strength"):
         Realism.from_dict({"strength": 1.0, "strength_max": 0.5})
+    with pytest.raises(ConfigError, match="realism strength_max must be a number, got '2'"):
+        Realism.from_dict({"strength": 1.0, "strength_max": "2"})
 
 
 def test_the_harder_robustness_set_is_stronger_than_the_strongest_training_object():
