@@ -91,9 +91,10 @@ class Realism:
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
 
     def __post_init__(self):
-        for key in ("strength", "strength_max"):
-            value = getattr(self, key)
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)) and not (key == "strength_max" and value is None):
+        checked = {"strength": self.strength} if self.strength_max is None else \
+            {"strength": self.strength, "strength_max": self.strength_max}
+        for key, value in checked.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"realism {key} must be a number, got {value!r}")
         if not np.isfinite(self.strength) or self.strength < 0:
             raise ConfigError(f"realism strength must be >= 0, got {self.strength}")
