@@ -47,6 +47,11 @@ class Fitter:
         # the coarse scan only finds candidates: the leading PCA vectors (and any line
         # templates) suffice there; refinement uses the whole basis
         self.coarse_bases = {b.name: b.leading(settings.coarse_pca) for b in self.bases.bases}
+        self.sky_pixels = sky_line_pixels(grid, settings.sky_halfwidth) if settings.sky_window > 0 else None
+
+    def arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`scan.spectrum_arrays` with the weights at bright sky lines of the settings."""
+        return spectrum_arrays(flux, ivar, mask, self.settings.sky_window, self.settings.sky_grow, self.sky_pixels)
 
     def classes_to_scan(self, prob: np.ndarray | None) -> list[str]:
         if prob is None or not self.settings.prior or not np.isfinite(prob).all():
@@ -58,11 +63,11 @@ class Fitter:
     def fit(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, vit: dict | None = None) -> list[list[Candidate]]:
         """Candidates per spectrum (refined, unsorted) for (B, n_pix) flux, ivar, mask; `vit`
         holds the ViT's 'prob' (B, 3), 'z' and 'z_err' (B,) when the prior is used."""
-        f, w, _ = spectrum_arrays(flux, ivar, mask)
+        f, w, _ = self.arrays(flux, ivar, mask)
         return self.fit_arrays(f, w, vit)
 
     def fit_arrays(self, f: np.ndarray, w: np.ndarray, vit: dict | None = None) -> list[list[Candidate]]:
-        """`fit` for spectra already made into (f, w) by `spectrum_arrays`."""
+        """`fit` for spectra already made into (f, w) by `arrays`."""
         n_spec = len(f)
         prob = vit["prob"] if vit is not None else None
         scan_classes = [self.classes_to_scan(None if prob is None else prob[i]) for i in range(n_spec)]
@@ -298,6 +303,20 @@ class Fitter:
         chi2 = fb @ (wb * fb) - chi2_reduction_upper(terms, vector, 1 + n_p)
         best = chosen[int(np.argmin(chi2))]
         return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
+
+
+def sky_line_pixels(grid, halfwidth: int) -> np.ndarray:
+    """(n_pix,) bool: the store's pixels within `halfwidth` of a bright night-sky line (the lines
+    of `simulate.realism.SKY_LINES`: Osterbrock et al. 1996, 1997, in vacuum), where
+    `scan.sky_line_weights` may lower the weights."""
+    from ..grid import air_to_vacuum
+    from ..simulate.realism import SKY_LINES
+
+    near = np.zeros(grid.n_pix, bool)
+    for air, _ in SKY_LINES:
+        centre = int(round((np.log10(air_to_vacuum(np.float64(air))) - grid.loglam_start) / grid.loglam_step))
+        near[max(centre - halfwidth, 0):max(centre + halfwidth + 1, 0)] = True
+    return near
 
 
 def _whole_arrays(points: dict):

@@ -138,15 +138,87 @@ def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10
     return total
 
 
-def spectrum_arrays(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | None = None) -> np.ndarray:
+    """Weights (B, n) with the pixels of bright sky lines down-weighted, from the weights alone.
+
+    A survey's inverse variance includes the sky's photon noise, so a night-sky line shows as a
+    narrow rise of the variance above its local level. What the sky subtraction leaves there (a
+    fraction of the line's flux, and a P Cygni-like term where the sky model's wavelengths are off
+    by a fraction of a pixel) grows with the line's flux, its photon noise only with the square
+    root of it: at a bright line the residual is many σ whatever the fraction, and a template fit
+    explains it with an emission line ([O I] 5577 Å taken for [O III] 5007 Å at z = 0.114, or for
+    [O II] 3727 Å at z = 0.496). Each pixel's weight is divided by the square of its variance over
+    the running median of the variance over `window` pixels (where it is above it), the ratio
+    first spread over `grow` pixels (the line's wings, where the wavelength error leaves its
+    residual): the weight then falls faster than the residual rises. Smooth changes of the noise
+    (throughput, the sky's continuum) follow the local level and keep their weights; an object's
+    own line raises the variance too where the object's photons dominate the noise (a bright
+    galaxy's [O II], [O III] and Hα, a quasar's broad lines) and is then a sky line's twin in the
+    weights alone; `near` ((n,) bool), the pixels close to the known sky lines, confines the rule to
+    them, so an object's line is lowered only where it falls on a sky line. window 0: `w` itself."""
+    if window <= 0:
+        return w
+    from scipy.ndimage import maximum_filter1d
+
+    valid = w > 0
+    if not valid.any():
+        return w
+    n = w.shape[-1]
+    index = np.arange(n)
+    # each unusable pixel takes the variance of the nearest usable one before it (after it at the start)
+    last = np.maximum.accumulate(np.where(valid, index, -1), axis=-1)
+    first = np.minimum.accumulate(np.where(valid, index, n)[..., ::-1], axis=-1)[..., ::-1]
+    source = np.where(last >= 0, last, np.minimum(first, n - 1))
+    with np.errstate(divide="ignore"):
+        variance = np.take_along_axis(np.where(valid, 1.0 / np.where(valid, w, 1.0), 0.0), source, axis=-1)
+    local = _block_median_level(variance, window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(valid & (local > 0), variance / local, 1.0)
+    ratio = np.maximum(ratio, 1.0)
+    if grow > 1:
+        ratio = maximum_filter1d(ratio, size=grow, axis=-1, mode="nearest")
+    if near is not None:
+        ratio = np.where(near, ratio, 1.0)
+    return np.where(valid, w / ratio**2, 0.0)
+
+
+def _block_median_level(values: np.ndarray, window: int) -> np.ndarray:
+    """(B, n): the median of each of n // window blocks of equal length (to a pixel),
+    interpolated linearly between the blocks' centres (constant beyond the outer ones). A
+    running median gives much the same at many times the cost."""
+    n = values.shape[-1]
+    n_blocks = max(n // window, 1)
+    edges = np.linspace(0, n, n_blocks + 1).astype(int)
+    medians = _equal_block_medians(values, edges)
+    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    index = np.arange(n)
+    return np.stack([np.interp(index, centres, row) for row in medians])
+
+
+def _equal_block_medians(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Block medians where blocks differ in length by at most one pixel: the blocks of the
+    shorter length in one reshape, the longer ones in another."""
+    lengths = np.diff(edges)
+    out = np.empty((values.shape[0], len(lengths)))
+    for length in np.unique(lengths):
+        which = np.flatnonzero(lengths == length)
+        starts = edges[which]
+        take = values[:, starts[:, None] + np.arange(length)]  # (B, blocks, length)
+        out[:, which] = np.median(take, axis=-1)
+    return out
+
+
+def spectrum_arrays(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, sky_window: int = 0,
+                    sky_grow: int = 1, sky_near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(f, w, scale): flux and weights (B, n) float64 with unusable pixels at weight 0, each
     spectrum divided by its median |flux| over usable pixels (`scale`, (B,)), which leaves χ²
-    unchanged and keeps the sums well scaled."""
+    unchanged and keeps the sums well scaled. `sky_window`, `sky_grow`, `sky_near`:
+    `sky_line_weights` (window 0: the inverse variance as it is)."""
     flux = np.asarray(flux, np.float64)
     ivar = np.asarray(ivar, np.float64)
     good = ~np.asarray(mask, bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
     f = np.where(good, flux, 0.0)
-    w = np.where(good, ivar, 0.0)
+    w = sky_line_weights(np.where(good, ivar, 0.0), sky_window, sky_grow, sky_near)
     masked = np.where(good, np.abs(f), np.nan)
     with np.errstate(all="ignore"):
         scale = np.nanmedian(np.where(np.isfinite(masked).any(axis=1, keepdims=True), masked, 1.0), axis=1)

@@ -34,7 +34,11 @@ class FitSettings:
     stellar_k: training stars whose mean labels are a fitted star's Teff, log g and [Fe/H]
     (annotate.fit.stellar; 0: none, the ViT's stand), and whose labels' spread its σ is made
     from; stellar_mix: the nearest training stars whose best non-negative mixture gives the
-    labels instead (0: the mean of the stellar_k stands)."""
+    labels instead (0: the mean of the stellar_k stands); sky_window, sky_grow: the weights of
+    pixels whose variance rises above its running median over sky_window pixels (bright sky
+    lines) are divided by the square of that excess, spread over sky_grow pixels, within
+    sky_halfwidth pixels of a known night-sky line (`scan.sky_line_weights`; sky_window 0: the
+    inverse variance as given)."""
 
     bin_galaxy: int = 3
     bin_qso: int = 6
@@ -58,6 +62,9 @@ class FitSettings:
     calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
     stellar_k: int = 5
     stellar_mix: int = 15    # chosen on the training stars in 4 folds (README, "The template fit")
+    sky_window: int = 51     # scan.sky_line_weights: running median of the variance (0: the ivar as given)
+    sky_grow: int = 5        # ... its excess spread over this many pixels (a line's wings)
+    sky_halfwidth: int = 8   # ... only within this many pixels of a known night-sky line
 
     def bin_for(self, spectype: str) -> int:
         return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
@@ -68,7 +75,8 @@ class FitSettings:
                 f"cand={self.n_candidates} walk<{self.walk_margin:g} prior={'on' if self.prior else 'off'} skip<{self.skip_below:g} "
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else "")
                 + (f" stars=knn{self.stellar_k}" if self.stellar_k > 0 else "")
-                + (f"+mix{self.stellar_mix}" if self.stellar_k > 0 and self.stellar_mix > 0 else ""))
+                + (f"+mix{self.stellar_mix}" if self.stellar_k > 0 and self.stellar_mix > 0 else "")
+                + (f" sky={self.sky_window}/{self.sky_grow}/{self.sky_halfwidth}" if self.sky_window > 0 else ""))
 
 
 @dataclass

@@ -13,7 +13,6 @@ from ..parallel import TASK_ROWS
 from ..stellarbaseline import LABELS as STELLAR_KEYS  # teff, logg, feh: the order of the labels' columns
 from .decide import choose
 from .fitter import Fitter, FitSettings
-from .scan import spectrum_arrays
 from .stellar import stellar_labels
 
 FIT_KEYS = ("fit_class", "fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2", "fit_spectype", "fit_flags",
@@ -36,7 +35,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     out = empty_fit(n)
     if n == 0:
         return out
-    f, w, _ = spectrum_arrays(flux, ivar, mask)
+    f, w, _ = fitter.arrays(flux, ivar, mask)
     candidates = fitter.fit_arrays(f, w, vit)
     star_shifts = {}
     for i in range(n):
