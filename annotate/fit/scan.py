@@ -148,7 +148,8 @@ def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | N
     root of it: at a bright line the residual is many σ whatever the fraction, and a template fit
     explains it with an emission line ([O I] 5577 Å taken for [O III] 5007 Å at z = 0.114, or for
     [O II] 3727 Å at z = 0.496). Each pixel's weight is divided by the square of its variance over
-    the running median of the variance over `window` pixels (where it is above it), the ratio
+    the local level of the variance (where it is above it; `_block_median_level` over blocks of
+    `window` pixels), the ratio
     first spread over `grow` pixels (the line's wings, where the wavelength error leaves its
     residual): the weight then falls faster than the residual rises. Smooth changes of the noise
     (throughput, the sky's continuum) follow the local level and keep their weights; an object's

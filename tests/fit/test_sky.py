@@ -20,7 +20,7 @@ def _ivar_with_a_sky_line(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_a_sky_lines_pixels_lose_the_square_of_their_variance_excess_and_the_rest_keep_theirs():
-    ivar, variance = _ivar_with_a_sky_line()
+    ivar, _ = _ivar_with_a_sky_line()
     w = sky_line_weights(ivar[None], window=51, grow=5)[0]
     near = np.zeros(len(ivar), bool)
     near[292:311] = True        # the known line's pixels, ±9
