@@ -149,7 +149,8 @@ class Fitter:
     def _refine_candidates(self, found: list, f: np.ndarray, w: np.ndarray) -> list[Candidate]:
         """Refine the coarse candidates within `refine_margin` of the lowest (at most
         `max_refine`, the ViT's among them); the others keep their coarse χ², offset by the best
-        one's change on refinement, so that Δχ² to them is still defined."""
+        one's change on refinement, so that Δχ² to them is still defined, and are refined after all
+        where that estimate would be the lowest χ²."""
         if not found:
             return []
         found = sorted(found, key=lambda item: item[0])
@@ -199,14 +200,37 @@ class Fitter:
             refined.append(cand)
         if not refined:
             return []
-        for chi2, basis, shift, at_edge, _ in rest:
+        unrefined = {}
+        for item in rest:
+            chi2, basis, shift, at_edge, _ = item
             same = [c for c in refined if c.spectype == basis.spectype]
             if not same or any(abs(shift - c.shift) < 2 * self.settings.bin_for(basis.spectype) for c in same):
                 continue
             top = min(same, key=lambda c: c.chi2)  # offset by the class's own change on refinement
-            refined.append(Candidate(basis.spectype, basis.subtype, float(shift_to_z(shift, basis.step)), np.nan,
-                                     float(chi2 + top.chi2 - top.coarse_chi2), np.nan, bool(at_edge), "coarse", shift,
-                                     chi2))
+            cand = Candidate(basis.spectype, basis.subtype, float(shift_to_z(shift, basis.step)), np.nan,
+                             float(chi2 + top.chi2 - top.coarse_chi2), np.nan, bool(at_edge), "coarse", shift, chi2)
+            refined.append(cand)
+            unrefined[id(cand)] = item
+        # an estimate is never the answer: the offset is the best candidate's change on refinement,
+        # which can be far larger than another's (5 Legendre terms at the right z take up much of
+        # a strong calibration error), so while the lowest χ² is an unrefined candidate's, refine it
+        while unrefined:
+            lowest = min(refined, key=lambda c: c.chi2)
+            if lowest.source != "coarse":
+                break
+            refined.remove(lowest)
+            coarse_chi2, basis, shift, at_edge, source = unrefined.pop(id(lowest))
+            if basis.name not in products:
+                products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
+            points = self._whole_pixels(products[basis.name], shift, 0)
+            self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype) + 1, points)
+            whole = _whole_arrays(points)
+            if whole is None:
+                continue
+            cand = self._finish(products[basis.name], *whole, sub_pixel=True)
+            cand.at_edge = cand.at_edge or at_edge
+            cand.source, cand.coarse_chi2 = source, coarse_chi2
+            refined.append(cand)
         return refined
 
     def _vit_window(self, z: float, z_err: float) -> tuple[float, float]:
