@@ -218,7 +218,7 @@ class Fitter:
             lowest = min(refined, key=lambda c: c.chi2)
             if lowest.source != "coarse":
                 break
-            refined.remove(lowest)
+            refined = [c for c in refined if c is not lowest]  # by identity: Candidates compare by value
             coarse_chi2, basis, shift, at_edge, source = unrefined.pop(id(lowest))
             if basis.name not in products:
                 products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
