@@ -22,6 +22,7 @@ from .bases import OVERSAMPLE, Basis
 
 FFT_MIN_LAGS = 64  # fewer lags than this: correlate directly
 FFT_THREADS = 1    # parallelism comes from the tasks (annotate.parallel), not inside one
+SKY_CHUNK = 32     # rows of sky_line_weights at a time
 
 
 class Backend:
@@ -159,6 +160,9 @@ def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | N
     them, so an object's line is lowered only where it falls on a sky line. window 0: `w` itself."""
     if window <= 0:
         return w
+    if len(w) > SKY_CHUNK:  # a few rows at a time: the temporaries are several copies of the rows
+        return np.concatenate([sky_line_weights(w[a:a + SKY_CHUNK], window, grow, near)
+                               for a in range(0, len(w), SKY_CHUNK)])
     from scipy.ndimage import maximum_filter1d
 
     valid = w > 0

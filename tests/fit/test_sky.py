@@ -130,3 +130,18 @@ def test_stars_under_bright_sky_residuals_stay_stars():
     assert wrong.sum() == 2 and np.allclose(plain["fit_z"][wrong], 0.114, atol=0.002), plain["fit_z"][wrong]
     assert list(weighted["fit_class"]) == ["STAR"] * 12
     assert np.abs(weighted["fit_z"] - sample["z"]).max() * SPEED_OF_LIGHT_KMS < 50.0
+
+
+def test_rows_are_weighted_alike_in_chunks_and_alone(monkeypatch):
+    """Each row's weights depend on that row alone: a batch weighted a few rows at a time equals
+    each row weighted by itself."""
+    import annotate.fit.scan as scan
+
+    rng = np.random.default_rng(4)
+    ivar, _ = _ivar_with_a_sky_line()
+    rows = ivar[None] * rng.uniform(0.5, 2.0, (7, 1))
+    rows[3, 100:140] = 0.0
+    monkeypatch.setattr(scan, "SKY_CHUNK", 3)
+    batch = scan.sky_line_weights(rows, 51, 5)
+    alone = np.stack([scan.sky_line_weights(row[None], 51, 5)[0] for row in rows])
+    assert np.array_equal(batch, alone)
