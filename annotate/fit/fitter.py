@@ -222,12 +222,9 @@ class Fitter:
             coarse_chi2, basis, shift, at_edge, source = unrefined.pop(id(lowest))
             if basis.name not in products:
                 products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
-            points = self._whole_pixels(products[basis.name], shift, 0)
-            self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype) + 1, points)
-            whole = _whole_arrays(points)
-            if whole is None:
+            cand = self._refined(products[basis.name], shift, self.settings.bin_for(basis.spectype))
+            if cand is None:
                 continue
-            cand = self._finish(products[basis.name], *whole, sub_pixel=True)
             cand.at_edge = cand.at_edge or at_edge
             cand.source, cand.coarse_chi2 = source, coarse_chi2
             refined.append(cand)
@@ -244,7 +241,11 @@ class Fitter:
         """The full-resolution minimum near `shift` (pixels): whole pixels downhill from it (at
         most ±factor + 1), then quarter pixels within ±3/4 pixel of the best, a parabola through
         the five around the lowest."""
-        products = ShiftProducts(basis, prepare_spectrum(f, w, self.poly), self.grid.loglam_start, self.backend)
+        return self._refined(ShiftProducts(basis, prepare_spectrum(f, w, self.poly), self.grid.loglam_start, self.backend),
+                             shift, factor)
+
+    def _refined(self, products: ShiftProducts, shift: float, factor: int) -> Candidate | None:
+        """`refine` with the spectrum's products against the basis already made."""
         whole = _whole_arrays(self._whole_pixels(products, shift, factor + 1))
         return None if whole is None else self._finish(products, *whole, sub_pixel=True)
 
@@ -333,12 +334,10 @@ def sky_line_pixels(grid, halfwidth: int) -> np.ndarray:
     """(n_pix,) bool: the store's pixels within `halfwidth` of a bright night-sky line (the lines
     of `simulate.realism.SKY_LINES`: Osterbrock et al. 1996, 1997, in vacuum), where
     `scan.sky_line_weights` may lower the weights."""
-    from ..grid import air_to_vacuum
-    from ..simulate.realism import SKY_LINES
+    from ..simulate.realism import sky_line_centres
 
     near = np.zeros(grid.n_pix, bool)
-    for air, _ in SKY_LINES:
-        centre = int(round((np.log10(air_to_vacuum(np.float64(air))) - grid.loglam_start) / grid.loglam_step))
+    for centre in np.rint(sky_line_centres(grid)).astype(int):
         near[max(centre - halfwidth, 0):max(centre + halfwidth + 1, 0)] = True
     return near
 

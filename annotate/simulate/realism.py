@@ -181,6 +181,12 @@ def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator, burst_pro
     return weights
 
 
+def sky_line_centres(grid: WavelengthGrid) -> np.ndarray:
+    """(len(SKY_LINES),) the fractional pixel of `grid` at each line's vacuum wavelength."""
+    vacuum = air_to_vacuum(np.array([air for air, _ in SKY_LINES], dtype=np.float64))
+    return (np.log10(vacuum) - grid.loglam_start) / grid.loglam_step
+
+
 @lru_cache(maxsize=8)
 def sky_model(grid: WavelengthGrid, resolution_sigma_kms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(continuum, lines, d lines / d pixel) on `grid` for a sky continuum of 1 per Å at 7000 Å: a
@@ -192,8 +198,7 @@ def sky_model(grid: WavelengthGrid, resolution_sigma_kms: float) -> tuple[np.nda
     pixel = np.arange(grid.n_pix, dtype=float)
     lines = np.zeros(grid.n_pix)
     sigma_pix = resolution_sigma_kms / (SPEED_OF_LIGHT_KMS * np.log(10.0) * grid.loglam_step)
-    for air, intensity in SKY_LINES:
-        centre = (np.log10(air_to_vacuum(np.float64(air))) - grid.loglam_start) / grid.loglam_step
+    for (air, intensity), centre in zip(SKY_LINES, sky_line_centres(grid)):
         if -5 * sigma_pix < centre < grid.n_pix + 5 * sigma_pix:
             sigma_aa = air * resolution_sigma_kms / SPEED_OF_LIGHT_KMS
             profile = np.exp(-0.5 * ((pixel - centre) / sigma_pix) ** 2) / (np.sqrt(2 * np.pi) * sigma_aa)
