@@ -167,8 +167,8 @@ def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
     """Evaluation only, as the README's model section reports it: the ViT alone on the real DR18
     spectra of NGC 3522 (an early-type galaxy, z 0.0040) and NGC 3073 (a dwarf galaxy the SDSS
     pipeline calls an A0 star, z 0.0038). Both shipped models class NGC 3522 GALAXY (measured P
-    0.99 for the default, 0.85 for spectromer-medium: README); the default also classes NGC 3073
-    GALAXY (0.99) and puts both within the Ross et al. 1,000 km/s of the SDSS z (440 and 480 km/s)."""
+    1.00 for the default, 0.85 for spectromer-medium: README); the default also classes NGC 3073
+    GALAXY (1.00) and puts both within the Ross et al. 1,000 km/s of the SDSS z (295 and 193 km/s)."""
     import torch
 
     from annotate.grid import WavelengthGrid
