@@ -31,7 +31,7 @@ def test_shipped_model_loads_offline():
     # binned z head (a 512-unit MLP onto 768 bins, 0.46 M)
     assert model.z_kind == "bins" and card.z_head["n_bins"] == 768
     assert 1.2e6 < sum(p.numel() for p in model.parameters()) < 1.3e6
-    # its last stage trained with each object's realism effects drawn between 0.6 and 2 times the
+    # its last stage trained with each object's realism effects drawn between 1 and 2 times the
     # first stages' (training/README.md)
     assert card.training["recipe"]["data"]["simulate"]["realism"] == {"strength": 1.0, "strength_max": 2.0}
     size = sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir())
