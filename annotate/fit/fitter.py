@@ -161,6 +161,12 @@ class Fitter:
         staged = []  # (item, products, {whole-pixel shift: χ²})
         spectrum = prepare_spectrum(f, w, self.poly)
         products: dict = {}  # one per basis: its whole-pixel products serve every candidate of it
+
+        def products_for(basis: Basis) -> ShiftProducts:
+            if basis.name not in products:
+                products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
+            return products[basis.name]
+
         for item in found:
             chi2, basis, shift, at_edge, source = item
             first_of_class = all(it[1].spectype != basis.spectype for it, *_ in staged)
@@ -168,13 +174,11 @@ class Fitter:
             # is always refined, the others when close to it
             if first_of_class or source == "vit" or (
                     len(staged) < self.settings.max_refine and chi2 - class_best[basis.spectype] <= self.settings.refine_margin):
-                if basis.name not in products:
-                    products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
-                points = self._whole_pixels(products[basis.name], shift, 0)
+                points = self._whole_pixels(products_for(basis), shift, 0)
                 if not any(np.isfinite(value) for value in points.values()):  # walk on before giving up
-                    self._whole_pixels(products[basis.name], shift, self.settings.bin_for(basis.spectype) + 1, points)
+                    self._whole_pixels(products_for(basis), shift, self.settings.bin_for(basis.spectype) + 1, points)
                 if any(np.isfinite(value) for value in points.values()):
-                    staged.append((item, products[basis.name], points))
+                    staged.append((item, products_for(basis), points))
                     continue
             rest.append(item)
         # the walk downhill, for the candidates within walk_margin of the best after three whole
@@ -220,9 +224,7 @@ class Fitter:
                 break
             refined = [c for c in refined if c is not lowest]  # by identity: Candidates compare by value
             coarse_chi2, basis, shift, at_edge, source = unrefined.pop(id(lowest))
-            if basis.name not in products:
-                products[basis.name] = ShiftProducts(basis, spectrum, self.grid.loglam_start, self.backend)
-            cand = self._refined(products[basis.name], shift, self.settings.bin_for(basis.spectype))
+            cand = self._refined(products_for(basis), shift, self.settings.bin_for(basis.spectype))
             if cand is None:
                 continue
             cand.at_edge = cand.at_edge or at_edge
