@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from annotate.errors import ConfigError
-from annotate.render import RenderSettings, colormap_lut, render, render_2dmap, to_model_input
+from annotate.render import RenderSettings, colormap_lut, model_input, render, render_2dmap, to_model_input
 
 
 def test_capacity_of_default_settings_holds_the_store_grid():
@@ -64,6 +64,30 @@ def test_model_input_normalisation():
     tensor = to_model_input(images)
     assert tuple(tensor.shape) == (2, 3, 224, 224)
     assert float(tensor[0].min()) == -1.0 and float(tensor[1].max()) == 1.0
+
+
+@pytest.mark.parametrize("settings", [RenderSettings(), RenderSettings(image_size=64, block_size=2, colormap="magma"),
+                                      RenderSettings(image_size=100, block_size=3, normalise="none")])
+def test_model_input_is_the_rendered_image_converted_to_the_bit(settings):
+    """The 2D Map made straight in the model's layout equals render + to_model_input exactly
+    (the same float32 operations on the same colours), masks, non-finite flux, the blocks past
+    the spectrum and the unfilled border included; other encodings go through render."""
+    rng = np.random.default_rng(5)
+    n_pix = min(settings.capacity - 7, 4000)
+    flux = rng.normal(1.0, 0.8, (5, n_pix)).astype(np.float32)
+    flux[1, 10:40] = np.nan
+    flux[2, 5] = np.inf
+    mask = rng.random((5, n_pix)) < 0.05
+    for mean, std in ((0.5, 0.5), (0.485, 0.229)):
+        expected = to_model_input(render(flux, mask, settings), mean, std)
+        got = model_input(flux, mask, settings, mean, std)
+        assert got.dtype == expected.dtype and tuple(got.shape) == tuple(expected.shape)
+        assert got.is_contiguous()
+        assert bool((got == expected).all())
+    line = RenderSettings(encoding="simple", image_size=64)
+    flux_line = rng.normal(1.0, 0.2, (2, 256)).astype(np.float32)
+    mask_line = np.zeros((2, 256), bool)
+    assert bool((model_input(flux_line, mask_line, line) == to_model_input(render(flux_line, mask_line, line))).all())
 
 
 def test_unknown_encoding_lists_valid_ones():

@@ -24,7 +24,7 @@ from ..checkpoint import LabelNorm
 from ..errors import CatalogError, ConfigError
 from ..grid import WavelengthGrid
 from ..model import STELLAR_LABELS
-from ..render import RenderSettings, render, to_model_input
+from ..render import RenderSettings, model_input, to_model_input
 
 LABELS = ("class", "z", "teff", "logg", "feh")
 CATALOG_KEYS = {"catalog", "survey", "spectra_root", "store", "stellar_catalog", "object_column", "ingest_workers"}
@@ -251,10 +251,10 @@ class RenderedBatches(torch.utils.data.Dataset):
     def __getitem__(self, indices):
         indices = np.sort(np.asarray(indices))
         if self.data.get("images_path"):
-            images = self._stored_images(indices)
+            pixels = to_model_input(self._stored_images(indices), self.mean, self.std)
         else:
-            images = render(self.data["flux"][indices], self.data["mask"][indices], self.settings)
-        batch = {"pixels": to_model_input(images, self.mean, self.std)}
+            pixels = model_input(self.data["flux"][indices], self.data["mask"][indices], self.settings, self.mean, self.std)
+        batch = {"pixels": pixels}
         for key, values in self.targets.items():
             batch[key] = torch.from_numpy(values[indices])
         return batch

@@ -1,0 +1,120 @@
+"""The ViT's patch embedding of a 2D Map computed from its blocks rather than its pixels.
+
+A 2D Map is constant over each `block_size` × `block_size` block (and over the border the blocks
+do not fill), so the patch projection — a convolution whose kernel and stride are the patch size
+— sums, for each patch, each block's value times the sum of the kernel's weights over the block's
+pixels inside that patch. Those sums are a smaller kernel per patch (for the default 224 px map of
+3 px blocks and 32 px patches: 12 × 12 blocks instead of 32 × 32 pixels), made once from the
+convolution's weights in float64, so the embedding costs about a seventh of the convolution's
+arithmetic and the image itself is never made (`render.block_values` gives the blocks). The result
+is the convolution's up to float32 rounding: the sums are taken in another order.
+
+`forward_blocks` runs the backbone on such embeddings through its own forward: for the call, its
+patch embedding module is replaced by one that returns them, and the pixel input it is given is a
+zero-strided placeholder of the image's shape (no memory). Only ViT-style backbones whose patch
+projection is an unpadded convolution with stride equal to its kernel qualify (`supports_blocks`);
+other models render the image as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .render import RenderSettings
+
+
+def _projection(model) -> nn.Conv2d | None:
+    patches = getattr(getattr(getattr(model, "backbone", None), "embeddings", None), "patch_embeddings", None)
+    projection = getattr(patches, "projection", None)
+    return projection if isinstance(projection, nn.Conv2d) else None
+
+
+def supports_blocks(model, settings: RenderSettings) -> bool:
+    """Whether `forward_blocks` can run `model` on 2D Maps of `settings`."""
+    projection = _projection(model)
+    if settings.encoding != "2dmap" or projection is None:
+        return False
+    kernel, stride = tuple(projection.kernel_size), tuple(projection.stride)
+    return (kernel == stride and kernel[0] == kernel[1] and tuple(projection.padding) == (0, 0)
+            and tuple(projection.dilation) == (1, 1) and projection.groups == 1
+            and settings.image_size % kernel[0] == 0)
+
+
+class BlockPatchEmbedding(nn.Module):
+    """`projection` (a Conv2d, kernel = stride = p) applied to 2D Maps of `settings`, from their
+    block values (B, C, m + 1, m + 1) (`render.block_values`) to the patch tokens (B, N, D) that
+    `projection(image).flatten(2).transpose(1, 2)` gives."""
+
+    def __init__(self, projection: nn.Conv2d, settings: RenderSettings):
+        super().__init__()
+        p = projection.kernel_size[0]
+        b, size, m = settings.block_size, settings.image_size, settings.blocks_per_side
+        n = size // p
+        # block index of each pixel row (the border past m·b pixels is block m), per patch row
+        first = [(p * k) // b for k in range(n)]
+        width = max((p * k + p - 1) // b - first[k] + 1 for k in range(n))
+        local = np.zeros((n, width, p))             # [patch, local block, pixel in patch]: 1 where it lies in it
+        for k in range(n):
+            rows = np.minimum((p * k + np.arange(p)) // b, m)
+            local[k, rows - first[k], np.arange(p)] = 1.0
+        weight = projection.weight.detach().double().cpu().numpy()    # (D, C, p, p)
+        # per patch (P, Q): Σ over the pixels of each block of the weights there, (N, C·w·w, D)
+        kernels = np.einsum("Pai,dcij,Qbj->PQcabd", local, weight, local, optimize=True)
+        self.register_buffer("kernels", torch.from_numpy(
+            kernels.reshape(n * n, -1, weight.shape[0])).to(projection.weight.dtype), persistent=False)
+        self.register_buffer("bias", (projection.bias.detach().clone() if projection.bias is not None
+                                      else torch.zeros(weight.shape[0])), persistent=False)
+        index = torch.as_tensor(first)[:, None] + torch.arange(width)[None, :]     # (n, w)
+        self.register_buffer("index", index, persistent=False)
+        self.pad = max(0, int(index.max()) + 1 - (m + 1))   # windows past the last block read zeros
+        self.n, self.width = n, width
+
+    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            blocks = nn.functional.pad(blocks, (0, self.pad, 0, self.pad))
+        rows, cols = self.index[:, None, :, None], self.index[None, :, None, :]
+        windows = blocks[:, :, rows, cols]                              # (B, C, n, n, w, w)
+        batch = len(blocks)
+        windows = windows.permute(2, 3, 0, 1, 4, 5).reshape(self.n * self.n, batch, -1)   # (N, B, C·w·w)
+        tokens = torch.bmm(windows, self.kernels)                       # (N, B, D)
+        return tokens.transpose(0, 1) + self.bias
+
+
+class _GivenTokens(nn.Module):
+    """Stands in for a backbone's patch embedding for one call: returns `tokens` whatever it is given."""
+
+    def __init__(self, tokens: torch.Tensor, projection: nn.Conv2d):
+        super().__init__()
+        self.tokens, self.projection = tokens, projection
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.tokens
+
+
+def block_embedding(model, settings: RenderSettings) -> BlockPatchEmbedding:
+    """The model's `BlockPatchEmbedding` for `settings`, made on first use and kept on the model
+    (its weights are read then: a model being trained must not use it)."""
+    projection = _projection(model)
+    cache = model.__dict__.setdefault("_block_embeddings", {})
+    key = (settings, projection.weight.data_ptr(), projection.weight._version, str(projection.weight.device))
+    if key not in cache:
+        cache.clear()
+        cache[key] = BlockPatchEmbedding(projection, settings).to(projection.weight.device)
+    return cache[key]
+
+
+def forward_blocks(model, blocks: torch.Tensor, settings: RenderSettings) -> dict:
+    """`model(pixels)` for the 2D Maps whose `render.block_values` are `blocks`: the same outputs up
+    to float32 rounding (see the module's docstring)."""
+    tokens = block_embedding(model, settings)(blocks)
+    embeddings = model.backbone.embeddings
+    original = embeddings.patch_embeddings
+    size = settings.image_size
+    placeholder = tokens.new_zeros(()).expand(len(tokens), blocks.shape[1], size, size)
+    embeddings.patch_embeddings = _GivenTokens(tokens, original.projection)
+    try:
+        return model(placeholder)
+    finally:
+        embeddings.patch_embeddings = original

@@ -1,0 +1,75 @@
+"""The ViT's patch embedding of a 2D Map from its blocks (annotate.blockpatch) against the
+convolution over the rendered image."""
+
+import numpy as np
+import pytest
+import torch
+
+from annotate.blockpatch import block_embedding, forward_blocks, supports_blocks
+from annotate.model import build_model
+from annotate.render import RenderSettings, block_values, model_input
+
+# float32 sums of the same products in another order: the tokens agree to a few 1e-6 of their scale
+TOKEN_RTOL = 2e-5
+
+
+def _spectra(n_pix: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    flux = rng.normal(1.0, 0.7, (6, n_pix)).astype(np.float32)
+    flux[0, 100:160] = np.nan
+    mask = rng.random((6, n_pix)) < 0.04
+    return flux, mask
+
+
+@pytest.mark.parametrize("backbone, settings", [
+    ("vit-micro", RenderSettings()),                                     # 32 px patches on 3 px blocks
+    ("vit-tiny", RenderSettings()),                                      # 16 px patches
+    ("vit-micro", RenderSettings(image_size=96, block_size=2, colormap="magma")),
+    ("vit-micro", RenderSettings(image_size=128, block_size=4, normalise="none")),  # no border
+])
+def test_block_tokens_are_the_convolution_of_the_rendered_image(backbone, settings):
+    torch.manual_seed(0)
+    model = build_model(backbone, image_size=settings.image_size, pretrained=False).eval()
+    assert supports_blocks(model, settings)
+    flux, mask = _spectra(min(settings.capacity - 5, 4000))
+    projection = model.backbone.embeddings.patch_embeddings.projection
+    with torch.no_grad():
+        expected = projection(model_input(flux, mask, settings)).flatten(2).transpose(1, 2)
+        got = block_embedding(model, settings)(block_values(flux, mask, settings))
+        assert got.shape == expected.shape
+        scale = float(expected.abs().max())
+        assert float((got - expected).abs().max()) <= TOKEN_RTOL * scale
+        # and the whole model: every output within float32 rounding of the image path
+        image_out = model(model_input(flux, mask, settings))
+        block_out = forward_blocks(model, block_values(flux, mask, settings), settings)
+    for key in ("class_logits", "z_mean", "z_log_sigma", "stellar"):
+        np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_backbone_keeps_its_own_patch_embedding_and_weights():
+    settings = RenderSettings()
+    torch.manual_seed(1)
+    model = build_model("vit-micro", pretrained=False).eval()
+    patches = model.backbone.embeddings.patch_embeddings
+    keys = set(model.state_dict())
+    flux, mask = _spectra(4000)
+    with torch.no_grad():
+        forward_blocks(model, block_values(flux, mask, settings), settings)
+    assert model.backbone.embeddings.patch_embeddings is patches
+    assert set(model.state_dict()) == keys
+    # the kernels follow the weights: changed in place, the next call uses the new ones
+    with torch.no_grad():
+        patches.projection.weight.mul_(2.0)
+        patches.projection.bias.zero_()
+        expected = patches.projection(model_input(flux, mask, settings)).flatten(2).transpose(1, 2)
+        got = block_embedding(model, settings)(block_values(flux, mask, settings))
+    assert float((got - expected).abs().max()) <= TOKEN_RTOL * float(expected.abs().max())
+
+
+def test_only_2d_maps_on_stride_equals_kernel_projections_qualify():
+    model = build_model("vit-micro", pretrained=False)
+    assert not supports_blocks(model, RenderSettings(encoding="simple"))
+    assert not supports_blocks(model, RenderSettings(image_size=200))   # 200 px is no whole number of 32 px patches
+    model.backbone.embeddings.patch_embeddings.projection = torch.nn.Conv2d(3, 32, 32, stride=16)
+    assert not supports_blocks(model, RenderSettings())
+    assert not supports_blocks(torch.nn.Linear(3, 3), RenderSettings())
