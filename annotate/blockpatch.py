@@ -66,19 +66,19 @@ class BlockPatchEmbedding(nn.Module):
             kernels.reshape(n * n, -1, weight.shape[0])).to(projection.weight.dtype), persistent=False)
         self.register_buffer("bias", (projection.bias.detach().clone() if projection.bias is not None
                                       else torch.zeros(weight.shape[0])), persistent=False)
-        index = torch.as_tensor(first)[:, None] + torch.arange(width)[None, :]     # (n, w)
-        self.register_buffer("index", index, persistent=False)
-        self.pad = max(0, int(index.max()) + 1 - (m + 1))   # windows past the last block read zeros
-        self.n, self.width = n, width
+        # each patch's window as flat indices into one map's (C, m + 1, m + 1) values; a window
+        # slot past the last block holds no pixel (its kernel weight is 0) and reads the last one
+        side = m + 1
+        index = np.minimum(np.array(first)[:, None] + np.arange(width)[None, :], m)      # (n, w)
+        flat = (np.arange(weight.shape[1])[None, None, :, None, None] * side * side
+                + index[:, None, None, :, None] * side + index[None, :, None, None, :])  # (n, n, C, w, w)
+        self.register_buffer("flat", torch.from_numpy(flat.reshape(n * n, -1)), persistent=False)
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        if self.pad:
-            blocks = nn.functional.pad(blocks, (0, self.pad, 0, self.pad))
-        rows, cols = self.index[:, None, :, None], self.index[None, :, None, :]
-        windows = blocks[:, :, rows, cols]                              # (B, C, n, n, w, w)
-        batch = len(blocks)
-        windows = windows.permute(2, 3, 0, 1, 4, 5).reshape(self.n * self.n, batch, -1)   # (N, B, C·w·w)
-        tokens = torch.bmm(windows, self.kernels)                       # (N, B, D)
+        """blocks: (B, C, m + 1, m + 1), finite (colours, as `render.block_values` gives them: a
+        slot of weight 0 then adds exactly 0)."""
+        windows = blocks.reshape(len(blocks), -1).T[self.flat]            # (N, C·w·w, B)
+        tokens = torch.bmm(windows.transpose(1, 2), self.kernels)       # (N, B, D)
         return tokens.transpose(0, 1) + self.bias
 
 

@@ -206,7 +206,11 @@ def block_values(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings, m
     index = np.full((batch, m + 1, m + 1), 256, np.uint16)
     index[:, :m, :m] = blocks.reshape(batch, m, m)
     table = _input_lut(settings.colormap, float(mean), float(std))   # (3, 257)
-    return torch.from_numpy(np.ascontiguousarray(table[:, index].transpose(1, 0, 2, 3)))
+    index = index.astype(np.intp)
+    out = np.empty((batch, 3, m + 1, m + 1), np.float32)
+    for channel in range(3):
+        out[:, channel] = table[channel][index]
+    return torch.from_numpy(out)
 
 
 @lru_cache(maxsize=8)
