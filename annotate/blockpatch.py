@@ -12,8 +12,8 @@ is the convolution's up to float32 rounding: the sums are taken in another order
 `forward_blocks` runs the backbone on such embeddings through its own forward: for the call, its
 patch embedding module is replaced by one that returns them, and the pixel input it is given is a
 zero-strided placeholder of the image's shape (no memory). Only ViT-style backbones whose patch
-projection is an unpadded convolution with stride equal to its kernel qualify (`supports_blocks`);
-other models render the image as before.
+projection is an unpadded convolution with stride equal to its kernel qualify (`supports_blocks`:
+ViT, DINO and DINOv2 do); other models render the image as before.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def forward_blocks(model, blocks: torch.Tensor, settings: RenderSettings) -> dic
     embeddings = model.backbone.embeddings
     original = embeddings.patch_embeddings
     size = settings.image_size
-    placeholder = tokens.new_zeros(()).expand(len(tokens), blocks.shape[1], size, size)
+    weight = original.projection.weight   # the dtype the backbone casts its input to: no copy made
+    placeholder = torch.zeros((), dtype=weight.dtype, device=weight.device).expand(len(tokens), blocks.shape[1], size, size)
     embeddings.patch_embeddings = _GivenTokens(tokens, original.projection)
     try:
         return model(placeholder)

@@ -46,6 +46,26 @@ def test_block_tokens_are_the_convolution_of_the_rendered_image(backbone, settin
         np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_dinov2_backbone_gets_the_same_tokens_and_outputs():
+    """DINOv2 interpolates its position embeddings to the input's size: the placeholder has the image's."""
+    from transformers import Dinov2Config
+
+    from annotate.model import SpectromerModel
+
+    settings = RenderSettings()
+    torch.manual_seed(2)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          patch_size=14, image_size=224, num_channels=3)
+    model = SpectromerModel(config).eval()
+    assert supports_blocks(model, settings)
+    flux, mask = _spectra(4000)
+    with torch.no_grad():
+        image_out = model(model_input(flux, mask, settings))
+        block_out = forward_blocks(model, block_values(flux, mask, settings), settings)
+    for key in ("class_logits", "z_mean", "z_log_sigma", "stellar"):
+        np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_the_backbone_keeps_its_own_patch_embedding_and_weights():
     settings = RenderSettings()
     torch.manual_seed(1)
