@@ -170,15 +170,15 @@ def model_input(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings, me
     if settings.encoding != "2dmap":
         return to_model_input(render(flux, mask, settings), mean, std)
     blocks = block_values(flux, mask, settings, mean, std).numpy()
+    background = _input_lut(settings.colormap, float(mean), float(std))[:, 256]
     batch = len(blocks)
     m, b, size = settings.blocks_per_side, settings.block_size, settings.image_size
     out = np.empty((batch, 3, size, size), np.float32)
     filled = m * b
     for channel in range(3):
         plane = out[:, channel]
-        background = blocks[0, channel, m, m]
-        plane[:, filled:, :] = background   # the border the blocks do not fill
-        plane[:, :filled, filled:] = background
+        plane[:, filled:, :] = background[channel]   # the border the blocks do not fill
+        plane[:, :filled, filled:] = background[channel]
         rows = np.repeat(blocks[:, channel, :m, :m], b, axis=2)   # (B, m, m·b)
         view = plane[:, :filled, :filled]
         view.shape = (batch, m, b, filled)   # a view (raises rather than copy)
