@@ -18,6 +18,8 @@ ViT, DINO and DINOv2 do); other models render the image as before.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,44 +44,63 @@ def supports_blocks(model, settings: RenderSettings) -> bool:
             and settings.image_size % kernel[0] == 0)
 
 
+class BlockGeometry:
+    """Where the blocks of 2D Maps of `settings` fall in the patches of a `patch` px projection with
+    `channels` input channels: `local` (n, w, patch) float64, 1 where pixel row i of patch row k lies
+    in the patch's local block row a (the border past m·b pixels is block m), and `flat` (N, C·w·w),
+    each patch's window as flat indices into one map's (C, m + 1, m + 1) block values (n patches a
+    side, N = n², windows of w blocks a side; a window slot past the last block holds no pixel and
+    reads the last one: its weight is 0)."""
+
+    def __init__(self, settings: RenderSettings, patch: int, channels: int):
+        b, size, m = settings.block_size, settings.image_size, settings.blocks_per_side
+        n = size // patch
+        first = [(patch * k) // b for k in range(n)]
+        width = max((patch * k + patch - 1) // b - first[k] + 1 for k in range(n))
+        self.local = np.zeros((n, width, patch))
+        for k in range(n):
+            rows = np.minimum((patch * k + np.arange(patch)) // b, m)
+            self.local[k, rows - first[k], np.arange(patch)] = 1.0
+        side = m + 1
+        index = np.minimum(np.array(first)[:, None] + np.arange(width)[None, :], m)      # (n, w)
+        flat = (np.arange(channels)[None, None, :, None, None] * side * side
+                + index[:, None, None, :, None] * side + index[None, :, None, None, :])  # (n, n, C, w, w)
+        self.flat = torch.from_numpy(flat.reshape(n * n, -1))
+        self.n = n
+
+    def kernels(self, weight: torch.Tensor) -> torch.Tensor:
+        """(N, C·w·w, D): per patch, the weights (D, C, p, p) summed over each block's pixels in it;
+        differentiable in `weight` (for training)."""
+        local = torch.as_tensor(self.local, dtype=weight.dtype, device=weight.device)
+        kernels = torch.einsum("Pai,dcij,Qbj->PQcabd", local, weight, local)
+        return kernels.reshape(self.n * self.n, -1, weight.shape[0])
+
+    def tokens(self, blocks: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, D) patch tokens of blocks (B, C, m + 1, m + 1), which must be finite (colours, as
+        `render.block_values` gives them: a slot of weight 0 then adds exactly 0)."""
+        flat = self.flat.to(blocks.device)
+        windows = blocks.reshape(len(blocks), -1).T[flat]                  # (N, C·w·w, B)
+        tokens = torch.bmm(windows.transpose(1, 2), kernels).transpose(0, 1)   # (B, N, D)
+        return tokens if bias is None else tokens + bias
+
+
 class BlockPatchEmbedding(nn.Module):
     """`projection` (a Conv2d, kernel = stride = p) applied to 2D Maps of `settings`, from their
     block values (B, C, m + 1, m + 1) (`render.block_values`) to the patch tokens (B, N, D) that
-    `projection(image).flatten(2).transpose(1, 2)` gives."""
+    `projection(image).flatten(2).transpose(1, 2)` gives, with the per-patch kernels summed once in
+    float64 from the weights as they are now (for inference)."""
 
     def __init__(self, projection: nn.Conv2d, settings: RenderSettings):
         super().__init__()
-        p = projection.kernel_size[0]
-        b, size, m = settings.block_size, settings.image_size, settings.blocks_per_side
-        n = size // p
-        # block index of each pixel row (the border past m·b pixels is block m), per patch row
-        first = [(p * k) // b for k in range(n)]
-        width = max((p * k + p - 1) // b - first[k] + 1 for k in range(n))
-        local = np.zeros((n, width, p))             # [patch, local block, pixel in patch]: 1 where it lies in it
-        for k in range(n):
-            rows = np.minimum((p * k + np.arange(p)) // b, m)
-            local[k, rows - first[k], np.arange(p)] = 1.0
-        weight = projection.weight.detach().double().cpu().numpy()    # (D, C, p, p)
-        # per patch (P, Q): Σ over the pixels of each block of the weights there, (N, C·w·w, D)
-        kernels = np.einsum("Pai,dcij,Qbj->PQcabd", local, weight, local, optimize=True)
-        self.register_buffer("kernels", torch.from_numpy(
-            kernels.reshape(n * n, -1, weight.shape[0])).to(projection.weight.dtype), persistent=False)
-        self.register_buffer("bias", (projection.bias.detach().clone() if projection.bias is not None
-                                      else torch.zeros(weight.shape[0])), persistent=False)
-        # each patch's window as flat indices into one map's (C, m + 1, m + 1) values; a window
-        # slot past the last block holds no pixel (its kernel weight is 0) and reads the last one
-        side = m + 1
-        index = np.minimum(np.array(first)[:, None] + np.arange(width)[None, :], m)      # (n, w)
-        flat = (np.arange(weight.shape[1])[None, None, :, None, None] * side * side
-                + index[:, None, None, :, None] * side + index[None, :, None, None, :])  # (n, n, C, w, w)
-        self.register_buffer("flat", torch.from_numpy(flat.reshape(n * n, -1)), persistent=False)
+        weight = projection.weight.detach()
+        self.geometry = BlockGeometry(settings, projection.kernel_size[0], weight.shape[1])
+        kernels = self.geometry.kernels(weight.double().cpu())
+        self.register_buffer("kernels", kernels.to(weight.dtype), persistent=False)
+        self.register_buffer("bias", projection.bias.detach().clone() if projection.bias is not None
+                             else torch.zeros(weight.shape[0], dtype=weight.dtype), persistent=False)
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        """blocks: (B, C, m + 1, m + 1), finite (colours, as `render.block_values` gives them: a
-        slot of weight 0 then adds exactly 0)."""
-        windows = blocks.reshape(len(blocks), -1).T[self.flat]            # (N, C·w·w, B)
-        tokens = torch.bmm(windows.transpose(1, 2), self.kernels)       # (N, B, D)
-        return tokens.transpose(0, 1) + self.bias
+        return self.geometry.tokens(blocks, self.kernels, self.bias)
 
 
 class _GivenTokens(nn.Module):
@@ -105,10 +126,17 @@ def block_embedding(model, settings: RenderSettings) -> BlockPatchEmbedding:
     return cache[key]
 
 
-def forward_blocks(model, blocks: torch.Tensor, settings: RenderSettings) -> dict:
+def forward_blocks(model, blocks: torch.Tensor, settings: RenderSettings, trainable: bool = False) -> dict:
     """`model(pixels)` for the 2D Maps whose `render.block_values` are `blocks`: the same outputs up
-    to float32 rounding (see the module's docstring)."""
-    tokens = block_embedding(model, settings)(blocks)
+    to float32 rounding (see the module's docstring). `trainable`: the kernels are summed from the
+    projection's weights in this call, so gradients reach them (training); else the model's
+    `block_embedding` serves."""
+    if trainable:
+        projection = _projection(model)
+        geometry = _geometry(settings, projection.kernel_size[0], projection.weight.shape[1])
+        tokens = geometry.tokens(blocks, geometry.kernels(projection.weight), projection.bias)
+    else:
+        tokens = block_embedding(model, settings)(blocks)
     embeddings = model.backbone.embeddings
     original = embeddings.patch_embeddings
     size = settings.image_size
@@ -119,3 +147,17 @@ def forward_blocks(model, blocks: torch.Tensor, settings: RenderSettings) -> dic
         return model(placeholder)
     finally:
         embeddings.patch_embeddings = original
+
+
+@lru_cache(maxsize=8)
+def _geometry(settings: RenderSettings, patch: int, channels: int) -> BlockGeometry:
+    return BlockGeometry(settings, patch, channels)
+
+
+def model_outputs(model, batch: dict, settings: RenderSettings | None = None, forward=None) -> dict:
+    """The model's outputs for a training or evaluation batch: from its 'blocks' (2D Map block
+    values, `render.block_values`; `settings` are the map's), trainable while gradients are on, or
+    from its 'pixels' through `forward` (the model itself, or its DistributedDataParallel wrapper)."""
+    if "blocks" in batch:
+        return forward_blocks(model, batch["blocks"], settings, trainable=torch.is_grad_enabled())
+    return (forward or model)(batch["pixels"])

@@ -93,3 +93,48 @@ def test_only_2d_maps_on_stride_equals_kernel_projections_qualify():
     model.backbone.embeddings.patch_embeddings.projection = torch.nn.Conv2d(3, 32, 32, stride=16)
     assert not supports_blocks(model, RenderSettings())
     assert not supports_blocks(torch.nn.Linear(3, 3), RenderSettings())
+
+
+def test_training_through_the_blocks_gives_the_images_loss_and_gradients():
+    """The trainable path sums the kernels from the projection's weights in the step, so every
+    parameter, the projection's included, gets the gradient it gets through the image."""
+    settings = RenderSettings()
+    torch.manual_seed(3)
+    model = build_model("vit-micro", pretrained=False).train()
+    flux, mask = _spectra(4000)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def loss_and_grads(outputs):
+        model.zero_grad()
+        out = outputs()
+        loss = torch.nn.functional.cross_entropy(out["class_logits"], target) + out["stellar"].pow(2).mean() \
+            + out["z_log_sigma"].mean()
+        loss.backward()
+        return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    image_loss, image_grads = loss_and_grads(lambda: model(model_input(flux, mask, settings)))
+    block_loss, block_grads = loss_and_grads(
+        lambda: forward_blocks(model, block_values(flux, mask, settings), settings, trainable=True))
+    assert block_loss == pytest.approx(image_loss, rel=1e-5)
+    assert set(block_grads) == set(image_grads)
+    assert "backbone.embeddings.patch_embeddings.projection.weight" in block_grads
+    # each gradient to 0.1 % of its own scale; those that vanish in exact arithmetic (a key's bias
+    # under softmax) are float32 noise of ~1e-10 either way, compared to 1e-6 of the largest
+    largest = max(float(grad.abs().max()) for grad in image_grads.values())
+    for name, grad in image_grads.items():
+        tolerance = max(1e-3 * float(grad.abs().max()), 1e-6 * largest)
+        assert float((block_grads[name] - grad).abs().max()) <= tolerance, name
+
+
+def test_model_outputs_takes_blocks_or_pixels_as_the_batch_holds():
+    from annotate.blockpatch import model_outputs
+
+    settings = RenderSettings()
+    torch.manual_seed(4)
+    model = build_model("vit-micro", pretrained=False).eval()
+    flux, mask = _spectra(4000)
+    with torch.no_grad():
+        from_pixels = model_outputs(model, {"pixels": model_input(flux, mask, settings)})
+        from_blocks = model_outputs(model, {"blocks": block_values(flux, mask, settings)}, settings)
+    np.testing.assert_allclose(from_blocks["class_logits"].numpy(), from_pixels["class_logits"].numpy(),
+                               rtol=1e-4, atol=1e-5)

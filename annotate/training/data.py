@@ -24,7 +24,7 @@ from ..checkpoint import LabelNorm
 from ..errors import CatalogError, ConfigError
 from ..grid import WavelengthGrid
 from ..model import STELLAR_LABELS
-from ..render import RenderSettings, model_input, to_model_input
+from ..render import RenderSettings, block_values, model_input, to_model_input
 
 LABELS = ("class", "z", "teff", "logg", "feh")
 CATALOG_KEYS = {"catalog", "survey", "spectra_root", "store", "stellar_catalog", "object_column", "ingest_workers"}
@@ -229,10 +229,14 @@ def epoch_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int, worl
 
 class RenderedBatches(torch.utils.data.Dataset):
     """Map-style dataset indexed by a list of row indices: renders the whole batch at once, or
-    reads it from an image store when `data` names one (images_path, image_rows)."""
+    reads it from an image store when `data` names one (images_path, image_rows). With `blocks`
+    (2D Maps made from spectra only) a batch holds the maps' block values ('blocks',
+    `render.block_values`) for `blockpatch.model_outputs` instead of their pixels."""
 
-    def __init__(self, data: dict, targets: dict, settings: RenderSettings, mean: float, std: float):
+    def __init__(self, data: dict, targets: dict, settings: RenderSettings, mean: float, std: float,
+                 blocks: bool = False):
         self.data, self.targets, self.settings, self.mean, self.std = data, targets, settings, mean, std
+        self.blocks = bool(blocks) and not data.get("images_path")
         self._images = None  # h5py dataset, opened in the process that reads (DataLoader workers)
 
     def __len__(self):
@@ -251,10 +255,11 @@ class RenderedBatches(torch.utils.data.Dataset):
     def __getitem__(self, indices):
         indices = np.sort(np.asarray(indices))
         if self.data.get("images_path"):
-            pixels = to_model_input(self._stored_images(indices), self.mean, self.std)
+            batch = {"pixels": to_model_input(self._stored_images(indices), self.mean, self.std)}
         else:
-            pixels = model_input(self.data["flux"][indices], self.data["mask"][indices], self.settings, self.mean, self.std)
-        batch = {"pixels": pixels}
+            flux, mask = self.data["flux"][indices], self.data["mask"][indices]
+            batch = ({"blocks": block_values(flux, mask, self.settings, self.mean, self.std)} if self.blocks
+                     else {"pixels": model_input(flux, mask, self.settings, self.mean, self.std)})
         for key, values in self.targets.items():
             batch[key] = torch.from_numpy(values[indices])
         return batch

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..blockpatch import model_outputs, supports_blocks
 from ..checkpoint import ModelCard
 from ..grid import WavelengthGrid
 from ..render import RenderSettings
@@ -23,8 +24,9 @@ from .ranks import pick_device
 from .recipe import Recipe, TASKS
 
 
-def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
-    """Per-row targets and outputs over `loader`, in its order (normalised units) and the losses."""
+def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS, settings: RenderSettings | None = None) -> dict:
+    """Per-row targets and outputs over `loader`, in its order (normalised units) and the losses;
+    `settings`: the 2D Maps' where its batches hold block values (`blockpatch.model_outputs`)."""
     model.eval()
     rows = {k: [] for k in ("cls_true", "cls_pred", "z_true", "z_mask", "z_mu", "z_sigma", "stellar_true",
                             "stellar_pred", "stellar_mask", "loss")}
@@ -32,7 +34,7 @@ def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                out = model(batch["pixels"])
+                out = model_outputs(model, batch, settings)
             loss, _ = multitask_loss(out, batch, {}, tasks)
             rows["loss"].append(float(loss.detach()))
             rows["cls_true"].append(batch["class"].cpu().numpy())
@@ -48,11 +50,12 @@ def predict_rows(model, loader, device, autocast, tasks: tuple = TASKS) -> dict:
     return {k: np.concatenate(v) if k != "loss" else np.array(v) for k, v in rows.items()}
 
 
-def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS, rows: dict | None = None) -> dict:
+def evaluate(model, loader, norms: dict, device, autocast, tasks: tuple = TASKS, rows: dict | None = None,
+             settings: RenderSettings | None = None) -> dict:
     """Metrics in physical units over `loader` (or over `rows` from `predict_rows`): loss, and each
     task's own (`annotate.tasks`: accuracy / z R², NMAD, η, CRPS / Teff, logg, [Fe/H] R², with the
     number of labelled rows each used)."""
-    cat = predict_rows(model, loader, device, autocast, tasks) if rows is None else rows
+    cat = predict_rows(model, loader, device, autocast, tasks, settings) if rows is None else rows
     metrics = {"loss": float(cat["loss"].mean()), "n": int(len(cat["cls_true"]))}
     for name in tasks:
         metrics.update(REGISTRY[name].metrics(cat, norms))
@@ -73,7 +76,8 @@ def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms
     absent)."""
 
     def batches(part: dict, rows: np.ndarray):
-        dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std)
+        dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std,
+                                  blocks=supports_blocks(model, settings))
         indices = np.flatnonzero(rows)
         return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
 
@@ -81,16 +85,16 @@ def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms
         return batches(part, np.ones(len(part["flux"]), bool))
 
     tasks = tuple(recipe.tasks)
-    test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks) \
+    test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks, settings=settings) \
         if (split == "test").any() else {}
     extra = data.get("held_out_stars")
     held_out = {}
     if extra is not None:
-        rows = predict_rows(model, everything(extra), device, autocast, tasks)
+        rows = predict_rows(model, everything(extra), device, autocast, tasks, settings)
         held_out = evaluate(model, None, norms, device, autocast, tasks, rows=rows)
         if "stellar" in tasks and "train_star_indices" in data and "snr" in extra:
             held_out["stellar"] = stellar_comparison(rows, norms, extra, data["train_star_indices"], WavelengthGrid(**recipe.grid))
-    robustness = {name: evaluate(model, everything(part), norms, device, autocast, tasks)
+    robustness = {name: evaluate(model, everything(part), norms, device, autocast, tasks, settings=settings)
                   for name, part in data.get("robustness", {}).items()}
     return test, held_out, robustness
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import ModelCard, save_checkpoint
+from ..blockpatch import model_outputs, supports_blocks
 from ..errors import ConfigError
 from ..grid import WavelengthGrid
 from ..model import ZHead, build_model
@@ -232,6 +233,12 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
         state = load_state(resume_from, model, optimiser, schedule)
         log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
     forward = model
+    if isinstance(dataset, RenderedBatches):
+        # one process on the CPU: the 2D Maps as their blocks (annotate.blockpatch), the patch
+        # projection's kernels summed per block each step; under DistributedDataParallel, pixels
+        dataset.blocks = supports_blocks(model, settings) and ranks.world_size == 1 and not data.get("images_path")
+        if dataset.blocks:
+            log("2D Maps as their blocks (the patch projection summed per block)")
     if ranks.world_size > 1:
         device = ranks.device
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -289,7 +296,7 @@ def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
     for batch in run.loader(mine[state.batch:]):
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
         with run.autocast():
-            out = run.forward(batch["pixels"])
+            out = model_outputs(run.model, batch, run.settings, run.forward)
         loss, _ = multitask_loss(out, batch, recipe.loss_weights, recipe.tasks)
         run.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -321,7 +328,7 @@ def _end_epoch(run: _Run, epoch_start: float) -> None:
     recipe, state = run.recipe, run.state
     if run.ranks.main:
         val = evaluate(run.model, run.loader(run.val_batches), run.norms,
-                       run.device, run.autocast, recipe.tasks)
+                       run.device, run.autocast, recipe.tasks, settings=run.settings)
         record = {"epoch": state.epoch + 1, "step": state.step,
                   "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
                   **{f"val_{k}": v for k, v in val.items()}}
