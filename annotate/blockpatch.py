@@ -14,6 +14,11 @@ patch embedding module is replaced by one that returns them, and the pixel input
 zero-strided placeholder of the image's shape (no memory). Only ViT-style backbones whose patch
 projection is an unpadded convolution with stride equal to its kernel qualify (`supports_blocks`:
 ViT, DINO and DINOv2 do); other models render the image as before.
+
+Inference (`predict.predict_batch` on the host) sums the kernels once in float64 and keeps them on
+the model (`block_embedding`); training (`model_outputs` with gradients on, a single-process run
+rendering on the CPU) sums them from the projection's weights in every step, so the gradient
+reaches those weights as it would through the image.
 """
 
 from __future__ import annotations
@@ -115,8 +120,9 @@ class _GivenTokens(nn.Module):
 
 
 def block_embedding(model, settings: RenderSettings) -> BlockPatchEmbedding:
-    """The model's `BlockPatchEmbedding` for `settings`, made on first use and kept on the model
-    (its weights are read then: a model being trained must not use it)."""
+    """The model's `BlockPatchEmbedding` for `settings`, made on first use and kept on the model;
+    made again when the projection's weights have changed since (in place or replaced). Its kernels
+    carry no gradient: training takes `forward_blocks(..., trainable=True)`."""
     projection = _projection(model)
     cache = model.__dict__.setdefault("_block_embeddings", {})
     key = (settings, projection.weight.data_ptr(), projection.weight._version, str(projection.weight.device))
