@@ -43,7 +43,7 @@ def predict_batch(model: torch.nn.Module, card: ModelCard, flux: np.ndarray, mas
     render_on_device: render with the torch renderers on `device` (default: on a GPU), sending
     the spectra rather than the 50× larger images; the images are the same as numpy's. Rendered
     here, a 2D Map reaches a ViT backbone as its blocks, not its pixels (`annotate.blockpatch`:
-    the same outputs up to float32 rounding, the step about a third faster on the CPU).
+    the same outputs up to float32 rounding, the step about 40 % faster on the CPU).
     bf16: run the backbone under bfloat16 autocast (default: on GPUs with native bf16, see
     `precision`; attention is SDPA either way); the heads always run in float32."""
     on_gpu = torch.device(device).type == "cuda"

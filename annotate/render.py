@@ -163,8 +163,8 @@ def to_model_input(images: np.ndarray, mean: float = 0.5, std: float = 0.5):
 def model_input(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings, mean: float = 0.5, std: float = 0.5):
     """`to_model_input(render(flux, mask, settings), mean, std)`, the same values to the bit. A 2D
     Map is made straight in the model's layout, (B, 3, S, S) float32, from `block_values`: neither
-    the uint8 image nor its conversion to channels-first float is made (a third of the ViT step's
-    time on the CPU)."""
+    the uint8 image nor its conversion to channels-first float is made (together a third of the
+    ViT step's time on the CPU before)."""
     import torch
 
     if settings.encoding != "2dmap":
