@@ -94,8 +94,9 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
     already = int(done.sum())
     for index, images in map_unordered(render_rows, tasks, scheduler=scheduler, n_workers=n_workers):
         task = tasks[index]
-        with h5py.File(out, "r+") as h5:
-            h5["images"][task["start"]:task["stop"]] = images
+        with h5py.File(out, "r+") as h5:  # the images reach the file before they are marked done
+            h5["images"][task["start"]:task["stop"]] = images   # (as store.write_rows does)
+            h5.flush()
             h5["done"][task["start"]:task["stop"]] = True
         rendered += int((~done[task["start"]:task["stop"]]).sum())
         if progress is not None:

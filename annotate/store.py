@@ -202,13 +202,21 @@ def read_status(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
 
 def write_rows(path: str | Path, start: int, rows: dict) -> None:
-    """Write arrays for rows [start, start + len) (keys flux, ivar, mask, status, error)."""
+    """Write arrays for rows [start, start + len) (keys flux, ivar, mask, status, error).
+
+    The rows' data and errors are flushed to the file before their status is written: HDF5 writes
+    its cached chunks in no set order when a file is closed, so a process killed then (a preempted
+    SLURM job, a kill -9) could leave a row marked OK over data that never reached the file, and a
+    resumed run would predict on zeros. Killed at any point now, a row is either still PENDING (and
+    read again on resume) or OK with its data."""
     stop = start + len(rows["status"])
     with h5py.File(path, "r+") as h5:
-        for name in ("flux", "ivar", "mask", "status"):
+        for name in ("flux", "ivar", "mask"):
             h5[name][start:stop] = rows[name]
         if "error" in rows:
             h5["error"][start:stop] = np.array(rows["error"], dtype=object)
+        h5.flush()
+        h5["status"][start:stop] = rows["status"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -90,3 +90,43 @@ def test_render_command_writes_an_image_store(tmp_path, spectra_store, capsys):
     with h5py.File(out, "r") as h5:
         assert h5["images"].shape == (40, 224, 224, 3) and h5["done"][()].all()
         assert '"encoding": "overlap"' in h5.attrs["render"]
+
+
+_RENDER_DIES_AFTER_DONE = r"""
+import os, sys
+import h5py
+from annotate.images import render_store
+from annotate.render import RenderSettings
+
+setitem = h5py.Dataset.__setitem__
+
+def dies_once_done_is_on_disk(self, key, value):
+    setitem(self, key, value)
+    if self.name == "/done":
+        self.flush()      # the first task's rows are marked done in the file ...
+        os._exit(9)       # ... and the process dies there
+
+h5py.Dataset.__setitem__ = dies_once_done_is_on_disk
+render_store(sys.argv[1], sys.argv[2], RenderSettings(), scheduler="sync", rows_per_task=16)
+"""
+
+
+def test_rows_marked_done_have_their_images_even_when_the_renderer_dies_right_after(tmp_path, spectra_store):
+    """Killed while writing (a preempted job), the image store never marks rows done whose images
+    did not reach the file: a resumed render would skip them and training would read black images."""
+    import subprocess
+    import sys
+
+    path, sample = spectra_store
+    out = tmp_path / "images.h5"
+    done = subprocess.run([sys.executable, "-c", _RENDER_DIES_AFTER_DONE, str(path), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr
+    with h5py.File(out, "r") as h5:
+        marked = h5["done"][()]
+    assert marked[:16].all() and not marked[16:].any()
+    expected = render(sample["flux"][:16], sample["mask"][:16], RenderSettings())
+    images = read_images(out, 0, 16)
+    drawn = np.arange(16) != 5   # row 5 has no spectrum: black
+    np.testing.assert_array_equal(images[drawn], expected[drawn])
+    assert images[drawn].any(axis=(1, 2, 3)).all() and not images[5].any()

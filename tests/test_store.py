@@ -109,3 +109,48 @@ def test_ingest_applies_the_survey_mask_bits_and_records_the_flux_unit(tmp_path)
             assert h5.attrs["flux_unit"] == FLUX_UNIT
     assert not stores[None].any()
     assert 8 <= stores[1 << 23].sum() <= 12  # the ten flagged pixels, resampled onto the grid
+
+
+_DIES_AFTER_STATUS = r"""
+import os, sys
+import h5py, numpy as np
+from annotate.grid import WavelengthGrid
+from annotate.store import write_rows
+
+path, n_pix = sys.argv[1], int(sys.argv[2])
+setitem = h5py.Dataset.__setitem__
+
+def dies_once_status_is_on_disk(self, key, value):
+    setitem(self, key, value)
+    if self.name == "/status":
+        self.flush()      # the status reaches the file ...
+        os._exit(9)       # ... and the process dies there (SIGKILL, a preempted job)
+
+h5py.Dataset.__setitem__ = dies_once_status_is_on_disk
+rows = {"flux": np.full((3, n_pix), 2.5, np.float32), "ivar": np.ones((3, n_pix), np.float32),
+        "mask": np.zeros((3, n_pix), np.uint8), "status": np.ones(3, np.int8), "error": ["", "", ""]}
+write_rows(path, 1, rows)
+"""
+
+
+def test_a_row_marked_ok_has_its_data_even_when_the_writer_dies_right_after(tmp_path):
+    """A process killed while writing rows (a preempted SLURM job) must not leave a row whose
+    status is OK over data that never reached the file: resuming would predict on zeros. The data
+    are flushed to the file before the status is written."""
+    import subprocess
+    import sys
+
+    from annotate.store import STATUS, create_store, read_rows, read_status
+
+    grid = WavelengthGrid()
+    path = tmp_path / "s.h5"
+    create_store(path, [f"id{i}" for i in range(6)], [""] * 6, grid)
+    done = subprocess.run([sys.executable, "-c", _DIES_AFTER_STATUS, str(path), str(grid.n_pix)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    status, _ = read_status(path)
+    rows = read_rows(path, 0, 6)
+    ok = status == STATUS["OK"]
+    assert ok[1:4].all() and not ok[[0, 4, 5]].any()
+    np.testing.assert_array_equal(rows["flux"][1:4], 2.5)
+    np.testing.assert_array_equal(rows["mask"][1:4], 0)
