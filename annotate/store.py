@@ -106,7 +106,8 @@ def open_store(path: str | Path) -> StoreInfo:
             return StoreInfo(path, int(h5["status"].shape[0]), grid, str(h5.attrs.get("survey", "")),
                              str(h5.attrs.get("reader", "")))
     except OSError as exc:
-        raise StoreError(f"{path}: not a readable HDF5 store ({str(exc).splitlines()[0]})") from None
+        raise StoreError(f"{path}: not a readable HDF5 store ({str(exc).splitlines()[0]}); if a run was killed "
+                         "while writing it, delete it and rerun") from None
 
 
 def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, survey: str = "",
