@@ -338,11 +338,12 @@ def ingest(store_path: str | Path, paths: list, refused: np.ndarray | None = Non
                       "targets": object_ids[first:last]})
     units: list[str] = []
     for index, rows in map_unordered(ingest_rows, tasks, scheduler=scheduler, n_workers=n_workers, address=address):
+        new_units = [unit for unit in rows["flux_units"] if unit not in units]
+        if new_units:  # recorded before the rows are marked read: a resumed run does not read them again
+            _record_flux_units(store_path, new_units)
+            units += new_units
         write_rows(store_path, tasks[index]["start"], rows)
-        units += [unit for unit in rows["flux_units"] if unit not in units]
         if progress is not None:
             progress(len(rows["status"]))
-    if units:
-        _record_flux_units(store_path, units)
     status, _ = read_status(store_path)
     return {name: int((status == code).sum()) for name, code in STATUS.items()}

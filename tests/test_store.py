@@ -154,3 +154,27 @@ def test_a_row_marked_ok_has_its_data_even_when_the_writer_dies_right_after(tmp_
     assert ok[1:4].all() and not ok[[0, 4, 5]].any()
     np.testing.assert_array_equal(rows["flux"][1:4], 2.5)
     np.testing.assert_array_equal(rows["mask"][1:4], 0)
+
+
+def test_an_ingest_stopped_after_its_first_task_has_recorded_that_tasks_flux_unit(tmp_path, monkeypatch):
+    """The unit goes into the store before the rows are marked read: a rerun skips those rows, so
+    it could not add the unit afterwards (the cross-check's plots label their axes with it)."""
+    import annotate.store as store_module
+    from annotate.readers import FLUX_UNIT
+
+    paths = _files(tmp_path, n=6)
+    store = tmp_path / "s.h5"
+    create_store(store, [f"id{i}" for i in range(6)], paths, GRID, survey="sdss_dr18")
+    write_rows = store_module.write_rows
+
+    def stopped_after_the_first(*args):
+        write_rows(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "write_rows", stopped_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(store, paths, scheduler="sync", rows_per_task=2)
+    status, _ = read_status(store)
+    assert (status[:2] == STATUS["OK"]).all() and (status[2:] == STATUS["PENDING"]).all()
+    with h5py.File(store) as h5:
+        assert h5.attrs["flux_unit"] == FLUX_UNIT
