@@ -140,16 +140,17 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
             status = h5["status"][start:stop]
             changed = (stored_ids != ids) | (stored_src != srcs)
             failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
-            if changed.any():
-                h5["object_id"][start:stop] = ids
-                h5["source"][start:stop] = srcs
             reset = changed | failed
-            if reset.any():
-                status[reset] = STATUS["PENDING"]
+            if reset.any():  # pending in the file before a row takes its new id: killed in between,
+                status[reset] = STATUS["PENDING"]   # a row never holds another row's spectrum as OK
                 h5["status"][start:stop] = status
                 errors = h5["error"][start:stop]
                 errors[reset] = ""
                 h5["error"][start:stop] = errors
+                h5.flush()
+            if changed.any():
+                h5["object_id"][start:stop] = ids
+                h5["source"][start:stop] = srcs
             n_changed += int(changed.sum())
             n_failed += int(failed.sum())
     notes = []

@@ -6,7 +6,7 @@ from astropy.io import fits
 from annotate.errors import StoreError
 from annotate.grid import WavelengthGrid
 from annotate.simulate.writer import write_sdss_spec
-from annotate.store import STATUS, create_store, ingest, open_store, read_rows, read_status
+from annotate.store import STATUS, create_store, ingest, open_store, read_rows, read_status, write_rows
 
 GRID = WavelengthGrid(3.6, 1e-4, 300)
 
@@ -140,8 +140,6 @@ def test_a_row_marked_ok_has_its_data_even_when_the_writer_dies_right_after(tmp_
     import subprocess
     import sys
 
-    from annotate.store import STATUS, create_store, read_rows, read_status
-
     grid = WavelengthGrid()
     path = tmp_path / "s.h5"
     create_store(path, [f"id{i}" for i in range(6)], [""] * 6, grid)
@@ -178,3 +176,47 @@ def test_an_ingest_stopped_after_its_first_task_has_recorded_that_tasks_flux_uni
     assert (status[:2] == STATUS["OK"]).all() and (status[2:] == STATUS["PENDING"]).all()
     with h5py.File(store) as h5:
         assert h5.attrs["flux_unit"] == FLUX_UNIT
+
+
+_DIES_AFTER_NEW_IDS = r"""
+import os, sys
+import h5py
+from annotate.grid import WavelengthGrid
+from annotate.store import prepare_store
+
+path, n_pix = sys.argv[1], int(sys.argv[2])
+setitem = h5py.Dataset.__setitem__
+
+def dies_once_the_new_ids_are_on_disk(self, key, value):
+    setitem(self, key, value)
+    if self.name == "/object_id":
+        self.flush()
+        os._exit(9)
+
+h5py.Dataset.__setitem__ = dies_once_the_new_ids_are_on_disk
+ids = [f"id{i}" for i in (1, 0, 2, 3)]          # the catalog re-sorted: rows 0 and 1 swapped
+prepare_store(path, ids, [f"spec-{i}.fits" for i in (1, 0, 2, 3)], WavelengthGrid(3.6, 1e-4, 300))
+"""
+
+
+def test_a_row_given_a_new_id_is_pending_even_when_the_process_dies_right_after(tmp_path):
+    """A store reused with a re-sorted catalog: rows whose id changed are reset to PENDING before
+    they take their new ids, so a process killed in between never leaves row 0 marked OK under the
+    id of the object in row 1 while it still holds row 0's spectrum."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.h5"
+    create_store(path, [f"id{i}" for i in range(4)], [f"spec-{i}.fits" for i in range(4)], GRID)
+    rows = {"flux": np.arange(4, dtype=np.float32)[:, None] + np.zeros((4, GRID.n_pix), np.float32),
+            "ivar": np.ones((4, GRID.n_pix), np.float32), "mask": np.zeros((4, GRID.n_pix), np.uint8),
+            "status": np.full(4, STATUS["OK"], np.int8)}
+    write_rows(path, 0, rows)
+    done = subprocess.run([sys.executable, "-c", _DIES_AFTER_NEW_IDS, str(path), str(GRID.n_pix)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    status, _ = read_status(path)
+    with h5py.File(path) as h5:
+        stored = [v.decode() if isinstance(v, bytes) else v for v in h5["object_id"][()]]
+    assert stored == ["id1", "id0", "id2", "id3"]
+    assert (status[:2] == STATUS["PENDING"]).all() and (status[2:] == STATUS["OK"]).all()
