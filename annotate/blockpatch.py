@@ -98,7 +98,7 @@ class BlockPatchEmbedding(nn.Module):
     def __init__(self, projection: nn.Conv2d, settings: RenderSettings):
         super().__init__()
         weight = projection.weight.detach()
-        self.geometry = BlockGeometry(settings, projection.kernel_size[0], weight.shape[1])
+        self.geometry = _geometry(settings, projection.kernel_size[0], weight.shape[1])
         kernels = self.geometry.kernels(weight.double().cpu())
         self.register_buffer("kernels", kernels.to(weight.dtype), persistent=False)
         self.register_buffer("bias", projection.bias.detach().clone() if projection.bias is not None

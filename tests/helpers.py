@@ -99,3 +99,28 @@ def _labelled_store(path, n=48):
     write_rows(path, 0, {"flux": flux, "ivar": np.ones_like(flux), "mask": np.zeros(flux.shape, np.uint8),
                          "status": np.full(n, STATUS["OK"], np.int8)})
     return path
+
+
+_DIES_ONCE_WRITTEN = r"""
+import os
+import h5py
+
+_setitem = h5py.Dataset.__setitem__
+
+def _dies_once_written(self, key, value):
+    _setitem(self, key, value)
+    if self.name == {dataset!r}:
+        self.flush()      # this dataset's new values reach the file ...
+        os._exit(9)       # ... and the process dies there (SIGKILL, a preempted job)
+
+h5py.Dataset.__setitem__ = _dies_once_written
+"""
+
+
+def run_dying_once_written(dataset: str, code: str, *args) -> None:
+    """Run `code` (a script; `args` are its sys.argv[1:]) in a fresh Python process that dies, as a
+    killed job would, right after the HDF5 dataset named `dataset` (e.g. '/status') is first
+    written and flushed to its file, before anything else is flushed."""
+    done = subprocess.run([sys.executable, "-c", _DIES_ONCE_WRITTEN.format(dataset=dataset) + code,
+                           *[str(a) for a in args]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr

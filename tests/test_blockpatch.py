@@ -21,6 +21,15 @@ def _spectra(n_pix: int, seed: int = 3):
     return flux, mask
 
 
+def _assert_same_outputs(model, flux, mask, settings):
+    """Every output of the whole model from the blocks within float32 rounding of the image path's."""
+    with torch.no_grad():
+        image_out = model(model_input(flux, mask, settings))
+        block_out = forward_blocks(model, block_values(flux, mask, settings), settings)
+    for key in ("class_logits", "z_mean", "z_log_sigma", "stellar"):
+        np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backbone, settings", [
     ("vit-micro", RenderSettings()),                                     # 32 px patches on 3 px blocks
     ("vit-tiny", RenderSettings()),                                      # 16 px patches
@@ -39,11 +48,7 @@ def test_block_tokens_are_the_convolution_of_the_rendered_image(backbone, settin
         assert got.shape == expected.shape
         scale = float(expected.abs().max())
         assert float((got - expected).abs().max()) <= TOKEN_RTOL * scale
-        # and the whole model: every output within float32 rounding of the image path
-        image_out = model(model_input(flux, mask, settings))
-        block_out = forward_blocks(model, block_values(flux, mask, settings), settings)
-    for key in ("class_logits", "z_mean", "z_log_sigma", "stellar"):
-        np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
+    _assert_same_outputs(model, flux, mask, settings)
 
 
 def test_a_dinov2_backbone_gets_the_same_tokens_and_outputs():
@@ -58,12 +63,7 @@ def test_a_dinov2_backbone_gets_the_same_tokens_and_outputs():
                           patch_size=14, image_size=224, num_channels=3)
     model = SpectromerModel(config).eval()
     assert supports_blocks(model, settings)
-    flux, mask = _spectra(4000)
-    with torch.no_grad():
-        image_out = model(model_input(flux, mask, settings))
-        block_out = forward_blocks(model, block_values(flux, mask, settings), settings)
-    for key in ("class_logits", "z_mean", "z_log_sigma", "stellar"):
-        np.testing.assert_allclose(block_out[key].numpy(), image_out[key].numpy(), rtol=1e-4, atol=1e-5)
+    _assert_same_outputs(model, *_spectra(4000), settings)
 
 
 def test_the_backbone_keeps_its_own_patch_embedding_and_weights():

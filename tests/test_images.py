@@ -13,6 +13,7 @@ from annotate.render import RenderSettings, render
 from annotate.simulate.spectra import draw_sample
 from annotate.simulate.templates import load_library
 from annotate.store import STATUS, create_store, write_rows
+from helpers import run_dying_once_written
 
 
 @pytest.fixture()
@@ -92,21 +93,11 @@ def test_render_command_writes_an_image_store(tmp_path, spectra_store, capsys):
         assert '"encoding": "overlap"' in h5.attrs["render"]
 
 
-_RENDER_DIES_AFTER_DONE = r"""
-import os, sys
-import h5py
+_RENDERS = r"""
+import sys
 from annotate.images import render_store
 from annotate.render import RenderSettings
 
-setitem = h5py.Dataset.__setitem__
-
-def dies_once_done_is_on_disk(self, key, value):
-    setitem(self, key, value)
-    if self.name == "/done":
-        self.flush()      # the first task's rows are marked done in the file ...
-        os._exit(9)       # ... and the process dies there
-
-h5py.Dataset.__setitem__ = dies_once_done_is_on_disk
 render_store(sys.argv[1], sys.argv[2], RenderSettings(), scheduler="sync", rows_per_task=16)
 """
 
@@ -114,14 +105,9 @@ render_store(sys.argv[1], sys.argv[2], RenderSettings(), scheduler="sync", rows_
 def test_rows_marked_done_have_their_images_even_when_the_renderer_dies_right_after(tmp_path, spectra_store):
     """Killed while writing (a preempted job), the image store never marks rows done whose images
     did not reach the file: a resumed render would skip them and training would read black images."""
-    import subprocess
-    import sys
-
     path, sample = spectra_store
     out = tmp_path / "images.h5"
-    done = subprocess.run([sys.executable, "-c", _RENDER_DIES_AFTER_DONE, str(path), str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 9, done.stderr
+    run_dying_once_written("/done", _RENDERS, path, out)   # after the first task's rows are marked done
     with h5py.File(out, "r") as h5:
         marked = h5["done"][()]
     assert marked[:16].all() and not marked[16:].any()

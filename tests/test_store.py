@@ -7,6 +7,7 @@ from annotate.errors import StoreError
 from annotate.grid import WavelengthGrid
 from annotate.simulate.writer import write_sdss_spec
 from annotate.store import STATUS, create_store, ingest, open_store, read_rows, read_status, write_rows
+from helpers import run_dying_once_written
 
 GRID = WavelengthGrid(3.6, 1e-4, 300)
 
@@ -111,22 +112,12 @@ def test_ingest_applies_the_survey_mask_bits_and_records_the_flux_unit(tmp_path)
     assert 8 <= stores[1 << 23].sum() <= 12  # the ten flagged pixels, resampled onto the grid
 
 
-_DIES_AFTER_STATUS = r"""
-import os, sys
-import h5py, numpy as np
-from annotate.grid import WavelengthGrid
+_WRITES_ROWS = r"""
+import sys
+import numpy as np
 from annotate.store import write_rows
 
 path, n_pix = sys.argv[1], int(sys.argv[2])
-setitem = h5py.Dataset.__setitem__
-
-def dies_once_status_is_on_disk(self, key, value):
-    setitem(self, key, value)
-    if self.name == "/status":
-        self.flush()      # the status reaches the file ...
-        os._exit(9)       # ... and the process dies there (SIGKILL, a preempted job)
-
-h5py.Dataset.__setitem__ = dies_once_status_is_on_disk
 rows = {"flux": np.full((3, n_pix), 2.5, np.float32), "ivar": np.ones((3, n_pix), np.float32),
         "mask": np.zeros((3, n_pix), np.uint8), "status": np.ones(3, np.int8), "error": ["", "", ""]}
 write_rows(path, 1, rows)
@@ -137,15 +128,10 @@ def test_a_row_marked_ok_has_its_data_even_when_the_writer_dies_right_after(tmp_
     """A process killed while writing rows (a preempted SLURM job) must not leave a row whose
     status is OK over data that never reached the file: resuming would predict on zeros. The data
     are flushed to the file before the status is written."""
-    import subprocess
-    import sys
-
     grid = WavelengthGrid()
     path = tmp_path / "s.h5"
     create_store(path, [f"id{i}" for i in range(6)], [""] * 6, grid)
-    done = subprocess.run([sys.executable, "-c", _DIES_AFTER_STATUS, str(path), str(grid.n_pix)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 9, done.stderr
+    run_dying_once_written("/status", _WRITES_ROWS, path, grid.n_pix)
     status, _ = read_status(path)
     rows = read_rows(path, 0, 6)
     ok = status == STATUS["OK"]
@@ -178,24 +164,13 @@ def test_an_ingest_stopped_after_its_first_task_has_recorded_that_tasks_flux_uni
         assert h5.attrs["flux_unit"] == FLUX_UNIT
 
 
-_DIES_AFTER_NEW_IDS = r"""
-import os, sys
-import h5py
+_RESORTS = r"""
+import sys
 from annotate.grid import WavelengthGrid
 from annotate.store import prepare_store
 
-path, n_pix = sys.argv[1], int(sys.argv[2])
-setitem = h5py.Dataset.__setitem__
-
-def dies_once_the_new_ids_are_on_disk(self, key, value):
-    setitem(self, key, value)
-    if self.name == "/object_id":
-        self.flush()
-        os._exit(9)
-
-h5py.Dataset.__setitem__ = dies_once_the_new_ids_are_on_disk
 ids = [f"id{i}" for i in (1, 0, 2, 3)]          # the catalog re-sorted: rows 0 and 1 swapped
-prepare_store(path, ids, [f"spec-{i}.fits" for i in (1, 0, 2, 3)], WavelengthGrid(3.6, 1e-4, 300))
+prepare_store(sys.argv[1], ids, [f"spec-{i}.fits" for i in (1, 0, 2, 3)], WavelengthGrid(3.6, 1e-4, 300))
 """
 
 
@@ -203,18 +178,13 @@ def test_a_row_given_a_new_id_is_pending_even_when_the_process_dies_right_after(
     """A store reused with a re-sorted catalog: rows whose id changed are reset to PENDING before
     they take their new ids, so a process killed in between never leaves row 0 marked OK under the
     id of the object in row 1 while it still holds row 0's spectrum."""
-    import subprocess
-    import sys
-
     path = tmp_path / "s.h5"
     create_store(path, [f"id{i}" for i in range(4)], [f"spec-{i}.fits" for i in range(4)], GRID)
     rows = {"flux": np.arange(4, dtype=np.float32)[:, None] + np.zeros((4, GRID.n_pix), np.float32),
             "ivar": np.ones((4, GRID.n_pix), np.float32), "mask": np.zeros((4, GRID.n_pix), np.uint8),
             "status": np.full(4, STATUS["OK"], np.int8)}
     write_rows(path, 0, rows)
-    done = subprocess.run([sys.executable, "-c", _DIES_AFTER_NEW_IDS, str(path), str(GRID.n_pix)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 9, done.stderr
+    run_dying_once_written("/object_id", _RESORTS, path)
     status, _ = read_status(path)
     with h5py.File(path) as h5:
         stored = [v.decode() if isinstance(v, bytes) else v for v in h5["object_id"][()]]

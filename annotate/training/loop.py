@@ -210,7 +210,6 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     train_rows = np.flatnonzero(split == "train")
     log(f"data: {len(train_rows)} train, {(split == 'val').sum()} val, {(split == 'test').sum()} test rows "
         f"({time.time() - started:.0f} s)")
-    dataset = _dataset(recipe, data, norms, settings, ranks.device, log)
     val_rows = np.flatnonzero(split == "val")
     val_batches = [b for b in np.array_split(val_rows, max(1, math.ceil(len(val_rows) / recipe.batch_size))) if len(b)]
     z_head = ZHead.from_dict(recipe.z_head)
@@ -232,13 +231,11 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     if resume_from is not None:
         state = load_state(resume_from, model, optimiser, schedule)
         log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
+    # one process rendering on the CPU: the 2D Maps as their blocks (annotate.blockpatch), the patch
+    # projection's kernels summed per block each step; under DistributedDataParallel, pixels
+    dataset = _dataset(recipe, data, norms, settings, ranks.device, log,
+                       blocks=supports_blocks(model, settings) and ranks.world_size == 1)
     forward = model
-    if isinstance(dataset, RenderedBatches):
-        # one process on the CPU: the 2D Maps as their blocks (annotate.blockpatch), the patch
-        # projection's kernels summed per block each step; under DistributedDataParallel, pixels
-        dataset.blocks = supports_blocks(model, settings) and ranks.world_size == 1 and not data.get("images_path")
-        if dataset.blocks:
-            log("2D Maps as their blocks (the patch projection summed per block)")
     if ranks.world_size > 1:
         device = ranks.device
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -248,9 +245,11 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
                 model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
 
 
-def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device, log):
+def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device, log,
+             blocks: bool = False):
     """Batches rendered on the training device (`render_on: device`, or `auto` on a GPU whose free
-    memory holds the spectra twice over, without an image store), else by DataLoader workers."""
+    memory holds the spectra twice over, without an image store), else by DataLoader workers (as
+    2D Map block values with `blocks`, when the data are spectra)."""
     targets = encode_targets(data, norms)
     on_device = recipe.render_on == "device" or (recipe.render_on == "auto" and device.type == "cuda")
     if on_device and recipe.render_on == "auto":
@@ -259,7 +258,10 @@ def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, 
     if on_device and not data.get("images_path"):
         log(f"batches rendered on {device} (render_on: {recipe.render_on})")
         return DeviceBatches(data, targets, settings, recipe.image_mean, recipe.image_std, device)
-    return RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std)
+    dataset = RenderedBatches(data, targets, settings, recipe.image_mean, recipe.image_std, blocks=blocks)
+    if dataset.blocks:
+        log("2D Maps as their blocks (the patch projection summed per block)")
+    return dataset
 
 
 def _load_data(recipe: Recipe, grid: WavelengthGrid, ranks) -> tuple[dict, np.ndarray, dict]:
