@@ -227,6 +227,8 @@ def _cmd_render(args) -> int:
     with tqdm(total=total, desc="render", unit="spec", disable=args.no_progress, mininterval=0.5) as bar:
         counts = render_store(args.store, args.out, RenderSettings(encoding=args.encoding), args.scheduler,
                               args.workers, progress=bar.update)
+    if counts["stale"]:
+        print(f"{counts['stale']} rows rendered before rows of {args.store} were read again were rendered anew")
     print(f"rendered {counts['rendered']} rows, {counts['skipped']} already done: {args.out}")
     return 0
 

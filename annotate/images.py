@@ -5,7 +5,9 @@ Image store layout:
     /images   (n_rows, S, S, 3) uint8, chunked by rows, LZF-compressed
     /done     (n_rows,) bool, rows already rendered (a rerun renders only the others)
     attrs: render (JSON of RenderSettings), spectra_store, spectra_created (the spectra store's
-           creation stamp: a re-ingested or different store is refused), n_pix, annotate_version
+           creation stamp: a re-ingested or different store is refused), spectra_revision (the
+           spectra store's revision the images were rendered at: when rows of the store have been
+           written or reset since, every row is rendered again), n_pix, annotate_version
 
 Rows whose spectrum was not ingested OK are rendered from what the store holds for them (all
 masked: a black image) and marked done. Tasks receive the store's file name and a row range,
@@ -25,7 +27,7 @@ from . import __version__
 from .errors import ConfigError, StoreError
 from .parallel import TASK_ROWS
 from .render import ENCODINGS, RenderSettings, render
-from .store import STATUS, open_store, read_labels, read_rows
+from .store import STATUS, open_store, read_labels, read_rows, store_revision
 
 ROWS_PER_CHUNK = 32
 
@@ -56,6 +58,12 @@ def check_image_store(path: Path, n_rows: int, spectra_store: Path, settings: Re
         raise StoreError(f"{path} holds images of other render settings; choose a new --out")
 
 
+def rendered_revision(path: Path) -> int:
+    """The spectra store's revision an image store was rendered at (-1 where it does not say)."""
+    with h5py.File(path, "r") as h5:
+        return int(h5.attrs.get("spectra_revision", -1))
+
+
 def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int):
     if path.exists():
         check_image_store(path, n_rows, spectra_store, settings)
@@ -68,7 +76,8 @@ def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra
                           compression="lzf" if n_rows else None)
         h5.create_dataset("done", data=np.zeros(n_rows, bool))
         h5.attrs.update({"render": json.dumps(settings.to_dict()), "spectra_store": str(spectra_store),
-                         "spectra_created": spectra_store_stamp(spectra_store), "n_pix": n_pix,
+                         "spectra_created": spectra_store_stamp(spectra_store),
+                         "spectra_revision": store_revision(spectra_store), "n_pix": n_pix,
                          "annotate_version": __version__})
     tmp.replace(path)
 
@@ -77,15 +86,25 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
                  scheduler: str = "auto", n_workers: int | None = None, rows_per_task: int = TASK_ROWS,
                  progress: Callable[[int], None] | None = None) -> dict:
     """Render every row of `spectra_store` into the image store `out` (created or resumed).
-    Returns {'rendered': rows rendered now, 'skipped': rows already done, 'n_rows': total}."""
+    Returns {'rendered': rows rendered now, 'skipped': rows already done, 'n_rows': total,
+    'stale': rows that were done but are rendered again because rows of the spectra store have
+    been written or reset since (a resumed or repeated ingest): then all of them are.}"""
     from .parallel import map_unordered
 
     info = open_store(spectra_store)
     settings.check_grid(info.grid.n_pix)
     out = Path(out)
     _open_image_store(out, info.n_rows, settings, info.path, info.grid.n_pix)
-    with h5py.File(out, "r") as h5:
+    revision = store_revision(info.path)
+    with h5py.File(out, "r+") as h5:
         done = h5["done"][()]
+        stale = 0
+        if int(h5.attrs.get("spectra_revision", -1)) != revision:
+            stale = int(done.sum())   # which rows changed is not recorded: all are rendered again,
+            done[:] = False           # marked not done on the file before the new revision is
+            h5["done"][:] = done
+            h5.flush()
+            h5.attrs["spectra_revision"] = revision
     tasks = [{"store": str(info.path), "start": start, "stop": min(start + rows_per_task, info.n_rows),
               "render": settings.to_dict()}
              for start in range(0, info.n_rows, rows_per_task)
@@ -101,7 +120,7 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
         rendered += int((~done[task["start"]:task["stop"]]).sum())
         if progress is not None:
             progress(task["stop"] - task["start"])
-    return {"rendered": rendered, "skipped": already, "n_rows": info.n_rows}
+    return {"rendered": rendered, "skipped": already, "n_rows": info.n_rows, "stale": stale}
 
 
 def read_images(path: str | Path, start: int, stop: int) -> np.ndarray:

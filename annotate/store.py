@@ -10,7 +10,8 @@ Layout (version 1), one row per catalog row, in catalog order:
     /status     (n_rows,) int8, see STATUS
     /error      (n_rows,) str, why a row could not be ingested
     attrs: layout_version, loglam_start, loglam_step, n_pix, survey, reader, catalog,
-           annotate_version, created
+           annotate_version, created, store_id, revision (raised before any row is written or
+           reset, so that files made from the rows, such as an image store, can tell they are stale)
 
 Chunked by rows and compressed with LZF after byte shuffling (h5py's built-in filter, which
 PyTables also reads; twice as fast to write as gzip level 1 for 7 % more space). Ingest is
@@ -85,6 +86,7 @@ def create_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, su
             "catalog": catalog, "annotate_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "store_id": uuid.uuid4().hex,  # new for every store made, so derived files can tell
+            "revision": 0,
         })
     tmp.replace(path)
     return open_store(path)
@@ -142,7 +144,8 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
             failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
             reset = changed | failed
             if reset.any():  # pending in the file before a row takes its new id: killed in between,
-                status[reset] = STATUS["PENDING"]   # a row never holds another row's spectrum as OK
+                _raise_revision(h5)                 # a row never holds another row's spectrum as OK
+                status[reset] = STATUS["PENDING"]
                 h5["status"][start:stop] = status
                 errors = h5["error"][start:stop]
                 errors[reset] = ""
@@ -203,6 +206,20 @@ def read_status(path: str | Path) -> tuple[np.ndarray, list[str]]:
         return h5["status"][()], errors
 
 
+def store_revision(path: str | Path) -> int:
+    """How many times rows of the store were written or reset (0 for a store made by a version
+    that did not count)."""
+    with h5py.File(path, "r") as h5:
+        return int(h5.attrs.get("revision", 0))
+
+
+def _raise_revision(h5) -> None:
+    """Count a change to the rows, on the file before the change itself: killed in between, a
+    file made from the rows is taken for stale (and made again), never the other way round."""
+    h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
+    h5.flush()
+
+
 def write_rows(path: str | Path, start: int, rows: dict) -> None:
     """Write arrays for rows [start, start + len) (keys flux, ivar, mask, status, error).
 
@@ -213,6 +230,7 @@ def write_rows(path: str | Path, start: int, rows: dict) -> None:
     read again on resume) or OK with its data."""
     stop = start + len(rows["status"])
     with h5py.File(path, "r+") as h5:
+        _raise_revision(h5)
         for name in ("flux", "ivar", "mask"):
             h5[name][start:stop] = rows[name]
         if "error" in rows:

@@ -12,7 +12,7 @@ from annotate.images import contact_sheet, read_images, render_store
 from annotate.render import RenderSettings, render
 from annotate.simulate.spectra import draw_sample
 from annotate.simulate.templates import load_library
-from annotate.store import STATUS, create_store, write_rows
+from annotate.store import STATUS, create_store, prepare_store, write_rows
 from helpers import run_dying_once_written
 
 
@@ -34,7 +34,7 @@ def test_image_store_holds_what_render_draws(tmp_path, spectra_store, encoding):
     path, sample = spectra_store
     settings = RenderSettings(encoding=encoding)
     counts = render_store(path, tmp_path / "images.h5", settings, scheduler="sync", rows_per_task=16)
-    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40}
+    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40, "stale": 0}
     images = read_images(tmp_path / "images.h5", 0, 40)
     expected = render(sample["flux"], sample["mask"], settings)
     ok = np.arange(40) != 5
@@ -55,6 +55,44 @@ def test_rendering_resumes_and_refuses_other_settings(tmp_path, spectra_store):
     assert read_images(out, 39, 40).any()
     with pytest.raises(StoreError, match="other render settings"):
         render_store(path, out, RenderSettings(encoding="overlap"), scheduler="sync")
+
+
+def test_rows_written_again_after_rendering_are_rendered_again(tmp_path, spectra_store, capsys):
+    """A row read again into the spectra store (a failed file restored, a resumed ingest) must
+    not keep the image drawn from what the row held before: training would read a black image
+    under the row's label, and a rerun of render would report the store complete."""
+    path, sample = spectra_store
+    out = tmp_path / "images.h5"
+    render_store(path, out, RenderSettings(), scheduler="sync", rows_per_task=16)
+    assert not read_images(out, 5, 6).any()   # row 5: no spectrum yet, a black image
+    write_rows(path, 5, {"flux": sample["flux"][5:6], "ivar": sample["ivar"][5:6],   # its file is back
+                         "mask": sample["mask"][5:6].astype(np.uint8), "status": np.array([STATUS["OK"]], np.int8)})
+    code = main(["render", "--store", str(path), "--out", str(out), "--scheduler", "sync", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "40 rows rendered before rows" in printed and "rendered 40 rows, 0 already done" in printed
+    np.testing.assert_array_equal(read_images(out, 0, 40), render(sample["flux"], sample["mask"], RenderSettings()))
+    counts = render_store(path, out, RenderSettings(), scheduler="sync")   # nothing changed since: all kept
+    assert counts == {"rendered": 0, "skipped": 40, "n_rows": 40, "stale": 0}
+
+
+def test_rows_reset_to_another_object_make_the_images_stale(tmp_path, spectra_store):
+    """prepare_store resets rows whose object id changed (a re-sorted catalog) before they are read
+    again; the images of the old objects must not pass for current in between."""
+    from annotate.errors import ConfigError
+    from annotate.training.data import _check_image_store
+
+    path, _ = spectra_store
+    out = tmp_path / "images.h5"
+    render_store(path, out, RenderSettings(), scheduler="sync")
+    rows = np.arange(40)
+    _check_image_store(str(out), path, 40, rows)   # current: accepted
+    ids = [str(i) for i in range(40)]
+    ids[7] = "another"
+    prepare_store(path, ids, [""] * 40, WavelengthGrid())
+    with pytest.raises(ConfigError, match="written after these images were rendered; run annotate render again"):
+        _check_image_store(str(out), path, 40, rows)
+    assert render_store(path, out, RenderSettings(), scheduler="sync")["stale"] == 40
+    _check_image_store(str(out), path, 40, rows)
 
 
 def test_an_image_store_of_another_spectra_store_is_refused(tmp_path, spectra_store):

@@ -161,13 +161,17 @@ def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: 
     import h5py
 
     from ..errors import StoreError
-    from ..images import check_image_store
+    from ..images import check_image_store, rendered_revision
+    from ..store import store_revision
 
     image_store_settings(path)
     try:
         check_image_store(Path(path), n_rows, Path(spectra_store))
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+    if rendered_revision(Path(path)) != store_revision(spectra_store):
+        raise ConfigError(f"{path}: rows of {spectra_store} were written after these images were rendered; "
+                          "run annotate render again")
     with h5py.File(path, "r") as h5:
         done = h5["done"][()]
     if not done[rows].all():
