@@ -57,7 +57,7 @@ class Backend:
         m = templates.shape[-1]
         n_lags = d_hi - d_lo + 1
         if n_lags >= FFT_MIN_LAGS:
-            length = sfft.next_fast_len(n + m, real=True)
+            length = sfft.next_fast_len(circular_length(n, m, d_lo, d_hi), real=True)
             if self.name == "numpy":
                 ft = sfft.rfft(templates, length, axis=-1, workers=FFT_THREADS)
 
@@ -105,6 +105,16 @@ class Backend:
         ridge = 1e-10 * torch.diagonal(matrix, dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30
         eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
         return torch.linalg.solve(matrix + ridge * eye, vector[..., None])[..., 0]
+
+
+def circular_length(n: int, m: int, d_lo: int, d_hi: int) -> int:
+    """The shortest circular correlation of data (n,) with templates (m,) that gives
+    `Backend.correlate`'s lags d_lo … d_hi exactly: every product data[i] · t[i + D] that falls
+    outside the template must wrap onto its zero padding, never onto the template. Indices run
+    from d_lo to n − 1 + d_hi: those ≥ m stay below the length L (L ≥ n + d_hi), those below 0
+    wrap to L + index ≥ m (L ≥ m − d_lo); and the lags' own indices must not meet. Often much
+    less than n + m: a scan's lags span only part of what would let every pixel pair meet."""
+    return max(n + max(d_hi, 0), m + max(-d_lo, 0), d_hi - d_lo + 1)
 
 
 def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10):

@@ -11,6 +11,7 @@ from annotate.fit.bases import load_bases
 from annotate.fit.decide import choose
 from annotate.fit.fitter import Candidate, Fitter, FitSettings, shift_to_z
 from annotate.fit.scan import Backend, chi2_at_shifts, coarse_scan, legendre, spectrum_arrays
+from annotate.fit import scan
 from annotate.fit.stage import fit_rows
 from annotate.flags import PredFlag
 from annotate.grid import WavelengthGrid
@@ -206,6 +207,22 @@ def test_direct_and_fft_correlations_agree():
                            for d in range(-20, 21)] for p in range(4)] for b in range(3)])
     np.testing.assert_allclose(direct, expected, atol=1e-9)
     np.testing.assert_allclose(fft, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("n, m, d_lo, d_hi", [(200, 350, -40, 60), (120, 500, 30, 400), (300, 90, -280, -100),
+                                              (64, 64, -63, 63), (150, 700, 550, 690), (500, 120, -450, 70)])
+def test_fft_correlations_with_the_shortest_circular_length_are_exact(n, m, d_lo, d_hi):
+    """The transforms are as short as the lags allow (`circular_length`), often far below n + m:
+    a product that falls outside the template must wrap onto zeros, at every lag asked for, in
+    lag windows below, across and above zero and past either end of the template."""
+    rng = np.random.default_rng(n + m)
+    data, templates = rng.normal(size=(2, n)), rng.normal(size=(3, m))
+    got = Backend().correlate(data, templates, d_lo, d_hi)
+    expected = np.array([[[sum(data[b, i] * templates[p, i + d] for i in range(n) if 0 <= i + d < m)
+                           for d in range(d_lo, d_hi + 1)] for p in range(3)] for b in range(2)])
+    assert d_hi - d_lo + 1 >= scan.FFT_MIN_LAGS   # the FFT path
+    assert scan.circular_length(n, m, d_lo, d_hi) <= n + m
+    np.testing.assert_allclose(got, expected, atol=1e-9)
 
 
 def _cand(spectype, z, chi2, edge=False):
