@@ -121,10 +121,16 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
     object id and spectrum path are compared with the catalog's: a row that no longer matches
     (the catalog re-sorted, edited, or another catalog of the same length) is reset to PENDING
     under its new id and path, so that it is read again and never carries another row's
-    spectrum; so is every row that failed before (a missing file may have been restored)."""
+    spectrum; so is every row that failed before (a missing file may have been restored).
+
+    A store HDF5 can no longer open or read (a run killed while HDF5 wrote its metadata) is moved
+    aside (`set_aside_if_damaged`) and made anew, so that a resumed run or a requeued shard goes
+    on by reading its spectra again."""
     path = Path(path)
+    aside = set_aside_if_damaged(path) if path.exists() else None
     if not path.exists():
-        return create_store(path, object_ids, sources, grid, survey=survey, reader=reader, catalog=catalog), []
+        info = create_store(path, object_ids, sources, grid, survey=survey, reader=reader, catalog=catalog)
+        return info, [aside] if aside else []
     info = open_store(path)
     if not _same_grid(info.grid, grid):
         raise StoreError(f"{path} was made for the grid {_describe(info.grid)}, but the model was trained on grid "
@@ -163,6 +169,52 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
     if n_failed:
         notes.append(f"{path}: {n_failed} rows that could not be read before are tried again")
     return info, notes
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why HDF5 cannot read the store at `path` (its first line), or None when it opens, its
+    attributes and rows' statuses read, and so do the first and last row's id and path (all of
+    them are read a chunk at a time when the store is tied to the catalog)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            dict(h5.attrs)
+            if "status" in h5:
+                h5["status"][()]
+            for name in ("object_id", "source"):
+                if name in h5 and h5[name].shape[0]:
+                    h5[name][0], h5[name][-1]
+    except OSError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def set_aside_if_damaged(path: str | Path) -> str | None:
+    """Move an HDF5 file at `path` that HDF5 cannot open or read to `<name>.unreadable-<UTC time>`
+    beside it, and say so in one line (None: nothing moved). Only files that begin with the HDF5
+    signature are touched: anything else (a catalog given as --store by mistake) is left for
+    `open_store` to refuse. A file another process holds open for writing (HDF5's file lock) is
+    refused, never moved."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                return None
+    except OSError:
+        return None
+    reason = _unreadable(path)
+    if reason is None:
+        return None
+    if "unable to lock" in reason.lower():   # HDF5: another process holds the file open for writing
+        raise StoreError(f"{path} is open in another process ({reason}); wait for that run to finish or "
+                         "use another --store")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+    path.replace(aside)
+    return (f"{path}: HDF5 could not read it ({reason}; a run killed while writing it?); moved to {aside.name} "
+            "and made anew, so every row is read again")
 
 
 def _same_grid(a: WavelengthGrid, b: WavelengthGrid) -> bool:

@@ -15,7 +15,7 @@ from annotate.flags import PredFlag
 from annotate.grid import WavelengthGrid
 from annotate.pipeline import RunSettings, run
 from annotate.simulate.writer import write_catalog, write_sdss_spec
-from annotate.store import STATUS, create_store, prepare_store, read_status
+from annotate.store import STATUS, create_store, open_store, prepare_store, read_status, set_aside_if_damaged
 from annotate.surveys import load_survey
 
 
@@ -107,6 +107,59 @@ def test_row_whose_file_was_missing_is_predicted_after_the_file_is_restored(tmp_
     assert not second["PRED_FLAGS"][2] & PredFlag.NO_SPECTRUM and np.isfinite(second["PRED_Z"][2])
     assert result.n_predicted == N
     assert any("tried again" in line for line in result.notes)
+
+
+def test_store_left_unreadable_by_a_killed_run_is_set_aside_and_made_anew(tmp_path, micro_model):
+    """A run killed while HDF5 wrote the store's metadata can leave a file HDF5 no longer opens
+    ('truncated file'); the resumed run (or requeued shard) must go on, not stop on it."""
+    columns = _columns(1000, np.arange(N) + 4_000_000)
+    _write_spectra(tmp_path / "spectra", columns)
+    catalog = write_catalog(tmp_path / "cat.fits", columns)
+    store = tmp_path / "store.h5"
+    first = Table.read(_run(catalog, tmp_path / "spectra", micro_model, store, tmp_path / "a.fits").output, mask_invalid=False)
+    size = store.stat().st_size
+    with open(store, "r+b") as handle:   # what is left when the file's end never reached the disk
+        handle.truncate(size // 2)
+    with pytest.raises(StoreError, match="truncated file"):
+        open_store(store)
+    result = _run(catalog, tmp_path / "spectra", micro_model, store, tmp_path / "b.fits")
+    second = Table.read(result.output, mask_invalid=False)
+    assert result.n_predicted == N
+    for catalog_id, (rchi2, cls) in _by_id(first).items():
+        assert _by_id(second)[catalog_id][1] == cls
+        assert _by_id(second)[catalog_id][0] == pytest.approx(rchi2, rel=1e-4), catalog_id
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("store.h5.unreadable-")]
+    assert len(aside) == 1 and aside[0].stat().st_size == size // 2   # kept as it was, never deleted
+    assert any("moved to store.h5.unreadable-" in line and "truncated file" in line for line in result.notes)
+    assert open_store(store).n_rows == N
+
+
+def test_a_store_path_holding_something_else_is_refused_and_left_alone(tmp_path):
+    """Only an HDF5 file is ever moved: a catalog given as --store by mistake is refused as it was."""
+    path = tmp_path / "cat.fits"
+    path.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    before = _sha(path)
+    with pytest.raises(StoreError, match="not a readable HDF5 store"):
+        prepare_store(path, ["a"], [""], WavelengthGrid())
+    assert _sha(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits"]
+
+
+def test_a_store_another_process_is_writing_is_never_moved(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "store.h5"
+    create_store(store, ["a"], [""], WavelengthGrid())
+    writer = subprocess.Popen([sys.executable, "-c", f"import h5py, time; h = h5py.File({str(store)!r}, 'r+'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="is open in another process"):
+            set_aside_if_damaged(store)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.h5"]
 
 
 def test_store_made_for_another_grid_is_refused_in_one_line(tmp_path):
