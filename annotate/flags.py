@@ -20,6 +20,7 @@ class PredFlag(enum.IntFlag):
     Z_AT_EDGE = 1 << 9          # the fit's minimum lies at the edge of the redshift range scanned
     FIT_VIT_DISAGREE = 1 << 10  # the fit's class differs from the ViT's, or its z fails Ross et al. against the ViT's
     FIT_FAILED = 1 << 11        # the fit found no solution; PRED_CLASS and PRED_Z are the ViT's
+    FEH_NO_SKILL = 1 << 12      # a star whose PRED_TEFF lies outside fit.stellar.FEH_SKILL_TEFF, where PRED_FEH showed no skill
 
     @classmethod
     def describe(cls) -> str:

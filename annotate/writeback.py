@@ -29,6 +29,7 @@ def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
     final = final_columns(pred)
     flags = flags | pred["fit_flags"].astype(flags.dtype)
     has = ~((flags & int(NO_PREDICTION)) != 0) & (np.isfinite(prob).all(axis=1) | final["fitted"])
+    flags = flags | np.where(has & feh_without_skill(final), int(PredFlag.FEH_NO_SKILL), 0).astype(flags.dtype)
     no_ref = (flags & int(PredFlag.NO_REFERENCE_Z | PredFlag.UNKNOWN_REFERENCE_CLASS)) != 0
     cat = catastrophic(final["z"], reference["z"], reference["class"]) & ~no_ref & has
     nan_if_none = lambda values: np.where(has, values, np.nan)  # noqa: E731
@@ -58,6 +59,17 @@ def prediction_columns(pred: dict, reference: dict, flags: np.ndarray) -> dict:
         "PRED_FEH_VIT": nan_if_none(pred["feh"]).astype(np.float32),
         "PRED_FLAGS": flags.astype(np.int32),
     }
+
+
+def feh_without_skill(final: dict) -> np.ndarray:
+    """Rows classed STAR with an [Fe/H] whose Teff lies outside the range where the fit's [Fe/H]
+    has skill (`fit.stellar.FEH_SKILL_TEFF`; a missing Teff counts as outside)."""
+    from .fit.stellar import FEH_SKILL_TEFF
+
+    lo, hi = FEH_SKILL_TEFF
+    with np.errstate(invalid="ignore"):
+        inside = (final["teff"] >= lo) & (final["teff"] < hi)
+    return (final["class"] == "STAR") & np.isfinite(final["feh"]) & ~inside
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")

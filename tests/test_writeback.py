@@ -44,6 +44,28 @@ def test_columns_values_and_catastrophic_flag():
     assert np.isnan(columns["PRED_Z"][2]) and columns["PRED_FLAGS"][2] == 1
 
 
+def test_stars_outside_the_teff_range_where_feh_has_skill_are_flagged():
+    """FEH_NO_SKILL: a star the fit puts below 4,000 K or above 11,000 K (or without a Teff) has an
+    [Fe/H] that showed no skill on the training stars; galaxies and quasars never get the bit."""
+    from annotate.fit.stage import empty_fit
+
+    n = 7
+    fit = empty_fit(n)
+    fit["fit_class"][:] = ["STAR", "STAR", "STAR", "STAR", "STAR", "GALAXY", "STAR"]
+    fit["fit_z"][:] = 0.0
+    fit["fit_teff"][:] = [3500.0, 4000.0, 10999.0, 11000.0, 25000.0, 3000.0, np.nan]
+    fit["fit_feh"][:] = [-0.5, -0.5, -0.5, -0.5, -0.5, np.nan, np.nan]
+    pred = {"prob": np.tile([0.1, 0.1, 0.8], (n, 1)), "z": np.zeros(n), "z_err": np.full(n, 1e-4),
+            "teff": np.full(n, 5000.0), "logg": np.full(n, 4.0), "feh": np.zeros(n), **fit}
+    reference = {"class": np.array(["STAR"] * n, dtype=object), "z": np.zeros(n)}
+    columns = prediction_columns(pred, reference, np.zeros(n, np.int64))
+    flagged = (columns["PRED_FLAGS"] & int(PredFlag.FEH_NO_SKILL)) != 0
+    # the last row: no fitted Teff, so the ViT's 5,000 K and [Fe/H] stand, inside the range
+    assert flagged.tolist() == [True, False, False, True, True, False, False]
+    assert columns["PRED_FEH"][0] == np.float32(-0.5)   # the value is kept; the bit says how to read it
+    assert not (_columns()["PRED_FLAGS"] & int(PredFlag.FEH_NO_SKILL)).any()
+
+
 def test_write_keeps_everything_and_adds_units_comments_provenance(tmp_path):
     catalog = _catalog(tmp_path / "cat.fits")
     before = hashlib.sha256(catalog.read_bytes()).hexdigest()
