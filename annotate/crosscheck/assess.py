@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASS_NAMES
+from ..flags import PredFlag
 from ..metrics import (
     accuracy, bias, catastrophic, confusion_matrix, gaussian_crps, macro_f1, nmad, outlier_fraction,
     per_class_recall, r2_score, rmse, robust_spread, success_by_snr, velocity_offset_kms, within_sigma,
@@ -127,14 +128,29 @@ def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np
     n = len(pred["PRED_Z"])
     out = {}
     for role, column, _, unit in columns:
-        true = np.asarray(reference[role], float)[compared][stars]
-        guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
-        sigma = np.asarray(pred.get(f"{column}_ERR", np.full(n, np.nan)), float)[compared][stars]
-        with_sigma = np.isfinite(true) & np.isfinite(guess) & np.isfinite(sigma)
-        out[role] = {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
-                     "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess),
-                     "n_sigma": int(with_sigma.sum()), "within_1sigma": within_sigma(true, guess, sigma, 1.0)}
+        out[role] = _label_metrics(reference[role], pred, column, unit, compared, stars)
+    if columns == STELLAR and "PRED_FLAGS" in pred:   # the final [Fe/H] where it has skill (README: FEH_NO_SKILL)
+        skill = (np.asarray(pred["PRED_FLAGS"], np.int64)[compared][stars] & int(PredFlag.FEH_NO_SKILL)) == 0
+        out[FEH_WITH_SKILL] = _label_metrics(reference["feh"], pred, "PRED_FEH", "dex", compared, stars, skill)
     return out
+
+
+FEH_WITH_SKILL = "feh_with_skill"  # stellar_metrics' key for [Fe/H] over the rows without FEH_NO_SKILL
+
+
+def _label_metrics(reference_values, pred: dict, column: str, unit: str, compared: np.ndarray, stars: np.ndarray,
+                   keep: np.ndarray | None = None) -> dict:
+    """`stellar_metrics` of one label over the compared pipeline stars (and of those, `keep`)."""
+    n = len(pred["PRED_Z"])
+    true = np.asarray(reference_values, float)[compared][stars]
+    guess = np.asarray(pred.get(column, np.full(n, np.nan)), float)[compared][stars]
+    sigma = np.asarray(pred.get(f"{column}_ERR", np.full(n, np.nan)), float)[compared][stars]
+    if keep is not None:
+        true, guess, sigma = true[keep], guess[keep], sigma[keep]
+    with_sigma = np.isfinite(true) & np.isfinite(guess) & np.isfinite(sigma)
+    return {"n": int((np.isfinite(true) & np.isfinite(guess)).sum()), "unit": unit,
+            "r2": r2_score(true, guess), "rmse": rmse(true, guess), "bias": bias(true, guess),
+            "n_sigma": int(with_sigma.sum()), "within_1sigma": within_sigma(true, guess, sigma, 1.0)}
 
 
 def fit_and_vit_agree(pred: dict) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
-from .assess import CONFIDENT_DELTACHI2, why_none_compared
+from .assess import CONFIDENT_DELTACHI2, FEH_WITH_SKILL, why_none_compared
 from .read import NOT_RECORDED, PROVENANCE, STELLAR
 
 
@@ -139,7 +139,8 @@ def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int
     by_class = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in z["catastrophic_rate_by_class"].items())
     snr = "".join(f"<tr><td>{b['snr_min']:g}–{'' if b['snr_max'] is None else format(b['snr_max'], 'g')}</td><td>{b['n']}</td><td>{_fmt(b['success_rate'])}</td></tr>"
                   for b in z["success_by_snr"])
-    labels = {role: label for role, _, label, _ in STELLAR}
+    labels = {**{role: label for role, _, label, _ in STELLAR},
+              FEH_WITH_SKILL: "[Fe/H] without FEH_NO_SKILL (stars at 4,000–11,000 K)"}
     stellar = "".join(f"<tr><td>{labels.get(k, k)}</td><td>{v['n']}</td><td>{_fmt(v['r2'])}</td><td>{_fmt(v['rmse'])} {v['unit']}</td>"
                       f"<td>{_fmt(v['bias'])} {v['unit']}</td><td>{_fmt(v.get('within_1sigma', float('nan')))} "
                       f"({v.get('n_sigma', 0)})</td></tr>" for k, v in metrics["stellar"].items())

@@ -75,6 +75,21 @@ def test_compared_rows_and_exclusions(tmp_path):
     assert metrics["stellar"]["teff"]["n"] == 1 and metrics["stellar"]["teff"]["bias"] == pytest.approx(100.0)
 
 
+def test_feh_is_also_scored_without_the_stars_where_it_has_no_skill():
+    from annotate.crosscheck.assess import FEH_WITH_SKILL, stellar_metrics
+
+    reference = {"teff": np.array([5000.0, 3000.0, 6000.0, 20000.0]), "logg": np.full(4, 4.0),
+                 "feh": np.array([0.0, -1.0, -0.5, 0.3])}
+    pred = {"PRED_Z": np.zeros(4), "PRED_TEFF": reference["teff"], "PRED_LOGG": reference["logg"],
+            "PRED_FEH": np.array([0.1, 0.5, -0.4, -0.9]), "PRED_FEH_ERR": np.full(4, 0.2),
+            "PRED_FLAGS": np.array([0, int(PredFlag.FEH_NO_SKILL), 0, int(PredFlag.FEH_NO_SKILL) | 1024])}
+    everyone = np.ones(4, bool)
+    metrics = stellar_metrics(reference, pred, everyone, everyone)
+    assert metrics["feh"]["n"] == 4 and metrics["feh"]["rmse"] == pytest.approx(np.sqrt((0.01 + 2.25 + 0.01 + 1.44) / 4))
+    kept = metrics[FEH_WITH_SKILL]
+    assert kept["n"] == 2 and kept["rmse"] == pytest.approx(0.1) and kept["within_1sigma"] == 1.0
+
+
 def test_disagreements_worst_first(tmp_path):
     from annotate.crosscheck.read import read_annotated
 
