@@ -228,7 +228,8 @@ def _cmd_render(args) -> int:
         counts = render_store(args.store, args.out, RenderSettings(encoding=args.encoding), args.scheduler,
                               args.workers, progress=bar.update)
     if counts["stale"]:
-        print(f"{counts['stale']} rows rendered before rows of {args.store} were read again were rendered anew")
+        print(f"rows of {args.store} were written after its images were made: all {counts['stale']} done rows "
+              "are rendered again")
     print(f"rendered {counts['rendered']} rows, {counts['skipped']} already done: {args.out}")
     return 0
 

@@ -10,8 +10,10 @@ Layout (version 1), one row per catalog row, in catalog order:
     /status     (n_rows,) int8, see STATUS
     /error      (n_rows,) str, why a row could not be ingested
     attrs: layout_version, loglam_start, loglam_step, n_pix, survey, reader, catalog,
-           annotate_version, created, store_id, revision (raised before any row is written or
-           reset, so that files made from the rows, such as an image store, can tell they are stale)
+           annotate_version, created, store_id, flux_unit, revision (raised before every change,
+           so that files made from the rows, such as an image store, can tell they are stale),
+           writing (1 from before a change until it has reached the file: a store left so by a
+           killed process is set aside and made anew by the next run)
 
 Chunked by rows and compressed with LZF after byte shuffling (h5py's built-in filter, which
 PyTables also reads; twice as fast to write as gzip level 1 for 7 % more space). Ingest is
@@ -21,6 +23,7 @@ resumable: rows whose status is not PENDING are skipped. This is the only module
 from __future__ import annotations
 
 import datetime as _dt
+from contextlib import contextmanager
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -138,30 +141,30 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
     if info.n_rows != len(object_ids):
         raise StoreError(f"{path} has {info.n_rows} rows but the catalog has {len(object_ids)}; use a new --store")
     n_changed = n_failed = 0
-    with h5py.File(path, "r+") as h5:
-        for start in range(0, info.n_rows, COMPARE_CHUNK):  # a chunk of strings at a time: memory stays bounded
-            stop = min(start + COMPARE_CHUNK, info.n_rows)
-            ids = np.array([str(v) for v in object_ids[start:stop]], dtype=object)
-            srcs = np.array([str(v) for v in sources[start:stop]], dtype=object)
+    for start in range(0, info.n_rows, COMPARE_CHUNK):  # a chunk of strings at a time: memory stays bounded
+        stop = min(start + COMPARE_CHUNK, info.n_rows)
+        ids = np.array([str(v) for v in object_ids[start:stop]], dtype=object)
+        srcs = np.array([str(v) for v in sources[start:stop]], dtype=object)
+        with h5py.File(path, "r") as h5:   # opened to write only where rows change (that raises the revision)
             stored_ids = np.array([_text(v) for v in h5["object_id"][start:stop]], dtype=object)
             stored_src = np.array([_text(v) for v in h5["source"][start:stop]], dtype=object)
             status = h5["status"][start:stop]
-            changed = (stored_ids != ids) | (stored_src != srcs)
-            failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
-            reset = changed | failed
-            if reset.any():  # pending in the file before a row takes its new id: killed in between,
-                _raise_revision(h5)                 # a row never holds another row's spectrum as OK
-                status[reset] = STATUS["PENDING"]
+        changed = (stored_ids != ids) | (stored_src != srcs)
+        failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
+        reset = changed | failed
+        if reset.any():
+            with _writing(path) as h5:   # pending in the file before a row takes its new id: killed in
+                status[reset] = STATUS["PENDING"]   # between, a row never holds another row's spectrum as OK
                 h5["status"][start:stop] = status
                 errors = h5["error"][start:stop]
                 errors[reset] = ""
                 h5["error"][start:stop] = errors
                 h5.flush()
-            if changed.any():
-                h5["object_id"][start:stop] = ids
-                h5["source"][start:stop] = srcs
-            n_changed += int(changed.sum())
-            n_failed += int(failed.sum())
+                if changed.any():
+                    h5["object_id"][start:stop] = ids
+                    h5["source"][start:stop] = srcs
+        n_changed += int(changed.sum())
+        n_failed += int(failed.sum())
     notes = []
     if n_changed:
         notes.append(f"{path}: {n_changed} of {info.n_rows} rows hold another object id or spectrum path than the "
@@ -175,12 +178,14 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _unreadable(path: Path) -> str | None:
-    """Why HDF5 cannot read the store at `path` (its first line), or None when it opens, its
-    attributes and rows' statuses read, and so do the first and last row's id and path (all of
-    them are read a chunk at a time when the store is tied to the catalog)."""
+    """Why the store at `path` cannot be trusted: HDF5's error (its first line), or a change to its
+    store that never finished (`_writing`); None when it opens, is not marked mid-change, and
+    its rows' statuses and the first and last row's id and path read (all of them are read a chunk
+    at a time when the store is tied to the catalog)."""
     try:
         with h5py.File(path, "r") as h5:
-            dict(h5.attrs)
+            if int(h5.attrs.get("writing", 0)):
+                return "a run stopped while writing it"
             if "status" in h5:
                 h5["status"][()]
             for name in ("object_id", "source"):
@@ -192,8 +197,9 @@ def _unreadable(path: Path) -> str | None:
 
 
 def set_aside_if_damaged(path: str | Path) -> str | None:
-    """Move an HDF5 file at `path` that HDF5 cannot open or read to `<name>.unreadable-<UTC time>`
-    beside it, and say so in one line (None: nothing moved). Only files that begin with the HDF5
+    """Move a store at `path` that cannot be trusted (HDF5 cannot open or read it, or a change to it
+    never finished: `_unreadable`) to `<name>.set-aside-<UTC time>` beside it, and say so in one
+    line (None: nothing moved). Only files that begin with the HDF5
     signature are touched: anything else (a catalog given as --store by mistake) is left for
     `open_store` to refuse. A file another process holds open for writing (HDF5's file lock) is
     refused, never moved."""
@@ -211,10 +217,9 @@ def set_aside_if_damaged(path: str | Path) -> str | None:
         raise StoreError(f"{path} is open in another process ({reason}); wait for that run to finish or "
                          "use another --store")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+    aside = path.with_name(f"{path.name}.set-aside-{stamp}")
     path.replace(aside)
-    return (f"{path}: HDF5 could not read it ({reason}; a run killed while writing it?); moved to {aside.name} "
-            "and made anew, so every row is read again")
+    return (f"{path}: not usable ({reason}); moved to {aside.name} and made anew, so every row is read again")
 
 
 def _same_grid(a: WavelengthGrid, b: WavelengthGrid) -> bool:
@@ -265,11 +270,33 @@ def store_revision(path: str | Path) -> int:
         return int(h5.attrs.get("revision", 0))
 
 
-def _raise_revision(h5) -> None:
-    """Count a change to the rows, on the file before the change itself: killed in between, a
-    file made from the rows is taken for stale (and made again), never the other way round."""
-    h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
-    h5.flush()
+@contextmanager
+def _writing(path: str | Path):
+    """The store open to change it. Before any change, `revision` is raised (files made from the
+    rows, such as an image store, then know they are stale) and `writing` is set, both flushed to
+    the file; `writing` is cleared once the change has reached it. HDF5 is not crash-safe: a
+    process killed while it writes (a preempted job, kill -9) can leave metadata that points past
+    the file's end, which may open and read but fails at the next write. A store found with
+    `writing` set is therefore set aside and made anew (`set_aside_if_damaged`). An exception
+    raised in the block other than HDF5's own (an interrupt: the file is still closed in order)
+    clears the mark too."""
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
+        h5.attrs["writing"] = 1
+        h5.flush()
+        finished = False
+        try:
+            yield h5
+            finished = True
+        except OSError:
+            raise
+        except BaseException:
+            finished = True
+            raise
+        finally:
+            if finished:
+                h5.flush()
+                h5.attrs["writing"] = 0
 
 
 def write_rows(path: str | Path, start: int, rows: dict) -> None:
@@ -281,8 +308,7 @@ def write_rows(path: str | Path, start: int, rows: dict) -> None:
     resumed run would predict on zeros. Killed at any point now, a row is either still PENDING (and
     read again on resume) or OK with its data."""
     stop = start + len(rows["status"])
-    with h5py.File(path, "r+") as h5:
-        _raise_revision(h5)
+    with _writing(path) as h5:
         for name in ("flux", "ivar", "mask"):
             h5[name][start:stop] = rows[name]
         if "error" in rows:
@@ -344,7 +370,7 @@ def ingest_rows(task: dict) -> dict:
 
 def _record_flux_units(store_path, units: list[str]) -> None:
     """The store's `flux_unit` attribute: the units of its spectra, the ones of earlier ingests kept."""
-    with h5py.File(store_path, "r+") as h5:
+    with _writing(store_path) as h5:
         before = _text(h5.attrs.get("flux_unit", ""))
         known = [unit for unit in before.split("; ") if unit] if before else []
         h5.attrs["flux_unit"] = "; ".join(known + [unit for unit in units if unit not in known])

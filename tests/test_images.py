@@ -69,7 +69,7 @@ def test_rows_written_again_after_rendering_are_rendered_again(tmp_path, spectra
                          "mask": sample["mask"][5:6].astype(np.uint8), "status": np.array([STATUS["OK"]], np.int8)})
     code = main(["render", "--store", str(path), "--out", str(out), "--scheduler", "sync", "--no-progress"])
     printed = capsys.readouterr().out
-    assert code == 0 and "40 rows rendered before rows" in printed and "rendered 40 rows, 0 already done" in printed
+    assert code == 0 and "written after its images were made: all 40 done rows are rendered again" in printed and "rendered 40 rows, 0 already done" in printed
     np.testing.assert_array_equal(read_images(out, 0, 40), render(sample["flux"], sample["mask"], RenderSettings()))
     counts = render_store(path, out, RenderSettings(), scheduler="sync")   # nothing changed since: all kept
     assert counts == {"rendered": 0, "skipped": 40, "n_rows": 40, "stale": 0}

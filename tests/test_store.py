@@ -140,6 +140,31 @@ def test_a_row_marked_ok_has_its_data_even_when_the_writer_dies_right_after(tmp_
     np.testing.assert_array_equal(rows["mask"][1:4], 0)
 
 
+def test_a_store_killed_while_writing_is_set_aside_by_the_next_run_and_a_finished_write_is_not(tmp_path):
+    """HDF5 is not crash-safe: killed mid-write, a store may open and read yet fail at its next
+    write (metadata that points past the file's end: 'addr overflow', seen in the fault trials).
+    Every change marks the store `writing` first and clears the mark once done; a marked store is
+    moved aside and made anew, never reused."""
+    from annotate.store import prepare_store
+
+    grid = WavelengthGrid()
+    path = tmp_path / "s.h5"
+    ids = [f"id{i}" for i in range(6)]
+    create_store(path, ids, [""] * 6, grid)
+    write_rows(path, 0, {"flux": np.ones((1, grid.n_pix), np.float32), "ivar": np.ones((1, grid.n_pix), np.float32),
+                         "mask": np.zeros((1, grid.n_pix), np.uint8), "status": np.ones(1, np.int8)})
+    _, notes = prepare_store(path, ids, [""] * 6, grid)   # finished writes: reused as it is
+    assert notes == [] and read_status(path)[0][0] == STATUS["OK"]
+    run_dying_once_written("/status", _WRITES_ROWS, path, grid.n_pix)
+    with h5py.File(path, "r") as h5:
+        assert h5.attrs["writing"] == 1
+    _, notes = prepare_store(path, ids, [""] * 6, grid)
+    assert len(notes) == 1 and "a run stopped while writing it" in notes[0] and "made anew" in notes[0]
+    assert (read_status(path)[0] == STATUS["PENDING"]).all()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("s.h5.set-aside-")]
+    assert len(aside) == 1 and (read_status(aside[0])[0][1:4] == STATUS["OK"]).all()   # kept as it was
+
+
 def test_an_ingest_stopped_after_its_first_task_has_recorded_that_tasks_flux_unit(tmp_path, monkeypatch):
     """The unit goes into the store before the rows are marked read: a rerun skips those rows, so
     it could not add the unit afterwards (the cross-check's plots label their axes with it)."""

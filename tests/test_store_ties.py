@@ -128,9 +128,9 @@ def test_store_left_unreadable_by_a_killed_run_is_set_aside_and_made_anew(tmp_pa
     for catalog_id, (rchi2, cls) in _by_id(first).items():
         assert _by_id(second)[catalog_id][1] == cls
         assert _by_id(second)[catalog_id][0] == pytest.approx(rchi2, rel=1e-4), catalog_id
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("store.h5.unreadable-")]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("store.h5.set-aside-")]
     assert len(aside) == 1 and aside[0].stat().st_size == size // 2   # kept as it was, never deleted
-    assert any("moved to store.h5.unreadable-" in line and "truncated file" in line for line in result.notes)
+    assert any("moved to store.h5.set-aside-" in line and "truncated file" in line for line in result.notes)
     assert open_store(store).n_rows == N
 
 
