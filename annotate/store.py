@@ -178,10 +178,10 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _unreadable(path: Path) -> str | None:
-    """Why the store at `path` cannot be trusted: HDF5's error (its first line), or a change to its
-    store that never finished (`_writing`); None when it opens, is not marked mid-change, and
-    its rows' statuses and the first and last row's id and path read (all of them are read a chunk
-    at a time when the store is tied to the catalog)."""
+    """Why the store at `path` cannot be trusted: HDF5's error (its first line), or a change to it
+    that never finished (`_writing`); None when it opens, is not marked mid-change, and its rows'
+    statuses and the first and last row's id and path read (all of them are read a chunk at a
+    time when the store is tied to the catalog)."""
     try:
         with h5py.File(path, "r") as h5:
             if int(h5.attrs.get("writing", 0)):
