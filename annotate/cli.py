@@ -227,6 +227,8 @@ def _cmd_render(args) -> int:
     with tqdm(total=total, desc="render", unit="spec", disable=args.no_progress, mininterval=0.5) as bar:
         counts = render_store(args.store, args.out, RenderSettings(encoding=args.encoding), args.scheduler,
                               args.workers, progress=bar.update)
+    if counts["set_aside"]:
+        print(counts["set_aside"])
     if counts["stale"]:
         print(f"rows of {args.store} were written after its images were made: all {counts['stale']} done rows "
               "are rendered again")

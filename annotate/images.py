@@ -7,7 +7,9 @@ Image store layout:
     attrs: render (JSON of RenderSettings), spectra_store, spectra_created (the spectra store's
            creation stamp: a re-ingested or different store is refused), spectra_revision (the
            spectra store's revision the images were rendered at: when rows of the store have been
-           written or reset since, every row is rendered again), n_pix, annotate_version
+           written or reset since, every row is rendered again), n_pix, annotate_version,
+           writing (1 while a write is under way: an image store left so by a killed render is
+           set aside and made anew, `store.writing_to`)
 
 Rows whose spectrum was not ingested OK are rendered from what the store holds for them (all
 masked: a black image) and marked done. Tasks receive the store's file name and a row range,
@@ -27,7 +29,7 @@ from . import __version__
 from .errors import ConfigError, StoreError
 from .parallel import TASK_ROWS
 from .render import ENCODINGS, RenderSettings, render
-from .store import STATUS, open_store, read_labels, read_rows, store_revision
+from .store import STATUS, open_store, read_labels, read_rows, set_aside_if_damaged, store_revision, writing_to
 
 ROWS_PER_CHUNK = 32
 
@@ -64,10 +66,13 @@ def rendered_revision(path: Path) -> int:
         return int(h5.attrs.get("spectra_revision", -1))
 
 
-def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int):
+def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int) -> str:
+    """The image store at `path`, checked or made; a note (one line, or '') when one that cannot
+    be trusted (a render killed while writing it, `store.writing_to`) was set aside for it."""
+    note = (set_aside_if_damaged(path, "every row is rendered again") or "") if path.exists() else ""
     if path.exists():
         check_image_store(path, n_rows, spectra_store, settings)
-        return
+        return note
     size = settings.image_size
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as h5:
@@ -80,6 +85,7 @@ def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra
                          "spectra_revision": store_revision(spectra_store), "n_pix": n_pix,
                          "annotate_version": __version__})
     tmp.replace(path)
+    return note
 
 
 def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSettings,
@@ -88,18 +94,23 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
     """Render every row of `spectra_store` into the image store `out` (created or resumed).
     Returns {'rendered': rows rendered now, 'skipped': rows already done, 'n_rows': total,
     'stale': rows that were done but are rendered again because rows of the spectra store have
-    been written or reset since (a resumed or repeated ingest): then all of them are.}"""
+    been written or reset since (a resumed or repeated ingest): then all of them are,
+    'set_aside': a note when an image store left mid-write by a killed render was moved aside
+    and made anew, else ''}. Every write marks the image store `writing` until it has reached
+    the file, as the spectra store's do (`store.writing_to`)."""
     from .parallel import map_unordered
 
     info = open_store(spectra_store)
     settings.check_grid(info.grid.n_pix)
     out = Path(out)
-    _open_image_store(out, info.n_rows, settings, info.path, info.grid.n_pix)
+    set_aside = _open_image_store(out, info.n_rows, settings, info.path, info.grid.n_pix)
     revision = store_revision(info.path)
-    with h5py.File(out, "r+") as h5:
+    with h5py.File(out, "r") as h5:
         done = h5["done"][()]
-        stale = 0
-        if int(h5.attrs.get("spectra_revision", -1)) != revision:
+        rendered_at = int(h5.attrs.get("spectra_revision", -1))
+    stale = 0
+    if rendered_at != revision:
+        with writing_to(out, count=False) as h5:
             stale = int(done.sum())   # which rows changed is not recorded: all are rendered again,
             done[:] = False           # marked not done on the file before the new revision is
             h5["done"][:] = done
@@ -113,14 +124,14 @@ def render_store(spectra_store: str | Path, out: str | Path, settings: RenderSet
     already = int(done.sum())
     for index, images in map_unordered(render_rows, tasks, scheduler=scheduler, n_workers=n_workers):
         task = tasks[index]
-        with h5py.File(out, "r+") as h5:  # the images reach the file before they are marked done
+        with writing_to(out, count=False) as h5:  # the images reach the file before they are marked done
             h5["images"][task["start"]:task["stop"]] = images   # (as store.write_rows does)
             h5.flush()
             h5["done"][task["start"]:task["stop"]] = True
         rendered += int((~done[task["start"]:task["stop"]]).sum())
         if progress is not None:
             progress(task["stop"] - task["start"])
-    return {"rendered": rendered, "skipped": already, "n_rows": info.n_rows, "stale": stale}
+    return {"rendered": rendered, "skipped": already, "n_rows": info.n_rows, "stale": stale, "set_aside": set_aside}
 
 
 def read_images(path: str | Path, start: int, stop: int) -> np.ndarray:

@@ -153,7 +153,7 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
         failed = ~changed & (status != STATUS["PENDING"]) & (status != STATUS["OK"])
         reset = changed | failed
         if reset.any():
-            with _writing(path) as h5:   # pending in the file before a row takes its new id: killed in
+            with writing_to(path) as h5:   # pending in the file before a row takes its new id: killed in
                 status[reset] = STATUS["PENDING"]   # between, a row never holds another row's spectrum as OK
                 h5["status"][start:stop] = status
                 errors = h5["error"][start:stop]
@@ -179,15 +179,16 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def _unreadable(path: Path) -> str | None:
     """Why the store at `path` cannot be trusted: HDF5's error (its first line), or a change to it
-    that never finished (`_writing`); None when it opens, is not marked mid-change, and its rows'
+    that never finished (`writing_to`); None when it opens, is not marked mid-change, and its rows'
     statuses and the first and last row's id and path read (all of them are read a chunk at a
     time when the store is tied to the catalog)."""
     try:
         with h5py.File(path, "r") as h5:
             if int(h5.attrs.get("writing", 0)):
                 return "a run stopped while writing it"
-            if "status" in h5:
-                h5["status"][()]
+            for name in ("status", "done"):   # a spectra store's statuses, an image store's marks
+                if name in h5:
+                    h5[name][()]
             for name in ("object_id", "source"):
                 if name in h5 and h5[name].shape[0]:
                     h5[name][0], h5[name][-1]
@@ -196,7 +197,7 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
-def set_aside_if_damaged(path: str | Path) -> str | None:
+def set_aside_if_damaged(path: str | Path, redo: str = "every row is read again") -> str | None:
     """Move a store at `path` that cannot be trusted (HDF5 cannot open or read it, or a change to it
     never finished: `_unreadable`) to `<name>.set-aside-<UTC time>` beside it, and say so in one
     line (None: nothing moved). Only files that begin with the HDF5
@@ -219,7 +220,7 @@ def set_aside_if_damaged(path: str | Path) -> str | None:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.set-aside-{stamp}")
     path.replace(aside)
-    return (f"{path}: not usable ({reason}); moved to {aside.name} and made anew, so every row is read again")
+    return f"{path}: not usable ({reason}); moved to {aside.name} and made anew, so {redo}"
 
 
 def _same_grid(a: WavelengthGrid, b: WavelengthGrid) -> bool:
@@ -271,17 +272,19 @@ def store_revision(path: str | Path) -> int:
 
 
 @contextmanager
-def _writing(path: str | Path):
-    """The store open to change it. Before any change, `revision` is raised (files made from the
-    rows, such as an image store, then know they are stale) and `writing` is set, both flushed to
-    the file; `writing` is cleared once the change has reached it. HDF5 is not crash-safe: a
+def writing_to(path: str | Path, count: bool = True):
+    """The store (or an image store) open to change it. Before any change, `revision` is raised
+    (with `count`: files made from a spectra store's rows, such as an image store, then know they
+    are stale) and `writing` is set, both flushed to the file; `writing` is cleared once the change
+    has reached it. HDF5 is not crash-safe: a
     process killed while it writes (a preempted job, kill -9) can leave metadata that points past
     the file's end, which may open and read but fails at the next write. A store found with
     `writing` set is therefore set aside and made anew (`set_aside_if_damaged`). An exception
     raised in the block other than HDF5's own (an interrupt: the file is still closed in order)
     clears the mark too."""
     with h5py.File(path, "r+") as h5:
-        h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
+        if count:
+            h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
         h5.attrs["writing"] = 1
         h5.flush()
         finished = False
@@ -308,7 +311,7 @@ def write_rows(path: str | Path, start: int, rows: dict) -> None:
     resumed run would predict on zeros. Killed at any point now, a row is either still PENDING (and
     read again on resume) or OK with its data."""
     stop = start + len(rows["status"])
-    with _writing(path) as h5:
+    with writing_to(path) as h5:
         for name in ("flux", "ivar", "mask"):
             h5[name][start:stop] = rows[name]
         if "error" in rows:
@@ -370,7 +373,7 @@ def ingest_rows(task: dict) -> dict:
 
 def _record_flux_units(store_path, units: list[str]) -> None:
     """The store's `flux_unit` attribute: the units of its spectra, the ones of earlier ingests kept."""
-    with _writing(store_path) as h5:
+    with writing_to(store_path) as h5:
         before = _text(h5.attrs.get("flux_unit", ""))
         known = [unit for unit in before.split("; ") if unit] if before else []
         h5.attrs["flux_unit"] = "; ".join(known + [unit for unit in units if unit not in known])

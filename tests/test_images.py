@@ -34,7 +34,7 @@ def test_image_store_holds_what_render_draws(tmp_path, spectra_store, encoding):
     path, sample = spectra_store
     settings = RenderSettings(encoding=encoding)
     counts = render_store(path, tmp_path / "images.h5", settings, scheduler="sync", rows_per_task=16)
-    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40, "stale": 0}
+    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40, "stale": 0, "set_aside": ""}
     images = read_images(tmp_path / "images.h5", 0, 40)
     expected = render(sample["flux"], sample["mask"], settings)
     ok = np.arange(40) != 5
@@ -72,7 +72,7 @@ def test_rows_written_again_after_rendering_are_rendered_again(tmp_path, spectra
     assert code == 0 and "written after its images were made: all 40 done rows are rendered again" in printed and "rendered 40 rows, 0 already done" in printed
     np.testing.assert_array_equal(read_images(out, 0, 40), render(sample["flux"], sample["mask"], RenderSettings()))
     counts = render_store(path, out, RenderSettings(), scheduler="sync")   # nothing changed since: all kept
-    assert counts == {"rendered": 0, "skipped": 40, "n_rows": 40, "stale": 0}
+    assert counts == {"rendered": 0, "skipped": 40, "n_rows": 40, "stale": 0, "set_aside": ""}
 
 
 def test_rows_reset_to_another_object_make_the_images_stale(tmp_path, spectra_store):
@@ -154,3 +154,23 @@ def test_rows_marked_done_have_their_images_even_when_the_renderer_dies_right_af
     drawn = np.arange(16) != 5   # row 5 has no spectrum: black
     np.testing.assert_array_equal(images[drawn], expected[drawn])
     assert images[drawn].any(axis=(1, 2, 3)).all() and not images[5].any()
+
+
+def test_an_image_store_left_mid_write_is_refused_by_training_and_set_aside_by_the_next_render(tmp_path, spectra_store):
+    """HDF5 is not crash-safe (see store.writing_to): an image store whose writer was killed keeps
+    its `writing` mark; training refuses it, and the next render moves it aside and starts over."""
+    from annotate.errors import ConfigError
+    from annotate.training.data import _check_image_store
+
+    path, sample = spectra_store
+    out = tmp_path / "images.h5"
+    run_dying_once_written("/done", _RENDERS, path, out)
+    with pytest.raises(ConfigError, match="a render was stopped while writing it"):
+        _check_image_store(str(out), path, 40, np.arange(40))
+    counts = render_store(path, out, RenderSettings(), scheduler="sync", rows_per_task=16)
+    assert counts["rendered"] == 40 and counts["skipped"] == 0
+    assert "a run stopped while writing it" in counts["set_aside"] and "every row is rendered again" in counts["set_aside"]
+    drawn = np.arange(40) != 5
+    np.testing.assert_array_equal(read_images(out, 0, 40)[drawn], render(sample["flux"], sample["mask"], RenderSettings())[drawn])
+    _check_image_store(str(out), path, 40, np.arange(40))   # whole again
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("images.h5.set-aside-")]) == 1

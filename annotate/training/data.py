@@ -169,6 +169,10 @@ def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: 
         check_image_store(Path(path), n_rows, Path(spectra_store))
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+    with h5py.File(path, "r") as h5:
+        if int(h5.attrs.get("writing", 0)):
+            raise ConfigError(f"{path}: a render was stopped while writing it; run annotate render again "
+                              "(it sets this store aside and renders every row anew)")
     if rendered_revision(Path(path)) != store_revision(spectra_store):
         raise ConfigError(f"{path}: rows of {spectra_store} were written after these images were rendered; "
                           "run annotate render again")
