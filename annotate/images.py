@@ -60,12 +60,6 @@ def check_image_store(path: Path, n_rows: int, spectra_store: Path, settings: Re
         raise StoreError(f"{path} holds images of other render settings; choose a new --out")
 
 
-def rendered_revision(path: Path) -> int:
-    """The spectra store's revision an image store was rendered at (-1 where it does not say)."""
-    with h5py.File(path, "r") as h5:
-        return int(h5.attrs.get("spectra_revision", -1))
-
-
 def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int) -> str:
     """The image store at `path`, checked or made; a note (one line, or '') when one that cannot
     be trusted (a render killed while writing it, `store.writing_to`) was set aside for it."""

@@ -287,19 +287,18 @@ def writing_to(path: str | Path, count: bool = True):
             h5.attrs["revision"] = int(h5.attrs.get("revision", 0)) + 1
         h5.attrs["writing"] = 1
         h5.flush()
-        finished = False
         try:
             yield h5
-            finished = True
-        except OSError:
+        except BaseException as exc:
+            if not isinstance(exc, OSError):   # HDF5's own failure keeps the mark
+                _finished(h5)
             raise
-        except BaseException:
-            finished = True
-            raise
-        finally:
-            if finished:
-                h5.flush()
-                h5.attrs["writing"] = 0
+        _finished(h5)
+
+
+def _finished(h5) -> None:
+    h5.flush()
+    h5.attrs["writing"] = 0
 
 
 def write_rows(path: str | Path, start: int, rows: dict) -> None:

@@ -125,7 +125,6 @@ def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np
     (NaN where absent) and their σ from `<column>_ERR` where the catalog has it: 'within_1sigma' is
     the share of the 'n_sigma' rows with a σ whose |prediction − pipeline| is at most that σ (our
     σ alone: the pipeline's own errors widen the difference)."""
-    n = len(pred["PRED_Z"])
     out = {}
     for role, column, _, unit in columns:
         out[role] = _label_metrics(reference[role], pred, column, unit, compared, stars)

@@ -161,7 +161,7 @@ def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: 
     import h5py
 
     from ..errors import StoreError
-    from ..images import check_image_store, rendered_revision
+    from ..images import check_image_store
     from ..store import store_revision
 
     image_store_settings(path)
@@ -170,14 +170,14 @@ def _check_image_store(path: str, spectra_store: str | Path, n_rows: int, rows: 
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
     with h5py.File(path, "r") as h5:
-        if int(h5.attrs.get("writing", 0)):
-            raise ConfigError(f"{path}: a render was stopped while writing it; run annotate render again "
-                              "(it sets this store aside and renders every row anew)")
-    if rendered_revision(Path(path)) != store_revision(spectra_store):
+        writing, rendered_at = int(h5.attrs.get("writing", 0)), int(h5.attrs.get("spectra_revision", -1))
+        done = h5["done"][()]
+    if writing:
+        raise ConfigError(f"{path}: a render was stopped while writing it; run annotate render again "
+                          "(it sets this store aside and renders every row anew)")
+    if rendered_at != store_revision(spectra_store):
         raise ConfigError(f"{path}: rows of {spectra_store} were written after these images were rendered; "
                           "run annotate render again")
-    with h5py.File(path, "r") as h5:
-        done = h5["done"][()]
     if not done[rows].all():
         raise ConfigError(f"{path}: {int((~done[rows]).sum())} rows are not rendered yet; run annotate render again")
 
