@@ -80,10 +80,12 @@ class Fitter:
                 continue
             factor = self.settings.bin_for(basis.spectype)
             key = (factor, rows.tobytes())
+            every = len(rows) == n_spec  # all rows (the default): no copies of the spectra
             if key not in binned:
-                binned[key] = binned_spectrum(f[rows], w[rows], factor)
-            chi2, shifts = coarse_scan(self.coarse_bases[basis.name], f[rows], w[rows], self.grid.loglam_start,
-                                       factor, self.backend, n_poly=self.settings.n_poly_coarse, binned=binned[key])
+                binned[key] = binned_spectrum(f if every else f[rows], w if every else w[rows], factor)
+            chi2, shifts = coarse_scan(self.coarse_bases[basis.name], f if every else f[rows], w if every else w[rows],
+                                       self.grid.loglam_start, factor, self.backend, n_poly=self.settings.n_poly_coarse,
+                                       binned=binned[key])
             coarse[basis.name] = self._coarse_summary(basis.spectype, rows, chi2, shifts, vit)
         for i in range(n_spec):
             found = []

@@ -15,6 +15,8 @@ leaves structure unexplained pays for it and no solution wins by covering less.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.fft as sfft
 
@@ -126,6 +128,8 @@ def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10
     for p, (i, j) in enumerate(zip(*np.triu_indices(k))):
         index[i, j] = p
     scale = sum(upper_terms[index[i, i]] for i in range(k)) / k * ridge + 1e-30
+    if all(isinstance(term, np.ndarray) for term in (*upper_terms, *vector_terms)):
+        return _chi2_reduction_numpy(upper_terms, vector_terms, k, index, scale)
     lower = {}
     y = []
     total = 0.0
@@ -146,6 +150,40 @@ def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10
         yj = yj / diag
         y.append(yj)
         total = total + yj * yj
+    return total
+
+
+def _chi2_reduction_numpy(upper_terms, vector_terms, k: int, index: dict, scale) -> np.ndarray:
+    """`chi2_reduction_upper` for numpy arrays: the same steps, each written into arrays made
+    once (a temporary per step, at tens of steps per unknown, costs as much as the arithmetic)."""
+    shape = np.broadcast_shapes(*(np.shape(t) for t in (*upper_terms, *vector_terms)))
+    tmp = np.empty(shape)
+    lower = {}
+    y = []
+    total = np.zeros(shape)
+    for j in range(k):
+        diag = np.add(upper_terms[index[j, j]], scale, out=np.empty(shape))
+        for p in range(j):
+            np.multiply(lower[j, p], lower[j, p], out=tmp)
+            diag -= tmp
+        np.maximum(diag, 1e-300, out=diag)
+        np.sqrt(diag, out=diag)
+        lower[j, j] = diag
+        for i in range(j + 1, k):
+            value = np.broadcast_to(upper_terms[index[j, i]], shape).copy()
+            for p in range(j):
+                np.multiply(lower[i, p], lower[j, p], out=tmp)
+                value -= tmp
+            value /= diag
+            lower[i, j] = value
+        yj = np.broadcast_to(vector_terms[j], shape).copy()
+        for p in range(j):
+            np.multiply(lower[j, p], y[p], out=tmp)
+            yj -= tmp
+        yj /= diag
+        y.append(yj)
+        np.multiply(yj, yj, out=tmp)
+        total += tmp
     return total
 
 
@@ -276,13 +314,15 @@ def coarse_scan(basis: Basis, f: np.ndarray, w: np.ndarray, grid_start: float, f
     plan = _coarse_plan(basis, grid_start, factor, nb, (lo, hi), n_poly, backend)
     fb, wb = binned if binned is not None else binned_spectrum(f, w, factor)
     chi2 = np.empty((len(f), len(plan["shifts"])))
-    for first in range(0, len(f), COARSE_CHUNK):
-        rows = slice(first, first + COARSE_CHUNK)
+    chunk = COARSE_CHUNK if plan["by_fft"] else DIRECT_CHUNK
+    for first in range(0, len(f), chunk):
+        rows = slice(first, first + chunk)
         chi2[rows] = _coarse_chi2(plan, fb[rows], wb[rows], backend)
     return chi2, plan["shifts"]
 
 
-COARSE_CHUNK = 16  # spectra per step of the coarse scan
+COARSE_CHUNK = 16   # spectra per step of the coarse scan by FFT (its temporaries stay in the CPU's caches)
+DIRECT_CHUNK = 256  # ... and of a short scan, correlated directly: a few lags, so the per-step overhead dominates
 
 
 def _coarse_plan(basis: Basis, grid_start: float, factor: int, nb: int, shift_range: tuple, n_poly: int,
@@ -313,7 +353,7 @@ def _coarse_plan(basis: Basis, grid_start: float, factor: int, nb: int, shift_ra
             "by_template": xp.correlator(t_side, nb, d_lo, d_hi),                     # (B, k, nD)
             "by_product": xp.correlator(xp.asarray(tb[upper[0]] * tb[upper[1]]), nb, d_lo, d_hi),
             "tt_index": {(int(i), int(j)): n for n, (i, j) in enumerate(zip(*upper))},
-            "shifts": factor * np.arange(s_lo, s_hi + 1)}
+            "shifts": factor * np.arange(s_lo, s_hi + 1), "by_fft": d_hi - d_lo + 1 >= FFT_MIN_LAGS}
     cache[key] = plan
     return plan
 
@@ -321,14 +361,16 @@ def _coarse_plan(basis: Basis, grid_start: float, factor: int, nb: int, shift_ra
 def _coarse_chi2(plan: dict, fb: np.ndarray, wb: np.ndarray, xp: Backend) -> np.ndarray:
     """χ² (B, n_shift) of one chunk of binned spectra (fb, wb: (B, nb)) for a `_coarse_plan`."""
     k, n_poly, poly = plan["k"], plan["n_poly"], plan["poly"]
-    b_t = plan["by_template"](xp.asarray(wb * fb))                             # (B, k, nD)
+    n_spec = len(fb)
+    wf = wb * fb
+    b_t = plan["by_template"](xp.asarray(wf))                                  # (B, k, nD)
     m_tt = plan["by_product"](xp.asarray(wb))
-    m_tp = [plan["by_template"](xp.asarray(wb * poly[p])) for p in range(n_poly)]
-    zeros = 0.0 * m_tt[:, 0]
-    ff = xp.asarray((wb * fb * fb).sum(-1))[:, None]
-    b_p = [xp.asarray((wb * fb * poly[p]).sum(-1))[:, None] + zeros for p in range(n_poly)]
-    m_pp = {(p, q): xp.asarray((wb * poly[p] * poly[q]).sum(-1))[:, None] + zeros
-            for p in range(n_poly) for q in range(p, n_poly)}
+    wp = (wb[:, None, :] * poly[None]).reshape(n_spec * n_poly, -1)           # w·Pₘ, every m in one pass
+    m_tp = plan["by_template"](xp.asarray(wp)).reshape(n_spec, n_poly, k, -1)  # (B, P, k, nD)
+    # the shift-independent sums, as matrix products
+    ff = xp.asarray(np.einsum("bi,bi->b", wf, fb))[:, None]
+    b_p = xp.asarray(wf @ poly.T)                                              # (B, P)
+    m_pp = xp.asarray((wp @ poly.T).reshape(n_spec, n_poly, n_poly))          # (B, P, P)
     size = k + n_poly
     terms = []
     for i, j in zip(*np.triu_indices(size)):
@@ -336,10 +378,10 @@ def _coarse_chi2(plan: dict, fb: np.ndarray, wb: np.ndarray, xp: Backend) -> np.
         if j < k:
             terms.append(m_tt[:, plan["tt_index"][i, j]])
         elif i < k:
-            terms.append(m_tp[j - k][:, i])
+            terms.append(m_tp[:, j - k, i])
         else:
-            terms.append(m_pp[i - k, j - k])
-    vector = [b_t[:, j] for j in range(k)] + b_p
+            terms.append(m_pp[:, i - k, j - k, None])
+    vector = [b_t[:, j] for j in range(k)] + [b_p[:, p, None] for p in range(n_poly)]
     return xp.to_numpy(ff - chi2_reduction_upper(terms, vector, size))[:, ::-1]  # D descending = shift ascending
 
 
@@ -365,6 +407,19 @@ def prepare_spectrum(f: np.ndarray, w: np.ndarray, poly: np.ndarray) -> dict:
             "pp": (poly * w) @ poly.T, "pf": poly @ fw, "ff": float(f @ fw), "n_good": float((w > 0).sum())}
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple) -> np.ndarray:
+    """A float64 array of `shape` for temporary use, the same one for every call of this thread
+    (not zeroed). A fresh array of a few hundred kB per product would be new memory each time,
+    whose page faults cost more than the product; threads never share one."""
+    arrays = _SCRATCH.__dict__.setdefault("arrays", {})
+    if shape not in arrays:
+        arrays[shape] = np.empty(shape)
+    return arrays[shape]
+
+
 class ShiftProducts:
     """χ² of one prepared spectrum (`prepare_spectrum`) against one basis plus polynomials, at
     whole and quarter-pixel shifts, at full resolution.
@@ -379,8 +434,9 @@ class ShiftProducts:
         self.basis, self.spectrum, self.xp = basis, spectrum, backend or Backend()
         self.start0 = basis.offset(grid_start) + basis.phase_pad   # padded index of pixel 0 at shift 0
         self.padded = basis.phases[0]
-        self.whole: dict = {}   # s -> (T_s W, M_s, C_s)
+        self.whole: dict = {}   # s -> (M_s, C_s)
         self.pairs: dict = {}   # s -> T_{s-1} W T_sᵀ
+        self.weighted = _scratch((basis.n_basis, len(spectrum["f"])))  # T_s W, made anew for each product
 
     def _window(self, s: int) -> np.ndarray:
         n = len(self.spectrum["f"])
@@ -392,13 +448,14 @@ class ShiftProducts:
     def _products(self, s: int):
         if s not in self.whole:
             t = self._window(s)
-            tw = t * self.spectrum["w"]
-            self.whole[s] = (tw, tw @ t.T, tw @ self.spectrum["side"])
+            tw = np.multiply(t, self.spectrum["w"], out=self.weighted)
+            self.whole[s] = (tw @ t.T, tw @ self.spectrum["side"])
         return self.whole[s]
 
     def _pair(self, s: int) -> np.ndarray:
         if s not in self.pairs:
-            self.pairs[s] = self._products(s - 1)[0] @ self._window(s).T
+            tw = np.multiply(self._window(s - 1), self.spectrum["w"], out=self.weighted)
+            self.pairs[s] = tw @ self._window(s).T
         return self.pairs[s]
 
     def chi2(self, quarter_shifts) -> dict:
@@ -414,11 +471,11 @@ class ShiftProducts:
         for row, value in enumerate(u):
             s = int(-((-value) // OVERSAMPLE))                 # ceil(u / OVERSAMPLE)
             beta = (OVERSAMPLE * s - value) / OVERSAMPLE        # the basis at s − β
-            _, m_s, c_s = self._products(s)
+            m_s, c_s = self._products(s)
             if beta == 0:
                 m, c = m_s, c_s
             else:
-                _, m_prev, c_prev = self._products(s - 1)
+                m_prev, c_prev = self._products(s - 1)
                 pair = self._pair(s)
                 m = (1 - beta) ** 2 * m_s + beta ** 2 * m_prev + beta * (1 - beta) * (pair + pair.T)
                 c = (1 - beta) * c_s + beta * c_prev
