@@ -62,30 +62,39 @@ def normalise(flux: np.ndarray, ivar: np.ndarray, chunk: int = 128) -> tuple[np.
     return out_flux, out_ivar
 
 
-def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_sigma_kms: float = 69.0):
+def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_sigma_kms: float = 69.0,
+                   chunk: int = 128):
     """(normalised templates (k, n_pix) float32, usable (k, n_pix) bool, labels (k, 3)) for the
-    library's stars `indices` on `grid` at rest."""
+    library's stars `indices` on `grid` at rest. Made `chunk` stars at a time: the float64
+    intermediates of all ~800 stars at once would be ~150 MB of new memory, whose first use
+    costs more than the arithmetic."""
     from .simulate.spectra import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, broaden
 
+    indices = np.asarray(indices)
     step = lib.star_loglam[1] - lib.star_loglam[0]
     template_sigma = lib.star_fwhm_aa * FWHM_TO_SIGMA / 5000.0 * SPEED_OF_LIGHT_KMS
     extra = np.sqrt(max(resolution_sigma_kms**2 - template_sigma**2, 0.0))
     wave = 10.0**lib.star_loglam
     offset = (grid.loglam_start - lib.star_loglam[0]) / step
     aligned = np.isclose(grid.loglam_step, step, rtol=1e-9) and abs(offset - round(offset)) < 1e-6
-    fluxes, ivars = [], []
-    for i in indices:
-        flux = broaden(lib.star_flux[i].astype(np.float64), extra, step)
-        bad = ~np.isfinite(flux)
-        if aligned:  # the grids share their pixels: a slice is the flux-conserving resampling
-            f, mask = _slice_onto(flux, bad, int(round(offset)), grid.n_pix)
-        else:
-            f, _, mask = resample(wave, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
-        fluxes.append(np.where(mask, 0.0, f))
-        ivars.append((~mask).astype(np.float64))
-    flux, usable = normalise(np.array(fluxes), np.array(ivars))
+    templates = np.empty((len(indices), grid.n_pix), np.float32)
+    usable = np.empty((len(indices), grid.n_pix), bool)
+    for start in range(0, len(indices), chunk):
+        fluxes, ivars = [], []
+        for i in indices[start:start + chunk]:
+            flux = broaden(lib.star_flux[i].astype(np.float64), extra, step)
+            bad = ~np.isfinite(flux)
+            if aligned:  # the grids share their pixels: a slice is the flux-conserving resampling
+                f, mask = _slice_onto(flux, bad, int(round(offset)), grid.n_pix)
+            else:
+                f, _, mask = resample(wave, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
+            fluxes.append(np.where(mask, 0.0, f))
+            ivars.append((~mask).astype(np.float64))
+        flux, weight = normalise(np.array(fluxes), np.array(ivars))
+        templates[start:start + chunk] = flux
+        usable[start:start + chunk] = weight > 0
     labels = np.stack([lib.star_teff[indices], lib.star_logg[indices], lib.star_feh[indices]], axis=1)
-    return flux.astype(np.float32), usable > 0, labels
+    return templates, usable, labels
 
 
 def _slice_onto(flux: np.ndarray, bad: np.ndarray, offset: int, n_pix: int) -> tuple[np.ndarray, np.ndarray]:

@@ -315,21 +315,24 @@ class Fitter:
         start = offset - int(round(shift))           # rest pixel of observed pixel 0
         n_bins = len(f) // factor
         phase, first = start % factor, start // factor
-        t = np.zeros((binned.shape[1], n_bins))      # (S, nb), 0 where the stars have no data
-        lo, hi = max(0, -first), min(n_bins, binned.shape[2] - first)
-        if hi > lo:
-            t[:, lo:hi] = binned[phase][:, first + lo:first + hi]
+        # the stars are 0 where they have no data: their terms need only the bins they cover
+        lo, hi = max(0, -first), max(min(n_bins, binned.shape[2] - first), max(0, -first))
+        t = binned[phase][:, first + lo:first + hi]   # (S, hi - lo), a view
         fb, wb = binned_spectrum(f, w, factor)
         poly = _legendre_cached(n_bins, len(self.poly))
-        tw = t * wb
-        n_p = len(poly)
-        pp = (poly * wb) @ poly.T
-        cross = tw @ np.vstack([poly, fb]).T                                   # (S, P + 1)
-        terms = [np.einsum("ij,ij->i", tw, t)] + [cross[:, p] for p in range(n_p)]   # the star's row of the system
-        for p in range(n_p):
-            terms += [np.full(len(t), pp[p, q]) for q in range(p, n_p)]
-        vector = [cross[:, -1]] + [np.full(len(t), poly[p] @ (wb * fb)) for p in range(n_p)]
-        chi2 = fb @ (wb * fb) - chi2_reduction_upper(terms, vector, 1 + n_p)
+        tw = t * wb[lo:hi]
+        # each star's system is its one amplitude and the polynomials' P, which all stars share:
+        # with the polynomials eliminated once (A = M_pp⁻¹), each star's χ² is a scalar division
+        cross = tw @ np.vstack([poly[:, lo:hi], fb[lo:hi]]).T                  # (S, P + 1): Σ w t P, Σ w t f
+        m_pp = (poly * wb) @ poly.T
+        m_pp[np.diag_indices_from(m_pp)] += 1e-10 * np.trace(m_pp) / len(m_pp) + 1e-30
+        a_pp = np.linalg.inv(m_pp)
+        b_p = poly @ (wb * fb)
+        q = a_pp @ b_p
+        m_tp = cross[:, :-1]
+        reduced = np.einsum("ij,ij->i", tw, t) - np.einsum("ij,jk,ik->i", m_tp, a_pp, m_tp)
+        explained = (cross[:, -1] - m_tp @ q) ** 2 / np.where(reduced > 0, reduced, np.inf)
+        chi2 = fb @ (wb * fb) - b_p @ q - explained
         best = chosen[int(np.argmin(chi2))]
         return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
 
