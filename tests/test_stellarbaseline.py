@@ -201,3 +201,14 @@ def test_templates_of_different_coverage_are_ranked_by_their_own_pixels():
         direct[:, j] = (ff - ft**2 / tt) / (w > 0).sum(1)
     nearest = stellarbaseline.nearest_templates(flux, ivar, templates, usable, labels, k=1, max_shift=0)
     np.testing.assert_array_equal(nearest[:, 0], labels[np.argmin(direct, axis=1), 0])
+
+
+def test_template_stars_made_a_few_at_a_time_equal_all_at_once():
+    """template_stars works `chunk` stars at a time; each star's normalisation is its own."""
+    lib = load_library()
+    stars = np.arange(0, 60, 2)
+    whole = stellarbaseline.template_stars(lib, stars, GRID, chunk=len(stars))
+    chunked = stellarbaseline.template_stars(lib, stars, GRID, chunk=7)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    assert whole[0].dtype == np.float32 and whole[1].dtype == bool and whole[1].any()

@@ -23,7 +23,7 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
 from .settings import TYPE_BIN, Candidate, FitSettings, calibration_terms, load_calibration, shift_to_z, z_to_shift
-from .scan import (Backend, ShiftProducts, binned_spectrum, chi2_reduction_upper, coarse_scan, legendre,
+from .scan import (Backend, ShiftProducts, binned_spectrum, coarse_scan, legendre,
                    prepare_spectrum, spectrum_arrays)
 
 LN10 = np.log(10.0)
@@ -308,6 +308,14 @@ class Fitter:
         star basis that fitted) that, with the polynomials, fits best at `shift` pixels. Compared
         on bins of TYPE_BIN pixels (about 2 Å, MILES's resolution): a type is read from line
         depths and the continuum's shape, which binning keeps."""
+        chosen, chi2 = self.type_chi2(f, w, shift, group)
+        best = chosen[int(np.argmin(chi2))]
+        return str(self.bases.star_sptype[best]).strip(), str(self.bases.star_name[best]).strip()
+
+    def type_chi2(self, f: np.ndarray, w: np.ndarray, shift: float, group: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(indices into the basis set's stars, χ² of each) for `spectral_type`: each training
+        star of `group` ('' = all) times a free amplitude, plus the fit's Legendre polynomials,
+        against the spectrum (f, w) binned by TYPE_BIN at `shift` pixels."""
         stars = self.bases
         factor = TYPE_BIN
         chosen, binned = stars.star_group_binned(group, factor)
@@ -332,9 +340,7 @@ class Fitter:
         m_tp = cross[:, :-1]
         reduced = np.einsum("ij,ij->i", tw, t) - np.einsum("ij,jk,ik->i", m_tp, a_pp, m_tp)
         explained = (cross[:, -1] - m_tp @ q) ** 2 / np.where(reduced > 0, reduced, np.inf)
-        chi2 = fb @ (wb * fb) - b_p @ q - explained
-        best = chosen[int(np.argmin(chi2))]
-        return str(stars.star_sptype[best]).strip(), str(stars.star_name[best]).strip()
+        return chosen, fb @ (wb * fb) - b_p @ q - explained
 
 
 def sky_line_pixels(grid, halfwidth: int) -> np.ndarray:

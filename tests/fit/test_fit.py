@@ -185,16 +185,91 @@ def test_quarter_pixel_chi2_is_the_least_squares_fit_of_the_interpolated_basis(b
     assert np.argmin(got) == np.argmin(expected)
 
 
-def test_coarse_scan_in_chunks_equals_one_batch(bases, monkeypatch):
+@pytest.mark.parametrize("spectype, chunk_name", [("GALAXY", "COARSE_CHUNK"), ("STAR", "DIRECT_CHUNK")])
+def test_coarse_scan_in_chunks_equals_one_batch(bases, monkeypatch, spectype, chunk_name):
+    """By FFT (galaxies' whole z range) and directly (stars' few lags), chunk by chunk."""
     import annotate.fit.scan as scan
 
     sample = draw_sample(5, load_library(), GRID, seed=9)
     f, w, _ = spectrum_arrays(sample["flux"], sample["ivar"], sample["mask"])
-    basis = bases.for_class("GALAXY")[0].leading(4)
+    basis = bases.for_class(spectype)[0].leading(4)
     whole, _ = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend())
-    monkeypatch.setattr(scan, "COARSE_CHUNK", 2)
+    monkeypatch.setattr(scan, chunk_name, 2)
+    basis.__dict__.pop("_coarse_plans", None)
     chunked, _ = coarse_scan(basis, f, w, GRID.loglam_start, 3, Backend())
     np.testing.assert_allclose(chunked, whole, rtol=1e-12)  # each spectrum's transforms are its own
+
+
+def test_chi2_reduction_is_the_solved_systems_quadratic_form():
+    """bᵀM⁻¹b by the Cholesky written over whole arrays (numpy's path, and the generic one that
+    torch takes) against numpy's solver, for 6 × 40 random SPD systems of size 7, with some terms
+    given once for all systems (shape (6, 1)) as the coarse scan gives its polynomial sums."""
+    rng = np.random.default_rng(5)
+    k, shape = 7, (6, 40)
+    a = rng.normal(size=shape + (k, 2 * k))
+    a[:, :, 5:] = a[:, :1, 5:]  # so the last 2 × 2 block is the same along the second axis
+    m = a @ np.swapaxes(a, -1, -2)
+    b = rng.normal(size=shape + (k,))
+    expected = np.einsum("...i,...i->...", b, np.linalg.solve(m, b[..., None])[..., 0])
+    upper = [m[:, :1, i, j] if i >= 5 else m[..., i, j] for i, j in zip(*np.triu_indices(k))]
+    vector = [b[..., i] for i in range(k)]
+    np.testing.assert_allclose(scan.chi2_reduction_upper(upper, vector, k), expected, rtol=1e-8)
+    torch = pytest.importorskip("torch")
+    generic = scan.chi2_reduction_upper([torch.as_tensor(u) for u in upper], [torch.as_tensor(v) for v in vector], k)
+    np.testing.assert_allclose(generic.numpy(), expected, rtol=1e-8)
+
+
+def test_spectral_type_chi2_is_each_binned_stars_least_squares_fit(bases):
+    """Fitter.type_chi2 eliminates the polynomials once for all stars; the reference solves each
+    star's weighted least squares (the star's binned flux at the shift, 0 where it has none, and
+    the Legendre polynomials) with numpy's lstsq."""
+    from annotate.fit.fitter import _legendre_cached
+    from annotate.fit.scan import binned_spectrum
+    from annotate.fit.settings import TYPE_BIN
+
+    sample = draw_sample(2, load_library(), GRID, seed=13, settings=SimulationSettings(class_fractions=(0, 0, 1)))
+    f, w, _ = spectrum_arrays(sample["flux"], sample["ivar"], sample["mask"])
+    fitter = Fitter(GRID, FitSettings(), bases)
+    for row, shift, group in ((0, 3.4, "G"), (1, -17.0, "K"), (1, 0.0, "")):
+        chosen, chi2 = fitter.type_chi2(f[row], w[row], shift, group)
+        _, binned = bases.star_group_binned(group, TYPE_BIN)
+        offset = int(round((GRID.loglam_start - bases.star_loglam_start) / GRID.loglam_step))
+        start = offset - int(round(shift))
+        fb, wb = binned_spectrum(f[row], w[row], TYPE_BIN)
+        n_bins = len(fb)
+        poly = _legendre_cached(n_bins, fitter.settings.n_poly)
+        root = np.sqrt(wb)
+        for s in np.linspace(0, len(chosen) - 1, 6).astype(int):
+            star = np.zeros(n_bins)
+            for i in range(n_bins):
+                j = start // TYPE_BIN + i
+                if 0 <= j < binned.shape[2]:
+                    star[i] = binned[start % TYPE_BIN, s, j]
+            design = np.vstack([star, poly]).T * root[:, None]
+            amplitudes = np.linalg.lstsq(design, fb * root, rcond=None)[0]
+            expected = float(((fb * root - design @ amplitudes) ** 2).sum())
+            assert chi2[s] == pytest.approx(expected, rel=1e-6), (row, group, s)
+        assert fitter.spectral_type(f[row], w[row], shift, group)[1] == str(bases.star_name[chosen[np.argmin(chi2)]]).strip()
+
+
+def test_fits_in_two_threads_at_once_equal_the_fits_one_after_the_other(bases):
+    """The full-resolution products go through an array reused by each thread (scan._scratch):
+    threads fitting with one Fitter at once (as `fit_store(..., scheduler='threads')` does) must
+    each get what a lone fit gets (with one array shared by all threads this failed in 4 of 5 runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sample = draw_sample(12, load_library(), GRID, seed=17)
+    fitter = Fitter(GRID, FitSettings(prior=False), bases)
+    halves = (slice(0, 6), slice(6, 12))
+    alone = [fit_rows(fitter, sample["flux"][h], sample["ivar"][h], sample["mask"][h], None) for h in halves]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda h: fit_rows(fitter, sample["flux"][h], sample["ivar"][h], sample["mask"][h], None),
+                                 halves * 6))
+    for i, out in enumerate(together):
+        ref = alone[i % 2]
+        assert list(out["fit_class"]) == list(ref["fit_class"])
+        for key in ("fit_z", "fit_z_err", "fit_deltachi2", "fit_rchi2"):
+            np.testing.assert_allclose(out[key], ref[key], rtol=1e-9, err_msg=key)
 
 
 def test_direct_and_fft_correlations_agree():
