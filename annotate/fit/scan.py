@@ -403,7 +403,7 @@ def prepare_spectrum(f: np.ndarray, w: np.ndarray, poly: np.ndarray) -> dict:
     """The shift-independent parts of one spectrum's fits (f, w: (n,); poly (P, n)), computed
     once for all its bases and shifts."""
     fw = f * w
-    return {"f": f, "w": w, "poly": poly, "side": np.stack([*poly, f], axis=1),   # (n, P + 1)
+    return {"f": f, "w": w, "poly": poly, "side": np.vstack([poly, f]),   # (P + 1, n)
             "pp": (poly * w) @ poly.T, "pf": poly @ fw, "ff": float(f @ fw), "n_good": float((w > 0).sum())}
 
 
@@ -449,7 +449,7 @@ class ShiftProducts:
         if s not in self.whole:
             t = self._window(s)
             tw = np.multiply(t, self.spectrum["w"], out=self.weighted)
-            self.whole[s] = (tw @ t.T, tw @ self.spectrum["side"])
+            self.whole[s] = (tw @ t.T, (self.spectrum["side"] @ tw.T).T)  # this order: ~40 % faster than tw @ sideᵀ
         return self.whole[s]
 
     def _pair(self, s: int) -> np.ndarray:
