@@ -120,3 +120,16 @@ def test_fit_row_measures_the_fit_and_says_when_redrock_is_missing(tmp_path, mon
     # six spectra: their float64 flux and weights are under 1 MB, the caches were built before
     assert -1.0 < row.extra["batch_rss_mb"][0] < 100.0
     assert "fit's peak memory" in bench.format_table([row])
+
+
+def test_end_to_end_keeps_the_fastest_of_its_runs(tmp_path):
+    """Each size is run RUNS times with a fresh output and store; the rate is the fastest run's,
+    and every run's seconds are kept."""
+    from annotate.bench.end_to_end import RUNS, bench_end_to_end
+
+    row = bench_end_to_end([6], tmp_path)
+    runs = row.extra["runs_s"][0]
+    assert row.sizes == [6] and len(runs) == RUNS >= 2 and all(s > 0 for s in runs)
+    assert row.ours[0] == pytest.approx(6 / min(runs))
+    assert row.baseline[0] > 0
+    assert not (tmp_path / "e2e-6" / "out.fits").exists()  # outputs removed after each size
