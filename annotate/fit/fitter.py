@@ -324,8 +324,9 @@ class Fitter:
         n_bins = len(f) // factor
         phase, first = start % factor, start // factor
         # the stars are 0 where they have no data: their terms need only the bins they cover
-        lo, hi = max(0, -first), max(min(n_bins, binned.shape[2] - first), max(0, -first))
-        t = binned[phase][:, first + lo:first + hi]   # (S, hi - lo), a view
+        lo = max(0, -first)
+        hi = max(lo, min(n_bins, binned.shape[2] - first))
+        t = binned[phase][:, first + lo:first + hi]   # (S, hi - lo), a view; empty where none overlap
         fb, wb = binned_spectrum(f, w, factor)
         poly = _legendre_cached(n_bins, len(self.poly))
         tw = t * wb[lo:hi]
