@@ -27,6 +27,7 @@ K = 5
 MAX_SHIFT = 3           # pixels (±207 km/s on the SDSS grid: 2.6 σ of the simulated radial velocities)
 MIN_PIXELS = 100        # shared usable pixels below which a template is not compared (χ² infinite)
 CONTINUUM_PIX = 151
+MIXTURE_PIVOT = 1e-4    # mixture_labels: below this ratio of R's pivots, the NNLS runs on the pixels
 SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)
 LABELS = ("teff", "logg", "feh")
 
@@ -228,9 +229,15 @@ def mixture_labels(flux: np.ndarray, weight: np.ndarray, templates: np.ndarray, 
     root = np.sqrt(weight[use]).astype(np.float64)
     design = templates[:, use].astype(np.float64) * root        # (m, pixels)
     target = flux[use].astype(np.float64) * root
-    try:  # the same problem on the m × m triangle R of the normal equations (RᵀR = AᵀA): 3× faster
+    # the same problem on the m × m triangle R of the normal equations (RᵀR = AᵀA): 3× faster, and
+    # as exact while R is well conditioned; templates near dependence (a pivot under
+    # MIXTURE_PIVOT of the largest, cond(AᵀA) over its inverse square) go to the pixels themselves
+    try:
         upper = np.linalg.cholesky(design @ design.T).T
-    except np.linalg.LinAlgError:  # templates that are not independent: the pixels themselves
+    except np.linalg.LinAlgError:
+        upper = None
+    pivots = None if upper is None else np.abs(np.diag(upper))
+    if pivots is None or pivots.min() < MIXTURE_PIVOT * pivots.max():
         amounts, _ = nnls(design.T, target)
     else:
         amounts, _ = nnls(upper, np.linalg.solve(upper.T, design @ target))

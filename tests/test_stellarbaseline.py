@@ -72,6 +72,43 @@ def test_mixture_labels_weigh_each_template_by_its_share_of_the_spectrum():
     assert np.isnan(stellarbaseline.mixture_labels(flux, weight, templates, usable, labels)[2])
 
 
+def test_mixture_amounts_are_the_pixels_nnls_also_for_templates_that_are_not_independent(monkeypatch):
+    """mixture_labels solves its NNLS on the Cholesky triangle of the normal equations; the
+    labels are those of the NNLS over the weighted pixels, and a template given twice (a
+    singular system, whose Cholesky may still pass on rounding) sends it to the pixels themselves.
+    On 324 fitted stars the triangle's pivots were at least 2e-3 of its largest, far from
+    MIXTURE_PIVOT."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    rng = np.random.default_rng(11)
+    n_pix = 800
+    templates = 1.0 + 0.3 * rng.normal(size=(6, n_pix))
+    flux = templates.T @ np.array([0.2, 0.0, 0.5, 0.0, 0.3, 0.0]) + rng.normal(0, 0.01, n_pix)
+    weight = rng.uniform(0.5, 2.0, n_pix)
+    labels = np.column_stack([np.linspace(4000, 6500, 6), np.linspace(1, 5, 6), np.linspace(-2, 0.5, 6)])
+    seen = []
+
+    def recording(a, b):
+        seen.append(a.shape)
+        return scipy_nnls(a, b)
+
+    import scipy.optimize
+
+    monkeypatch.setattr(scipy.optimize, "nnls", recording)
+    root = np.sqrt(weight)
+    direct, _ = scipy_nnls(templates.T * root[:, None], flux * root)
+    expected = (direct[:, None] * labels).sum(0) / direct.sum()
+    usable = np.ones(templates.shape, bool)
+    mixed = stellarbaseline.mixture_labels(flux, weight, templates, usable, labels)
+    np.testing.assert_allclose(mixed, expected, rtol=1e-9)
+    assert seen[-1] == (6, 6)  # the triangle, not the pixels
+    twice = np.vstack([templates, templates[:1]])
+    mixed_twice = stellarbaseline.mixture_labels(flux, weight, twice, np.ones(twice.shape, bool),
+                                                 np.vstack([labels, labels[:1]]))
+    np.testing.assert_allclose(mixed_twice, expected, rtol=1e-6)
+    assert seen[-1] == (n_pix, 7)  # the pixels
+
+
 def test_nearest_templates_with_mix_give_the_mixture_and_keep_the_k_spread():
     """Four templates, a common shape and each its own pattern; the spectrum is 0.6 of the first
     and 0.4 of the second, one pixel off rest. The k = 2 nearest are that pair: without mix their

@@ -251,7 +251,7 @@ def test_spectral_type_chi2_is_each_binned_stars_least_squares_fit(bases):
         assert fitter.spectral_type(f[row], w[row], shift, group)[1] == str(bases.star_name[chosen[np.argmin(chi2)]]).strip()
 
 
-def test_fits_in_two_threads_at_once_equal_the_fits_one_after_the_other(bases):
+def test_fits_in_threads_at_once_equal_the_fits_one_after_the_other(bases):
     """The full-resolution products go through an array reused by each thread (scan._scratch):
     threads fitting with one Fitter at once (as `fit_store(..., scheduler='threads')` does) must
     each get what a lone fit gets (with one array shared by all threads this failed in 4 of 5 runs)."""
