@@ -63,7 +63,7 @@ def check_image_store(path: Path, n_rows: int, spectra_store: Path, settings: Re
 def _open_image_store(path: Path, n_rows: int, settings: RenderSettings, spectra_store: Path, n_pix: int) -> str:
     """The image store at `path`, checked or made; a note (one line, or '') when one that cannot
     be trusted (a render killed while writing it, `store.writing_to`) was set aside for it."""
-    note = (set_aside_if_damaged(path, "every row is rendered again") or "") if path.exists() else ""
+    note = set_aside_if_damaged(path, "every row is rendered again") or ""
     if path.exists():
         check_image_store(path, n_rows, spectra_store, settings)
         return note

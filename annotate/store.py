@@ -130,7 +130,7 @@ def prepare_store(path: str | Path, object_ids, sources, grid: WavelengthGrid, s
     aside (`set_aside_if_damaged`) and made anew, so that a resumed run or a requeued shard goes
     on by reading its spectra again."""
     path = Path(path)
-    aside = set_aside_if_damaged(path) if path.exists() else None
+    aside = set_aside_if_damaged(path)   # None where there is no file, or it can be trusted
     if not path.exists():
         info = create_store(path, object_ids, sources, grid, survey=survey, reader=reader, catalog=catalog)
         return info, [aside] if aside else []

@@ -121,70 +121,81 @@ def circular_length(n: int, m: int, d_lo: int, d_hi: int) -> int:
 
 def chi2_reduction_upper(upper_terms, vector_terms, k: int, ridge: float = 1e-10):
     """bᵀ M⁻¹ b for many small SPD systems given as their upper-triangle entries
-    `upper_terms[p]` (p over np.triu_indices(k), each an array of any batch shape) and
-    `vector_terms[i]` (i < k): a Cholesky factorisation written out entry by entry, so each step is
-    one operation on whole batch arrays (numpy or torch alike) rather than one call per system."""
+    `upper_terms[p]` (p over np.triu_indices(k), each an array of any batch shape, numpy or torch
+    alike) and `vector_terms[i]` (i < k): a Cholesky factorisation written out entry by entry, so
+    each step is one operation on whole batch arrays rather than one call per system. Each step
+    writes into arrays made once: a temporary per step, at tens of steps per unknown, cost as
+    much as the arithmetic."""
     index = {}
     for p, (i, j) in enumerate(zip(*np.triu_indices(k))):
         index[i, j] = p
     scale = sum(upper_terms[index[i, i]] for i in range(k)) / k * ridge + 1e-30
-    if all(isinstance(term, np.ndarray) for term in (*upper_terms, *vector_terms)):
-        return _chi2_reduction_numpy(upper_terms, vector_terms, k, index, scale)
+    ops = _InPlace((*upper_terms, *vector_terms, scale))
+    tmp = ops.empty()
     lower = {}
     y = []
-    total = 0.0
+    total = ops.full(0.0)
     for j in range(k):
-        diag = upper_terms[index[j, j]] + scale
+        diag = ops.full(upper_terms[index[j, j]])
+        diag += scale
         for p in range(j):
-            diag = diag - lower[j, p] * lower[j, p]
-        diag = diag.clip(1e-300) ** 0.5
+            diag -= ops.mul(lower[j, p], lower[j, p], tmp)
+        ops.clip_sqrt(diag, 1e-300)
         lower[j, j] = diag
         for i in range(j + 1, k):
-            value = upper_terms[index[j, i]]
+            value = ops.full(upper_terms[index[j, i]])
             for p in range(j):
-                value = value - lower[i, p] * lower[j, p]
-            lower[i, j] = value / diag
-        yj = vector_terms[j]
-        for p in range(j):
-            yj = yj - lower[j, p] * y[p]
-        yj = yj / diag
-        y.append(yj)
-        total = total + yj * yj
-    return total
-
-
-def _chi2_reduction_numpy(upper_terms, vector_terms, k: int, index: dict, scale) -> np.ndarray:
-    """`chi2_reduction_upper` for numpy arrays: the same steps, each written into arrays made
-    once (a temporary per step, at tens of steps per unknown, costs as much as the arithmetic)."""
-    shape = np.broadcast_shapes(*(np.shape(t) for t in (*upper_terms, *vector_terms)))
-    tmp = np.empty(shape)
-    lower = {}
-    y = []
-    total = np.zeros(shape)
-    for j in range(k):
-        diag = np.add(upper_terms[index[j, j]], scale, out=np.empty(shape))
-        for p in range(j):
-            np.multiply(lower[j, p], lower[j, p], out=tmp)
-            diag -= tmp
-        np.maximum(diag, 1e-300, out=diag)
-        np.sqrt(diag, out=diag)
-        lower[j, j] = diag
-        for i in range(j + 1, k):
-            value = np.broadcast_to(upper_terms[index[j, i]], shape).copy()
-            for p in range(j):
-                np.multiply(lower[i, p], lower[j, p], out=tmp)
-                value -= tmp
+                value -= ops.mul(lower[i, p], lower[j, p], tmp)
             value /= diag
             lower[i, j] = value
-        yj = np.broadcast_to(vector_terms[j], shape).copy()
+        yj = ops.full(vector_terms[j])
         for p in range(j):
-            np.multiply(lower[j, p], y[p], out=tmp)
-            yj -= tmp
+            yj -= ops.mul(lower[j, p], y[p], tmp)
         yj /= diag
         y.append(yj)
-        np.multiply(yj, yj, out=tmp)
-        total += tmp
+        total += ops.mul(yj, yj, tmp)
     return total
+
+
+class _InPlace:
+    """The few in-place steps of `chi2_reduction_upper` for numpy arrays or torch tensors, on the
+    shape all its terms broadcast to."""
+
+    def __init__(self, terms):
+        tensor = next((t for t in terms if type(t).__module__.startswith("torch")), None)
+        if tensor is None:
+            self.torch = None
+            self.shape = np.broadcast_shapes(*(np.shape(t) for t in terms))
+        else:
+            import torch
+
+            self.torch, self.like = torch, tensor
+            self.shape = torch.broadcast_shapes(*(tuple(getattr(t, "shape", ())) for t in terms))
+
+    def empty(self):
+        if self.torch is None:
+            return np.empty(self.shape)
+        return self.torch.empty(self.shape, dtype=self.like.dtype, device=self.like.device)
+
+    def full(self, value):
+        """A new array of the shape holding `value` (an array broadcast to it, or a number)."""
+        if self.torch is None:
+            return np.broadcast_to(value, self.shape).copy()
+        if not isinstance(value, self.torch.Tensor):
+            return self.torch.full(self.shape, float(value), dtype=self.like.dtype, device=self.like.device)
+        return value.expand(self.shape).clone()
+
+    def mul(self, a, b, out):
+        if self.torch is None:
+            return np.multiply(a, b, out=out)
+        return self.torch.mul(a, b, out=out)
+
+    def clip_sqrt(self, values, floor: float) -> None:
+        if self.torch is None:
+            np.maximum(values, floor, out=values)
+            np.sqrt(values, out=values)
+        else:
+            values.clamp_(min=floor).sqrt_()
 
 
 def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | None = None) -> np.ndarray:
