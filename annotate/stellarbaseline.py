@@ -44,7 +44,7 @@ def _running_sum(values: np.ndarray, width: int) -> np.ndarray:
     return total[..., width:width + n] - total[..., :n]
 
 
-def normalise(flux: np.ndarray, ivar: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def normalise(flux: np.ndarray, ivar: np.ndarray, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(flux / continuum, ivar × continuum²), 0 where unusable; (n, n_pix) in and out. The
     continuum is the running mean of the usable pixels over CONTINUUM_PIX pixels (edges use what
     they have); rows are taken `chunk` at a time, which keeps the temporaries in cache."""
@@ -81,17 +81,15 @@ def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_si
     templates = np.empty((len(indices), grid.n_pix), np.float32)
     usable = np.empty((len(indices), grid.n_pix), bool)
     for start in range(0, len(indices), chunk):
-        fluxes, ivars = [], []
-        for i in indices[start:start + chunk]:
-            flux = broaden(lib.star_flux[i].astype(np.float64), extra, step)
-            bad = ~np.isfinite(flux)
-            if aligned:  # the grids share their pixels: a slice is the flux-conserving resampling
-                f, mask = _slice_onto(flux, bad, int(round(offset)), grid.n_pix)
-            else:
-                f, _, mask = resample(wave, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
-            fluxes.append(np.where(mask, 0.0, f))
-            ivars.append((~mask).astype(np.float64))
-        flux, weight = normalise(np.array(fluxes), np.array(ivars))
+        broadened = broaden(lib.star_flux[indices[start:start + chunk]].astype(np.float64), extra, step)
+        bad = ~np.isfinite(broadened)
+        if aligned:  # the grids share their pixels: a slice is the flux-conserving resampling
+            f, mask = _slice_onto(broadened, bad, int(round(offset)), grid.n_pix)
+        else:
+            f, mask = np.empty((len(broadened), grid.n_pix)), np.empty((len(broadened), grid.n_pix), bool)
+            for row, (flux, flux_bad) in enumerate(zip(broadened, bad)):
+                f[row], _, mask[row] = resample(wave, np.where(flux_bad, 0.0, flux), np.ones_like(flux), flux_bad, grid)
+        flux, weight = normalise(np.where(mask, 0.0, f), (~mask).astype(np.float64))
         templates[start:start + chunk] = flux
         usable[start:start + chunk] = weight > 0
     labels = np.stack([lib.star_teff[indices], lib.star_logg[indices], lib.star_feh[indices]], axis=1)
@@ -99,14 +97,14 @@ def template_stars(lib, indices: np.ndarray, grid: WavelengthGrid, resolution_si
 
 
 def _slice_onto(flux: np.ndarray, bad: np.ndarray, offset: int, n_pix: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flux (n_pix,), mask (n_pix,) True = no data) of a spectrum whose pixel `offset` is the
-    grid's pixel 0 (same step), masked where it has no pixel or a bad one."""
-    out = np.zeros(n_pix)
-    mask = np.ones(n_pix, bool)
-    lo, hi = max(0, -offset), min(n_pix, len(flux) - offset)
+    """(flux (..., n_pix), mask (..., n_pix) True = no data) of spectra (..., m) whose pixel
+    `offset` is the grid's pixel 0 (same step), masked where they have no pixel or a bad one."""
+    out = np.zeros(flux.shape[:-1] + (n_pix,))
+    mask = np.ones(flux.shape[:-1] + (n_pix,), bool)
+    lo, hi = max(0, -offset), min(n_pix, flux.shape[-1] - offset)
     if hi > lo:
-        out[lo:hi] = flux[offset + lo:offset + hi]
-        mask[lo:hi] = bad[offset + lo:offset + hi]
+        out[..., lo:hi] = flux[..., offset + lo:offset + hi]
+        mask[..., lo:hi] = bad[..., offset + lo:offset + hi]
     return out, mask
 
 

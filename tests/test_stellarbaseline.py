@@ -275,3 +275,25 @@ def test_template_stars_made_a_few_at_a_time_equal_all_at_once():
     for a, b in zip(whole, chunked):
         np.testing.assert_array_equal(a, b)
     assert whole[0].dtype == np.float32 and whole[1].dtype == bool and whole[1].any()
+
+
+def test_template_stars_on_a_grid_that_does_not_share_the_library_pixels_are_resampled():
+    """On a grid half a pixel off the library's, each training star is its broadened spectrum
+    resampled onto the grid (flux-conserving) and then normalised, as one star alone gives."""
+    from annotate.grid import resample
+    from annotate.simulate.spectra import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, broaden
+
+    lib = load_library()
+    grid = WavelengthGrid(loglam_start=GRID.loglam_start + 0.5 * GRID.loglam_step, n_pix=3000)
+    stars = np.array([3, 50, 400])
+    templates, usable, _ = stellarbaseline.template_stars(lib, stars, grid)
+    extra = np.sqrt(69.0**2 - (lib.star_fwhm_aa * FWHM_TO_SIGMA / 5000.0 * SPEED_OF_LIGHT_KMS) ** 2)
+    step = lib.star_loglam[1] - lib.star_loglam[0]
+    for row, star in enumerate(stars):
+        flux = broaden(lib.star_flux[star].astype(np.float64), extra, step)
+        bad = ~np.isfinite(flux)
+        f, _, mask = resample(10.0**lib.star_loglam, np.where(bad, 0.0, flux), np.ones_like(flux), bad, grid)
+        norm, weight = stellarbaseline.normalise(np.where(mask, 0.0, f)[None], (~mask).astype(np.float64)[None])
+        np.testing.assert_array_equal(templates[row], norm[0].astype(np.float32))
+        np.testing.assert_array_equal(usable[row], weight[0] > 0)
+    assert usable.any(axis=1).all()

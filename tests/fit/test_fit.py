@@ -499,3 +499,15 @@ def test_the_answer_is_always_a_refined_candidate(bases, held_out_library):
     fit = fit_rows(fitter, sample["flux"], sample["ivar"], sample["mask"], vit)
     assert np.isfinite(fit["fit_rchi2"]).all() and np.isfinite(fit["fit_z_err"]).all()
     assert ross_success(fit["fit_class"], fit["fit_z"], sample["class"], sample["z"]).sum() >= 23
+
+
+def test_star_group_binned_is_the_mean_of_each_bins_pixels(bases):
+    """binned[r][:, j] of a group is the mean flux of its stars over rest pixels r + 4j … r + 4j + 3."""
+    for group in ("K", "OB"):
+        chosen, binned = bases.star_group_binned(group, 4)
+        assert np.array_equal(chosen, np.flatnonzero(bases.star_group == group))
+        flux = bases.star_flux[chosen]
+        assert binned.shape == (4, len(chosen), flux.shape[1] // 4 - 1)
+        for r in range(4):
+            for j in (0, 7, binned.shape[2] // 2, binned.shape[2] - 1):
+                np.testing.assert_allclose(binned[r][:, j], flux[:, r + 4 * j:r + 4 * j + 4].mean(axis=1), rtol=1e-14)

@@ -6,7 +6,7 @@ import pytest
 from annotate import CLASS_NAMES
 from annotate.grid import WavelengthGrid
 from annotate.simulate.spectra import (
-    SimulationSettings, add_lines, draw_sample, galaxy_rest, lyman_transmission, observe, quasar_rest, star_neighbours,
+    SimulationSettings, add_lines, broaden, draw_sample, galaxy_rest, lyman_transmission, observe, quasar_rest, star_neighbours,
 )
 from annotate.simulate.templates import load_library
 
@@ -155,3 +155,26 @@ def test_blended_stars_take_a_neighbour_and_labels_between_the_two_and_leave_the
             if a != b:  # the weight on the neighbour is between 0 and star_blend_max (0.5)
                 assert 0.0 <= (value - a) / (b - a) <= 0.5
     assert n_blends > 50
+
+
+def test_broaden_of_rows_is_broaden_of_each_row():
+    """Rows broadened at once (the training stars of the fit are made so) equal each broadened
+    alone to the bit, NaN stretches at the start, inside and at the end and a row of NaN
+    included; the flux is conserved away from the edges and a line's width grows as σ adds in
+    quadrature."""
+    lib = load_library()
+    rows = lib.star_flux[:40].astype(np.float64)
+    rows[3, :120] = np.nan
+    rows[4, 2000:2090] = np.nan
+    rows[5, -60:] = np.nan
+    rows[6] = np.nan
+    for sigma_kms in (26.0, 150.0):
+        together = broaden(rows, sigma_kms, 1e-4)
+        np.testing.assert_array_equal(together, np.array([broaden(row, sigma_kms, 1e-4) for row in rows]))
+    line = np.zeros((2, 801))
+    line[:, 400] = 1.0
+    wide = broaden(line, 100.0, 1e-4)
+    sigma_pix = 100.0 / (299792.458 * np.log(10) * 1e-4)
+    x = np.arange(801) - 400.0
+    assert wide.sum(axis=1) == pytest.approx([1.0, 1.0], rel=1e-12)
+    assert np.sqrt((wide[0] * x**2).sum()) == pytest.approx(sigma_pix, rel=0.02)
