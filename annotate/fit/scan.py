@@ -360,10 +360,16 @@ def _coarse_plan(basis: Basis, grid_start: float, factor: int, nb: int, shift_ra
     d_lo, d_hi = off_b - s_hi, off_b - s_lo  # D = off_b - S: rest bin of observed bin 0
     xp = backend
     t_side = xp.asarray(tb)
+    products = tb[upper[0]] * tb[upper[1]]
+    # products that are 0 at every pixel (emission-line templates that never overlap) have
+    # Σ w t_i t_j = 0 at every shift: no correlation is computed for them
+    nonzero = np.flatnonzero(np.any(products != 0, axis=1))
+    tt_index = {(int(upper[0][n]), int(upper[1][n])): None for n in range(len(products))}
+    tt_index.update({(int(upper[0][n]), int(upper[1][n])): m for m, n in enumerate(nonzero)})
     plan = {"k": k, "n_poly": n_poly, "poly": legendre(nb, n_poly),                  # (P, nb)
             "by_template": xp.correlator(t_side, nb, d_lo, d_hi),                     # (B, k, nD)
-            "by_product": xp.correlator(xp.asarray(tb[upper[0]] * tb[upper[1]]), nb, d_lo, d_hi),
-            "tt_index": {(int(i), int(j)): n for n, (i, j) in enumerate(zip(*upper))},
+            "by_product": xp.correlator(xp.asarray(products[nonzero]), nb, d_lo, d_hi),
+            "tt_index": tt_index,                                                       # (i, j) -> row, None: 0
             "shifts": factor * np.arange(s_lo, s_hi + 1), "by_fft": d_hi - d_lo + 1 >= FFT_MIN_LAGS}
     cache[key] = plan
     return plan
@@ -387,7 +393,8 @@ def _coarse_chi2(plan: dict, fb: np.ndarray, wb: np.ndarray, xp: Backend) -> np.
     for i, j in zip(*np.triu_indices(size)):
         i, j = int(i), int(j)
         if j < k:
-            terms.append(m_tt[:, plan["tt_index"][i, j]])
+            row = plan["tt_index"][i, j]
+            terms.append(0.0 if row is None else m_tt[:, row])
         elif i < k:
             terms.append(m_tp[:, j - k, i])
         else:

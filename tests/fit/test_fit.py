@@ -480,6 +480,37 @@ def test_parabola_through_quarter_pixel_points_gives_vertex_width_and_minimum():
     assert _parabola(u, np.where(u == 161, np.nan, chi2), 3)[0] == 160.0  # an undefined point: the grid point
 
 
+def test_quadratic_is_the_exact_least_squares_parabola_far_above_zero():
+    """_quadratic through 3-5 points at whole steps, y a noisy parabola up to 1e6 above 0 (χ² of
+    a bright spectrum): a, b, c within 1e-11 of the exact least-squares solution (rational
+    arithmetic); np.linalg.solve on the same normal equations is off by up to ~5e-8 here."""
+    from fractions import Fraction
+
+    from annotate.fit.fitter import _quadratic
+
+    def exact(x, y):
+        xs, ys = [Fraction(float(v)) for v in x], [Fraction(float(v)) for v in y]
+        s = [sum(v**p for v in xs) for p in range(5)]
+        t = [sum(u**p * v for u, v in zip(xs, ys)) for p in range(3)]
+        rows = [[s[4], s[3], s[2], t[2]], [s[3], s[2], s[1], t[1]], [s[2], s[1], s[0], t[0]]]
+        for i in range(3):
+            for r in range(i + 1, 3):
+                factor = rows[r][i] / rows[i][i]
+                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[i])]
+        out = [Fraction(0)] * 3
+        for i in (2, 1, 0):
+            out[i] = (rows[i][3] - sum(rows[i][j] * out[j] for j in range(i + 1, 3))) / rows[i][i]
+        return np.array([float(v) for v in out])
+
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        n = int(rng.integers(3, 6))
+        x = np.arange(n, dtype=float) - int(rng.integers(0, n))
+        y = rng.uniform(0.1, 50) * (x - rng.uniform(-1, 1)) ** 2 + rng.uniform(0, 1e6) + rng.normal(0, 1, n)
+        expected = exact(x, y)
+        np.testing.assert_allclose(_quadratic(x, y), expected, rtol=1e-11)
+
+
 def test_the_answer_is_always_a_refined_candidate(bases, held_out_library):
     """Candidates left unrefined carry an estimated χ² (their coarse χ² offset by the best one's
     change on refinement). With strong calibration errors (realism 2) the refinement at the right z
