@@ -95,3 +95,32 @@ def test_worker_processes_fit_in_the_memory_the_process_may_use(monkeypatch):
     assert resolve_scheduler("distributed", 100) == "distributed"
     monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", 2**40)
     assert process_workers() == default_workers()
+
+
+def _worker_settings(_item) -> dict:
+    import dask
+    from distributed import get_worker
+
+    return {"pid": os.getpid(), "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "tick": dask.config.get("distributed.admin.tick.interval"),
+            "callbacks": sorted(get_worker().periodic_callbacks)}
+
+
+def test_the_local_cluster_runs_without_the_dashboards_bookkeeping():
+    """The project's LocalCluster has no dashboard, so its workers run without Dask's statistical
+    profiler and with slower monitor ticks (QUIET_CLUSTER), keep the memory monitor that guards
+    their memory limit, and keep glibc's own MALLOC_TRIM_THRESHOLD_; Dask's configuration outside
+    is left as it was."""
+    import dask
+
+    from annotate.parallel import QUIET_CLUSTER, shared_cluster
+
+    before = {key: dask.config.get(key) for key in QUIET_CLUSTER}
+    with shared_cluster("distributed", n_workers=2) as shared:
+        seen = [value for _, value in map_unordered(_worker_settings, list(range(4)), address=shared)]
+    assert {row["pid"] for row in seen} and os.getpid() not in {row["pid"] for row in seen}
+    for row in seen:
+        assert row["malloc_trim"] is None and row["profile"] is False and row["tick"] == "500ms"
+        assert "profile" not in row["callbacks"] and "memory_monitor" in row["callbacks"]
+    assert {key: dask.config.get(key) for key in QUIET_CLUSTER} == before
