@@ -113,6 +113,7 @@ def test_the_local_cluster_runs_without_the_dashboards_bookkeeping():
     their memory limit, and keep glibc's own MALLOC_TRIM_THRESHOLD_; Dask's configuration outside
     is left as it was."""
     import dask
+    import distributed  # noqa: F401  (registers its configuration's defaults)
 
     from annotate.parallel import QUIET_CLUSTER, shared_cluster
 
