@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -87,17 +88,42 @@ class RenderSettings:
         return cls(**raw)
 
 
+STORED_COLORMAPS_PATH = Path(__file__).resolve().parent / "data" / "colormaps.npz"
+STORED_COLORMAPS = ("viridis", "plasma", "inferno", "magma", "cividis", "gray")
+
+
 @lru_cache(maxsize=8)
 def colormap_lut(name: str) -> np.ndarray:
-    """(257, 3) uint8: the colormap's 256 colours, then the background colour (black) at index 256."""
+    """(257, 3) uint8: the colormap's 256 colours, then the background colour (black) at index 256.
+    The colormaps of STORED_COLORMAPS (the default, viridis, among them) are read from
+    data/colormaps.npz, matplotlib's own colours written by `write_stored_colormaps`: importing
+    matplotlib for them took 0.3 s of every run; the others come from matplotlib."""
+    if name in STORED_COLORMAPS and STORED_COLORMAPS_PATH.is_file():
+        with np.load(STORED_COLORMAPS_PATH, allow_pickle=False) as stored:
+            rgb = stored[name] if name in stored.files else None
+        if rgb is not None:
+            return np.vstack([rgb, np.zeros((1, 3), np.uint8)])
+    return np.vstack([_matplotlib_rgb(name), np.zeros((1, 3), np.uint8)])
+
+
+def _matplotlib_rgb(name: str) -> np.ndarray:
+    """(256, 3) uint8 colours of matplotlib's colormap `name`."""
     from matplotlib import colormaps
 
     try:
         cmap = colormaps[name]
     except KeyError:
         raise ConfigError(f"unknown colormap {name!r}") from None
-    rgb = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    return np.vstack([rgb, np.zeros((1, 3), np.uint8)])
+    return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_stored_colormaps(path: Path = STORED_COLORMAPS_PATH) -> None:
+    """Write STORED_COLORMAPS' colours from matplotlib to `path` (how data/colormaps.npz is made:
+    `python -c "from annotate.render import write_stored_colormaps; write_stored_colormaps()"`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp.npz")
+    np.savez(temporary, **{name: _matplotlib_rgb(name) for name in STORED_COLORMAPS})
+    temporary.replace(path)
 
 
 def colour_index(flux: np.ndarray, mask: np.ndarray, settings: RenderSettings) -> np.ndarray:

@@ -93,3 +93,39 @@ def test_model_input_is_the_rendered_image_converted_to_the_bit(settings):
 def test_unknown_encoding_lists_valid_ones():
     with pytest.raises(ConfigError, match="2dmap"):
         RenderSettings(encoding="sketch")
+
+
+def test_stored_colormaps_are_matplotlibs_and_others_still_come_from_matplotlib(tmp_path, monkeypatch):
+    """The colours kept in data/colormaps.npz (so that a run renders without importing
+    matplotlib) are matplotlib's own for every stored colormap; a colormap not stored, or a
+    missing file, falls back to matplotlib with the same colours; an unknown name is refused."""
+    import annotate.render as render
+
+    for name in render.STORED_COLORMAPS:
+        lut = render.colormap_lut(name)
+        np.testing.assert_array_equal(lut[:256], render._matplotlib_rgb(name))
+        assert lut.shape == (257, 3) and lut.dtype == np.uint8 and (lut[256] == 0).all()
+    assert "twilight" not in render.STORED_COLORMAPS
+    np.testing.assert_array_equal(render.colormap_lut("twilight")[:256], render._matplotlib_rgb("twilight"))
+    render.colormap_lut.cache_clear()
+    monkeypatch.setattr(render, "STORED_COLORMAPS_PATH", tmp_path / "absent.npz")
+    try:
+        np.testing.assert_array_equal(render.colormap_lut("viridis")[:256], render._matplotlib_rgb("viridis"))
+        with pytest.raises(ConfigError, match="unknown colormap 'no-such-map'"):
+            render.colormap_lut("no-such-map")
+    finally:
+        render.colormap_lut.cache_clear()
+
+
+def test_a_run_renders_the_default_colormap_without_matplotlib():
+    """Rendering with the default settings in a new process does not import matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from annotate.render import RenderSettings, model_input\n"
+            "flux = np.ones((2, 4608), np.float32)\n"
+            "model_input(flux, np.zeros(flux.shape, bool), RenderSettings())\n"
+            "print('matplotlib' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
