@@ -145,3 +145,32 @@ def test_rows_are_weighted_alike_in_chunks_and_alone(monkeypatch):
     batch = scan.sky_line_weights(rows, 51, 5)
     alone = np.stack([scan.sky_line_weights(row[None], 51, 5)[0] for row in rows])
     assert np.array_equal(batch, alone)
+
+
+def test_weights_confined_to_the_near_pixels_equal_the_whole_rows_rule_there():
+    """Confined to `near`, the weights are computed only where they can change (the pixels the
+    maximum filter reads and the blocks whose medians the level interpolates between); they
+    equal, to the bit, the rule applied over whole rows and then kept at the near pixels only:
+    for the fit's own sky-line pixels, random masks of many sizes, near pixels at both ends of
+    the row, no near pixel and all of them, and filter sizes 1-7, odd and even."""
+    from annotate.fit.fitter import sky_line_pixels
+    from annotate.grid import WavelengthGrid
+
+    rng = np.random.default_rng(12)
+    grid = WavelengthGrid()
+    base = np.exp(rng.normal(0.0, 0.3, (6, grid.n_pix))) * rng.uniform(0.5, 2.0, (6, 1))
+    base[:, rng.integers(0, grid.n_pix, 40)] *= 0.01                     # narrow bright sky lines
+    base[1, :300] = 0.0
+    base[2, -200:] = 0.0
+    base[3, 2000:2100] = 0.0
+    base[4] = 0.0
+    ends = np.zeros(grid.n_pix, bool)
+    ends[[0, 1, grid.n_pix - 1]] = True
+    cases = [(sky_line_pixels(grid, 8), 51, 5), (ends, 51, 5), (np.zeros(grid.n_pix, bool), 51, 5),
+             (np.ones(grid.n_pix, bool), 51, 5)]
+    cases += [(rng.uniform(size=grid.n_pix) < rng.uniform(0.002, 0.05), int(rng.integers(11, 101)),
+               int(rng.integers(1, 8))) for _ in range(12)]
+    for near, window, grow in cases:
+        whole = sky_line_weights(base, window, grow)
+        expected = np.where(near, whole, np.where(base > 0, base, 0.0))
+        np.testing.assert_array_equal(sky_line_weights(base, window, grow, near), expected)
