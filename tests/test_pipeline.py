@@ -112,3 +112,16 @@ def test_empty_catalog(tmp_path, micro_model):
         "RUN2D": np.array([], "U6"), "PLATE": np.array([], int), "MJD": np.array([], int), "FIBERID": np.array([], int)})
     with pytest.raises(CatalogError, match="no rows"):
         run(RunSettings(catalog=catalog, model=micro_model, scheduler="sync", progress=False))
+
+
+def test_the_fit_provenance_names_the_bases_by_the_digest_the_fit_loads_them_with():
+    """ANNTSHA, the template set's sha256 in the output header, is taken from the bases file
+    without loading it in the run's own process (the fit runs in the workers); it is the digest
+    the loaded basis set carries. With the fit off there is none."""
+    from annotate.fit.bases import load_bases
+    from annotate.fit.fitter import FitSettings
+    from annotate.pipeline import fit_provenance
+
+    provenance = fit_provenance(True)
+    assert provenance == {"settings": FitSettings().describe(), "sha256": load_bases().sha256}
+    assert len(provenance["sha256"]) == 64 and fit_provenance(False) is None
