@@ -11,12 +11,14 @@ import warnings
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from astropy.io import fits
 
 from ..errors import SpectrumError
+
+if TYPE_CHECKING:  # astropy is imported where a file needs it: the SDSS reader's fast path does not
+    from astropy.io import fits
 
 FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
 RELATIVE_FLUX_UNIT = "relative flux (survey calibration)"  # flux calibrated in shape, not in scale
@@ -140,6 +142,8 @@ def read_spectra(path: str | Path, targets: list, loader: str | None = None, bad
     """Open a file once and read the spectrum of each of `targets` (object ids; None where a row
     has none): [Spectrum or SpectrumError] in their order. A single-target format gives its one
     spectrum to every target; a file that cannot be read gives every target its error."""
+    from astropy.io import fits
+
     path = Path(path)
     try:
         if not path.is_file():

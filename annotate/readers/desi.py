@@ -13,11 +13,15 @@ spectra at the survey's resolution, and the fit's templates are broadened to a f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from astropy.io import fits
 
 from . import FLUX_UNIT, Spectrum, bad_pixels, register
 from ..errors import SpectrumError
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 ARMS = ("B", "R", "Z")
 GRID_TOLERANCE = 1e-3  # Å: arms are joined pixel by pixel when their wavelengths agree this well

@@ -11,11 +11,15 @@ say `RELATIVE_FLUX_UNIT`). A pixel is unusable where ANDMASK has any of the surv
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from astropy.io import fits
 
 from . import RELATIVE_FLUX_UNIT, Spectrum, bad_pixels, register, table_column
 from ..errors import SpectrumError
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 LABEL_KEYWORDS = {"CLASS": "CLASS", "SUBCLASS": "SUBCLASS", "Z": "Z", "Z_ERR": "Z_ERR", "OBSID": "OBSID"}
 
@@ -30,6 +34,8 @@ def _table(hdul: fits.HDUList):
 
 
 def identify_table(hdul: fits.HDUList) -> bool:
+    from astropy.io import fits
+
     if len(hdul) < 2 or not isinstance(_table(hdul), fits.BinTableHDU):
         return False
     names = {name.upper() for name in _table(hdul).columns.names}

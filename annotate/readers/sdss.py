@@ -3,14 +3,18 @@ real files), labels in the 'SPALL' (SDSS-V) or 'SPECOBJ' (SDSS-I/II/III) HDU."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from astropy.io import fits
 
 from pathlib import Path
 
 from . import Spectrum, bad_pixels, register, table_column
 from .rawfits import read_table
 from ..errors import SpectrumError
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 # SPPIXMASK bits (idlutils sdssMaskbits.par) that mean the pixel holds no usable data.
 SPPIXMASK_BAD = {"NOPLUG": 0, "BADTRACE": 1, "BADFLAT": 2, "BADARC": 3, "FULLREJECT": 18, "NODATA": 24}
@@ -27,6 +31,8 @@ def _coadd(hdul: fits.HDUList):
 
 
 def identify(hdul: fits.HDUList) -> bool:
+    from astropy.io import fits
+
     hdu = _coadd(hdul)
     names = {name.lower() for name in getattr(hdu, "columns", fits.ColDefs([])).names}
     return {"flux", "loglam", "ivar"} <= names

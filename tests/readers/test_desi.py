@@ -76,14 +76,15 @@ def test_a_file_of_several_targets_gives_each_row_its_own(desi_data, tmp_path):
 
 
 def test_ingest_reads_a_many_target_file_once_for_all_its_rows(desi_data, tmp_path, monkeypatch):
-    import annotate.readers as readers
     from annotate.grid import WavelengthGrid
     from annotate.store import STATUS, ingest_rows
 
     path = str(_three_targets(desi_data, tmp_path / "coadd-many.fits"))
     opened = []
-    real_open = readers.fits.open
-    monkeypatch.setattr(readers.fits, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    from astropy.io import fits
+
+    real_open = fits.open
+    monkeypatch.setattr(fits, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     rows = ingest_rows({"start": 0, "paths": [path, path, path, None], "refused": [False] * 4,
                         "grid": WavelengthGrid().to_dict(), "reader": "desi_coadd", "targets": ["12", "11", "77", "5"]})
     assert len(opened) == 1

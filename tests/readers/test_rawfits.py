@@ -59,3 +59,33 @@ def test_compressed_or_truncated_files_are_left_to_astropy(tmp_path):
     cut = tmp_path / "cut.fits"
     cut.write_bytes(path.read_bytes()[: 2880 * 5 + 100])
     assert read_table(cut, "COADD") is None
+
+
+def test_ingesting_sdss_spec_files_does_not_import_astropy(tmp_path):
+    """A worker that ingests SDSS spec files reads them without astropy (rawfits), so it never
+    imports it (0.2-0.3 s in each new worker process); a file the fast path cannot read still
+    goes to astropy, which is then imported where it is needed."""
+    import subprocess
+    import sys
+
+    from annotate.simulate.writer import write_sdss_spec
+
+    loglam = 3.6 + 1e-4 * np.arange(300)
+    flux = np.linspace(1.0, 2.0, 300).astype(np.float32)
+    path = write_sdss_spec(tmp_path / "spec.fits", loglam, flux, np.ones(300, np.float32), np.zeros(300, bool),
+                           {"SPECOBJID": 1, "CLASS": "GALAXY", "Z": 0.1}, {})
+    (tmp_path / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    code = ("import sys\n"
+            "from annotate.grid import WavelengthGrid\n"
+            "from annotate.store import ingest_rows\n"
+            f"rows = ingest_rows({{'start': 0, 'paths': [{str(path)!r}], 'refused': [False], "
+            "'grid': WavelengthGrid().to_dict(), 'reader': 'sdss_spec'})\n"
+            "print(int(rows['status'][0]), 'astropy' in sys.modules)\n"
+            f"rows = ingest_rows({{'start': 0, 'paths': [{str(tmp_path / 'broken.fits')!r}], 'refused': [False], "
+            "'grid': WavelengthGrid().to_dict(), 'reader': 'sdss_spec'})\n"
+            "print(int(rows['status'][0]), 'astropy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    from annotate.store import STATUS
+
+    assert out[0] == f"{STATUS['OK']} False"
+    assert out[1].split()[1] == "True" and int(out[1].split()[0]) != STATUS["OK"]
