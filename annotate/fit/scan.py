@@ -252,7 +252,7 @@ def _sky_weights_near(w: np.ndarray, valid: np.ndarray, source: np.ndarray, wind
     """`sky_line_weights` confined to `near`, computed only where it can change a weight: the
     ratio at the pixels within the maximum filter's reach of a near pixel, and the local level
     from the medians of the blocks whose centres bracket those pixels (what the interpolation
-    reads): a tenth of the pixels and a third of the blocks for the SDSS grid's sky lines. The
+    reads): 587 of 4,608 pixels and 38 of 90 blocks for the SDSS grid's sky lines. The
     same weights to the bit as over all pixels (tests/fit/test_sky.py)."""
     region, blocks, edges, centres, reach = _sky_region(w.shape[-1], window, grow, near.tobytes())
     out = np.where(valid, w, 0.0)
