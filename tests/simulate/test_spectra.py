@@ -160,8 +160,7 @@ def test_blended_stars_take_a_neighbour_and_labels_between_the_two_and_leave_the
 def test_broaden_of_rows_is_broaden_of_each_row():
     """Rows broadened at once (the training stars of the fit are made so) equal each broadened
     alone to the bit, NaN stretches at the start, inside and at the end and a row of NaN
-    included; the flux is conserved away from the edges and a line's width grows as σ adds in
-    quadrature."""
+    included; a narrow line keeps its flux and takes the kernel's σ as its width."""
     lib = load_library()
     rows = lib.star_flux[:40].astype(np.float64)
     rows[3, :120] = np.nan
