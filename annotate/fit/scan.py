@@ -266,12 +266,7 @@ def _sky_weights_near(w: np.ndarray, valid: np.ndarray, source: np.ndarray, wind
         with np.errstate(divide="ignore"):
             return np.where(usable, 1.0 / np.where(usable, np.take_along_axis(w, src, axis=-1), 1.0), 0.0)
 
-    lengths = np.diff(edges)[blocks]
-    medians = np.empty((len(w), len(blocks)))
-    for length in np.unique(lengths):
-        which = np.flatnonzero(lengths == length)
-        pixels = (edges[blocks[which]][:, None] + np.arange(length)).ravel()
-        medians[:, which] = np.median(variance(pixels).reshape(len(w), len(which), length), axis=-1)
+    medians = _block_medians(variance, len(w), edges, blocks)
     local = np.stack([np.interp(region, centres[blocks], row) for row in medians])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(valid[:, region] & (local > 0), variance(region) / local, 1.0)
@@ -298,11 +293,9 @@ def _sky_region(n: int, window: int, grow: int, near_bytes: bytes):
     neighbours = np.clip(near[None, :] + offsets[:, None], 0, n - 1)     # (offsets, near)
     region = np.unique(neighbours)
     reach = np.searchsorted(region, neighbours)
-    n_blocks = max(n // window, 1)
-    edges = np.linspace(0, n, n_blocks + 1).astype(int)
-    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    edges, centres = _block_grid(n, window)
     right = np.searchsorted(centres, region, side="right")
-    blocks = np.unique(np.clip(np.concatenate([right - 1, right]), 0, n_blocks - 1))
+    blocks = np.unique(np.clip(np.concatenate([right - 1, right]), 0, len(centres) - 1))
     return region, blocks, edges, centres, reach
 
 
@@ -311,24 +304,30 @@ def _block_median_level(values: np.ndarray, window: int) -> np.ndarray:
     interpolated linearly between the blocks' centres (constant beyond the outer ones). A
     running median gives much the same at many times the cost."""
     n = values.shape[-1]
-    n_blocks = max(n // window, 1)
-    edges = np.linspace(0, n, n_blocks + 1).astype(int)
-    medians = _equal_block_medians(values, edges)
-    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    edges, centres = _block_grid(n, window)
+    medians = _block_medians(lambda pixels: values[:, pixels], len(values), edges, np.arange(len(centres)))
     index = np.arange(n)
     return np.stack([np.interp(index, centres, row) for row in medians])
 
 
-def _equal_block_medians(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Block medians where blocks differ in length by at most one pixel: the blocks of the
-    shorter length in one reshape, the longer ones in another."""
-    lengths = np.diff(edges)
-    out = np.empty((values.shape[0], len(lengths)))
+def _block_grid(n: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, centres) of the n // window blocks of `_block_median_level` (lengths differ by at
+    most one pixel)."""
+    n_blocks = max(n // window, 1)
+    edges = np.linspace(0, n, n_blocks + 1).astype(int)
+    return edges, 0.5 * (edges[:-1] + edges[1:] - 1)
+
+
+def _block_medians(values_at, n_rows: int, edges: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """(n_rows, len(blocks)) medians of the blocks `blocks` of `edges`, `values_at(pixels)` giving
+    the rows' values (n_rows, len(pixels)) at pixel indices: the blocks of each length in one
+    reshape (they differ in length by at most one pixel)."""
+    lengths = np.diff(edges)[blocks]
+    out = np.empty((n_rows, len(blocks)))
     for length in np.unique(lengths):
         which = np.flatnonzero(lengths == length)
-        starts = edges[which]
-        take = values[:, starts[:, None] + np.arange(length)]  # (B, blocks, length)
-        out[:, which] = np.median(take, axis=-1)
+        pixels = (edges[blocks[which]][:, None] + np.arange(length)).ravel()
+        out[:, which] = np.median(values_at(pixels).reshape(n_rows, len(which), length), axis=-1)
     return out
 
 
