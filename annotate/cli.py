@@ -157,11 +157,12 @@ def _train_here(recipe, out, args) -> dict:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, machine, run_bench
+    from .bench import format_table, run_bench
 
-    rows = run_bench(quick=args.quick, steps=tuple(args.steps), out=args.out, workdir=args.workdir)
-    print(f"machine: {machine()}")
-    print(format_table(rows))
+    result = run_bench(quick=args.quick, steps=tuple(args.steps), out=args.out, workdir=args.workdir)
+    print(f"machine: {result.machine}")
+    print(result.reference_line())
+    print(format_table(result.rows))
     if args.out:
         print(f"results: {args.out}")
     return 0

@@ -16,5 +16,5 @@ The baselines are what a user would write without this package:
   and writing it all out.
 """
 
-from .common import BASELINE_LIMIT, QUICK_SIZES, SIZES, Row, format_table, linearity, machine  # noqa: F401
-from .run import run_bench  # noqa: F401
+from .common import BASELINE_LIMIT, QUICK_SIZES, SIZES, Row, format_table, linearity, machine, speed_reference  # noqa: F401
+from .run import BenchRun, run_bench  # noqa: F401

@@ -76,6 +76,35 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def speed_reference(repeat: int = 3) -> dict:
+    """Seconds of two fixed workloads on one core, so that rates taken on other machines, or on
+    the same virtual machine at another hour (a shared host's speed can move by 15-30 % within
+    minutes), can be set side by side: 'python', the interpreter alone (`sum(range(10**8))`, once),
+    and 'numpy', best of `repeat`, what the template fit spends most of its time on: real FFT
+    correlations of 8 spectra of 3,000 bins with 64 template products, and 2,000 products of a
+    10 × 4,608 matrix with its transpose (float64, one BLAS thread)."""
+    import numpy as np
+    import scipy.fft as sfft
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    sum(range(10**8))
+    python_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    data, templates, matrix = rng.standard_normal((8, 3000)), rng.standard_normal((64, 3000)), rng.standard_normal((10, 4608))
+    template_ft = sfft.rfft(templates, axis=-1)
+    best = float("inf")
+    with threadpool_limits(1):
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(10):
+                sfft.irfft(sfft.rfft(data, axis=-1)[:, None, :] * template_ft[None], 3000, axis=-1, workers=1)
+            for _ in range(2000):
+                matrix @ matrix.T
+            best = min(best, time.perf_counter() - start)
+    return {"python": python_s, "numpy": best}
+
+
 def linearity(row: Row) -> float:
     """Cost per item at the largest size over cost per item at the smallest (1.0 = linear)."""
     per_item = [1 / r if row.unit.endswith("/s") else r / n for r, n in zip(row.ours, row.sizes)]

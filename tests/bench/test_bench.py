@@ -56,7 +56,8 @@ def test_matplotlib_line_reference_draws_the_same_lines(encoding):
 
 def test_writeback_rows_measure_time_and_memory(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.QUICK_SIZES, "writeback", (300, 600, 1200))
-    rows = bench.run_bench(quick=True, steps=("writeback",), out=tmp_path / "b.json", workdir=tmp_path)
+    rows = bench.run_bench(quick=True, steps=("writeback",), out=tmp_path / "b.json", workdir=tmp_path,
+                           reference=False).rows
     row = rows[0]
     assert row.sizes == [300, 600, 1200]
     assert all(s > 0 for s in row.ours) and all(s > 0 for s in row.baseline)
@@ -90,14 +91,20 @@ def test_bench_command_prints_the_table(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "render 2D Map" in printed and "render Simple" in printed and "render Overlap" in printed
     assert "machine:" in printed
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    rows = saved["rows"]
+    # the speed reference before and after the steps, printed and saved
+    line = next(text for text in printed.splitlines() if text.startswith("speed reference"))
+    for when in ("before", "after"):
+        assert 0.05 < saved["speed_reference"][when]["python"] < 60 and 0.005 < saved["speed_reference"][when]["numpy"] < 30
+        assert f"{saved['speed_reference'][when]['python']:.2f}" in line
     assert [r["step"] for r in rows] == ["render Simple (1 core)", "render Overlap (1 core)", "render 2D Map (1 core)"]
     assert all(r["ratio"][0] > 1 for r in rows)  # array rendering beats one matplotlib figure per spectrum
 
 
 def test_merge_row_measures_a_sharded_merge(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.QUICK_SIZES, "merge", (300, 600, 900))
-    row = bench.run_bench(quick=True, steps=("merge",), workdir=tmp_path)[0]
+    row = bench.run_bench(quick=True, steps=("merge",), workdir=tmp_path, reference=False).rows[0]
     assert row.sizes == [300, 600, 900] and all(s > 0 for s in row.ours)
     assert all(rss >= base > 30 for rss, base in zip(row.extra["rss_mb"], row.extra["baseline_rss_mb"]))
     assert "merge peak RSS" in bench.format_table([row])
