@@ -23,8 +23,8 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
 from .settings import TYPE_BIN, Candidate, FitSettings, calibration_terms, load_calibration, shift_to_z, z_to_shift
-from .scan import (Backend, ShiftProducts, binned_spectrum, coarse_scan, legendre,
-                   prepare_spectrum, spectrum_arrays)
+from .scan import Backend, ShiftProducts, binned_spectrum, coarse_scan, legendre, prepare_spectrum
+from .weights import sky_line_pixels, spectrum_arrays
 
 LN10 = np.log(10.0)
 class Fitter:
@@ -50,7 +50,7 @@ class Fitter:
         self.sky_pixels = sky_line_pixels(grid, settings.sky_halfwidth) if settings.sky_window > 0 else None
 
     def arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`scan.spectrum_arrays` with the weights at bright sky lines of the settings."""
+        """`weights.spectrum_arrays` with the weights at bright sky lines of the settings."""
         return spectrum_arrays(flux, ivar, mask, self.settings.sky_window, self.settings.sky_grow, self.sky_pixels)
 
     def classes_to_scan(self, prob: np.ndarray | None) -> list[str]:
@@ -342,18 +342,6 @@ class Fitter:
         reduced = np.einsum("ij,ij->i", tw, t) - np.einsum("ij,jk,ik->i", m_tp, a_pp, m_tp)
         explained = (cross[:, -1] - m_tp @ q) ** 2 / np.where(reduced > 0, reduced, np.inf)
         return chosen, fb @ (wb * fb) - b_p @ q - explained
-
-
-def sky_line_pixels(grid, halfwidth: int) -> np.ndarray:
-    """(n_pix,) bool: the store's pixels within `halfwidth` of a bright night-sky line (the lines
-    of `simulate.realism.SKY_LINES`: Osterbrock et al. 1996, 1997, in vacuum), where
-    `scan.sky_line_weights` may lower the weights."""
-    from ..simulate.realism import sky_line_centres
-
-    near = np.zeros(grid.n_pix, bool)
-    for centre in np.rint(sky_line_centres(grid)).astype(int):
-        near[max(centre - halfwidth, 0):max(centre + halfwidth + 1, 0)] = True
-    return near
 
 
 def _whole_arrays(points: dict):

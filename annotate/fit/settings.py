@@ -37,7 +37,7 @@ class FitSettings:
     labels instead (0: the mean of the stellar_k stands); sky_window, sky_grow: the weights of
     pixels whose variance rises above its local level (medians of sky_window-pixel blocks; bright sky
     lines) are divided by the square of that excess, spread over sky_grow pixels, within
-    sky_halfwidth pixels of a known night-sky line (`scan.sky_line_weights`; sky_window 0: the
+    sky_halfwidth pixels of a known night-sky line (`weights.sky_line_weights`; sky_window 0: the
     inverse variance as given)."""
 
     bin_galaxy: int = 3
@@ -62,7 +62,7 @@ class FitSettings:
     calibrated: bool = True  # σ_z scale and floors of data/calibration.json (annotate.fit.calibrate)
     stellar_k: int = 5
     stellar_mix: int = 15    # chosen on the training stars in 4 folds (README, "The template fit")
-    sky_window: int = 51     # scan.sky_line_weights: blocks of the variance's local level (0: the ivar as given)
+    sky_window: int = 51     # weights.sky_line_weights: blocks of the variance's local level (0: the ivar as given)
     sky_grow: int = 5        # ... its excess spread over this many pixels (a line's wings)
     sky_halfwidth: int = 8   # ... only within this many pixels of a known night-sky line
 

@@ -10,7 +10,8 @@ from annotate import SPEED_OF_LIGHT_KMS
 from annotate.fit.bases import load_bases
 from annotate.fit.decide import choose
 from annotate.fit.fitter import Candidate, Fitter, FitSettings, shift_to_z
-from annotate.fit.scan import Backend, chi2_at_shifts, coarse_scan, legendre, spectrum_arrays
+from annotate.fit.scan import Backend, chi2_at_shifts, coarse_scan, legendre
+from annotate.fit.weights import spectrum_arrays
 from annotate.fit import scan
 from annotate.fit.stage import fit_rows
 from annotate.flags import PredFlag

@@ -1,12 +1,12 @@
-"""The fit's weights at bright sky lines (`scan.sky_line_weights`) and what they change in the fit."""
+"""The fit's weights at bright sky lines (`weights.sky_line_weights`) and what they change in the fit."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from annotate.fit.scan import sky_line_weights, spectrum_arrays
 from annotate.fit.settings import FitSettings
+from annotate.fit.weights import sky_line_weights, spectrum_arrays
 
 
 def _ivar_with_a_sky_line(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def test_spectrum_arrays_applies_the_sky_weights_only_when_asked():
 
 
 def test_the_known_sky_lines_pixels_on_the_store_grid():
-    from annotate.fit.fitter import sky_line_pixels
+    from annotate.fit.weights import sky_line_pixels
     from annotate.grid import WavelengthGrid, air_to_vacuum
 
     grid = WavelengthGrid()
@@ -135,15 +135,15 @@ def test_stars_under_bright_sky_residuals_stay_stars():
 def test_rows_are_weighted_alike_in_chunks_and_alone(monkeypatch):
     """Each row's weights depend on that row alone: a batch weighted a few rows at a time equals
     each row weighted by itself."""
-    import annotate.fit.scan as scan
+    import annotate.fit.weights as weights
 
     rng = np.random.default_rng(4)
     ivar, _ = _ivar_with_a_sky_line()
     rows = ivar[None] * rng.uniform(0.5, 2.0, (7, 1))
     rows[3, 100:140] = 0.0
-    monkeypatch.setattr(scan, "SKY_CHUNK", 3)
-    batch = scan.sky_line_weights(rows, 51, 5)
-    alone = np.stack([scan.sky_line_weights(row[None], 51, 5)[0] for row in rows])
+    monkeypatch.setattr(weights, "SKY_CHUNK", 3)
+    batch = weights.sky_line_weights(rows, 51, 5)
+    alone = np.stack([weights.sky_line_weights(row[None], 51, 5)[0] for row in rows])
     assert np.array_equal(batch, alone)
 
 
@@ -153,7 +153,7 @@ def test_weights_confined_to_the_near_pixels_equal_the_whole_rows_rule_there():
     equal, to the bit, the rule applied over whole rows and then kept at the near pixels only:
     for the fit's own sky-line pixels, random masks of many sizes, near pixels at both ends of
     the row, no near pixel and all of them, and filter sizes 1-7, odd and even."""
-    from annotate.fit.fitter import sky_line_pixels
+    from annotate.fit.weights import sky_line_pixels
     from annotate.grid import WavelengthGrid
 
     rng = np.random.default_rng(12)
