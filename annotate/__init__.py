@@ -2,7 +2,7 @@
 
 The data flows in one direction, one module per arrow::
 
-    catalog rows (surveys) -> spectrum readers (readers) -> HDF5 spectra store (store)
+    catalog rows (surveys) -> spectrum readers (readers) -> HDF5 spectra store (ingest, store)
     -> renderers (render) -> model (model, checkpoint) -> predictions (predict)
     -> write-back (writeback) -> cross-check (metrics, crosscheck)
 """

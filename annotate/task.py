@@ -93,7 +93,8 @@ def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "
     from .catalogs import read_catalog
     from .checkpoint import load_checkpoint
     from .predict import predict_store
-    from .store import ingest, prepare_store, read_status
+    from .ingest import ingest
+    from .store import prepare_store, read_status
     from .surveys import load_survey
 
     survey = survey if survey is not None else load_survey(task.survey)

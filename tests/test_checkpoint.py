@@ -173,7 +173,7 @@ def test_the_shipped_models_on_two_real_sdss_spectra(ppxf_spectra):
 
     from annotate.grid import WavelengthGrid
     from annotate.predict import predict_batch
-    from annotate.store import ingest_rows
+    from annotate.ingest import ingest_rows
 
     paths = [str(ppxf_spectra / "NGC3522_SDSS_DR18.fits"), str(ppxf_spectra / "NGC3073_SDSS_DR18.fits")]
     rows = ingest_rows({"start": 0, "paths": paths, "refused": [False, False], "grid": WavelengthGrid().to_dict(),

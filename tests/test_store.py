@@ -6,7 +6,8 @@ from astropy.io import fits
 from annotate.errors import StoreError
 from annotate.grid import WavelengthGrid
 from annotate.simulate.writer import write_sdss_spec
-from annotate.store import STATUS, create_store, ingest, open_store, read_rows, read_status, write_rows
+from annotate.ingest import ingest
+from annotate.store import STATUS, create_store, open_store, read_rows, read_status, write_rows
 from helpers import run_dying_once_written
 
 GRID = WavelengthGrid(3.6, 1e-4, 300)
@@ -168,19 +169,19 @@ def test_a_store_killed_while_writing_is_set_aside_by_the_next_run_and_a_finishe
 def test_an_ingest_stopped_after_its_first_task_has_recorded_that_tasks_flux_unit(tmp_path, monkeypatch):
     """The unit goes into the store before the rows are marked read: a rerun skips those rows, so
     it could not add the unit afterwards (the cross-check's plots label their axes with it)."""
-    import annotate.store as store_module
+    import annotate.ingest as ingest_module
     from annotate.readers import FLUX_UNIT
 
     paths = _files(tmp_path, n=6)
     store = tmp_path / "s.h5"
     create_store(store, [f"id{i}" for i in range(6)], paths, GRID, survey="sdss_dr18")
-    write_rows = store_module.write_rows
+    write_rows = ingest_module.write_rows
 
     def stopped_after_the_first(*args):
         write_rows(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_module, "write_rows", stopped_after_the_first)
+    monkeypatch.setattr(ingest_module, "write_rows", stopped_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         ingest(store, paths, scheduler="sync", rows_per_task=2)
     status, _ = read_status(store)

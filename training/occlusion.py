@@ -35,7 +35,7 @@ from annotate.simulate.dataset import held_out_star_indices  # noqa: E402
 from annotate.simulate.realism import Realism  # noqa: E402
 from annotate.simulate.spectra import SimulationSettings, draw_sample  # noqa: E402
 from annotate.simulate.templates import load_library  # noqa: E402
-from annotate.store import ingest_rows  # noqa: E402
+from annotate.ingest import ingest_rows  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "annotate" / "simulate" / "realism-plots"
 PPXF = Path(ppxf.__file__).parent / "spectra"

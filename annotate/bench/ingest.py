@@ -24,7 +24,8 @@ def _astropy_loop(paths: list[str]) -> int:
 
 def _ingest_once(paths: list[str], workdir: Path, reader: str = "sdss_spec", object_ids=None) -> int:
     from ..grid import WavelengthGrid
-    from ..store import create_store, ingest
+    from ..ingest import ingest
+    from ..store import create_store
 
     store = workdir / f"bench-{time.monotonic_ns()}.h5"
     create_store(store, np.arange(len(paths)) if object_ids is None else object_ids, paths, WavelengthGrid())

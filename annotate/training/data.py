@@ -103,7 +103,8 @@ def catalog_labels(spec: dict) -> tuple[dict, dict, list[str], np.ndarray]:
 def catalog_training_data(spec: dict, grid: WavelengthGrid) -> dict:
     """Spectra from `spec['store']` (ingested from the catalog's files first if it does not
     exist or is incomplete) with labels from the catalog."""
-    from ..store import create_store, ingest, open_store
+    from ..ingest import ingest
+    from ..store import create_store, open_store
 
     unknown = set(spec) - CATALOG_KEYS
     if unknown:

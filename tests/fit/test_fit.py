@@ -367,7 +367,7 @@ def test_real_sdss_dr18_spectra_from_ppxf(ppxf_spectra, bases):
     calls STAR A0, a galaxy at the same velocity, far ahead of any star (Δχ² in the thousands)."""
     from astropy.io import fits
 
-    from annotate.store import ingest_rows
+    from annotate.ingest import ingest_rows
 
     paths = [str(ppxf_spectra / "NGC3522_SDSS_DR18.fits"), str(ppxf_spectra / "NGC3073_SDSS_DR18.fits")]
     rows = ingest_rows({"start": 0, "paths": paths, "refused": [False, False], "grid": GRID.to_dict(), "reader": None})

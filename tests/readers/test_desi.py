@@ -77,7 +77,8 @@ def test_a_file_of_several_targets_gives_each_row_its_own(desi_data, tmp_path):
 
 def test_ingest_reads_a_many_target_file_once_for_all_its_rows(desi_data, tmp_path, monkeypatch):
     from annotate.grid import WavelengthGrid
-    from annotate.store import STATUS, ingest_rows
+    from annotate.ingest import ingest_rows
+    from annotate.store import STATUS
 
     path = str(_three_targets(desi_data, tmp_path / "coadd-many.fits"))
     opened = []

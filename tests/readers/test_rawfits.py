@@ -77,7 +77,7 @@ def test_ingesting_sdss_spec_files_does_not_import_astropy(tmp_path):
     (tmp_path / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
     code = ("import sys\n"
             "from annotate.grid import WavelengthGrid\n"
-            "from annotate.store import ingest_rows\n"
+            "from annotate.ingest import ingest_rows\n"
             f"rows = ingest_rows({{'start': 0, 'paths': [{str(path)!r}], 'refused': [False], "
             "'grid': WavelengthGrid().to_dict(), 'reader': 'sdss_spec'})\n"
             "print(int(rows['status'][0]), 'astropy' in sys.modules)\n"
