@@ -13,7 +13,7 @@ from pathlib import Path
 from . import interrupts
 from .arguments import build_parser as _parser
 from .arguments import check_arguments
-from .errors import AnnotateError, IncompleteRun
+from .errors import AnnotateError, IncompleteRun, OutputError
 
 def _print_result(result) -> None:
     summary = result.summary
@@ -208,15 +208,15 @@ def _print_crosscheck(result) -> None:
 
 
 def _cmd_render(args) -> int:
-    from .errors import OutputError
     from .images import contact_sheet, render_store
-    from .pipeline import refuse_non_regular
+    from .pipeline import refuse_non_regular, writable_folder
     from .render import RenderSettings
 
     out = Path(args.out)
     if out.resolve() == Path(args.store).resolve():
         raise OutputError(f"--out {out} is the spectra store it renders; choose another --out")
     refuse_non_regular(out, "--out")
+    writable_folder(out.parent, "--out's folder")
     if args.preview:
         print(f"contact sheet: {contact_sheet(args.store, args.out, args.preview)}")
         return 0
@@ -299,6 +299,11 @@ def _main(args) -> int:
             raise
         print(f"annotate: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path the system refuses (a folder that cannot be made, a file that cannot be written)
+        if args.debug:
+            raise
+        print(f"annotate: error: {os_error_line(exc)}", file=sys.stderr)
+        return OutputError.exit_code
     except KeyboardInterrupt as exc:
         interrupts.handled()
         if args.debug:
@@ -308,6 +313,16 @@ def _main(args) -> int:
             return 143
         print("annotate: interrupted; outputs were not replaced (rerun to resume)", file=sys.stderr)
         return 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the system's reason and the path(s), e.g. 'cannot use imm/x:
+    Operation not permitted'; its message's first line where it names no path."""
+    if exc.filename is not None and exc.strerror:
+        paths = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        return f"cannot use {paths}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def entry() -> None:

@@ -125,8 +125,9 @@ def run_demo(out_dir: str | Path = "annotate-demo", n_objects: int = 300, seed: 
         from .errors import ConfigError
 
         raise ConfigError(f"the demo has samples for {', '.join(CATALOGS)}, not {survey!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .pipeline import writable_folder
+
+    out_dir = writable_folder(Path(out_dir), "the demo's folder", make=True)
     catalog = out_dir / CATALOGS[survey]
     if not catalog.exists():
         (make_desi_sample if survey == "desi_dr1" else make_sample)(out_dir, n_objects, seed, progress)

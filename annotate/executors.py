@@ -66,6 +66,11 @@ class SlurmExecutor:
     folder: RunFolder
     name: str = "slurm"
 
+    def __post_init__(self) -> None:
+        from .slurm import profile_for_executor
+
+        profile_for_executor(self.profile)  # no profile, or one that does not read: refused before any plan is written
+
     def run(self, fn: Callable, tasks: list, log=print) -> None:
         from .slurm import executor as slurm_executor
         from .slurm import profile_for_executor, submission_errors

@@ -51,7 +51,13 @@ class RunSettings:
         return Path(self.out) if self.out else default_output_path(Path(self.catalog))
 
     def spectra_folder(self) -> Path:
-        """Where the catalog's spectrum paths start: `spectra_root`, or the catalog's folder."""
+        """Where the catalog's spectrum paths start: `spectra_root`, or the catalog's folder.
+        CatalogError when a `spectra_root` given is not a folder (a mistyped path would otherwise
+        leave every row without its spectrum)."""
+        if self.spectra_root and not Path(self.spectra_root).is_dir():
+            from .errors import CatalogError
+
+            raise CatalogError(f"--spectra-root {self.spectra_root}: no such folder")
         return Path(self.spectra_root) if self.spectra_root else Path(self.catalog).parent
 
 
@@ -162,6 +168,20 @@ def check_outputs(out: Path, catalog: Path, store: Path | None, model: Path | No
         refuse_non_regular(path, flag)
 
 
+def writable_folder(folder: Path, what: str, make: bool = False) -> Path:
+    """`folder`, where a command writes, made first (with its parents) when `make`: OutputError in
+    one line when it cannot be made, is missing or cannot be written to, before any work is done."""
+    folder = Path(folder)
+    if make:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot make {what} {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OutputError(f"{what} is missing or not writable: {folder}")
+    return folder
+
+
 def refuse_non_regular(path: Path, flag: str) -> None:
     """OutputError when `path` exists but is not a regular file (a folder, a device, a FIFO): the
     write-back replaces an output by renaming, which would replace such a thing."""
@@ -212,13 +232,13 @@ def run(settings: RunSettings) -> RunResult:
     store = Path(settings.store) if settings.store else default_store_path(out)
     model_dir = model_folder(settings.model)
     check_outputs(out, catalog, store, model_dir)
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise OutputError(f"output directory is missing or not writable: {out.parent}")
+    spectra_root = settings.spectra_folder()
+    writable_folder(out.parent, "output directory")
     if not store.parent.is_dir():
         raise OutputError(f"the spectra store's folder does not exist: {store.parent}")
     n_rows = len(next(iter(table.values())))
     check_output_room(out, catalog, n_rows)
-    task = ShardTask.whole(n_rows, catalog, settings.spectra_folder(), model_dir, store, settings)
+    task = ShardTask.whole(n_rows, catalog, spectra_root, model_dir, store, settings)
     notes: list[str] = []
     with output_lock(out, notes=notes), output_lock(store, "using the spectra store", notes):
         remove_stale_temporaries(out, notes)

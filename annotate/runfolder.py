@@ -99,6 +99,14 @@ class RunFolder:
                 return
             finally:
                 tmp.unlink(missing_ok=True)
+        self.check_plan(plan)
+
+    def check_plan(self, plan: dict) -> None:
+        """ConfigError where the folder already holds the plan of another run (another catalog,
+        model, survey, fit or shard size), whose shard files this run must not take for its own;
+        nothing is written."""
+        if not self.plan_file.exists():
+            return
         old = self.read_plan()
         if old != plan:
             changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))

@@ -98,18 +98,23 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     out = settings.output()
     model_dir = model_folder(settings.model)
     check_outputs(out, catalog, None, model_dir)
+    root = settings.spectra_folder()
     folder = RunFolder.for_output(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
     plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit)
     done = {s.name for s in folder.done(shards)}
     missing = [s for s in shards if s.name not in done]
     run = executor_for(executor, settings, profile, folder)
+    # what can be refused is refused before the run folder holds a plan, which would tie it to
+    # these settings: a corrected command must not find it taken
+    folder.check_plan(plan)
+    if only_shard is not None and not 0 <= only_shard < len(shards):
+        raise ConfigError(f"--shard {only_shard}: the plan has shards 0-{len(shards) - 1}")
     if dry_run:
         _describe_plan(run, folder, catalog, shards, missing, shard_size, log)
         return None
     check_output_room(out, catalog, n_rows)
     folder.write_plan(plan)
-    root = settings.spectra_folder()
 
     scheduler = shard_scheduler(settings.scheduler, executor, only_shard)
 
@@ -120,8 +125,6 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
                          scheduler, settings.n_workers)
 
     if only_shard is not None:
-        if not 0 <= only_shard < len(shards):
-            raise ConfigError(f"--shard {only_shard}: the plan has shards 0-{len(shards) - 1}")
         shard = shards[only_shard]
         log(f"{shard.name} (rows {shard.start}-{shard.stop}): {run_shard(task(shard))}")
         return None

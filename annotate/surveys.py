@@ -69,8 +69,9 @@ class Survey:
         options = "; ".join(f"{r.name}: {', '.join(r.fields.values())}" for r in self.paths)
         raise CatalogError(f"catalog has no columns to build spectrum paths from (need one of: {options})")
 
-    def check_catalog(self, colnames) -> None:
-        """Raise CatalogError naming every required column the catalog lacks."""
+    def check_catalog(self, colnames, paths: bool = True) -> None:
+        """Raise CatalogError naming every required column the catalog lacks (and, with `paths`,
+        when it has no columns to build spectrum paths from)."""
         missing = [str(self.columns[r]) for r in self.required
                    if self.columns.get(r) and self.column(r, colnames) is None]
         if self.snr_bands and "snr" in self.required:
@@ -78,7 +79,8 @@ class Survey:
                         if band.upper() not in {n.upper() for n in colnames}]
         if missing:
             raise CatalogError(f"catalog lacks columns required by survey {self.name}: {', '.join(missing)}")
-        self.path_rule(colnames)
+        if paths:
+            self.path_rule(colnames)
 
     # -- per-row values -----------------------------------------------------------------------
     def spectrum_paths(self, table, reasons: list | None = None) -> list:

@@ -87,3 +87,24 @@ def test_every_option_of_every_command_has_help_with_its_default():
             if action.default not in (None, False) and action.option_strings:
                 assert "default" in action.help, f"{name} {action.option_strings} does not say its default"
     assert "exit codes:" in _help(["--help"]) and "4    a sharded run" in _help(["--help"])
+
+
+def test_a_path_the_system_refuses_is_one_error_line(monkeypatch, capsys):
+    """An OSError no check foresaw (a folder made read-only under the run, an output on a full
+    disk) ends the command with one line naming the path and the system's reason, exit 2; with
+    --debug, the traceback."""
+    import annotate.cli as cli
+
+    def refused(args):
+        raise PermissionError(1, "Operation not permitted", "imm/x")
+
+    monkeypatch.setitem(cli.COMMANDS, "status", refused)
+    assert main(["status", "some.run"]) == 2
+    assert capsys.readouterr().err == "annotate: error: cannot use imm/x: Operation not permitted\n"
+    with pytest.raises(PermissionError):
+        main(["status", "some.run", "--debug"])
+    assert cli.os_error_line(OSError("Unable to open file (file signature not found)\nmore")) == \
+        "Unable to open file (file signature not found)"
+    assert cli.os_error_line(OSError(18, "Invalid cross-device link", "a", None, "b")) == \
+        "cannot use a -> b: Invalid cross-device link"
+

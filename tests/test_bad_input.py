@@ -300,6 +300,9 @@ ERROR_CASES = {
     "the output is the input": (_output_is_the_input, [], r"refusing to overwrite the input catalog"),
     "--shard-size 0": (None, ["--shard-size", "0"], r"--shard-size must be at least 1"),
     "--shard outside the plan": (None, ["--shard-size", "2", "--shard", "5"], r"--shard 5: the plan has shards 0-1"),
+    "a spectra root that does not exist": (None, ["--spectra-root", "no-such-folder"], r"--spectra-root no-such-folder: no such folder"),
+    "a sharded run's spectra root that does not exist": (None, ["--shard-size", "2", "--spectra-root", "no-such-folder"],
+                                                         r"--spectra-root no-such-folder: no such folder"),
 }
 
 
@@ -319,6 +322,7 @@ def test_unusable_input_is_one_error_line(name, tmp_path, micro_model, capsys): 
     assert __import__("re").search(pattern, lines[0]), lines[0]
     if case.out != case.catalog:
         assert not case.out.exists()
+        assert not case.out.with_name(case.out.name + ".run").exists()   # no run folder tied to a plan
     assert _hashes(case.inputs) == before
     assert not [p for p in case.out_dir.iterdir() if ".tmp" in p.name or p.name.endswith(".lock")]
 

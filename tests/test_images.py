@@ -131,6 +131,32 @@ def test_render_command_writes_an_image_store(tmp_path, spectra_store, capsys):
         assert '"encoding": "overlap"' in h5.attrs["render"]
 
 
+def test_render_refuses_an_out_that_is_not_an_image_store_or_cannot_be_made(tmp_path, spectra_store, capsys):
+    """--out naming an existing file that is not an image store (a spectra store, a catalog) is
+    refused in one line and left as it is; so is an --out in a folder that is not there (here a
+    path under a regular file), not a traceback."""
+    import hashlib
+
+    path, _ = spectra_store
+    other_store = tmp_path / "other.h5"
+    create_store(other_store, np.arange(3), [""] * 3, WavelengthGrid())
+    catalog = tmp_path / "cat.fits"
+    catalog.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for out, message in ((other_store, "is not an image store"), (catalog, "is not an image store"),
+                         (blocker / "img.h5", "--out's folder is missing or not writable"),
+                         (blocker / "sheet.png", "--out's folder is missing or not writable")):
+        before = hashlib.sha256(out.read_bytes()).hexdigest() if out.exists() else None
+        preview = ["--preview", "2"] if out.suffix == ".png" else []
+        code = main(["render", "--store", str(path), "--out", str(out), *preview, "--scheduler", "sync", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("annotate: error: ") and message in err[0], err
+        assert str(out) in err[0] or str(blocker) in err[0]
+        if before is not None:
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == before
+
+
 _RENDERS = r"""
 import sys
 from annotate.images import render_store

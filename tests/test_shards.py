@@ -164,6 +164,31 @@ def test_dry_run_prints_the_plan_and_the_sbatch_script(catalog, micro_model, tmp
     assert "--dry-run" not in sbatch and "--executor" not in sbatch and "--profile" not in sbatch
 
 
+def test_refused_commands_leave_the_run_folder_free_and_a_dry_run_checks_the_plan(catalog, micro_model, tmp_path,  # noqa: F811
+                                                                                   capsys):
+    """A command refused for its arguments (a --shard outside the plan, --executor slurm without
+    --profile) writes no plan, so the corrected command is not refused for the run folder; a
+    dry run against a folder of another shard size is refused as the run itself is, not shown a
+    plan that counts the other run's shard files as its own."""
+    base = ["run", "--catalog", str(catalog), "--spectra-root", str(tmp_path / "spectra"), "--model", str(micro_model),
+            "--out", str(tmp_path / "x.fits"), "--scheduler", "sync"]
+    folder = RunFolder.for_output(tmp_path / "x.fits").path
+    assert main([*base, "--shard-size", "3", "--shard", "5"]) == 2
+    assert main([*base, "--shard-size", "3", "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["annotate: error: --shard 5: the plan has shards 0-2",
+                   "annotate: error: --executor slurm needs --profile (a YAML file, see slurm/profiles/)"]
+    assert not (folder / "plan.json").exists()
+    assert main([*base, "--shard-size", "4", "--executor", "debug"]) == 3   # the corrected command runs (2 rows lack spectra)
+    assert len(list((folder / "shards").glob("*.npz"))) == 2
+    capsys.readouterr()
+    assert main([*base, "--shard-size", "2", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == (f"annotate: error: {folder} holds a run with other shard_size; "
+                                               "remove it or choose another --out")
+    assert main([*base, "--shard-size", "4", "--dry-run"]) == 0
+    assert "8 rows in 2 shards of up to 4; 2 done, 0 to run" in capsys.readouterr().out
+
+
 def test_sbatch_command_makes_paths_absolute_and_keeps_names(tmp_path, monkeypatch):
     """Relative paths in the printed sbatch command would be read from whatever folder it is
     submitted from: they are made absolute; a shipped model's or a survey's name is kept."""

@@ -51,6 +51,9 @@ def read_annotated(catalog: Path, survey_name: str | None = None) -> tuple[dict,
     if missing:
         raise CatalogError(f"{catalog} has no {', '.join(missing)}: run annotate run on it first")
     survey = load_survey(survey_name or opened.provenance().get("ANNSURV", "sdss_dr18"))
+    # another survey's catalog (a wrong --survey) is refused as `annotate run` refuses it; the
+    # spectrum paths are only for the disagreement sheet
+    survey.check_catalog(names, paths=False)
     table = opened.read(names)
     reference = survey.reference(table)
     pred = {name: table[name] for name in names if name.startswith("PRED_")}

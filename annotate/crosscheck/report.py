@@ -67,11 +67,14 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     import pandas as pd
     from astropy.table import Table
 
-    from ..pipeline import default_store_path
+    from ..errors import StoreError
+    from ..pipeline import default_store_path, writable_folder
     from ..writeback import catalog_stem
 
     catalog = Path(catalog)
     out_dir = Path(out_dir) if out_dir else catalog.with_name(catalog_stem(catalog) + ".crosscheck")
+    if store and not Path(store).is_file():   # the run's own store may be gone; a store named must be there
+        raise StoreError(f"--store {store}: no such spectra store")
     store = Path(store) if store else default_store_path(catalog)
     reference, pred, definition, selected, paths = read_annotated(catalog, survey)
     metrics, compared = compute(reference, pred, selected, all_rows)
@@ -82,7 +85,7 @@ def crosscheck(catalog: str | Path, out_dir: str | Path | None = None, survey: s
     if "PRED_DELTACHI2" in pred and has_vit(pred):
         metrics["likely_pipeline_failures"] = int(table["LIKELY_PIPELINE_FAILURE"].sum())
     metrics["look_first"] = look_first(metrics, table)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_dir, "the report's folder", make=True)
     _write(out_dir / "metrics.json", (json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n").encode())
     ref_class, z_ref = reference["class"][compared].astype(str), np.asarray(reference["z"], float)[compared]
     _, z_final, z_err_final = compared_predictions(pred, compared)

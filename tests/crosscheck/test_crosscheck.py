@@ -518,15 +518,44 @@ def test_disagreement_line_says_what_they_are_and_where(tmp_path, capsys):
     from annotate.cli import main
 
     catalog = _twenty_rows(tmp_path)
-    _store_for(catalog)
+    store = _store_for(catalog)
     folder = tmp_path / "look.annotated.crosscheck"
     assert main(["crosscheck", "--catalog", str(catalog)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert ("10 disagreements (rows whose class differs from the pipeline's or whose redshift is catastrophic): "
             f"{folder / 'disagreements.csv'}, spectra of the first in disagreements.png") in lines
     assert "  Class accuracy is 80.0 %: most errors are pipeline GALAXY called STAR: 3 of the 4 misclassified rows." in lines
-    # without a store the sheet of the earlier cross-check is removed, and the line no longer names it
-    assert main(["crosscheck", "--catalog", str(catalog), "--store", str(tmp_path / "none.h5")]) == 0
+    # a store named that is not there is refused (a mistyped path), and the report is left as it was
+    assert main(["crosscheck", "--catalog", str(catalog), "--store", str(tmp_path / "none.h5")]) == 2
+    assert capsys.readouterr().err.strip() == f"annotate: error: --store {tmp_path / 'none.h5'}: no such spectra store"
+    assert (folder / "disagreements.png").exists()
+    # without the run's store the sheet of the earlier cross-check is removed, and the line no longer names it
+    store.unlink()
+    assert main(["crosscheck", "--catalog", str(catalog)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"10 disagreements (rows whose class differs from the pipeline's or whose redshift is catastrophic): {folder / 'disagreements.csv'}" in lines
     assert not (folder / "disagreements.png").exists()
+
+
+def test_a_catalog_of_another_survey_is_refused_in_one_line(tmp_path, capsys):
+    """--survey naming another survey than the catalog's: refused as `annotate run` refuses it,
+    not a report of no compared rows."""
+    from annotate.cli import main
+
+    catalog = _twenty_rows(tmp_path)
+    assert main(["crosscheck", "--catalog", str(catalog), "--survey", "desi_dr1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("annotate: error: catalog lacks columns required by survey desi_dr1: ")
+    assert not (tmp_path / "look.annotated.crosscheck").exists()
+
+
+def test_a_report_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    """--out under a regular file: the system cannot make the folder; one line, exit 2."""
+    from annotate.cli import main
+
+    catalog = _twenty_rows(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["crosscheck", "--catalog", str(catalog), "--out", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"annotate: error: cannot make the report's folder {blocker / 'report'}: Not a directory"]
