@@ -110,3 +110,12 @@ def test_report_opens_in_headless_chromium_with_every_plot(demo):
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     drawn = report.read_text().count("<img ")  # confusion, redshift, S/N, stellar, pulls (+ the sheet)
     assert drawn >= 5 and f"<title>images {drawn}/{drawn}</title>" in dom, re.findall("<title>.*?</title>", dom)
+
+
+def test_a_demo_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    """--out under a regular file: refused in one line before any sample is written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["demo", "--out", str(blocker / "demo"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"annotate: error: cannot make the demo's folder {blocker / 'demo'}: Not a directory"]
