@@ -51,6 +51,9 @@ class Loader:
     read_path: Callable[[Path], "Spectrum | None"] | None = None
     # for files of several targets: (hdul, target ids) -> [Spectrum or SpectrumError per target]
     read_targets: Callable[[fits.HDUList, list], list] | None = None
+    # another layout of the format `layout_of` names (an older one): a survey whose reader is that
+    # format reads files of this layout too
+    layout_of: str | None = None
 
 
 _LOADERS: dict[str, Loader] = {}
@@ -66,15 +69,16 @@ def bad_pixels(mask_words, bad_bits: int | None, default_bits: int | None = None
 
 def register(name: str, identify: Callable[[fits.HDUList], bool], priority: int = 0,
              read_path: Callable[[Path], "Spectrum | None"] | None = None,
-             read_targets: Callable[[fits.HDUList, list], list] | None = None):
+             read_targets: Callable[[fits.HDUList, list], list] | None = None, layout_of: str | None = None):
     """Decorator registering `read(hdul, bad_bits=None) -> Spectrum` as the loader `name`;
     `read_path`, when given, reads flux, ivar and mask without astropy (and without labels) for
     bulk ingest; `read_targets`, for formats of several targets per file, reads the named ones at
-    once. Each takes `bad_bits`, the pixel-mask bits the survey counts as unusable (None: the
-    loader's own rule; see `bad_pixels`)."""
+    once; `layout_of`, the format this loader reads another layout of (a survey naming that format
+    as its reader reads both layouts). Each takes `bad_bits`, the pixel-mask bits the survey counts
+    as unusable (None: the loader's own rule; see `bad_pixels`)."""
 
     def decorate(read):
-        _LOADERS[name] = Loader(name, identify, read, priority, read_path, read_targets)
+        _LOADERS[name] = Loader(name, identify, read, priority, read_path, read_targets, layout_of)
         return read
 
     return decorate
@@ -103,9 +107,13 @@ def _accepts(loader: Loader, hdul: fits.HDUList) -> bool:
 
 
 def _checked(loader: Loader, hdul: fits.HDUList) -> Loader:
-    """The named loader when it recognises the file; otherwise an error that says what the file is."""
+    """The named loader when it recognises the file, or a loader of another layout of its format
+    (`layout_of`) that does; otherwise an error that says what the file is."""
     if _accepts(loader, hdul):
         return loader
+    for layout in sorted(_LOADERS.values(), key=lambda item: -item.priority):
+        if layout.layout_of == loader.name and _accepts(layout, hdul):
+            return layout
     other = identify_loader(hdul)  # raises the registry's message when no loader knows the file
     raise SpectrumError(f"a {other.name} file, not {loader.name} (the survey's reader): choose the survey of "
                         f"this file's format")

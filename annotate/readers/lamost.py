@@ -62,7 +62,7 @@ def read_table(hdul: fits.HDUList, bad_bits: int | None = None) -> Spectrum:
     return Spectrum(wavelength, flux, ivar, bad, RELATIVE_FLUX_UNIT, labels=_labels(hdul[0].header))
 
 
-@register("lamost_lrs_image", identify_image, priority=4)
+@register("lamost_lrs_image", identify_image, priority=4, layout_of="lamost_lrs")
 def read_image(hdul: fits.HDUList, bad_bits: int | None = None) -> Spectrum:
     data = np.asarray(hdul[0].data)
     flux, ivar, wavelength = data[0], data[1], data[2]

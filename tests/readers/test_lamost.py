@@ -49,3 +49,27 @@ def test_andmask_bits_of_the_survey_and_relative_flux(tmp_path, writer):
     assert np.flatnonzero(spectrum.bad).tolist() == [0, 1, 2, 3, 4, 100]
     assert np.flatnonzero(read_spectrum(path, bad_bits=1 << 3).bad).tolist() == [100]
     assert spectrum.flux_unit == RELATIVE_FLUX_UNIT
+
+
+def test_the_surveys_reader_reads_both_layouts_and_refuses_other_formats(tmp_path):
+    """lamost_dr10's reader, lamost_lrs, reads the older 5-row image layout too (a catalog mixes
+    them), through the same ingest as a run; a file of another survey's format is still refused
+    with what it is."""
+    from annotate.grid import WavelengthGrid
+    from annotate.ingest import ingest_rows
+    from annotate.store import STATUS
+    from annotate.surveys import load_survey
+    from annotate.simulate.writer import write_sdss_spec
+
+    survey = load_survey("lamost_dr10")
+    wavelength, flux, ivar, mask = _spectrum()
+    paths = [str(writer(tmp_path / f"spec-{i}.fits", wavelength, flux, ivar, mask))
+             for i, writer in enumerate((write_lamost_table, write_lamost_image))]
+    sdss = write_sdss_spec(tmp_path / "spec-sdss.fits", np.log10(wavelength), flux, ivar, mask.astype(np.int32),
+                           {"SPECOBJID": 1, "CLASS": "STAR", "Z": 0.0})
+    rows = ingest_rows({"start": 0, "paths": [*paths, str(sdss)], "refused": [False] * 3,
+                        "grid": WavelengthGrid().to_dict(), "reader": survey.reader, "bad_bits": survey.bad_pixel_bits})
+    assert survey.reader == "lamost_lrs"
+    assert rows["status"].tolist() == [STATUS["OK"], STATUS["OK"], STATUS["NO_SPECTRUM"]]
+    np.testing.assert_array_equal(rows["flux"][0], rows["flux"][1])
+    assert "a sdss_spec file, not lamost_lrs (the survey's reader)" in rows["error"][2]
