@@ -24,7 +24,8 @@ EXIT_CODES = """exit codes:
   0    every row got a prediction (or the command did what it was asked)
   2    bad input: one line on stderr says what (annotate: error: ...)
   3    the output was written, but some rows have no prediction (NaN and a PRED_FLAGS bit)
-  4    a sharded run is incomplete: shards failed, were cancelled or timed out; nothing was merged
+  4    SLURM jobs of a sharded run or a training run failed, were cancelled or timed out (a sharded
+       run merged nothing); rerun to redo them
   130  interrupted (Ctrl-C);  143  terminated (SIGTERM, e.g. scancel or a time limit)"""
 
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true", help="with --executor slurm: print the sbatch script only")
     train.add_argument("--no-wait", action="store_true", help="with --executor slurm: submit and return")
     train.add_argument("--max-epochs", type=int, metavar="N",
-                       help="stop once N of the recipe's epochs are done (state saved; rerun to continue)")
+                       help="stop once N of the recipe's epochs are done (state saved; rerun without it, or with a larger N, to continue)")
     train.add_argument("--max-minutes", type=float, metavar="M",
                        help="stop M minutes after starting, with the state saved (rerun to continue)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -119,7 +119,7 @@ def _cmd_train(args) -> int:
         summary = _train_here(recipe, out, args)
     if summary.get("stopped"):
         print(f"training stopped by the cap after {summary['epochs_done']} of {recipe.epochs} epochs "
-              f"(step {summary['step']}); the state is in {out}: rerun to continue")
+              f"(step {summary['step']}); the state is in {out}: {summary.get('resume', 'rerun to continue')}")
         return 0
     if args.executor == "slurm":  # the job's log has the summary; say it here too
         from .training.log import summary_lines

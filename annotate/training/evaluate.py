@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..errors import ConfigError
 from ..blockpatch import model_outputs, supports_blocks
 from ..checkpoint import ModelCard
 from ..grid import WavelengthGrid
@@ -114,14 +115,43 @@ def stellar_comparison(rows: dict, norms: dict, stars: dict, train_star_indices:
             "baseline_method": f"mean labels of the {stellarbaseline.K} training stars nearest by χ²"}
 
 
+# what makes a recipe's held-out objects and its images: a checkpoint is evaluated only with the
+# recipe whose values of these it was trained with (the simulation's worker count changes nothing)
+SPLIT_KEYS = ("data", "val_fraction", "test_fraction", "seed", "render", "grid", "image_mean", "image_std")
+
+
+def check_evaluable(recipe: Recipe, folder: Path, trained: dict) -> None:
+    """ConfigError where `folder` is a training run that has not finished, or its checkpoint was
+    trained (its card's `recipe`, `trained`) with other data, split, rendering or grid than
+    `recipe`: its 'held-out' objects would then include ones it trained on."""
+    if (folder / "state").is_dir() and not (folder / "training.json").is_file():
+        raise ConfigError(f"{folder} is a training run that has not finished (its state/ is there, its training.json "
+                          "is not): finish it with annotate train first")
+
+    def key(name: str, recipe_json: dict):
+        value = recipe_json.get(name)
+        if name == "data" and isinstance(value, dict):
+            value = {**value, **({"simulate": {k: v for k, v in value["simulate"].items() if k != "workers"}}
+                                 if isinstance(value.get("simulate"), dict) else {})}
+        return value
+
+    current = recipe.to_json()
+    changed = [name for name in SPLIT_KEYS if name in trained and key(name, trained) != key(name, current)]
+    if changed:
+        raise ConfigError(f"{folder} was trained with another {', '.join(changed)} than recipe {recipe.name}'s: its "
+                          "held-out objects would not be the ones it never saw; evaluate it with the recipe it was "
+                          "trained with")
+
+
 def evaluate_checkpoint(recipe: Recipe, folder: str | Path, log=print) -> dict:
     """Recompute the held-out metrics of the checkpoint in `folder`, trained with `recipe` (same
-    data, same split, same label normalisation), and store them in its card; the weights are
-    untouched. For when the metric definitions change after training."""
+    data, same split, same label normalisation: `check_evaluable`), and store them in its card;
+    the weights are untouched. For when the metric definitions change after training."""
     from ..checkpoint import load_checkpoint, write_card
 
     device = pick_device(recipe.device)
     model, card = load_checkpoint(folder, str(device))
+    check_evaluable(recipe, Path(folder), card.training.get("recipe") or {})
     data = load_training_data(recipe.data, card.grid)
     split = data.get("split")
     if split is None:

@@ -94,7 +94,8 @@ def summary_lines(summary: dict) -> list[str]:
     if "best_epoch" in summary:
         lines.append(f"best epoch {summary['best_epoch']} (the checkpoint), {summary.get('steps', '?')} steps, "
                      f"{summary.get('seconds', 0) / 60:.0f} min on {summary.get('device', '?')}")
-    sets = (("test", "test split (simulated objects never trained on)"),
+    simulated = "simulate" in ((summary.get("recipe") or {}).get("data") or {"simulate": True})
+    sets = (("test", "test split (" + ("simulated " if simulated else "") + "objects never trained on)"),
             ("held_out_stars", "held-out MILES stars (templates never trained on)"))
     for key, name in sets:
         if summary.get(key):

@@ -72,7 +72,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     the recipe's epochs are done (counting those of earlier calls), or that many minutes after it
     started, with the state saved; rerunning continues. `stop_requested()`, asked after every step,
     stops it the same way when it says True (a SLURM job's timeout signal). A stopped call returns
-    {'stopped': True, 'epochs_done', 'step'}. `on_step(step, total_steps, loss)` follows every step
+    {'stopped': True, 'epochs_done', 'step', 'resume' (how to go on)}. `on_step(step, total_steps, loss)` follows every step
     (a progress bar); `log` gets a readable line per epoch and the summary at the end."""
     from .log import summary_lines
 
@@ -86,11 +86,11 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     run = _setup(recipe, out_dir, log)
     deadline = run.started + 60.0 * max_minutes if max_minutes is not None else None
     stop = _Stop(deadline, max_minutes, stop_requested)
-    stopped = False
+    stopped = by_epochs = False
     run.model.train()
     while run.state.epoch < recipe.epochs and not run.done():
         if max_epochs is not None and run.state.epoch >= max_epochs:
-            stopped = True
+            stopped = by_epochs = True
             break
         epoch_start = time.time()
         if _run_epoch(run, stop, on_step):
@@ -98,10 +98,12 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
             break
         _end_epoch(run, epoch_start)
     if stopped:
-        log(f"stopped after {run.state.epoch} of {recipe.epochs} epochs (step {run.state.step}), the state saved; "
-            f"rerun the same command to continue")
+        # the same command with the same --max-epochs stops at once again: that cap must be raised
+        resume = ("rerun without --max-epochs (or with a larger one) to continue" if by_epochs
+                  else "rerun the same command to continue")
+        log(f"stopped after {run.state.epoch} of {recipe.epochs} epochs (step {run.state.step}), the state saved; {resume}")
         run.ranks.barrier()
-        return {"stopped": True, "epochs_done": run.state.epoch, "step": run.state.step}
+        return {"stopped": True, "epochs_done": run.state.epoch, "step": run.state.step, "resume": resume}
     summary = {}
     if run.ranks.main:
         summary = _finish(recipe, out_dir, run.data, run.split, run.norms, run.settings, run.device, run.autocast,

@@ -64,6 +64,20 @@ def test_training_writes_a_checkpoint_that_loads(tmp_path):
     assert read_card(tmp_path / "ckpt").training["test"]["loss"] == pytest.approx(again["test"]["loss"])
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == weights
 
+    # a recipe of another split (seed) or data is refused: its 'test' objects include training ones;
+    # one that differs only in what does not change the split (epochs, lr) is taken
+    card_before = (tmp_path / "ckpt" / "config.json").read_bytes()
+    for changed in ({"seed": 5}, {"test_fraction": 0.3}):
+        with pytest.raises(ConfigError, match=f"was trained with another {next(iter(changed))} than recipe tiny-test's"):
+            evaluate_checkpoint(_recipe(tmp_path, store, **changed), tmp_path / "ckpt", log=lambda line: None)
+    assert (tmp_path / "ckpt" / "config.json").read_bytes() == card_before
+    evaluate_checkpoint(_recipe(tmp_path, store, epochs=5, lr=3e-4), tmp_path / "ckpt", log=lambda line: None)
+    # a run that has not finished (its state/ there, no training.json) is refused
+    (tmp_path / "ckpt" / "training.json").rename(tmp_path / "training.json")
+    (tmp_path / "ckpt" / "state").mkdir(exist_ok=True)
+    with pytest.raises(ConfigError, match="a training run that has not finished"):
+        evaluate_checkpoint(_recipe(tmp_path, store), tmp_path / "ckpt", log=lambda line: None)
+
 
 def test_unknown_recipe_key_lists_valid_keys(tmp_path):
     path = tmp_path / "bad.yaml"
@@ -299,13 +313,18 @@ def test_caps_stop_a_run_with_its_state_saved_and_a_rerun_continues(tmp_path, ca
     store = _labelled_store(tmp_path / "train.h5")
     recipe = _recipe(tmp_path, store, epochs=3)
     stopped = train(recipe, tmp_path / "ckpt", log=lambda line: None, max_epochs=1)
-    assert stopped == {"stopped": True, "epochs_done": 1, "step": 3}  # 24 training rows in batches of 8
+    assert stopped == {"stopped": True, "epochs_done": 1, "step": 3,  # 24 training rows in batches of 8
+                       "resume": "rerun without --max-epochs (or with a larger one) to continue"}
     assert [h["epoch"] for h in json.loads((tmp_path / "ckpt" / "metrics.json").read_text())] == [1]
     assert latest_state(tmp_path / "ckpt") is not None and not (tmp_path / "ckpt" / "training.json").exists()
     # a zero-minute cap stops after one step of the next epoch, mid-epoch, with that step saved
     recipe_file = tmp_path / "recipe.yaml"
     assert main(["train", "--recipe", str(recipe_file), "--out", str(tmp_path / "ckpt"), "--max-minutes", "0"]) == 0
-    assert "training stopped by the cap after 1 of 3 epochs (step 4)" in capsys.readouterr().out
+    assert ("training stopped by the cap after 1 of 3 epochs (step 4); the state is in "
+            f"{tmp_path / 'ckpt'}: rerun the same command to continue") in capsys.readouterr().out
+    # the same --max-epochs again stops at once, and says how to go on
+    assert main(["train", "--recipe", str(recipe_file), "--out", str(tmp_path / "ckpt"), "--max-epochs", "1"]) == 0
+    assert "rerun without --max-epochs (or with a larger one) to continue" in capsys.readouterr().out
     assert main(["train", "--recipe", str(recipe_file), "--out", str(tmp_path / "ckpt")]) == 0
     history = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -344,7 +363,7 @@ def test_a_stop_request_saves_the_state_of_that_step_before_any_periodic_save(tm
     asked = []
     stopped = train(recipe, tmp_path / "ckpt", log=lambda line: None,
                     stop_requested=lambda: asked.append(1) or len(asked) >= 2)
-    assert stopped == {"stopped": True, "epochs_done": 0, "step": 2}
+    assert stopped == {"stopped": True, "epochs_done": 0, "step": 2, "resume": "rerun the same command to continue"}
     saved = latest_state(tmp_path / "ckpt")
     assert (read_state_json(saved)["step"], read_state_json(saved)["batch"]) == (2, 2)
     summary = train(recipe, tmp_path / "ckpt", log=lambda line: None)
