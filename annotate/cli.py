@@ -105,16 +105,20 @@ def _cmd_train(args) -> int:
         from .slurm import profile_for_executor, sbatch_script
         from .training.job import TRAIN_SRUN_ARGS, submit_training, wait_for_training
 
+        from .training.loop import finished_summary
+
         profile = profile_for_executor(args.profile)
         if args.dry_run:
             print(sbatch_script(profile, Path(out) / "slurm", job_name="annotate-train",
                                 tasks_per_node=max(1, profile.gpus()), srun_args=TRAIN_SRUN_ARGS))
             return 0
-        job = submit_training(args.recipe, out, profile, max_epochs=args.max_epochs, max_minutes=args.max_minutes)
-        print(f"submitted training job {job.job_id}; logs: {Path(out) / 'slurm' / str(job.job_id)}")
-        if args.no_wait:
-            return 0
-        summary = wait_for_training(job, out)
+        summary = finished_summary(recipe, Path(out), print)  # a finished run asks the cluster for nothing
+        if summary is None:
+            job = submit_training(args.recipe, out, profile, max_epochs=args.max_epochs, max_minutes=args.max_minutes)
+            print(f"submitted training job {job.job_id}; logs: {Path(out) / 'slurm' / str(job.job_id)}")
+            if args.no_wait:
+                return 0
+            summary = wait_for_training(job, out)
     else:
         summary = _train_here(recipe, out, args)
     if summary.get("stopped"):

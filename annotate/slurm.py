@@ -95,7 +95,8 @@ def executor(profile: Profile, folder: str | Path, job_name: str = "annotate", a
 def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotate", array_size: int | None = None,
                   tasks_per_node: int = 1, srun_args: list | None = None) -> str:
     """The sbatch script `executor(profile, folder, ...)` submits (for --dry-run and the docs),
-    byte for byte: an array of `array_size` tasks when given. Built by submitit's own script
+    byte for byte: an array of `array_size` tasks when given and above 1 (submitit submits a
+    single task as a plain job, not an array of one). Built by submitit's own script
     builder with the command submitit runs (this interpreter by absolute path, the absolute
     folder), without needing srun on this machine."""
     import shlex
@@ -107,7 +108,7 @@ def sbatch_script(profile: Profile, folder: str | Path, job_name: str = "annotat
     parameters = {**profile.submitit_parameters(), "ntasks_per_node": tasks_per_node}
     if srun_args:
         parameters["srun_args"] = list(srun_args)
-    if array_size:
+    if array_size and array_size > 1:
         parameters["map_count"] = array_size
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(jobs))])
     return _make_sbatch_string(command=command, folder=jobs, job_name=job_name, **parameters)

@@ -55,10 +55,13 @@ def _job_key(name: str) -> tuple:
 
 
 def _last_error(job_folder: Path) -> str:
-    """'; last error line: ...' from the job's stderr log, when it has one."""
+    """'; last error: ...' from the job's stderr log, when it has one: its last line that names an
+    error, or, where none does (a profile's setup line that failed with its own words), its last
+    line that is not submitit's own logging."""
     for log in sorted(job_folder.glob("*_log.err")):
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        errors = [line for line in lines if "Error" in line or "error:" in line]
+        errors = [line for line in lines if "Error" in line or "error:" in line] or \
+            [line for line in lines if not line.startswith("submitit ")]
         if errors:
             return f"; last error: {errors[-1][:200]}"
     return ""

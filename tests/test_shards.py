@@ -364,3 +364,20 @@ def test_single_and_sharded_runs_write_the_same_provenance(catalog, micro_model,
         assert cards == {k for k in b if k.startswith("ANN")} and {"ANNSHRDS", "ANNNFAIL", "ANNFIT"} <= cards
         assert (a["ANNSHRDS"], b["ANNSHRDS"]) == (1, 3)
         assert {k: a[k] for k in cards - {"ANNDATE", "ANNSHRDS"}} == {k: b[k] for k in cards - {"ANNDATE", "ANNSHRDS"}}
+
+
+def test_status_quotes_a_jobs_last_error_or_else_its_last_own_line(tmp_path):
+    """A failed job's log: its last line naming an error; where none does (a profile's setup line
+    that failed in its own words), its last line that is not submitit's logging."""
+    from annotate.status import _last_error
+
+    job = tmp_path / "11_0"
+    job.mkdir()
+    log = job / "11_0_0_log.err"
+    log.write_text("submitit INFO (2026-12-07 06:00:00) - Starting with JobEnvironment\n"
+                   "failing on purpose\n\nsubmitit INFO (2026-12-07 06:00:01) - Job completed\n")
+    assert _last_error(job) == "; last error: failing on purpose"
+    log.write_text("ValueError: one\nsrun: error: localhost: task 0: Exited with exit code 1\nlast words\n")
+    assert _last_error(job) == "; last error: srun: error: localhost: task 0: Exited with exit code 1"
+    log.write_text("submitit INFO (2026-12-07 06:00:00) - only submitit\n")
+    assert _last_error(job) == ""

@@ -65,6 +65,39 @@ def test_dry_run_script_carries_the_gpu_request():
         assert line in script
 
 
+def test_a_dry_run_of_one_missing_shard_shows_the_plain_job_submitit_submits():
+    """submitit submits a single task as a plain job (its logs named by %j), not as an array of
+    one: the dry run's script for one task is that one."""
+    profile = Profile.from_yaml(REPO / "slurm" / "profiles" / "example-gpu.yaml")
+    one = sbatch_script(profile, "/runs/x/slurm", job_name="annotate-run", array_size=1)
+    assert one == sbatch_script(profile, "/runs/x/slurm", job_name="annotate-run")
+    assert "--array" not in one and "%A_%a" not in one and "/runs/x/slurm/%j/%j_0_log.out" in one
+    assert "#SBATCH --array=0-1%2" in sbatch_script(profile, "/runs/x/slurm", job_name="annotate-run", array_size=2)
+
+
+def test_a_cancelled_training_job_is_reported_as_cancelled_and_a_failed_one_with_its_error(tmp_path, monkeypatch):
+    """The job's own last line on cancellation is srun's notice of the signal; the scheduler's
+    state says what happened. A failed job keeps the error that ended it."""
+    import annotate.training.job as job_module
+    from annotate.errors import JobsFailed
+
+    class Ended:
+        job_id, state = "25", "DONE"
+
+        def done(self):
+            return True
+
+        def result(self):
+            raise RuntimeError("Traceback ...\nsrun: launch/slurm: _step_signal: Terminating StepId=25.0")
+
+    for state, expected in (("CANCELLED by 0", "training job 25 cancelled without finishing; its log is in "),
+                            ("FAILED", "training job 25 failed: srun: launch/slurm: _step_signal: Terminating")):
+        monkeypatch.setattr(job_module, "job_states", lambda ids, state=state: {"25": state})
+        with pytest.raises(JobsFailed) as caught:
+            job_module.wait_for_training(Ended(), tmp_path, log=lambda line: None, poll_s=0.0)
+        assert str(caught.value).startswith(expected), str(caught.value)
+
+
 def test_dask_worker_jobs_retire_before_their_time_limit_and_carry_the_gpu_request(tmp_path):
     from annotate.parallel import slurm_cluster, worker_lifetime_args
 

@@ -107,6 +107,13 @@ def wait_for_training(job, out_dir: str | Path, log=print, poll_s: float = 5.0, 
             try:
                 return job.result()
             except Exception as exc:  # noqa: BLE001 - reported as one line
+                # what the scheduler says happened: a cancelled or timed-out job's own last line is
+                # only srun's notice of the signal; a failed one's is the error that ended it
+                state = ((job_states([job_id]) or {}).get(job_id, "") or "").split(" ")[0]
+                if state in TERMINAL_BAD and state != "FAILED":
+                    raise JobsFailed(f"training job {job_id} {state.lower().replace('_', ' ')} without finishing; its "
+                                     f"log is in {out_dir / 'slurm'}; rerun the same command to resume from its last "
+                                     f"state ({training_progress(out_dir)})") from None
                 raise JobsFailed(f"training job {job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
                                  f"its log is in {out_dir / 'slurm'}; rerun to resume") from None
         states = job_states([job_id])

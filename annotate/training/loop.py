@@ -63,6 +63,19 @@ def _schedule(optimiser, recipe: Recipe, total_steps: int):
         optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
 
 
+def finished_summary(recipe: Recipe, out_dir: Path, log=print) -> dict | None:
+    """The summary of the training `out_dir` holds when it has finished with this recipe (said in
+    one line: there is nothing to do); None when it has not finished. ConfigError when it finished
+    with another recipe."""
+    finished = Path(out_dir) / "training.json"
+    if not finished.is_file():
+        return None
+    summary = json.loads(finished.read_text())
+    check_resumable(summary.get("recipe", {}), recipe.to_json(), Path(out_dir))
+    log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
+    return summary
+
+
 def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None = None,
           max_minutes: float | None = None, stop_requested=None, on_step=None) -> dict:
     """Train per `recipe` into `out_dir` (resuming there if it holds an interrupted run of the same
@@ -77,11 +90,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, max_epochs: int | None
     from .log import summary_lines
 
     out_dir = Path(out_dir)
-    finished = out_dir / "training.json"
-    if finished.is_file():
-        summary = json.loads(finished.read_text())
-        check_resumable(summary.get("recipe", {}), recipe.to_json(), out_dir)
-        log(f"{out_dir}: training already finished (best epoch {summary['best_epoch']}); nothing to do")
+    summary = finished_summary(recipe, out_dir, log)
+    if summary is not None:
         return summary
     run = _setup(recipe, out_dir, log)
     deadline = run.started + 60.0 * max_minutes if max_minutes is not None else None

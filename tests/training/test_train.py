@@ -456,3 +456,27 @@ def test_a_warm_start_may_replace_the_z_head_and_train_it_at_its_own_rate(tmp_pa
         _recipe(tmp_path, store, z_head={"kind": "mixture"})
     with pytest.raises(ConfigError, match="lr must be a number"):
         _recipe(tmp_path, store, lr="fast")
+
+
+def test_a_finished_run_submits_no_slurm_job(tmp_path, monkeypatch, capsys):
+    """Rerun after training finished, `--executor slurm` says there is nothing to do and asks the
+    cluster for nothing (it queued a job, a GPU on a real cluster, that found nothing to do)."""
+    import annotate.training.job as job_module
+    from annotate.cli import main
+
+    store = _labelled_store(tmp_path / "train.h5")
+    _recipe(tmp_path, store, epochs=1)
+    assert main(["train", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "ckpt")]) == 0
+    capsys.readouterr()
+    profile = tmp_path / "p.yaml"
+    profile.write_text("partition: debug\ntime_min: 5\n")
+
+    def submitted(*args, **kwargs):
+        raise AssertionError("a job was submitted")
+
+    monkeypatch.setattr(job_module, "submit_training", submitted)
+    assert main(["train", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "ckpt"),
+                 "--executor", "slurm", "--profile", str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'ckpt'}: training already finished (best epoch 1); nothing to do" in out
+    assert "submitted" not in out and f"checkpoint: {tmp_path / 'ckpt'}" in out
