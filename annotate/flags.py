@@ -16,7 +16,7 @@ class PredFlag(enum.IntFlag):
     UNKNOWN_REFERENCE_CLASS = 1 << 5  # the catalog's class is not GALAXY/QSO/STAR
     PATH_REFUSED = 1 << 6       # the catalog's path points outside the spectra root; not read
     DUPLICATE_ID = 1 << 7       # another row of the catalog has the same object id (both predicted)
-    SMALL_DELTACHI2 = 1 << 8    # the fit's best solution beats the next other one by Δχ² < 9
+    SMALL_DELTACHI2 = 1 << 8    # the fit's best solution beats the next other one by Δχ² < 9 · max(χ²_ν, 1)
     Z_AT_EDGE = 1 << 9          # the fit's minimum lies at the edge of the redshift range scanned
     FIT_VIT_DISAGREE = 1 << 10  # the fit's class differs from the ViT's, or its z fails Ross et al. against the ViT's
     FIT_FAILED = 1 << 11        # the fit found no solution; PRED_CLASS and PRED_Z are the ViT's

@@ -7,7 +7,9 @@ The rule (documented in the README, its inputs written as columns):
    within max(3σ_vit, 1,000 km/s) of the ViT's z) and a candidate that does lies within
    small_deltachi2 of it, the lowest such candidate is taken; Δχ² then is negative (the χ² paid
    for the ViT's choice). Otherwise the lowest χ² stands.
-3. Flags: SMALL_DELTACHI2 (Δχ² < small_deltachi2), Z_AT_EDGE (the minimum lies at the edge of the
+3. Flags: SMALL_DELTACHI2 (Δχ² < small_deltachi2 · max(χ²_ν, 1): where the fit is worse than
+   the noise, as when a survey's ivar is too large, every χ² difference is inflated by χ²_ν, as
+   σ_z is), Z_AT_EDGE (the minimum lies at the edge of the
    range scanned), FIT_VIT_DISAGREE (the final class is not the ViT's, or the final z fails the
    Ross et al. 2020 rule against the ViT's z by more than 3σ_vit), FIT_FAILED (no candidate:
    the ViT's answer is kept).
@@ -74,7 +76,8 @@ def choose(candidates: list[Candidate], vit_prob: np.ndarray | None, vit_z: floa
         if backed is not None:
             best, deltachi2, rule = backed, best.chi2 - backed.chi2, "vit-tie"
     flags = 0
-    if deltachi2 < small_deltachi2:
+    excess = best.rchi2 if np.isfinite(best.rchi2) and best.rchi2 > 1.0 else 1.0
+    if deltachi2 < small_deltachi2 * excess:
         flags |= int(PredFlag.SMALL_DELTACHI2)
     if best.at_edge:
         flags |= int(PredFlag.Z_AT_EDGE)

@@ -300,8 +300,8 @@ def test_fft_correlations_with_the_shortest_circular_length_are_exact(n, m, d_lo
     np.testing.assert_allclose(got, expected, atol=1e-9)
 
 
-def _cand(spectype, z, chi2, edge=False):
-    return Candidate(spectype, "", z, 1e-4, chi2, 1.0, edge, "scan", 0.0)
+def _cand(spectype, z, chi2, edge=False, rchi2=1.0):
+    return Candidate(spectype, "", z, 1e-4, chi2, rchi2, edge, "scan", 0.0)
 
 
 def test_a_confidently_wrong_vit_does_not_hide_the_right_class(bases, held_out_library):
@@ -330,6 +330,11 @@ def test_the_vit_breaks_near_ties_only():
     choice = choose(far, vit_star, 0.0001, 0.001)
     assert (choice.spectype, choice.rule, choice.deltachi2) == ("GALAXY", "chi2", 50.0)
     assert choice.flags & PredFlag.FIT_VIT_DISAGREE and not choice.flags & PredFlag.SMALL_DELTACHI2
+    # where the fit is worse than the noise (an ivar too large), Δχ² is weighed against 9 χ²_ν, as σ_z is
+    # scaled: Δχ² 50 at χ²_ν 10 is doubtful, at χ²_ν 5 or below 1 it is not
+    for rchi2, doubtful in ((10.0, True), (5.0, False), (0.5, False)):
+        worse = [_cand("GALAXY", 0.3, 100.0, rchi2=rchi2), _cand("STAR", 0.0, 150.0)]
+        assert bool(choose(worse, vit_star, 0.0001, 0.001).flags & PredFlag.SMALL_DELTACHI2) == doubtful
     edge = choose([_cand("QSO", 4.99, 10.0, edge=True)], np.array([0.0, 1.0, 0.0]), 4.99, 0.01)
     assert edge.flags & PredFlag.Z_AT_EDGE and edge.deltachi2 == np.inf
     none = choose([], np.array([0.2, 0.7, 0.1]), 2.0, 0.1)
