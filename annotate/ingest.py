@@ -84,9 +84,9 @@ def _resampled_row(out: dict, i: int, path: str, spectrum, grid: WavelengthGrid)
     if n_good < MIN_GOOD_PIXELS:
         out["status"][i] = STATUS["NO_USABLE_PIXELS"]
         out["error"][i] = f"{path}: {n_good} usable pixels on the grid (need {MIN_GOOD_PIXELS})"
-    elif np.ptp(flux[~mask]) == 0:  # a placeholder (0, or one value everywhere): nothing to predict from
+    elif not flux[~mask].any():  # a placeholder: nothing to predict from
         out["status"][i] = STATUS["NO_USABLE_PIXELS"]
-        out["error"][i] = f"{path}: the flux is {float(flux[~mask][0]):g} at every usable pixel (no information)"
+        out["error"][i] = f"{path}: the flux is 0 at every usable pixel (no information)"
     else:
         out["status"][i] = STATUS["OK"]
 

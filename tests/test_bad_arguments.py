@@ -86,7 +86,7 @@ def test_every_option_of_every_command_has_help_with_its_default():
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             if action.default not in (None, False) and action.option_strings:
                 assert "default" in action.help, f"{name} {action.option_strings} does not say its default"
-    assert "exit codes:" in _help(["--help"]) and "4    a sharded run" in _help(["--help"])
+    assert "exit codes:" in _help(["--help"]) and "4    SLURM jobs of a sharded run or a training run" in _help(["--help"])
 
 
 def test_a_path_the_system_refuses_is_one_error_line(monkeypatch, capsys):
