@@ -104,7 +104,6 @@ def _cmd_train(args) -> int:
     if args.executor == "slurm":
         from .slurm import profile_for_executor, sbatch_script
         from .training.job import TRAIN_SRUN_ARGS, submit_training, wait_for_training
-
         from .training.loop import finished_summary
 
         profile = profile_for_executor(args.profile)

@@ -11,7 +11,6 @@ raises JobsFailed, naming the shards, when some did not finish.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 from .errors import ConfigError, JobsFailed
@@ -62,36 +61,38 @@ class LocalExecutor:
 class SlurmExecutor:
     """One array job of the profile's shape; each task's logs under `<run>/slurm/<job id>/`."""
 
-    profile: str | Path | None
+    profile: object  # annotate.slurm.Profile, read when the executor is made (`executor_for`)
     folder: RunFolder
     name: str = "slurm"
 
-    def __post_init__(self) -> None:
-        from .slurm import profile_for_executor
-
-        profile_for_executor(self.profile)  # no profile, or one that does not read: refused before any plan is written
-
     def run(self, fn: Callable, tasks: list, log=print) -> None:
         from .slurm import executor as slurm_executor
-        from .slurm import profile_for_executor, submission_errors
+        from .slurm import submission_errors
 
         with submission_errors():
-            jobs = slurm_executor(profile_for_executor(self.profile), self.folder.slurm, job_name="annotate-run").map_array(fn, tasks)
+            jobs = slurm_executor(self.profile, self.folder.slurm, job_name="annotate-run").map_array(fn, tasks)
         self.folder.record_jobs({str(job.job_id): task.name for job, task in zip(jobs, tasks)})
         failed = wait_for_shards(jobs, tasks, self.folder, log=log)
         if failed:
             raise JobsFailed(failed_message(failed, len(tasks)))
 
     def script(self, n_tasks: int) -> str | None:
-        from .slurm import profile_for_executor, sbatch_script
+        from .slurm import sbatch_script
 
-        return sbatch_script(profile_for_executor(self.profile), self.folder.slurm, job_name="annotate-run", array_size=n_tasks)
+        return sbatch_script(self.profile, self.folder.slurm, job_name="annotate-run", array_size=n_tasks)
+
+
+def _slurm_profile(profile):
+    from .slurm import profile_for_executor
+
+    return profile_for_executor(profile)
 
 
 EXECUTORS = {
     "debug": lambda settings, profile, folder: DebugExecutor(),
     "local": lambda settings, profile, folder: LocalExecutor(settings.scheduler, settings.n_workers),
-    "slurm": lambda settings, profile, folder: SlurmExecutor(profile, folder),
+    # the profile is read here: none, or one that does not read, is refused before any plan is written
+    "slurm": lambda settings, profile, folder: SlurmExecutor(_slurm_profile(profile), folder),
 }
 
 

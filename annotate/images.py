@@ -51,18 +51,17 @@ def check_image_store(path: Path, n_rows: int, spectra_store: Path, settings: Re
     """StoreError unless `path` was rendered from this very spectra store (and these settings);
     also for a file that is not an image store at all (a catalog, a spectra store), which is
     left as it is."""
+    not_image_store = StoreError(f"{path} exists and is not an image store (its images and their marks are not "
+                                 "in it); choose a new --out")
     try:
         with h5py.File(path, "r") as h5:
-            is_image_store = "images" in h5 and "done" in h5 and "render" in h5.attrs
+            if not ("images" in h5 and "done" in h5 and "render" in h5.attrs):
+                raise not_image_store
+            same_store = (h5["done"].shape[0] == n_rows
+                          and str(h5.attrs.get("spectra_created", "")) == spectra_store_stamp(spectra_store))
+            same_settings = settings is None or json.loads(h5.attrs["render"]) == settings.to_dict()
     except OSError:
-        is_image_store = False
-    if not is_image_store:
-        raise StoreError(f"{path} exists and is not an image store (its images and their marks are not in it); "
-                         "choose a new --out")
-    with h5py.File(path, "r") as h5:
-        same_store = (h5["done"].shape[0] == n_rows
-                      and str(h5.attrs.get("spectra_created", "")) == spectra_store_stamp(spectra_store))
-        same_settings = settings is None or json.loads(h5.attrs["render"]) == settings.to_dict()
+        raise not_image_store from None
     if not same_store:
         raise StoreError(f"{path} was rendered from another spectra store than {spectra_store} "
                          "(or before it was made anew); choose a new --out")

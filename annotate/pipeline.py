@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogs import read_catalog
+from .catalogs.registry import writable_folder  # noqa: F401  (the commands' check of their output folders)
 from .errors import OutputError
 from .flags import PredFlag
 from .store import STATUS
@@ -166,20 +167,6 @@ def check_outputs(out: Path, catalog: Path, store: Path | None, model: Path | No
                 raise OutputError(f"{flag} {target} would overwrite {what} ({path})")
     for path, flag in written:
         refuse_non_regular(path, flag)
-
-
-def writable_folder(folder: Path, what: str, make: bool = False) -> Path:
-    """`folder`, where a command writes, made first (with its parents) when `make`: OutputError in
-    one line when it cannot be made, is missing or cannot be written to, before any work is done."""
-    folder = Path(folder)
-    if make:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot make {what} {folder}: {exc.strerror or exc}") from None
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise OutputError(f"{what} is missing or not writable: {folder}")
-    return folder
 
 
 def refuse_non_regular(path: Path, flag: str) -> None:

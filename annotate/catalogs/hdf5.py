@@ -25,7 +25,7 @@ import numpy as np
 from .. import interrupts
 from ..columns import OUTPUT_COLUMNS
 from ..errors import CatalogError, OutputError
-from .registry import PRED_BYTES_PER_ROW, Catalog, check_free_space, register
+from .registry import PRED_BYTES_PER_ROW, Catalog, check_free_space, register, writable_folder
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 PANDAS_TYPES = ("frame_table", "frame")
@@ -87,8 +87,7 @@ class HDF5Table(Catalog):
         out = Path(out)
         if out.resolve() == self.path.resolve():
             raise OutputError(f"refusing to overwrite the input catalog {self.path}")
-        if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-            raise OutputError(f"output directory is missing or not writable: {out.parent}")
+        writable_folder(out.parent, "output directory")
         check_free_space(out.parent, self.path.stat().st_size + self.n_rows * PRED_BYTES_PER_ROW)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         chunk = (lambda a, b: columns(a, b)) if callable(columns) else \

@@ -103,6 +103,20 @@ def check_catalog_file(path: Path) -> None:
         raise CatalogError(f"{path} is not a regular file (a device or socket); give the catalog as a file")
 
 
+def writable_folder(folder: Path, what: str, make: bool = False) -> Path:
+    """`folder`, where a command writes, made first (with its parents) when `make`: OutputError in
+    one line when it cannot be made, is missing or cannot be written to, before any work is done."""
+    folder = Path(folder)
+    if make:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot make {what} {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OutputError(f"{what} is missing or not writable: {folder}")
+    return folder
+
+
 def check_free_space(folder: Path, needed: int) -> None:
     """Refuse up front when the output's file system evidently has no room for it."""
     try:
