@@ -29,14 +29,19 @@ from .fitter import Fitter, FitSettings
 from .stage import fit_rows
 
 
-def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0, stars_only: bool = False) -> dict:
+def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0, stars_only: bool = False,
+                    cosmic_rays: float = 0.0) -> dict:
     """n simulated spectra from the held-out stars and populations and quasar draws of `seed`,
-    with the simulator's realism effects at `realism` strength (0: none); only stars with
-    `stars_only`."""
+    with the simulator's realism effects at `realism` strength (0: none) and cosmic-ray hits left
+    in a `cosmic_rays` share of them (`Realism.cosmic_ray_probability`; needs realism > 0); only
+    stars with `stars_only`."""
+    if cosmic_rays > 0 and realism <= 0:
+        raise ValueError("cosmic rays are a realism effect: give realism > 0 with them")
     bases = load_bases()
     lib = load_library()
     stars, held = bases.held_out_stars, bases.held_out_populations
-    settings = SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None)
+    settings = SimulationSettings(realism=Realism(strength=realism, cosmic_ray_probability=cosmic_rays)
+                                  if realism > 0 else None)
     if stars_only:
         settings = replace(settings, class_fractions=(0.0, 0.0, 1.0))
     return draw_sample(n, lib.with_populations(held), grid, seed=seed, star_indices=stars, settings=settings)
@@ -64,14 +69,15 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 
 
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
-             model: str | None = None, stars_only: bool = False, **settings) -> dict:
+             model: str | None = None, stars_only: bool = False, cosmic_rays: float = 0.0, **settings) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism, stars_only)`; with `prior`, seeded
     by the ViT of `model` (default: the shipped default model) as in `annotate run` (the ViT's
     own time not counted). `settings`: other FitSettings fields than the defaults. 'stellar':
     stellarbaseline.stellar_report of the fit's labels (and the ViT's, with `prior`) on the
-    held-out stars the fit classed STAR."""
+    held-out stars the fit classed STAR. With `cosmic_rays`, 'cosmic_rays': the figures of the
+    spectra with hits and of those without (`_hit_figures`)."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid, realism, stars_only)
+    sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays)
     vit = None
     if prior:
         from ..checkpoint import load_checkpoint
@@ -103,7 +109,27 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
         row["within_1sigma"] = float(np.mean(np.abs(p) <= 1)) if ok.any() else float("nan")
         out[cls] = row
     out["stellar"] = _stellar_figures(sample, fit, vit)
+    if "cosmic_ray_pixels" in sample:
+        out["cosmic_rays"] = _hit_figures(sample, fit, success)
     return out
+
+
+def _hit_figures(sample: dict, fit: dict, success: np.ndarray) -> dict:
+    """{'hit'/'clean': {'n', 'success', 'flagged' (PredFlag.SPIKES_LEFT_OUT), 'wrong_unflagged'
+    (failed Ross et al. without SMALL_DELTACHI2 or FIT_VIT_DISAGREE)}} over the spectra with and
+    without cosmic-ray hits."""
+    from ..flags import PredFlag
+
+    flags = fit["fit_flags"]
+    spikes = (flags & int(PredFlag.SPIKES_LEFT_OUT)) != 0
+    warned = (flags & int(PredFlag.SMALL_DELTACHI2 | PredFlag.FIT_VIT_DISAGREE)) != 0
+    figures = {}
+    for name, rows in (("hit", sample["cosmic_ray_pixels"] > 0), ("clean", sample["cosmic_ray_pixels"] == 0)):
+        figures[name] = {"n": int(rows.sum()),
+                         "success": float(success[rows].mean()) if rows.any() else float("nan"),
+                         "flagged": float(spikes[rows].mean()) if rows.any() else float("nan"),
+                         "wrong_unflagged": int((rows & ~success & ~warned).sum())}
+    return figures
 
 
 def _stellar_figures(sample: dict, fit: dict, vit: dict | None) -> dict:
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-below", type=float, default=None,
                         help="with --prior: skip classes whose ViT probability is under this when the ViT is "
                              "confident (FitSettings.skip_below; default: scan every class)")
+    parser.add_argument("--cosmic-rays", type=float, default=0.0, metavar="P",
+                        help="with --realism: leave cosmic-ray hits in this share of the spectra (0: none)")
     parser.add_argument("--stars", action="store_true", help="a sample of held-out stars only (stellar parameters)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
@@ -141,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         if field not in FitSettings.__dataclass_fields__ or not value:
             parser.error(f"--set {item}: not FIELD=VALUE with a FitSettings field")
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
+    if args.cosmic_rays > 0 and args.realism <= 0:
+        parser.error("--cosmic-rays needs --realism above 0")
     result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, args.stars,
-                      **overrides)
+                      args.cosmic_rays, **overrides)
     print("\n".join(report_lines(result)))
     return 0
 
@@ -157,6 +187,10 @@ def report_lines(result: dict) -> list[str]:
         f"{row['success_snr_2_5']:.3f} (n={row['n_snr_2_5']}); NMAD S/N≥5 {row['nmad_snr_ge_5']:.2e}; "
         f"pull spread {row['pull_spread']:.2f}, within 1σ {row['within_1sigma']:.2f}"
         for cls, row in ((c, result[c]) for c in CLASS_NAMES)]
+    for name, row in result.get("cosmic_rays", {}).items():
+        lines.append(f"  {'with' if name == 'hit' else 'without'} cosmic-ray hits: {row['n']} spectra, success "
+                     f"{row['success']:.3f}, spikes left out in {row['flagged']:.3f}, failed unflagged "
+                     f"{row['wrong_unflagged']}")
     stellar = result.get("stellar", {})
     if stellar.get("n"):
         lines.append(f"  stars classed STAR: {stellar['n']}; RMSE by S/N 0-10/10-20/20-50/≥50, R² at S/N≥20")

@@ -24,6 +24,7 @@ from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from .bases import OVERSAMPLE, Basis, BasisSet, load_bases
 from .settings import TYPE_BIN, Candidate, FitSettings, calibration_terms, load_calibration, shift_to_z, z_to_shift
 from .scan import Backend, ShiftProducts, binned_spectrum, coarse_scan, legendre, prepare_spectrum
+from .spikes import spike_pixels
 from .weights import sky_line_pixels, spectrum_arrays
 
 LN10 = np.log(10.0)
@@ -50,8 +51,15 @@ class Fitter:
         self.sky_pixels = sky_line_pixels(grid, settings.sky_halfwidth) if settings.sky_window > 0 else None
 
     def arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`weights.spectrum_arrays` with the weights at bright sky lines of the settings."""
-        return spectrum_arrays(flux, ivar, mask, self.settings.sky_window, self.settings.sky_grow, self.sky_pixels)
+        """(f, w, spiked): `weights.spectrum_arrays` with the weights at bright sky lines of the
+        settings, and weight 0 at the pixels of spikes narrower than a line (`spikes.spike_pixels`,
+        unless spike_sigma is 0); spiked (B,) bool: the rows that had such pixels."""
+        f, w, _ = spectrum_arrays(flux, ivar, mask, self.settings.sky_window, self.settings.sky_grow, self.sky_pixels)
+        spikes = spike_pixels(f, w, self.settings.spike_sigma, self.settings.spike_delta_chi2)
+        spiked = spikes.any(axis=1)
+        if spiked.any():
+            w = np.where(spikes, 0.0, w)
+        return f, w, spiked
 
     def classes_to_scan(self, prob: np.ndarray | None) -> list[str]:
         if prob is None or not self.settings.prior or not np.isfinite(prob).all():

@@ -38,7 +38,9 @@ class FitSettings:
     pixels whose variance rises above its local level (medians of sky_window-pixel blocks; bright sky
     lines) are divided by the square of that excess, spread over sky_grow pixels, within
     sky_halfwidth pixels of a known night-sky line (`weights.sky_line_weights`; sky_window 0: the
-    inverse variance as given)."""
+    inverse variance as given); spike_sigma, spike_delta_chi2: pixels of a spike that fits its
+    window better than a line of σ ≥ spike_sigma pixels by Δχ² > spike_delta_chi2 (cosmic-ray
+    hits; `spikes.spike_pixels`) are left out (spike_sigma 0: none are)."""
 
     bin_galaxy: int = 3
     bin_qso: int = 6
@@ -65,6 +67,8 @@ class FitSettings:
     sky_window: int = 51     # weights.sky_line_weights: blocks of the variance's local level (0: the ivar as given)
     sky_grow: int = 5        # ... its excess spread over this many pixels (a line's wings)
     sky_halfwidth: int = 8   # ... only within this many pixels of a known night-sky line
+    spike_sigma: float = 0.5          # spikes.spike_pixels: spikes narrower than a line of this σ (pixels) left out (0: none)
+    spike_delta_chi2: float = 25.0    # ... where the spike model beats every line by this Δχ²
 
     def bin_for(self, spectype: str) -> int:
         return {"GALAXY": self.bin_galaxy, "QSO": self.bin_qso, "STAR": self.bin_star}[spectype]
@@ -76,7 +80,8 @@ class FitSettings:
                 f"dchi2<{self.small_deltachi2:g}" + (" cal" if self.calibrated else "")
                 + (f" stars=knn{self.stellar_k}" if self.stellar_k > 0 else "")
                 + (f"+mix{self.stellar_mix}" if self.stellar_k > 0 and self.stellar_mix > 0 else "")
-                + (f" sky={self.sky_window}/{self.sky_grow}/{self.sky_halfwidth}" if self.sky_window > 0 else ""))
+                + (f" sky={self.sky_window}/{self.sky_grow}/{self.sky_halfwidth}" if self.sky_window > 0 else "")
+                + (f" spikes={self.spike_sigma:g}/{self.spike_delta_chi2:g}" if self.spike_sigma > 0 else ""))
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .. import CLASS_NAMES
+from ..flags import PredFlag
 from ..parallel import TASK_ROWS
 from ..stellarbaseline import LABELS as STELLAR_KEYS  # teff, logg, feh: the order of the labels' columns
 from .decide import choose
@@ -35,7 +36,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     out = empty_fit(n)
     if n == 0:
         return out
-    f, w, _ = fitter.arrays(flux, ivar, mask)
+    f, w, spiked = fitter.arrays(flux, ivar, mask)
     candidates = fitter.fit_arrays(f, w, vit)
     star_shifts = {}
     for i in range(n):
@@ -43,7 +44,7 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
         vit_z = np.nan if vit is None else float(vit["z"][i])
         vit_err = np.nan if vit is None else float(vit["z_err"][i])
         choice = choose(candidates[i], prob, vit_z, vit_err, fitter.settings.small_deltachi2, fitter.settings.prior)
-        out["fit_flags"][i] = choice.flags
+        out["fit_flags"][i] = choice.flags | (int(PredFlag.SPIKES_LEFT_OUT) if spiked[i] else 0)
         if choice.best is None:
             continue
         out["fit_class"][i] = choice.spectype

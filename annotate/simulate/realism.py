@@ -18,7 +18,11 @@ Instrument and sky (observed frame):
   where arms meet (SDSS/BOSS near 6000 Å, DESI near 5800 and 7570 Å), plus a read-noise floor;
 - bad columns: masked stretches of 1 to 30 pixels inside the spectrum;
 - another instrument's range: the blue start or the red end of the store grid not covered (SDSS-I/II
-  3800-9200 Å, DESI 3600-9824 Å).
+  3800-9200 Å, DESI 3600-9824 Å);
+- cosmic-ray hits that the survey's pipeline left in the spectrum, its ivar unchanged
+  (`cosmic_ray_probability`; 0 by default, so that training sets and the evaluations' figures
+  stay as they were; `cosmic_rays`): 1-3 hits of 1-3 pixels each, peaks log-uniform over the
+  spectrum's median noise.
 Astrophysics (rest frame):
 - dust: Calzetti et al. (2000, ApJ 533, 682) attenuation for galaxies (nebular lines attenuated
   by E(B-V)_gas = E(B-V)_stars / 0.44), the SMC-like curve A_λ / E(B-V) = 1.39 λ_µm^-1.2 for
@@ -89,6 +93,9 @@ class Realism:
     qso_slope_sigma: float = 0.5           # σ of α_ν (mean -0.5)
     qso_width_scatter_dex: float = 0.1     # scatter of each broad line's FWHM around the object's
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
+    cosmic_ray_probability: float = 0.0    # chance of 1-3 cosmic-ray hits left in the spectrum (not × strength)
+    cosmic_ray_sigma: tuple = (10.0, 1000.0)    # log-uniform peak of a hit / the spectrum's median noise σ
+    cosmic_ray_widths: tuple = (0.5, 0.35, 0.15)  # chances of a hit covering 1, 2 and 3 pixels
 
     def __post_init__(self):
         checked = {"strength": self.strength} if self.strength_max is None else \
@@ -228,6 +235,40 @@ def bad_columns(n_pix: int, rng: np.random.Generator, probability: float) -> np.
             start = int(rng.integers(0, max(1, n_pix - length)))
             mask[start:start + length] = True
     return mask
+
+
+def cosmic_ray_rng(seed: int) -> np.random.Generator:
+    """The cosmic rays' own stream for a sample drawn with `seed` (the other draws stay as they are)."""
+    return np.random.default_rng([int(seed), 0xC05A1C])
+
+
+def cosmic_rays(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, realism: Realism,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hits added to `flux` at usable pixels (`good`), ivar untouched: with
+    `cosmic_ray_probability`, 1-3 hits, each covering 1, 2 or 3 adjacent pixels
+    (`cosmic_ray_widths`) with a peak of `cosmic_ray_sigma` (log-uniform) times the spectrum's
+    median noise σ on one of its pixels and 0.3-1 times that on the others.
+
+    Returns (flux, hits): a new array and (n_pix,) bool, the pixels hit."""
+    hits = np.zeros(flux.shape, bool)
+    if realism.cosmic_ray_probability <= 0 or rng.random() >= realism.cosmic_ray_probability:
+        return flux, hits
+    usable = np.flatnonzero(good & (ivar > 0))
+    if len(usable) < 10:
+        return flux, hits
+    sigma = float(np.median(1.0 / np.sqrt(ivar[usable])))
+    flux = np.array(flux, copy=True)
+    widths = np.asarray(realism.cosmic_ray_widths, float)
+    for _ in range(rng.integers(1, 4)):
+        width = int(rng.choice(len(widths), p=widths / widths.sum())) + 1
+        start = int(rng.choice(usable))
+        pixels = np.arange(start, min(start + width, len(flux)))
+        peak = np.exp(rng.uniform(*np.log(realism.cosmic_ray_sigma))) * sigma
+        share = rng.uniform(0.3, 1.0, len(pixels))
+        share[rng.integers(len(pixels))] = 1.0
+        flux[pixels] += peak * share
+        hits[pixels] = True
+    return flux, hits
 
 
 def throughput(grid: WavelengthGrid, realism: Realism, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
-                      delayed_tau_weights, instrument_range, observe_with_sky, realism_rng, smc_k)
+                      cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, observe_with_sky,
+                      realism_rng, smc_k)
 from .templates import TemplateLibrary
 
 LN10 = np.log(10.0)
@@ -315,11 +316,13 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
 
     star_indices: the MILES stars this sample may use (for star-level train/test splits);
     default all. Returns a dict of arrays: flux, ivar (n, n_pix) float32, mask (n, n_pix) bool,
-    class (n,) str, z, teff, logg, feh, snr, flux_level (n,) float64, template (n,) str.
+    class (n,) str, z, teff, logg, feh, snr, flux_level (n,) float64, template (n,) str; with the
+    realism's cosmic rays, cosmic_ray_pixels (n,) int, the pixels each spectrum's hits cover.
     """
     rng = np.random.default_rng(seed)
     realism = settings.realism
     extra_rng = realism_rng(seed) if realism is not None else None
+    cosmic_rng = cosmic_ray_rng(seed) if realism is not None and realism.cosmic_ray_probability > 0 else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
     neighbours = star_neighbours(lib, star_indices) if settings.star_blend_probability > 0 else {}
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
@@ -330,6 +333,8 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
         "snr": loguniform(rng, *settings.snr, n), "flux_level": loguniform(rng, *settings.flux_level, n),
         "template": np.empty(n, dtype=object),
     }
+    if cosmic_rng is not None:
+        out["cosmic_ray_pixels"] = np.zeros(n, int)
     strengths = realism.strengths(n, seed) if realism is not None else None
     base = settings
     for i, cls in enumerate(classes):
@@ -356,6 +361,9 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
         if realism is not None:
             mask |= bad_columns(grid.n_pix, extra_rng, realism.bad_column_probability * realism.strength)
             mask |= instrument_range(grid, realism, extra_rng)
+        if cosmic_rng is not None:
+            flux_obs, hit = cosmic_rays(flux_obs, ivar, ~mask, realism, cosmic_rng)
+            out["cosmic_ray_pixels"][i] = int(hit.sum())
         out["flux"][i], out["ivar"][i], out["mask"][i] = np.where(mask, 0, flux_obs), np.where(mask, 0, ivar), mask
     out["template"] = out["template"].astype(str)
     return out

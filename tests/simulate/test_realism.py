@@ -214,3 +214,26 @@ def test_star_blends_and_class_fractions_shape_the_training_sample_only():
             simulate_training_set(10, GRID, seed=1, workers=1, class_fractions=bad)
     with pytest.raises(ConfigError, match="star_blend_fraction must be between 0 and 1, got 2"):
         simulate_training_set(10, GRID, seed=1, workers=1, star_blend_fraction=2)
+
+
+def test_cosmic_rays_add_hits_and_change_nothing_else():
+    """Hits of 1-3 pixels at usable pixels, peaks 10-1000 times the median noise, in about the
+    share of spectra asked for; the ivar, mask, objects and every other pixel as without them."""
+    lib = load_library()
+    plain = draw_sample(120, lib, GRID, seed=9, settings=SimulationSettings(realism=Realism()))
+    hit = draw_sample(120, lib, GRID, seed=9,
+                      settings=SimulationSettings(realism=Realism(cosmic_ray_probability=0.5)))
+    for key in ("ivar", "mask", "z", "class", "snr"):
+        assert np.array_equal(plain[key], hit[key]), key
+    changed = hit["flux"] != plain["flux"]
+    assert np.array_equal(changed.sum(axis=1), hit["cosmic_ray_pixels"])
+    assert not (changed & hit["mask"]).any()
+    has = hit["cosmic_ray_pixels"] > 0
+    assert 0.35 < has.mean() < 0.65
+    assert hit["cosmic_ray_pixels"].max() <= 9
+    for i in np.flatnonzero(has):
+        sigma = np.median(1.0 / np.sqrt(hit["ivar"][i][hit["ivar"][i] > 0]))
+        excess = (hit["flux"][i] - plain["flux"][i])[changed[i]] / sigma
+        assert 10.0 * 0.999 <= excess.max() <= 3 * 1000.0 * 1.001   # hits may fall on one another
+        assert excess.min() >= 0.3 * 10.0 * 0.999
+    assert "cosmic_ray_pixels" not in plain
