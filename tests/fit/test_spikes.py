@@ -101,6 +101,21 @@ def test_real_sdss_spectra_lose_no_pixel(ppxf_spectra):
             assert not spike_pixels(f, w * scale).any(), (name, scale)
 
 
+def test_real_desi_coadds_lose_no_pixel(desi_data):
+    """The two DESI coadds fastspecfit ships (a faint galaxy and an LRG; the red arm's lines are the
+    narrowest on the grid), at their own ivar."""
+    from annotate.fit.weights import spectrum_arrays
+    from annotate.grid import WavelengthGrid, resample
+    from annotate.readers import read_spectrum
+
+    grid = WavelengthGrid()
+    for name in ("coadd-special-dark-27247.fits", "coadd-4-80613-thru20210324.fits"):
+        spectrum = read_spectrum(desi_data / name)
+        flux, ivar, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, grid)
+        f, w, _ = spectrum_arrays(flux[None], ivar[None], mask[None])
+        assert not spike_pixels(f, w).any(), name
+
+
 def test_the_fit_leaves_hits_out_and_flags_the_rows():
     """Held-out simulated objects, every one with cosmic-ray hits left in it: the fit finds the
     right answer far more often with the spikes left out, and flags the rows it left pixels out of."""
@@ -125,3 +140,34 @@ def test_the_fit_leaves_hits_out_and_flags_the_rows():
             assert flagged.mean() >= 0.6
     assert success[0.5] >= success[0.0] + 0.25
     assert success[0.5] >= 0.7
+
+
+def test_a_hit_on_a_real_galaxy_no_longer_moves_its_redshift(ppxf_spectra):
+    """NGC 3522 (SDSS DR18, z 0.0040) with a two-pixel hit of 3,000σ at six places: without the
+    spikes left out the fit puts a line on the hit at every place; with them it finds the galaxy
+    and flags the row."""
+    from annotate import SPEED_OF_LIGHT_KMS
+    from annotate.fit.fitter import Fitter, FitSettings
+    from annotate.fit.stage import fit_rows
+    from annotate.flags import PredFlag
+    from annotate.grid import WavelengthGrid, resample
+    from annotate.readers import read_spectrum
+
+    grid = WavelengthGrid()
+    spectrum = read_spectrum(ppxf_spectra / "NGC3522_SDSS_DR18.fits")
+    flux, ivar, mask = resample(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.bad, grid)
+    good = np.flatnonzero(~mask & (ivar > 0))
+    sigma = np.median(1.0 / np.sqrt(ivar[good]))
+    places = np.linspace(good[20], good[-20], 6).astype(int)
+    hit = np.repeat(flux[None], len(places), axis=0)
+    hit[np.arange(len(places)), places] += 3000.0 * sigma
+    hit[np.arange(len(places)), places + 1] += 1800.0 * sigma
+    rows = (hit, np.repeat(ivar[None], len(places), axis=0), np.repeat(mask[None], len(places), axis=0))
+    for spike_sigma in (0.0, 0.5):
+        fit = fit_rows(Fitter(grid, FitSettings(prior=False, spike_sigma=spike_sigma)), *rows, None)
+        right = (fit["fit_class"] == "GALAXY") & (np.abs(fit["fit_z"] - 0.00402) * SPEED_OF_LIGHT_KMS < 1000.0)
+        flagged = (fit["fit_flags"] & int(PredFlag.SPIKES_LEFT_OUT)) != 0
+        if spike_sigma == 0.0:
+            assert not right.any() and not flagged.any()
+        else:
+            assert right.all() and flagged.all()
