@@ -22,6 +22,7 @@ class PredFlag(enum.IntFlag):
     FIT_FAILED = 1 << 11        # the fit found no solution; PRED_CLASS and PRED_Z are the ViT's
     FEH_NO_SKILL = 1 << 12      # a star whose PRED_TEFF lies outside fit.stellar.FEH_SKILL_TEFF, where PRED_FEH showed no skill
     SPIKES_LEFT_OUT = 1 << 13   # the fit left out pixels of spikes narrower than any line (cosmic-ray residuals; fit.spikes)
+    FLUX_OFFSET = 1 << 14       # a fitted star's lines all shallower or deeper than its nearest training stars' (a constant in its flux: wrong sky subtraction); labels from it taken out
 
     @classmethod
     def describe(cls) -> str:

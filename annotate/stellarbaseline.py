@@ -125,7 +125,8 @@ def at_rest(flux: np.ndarray, ivar: np.ndarray, shifts: np.ndarray) -> tuple[np.
 
 def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray, usable: np.ndarray,
                       labels: np.ndarray, k: int = K, max_shift: int = MAX_SHIFT, chunk: int = 256,
-                      shifts: np.ndarray | None = None, spread: bool = False, mix: int = 0):
+                      shifts: np.ndarray | None = None, spread: bool = False, mix: int = 0,
+                      found: dict | None = None):
     """(n, 3) Teff, log g, [Fe/H]: the mean over the k lowest-χ² templates (each label over those
     of the k that have it). flux, ivar: (n, n_pix) on the templates' grid; `shifts` (n,), when
     given: each spectrum's velocity in pixels (the fit's), by which it is moved to rest first,
@@ -134,7 +135,9 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
     where fewer than two have it) — the scatter of the neighbours' labels, from which the fit's
     stellar σ is calibrated (annotate.fit.calibrate). With `mix` > 0 the labels are instead those
     of the `mix` lowest-χ² templates weighted by their mixture (`mixture_labels`; the k
-    nearest's mean where none can be made); the spread stays that of the k nearest."""
+    nearest's mean where none can be made); the spread stays that of the k nearest. `found`, a
+    dict, receives 'order' (n, k), the k nearest templates, and 'shift' (n, k), the whole-pixel
+    shift at which each matched best."""
     if shifts is not None:
         flux, ivar = at_rest(flux, ivar, shifts)
     norm_flux, norm_ivar = normalise(np.asarray(flux, np.float64), np.asarray(ivar, np.float64))
@@ -165,6 +168,9 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
             best = np.minimum(best, chi2)
         ranked = np.argsort(best, axis=1)
         order = ranked[:, :k]
+        if found is not None:
+            found.setdefault("order", []).append(np.where(np.isfinite(np.take_along_axis(best, order, axis=1)), order, -1))
+            found.setdefault("shift", []).append(np.take_along_axis(best_shift, order, axis=1))
         with warnings.catch_warnings():  # none of the k has the label: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             # a template too far from the spectrum's pixels to compare is no neighbour
@@ -183,7 +189,44 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
                 mixed = mixture_labels(moved_f[0], moved_w[0], t[chosen], usable[chosen], labels[chosen])
                 if mixed is not None:
                     out[start + i] = mixed
+    if found is not None:
+        for key in ("order", "shift"):
+            found[key] = np.concatenate(found[key]) if found.get(key) else np.zeros((0, k), int)
     return (out, scatter) if spread else out
+
+
+def dilution(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray, usable: np.ndarray, order: np.ndarray,
+             shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(veil, scale, offset, gain), each (n,): how much shallower a normalised spectrum's lines are than
+    its nearest templates' (`order`, `shift` from `nearest_templates(..., found=)`; -1: none). Each
+    template t is fitted as a·t + b; veil is the median over the templates of b / (a + b), the
+    share of the continuum that carries no line (0: as deep as the template's; 0.5: half as deep,
+    as a constant of the continuum's level added to the flux makes them; negative: deeper), scale
+    and offset the median a and b, and gain the median χ² the b term removes. NaN (gain 0) where
+    no template fits."""
+    veil, scale, offset = (np.full(len(flux), np.nan) for _ in range(3))
+    gain = np.zeros(len(flux))
+    for i in range(len(flux)):
+        values = []
+        for j, d in zip(order[i], shift[i]):
+            if j < 0:
+                continue
+            f, w = _shifted(flux[i:i + 1], ivar[i:i + 1], int(d))
+            use = (w[0] > 0) & usable[j]
+            if use.sum() <= MIN_PIXELS:
+                continue
+            wu, y, t = w[0][use], f[0][use], np.asarray(templates[j][use], np.float64)
+            sw, st, stt, sy, sty = wu.sum(), wu @ t, wu @ (t * t), wu @ y, wu @ (t * y)
+            det = stt * sw - st * st
+            if not (det > 0 and stt > 0):
+                continue
+            a, b = (sty * sw - st * sy) / det, (stt * sy - st * sty) / det
+            removed = a * sty + b * sy - sty * sty / stt    # χ²(a t) − χ²(a t + b)
+            if a + b != 0:
+                values.append((b / (a + b), a, b, removed))
+        if values:
+            veil[i], scale[i], offset[i], gain[i] = np.median(np.array(values), axis=0)
+    return veil, scale, offset, gain
 
 
 def _coverage_patterns(usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -69,15 +69,21 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 
 
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
-             model: str | None = None, stars_only: bool = False, cosmic_rays: float = 0.0, **settings) -> dict:
+             model: str | None = None, stars_only: bool = False, cosmic_rays: float = 0.0,
+             flux_offset: tuple | None = None, **settings) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism, stars_only)`; with `prior`, seeded
     by the ViT of `model` (default: the shipped default model) as in `annotate run` (the ViT's
     own time not counted). `settings`: other FitSettings fields than the defaults. 'stellar':
     stellarbaseline.stellar_report of the fit's labels (and the ViT's, with `prior`) on the
     held-out stars the fit classed STAR. With `cosmic_rays`, 'cosmic_rays': the figures of the
-    spectra with hits and of those without (`_hit_figures`)."""
+    spectra with hits and of those without (`_hit_figures`). `flux_offset` (lo, hi): a constant
+    uniform in [lo, hi] times each spectrum's median |flux| added to its usable pixels (a sky
+    subtracted wrongly; `add_flux_offset`), 'flux_offset_flagged' the share of the true stars the
+    fit classed STAR that got PredFlag.FLUX_OFFSET."""
     grid = WavelengthGrid()
     sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays)
+    if flux_offset is not None:
+        sample["flux"] = add_flux_offset(sample["flux"], sample["mask"], flux_offset, seed)
     vit = None
     if prior:
         from ..checkpoint import load_checkpoint
@@ -109,9 +115,24 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
         row["within_1sigma"] = float(np.mean(np.abs(p) <= 1)) if ok.any() else float("nan")
         out[cls] = row
     out["stellar"] = _stellar_figures(sample, fit, vit)
+    from ..flags import PredFlag
+
+    stars = (truth == "STAR") & (cls_fit == "STAR")
+    out["flux_offset_flagged"] = float(np.mean((fit["fit_flags"][stars] & int(PredFlag.FLUX_OFFSET)) != 0)) \
+        if stars.any() else float("nan")
     if "cosmic_ray_pixels" in sample:
         out["cosmic_rays"] = _hit_figures(sample, fit, success)
     return out
+
+
+def add_flux_offset(flux: np.ndarray, mask: np.ndarray, span: tuple, seed: int) -> np.ndarray:
+    """`flux` (n, n_pix) with a constant uniform in span = (lo, hi) times each row's median |flux|
+    over its usable pixels added to those pixels (its own stream of `seed`)."""
+    rng = np.random.default_rng([int(seed), 0x0FF5E7])
+    usable = ~np.asarray(mask, bool)
+    level = np.array([np.median(np.abs(row[good])) if good.any() else 0.0 for row, good in zip(flux, usable)])
+    constant = rng.uniform(span[0], span[1], len(flux)) * level
+    return np.where(usable, flux + constant[:, None], flux).astype(flux.dtype)
 
 
 def _hit_figures(sample: dict, fit: dict, success: np.ndarray) -> dict:
@@ -159,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                              "confident (FitSettings.skip_below; default: scan every class)")
     parser.add_argument("--cosmic-rays", type=float, default=0.0, metavar="P",
                         help="with --realism: leave cosmic-ray hits in this share of the spectra (0: none)")
+    parser.add_argument("--flux-offset", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="add to each spectrum a constant uniform in [LO, HI] times its median |flux| "
+                             "(a sky subtracted wrongly)")
     parser.add_argument("--stars", action="store_true", help="a sample of held-out stars only (stellar parameters)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cosmic_rays > 0 and args.realism <= 0:
         parser.error("--cosmic-rays needs --realism above 0")
     result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, args.stars,
-                      args.cosmic_rays, **overrides)
+                      args.cosmic_rays, args.flux_offset, **overrides)
     print("\n".join(report_lines(result)))
     return 0
 
@@ -193,7 +217,8 @@ def report_lines(result: dict) -> list[str]:
                      f"{row['wrong_unflagged']}")
     stellar = result.get("stellar", {})
     if stellar.get("n"):
-        lines.append(f"  stars classed STAR: {stellar['n']}; RMSE by S/N 0-10/10-20/20-50/≥50, R² at S/N≥20")
+        lines.append(f"  stars classed STAR: {stellar['n']} (FLUX_OFFSET {result['flux_offset_flagged']:.3f}); "
+                     "RMSE by S/N 0-10/10-20/20-50/≥50, R² at S/N≥20")
         for source in ("fit", "vit"):
             for label, report in stellar.get(source, {}).items():
                 rmse = " / ".join(f"{row['rmse']:.3g}" for row in report["by_snr"])

@@ -56,12 +56,13 @@ def fit_rows(fitter: Fitter, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
             star_shifts[i] = choice.best.shift
     if star_shifts and fitter.settings.stellar_k > 0:
         rows = np.fromiter(star_shifts, int)
-        labels, sigma = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows],
+        labels, sigma, offset = stellar_labels(fitter.grid, fitter.bases, f[rows], w[rows],
                                        np.fromiter(star_shifts.values(), float), fitter.settings.stellar_k,
                                        fitter.stellar_calibration, fitter.settings.stellar_mix)
         for j, key in enumerate(STELLAR_KEYS):
             out[f"fit_{key}"][rows] = labels[:, j]
             out[f"fit_{key}_err"][rows] = sigma[:, j]
+        out["fit_flags"][rows[offset]] |= int(PredFlag.FLUX_OFFSET)
     return out
 
 

@@ -31,6 +31,11 @@ SEARCH_PIXELS = 1  # whole pixels searched around the fitted velocity (its round
 # own Teff was -0.23 below 4,000 K, 0.77-0.88 at 4,000-8,000 K, 0.39-0.56 at 8,000-11,000 K and
 # 0.03 above (README, "The default model", limits). Outside it PRED_FLAGS gets FEH_NO_SKILL.
 FEH_SKILL_TEFF = (4000.0, 11000.0)
+# a star's lines shallower or deeper than its nearest training stars' by this share of the
+# continuum (a constant of a fifth of the continuum's level added to or taken from the flux), at
+# this Δχ² or more, are taken for a wrong sky subtraction (stellar_labels; PRED_FLAGS FLUX_OFFSET)
+OFFSET_VEIL = 0.2
+OFFSET_GAIN = 25.0
 
 
 _TRAINING_STARS: dict = {}
@@ -52,18 +57,38 @@ def training_stars(grid, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, k: int,
-                   calibration: dict | None = None, mix: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """((n, 3) Teff [K], log g, [Fe/H] [dex], (n, 3) their 1σ) of spectra (n, n_pix) with weights w
-    (0 = unusable) whose fitted velocities are `shifts` (n,) pixels; NaN where a label is unknown
-    (σ also where fewer than two neighbours have it). `calibration`: {label: {'scale', 'floor'}}
-    (annotate.fit.calibrate); None: σ is the neighbours' spread itself. `mix` > 0: the labels of
-    the best mixture of the `mix` nearest stars, not the mean of the k nearest."""
+                   calibration: dict | None = None, mix: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """((n, 3) Teff [K], log g, [Fe/H] [dex], (n, 3) their 1σ, (n,) bool offset) of spectra (n,
+    n_pix) with weights w (0 = unusable) whose fitted velocities are `shifts` (n,) pixels; NaN where
+    a label is unknown (σ also where fewer than two neighbours have it). `calibration`: {label:
+    {'scale', 'floor'}} (annotate.fit.calibrate); None: σ is the neighbours' spread itself. `mix`
+    > 0: the labels of the best mixture of the `mix` nearest stars, not the mean of the k nearest.
+
+    offset: the rows whose lines are shallower or deeper than their k nearest stars' by at least
+    OFFSET_VEIL of the continuum, at a Δχ² of OFFSET_GAIN or more (`stellarbaseline.dilution`), as a
+    constant added to or taken from the flux makes them (sky subtracted wrongly). Where the lines
+    are shallower the labels are those of the spectrum with that constant taken out (normalised
+    flux (n − b) / a)."""
     if len(f) == 0:
-        return np.zeros((0, 3)), np.zeros((0, 3))
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, bool)
     templates, usable, labels = training_stars(grid, bases)
+    found: dict = {}
     means, spread = stellarbaseline.nearest_templates(f, w, templates, usable, labels, k=k, max_shift=SEARCH_PIXELS,
-                                                      shifts=shifts, spread=True, mix=mix)
-    return means, stellar_sigma(spread, calibration)
+                                                      shifts=shifts, spread=True, mix=mix, found=found)
+    norm_f, norm_w = stellarbaseline.normalise(*stellarbaseline.at_rest(f, w, shifts))
+    veil, scale, offset, gain = stellarbaseline.dilution(norm_f, norm_w, templates, usable, found["order"], found["shift"])
+    with np.errstate(invalid="ignore"):
+        moved = (np.abs(veil) >= OFFSET_VEIL) & (gain >= OFFSET_GAIN) & (scale > 0)
+    # taken out only where light was added: where flux was taken away a cool star's blue end falls
+    # to or below zero, its continuum is lost, and the labels with the constant taken out were the
+    # worse in Teff (README, Reliability)
+    if (moved & (veil > 0)).any():
+        rows = np.flatnonzero(moved & (veil > 0))
+        a, b = scale[rows, None], offset[rows, None]
+        means[rows], spread[rows] = stellarbaseline.nearest_templates(
+            np.where(norm_w[rows] > 0, (norm_f[rows] - b) / a, 0.0), norm_w[rows] * a * a, templates, usable, labels,
+            k=k, max_shift=SEARCH_PIXELS, spread=True, mix=mix)
+    return means, stellar_sigma(spread, calibration), moved
 
 
 def stellar_sigma(spread: np.ndarray, calibration: dict | None) -> np.ndarray:
