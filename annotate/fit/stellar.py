@@ -17,6 +17,10 @@ Each label's 1σ is √((scale · spread)² + floor²), the spread being the sta
 neighbours' labels: far from the library's stars (a type it has few of) the neighbours disagree
 and σ grows. scale and floor are fitted per label by `annotate.fit.calibrate` on stars the
 library was built without, fold by fold, and kept in data/calibration.json ('stellar').
+
+A star whose lines are all shallower (or deeper) than its nearest training stars', as a constant
+added to (or taken from) its flux by a wrong sky subtraction makes them, is flagged FLUX_OFFSET;
+where they are shallower its labels are read with that constant taken out (`stellar_labels`).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray
         moved = (np.abs(veil) >= OFFSET_VEIL) & (gain >= OFFSET_GAIN) & (scale > 0)
     # taken out only where light was added: where flux was taken away a cool star's blue end falls
     # to or below zero, its continuum is lost, and the labels with the constant taken out were the
-    # worse in Teff (README, Reliability)
+    # worse in Teff (README, "The template fit": a constant in a star's flux)
     if (moved & (veil > 0)).any():
         rows = np.flatnonzero(moved & (veil > 0))
         a, b = scale[rows, None], offset[rows, None]
