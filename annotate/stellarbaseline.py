@@ -208,22 +208,23 @@ def dilution(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray, usable: 
     gain = np.zeros(len(flux))
     for i in range(len(flux)):
         values = []
-        for j, d in zip(order[i], shift[i]):
-            if j < 0:
-                continue
+        for d in np.unique(shift[i][order[i] >= 0]):
+            chosen = order[i][(order[i] >= 0) & (shift[i] == d)]
             f, w = _shifted(flux[i:i + 1], ivar[i:i + 1], int(d))
-            use = (w[0] > 0) & usable[j]
-            if use.sum() <= MIN_PIXELS:
-                continue
-            wu, y, t = w[0][use], f[0][use], np.asarray(templates[j][use], np.float64)
-            sw, st, stt, sy, sty = wu.sum(), wu @ t, wu @ (t * t), wu @ y, wu @ (t * y)
-            det = stt * sw - st * st
-            if not (det > 0 and stt > 0):
-                continue
-            a, b = (sty * sw - st * sy) / det, (stt * sy - st * sty) / det
-            removed = a * sty + b * sy - sty * sty / stt    # χ²(a t) − χ²(a t + b)
-            if a + b != 0:
-                values.append((b / (a + b), a, b, removed))
+            w = np.where(w[0] > 0, w[0], 0.0)
+            wy = w * f[0]
+            u = usable[chosen].astype(np.float64)              # (m, n_pix)
+            t = np.asarray(templates[chosen], np.float64) * u
+            sw, sy = u @ w, u @ wy
+            st, sty, stt = t @ w, t @ wy, (t * t) @ w
+            n_used = (u * (w > 0)).sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                det = stt * sw - st * st
+                a, b = (sty * sw - st * sy) / det, (stt * sy - st * sty) / det
+                removed = a * sty + b * sy - sty * sty / stt    # χ²(a t) − χ²(a t + b)
+                share = b / (a + b)
+            ok = (n_used > MIN_PIXELS) & (det > 0) & (stt > 0) & np.isfinite(share)
+            values.extend(zip(share[ok], a[ok], b[ok], removed[ok]))
         if values:
             veil[i], scale[i], offset[i], gain[i] = np.median(np.array(values), axis=0)
     return veil, scale, offset, gain
