@@ -112,11 +112,45 @@ def compute(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = 
                **({"included_anyway": included} if all_rows else {}),
                **assess(ref_class, z_ref, snr, *compared_predictions(pred, compared)),
                "stellar": stellar_metrics(reference, pred, compared, ref_class == "STAR")}
+    if "PRED_FLAGS" in pred:
+        pred_class, z_pred, _ = compared_predictions(pred, compared)
+        metrics["flags"] = flag_metrics(np.asarray(pred["PRED_FLAGS"], np.int64)[compared], ref_class, z_ref,
+                                        pred_class, z_pred)
     if has_vit(pred):
         metrics["vit"] = assess(ref_class, z_ref, snr, *compared_predictions(pred, compared, VIT_COLUMNS))
         if all(column in pred for _, column, _, _ in STELLAR_VIT):
             metrics["vit"]["stellar"] = stellar_metrics(reference, pred, compared, ref_class == "STAR", STELLAR_VIT)
     return metrics, compared
+
+
+# PRED_FLAGS bits that a compared row can carry and that speak of the prediction's quality
+QUALITY_FLAGS = (PredFlag.LOW_COVERAGE, PredFlag.DUPLICATE_ID, PredFlag.SMALL_DELTACHI2, PredFlag.Z_AT_EDGE,
+                 PredFlag.FIT_VIT_DISAGREE, PredFlag.FIT_FAILED, PredFlag.FEH_NO_SKILL, PredFlag.SPIKES_LEFT_OUT,
+                 PredFlag.FLUX_OFFSET)
+NO_QUALITY_FLAG = "none"
+
+
+def flag_metrics(flags: np.ndarray, ref_class: np.ndarray, z_ref: np.ndarray, pred_class: np.ndarray,
+                 z_pred: np.ndarray) -> dict:
+    """{flag name: {'n', 'class_accuracy', 'catastrophic_rate'}} of the compared rows carrying each
+    of QUALITY_FLAGS (those no row carries left out), and under NO_QUALITY_FLAG of the rows
+    carrying none of them: whether a flag marks the rows that disagree with the pipeline, on the
+    user's own catalog. flags (m,) int; the others (m,) as for `assess`."""
+    right = np.asarray(pred_class) == np.asarray(ref_class)
+    failed = catastrophic(z_pred, z_ref, ref_class)
+    any_flag = np.zeros(len(flags), bool)
+    out = {}
+    for flag in QUALITY_FLAGS:
+        rows = (flags & int(flag)) != 0
+        any_flag |= rows
+        if rows.any():
+            out[flag.name] = {"n": int(rows.sum()), "class_accuracy": float(right[rows].mean()),
+                              "catastrophic_rate": float(failed[rows].mean())}
+    rows = ~any_flag
+    out[NO_QUALITY_FLAG] = {"n": int(rows.sum()),
+                            "class_accuracy": float(right[rows].mean()) if rows.any() else float("nan"),
+                            "catastrophic_rate": float(failed[rows].mean()) if rows.any() else float("nan")}
+    return out
 
 
 def stellar_metrics(reference: dict, pred: dict, compared: np.ndarray, stars: np.ndarray, columns=STELLAR) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
-from .assess import CONFIDENT_DELTACHI2, FEH_WITH_SKILL, why_none_compared
+from .assess import CONFIDENT_DELTACHI2, FEH_WITH_SKILL, NO_QUALITY_FLAG, why_none_compared
 from .read import NOT_RECORDED, PROVENANCE, STELLAR
 
 
@@ -145,6 +145,13 @@ def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int
                       f"<td>{_fmt(v['bias'])} {v['unit']}</td><td>{_fmt(v.get('within_1sigma', float('nan')))} "
                       f"({v.get('n_sigma', 0)})</td></tr>" for k, v in metrics["stellar"].items())
     redshift = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(z[k])}</td></tr>" for k, label in METRIC_LABELS.items())
+    flags = "".join(f"<tr><td>{html.escape('no quality flag' if name == NO_QUALITY_FLAG else name)}</td><td>{v['n']}</td>"
+                    f"<td>{_fmt(v['class_accuracy'])}</td><td>{_fmt(v['catastrophic_rate'])}</td></tr>"
+                    for name, v in metrics.get("flags", {}).items())
+    flag_section = "" if not flags else (
+        "<h2>Quality flags</h2><p>The compared rows carrying each PRED_FLAGS quality bit, and those carrying none: "
+        "how far each flag marks the rows that disagree with the pipeline on this catalog.</p>"
+        f"<table><tr><th>flag</th><th>rows</th><th>class accuracy</th><th>catastrophic rate</th></tr>{flags}</table>\n")
     if metrics["compared"]:
         first = " ".join(html.escape(line) for line in metrics.get("look_first", []))
     else:
@@ -180,7 +187,7 @@ catalog's predictions against the survey pipeline's values. The metric names are
 {_image(images.get('redshift'), 'predicted against pipeline redshift')}
 <table><tr><th>pipeline S/N bin</th><th>rows</th><th>redshift success rate</th></tr>{snr}</table>
 {_image(images.get('snr'), 'success rate by S/N')}
-{_side_by_side(metrics, images)}<h2>Stellar parameters (pipeline stars)</h2>
+{_side_by_side(metrics, images)}{flag_section}<h2>Stellar parameters (pipeline stars)</h2>
 <p>Within 1σ: the share of the rows with a σ (PRED_TEFF_ERR, PRED_LOGG_ERR, PRED_FEH_ERR: the fit's stars; their
 count in brackets) whose difference from the pipeline's value is at most that σ. The σ is ours alone: the
 pipeline's own errors add to the difference, so a share under 0.68 is expected where they are not small.</p>
