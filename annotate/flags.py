@@ -21,8 +21,8 @@ class PredFlag(enum.IntFlag):
     FIT_VIT_DISAGREE = 1 << 10  # the fit's class differs from the ViT's, or its z fails Ross et al. against the ViT's
     FIT_FAILED = 1 << 11        # the fit found no solution; PRED_CLASS and PRED_Z are the ViT's
     FEH_NO_SKILL = 1 << 12      # a star whose PRED_TEFF lies outside fit.stellar.FEH_SKILL_TEFF, where PRED_FEH showed no skill
-    SPIKES_LEFT_OUT = 1 << 13   # the fit left out pixels of spikes narrower than any line (cosmic-ray residuals; fit.spikes)
-    FLUX_OFFSET = 1 << 14       # a fitted star's lines all shallower or deeper than its nearest training stars' (a constant in its flux: wrong sky subtraction); labels from it taken out
+    SPIKES_LEFT_OUT = 1 << 13   # the fit left out the pixels of spikes narrower than any line (cosmic-ray hits; fit.spikes); wider hits may remain
+    FLUX_OFFSET = 1 << 14       # a fitted star's lines all shallower or deeper than its nearest training stars' (a constant in its flux: wrong sky subtraction); where shallower, labels read with it taken out
 
     @classmethod
     def describe(cls) -> str:

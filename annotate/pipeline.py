@@ -258,23 +258,23 @@ def _run_locked(settings: RunSettings, task: ShardTask, survey: Survey, table: d
         catalog, out, pred, reference, selected, duplicate_mask(reference["object_id"]),
         provenance_cards(card.name or model_dir.name, weights_sha256(model_dir), card.render.encoding, survey.name,
                          int((pred["status"] != STATUS["OK"]).sum()), precision(settings.device),
-                         fit_provenance(settings.fit), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)
+                         fit_provenance(settings.fit, survey.reader), catalog=catalog, model_dir=model_dir) | SINGLE_SHARD)
     return RunResult(output=out, store=Path(task.store), n_rows=n_rows, n_predicted=int(predicted.sum()), counts=done.counts,
                      summary=summary(reference, columns, usable),
                      errors=[e for e in done.errors if e], notes=done.notes)
 
 
-def fit_provenance(enabled: bool) -> dict | None:
-    """{'settings', 'sha256'} of the fit for the header, None when it is off."""
+def fit_provenance(enabled: bool, reader: str = "") -> dict | None:
+    """{'settings', 'sha256'} of the fit for spectra of `reader` for the header, None when it is off."""
     if not enabled:
         return None
     from .digest import file_sha256
     from .fit.bases import BASES_PATH
-    from .fit.fitter import FitSettings
+    from .fit.settings import fit_settings
 
     # the file's digest, which is what BasisSet.sha256 holds: the fit ran in the workers, and
     # loading the bases here only for it took 0.1-0.2 s of the run
-    return {"settings": FitSettings().describe(), "sha256": file_sha256(BASES_PATH)}
+    return {"settings": fit_settings(reader).describe(), "sha256": file_sha256(BASES_PATH)}
 
 
 def write_annotated(catalog: Path, out: Path, pred: dict, reference: dict, selected: np.ndarray,

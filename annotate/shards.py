@@ -48,7 +48,8 @@ def _catalog_identity(catalog: Path) -> dict:
     return {"path": str(catalog.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, survey: str, fit: bool) -> dict:
+def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, survey: str, fit: bool,
+              reader: str = "") -> dict:
     """What a run folder belongs to: the catalog (path, size, mtime), rows, shard size, model
     and its weights, survey, and the template fit (its settings and template set, or None): a
     run folder holds one kind of shard."""
@@ -57,7 +58,7 @@ def make_plan(catalog: Path, n_rows: int, shard_size: int, model_dir: Path, surv
 
     return {"version": PLAN_VERSION, "catalog": _catalog_identity(catalog), "rows": n_rows, "shard_size": shard_size,
             "model": str(Path(model_dir).resolve()), "weights_sha256": weights_sha256(model_dir), "survey": survey,
-            "fit": fit_provenance(fit)}
+            "fit": fit_provenance(fit, reader)}
 
 
 def run_shard(task: ShardTask) -> str:
@@ -101,7 +102,7 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
     root = settings.spectra_folder()
     folder = RunFolder.for_output(out.resolve())  # tasks on other nodes get absolute paths
     shards = plan_shards(n_rows, shard_size)
-    plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit)
+    plan = make_plan(catalog, n_rows, shard_size, model_dir, survey.name, settings.fit, survey.reader)
     done = {s.name for s in folder.done(shards)}
     missing = [s for s in shards if s.name not in done]
     run = executor_for(executor, settings, profile, folder)

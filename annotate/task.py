@@ -116,20 +116,22 @@ def annotate_task(task: ShardTask, table: dict | None = None, scheduler: str = "
         pred = predict_store(model, card, store, batch_size=task.batch_size, device=task.device, progress=update)
     with progress("fit") as update:
         pred.update(fit_predictions(store, pred, card.grid, task.fit, scheduler, n_workers, progress=update,
-                                    address=address))
+                                    address=address, reader=survey.reader))
     _, errors = read_status(store)
     return TaskResult(pred, counts, notes, reference, list(errors), card)
 
 
 def fit_predictions(store_path: Path, pred: dict, grid, enabled: bool, scheduler: str = "sync",
-                    n_workers: int | None = None, progress=None, address: str | None = None) -> dict:
-    """The template fit's keys for the store's rows (`annotate.fit`), or empty ones when off."""
+                    n_workers: int | None = None, progress=None, address: str | None = None, reader: str = "") -> dict:
+    """The template fit's keys for the store's rows (`annotate.fit`, with the settings for the
+    survey's `reader`: `fit.settings.fit_settings`), or empty ones when off."""
+    from .fit.settings import fit_settings
     from .fit.stage import empty_fit, fit_store
 
     if not enabled:
         return empty_fit(len(pred["status"]))
-    return fit_store(store_path, pred, grid, scheduler=scheduler, n_workers=n_workers, progress=progress,
-                     address=address)
+    return fit_store(store_path, pred, grid, fit_settings(reader), scheduler=scheduler, n_workers=n_workers,
+                     progress=progress, address=address)
 
 
 def resolve_paths(relative: list, root: Path, reasons: list | None = None) -> tuple[list[str], np.ndarray]:

@@ -123,10 +123,11 @@ def compute(reference: dict, pred: dict, selected: np.ndarray, all_rows: bool = 
     return metrics, compared
 
 
-# PRED_FLAGS bits that a compared row can carry and that speak of the prediction's quality
+# PRED_FLAGS bits that a compared row can carry and that speak of its class and redshift (the
+# stellar labels' own, FEH_NO_SKILL and FLUX_OFFSET, are not scored by them: FEH_NO_SKILL has its
+# [Fe/H] row in the stellar table)
 QUALITY_FLAGS = (PredFlag.LOW_COVERAGE, PredFlag.DUPLICATE_ID, PredFlag.SMALL_DELTACHI2, PredFlag.Z_AT_EDGE,
-                 PredFlag.FIT_VIT_DISAGREE, PredFlag.FIT_FAILED, PredFlag.FEH_NO_SKILL, PredFlag.SPIKES_LEFT_OUT,
-                 PredFlag.FLUX_OFFSET)
+                 PredFlag.FIT_VIT_DISAGREE, PredFlag.FIT_FAILED, PredFlag.SPIKES_LEFT_OUT)
 NO_QUALITY_FLAG = "none"
 
 

@@ -149,8 +149,9 @@ def render_html(catalog: Path, metrics: dict, images: dict, n_disagreements: int
                     f"<td>{_fmt(v['class_accuracy'])}</td><td>{_fmt(v['catastrophic_rate'])}</td></tr>"
                     for name, v in metrics.get("flags", {}).items())
     flag_section = "" if not flags else (
-        "<h2>Quality flags</h2><p>The compared rows carrying each PRED_FLAGS quality bit, and those carrying none: "
-        "how far each flag marks the rows that disagree with the pipeline on this catalog.</p>"
+        "<h2>Quality flags</h2><p>The compared rows carrying each PRED_FLAGS bit about the class and redshift, and "
+        "those carrying none of them: how far each flag marks the rows that disagree with the pipeline on this "
+        "catalog.</p>"
         f"<table><tr><th>flag</th><th>rows</th><th>class accuracy</th><th>catastrophic rate</th></tr>{flags}</table>\n")
     if metrics["compared"]:
         first = " ".join(html.escape(line) for line in metrics.get("look_first", []))

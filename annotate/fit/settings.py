@@ -84,6 +84,18 @@ class FitSettings:
                 + (f" spikes={self.spike_sigma:g}/{self.spike_delta_chi2:g}" if self.spike_sigma > 0 else ""))
 
 
+# readers whose spectra are coadds of several exposures with cosmic rays rejected between them, and
+# whose narrowest lines on the grid (DESI's z arm, R ≈ 4,100-5,100: σ ≈ 0.4 px unresolved) are as
+# sharp as a two-pixel spike: the spike rule is off for them
+NO_SPIKE_READERS = ("desi_coadd",)
+
+
+def fit_settings(reader: str = "") -> FitSettings:
+    """The fit's settings for spectra of a survey's `reader` (the store records it): the defaults,
+    the spike rule off for NO_SPIKE_READERS."""
+    return FitSettings(spike_sigma=0.0) if reader in NO_SPIKE_READERS else FitSettings()
+
+
 @dataclass
 class Candidate:
     spectype: str

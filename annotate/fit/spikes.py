@@ -5,19 +5,23 @@ with an emission line and puts [O III] 5007 Å or [O II] 3727 Å on it, at a red
 line-spread function over at least a pixel or two of the store's grid; a hit on the detector is
 not, so a pixel whose excess over its neighbours is too sharp to be a line is a hit.
 
-`spike_pixels` tests every sharp peak (`PEAK_SIGMA` above the mean of the pixels two away) in a
-window of `2 * HALF + 1` pixels with two kinds of model over a straight local level: a line, the
-pixel-integrated Gaussian of width σ ≥ `sigma_min` pixels (LINE_WIDTHS up to 2.25 σ_min, centres
-in eighths of a pixel within CENTRE_REACH of the peak, the minimum between them from a parabola),
-and a spike, one or two free pixels. Where the best spike beats the best line by Δχ² >
-`delta_chi2`, fits its window (χ² under `SPIKE_FIT_CHI2`, so blends and crowded absorption are
-left alone) and rises `PEAK_SIGMA` above the level, its pixels and one on each side (a hit's faint
-edges) are left out of the fit. A line of σ ≥ σ_min is fitted by the line model as well as the
-noise allows, so a line is left out only when the data show it narrower than σ_min. σ_min 0.5 px
-(a FWHM of 1.2 px, 81 km/s on the 69 km/s grid) lies under the narrowest lines the store's
-surveys give: SDSS, BOSS and LAMOST resolve lines over about 2 px FWHM, DESI's red arm resampled
-onto the grid over about 1.2-1.4 px. Hits of three pixels or more are as wide as a line and are
-not found (README, Reliability). Pure array code."""
+`spike_pixels` first divides each row's weights by its own noise over what they say, where that
+is above 1 (`noise_scale`). It then tests every sharp peak (`PEAK_SIGMA` above the mean of the
+pixels two away) in a window of `2 * HALF + 1` pixels with two kinds of model over a straight
+local level: a line, the pixel-integrated Gaussian of width σ ≥ `sigma_min` pixels (LINE_WIDTHS up
+to 2.25 σ_min, centres in eighths of a pixel within CENTRE_REACH of the peak, the minimum between
+them from a parabola), and a spike, one pixel free or two (the second not below the level: a hit
+only adds charge). Where the spike beats every line by Δχ² > `delta_chi2`, fits its window (χ²
+under `SPIKE_FIT_CHI2`, so blends and crowded absorption are left alone) and rises `PEAK_SIGMA`
+above the level, its pixels and one on each side (a hit's faint edges) are left out of the fit. A
+line of σ ≥ σ_min is fitted by the line model as well as the noise allows, so a line is left out
+only when the data show it narrower than σ_min. σ_min 0.5 px (a FWHM of 1.2 px, 81 km/s on the 69
+km/s grid) lies under the lines SDSS, BOSS and LAMOST give (about 2 px FWHM); DESI's z arm gives
+unresolved lines of σ ≈ 0.4 px, as sharp as a two-pixel hit, so the run leaves the rule off for
+DESI coadds, whose hits are rejected between exposures (`settings.fit_settings`). Not found: hits
+of three pixels or more (as wide as a line), hits within two pixels of an unusable pixel or an
+end of the spectrum (the test needs the pixels two away), and two hits within about three pixels
+of each other (README, Reliability). Pure array code."""
 
 from __future__ import annotations
 
@@ -134,8 +138,32 @@ def _peaks(f: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(peak)
 
 
+def noise_scale(f: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(B,) each row's noise over what its weights say, squared, at least 1: the square of the
+    robust spread (1.4826 × the median |excess|) of the excess over the mean of the pixels two
+    away, in units of its σ from the weights, at every third pixel. A row whose ivar is too large
+    (noise ten times its stated variance) would otherwise show noise peaks by the hundred as
+    many-σ spikes."""
+    n = f.shape[-1]
+    scale = np.ones(len(f))
+    if n < 5:
+        return scale
+    core = slice(2, n - 2, 3)
+    lo, hi = slice(0, n - 4, 3), slice(4, n, 3)
+    ok = (w[:, core] > 0) & (w[:, lo] > 0) & (w[:, hi] > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = 1.0 / w[:, core] + 0.25 / w[:, lo] + 0.25 / w[:, hi]
+        excess = np.abs(f[:, core] - 0.5 * (f[:, lo] + f[:, hi])) / np.sqrt(variance)
+    for i in range(len(f)):
+        values = excess[i][ok[i]]
+        if len(values) >= 30:
+            scale[i] = (1.4826 * np.median(values)) ** 2
+    return np.maximum(np.nan_to_num(scale, nan=1.0), 1.0)
+
+
 def _spikes(f: np.ndarray, w: np.ndarray, sigma_min: float, delta_chi2: float) -> np.ndarray:
     out = np.zeros(f.shape, bool)
+    w = w / noise_scale(f, w)[:, None]
     rows, pixels = _peaks(f, w)
     if len(rows) == 0:
         return out
@@ -151,6 +179,8 @@ def _spikes(f: np.ndarray, w: np.ndarray, sigma_min: float, delta_chi2: float) -
     best_line = _line_minimum(_profile_chi2(lines, y, wy)[0].reshape(len(y), len(LINE_WIDTHS), -1))
     one_chi2, one_height = _profile_chi2(one, y, wy)
     two_chi2, two_coefficients = _chi2(two, y, wy)
+    # a hit only adds charge: a second pixel below the level (a noise peak beside a dip) is no spike's
+    two_chi2 = np.where(two_coefficients[:, [0, 1], [2, 3]] >= 0.0, two_chi2, np.inf)
     # a spike's second pixel only where it is significant (the models are nested)
     spike_chi2 = np.concatenate([one_chi2, two_chi2 + EXTRA_PIXEL_CHI2], axis=1)
     which = spike_chi2.argmin(axis=1)    # 0: one pixel; 1, 2: with the left, right neighbour

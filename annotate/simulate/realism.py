@@ -108,6 +108,15 @@ class Realism:
         if self.strength_max is not None and not (np.isfinite(self.strength_max) and self.strength_max >= self.strength):
             raise ConfigError(f"realism strength_max must be a number >= strength ({self.strength:g}), "
                               f"got {self.strength_max}")
+        if not 0.0 <= self.cosmic_ray_probability <= 1.0:
+            raise ConfigError(f"realism cosmic_ray_probability must lie in [0, 1], got {self.cosmic_ray_probability}")
+        low, high = (tuple(self.cosmic_ray_sigma) + (None, None))[:2]
+        if len(self.cosmic_ray_sigma) != 2 or not (0 < low <= high < np.inf):
+            raise ConfigError(f"realism cosmic_ray_sigma must be two numbers 0 < low <= high, got {self.cosmic_ray_sigma}")
+        widths = np.asarray(self.cosmic_ray_widths, float)
+        if widths.shape != (3,) or not (np.isfinite(widths).all() and (widths >= 0).all() and widths.sum() > 0):
+            raise ConfigError("realism cosmic_ray_widths must be three chances >= 0 (of 1, 2 and 3 pixels), not all 0, "
+                              f"got {self.cosmic_ray_widths}")
 
     @property
     def top(self) -> float:

@@ -171,3 +171,23 @@ def test_a_hit_on_a_real_galaxy_no_longer_moves_its_redshift(ppxf_spectra):
             assert not right.any() and not flagged.any()
         else:
             assert right.all() and flagged.all()
+
+
+def test_noise_whose_ivar_is_too_large_gives_no_spikes():
+    """Pure noise with its ivar 4-100 times too large: the weights are scaled by each row's own
+    noise first, and a second pixel below the level is no hit's, so no pixel is left out (before
+    both, 98 % of such rows at ×10 lost pixels)."""
+    rng = np.random.default_rng(9)
+    for factor in (4.0, 10.0, 100.0):
+        f = rng.normal(0.0, 1.0, (60, 4000))
+        assert not spike_pixels(f, np.full_like(f, factor)).any(), factor
+
+
+def test_the_rule_is_off_for_desi_coadds():
+    """DESI's coadds reject hits between exposures, and their z arm's unresolved lines are as
+    sharp as a two-pixel spike: the run's settings for them leave the rule out, and say so."""
+    from annotate.fit.settings import fit_settings
+
+    assert fit_settings("desi_coadd").spike_sigma == 0.0 and "spikes=" not in fit_settings("desi_coadd").describe()
+    for reader in ("sdss_spec", "lamost_lrs", "lamost_lrs_image", ""):
+        assert fit_settings(reader).spike_sigma == 0.5 and "spikes=0.5/25" in fit_settings(reader).describe()

@@ -237,3 +237,13 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
         assert 10.0 * 0.999 <= excess.max() <= 3 * 1000.0 * 1.001   # hits may fall on one another
         assert excess.min() >= 0.3 * 10.0 * 0.999
     assert "cosmic_ray_pixels" not in plain
+
+
+@pytest.mark.parametrize("spec, words", [({"cosmic_ray_probability": 1.5}, "cosmic_ray_probability"),
+                                         ({"cosmic_ray_sigma": [0, 10]}, "cosmic_ray_sigma"),
+                                         ({"cosmic_ray_sigma": [100, 10]}, "cosmic_ray_sigma"),
+                                         ({"cosmic_ray_widths": [0, 0, 0]}, "cosmic_ray_widths"),
+                                         ({"cosmic_ray_widths": [1, 1]}, "cosmic_ray_widths")])
+def test_cosmic_ray_settings_are_checked(spec, words):
+    with pytest.raises(ConfigError, match=words):
+        Realism.from_dict(spec)
