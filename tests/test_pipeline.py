@@ -41,6 +41,7 @@ def test_run_flags_bad_rows_and_keeps_input(catalog, micro_model, tmp_path):
     with fits.open(result.output) as hdul:
         assert hdul[1].header["ANNNFAIL"] == 2
         assert hdul[1].header["ANNMODEL"] == "micro-random"
+        assert "spikes=0.5/25" in hdul[1].header["ANNFITS"]   # SDSS spectra: the spike rule on
     assert result.summary["rows_compared"] == 4  # rows 0, 1, 2, 4
 
 
