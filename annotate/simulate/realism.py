@@ -272,6 +272,7 @@ def cosmic_rays(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, realism: R
         width = int(rng.choice(len(widths), p=widths / widths.sum())) + 1
         start = int(rng.choice(usable))
         pixels = np.arange(start, min(start + width, len(flux)))
+        pixels = pixels[good[pixels]]          # a hit running into a masked pixel is lost there
         peak = np.exp(rng.uniform(*np.log(realism.cosmic_ray_sigma))) * sigma
         share = rng.uniform(0.3, 1.0, len(pixels))
         share[rng.integers(len(pixels))] = 1.0
