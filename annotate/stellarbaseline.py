@@ -136,11 +136,14 @@ def nearest_templates(flux: np.ndarray, ivar: np.ndarray, templates: np.ndarray,
     stellar σ is calibrated (annotate.fit.calibrate). With `mix` > 0 the labels are instead those
     of the `mix` lowest-χ² templates weighted by their mixture (`mixture_labels`; the k
     nearest's mean where none can be made); the spread stays that of the k nearest. `found`, a
-    dict, receives 'order' (n, k), the k nearest templates, and 'shift' (n, k), the whole-pixel
-    shift at which each matched best."""
+    dict, receives 'order' (n, k), the k nearest templates, 'shift' (n, k), the whole-pixel
+    shift at which each matched best, and 'flux', 'ivar' (n, n_pix), the spectra at rest and
+    normalised as they were compared."""
     if shifts is not None:
         flux, ivar = at_rest(flux, ivar, shifts)
     norm_flux, norm_ivar = normalise(np.asarray(flux, np.float64), np.asarray(ivar, np.float64))
+    if found is not None:
+        found["flux"], found["ivar"] = norm_flux, norm_ivar
     out = np.full((len(flux), labels.shape[1]), np.nan)
     scatter = np.full((len(flux), labels.shape[1]), np.nan)
     # the template side is fixed (0 where unusable); each shift moves the spectra instead, whose

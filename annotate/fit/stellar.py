@@ -79,7 +79,7 @@ def stellar_labels(grid, bases, f: np.ndarray, w: np.ndarray, shifts: np.ndarray
     found: dict = {}
     means, spread = stellarbaseline.nearest_templates(f, w, templates, usable, labels, k=k, max_shift=SEARCH_PIXELS,
                                                       shifts=shifts, spread=True, mix=mix, found=found)
-    norm_f, norm_w = stellarbaseline.normalise(*stellarbaseline.at_rest(f, w, shifts))
+    norm_f, norm_w = found["flux"], found["ivar"]
     veil, scale, offset, gain = stellarbaseline.dilution(norm_f, norm_w, templates, usable, found["order"], found["shift"])
     with np.errstate(invalid="ignore"):
         moved = (np.abs(veil) >= OFFSET_VEIL) & (gain >= OFFSET_GAIN) & (scale > 0)

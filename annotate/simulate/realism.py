@@ -110,8 +110,7 @@ class Realism:
                               f"got {self.strength_max}")
         if not 0.0 <= self.cosmic_ray_probability <= 1.0:
             raise ConfigError(f"realism cosmic_ray_probability must lie in [0, 1], got {self.cosmic_ray_probability}")
-        low, high = (tuple(self.cosmic_ray_sigma) + (None, None))[:2]
-        if len(self.cosmic_ray_sigma) != 2 or not (0 < low <= high < np.inf):
+        if len(self.cosmic_ray_sigma) != 2 or not 0 < self.cosmic_ray_sigma[0] <= self.cosmic_ray_sigma[1] < np.inf:
             raise ConfigError(f"realism cosmic_ray_sigma must be two numbers 0 < low <= high, got {self.cosmic_ray_sigma}")
         widths = np.asarray(self.cosmic_ray_widths, float)
         if widths.shape != (3,) or not (np.isfinite(widths).all() and (widths >= 0).all() and widths.sum() > 0):
