@@ -1,6 +1,7 @@
-"""Run independent tasks with Dask: 'auto' (the commands' default: in this process for a few tasks,
-a distributed LocalCluster for more), a LocalCluster, Dask workers started as SLURM jobs
-(dask-jobqueue), dask's threads, or in-process.
+"""Run independent tasks: 'auto' (the commands' default: in this process for one task, on worker
+processes forked from this one for a few, a Dask distributed LocalCluster for more), a
+LocalCluster, Dask workers started as SLURM jobs (dask-jobqueue), forked processes, dask's
+threads, or in-process.
 
 Tasks receive plain data (file names, row ranges, settings dicts), never open files or models.
 This is the only module that imports dask.
@@ -14,9 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-SCHEDULERS = ("auto", "distributed", "threads", "sync", "slurm")
+SCHEDULERS = ("auto", "distributed", "processes", "threads", "sync", "slurm")
 TASK_ROWS = 256             # rows per task of ingest, fit and render
-AUTO_IN_PROCESS_TASKS = 4   # 'auto': this many tasks or fewer run in this process (README, "Benchmarks")
+AUTO_IN_PROCESS_TASKS = 4   # 'auto' where processes cannot be forked: this many tasks or fewer run in this process
+AUTO_FORKED_TASKS = 40      # 'auto': from 2 to this many tasks on forked processes, more on a LocalCluster (README, "Benchmarks")
 WORKER_BYTES = 768 * 2**20  # a worker process's room: the fit's bases and training stars and one task (peak ~0.5 GB)
 OWN_BYTES = 2**30           # the command's own process beside its workers: the model, predictions, write-back
 WINDOW_PER_WORKER = 2
@@ -86,15 +88,29 @@ def _wait_for_slurm_workers(client) -> None:
 
 
 def resolve_scheduler(scheduler, n_tasks: int, n_workers: int | None = None):
-    """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for
-    AUTO_IN_PROCESS_TASKS or fewer, where starting worker processes and their imports costs more
-    than the second core gives back, and where fewer than two workers (`n_workers`, default
-    `process_workers()`) would run; 'distributed' otherwise. Any other scheduler as given."""
+    """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for one
+    task and where fewer than two workers (`n_workers`, default `process_workers()`) would run;
+    'processes' (workers forked from this process: no start-up imports, see `_map_forked`) for
+    up to AUTO_FORKED_TASKS tasks; 'distributed' (a LocalCluster, whose start of 1.5-2.5 s is
+    then small beside the run, and whose workers' memory Dask watches) for more. Where this
+    platform cannot fork safely (not Linux), 'sync' up to AUTO_IN_PROCESS_TASKS and
+    'distributed' above. Any other scheduler as given."""
     if isinstance(scheduler, str) and scheduler == "auto":
-        if n_tasks <= AUTO_IN_PROCESS_TASKS or (n_workers or process_workers()) < 2:
+        if n_tasks <= 1 or (n_workers or process_workers()) < 2:
             return "sync"
-        return "distributed"
+        if can_fork():
+            return "processes" if n_tasks <= AUTO_FORKED_TASKS else "distributed"
+        return "sync" if n_tasks <= AUTO_IN_PROCESS_TASKS else "distributed"
     return scheduler
+
+
+def can_fork() -> bool:
+    """Whether worker processes may be forked from this one: on Linux (macOS's system libraries
+    are not safe to use in a forked child; Windows has no fork)."""
+    import multiprocessing
+    import sys
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
 def default_workers() -> int:
@@ -183,9 +199,9 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
     """Yield (index, func(items[index])) as tasks finish.
 
     scheduler: 'distributed' (a dask.distributed LocalCluster of processes, or the scheduler at
-    `address`), a `SlurmWorkers` (workers as SLURM jobs of its profile), 'threads' (dask's thread
-    pool), 'sync' (in this process, in order) or 'auto' (`resolve_scheduler` by the number of
-    items). At most WINDOW_PER_WORKER tasks per worker are in
+    `address`), a `SlurmWorkers` (workers as SLURM jobs of its profile), 'processes' (worker
+    processes forked from this one: `_map_forked`), 'threads' (dask's thread pool), 'sync' (in
+    this process, in order) or 'auto' (`resolve_scheduler` by the number of items). At most WINDOW_PER_WORKER tasks per worker are in
     flight or finished-but-unconsumed at a time, so memory stays bounded however many tasks there
     are and however slowly the caller consumes.
     """
@@ -196,6 +212,9 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
         raise ConfigError("--scheduler slurm needs --profile (a YAML file, see slurm/profiles/)")
     if not on_slurm and scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    if scheduler == "processes" and not can_fork():
+        raise ConfigError("--scheduler processes forks worker processes, which only Linux allows here; "
+                          "use --scheduler distributed")
     if not items:
         return
     scheduler = resolve_scheduler(scheduler, len(items), n_workers)
@@ -206,6 +225,8 @@ def map_unordered(func: Callable, items: list, scheduler: "str | SlurmWorkers" =
             yield index, func(item)
     elif scheduler == "threads":
         yield from _map_threads(func, items, n_workers)
+    elif scheduler == "processes":
+        yield from _map_forked(func, items, n_workers)
     else:
         yield from _map_distributed(func, items, scheduler, n_workers, address)
 
@@ -220,6 +241,64 @@ def _map_threads(func: Callable, items: list, n_workers: int | None) -> Iterator
         results = dask.compute(*[delayed(func)(item) for item in items[first:first + window]],
                                scheduler="threads", num_workers=workers)
         yield from enumerate(results, start=first)
+
+
+def _forked_worker_start() -> None:
+    """A forked worker leaves Ctrl-C to the command's process, which stops handing out tasks and
+    waits for the running ones (a task is a few seconds), and dies at SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _map_forked(func: Callable, items: list, n_workers: int | None) -> Iterator[tuple[int, object]]:
+    """A window of tasks in flight on worker processes forked from this one (`process_workers()`
+    of them, or `n_workers`, at most one per task). A forked worker starts in milliseconds with
+    this process's modules already imported, where a LocalCluster's spawned workers take
+    1.5-2.5 s to start and import; tasks and results travel pickled, as to Dask's workers. The
+    workers never touch what this process holds open: tasks name files, which the workers open
+    themselves (the run's store is closed between its steps), and they use neither torch nor
+    CUDA, which may be initialised here. Forking a process that has threads (torch's) is what
+    PyTorch's own data-loader workers do; Python 3.12 and later warn of it, and the warning is
+    silenced for this fork."""
+    import multiprocessing
+    import warnings
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .errors import AnnotateError
+
+    workers = max(1, min(n_workers or process_workers(), len(items)))
+    pending = iter(enumerate(items))
+    in_flight: dict = {}
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_forked_worker_start)
+
+    def submit_next() -> None:
+        for index, item in pending:
+            in_flight[pool.submit(func, item)] = index
+            return
+
+    try:
+        with warnings.catch_warnings():  # the first submit forks the workers
+            warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning)
+            for _ in range(WINDOW_PER_WORKER * workers):
+                submit_next()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=in_flight.get):
+                index = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise AnnotateError(f"a worker process ended while it ran task {index + 1} of {len(items)} "
+                                        "(killed for lack of memory?); what was done is kept: run again to resume, "
+                                        "or with --workers 1") from None
+                submit_next()
+                yield index, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map_distributed(func: Callable, items: list, scheduler, n_workers: int | None,

@@ -1,6 +1,7 @@
 """map_unordered: every task's result exactly once, under every scheduler, with a bounded window."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ def _square(x):
     return x * x
 
 
-@pytest.mark.parametrize("scheduler", ["sync", "threads", "distributed"])
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "processes", "distributed"])
 def test_every_result_once(scheduler):
     results = list(map_unordered(_square, list(range(23)), scheduler=scheduler, n_workers=2))
     assert sorted(index for index, _ in results) == list(range(23))
@@ -20,7 +21,7 @@ def test_every_result_once(scheduler):
 
 
 def test_unknown_scheduler_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid: auto, distributed, threads, sync, slurm"):
+    with pytest.raises(ConfigError, match="valid: auto, distributed, processes, threads, sync, slurm"):
         list(map_unordered(_square, [1], scheduler="dask"))
 
 
@@ -50,19 +51,111 @@ def test_a_shared_cluster_serves_every_step_and_starts_only_when_needed():
         assert none is None
 
 
-def test_auto_runs_few_tasks_here_and_more_on_worker_processes():
+def test_auto_runs_one_task_here_a_few_on_forked_processes_and_more_on_a_cluster():
+    from annotate.parallel import AUTO_FORKED_TASKS, resolve_scheduler
+
+    assert resolve_scheduler("auto", 1, n_workers=2) == "sync"
+    assert resolve_scheduler("auto", 2, n_workers=2) == "processes"
+    assert resolve_scheduler("auto", AUTO_FORKED_TASKS, n_workers=2) == "processes"
+    assert resolve_scheduler("auto", AUTO_FORKED_TASKS + 1, n_workers=2) == "distributed"
+    for other in ("sync", "threads", "processes", "distributed"):
+        assert resolve_scheduler(other, 1) == other and resolve_scheduler(other, 100) == other
+    one = list(map_unordered(_pid, [0], scheduler="auto", n_workers=2))
+    assert one == [(0, os.getpid())]
+    few = list(map_unordered(_parent_pid, list(range(5)), scheduler="auto", n_workers=2))
+    assert sorted(index for index, _ in few) == list(range(5))
+    assert len({pid for _, (pid, _) in few}) == 2 and os.getpid() not in {pid for _, (pid, _) in few}
+    assert {parent for _, (_, parent) in few} == {os.getpid()}  # forked from this process
+
+
+def test_auto_without_fork_runs_a_few_tasks_here_and_more_on_a_cluster(monkeypatch):
+    import annotate.parallel
     from annotate.parallel import AUTO_IN_PROCESS_TASKS, resolve_scheduler
 
-    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS) == "sync"
-    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS + 1) == "distributed"
-    for other in ("sync", "threads", "distributed"):
-        assert resolve_scheduler(other, 1) == other and resolve_scheduler(other, 100) == other
+    monkeypatch.setattr(annotate.parallel, "can_fork", lambda: False)
+    assert resolve_scheduler("auto", 1, n_workers=2) == "sync"
+    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS, n_workers=2) == "sync"
+    assert resolve_scheduler("auto", AUTO_IN_PROCESS_TASKS + 1, n_workers=2) == "distributed"
+    with pytest.raises(ConfigError, match="--scheduler processes forks worker processes, which only Linux"):
+        list(map_unordered(_square, [1, 2], scheduler="processes"))
     few = list(map_unordered(_pid, list(range(AUTO_IN_PROCESS_TASKS)), scheduler="auto", n_workers=2))
-    assert [index for index, _ in few] == list(range(AUTO_IN_PROCESS_TASKS))  # in order, in this process
-    assert {pid for _, pid in few} == {os.getpid()}
+    assert few == [(index, os.getpid()) for index in range(AUTO_IN_PROCESS_TASKS)]  # in order, here
     many = list(map_unordered(_pid, list(range(AUTO_IN_PROCESS_TASKS + 3)), scheduler="auto", n_workers=2))
     assert sorted(index for index, _ in many) == list(range(AUTO_IN_PROCESS_TASKS + 3))
     assert os.getpid() not in {pid for _, pid in many}
+
+
+def _parent_pid(_item) -> tuple[int, int]:
+    import time
+
+    time.sleep(0.05)  # long enough that both workers get tasks
+    return os.getpid(), os.getppid()
+
+
+_PARENT_STATE: list = []
+
+
+def _inherited(_item) -> tuple[list, object]:
+    import signal
+
+    return list(_PARENT_STATE), signal.getsignal(signal.SIGINT)
+
+
+def test_forked_workers_inherit_this_process_and_leave_ctrl_c_to_it():
+    """What this process built before the map (the fit's prepared templates, in a run) is there
+    in the workers without being sent, and a Ctrl-C reaches only this process."""
+    import signal
+
+    _PARENT_STATE[:] = ["built here"]
+    try:
+        seen = [value for _, value in map_unordered(_inherited, [0, 1, 2], scheduler="processes", n_workers=2)]
+    finally:
+        _PARENT_STATE.clear()
+    assert seen == [(["built here"], signal.SIG_IGN)] * 3
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+def _fails_on_two(item):
+    if item == 2:
+        raise ValueError(f"task {item} failed")
+    return item
+
+
+def _dies_on_one(item):
+    import signal
+
+    if item == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer does
+    return item
+
+
+def test_a_forked_task_error_reaches_the_caller_and_a_killed_worker_says_so():
+    with pytest.raises(ValueError, match="task 2 failed"):
+        list(map_unordered(_fails_on_two, list(range(5)), scheduler="processes", n_workers=2))
+    from annotate.errors import AnnotateError
+
+    with pytest.raises(AnnotateError, match=r"a worker process ended while it ran task \d+ of 4 .*run again to resume"):
+        list(map_unordered(_dies_on_one, list(range(4)), scheduler="processes", n_workers=2))
+
+
+def _record_start(item) -> int:
+    folder, index = item
+    Path(folder, f"task-{index}").touch()
+    return index
+
+
+def test_forked_workers_keep_a_bounded_window_however_slowly_results_are_taken(tmp_path):
+    """At most WINDOW_PER_WORKER tasks per worker are handed out before the caller has taken a
+    result, and one more per result taken: a caller that stops after the first result leaves the
+    rest of the items unread."""
+    from annotate.parallel import WINDOW_PER_WORKER
+
+    results = map_unordered(_record_start, [(str(tmp_path), i) for i in range(50)], scheduler="processes",
+                            n_workers=2)
+    next(results)
+    results.close()  # the caller stops: the pool is shut down, its queued tasks cancelled
+    ran = sorted(int(path.name.split("-")[1]) for path in tmp_path.iterdir())
+    assert 1 <= len(ran) <= 2 * WINDOW_PER_WORKER + 1 and max(ran) <= 2 * WINDOW_PER_WORKER, ran
 
 
 def test_local_shards_under_auto_run_on_worker_processes(monkeypatch):
@@ -77,8 +170,9 @@ def test_local_shards_under_auto_run_on_worker_processes(monkeypatch):
 
     monkeypatch.setattr(annotate.parallel, "map_unordered", record)
     LocalExecutor("auto").run(_square, [1, 2])  # two shards are two large tasks, not two small ones
+    LocalExecutor("processes").run(_square, [1, 2])  # shards run the model: not on forked processes
     LocalExecutor("sync").run(_square, [1, 2])
-    assert seen == ["distributed", "sync"]
+    assert seen == ["distributed", "distributed", "sync"]
 
 
 def test_worker_processes_fit_in_the_memory_the_process_may_use(monkeypatch):

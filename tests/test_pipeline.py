@@ -62,11 +62,14 @@ def test_auto_scheduler_decides_once_per_run_by_its_rows(catalog, micro_model, t
     monkeypatch.setattr(annotate.parallel, "_local_cluster", no_cluster)
     settings = RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False)
     assert settings.scheduler == "auto"
-    assert run(settings).n_predicted == N - 2  # 8 rows: in this process
-    monkeypatch.setattr(annotate.parallel, "AUTO_IN_PROCESS_TASKS", 0)  # as if the catalog were large
+    assert run(settings).n_predicted == N - 2  # 8 rows: one task, in this process
+    monkeypatch.setattr(annotate.parallel, "TASK_ROWS", 4)  # as if the catalog were two tasks long
+    run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False,
+                    out=tmp_path / "few.fits", store=tmp_path / "few.h5", n_workers=2))
+    monkeypatch.setattr(annotate.parallel, "AUTO_FORKED_TASKS", 1)  # as if it were large
     run(RunSettings(catalog=catalog, spectra_root=tmp_path / "spectra", model=micro_model, progress=False,
                     out=tmp_path / "large.fits", store=tmp_path / "large.h5", n_workers=2))
-    assert chosen == ["sync", "distributed"]
+    assert chosen == ["sync", "processes", "distributed"]
 
 
 def test_rerun_resumes_from_the_store(catalog, micro_model, tmp_path):

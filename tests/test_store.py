@@ -40,14 +40,17 @@ def test_ingest_resamples_every_row_and_reports_bad_ones(tmp_path):
     assert "not found" in errors[2] and "unreadable" in errors[4]
 
 
-def test_ingest_with_dask_distributed_matches_sync(tmp_path):
+@pytest.mark.parametrize("scheduler", ["distributed", "processes"])
+def test_ingest_on_worker_processes_matches_sync(tmp_path, scheduler):
     paths = _files(tmp_path, n=5)
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     for store in (a, b):
         create_store(store, list(range(5)), paths, GRID)
     ingest(a, paths, scheduler="sync")
-    ingest(b, paths, scheduler="distributed", n_workers=2, rows_per_task=2)
-    np.testing.assert_array_equal(read_rows(a, 0, 5)["flux"], read_rows(b, 0, 5)["flux"])
+    ingest(b, paths, scheduler=scheduler, n_workers=2, rows_per_task=2)
+    for key in ("flux", "ivar", "mask", "status"):
+        np.testing.assert_array_equal(read_rows(a, 0, 5)[key], read_rows(b, 0, 5)[key])
+    assert read_status(a)[1] == read_status(b)[1]
 
 
 def test_ingest_is_resumable(tmp_path):

@@ -272,6 +272,37 @@ def test_fits_in_threads_at_once_equal_the_fits_one_after_the_other(bases):
             np.testing.assert_allclose(out[key], ref[key], rtol=1e-9, err_msg=key)
 
 
+def test_a_store_fitted_on_forked_workers_equals_one_fitted_here(tmp_path):
+    """fit_store under 'processes' (the default for a run of 2 to 40 tasks): the workers forked
+    after this process prepared the fit get, row for row, what the fit in this process gets for
+    the same batches. Both run BLAS on one thread (stage.single_threaded) in the same process
+    image; the tolerance is there for the arithmetic's last bit all the same (batches of other
+    sizes round some matrix products differently, which can swap two near-identical neighbours
+    of a star: its labels' σ then moved by 0.2 %)."""
+    from annotate.fit.stage import FIT_KEYS, _fitter, fit_store
+    from annotate.store import STATUS, create_store, write_rows
+
+    sample = draw_sample(9, load_library(), GRID, seed=23)
+    store = tmp_path / "store.h5"
+    create_store(store, [f"obj{i}" for i in range(9)], [""] * 9, GRID)
+    write_rows(store, 0, {"flux": sample["flux"], "ivar": sample["ivar"], "mask": sample["mask"],
+                          "status": np.full(9, STATUS["OK"], np.int8)})
+    rng = np.random.default_rng(4)
+    pred = {"prob": rng.dirichlet(np.ones(3), 9), "z": sample["z"] + 1e-3, "z_err": np.full(9, 2e-3)}
+    _fitter.cache_clear()  # the forked run's own preparation in this process is part of what is tested
+    import torch
+
+    torch.ones(256, 256) @ torch.ones(256, 256)  # torch's threads started here, as a run's ViT starts them
+    forked = fit_store(store, pred, GRID, scheduler="processes", n_workers=2, rows_per_task=2)
+    here = fit_store(store, pred, GRID, scheduler="sync", rows_per_task=2)  # the same batches
+    assert (here["fit_class"] != "").all()
+    for key in FIT_KEYS:
+        if here[key].dtype.kind in "US" or key == "fit_flags":
+            assert list(forked[key]) == list(here[key]), key
+        else:
+            np.testing.assert_allclose(forked[key], here[key], rtol=1e-9, equal_nan=True, err_msg=key)
+
+
 def test_direct_and_fft_correlations_agree():
     rng = np.random.default_rng(0)
     data, templates = rng.normal(size=(3, 200)), rng.normal(size=(4, 350))
