@@ -149,10 +149,11 @@ def _add_execution(parser: argparse.ArgumentParser, work: str = "reading spectra
     from .parallel import SCHEDULERS
 
     parser.add_argument("--scheduler", default="auto", choices=SCHEDULERS,
-                        help=f"Dask scheduler for {work} (default: auto, in this process for up to "
-                        "1,024 spectra and on a local distributed cluster above; slurm: --workers Dask "
-                        "workers started as SLURM jobs of --profile)")
-    parser.add_argument("--workers", type=int, help="Dask workers (default: on a local cluster the cores this "
+                        help=f"scheduler for {work} (default: auto, in this process for up to 256 "
+                        "spectra, on worker processes forked from this one up to 10,240 and on a local "
+                        "Dask distributed cluster above; slurm: --workers Dask workers started as SLURM "
+                        "jobs of --profile)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: on this machine the cores this "
                         "process may use, at most 8 and as many as its memory holds beside the model: 1 GB, then "
                         "768 MB each; with --scheduler slurm, 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -91,7 +91,7 @@ def resolve_scheduler(scheduler, n_tasks: int, n_workers: int | None = None):
     """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for one
     task and where fewer than two workers (`n_workers`, default `process_workers()`) would run;
     'processes' (workers forked from this process: no start-up imports, see `_map_forked`) for
-    up to AUTO_FORKED_TASKS tasks; 'distributed' (a LocalCluster, whose start of 1.5-2.5 s is
+    up to AUTO_FORKED_TASKS tasks; 'distributed' (a LocalCluster, whose start of 0.7-2.3 s is
     then small beside the run, and whose workers' memory Dask watches) for more. Where this
     platform cannot fork safely (not Linux), 'sync' up to AUTO_IN_PROCESS_TASKS and
     'distributed' above. Any other scheduler as given."""
@@ -119,15 +119,57 @@ def default_workers() -> int:
 
 
 def process_workers() -> int:
-    """Worker processes for a LocalCluster when --workers does not say: `default_workers()`, but
-    no more than fit in the memory this process may use (Dask's reading of it: the cgroup's limit,
-    RLIMIT_RSS — which SLURM sets from --mem — or the machine's) with OWN_BYTES left for this
-    process and WORKER_BYTES for each worker; at least 1. Dask splits that memory evenly between
-    the workers and stops a worker that outgrows its share: in a SLURM job of 1 GB, two workers
-    of 512 MB each were stopped in turn while fitting until the shard failed."""
-    from distributed.system import MEMORY_LIMIT
+    """Worker processes (forked, or a LocalCluster's) when --workers does not say:
+    `default_workers()`, but no more than fit in the memory this process may use
+    (`memory_limit()`) with OWN_BYTES left for this process and WORKER_BYTES for each worker; at
+    least 1. Dask splits that memory evenly between a LocalCluster's workers and stops a worker
+    that outgrows its share: in a SLURM job of 1 GB, two workers of 512 MB each were stopped in
+    turn while fitting until the shard failed."""
+    return max(1, min(default_workers(), int((memory_limit() - OWN_BYTES) // WORKER_BYTES)))
 
-    return max(1, min(default_workers(), int((MEMORY_LIMIT - OWN_BYTES) // WORKER_BYTES)))
+
+def memory_limit() -> int:
+    """Bytes this process may use: the machine's memory, or less where a memory cgroup of this
+    process (v1 or v2: a container's, a SLURM job's; its own and those above it) or RLIMIT_RSS
+    (which SLURM sets from --mem) says less. What Dask reads for its workers' limit
+    (distributed.system.MEMORY_LIMIT), without importing distributed (0.5 s, which a run on
+    forked workers does not otherwise need), and also where the job's cgroup is not the root
+    of the hierarchy."""
+    import resource
+
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _cgroup_memory_files():
+        try:
+            with open(path) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:  # v2 writes 'max' where there is no limit
+            limit = min(limit, int(text))
+    rss = resource.getrlimit(resource.RLIMIT_RSS)[1]
+    return min(limit, rss) if rss > 0 else limit
+
+
+def _cgroup_memory_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> list[str]:
+    """The files holding the memory limits of this process's cgroups, from its own up to the
+    hierarchy's root (cgroup v2: memory.max; v1: memory.limit_in_bytes of the memory controller)."""
+    files = []
+    try:
+        with open(proc_cgroup) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            folder, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            folder, name = f"{root}/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        files += [os.path.join(folder, *parts[:depth], name) for depth in range(len(parts), -1, -1)]
+    return files or [f"{root}/memory.max", f"{root}/memory/memory.limit_in_bytes"]
 
 
 # What a LocalCluster without a dashboard does not need: the workers' statistical profiler (it
@@ -256,7 +298,7 @@ def _map_forked(func: Callable, items: list, n_workers: int | None) -> Iterator[
     """A window of tasks in flight on worker processes forked from this one (`process_workers()`
     of them, or `n_workers`, at most one per task). A forked worker starts in milliseconds with
     this process's modules already imported, where a LocalCluster's spawned workers take
-    1.5-2.5 s to start and import; tasks and results travel pickled, as to Dask's workers. The
+    0.7-2.3 s to start and import; tasks and results travel pickled, as to Dask's workers. The
     workers never touch what this process holds open: tasks name files, which the workers open
     themselves (the run's store is closed between its steps), and they use neither torch nor
     CUDA, which may be initialised here. Forking a process that has threads (torch's) is what

@@ -143,9 +143,9 @@ def run_sharded(settings, shard_size: int, executor: str = "local", profile: str
 def shard_scheduler(scheduler, executor: str, only_shard: int | None) -> str:
     """Where each shard's ingest and fit run inside the shard's process. Where a shard has a
     process of its own — a SLURM job of executor 'slurm', or one array task's `--shard` — the
-    run's `--scheduler` ('auto' by default: a LocalCluster of the job's cores for a shard of more
-    than 1,024 rows), so that the fit, the slow part on a GPU node, uses every core the job was
-    given. 'sync' where the shards are themselves tasks on worker processes ('local': they cannot
+    run's `--scheduler` ('auto' by default: workers forked from the job's process for a shard of
+    257 to 10,240 rows, a LocalCluster of the job's cores above), so that the fit, the slow part
+    on a GPU node, uses every core the job was given. 'sync' where the shards are themselves tasks on worker processes ('local': they cannot
     start processes of their own) or run one after another to be followed ('debug'), and for
     `--scheduler slurm`, whose Dask worker jobs are a single run's."""
     from .parallel import SCHEDULERS

@@ -71,12 +71,13 @@ def _no_progress(stage: str):
 def annotate_task_here(task: ShardTask, scheduler, n_workers: int | None = None, **kwargs) -> TaskResult:
     """`annotate_task` with `scheduler` decided once for the task's rows ('auto':
     parallel.resolve_scheduler) and, where that is 'distributed', one LocalCluster that its ingest
-    and fit share, closed when it returns."""
+    and fit share, closed when it returns ('processes': each step forks its own workers)."""
     from .parallel import TASK_ROWS, process_workers, resolve_scheduler, shared_cluster
 
     scheduler = resolve_scheduler(scheduler, -(-(task.stop - task.start) // TASK_ROWS), n_workers)
-    if kwargs.get("log") is not None and scheduler == "distributed":
-        kwargs["log"](f"reading and fitting on {n_workers or process_workers()} Dask worker processes")
+    if kwargs.get("log") is not None and scheduler in ("distributed", "processes"):
+        kind = "Dask worker processes" if scheduler == "distributed" else "worker processes forked from this one"
+        kwargs["log"](f"reading and fitting on {n_workers or process_workers()} {kind}")
     with shared_cluster(scheduler, n_workers) as address:
         return annotate_task(task, scheduler=scheduler, n_workers=n_workers, address=address, **kwargs)
 

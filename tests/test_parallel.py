@@ -176,19 +176,62 @@ def test_local_shards_under_auto_run_on_worker_processes(monkeypatch):
 
 
 def test_worker_processes_fit_in_the_memory_the_process_may_use(monkeypatch):
-    import distributed.system
-
+    import annotate.parallel
     from annotate.parallel import OWN_BYTES, WORKER_BYTES, default_workers, process_workers, resolve_scheduler
 
-    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", OWN_BYTES + 2 * WORKER_BYTES)
+    monkeypatch.setattr(annotate.parallel, "memory_limit", lambda: OWN_BYTES + 2 * WORKER_BYTES)
     assert process_workers() == min(2, default_workers())
-    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", 2**30)  # a SLURM job of --mem=1G
+    monkeypatch.setattr(annotate.parallel, "memory_limit", lambda: 2**30)  # a SLURM job of --mem=1G
     assert process_workers() == 1
     assert resolve_scheduler("auto", 100) == "sync"  # one worker would only add its start
     assert resolve_scheduler("auto", 100, n_workers=2) == "distributed"  # --workers says
+    assert resolve_scheduler("auto", 10, n_workers=2) == "processes"
     assert resolve_scheduler("distributed", 100) == "distributed"
-    monkeypatch.setattr(distributed.system, "MEMORY_LIMIT", 2**40)
+    monkeypatch.setattr(annotate.parallel, "memory_limit", lambda: 2**40)
     assert process_workers() == default_workers()
+
+
+def test_the_memory_limit_is_the_least_of_the_machine_the_cgroups_and_rlimit(tmp_path, monkeypatch):
+    """A SLURM job's cgroup lies below the hierarchy's root: its limit is read where the process's
+    own cgroup is (v2: memory.max; v1: the memory controller's memory.limit_in_bytes), and every
+    cgroup above it counts too; 'max' (v2) is no limit. Dask's own reading agrees on this machine."""
+    import resource
+
+    import annotate.parallel
+    from annotate.parallel import _cgroup_memory_files, memory_limit
+
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2 = tmp_path / "v2"
+    (v2 / "system.slice" / "job_7" / "step_0").mkdir(parents=True)
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "system.slice" / "job_7" / "memory.max").write_text(f"{3 * 2**30}\n")
+    (v2 / "system.slice" / "job_7" / "step_0" / "memory.max").write_text("max\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/job_7/step_0\n")
+    files = _cgroup_memory_files(str(proc), str(v2))
+    assert files[0] == str(v2 / "system.slice" / "job_7" / "step_0" / "memory.max") and files[-1] == str(v2 / "memory.max")
+    monkeypatch.setattr(annotate.parallel, "_cgroup_memory_files", lambda: files)
+    rss = resource.getrlimit(resource.RLIMIT_RSS)[1]  # -1 (RLIM_INFINITY) where none is set
+    assert memory_limit() == min(machine, 3 * 2**30, rss if rss > 0 else machine)
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "slurm" / "uid_0" / "job_9").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # none
+    (v1 / "memory" / "slurm" / "uid_0" / "job_9" / "memory.limit_in_bytes").write_text(f"{2**30}\n")
+    proc.write_text("11:cpuset:/slurm/uid_0/job_9\n4:memory:/slurm/uid_0/job_9\n1:name=systemd:/x\n")
+    files = _cgroup_memory_files(str(proc), str(v1))
+    assert files == [str(v1 / "memory" / "slurm" / "uid_0" / "job_9" / "memory.limit_in_bytes"),
+                     str(v1 / "memory" / "slurm" / "uid_0" / "memory.limit_in_bytes"),
+                     str(v1 / "memory" / "slurm" / "memory.limit_in_bytes"),
+                     str(v1 / "memory" / "memory.limit_in_bytes")]
+    monkeypatch.setattr(annotate.parallel, "_cgroup_memory_files", lambda: files)
+    assert memory_limit() == min(machine, 2**30, rss if rss > 0 else machine)
+    monkeypatch.undo()
+
+    from distributed.system import memory_limit as dask_memory_limit
+
+    assert memory_limit() <= dask_memory_limit()  # the same, or less where a job's own cgroup says less
+    assert memory_limit() > 0
 
 
 def _worker_settings(_item) -> dict:

@@ -429,9 +429,10 @@ def test_dask_workers_as_slurm_jobs_render_a_store(slurm_conf, tmp_path, monkeyp
 
 
 def test_a_large_shard_fits_on_the_jobs_cores_where_its_memory_allows(slurm_conf, micro_model, tmp_path):  # noqa: F811
-    """A shard of more than 1,024 rows in a SLURM job: with 4 GB for 2 CPUs it reads and fits on two
-    Dask worker processes; with 1 GB (Dask would give each worker 512 MB and stop it while it fits)
-    it stays in the job's own process. Both finish, with the same predictions to the bit."""
+    """A shard of 1,100 rows (5 tasks) in a SLURM job: with 4 GB for 2 CPUs it reads and fits on two
+    worker processes forked from the job's; with 1 GB (a LocalCluster's Dask would give each worker
+    512 MB and stop it while it fits) it stays in the job's own process. Both finish, with the same
+    predictions to the bit."""
     import numpy as np
     from astropy.io import fits
 
@@ -448,7 +449,7 @@ def test_a_large_shard_fits_on_the_jobs_cores_where_its_memory_allows(slurm_conf
                      str(profile), "--model", str(micro_model), "--out", str(out), "--no-progress"]) == 0
         logs = "".join(p.read_text() for p in (tmp_path / f"out-{mem_gb}.fits.run" / "slurm").rglob("*_log.out"))
         # 2 workers here (2 cores); as many as the node's cores allow, up to 4 in 4 GB, elsewhere
-        on_workers = re.search(r"shard-00000: reading and fitting on [2-4] Dask worker processes", logs)
+        on_workers = re.search(r"shard-00000: reading and fitting on [2-4] worker processes forked from this one", logs)
         assert bool(on_workers) == (mem_gb == 4), logs[-3000:]
         outputs[mem_gb] = fits.getdata(out, 1)
     for name in outputs[1].columns.names:
