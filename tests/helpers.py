@@ -62,8 +62,10 @@ def _hashes(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _interrupt_a_run(case, sig: int = signal.SIGINT) -> tuple[int, str]:
-    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr)."""
+def _interrupt_a_run(case, sig: int = signal.SIGINT, group: bool = False) -> tuple[int, str]:
+    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr).
+    group: send it to the run's whole process group, as a terminal's Ctrl-C does (the run is
+    started in a group of its own); and check that no process of that group outlives the run."""
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -72,14 +74,29 @@ def _interrupt_a_run(case, sig: int = signal.SIGINT) -> tuple[int, str]:
     # command typed at a terminal has.
     proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=group)
     store = case.out_dir / "cat.annotated.spectra.h5"
     for _ in range(600):  # the store exists once ingest has begun
         if store.exists() or proc.poll() is not None:
             break
         time.sleep(0.05)
-    proc.send_signal(sig)
+    if group:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the run had finished
+            pass
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
+    if group:
+        for _ in range(100):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("a process of the interrupted run's group outlived it")
     return proc.returncode, err
 
 

@@ -416,6 +416,31 @@ def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: 
     assert _hashes(case.inputs) == before
 
 
+def test_ctrl_c_at_a_terminal_stops_a_run_on_forked_workers_and_leaves_no_process(tmp_path, micro_model):  # noqa: F811
+    """Ctrl-C at a terminal reaches the whole process group: a run of 300 rows, whose ingest and fit
+    run on workers forked from it, exits 130 with its one line and no output, its workers leave
+    the interrupt to it, and none of them outlives it (`_interrupt_a_run` checks the group)."""
+    from annotate.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("workers are forked on Linux only")
+    n = 300
+    case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
+        "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
+    before = _hashes(case.inputs)
+    outcomes = []
+    for attempt in range(2):
+        code, err = _interrupt_a_run(case, group=True)
+        outcomes.append((code, err.strip().splitlines()[-1:] if err.strip() else []))
+        assert not case.out.exists(), outcomes
+        if code == 130:
+            break
+        shutil.rmtree(case.out_dir)
+        case.out_dir.mkdir()
+    assert outcomes[-1] == (130, ["annotate: interrupted; outputs were not replaced (rerun to resume)"]), outcomes
+    assert _hashes(case.inputs) == before
+
+
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, micro_model, capsys):  # noqa: F811
     import fcntl
 
