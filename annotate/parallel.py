@@ -285,13 +285,63 @@ def _map_threads(func: Callable, items: list, n_workers: int | None) -> Iterator
         yield from enumerate(results, start=first)
 
 
-def _forked_worker_start() -> None:
-    """A forked worker leaves Ctrl-C to the command's process, which stops handing out tasks and
-    waits for the running ones (a task is a few seconds), and dies at SIGTERM."""
+def _forked_worker_start(parent: int) -> None:
+    """A forked worker leaves Ctrl-C to the command's process (`parent`), dies at SIGTERM, and
+    dies with that process however it ends (a SIGKILL, the OOM killer): left alone, a worker
+    would wait on its task queue for ever, holding what it inherited (the output's lock among
+    them)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took hold
+        os._exit(1)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block are raised when it ends, not in it: an
+    interrupt raised while a pool forks its workers would leave the workers already forked
+    unknown to the pool, and the command waiting on them at exit. In the main thread only (the
+    only one Python lets set handlers); elsewhere the block runs as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _stop_workers(pool) -> None:
+    """End a pool's workers now, by SIGKILL (they only read; what they were doing is done again on
+    resume), and its bookkeeping: waiting for them instead would take up to two tasks per worker,
+    and for ever where one is stuck, since they ignore Ctrl-C."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.kill()  # not SIGTERM: a worker forked a moment ago may not have its handlers yet
+        for process in processes:
+            process.join(5)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map_forked(func: Callable, items: list, n_workers: int | None) -> Iterator[tuple[int, object]]:
@@ -303,7 +353,8 @@ def _map_forked(func: Callable, items: list, n_workers: int | None) -> Iterator[
     themselves (the run's store is closed between its steps), and they use neither torch nor
     CUDA, which may be initialised here. Forking a process that has threads (torch's) is what
     PyTorch's own data-loader workers do; Python 3.12 and later warn of it, and the warning is
-    silenced for this fork."""
+    silenced for this fork. An interrupt, an error, or a caller that stops early ends the
+    workers at once (`_stop_workers`); a worker that dies ends the map with an AnnotateError."""
     import multiprocessing
     import warnings
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -315,32 +366,37 @@ def _map_forked(func: Callable, items: list, n_workers: int | None) -> Iterator[
     pending = iter(enumerate(items))
     in_flight: dict = {}
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_forked_worker_start)
+                               initializer=_forked_worker_start, initargs=(os.getpid(),))
 
     def submit_next() -> None:
         for index, item in pending:
             in_flight[pool.submit(func, item)] = index
             return
 
+    finished = False
     try:
-        with warnings.catch_warnings():  # the first submit forks the workers
-            warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning)
-            for _ in range(WINDOW_PER_WORKER * workers):
-                submit_next()
-        while in_flight:
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=in_flight.get):
-                index = in_flight.pop(future)
-                try:
+        try:
+            with _signals_deferred(), warnings.catch_warnings():  # the first submit forks the workers
+                warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning)
+                for _ in range(WINDOW_PER_WORKER * workers):
+                    submit_next()
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=in_flight.get):
+                    index = in_flight.pop(future)
                     result = future.result()
-                except BrokenProcessPool:
-                    raise AnnotateError(f"a worker process ended while it ran task {index + 1} of {len(items)} "
-                                        "(killed for lack of memory?); what was done is kept: run again to resume, "
-                                        "or with --workers 1") from None
-                submit_next()
-                yield index, result
+                    submit_next()
+                    yield index, result
+        except BrokenProcessPool as exc:
+            raise AnnotateError(f"a worker process ended before its task was done (killed for lack of memory?) "
+                                f"or sent back what could not be read ({exc}); what was done is kept: run again "
+                                "to resume, or with --workers 1") from exc
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _stop_workers(pool)
 
 
 def _map_distributed(func: Callable, items: list, scheduler, n_workers: int | None,

@@ -134,8 +134,92 @@ def test_a_forked_task_error_reaches_the_caller_and_a_killed_worker_says_so():
         list(map_unordered(_fails_on_two, list(range(5)), scheduler="processes", n_workers=2))
     from annotate.errors import AnnotateError
 
-    with pytest.raises(AnnotateError, match=r"a worker process ended while it ran task \d+ of 4 .*run again to resume"):
+    with pytest.raises(AnnotateError, match=r"a worker process ended before its task was done .*run again to resume"):
         list(map_unordered(_dies_on_one, list(range(4)), scheduler="processes", n_workers=2))
+
+
+def _first_quick_then_stuck(item):
+    import time
+
+    if item == 0:
+        return os.getpid()
+    time.sleep(600)  # a read that never returns (a hung file system)
+
+
+def test_a_caller_that_stops_ends_the_forked_workers_at_once_even_stuck_ones():
+    """Ctrl-C (or an error) in the caller while workers are busy: the workers, which ignore
+    Ctrl-C, are ended at once rather than waited for (waiting took up to two tasks per worker,
+    and for ever where one was stuck)."""
+    import time
+
+    results = map_unordered(_first_quick_then_stuck, list(range(6)), scheduler="processes", n_workers=2)
+    _, worker = next(results)
+    start = time.perf_counter()
+    results.close()
+    assert time.perf_counter() - start < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+
+
+def test_an_interrupt_while_workers_are_forked_is_raised_once_they_are():
+    """An interrupt that lands while a pool forks its workers is held until the fork is done,
+    then raised as usual, so that no forked worker is left unknown to the pool."""
+    import signal
+
+    from annotate.parallel import _signals_deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached = True  # not interrupted inside
+    assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from annotate.parallel import map_unordered
+
+def task(item):
+    with open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w"):
+        pass
+    time.sleep(600)
+
+for _ in map_unordered(task, list(range(4)), scheduler="processes", n_workers=2):
+    pass
+"""
+
+
+def test_forked_workers_die_with_a_killed_parent(tmp_path):
+    """A run killed by SIGKILL (the OOM killer) takes its forked workers with it: left behind, they
+    would wait for tasks for ever and hold the output's lock, which they inherited."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(tmp_path)])
+    for _ in range(200):
+        workers = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
+        if len(workers) == 2:
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    alive = set(workers)
+    for _ in range(100):
+        for pid in list(alive):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                state = "gone"
+            if state in ("gone", "Z", "X"):  # a zombie is dead, waiting for whoever adopted it
+                alive.discard(pid)
+        if not alive:
+            break
+        time.sleep(0.05)
+    assert not alive, "forked workers outlived their killed parent"
 
 
 def _record_start(item) -> int:
