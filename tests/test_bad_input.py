@@ -396,41 +396,17 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
     assert [p.name for p in case.out_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811
-    """A real SIGINT to `annotate run` while it reads spectra: exit 130, one line, no output.
-    Where the signal lands is a race, so a second try is allowed; neither may leave an output."""
-    n = 300  # with batches of 2, a second or more of run after the store appears
-    case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
-        "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
-    before = _hashes(case.inputs)
-    outcomes = []
-    for attempt in range(2):
-        code, err = _interrupt_a_run(case)
-        outcomes.append((code, err.strip().splitlines()[-1:] if err.strip() else []))
-        assert not case.out.exists(), outcomes
-        if code == 130:
-            break
-        shutil.rmtree(case.out_dir)
-        case.out_dir.mkdir()
-    assert outcomes[-1] == (130, ["annotate: interrupted; outputs were not replaced (rerun to resume)"]), outcomes
-    assert _hashes(case.inputs) == before
-
-
-def test_ctrl_c_at_a_terminal_stops_a_run_on_forked_workers_and_leaves_no_process(tmp_path, micro_model):  # noqa: F811
-    """Ctrl-C at a terminal reaches the whole process group: a run of 300 rows, whose ingest and fit
-    run on workers forked from it, exits 130 with its one line and no output, its workers leave
-    the interrupt to it, and none of them outlives it (`_interrupt_a_run` checks the group)."""
-    from annotate.parallel import can_fork
-
-    if not can_fork():
-        pytest.skip("workers are forked on Linux only")
+def _sigint_a_300_row_run(tmp_path, micro_model, group: bool) -> None:
+    """A real SIGINT to `annotate run` on 300 rows (with batches of 2, a second or more of run after
+    its store appears): exit 130, one line, no output, the inputs untouched. Where the signal lands
+    is a race (the run may have finished), so a second try is allowed; neither may leave an output."""
     n = 300
     case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
         "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
     before = _hashes(case.inputs)
     outcomes = []
     for attempt in range(2):
-        code, err = _interrupt_a_run(case, group=True)
+        code, err = _interrupt_a_run(case, group=group)
         outcomes.append((code, err.strip().splitlines()[-1:] if err.strip() else []))
         assert not case.out.exists(), outcomes
         if code == 130:
@@ -439,6 +415,22 @@ def test_ctrl_c_at_a_terminal_stops_a_run_on_forked_workers_and_leaves_no_proces
         case.out_dir.mkdir()
     assert outcomes[-1] == (130, ["annotate: interrupted; outputs were not replaced (rerun to resume)"]), outcomes
     assert _hashes(case.inputs) == before
+
+
+def test_sigint_to_a_running_process_exits_130(tmp_path, micro_model):  # noqa: F811
+    """SIGINT to the command's process alone (`kill -INT`)."""
+    _sigint_a_300_row_run(tmp_path, micro_model, group=False)
+
+
+def test_ctrl_c_at_a_terminal_stops_a_run_on_forked_workers_and_leaves_no_process(tmp_path, micro_model):  # noqa: F811
+    """Ctrl-C at a terminal reaches the whole process group: the 300-row run, whose ingest and fit
+    run on workers forked from it, ends as above, its workers leave the interrupt to it, and none
+    of them outlives it (`_interrupt_a_run` checks the group)."""
+    from annotate.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("workers are forked on Linux only")
+    _sigint_a_300_row_run(tmp_path, micro_model, group=True)
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, micro_model, capsys):  # noqa: F811
