@@ -332,9 +332,9 @@ def _stop_workers(pool) -> None:
     """End a pool's workers now, by SIGKILL (they only read; what they were doing is done again on
     resume), and its bookkeeping: waiting for them instead would take up to two tasks per worker,
     and for ever where one is stuck, since they ignore Ctrl-C."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
-    if terminate is not None:
-        terminate()
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
     else:
         processes = list((getattr(pool, "_processes", None) or {}).values())
         for process in processes:
