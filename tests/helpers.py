@@ -62,17 +62,32 @@ def _hashes(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _interrupt_a_run(case, sig: int = signal.SIGINT, group: bool = False) -> tuple[int, str]:
-    """Start `annotate run` on `case`, send `sig` once its store exists; (exit code, stderr).
-    group: send it to the run's whole process group, as a terminal's Ctrl-C does (the run is
-    started in a group of its own); and check that no process of that group outlives the run."""
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _interrupt_a_run(case, sig: int = signal.SIGINT, group: bool = False, extra: tuple = (),
+                     min_workers: int = 0) -> tuple[int, str]:
+    """Start `annotate run` on `case` (with `extra` arguments), send `sig` once its store exists;
+    (exit code, stderr). group: send it to the run's whole process group, as a terminal's Ctrl-C
+    does (the run is started in a group of its own), once `min_workers` worker processes are in
+    it; and check that no process of that group outlives the run."""
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # a shell starts background jobs (CI's among them) with SIGINT ignored, and a child inherits
     # that: Python then never raises KeyboardInterrupt. The child gets the default back, as a
     # command typed at a terminal has.
-    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2")],
+    proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", *case.argv("--batch-size", "2", *extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=group)
     store = case.out_dir / "cat.annotated.spectra.h5"
@@ -81,6 +96,12 @@ def _interrupt_a_run(case, sig: int = signal.SIGINT, group: bool = False) -> tup
             break
         time.sleep(0.05)
     if group:
+        for _ in range(600):  # a run on forked workers: until they are there
+            members = _group_members(proc.pid)
+            if len(members) >= 1 + min_workers or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is not None or len(members) >= 1 + min_workers, f"no {min_workers} workers: {members}"
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:  # the run had finished

@@ -396,7 +396,7 @@ def test_ctrl_c_during_a_run_keeps_the_previous_output(tmp_path, micro_model, mo
     assert [p.name for p in case.out_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def _sigint_a_300_row_run(tmp_path, micro_model, group: bool) -> None:
+def _sigint_a_300_row_run(tmp_path, micro_model, group: bool, extra: tuple = (), min_workers: int = 0) -> None:
     """A real SIGINT to `annotate run` on 300 rows (with batches of 2, a second or more of run after
     its store appears): exit 130, one line, no output, the inputs untouched. Where the signal lands
     is a race (the run may have finished), so a second try is allowed; neither may leave an output."""
@@ -406,7 +406,7 @@ def _sigint_a_300_row_run(tmp_path, micro_model, group: bool) -> None:
     before = _hashes(case.inputs)
     outcomes = []
     for attempt in range(2):
-        code, err = _interrupt_a_run(case, group=group)
+        code, err = _interrupt_a_run(case, group=group, extra=extra, min_workers=min_workers)
         outcomes.append((code, err.strip().splitlines()[-1:] if err.strip() else []))
         assert not case.out.exists(), outcomes
         if code == 130:
@@ -430,7 +430,8 @@ def test_ctrl_c_at_a_terminal_stops_a_run_on_forked_workers_and_leaves_no_proces
 
     if not can_fork():
         pytest.skip("workers are forked on Linux only")
-    _sigint_a_300_row_run(tmp_path, micro_model, group=True)
+    _sigint_a_300_row_run(tmp_path, micro_model, group=True, extra=("--scheduler", "processes", "--workers", "2"),
+                          min_workers=2)
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, micro_model, capsys):  # noqa: F811

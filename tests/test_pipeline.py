@@ -129,3 +129,28 @@ def test_the_fit_provenance_names_the_bases_by_the_digest_the_fit_loads_them_wit
     provenance = fit_provenance(True)
     assert provenance == {"settings": FitSettings().describe(), "sha256": load_bases().sha256}
     assert len(provenance["sha256"]) == 64 and fit_provenance(False) is None
+
+
+def test_a_run_on_forked_workers_writes_what_a_run_in_one_process_writes(tmp_path, micro_model):
+    """300 rows (two tasks of ingest and fit) with `--scheduler processes` and `--scheduler sync`:
+    the same annotated columns, to the bit (both fit with BLAS on one thread, in the same batches)."""
+    from helpers import Case, _columns
+
+    from annotate.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("workers are forked on Linux only")
+    n = 300
+    case = Case(tmp_path, micro_model).write(columns={k: np.resize(v, n) for k, v in _columns().items()} | {
+        "SPECOBJID": np.arange(2000, 2000 + n), "CATALOGID": np.arange(n) + 5_000_000})
+    outputs = {}
+    for scheduler in ("processes", "sync"):
+        out = case.out_dir / f"{scheduler}.fits"
+        assert main(case.argv("--scheduler", scheduler, "--workers", "2", "--out", str(out),
+                              "--store", str(case.out_dir / f"{scheduler}.h5"))) == 0
+        outputs[scheduler] = fits.getdata(out, 1)
+    assert (outputs["sync"]["PRED_CLASS"] != "").all()
+    for name in outputs["sync"].columns.names:
+        if name.startswith("PRED_"):
+            a, b = outputs["processes"][name], outputs["sync"][name]
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
