@@ -42,6 +42,20 @@ def test_image_store_holds_what_render_draws(tmp_path, spectra_store, encoding):
     assert not images[5].any()  # a row without a spectrum is a black image
 
 
+def test_images_rendered_on_forked_workers_equal_those_rendered_here(tmp_path, spectra_store):
+    """`annotate render` under 'auto' renders 2 to 40 tasks on workers forked from its process."""
+    from annotate.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("workers are forked on Linux only")
+    path, _ = spectra_store
+    settings = RenderSettings(encoding="overlap")
+    render_store(path, tmp_path / "here.h5", settings, scheduler="sync", rows_per_task=16)
+    counts = render_store(path, tmp_path / "forked.h5", settings, scheduler="processes", n_workers=2, rows_per_task=16)
+    assert counts == {"rendered": 40, "skipped": 0, "n_rows": 40, "stale": 0, "set_aside": ""}
+    np.testing.assert_array_equal(read_images(tmp_path / "forked.h5", 0, 40), read_images(tmp_path / "here.h5", 0, 40))
+
+
 def test_rendering_resumes_and_refuses_other_settings(tmp_path, spectra_store):
     path, _ = spectra_store
     out = tmp_path / "images.h5"
