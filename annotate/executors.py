@@ -46,12 +46,13 @@ class LocalExecutor:
     name: str = "local"
 
     def run(self, fn: Callable, tasks: list, log=print) -> None:
-        from .parallel import map_unordered
+        from .parallel import map_unordered, resolve_scheduler
 
         # a shard is a large task: 'auto' (which counts tasks of TASK_ROWS rows) means worker
         # processes; and it runs the model, which a process forked from one that has used torch
-        # may not ('processes'), so they are started afresh
-        scheduler = "distributed" if self.scheduler in ("auto", "processes") else self.scheduler
+        # may not, so they are started afresh
+        scheduler = resolve_scheduler("distributed" if self.scheduler == "auto" else self.scheduler, len(tasks),
+                                      self.n_workers, forkable=False)
         for _ in map_unordered(fn, tasks, scheduler=scheduler, n_workers=self.n_workers):
             pass
 

@@ -87,18 +87,22 @@ def _wait_for_slurm_workers(client) -> None:
                             "(see squeue: are the jobs pending on the partition or resources of the profile?)") from None
 
 
-def resolve_scheduler(scheduler, n_tasks: int, n_workers: int | None = None):
+def resolve_scheduler(scheduler, n_tasks: int, n_workers: int | None = None, forkable: bool = True):
     """The scheduler that 'auto' stands for with `n_tasks` tasks: 'sync' (this process) for one
     task and where fewer than two workers (`n_workers`, default `process_workers()`) would run;
     'processes' (workers forked from this process: no start-up imports, see `_map_forked`) for
     up to AUTO_FORKED_TASKS tasks; 'distributed' (a LocalCluster, whose start of 0.7-2.3 s is
     then small beside the run, and whose workers' memory Dask watches) for more. Where this
-    platform cannot fork safely (not Linux), 'sync' up to AUTO_IN_PROCESS_TASKS and
-    'distributed' above. Any other scheduler as given."""
+    platform cannot fork safely (not Linux), or the tasks may not run in a forked process
+    (`forkable` False: they use torch, which may have run here), 'sync' up to
+    AUTO_IN_PROCESS_TASKS and 'distributed' above; 'processes' is then 'distributed'. Any other
+    scheduler as given."""
+    if scheduler == "processes" and not forkable:
+        return "distributed"
     if isinstance(scheduler, str) and scheduler == "auto":
         if n_tasks <= 1 or (n_workers or process_workers()) < 2:
             return "sync"
-        if can_fork():
+        if forkable and can_fork():
             return "processes" if n_tasks <= AUTO_FORKED_TASKS else "distributed"
         return "sync" if n_tasks <= AUTO_IN_PROCESS_TASKS else "distributed"
     return scheduler

@@ -131,10 +131,8 @@ def fit_store(store_path, pred: dict, grid, settings: FitSettings = FitSettings(
               "grid": astuple(grid), "settings": astuple(settings),
               **{key: pred[key][first:first + rows_per_task] for key in ("prob", "z", "z_err")}}
              for first in range(0, n, rows_per_task)]
-    if address is None:
-        scheduler = resolve_scheduler(scheduler, len(tasks), n_workers)
-        if scheduler == "processes" and settings.backend != "numpy":
-            scheduler = "distributed"  # torch may not be used in a process forked from one that has used it
+    if address is None:  # the torch backend is not forked: torch may have run in this process
+        scheduler = resolve_scheduler(scheduler, len(tasks), n_workers, forkable=settings.backend == "numpy")
         if scheduler == "processes":
             _warm_fitter(astuple(grid), astuple(settings))
     for index, result in map_unordered(fit_task, tasks, scheduler=scheduler, n_workers=n_workers,
