@@ -49,8 +49,10 @@ SEED = 2027
 FOLDS = 4
 SNR_EDGES = (0.0, 3.0, 8.0, 20.0, np.inf)
 REALISM = 1.0  # the simulator's realism effects on the calibration sample (as in the default model's data)
-SCALES = np.round(np.arange(0.8, 8.01, 0.05), 2)
-FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.1, 5.0)])
+SCALES = np.round(np.arange(0.8, 12.01, 0.05), 2)
+# up to 1,000 km/s: a quasar's broad lines sit hundreds of km/s from its systemic velocity
+# (realism.QSO_LINE_SCATTER_KMS), which no curvature sees
+FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.0, 5.0), np.arange(300.0, 1000.1, 10.0)])
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within 1σ
 N_OBJECTS = 4800
 # fitted-z bins with a scale and floor each: a quasar's σ_stat errs by a factor that depends on

@@ -26,6 +26,7 @@ from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
 from .bases import load_bases
 from .fitter import Fitter, FitSettings
+from .settings import load_calibration
 from .stage import fit_rows
 
 
@@ -113,6 +114,15 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
         p = pull[ok]
         row["pull_spread"] = robust_spread(p)
         row["within_1sigma"] = float(np.mean(np.abs(p) <= 1)) if ok.any() else float("nan")
+        if cls == "QSO":   # a scale and floor per bin of fitted z (the calibration's edges)
+            edges = load_calibration()["z_edges"]["QSO"]
+            row["z_edges"] = edges
+            z_bin = np.searchsorted(edges, z_fit, side="right")
+            row["within_1sigma_by_z"] = [float(np.mean(np.abs(pull[ok & (z_bin == k)]) <= 1))
+                                         if (ok & (z_bin == k)).any() else float("nan") for k in range(len(edges) + 1)]
+        if vit is not None:   # the ViT's own σ (PRED_Z_ERR_VIT) over the same rows
+            vit_pull = (vit["z"] - z_true) / vit["z_err"]
+            row["vit_within_1sigma"] = float(np.mean(np.abs(vit_pull[ok]) <= 1)) if ok.any() else float("nan")
         out[cls] = row
     out["stellar"] = _stellar_figures(sample, fit, vit)
     from ..flags import PredFlag
@@ -210,6 +220,9 @@ def report_lines(result: dict) -> list[str]:
         f"  {cls:<6} success S/N≥5 {row['success_snr_ge_5']:.3f} (n={row['n_snr_ge_5']}), S/N 2-5 "
         f"{row['success_snr_2_5']:.3f} (n={row['n_snr_2_5']}); NMAD S/N≥5 {row['nmad_snr_ge_5']:.2e}; "
         f"pull spread {row['pull_spread']:.2f}, within 1σ {row['within_1sigma']:.2f}"
+        + (f" (by fitted z, edges {' / '.join(f'{e:g}' for e in row['z_edges'])}: "
+           + " / ".join(f"{v:.2f}" for v in row["within_1sigma_by_z"]) + ")" if "within_1sigma_by_z" in row else "")
+        + (f"; the ViT's σ: within 1σ {row['vit_within_1sigma']:.2f}" if "vit_within_1sigma" in row else "")
         for cls, row in ((c, result[c]) for c in CLASS_NAMES)]
     for name, row in result.get("cosmic_rays", {}).items():
         lines.append(f"  {'with' if name == 'hit' else 'without'} cosmic-ray hits: {row['n']} spectra, success "

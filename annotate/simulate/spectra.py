@@ -21,8 +21,8 @@ import numpy as np
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
-                      cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, observe_with_sky,
-                      realism_rng, smc_k)
+                      cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, line_offset_rng,
+                      line_offsets, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
 LN10 = np.log(10.0)
@@ -227,11 +227,12 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
 
 def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float | None = None,
                 loglam_step: float = 1e-4, forest_fluctuations: bool = True,
-                extra_rng: np.random.Generator | None = None):
+                extra_rng: np.random.Generator | None = None, offset_rng: np.random.Generator | None = None):
     """(rest loglam, rest flux, z, labels): power law, broad lines, Lyα forest at the object's z
     (its mean transmission only when `forest_fluctuations` is False). With `settings.realism` (and
     `extra_rng`, its stream): a wider slope, a width per broad line, blueshifted high-ionisation
-    lines and SMC-like reddening; z stays the systemic redshift of the narrow lines."""
+    lines and SMC-like reddening; with `offset_rng` too, the other lines' peaks moved by
+    `realism.line_offsets`. z stays the systemic redshift."""
     z = rng.uniform(*settings.z_qso) if z is None else z
     loglam = np.arange(np.log10(650.0), np.log10(11000.0), loglam_step)
     wave = 10.0**loglam
@@ -247,13 +248,18 @@ def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float
         shift = {name: (blueshift if name == "CIV" else 0.5 * blueshift) for name in HIGH_IONISATION}
         lines = tuple((name, centre * (1.0 - shift.get(name, 0.0) / SPEED_OF_LIGHT_KMS), e)
                       for name, centre, e in QSO_LINES)
+    narrow = QSO_NARROW
+    if realism is not None and offset_rng is not None and realism.qso_line_scatter > 0:
+        offset = line_offsets(realism, offset_rng)
+        lines, narrow = ([(name, centre * (1.0 + offset.get(name, 0.0) / SPEED_OF_LIGHT_KMS), e) for name, centre, e in group]
+                         for group in (lines, QSO_NARROW))
     flux = (wave / 3000.0) ** (-(2.0 + alpha_nu))
     continuum_at = (np.array([c for _, c, _ in QSO_LINES]) / 3000.0) ** (-(2.0 + alpha_nu))
     for line, amplitude, width in zip(lines, ew * continuum_at, widths):
         flux = add_lines(loglam, flux, (line,), (amplitude,), width * FWHM_TO_SIGMA)
     ew_narrow = np.array([e for _, _, e in QSO_NARROW]) * loguniform(rng, 0.3, 3.0)
     continuum_narrow = (np.array([c for _, c, _ in QSO_NARROW]) / 3000.0) ** (-(2.0 + alpha_nu))
-    flux = add_lines(loglam, flux, QSO_NARROW, ew_narrow * continuum_narrow,
+    flux = add_lines(loglam, flux, narrow, ew_narrow * continuum_narrow,
                      np.hypot(rng.uniform(150.0, 400.0), settings.resolution_sigma_kms))
     flux = flux * lyman_transmission(wave, z, rng, fluctuations=forest_fluctuations)
     if realism is not None:
@@ -323,6 +329,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     realism = settings.realism
     extra_rng = realism_rng(seed) if realism is not None else None
     cosmic_rng = cosmic_ray_rng(seed) if realism is not None and realism.cosmic_ray_probability > 0 else None
+    offset_rng = line_offset_rng(seed) if realism is not None else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
     neighbours = star_neighbours(lib, star_indices) if settings.star_blend_probability > 0 else {}
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
@@ -353,7 +360,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
         elif name == "GALAXY":
             loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng)
         else:
-            loglam, flux, z, labels = quasar_rest(rng, settings, extra_rng=extra_rng)
+            loglam, flux, z, labels = quasar_rest(rng, settings, extra_rng=extra_rng, offset_rng=offset_rng)
         out["z"][i], out["template"][i] = z, labels["template"]
         flux_obs, ivar, mask = observe(loglam, flux, z, grid, out["snr"][i], out["flux_level"][i], rng, realism,
                                        extra_rng, settings.resolution_sigma_kms)

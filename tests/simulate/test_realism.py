@@ -216,6 +216,54 @@ def test_star_blends_and_class_fractions_shape_the_training_sample_only():
         simulate_training_set(10, GRID, seed=1, workers=1, star_blend_fraction=2)
 
 
+def test_quasar_lines_are_offset_by_family_with_the_published_scatter():
+    """Each line family's peak moves by its own draw (the Balmer lines and the [O III] doublet
+    together), z stays systemic; over many quasars the offsets' spread is Shen et al.'s scatter;
+    scatter 0 leaves every line at the systemic velocity."""
+    from annotate.simulate.realism import QSO_LINE_SCATTER_KMS, line_offset_rng, line_offsets
+
+    realism = Realism(civ_blueshift_kms=(0.0, 0.0), qso_width_scatter_dex=0.0)
+    draws = [line_offsets(realism, np.random.default_rng(s)) for s in range(4000)]
+    for line, family in (("MgII", "MgII"), ("Hbeta", "Balmer"), ("[OIII]5007", "[OIII]"), ("CIII]", "CIII]")):
+        values = np.array([d[line] for d in draws])
+        assert np.std(values) == pytest.approx(QSO_LINE_SCATTER_KMS[family], rel=0.05)
+        assert abs(np.mean(values)) < 4 * QSO_LINE_SCATTER_KMS[family] / np.sqrt(len(values))
+    assert all(d["Hbeta"] == d["Halpha"] == d["Hgamma"] and d["[OIII]4959"] == d["[OIII]5007"] for d in draws)
+    assert "CIV" not in draws[0]   # the high-ionisation lines keep their blueshift model
+    assert line_offsets(Realism(strength=2.0), np.random.default_rng(1))["MgII"] == \
+        pytest.approx(2.0 * line_offsets(Realism(), np.random.default_rng(1))["MgII"])
+
+    def peak(loglam, flux, centre, half=60.0):
+        wave = 10**loglam
+        near = (wave > centre - half) & (wave < centre + half)
+        continuum = np.interp(wave[near], wave[near][[0, -1]], flux[near][[0, -1]])
+        return wave[near][np.argmax(flux[near] - continuum)]
+
+    settings = SimulationSettings(realism=realism)
+    offsets = line_offsets(realism, line_offset_rng(11))
+    loglam, flux, z, _ = quasar_rest(np.random.default_rng(3), settings, z=0.5, extra_rng=np.random.default_rng(5),
+                                     offset_rng=line_offset_rng(11), loglam_step=1e-5)
+    assert z == 0.5
+    for line, centre in (("MgII", 2798.75), ("Hbeta", 4862.68)):
+        assert peak(loglam, flux, centre) == pytest.approx(centre * (1 + offsets[line] / 299792.458), abs=0.2)
+    still = SimulationSettings(realism=Realism(civ_blueshift_kms=(0.0, 0.0), qso_width_scatter_dex=0.0, qso_line_scatter=0.0))
+    loglam, flux, _, _ = quasar_rest(np.random.default_rng(3), still, z=0.5, extra_rng=np.random.default_rng(5),
+                                     offset_rng=line_offset_rng(11), loglam_step=1e-5)
+    assert peak(loglam, flux, 2798.75) == pytest.approx(2798.75, abs=0.2)
+
+
+def test_quasar_line_offsets_change_only_the_quasars():
+    lib = load_library()
+    plain = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism(qso_line_scatter=0.0)))
+    moved = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism()))
+    for key in ("z", "class", "snr", "mask", "teff"):
+        assert np.array_equal(plain[key], moved[key], equal_nan=key == "teff"), key
+    quasar = plain["class"] == "QSO"
+    assert quasar.any() and (~quasar).any()
+    assert np.array_equal(plain["flux"][~quasar], moved["flux"][~quasar])
+    assert all(not np.array_equal(plain["flux"][i], moved["flux"][i]) for i in np.flatnonzero(quasar))
+
+
 def test_cosmic_rays_add_hits_and_change_nothing_else():
     """Hits of 1-3 pixels at usable pixels, peaks 10-1000 times the median noise, in about the
     share of spectra asked for; the ivar, mask, objects and every other pixel as without them."""
@@ -243,7 +291,9 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
                                          ({"cosmic_ray_sigma": [0, 10]}, "cosmic_ray_sigma"),
                                          ({"cosmic_ray_sigma": [100, 10]}, "cosmic_ray_sigma"),
                                          ({"cosmic_ray_widths": [0, 0, 0]}, "cosmic_ray_widths"),
-                                         ({"cosmic_ray_widths": [1, 1]}, "cosmic_ray_widths")])
-def test_cosmic_ray_settings_are_checked(spec, words):
+                                         ({"cosmic_ray_widths": [1, 1]}, "cosmic_ray_widths"),
+                                         ({"qso_line_scatter": -1}, "qso_line_scatter"),
+                                         ({"qso_line_scatter": "wide"}, "qso_line_scatter")])
+def test_cosmic_ray_and_line_offset_settings_are_checked(spec, words):
     with pytest.raises(ConfigError, match=words):
         Realism.from_dict(spec)

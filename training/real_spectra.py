@@ -1,0 +1,112 @@
+"""The default model and the template fit on real survey spectra, against each file's own pipeline.
+
+Evaluation only: the files are never trained on and no setting is chosen on them. Each file is read
+by annotate's readers (SDSS/BOSS spec files, LAMOST low-resolution files, single-target DESI
+coadds), predicted by the default ViT and fitted as `annotate run` does (the survey's fit
+settings, the ViT as the prior). Printed per file: the pipeline's class, subclass and z (SDSS:
+the SPECOBJ or SPALL row; LAMOST: the primary header), the ViT's class and z, the fit's class,
+z ± σ_z and stellar labels, and the velocity between the fit's z and the pipeline's in km/s and
+in units of the two σ combined (the pull).
+
+    python training/real_spectra.py            # the SDSS DR18 spectra that ppxf ships
+    python training/real_spectra.py FILE ...   # those files as well
+
+Real spectra that packages on PyPI ship, to pass as FILEs (see the README's template fit):
+s3fit 2.2.6's sdist (examples/example_quasar_spec_w.fits, an SDSS quasar), bossbrain 1.0.12
+(bossbrain/data/spec-3586-55181-0500.fits, a BOSS G star), rvspecfit 0.9.0's sdist
+(tests/data/spec-0266-51602-0031.fits, an SDSS white dwarf) and laspec 2021.525.0
+(laspec/data/lamost/spec-58397-*.fits and laspec/data/KIC8098300/DR6_low/spec-57287-*.fits.gz,
+LAMOST stars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import astuple
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from annotate import CLASS_NAMES, SPEED_OF_LIGHT_KMS
+from annotate.checkpoint import load_checkpoint
+from annotate.fit.settings import fit_settings
+from annotate.fit.stage import _fitter, fit_rows, single_threaded
+from annotate.ingest import ingest_rows
+from annotate.readers import identify_loader
+from annotate.store import STATUS
+from annotate.predict import predict_batch
+
+
+def pipeline_values(path: Path) -> dict:
+    """class, subclass, z, z_err as the file's own pipeline gives them ('' / NaN where it does not)."""
+    with fits.open(path) as hdul:
+        for name in ("SPECOBJ", "SPALL"):
+            if name in hdul:
+                row = hdul[name].data[0]
+                return {"class": str(row["CLASS"]).strip(), "subclass": str(row["SUBCLASS"]).strip(),
+                        "z": float(row["Z"]), "z_err": float(row["Z_ERR"])}
+        header = hdul[0].header
+        if "CLASS" in header and "Z" in header:
+            return {"class": str(header["CLASS"]).strip(), "subclass": str(header.get("SUBCLASS", "")).strip(),
+                    "z": float(header["Z"]), "z_err": float(header.get("Z_ERR", np.nan))}
+    return {"class": "", "subclass": "", "z": np.nan, "z_err": np.nan}
+
+
+def check(paths: list[Path]) -> list[dict]:
+    import torch
+
+    model, card = load_checkpoint(None, "cpu")
+    results = []
+    for path in paths:
+        with fits.open(path) as hdul:
+            reader = identify_loader(hdul).name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = ingest_rows({"start": 0, "paths": [str(path)], "refused": [False], "grid": card.grid.to_dict(),
+                                "reader": reader})
+        if rows["status"][0] != STATUS["OK"]:
+            results.append({"file": path.name, "error": rows["error"][0]})
+            continue
+        with torch.inference_mode():
+            vit = predict_batch(model, card, rows["flux"], rows["mask"])
+        fitter = _fitter(astuple(card.grid), astuple(fit_settings(reader)))
+        with single_threaded():
+            fit = fit_rows(fitter, rows["flux"], rows["ivar"], rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+        ref = pipeline_values(path)
+        dv = (fit["fit_z"][0] - ref["z"]) * SPEED_OF_LIGHT_KMS / (1 + ref["z"])
+        sigma = np.hypot(fit["fit_z_err"][0], ref["z_err"]) * SPEED_OF_LIGHT_KMS / (1 + ref["z"])
+        results.append({"file": path.name, "reader": reader, "pipeline": ref,
+                        "vit": (CLASS_NAMES[int(np.argmax(vit["prob"][0]))], float(np.max(vit["prob"][0])), float(vit["z"][0])),
+                        "fit": (str(fit["fit_class"][0]), float(fit["fit_z"][0]), float(fit["fit_z_err"][0]), str(fit["fit_spectype"][0])),
+                        "dv_kms": float(dv), "sigma_fit_kms": float(fit["fit_z_err"][0] * SPEED_OF_LIGHT_KMS / (1 + ref["z"])),
+                        "pull": float(dv / sigma),
+                        "labels": tuple(float(fit[f"fit_{key}"][0]) for key in ("teff", "logg", "feh")),
+                        "label_errs": tuple(float(fit[f"fit_{key}_err"][0]) for key in ("teff", "logg", "feh"))})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ppxf
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    spectra = Path(ppxf.__file__).parent / "spectra"
+    paths = [spectra / "NGC3522_SDSS_DR18.fits", spectra / "NGC3073_SDSS_DR18.fits", *args.files]
+    print("file | pipeline class, subclass, z | ViT class (P), z | fit class, z ± σ_z, type | Δv to pipeline (km/s), σ_z fit (km/s), pull | Teff, log g, [Fe/H]")
+    for r in check(paths):
+        if "error" in r:
+            print(f"{r['file']} | not read: {r['error']}")
+            continue
+        ref, (vc, vp, vz), (fc, fz, fe, ft) = r["pipeline"], r["vit"], r["fit"]
+        labels = ", ".join(f"{v:.0f} ± {e:.0f}" if i == 0 else f"{v:.2f} ± {e:.2f}"
+                           for i, (v, e) in enumerate(zip(r["labels"], r["label_errs"]))) if np.isfinite(r["labels"][0]) else "–"
+        print(f"{r['file']} | {ref['class']} {ref['subclass']}, {ref['z']:.5f} | {vc} ({vp:.2f}), {vz:.4f} | "
+              f"{fc}, {fz:.5f} ± {fe:.5f}, {ft or '–'} | {r['dv_kms']:+.0f}, {r['sigma_fit_kms']:.0f}, {r['pull']:+.1f} | {labels}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
