@@ -31,6 +31,22 @@ def desi_data() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def lamost_data() -> Path:
+    """Folder of the real LAMOST low-resolution spectra shipped by laspec 2021.525.0 (later
+    releases ship none), installed without its dependencies (`pip install --no-deps
+    laspec==2021.525.0`): located, never imported."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("laspec")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("laspec 2021.525.0 (pip install --no-deps) ships real LAMOST spectra")
+    folder = Path(spec.submodule_search_locations[0]) / "data"
+    if not (folder / "lamost" / "spec-58397-EG014118N254444M01_sp03-031.fits").is_file():
+        pytest.skip(f"no LAMOST spectra in {folder} (laspec 2021.525.0 ships them)")
+    return folder
+
+
 # -- the small run the end-to-end tests start from -----------------------------------------------
 
 CATALOG_ROWS = 8  # rows of the `catalog` fixture

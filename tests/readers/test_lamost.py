@@ -1,4 +1,5 @@
-"""LAMOST DR10 LRS files built per the published layouts (no real LAMOST file ships in a package)."""
+"""LAMOST LRS files: built per the published layouts (DR10's table and the older image), and two
+real DR6/DR7 files of the image layout that laspec 2021.525.0 ships (evaluation only)."""
 
 import numpy as np
 import pytest
@@ -73,3 +74,79 @@ def test_the_surveys_reader_reads_both_layouts_and_refuses_other_formats(tmp_pat
     assert rows["status"].tolist() == [STATUS["OK"], STATUS["OK"], STATUS["NO_SPECTRUM"]]
     np.testing.assert_array_equal(rows["flux"][0], rows["flux"][1])
     assert "a sdss_spec file, not lamost_lrs (the survey's reader)" in rows["error"][2]
+
+
+REAL_LAMOST = {  # file under laspec's data folder -> (LAMOST's subclass, a Teff range about it, pixels of ivar 0)
+    "lamost/spec-58397-EG014118N254444M01_sp03-031.fits": ("G3", (5200.0, 6300.0), True),
+    "KIC8098300/DR6_low/spec-57287-KP193637N444141V03_sp10-161.fits.gz": ("F5", (6000.0, 7000.0), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_LAMOST))
+def test_real_lamost_files_are_read_as_the_header_says(lamost_data, name):
+    """The survey's reader (lamost_lrs, through the image layout) reads the file's five rows as
+    the header describes them: the log-linear COEFF0/COEFF1 grid, which row 3 stores to float32
+    rounding; flux and inverse variance rows 1-2; bad pixels where an ANDMASK bit (row 4)
+    is set; the relative flux unit; the header's CLASS and Z as labels. These files mark their
+    unusable stretches, where they have any (the DR7 one), by ivar 0 (their ANDMASK is all 0), and
+    a run leaves those pixels out."""
+    from annotate.grid import WavelengthGrid
+    from annotate.ingest import ingest_rows
+    from annotate.readers import RELATIVE_FLUX_UNIT
+
+    path = lamost_data / name
+    with fits.open(path) as hdul:
+        header, rows = hdul[0].header, hdul[0].data.astype(float)
+    spectrum = read_spectrum(path, "lamost_lrs")
+    expected = 10 ** (header["COEFF0"] + header["COEFF1"] * np.arange(header["NAXIS1"]))
+    np.testing.assert_allclose(spectrum.wavelength, expected, rtol=1e-12)
+    np.testing.assert_allclose(spectrum.wavelength, rows[2], rtol=1e-6)
+    np.testing.assert_array_equal(spectrum.flux, rows[0])
+    np.testing.assert_array_equal(spectrum.ivar, rows[1])
+    np.testing.assert_array_equal(spectrum.bad, rows[3] != 0)
+    assert spectrum.flux_unit == RELATIVE_FLUX_UNIT
+    assert spectrum.labels["CLASS"] == "STAR" and spectrum.labels["Z"] == pytest.approx(header["Z"])
+    zero = np.flatnonzero(rows[1] <= 0)
+    assert (len(zero) > 0) == REAL_LAMOST[name][2]
+    if not REAL_LAMOST[name][2]:
+        return
+    grid = WavelengthGrid()
+    stored = ingest_rows({"start": 0, "paths": [str(path)], "refused": [False], "grid": grid.to_dict(),
+                          "reader": "lamost_lrs"})
+    inside = zero[(zero > 0) & (zero < len(rows[2]) - 1) & np.isin(zero - 1, zero) & np.isin(zero + 1, zero)]
+    pixels = np.round((np.log10(rows[2][inside]) - grid.loglam_start) / grid.loglam_step).astype(int)
+    pixels = pixels[(pixels >= 0) & (pixels < grid.n_pix)]
+    assert len(pixels) > 0 and stored["mask"][0][pixels].all()
+
+
+def test_real_lamost_stars_are_fitted_as_stars_at_the_pipelines_velocity(lamost_data):
+    """Evaluation only: the default ViT and the template fit (LAMOST's settings) class both stars
+    STAR, the fit within 25 km/s of LAMOST's own z, and its Teff inside a range about the Teff of
+    LAMOST's subclass (F5 V about 6,500 K, G3 V about 5,700 K: Pecaut & Mamajek 2013)."""
+    from dataclasses import astuple
+
+    import torch
+
+    from annotate import SPEED_OF_LIGHT_KMS
+    from annotate.checkpoint import load_checkpoint
+    from annotate.fit.settings import fit_settings
+    from annotate.fit.stage import _fitter, fit_rows, single_threaded
+    from annotate.ingest import ingest_rows
+    from annotate.predict import predict_batch
+
+    names = sorted(REAL_LAMOST)
+    model, card = load_checkpoint(None, "cpu")
+    rows = ingest_rows({"start": 0, "paths": [str(lamost_data / n) for n in names], "refused": [False] * len(names),
+                        "grid": card.grid.to_dict(), "reader": "lamost_lrs"})
+    with torch.inference_mode():
+        vit = predict_batch(model, card, rows["flux"], rows["mask"])
+    with single_threaded():
+        fit = fit_rows(_fitter(astuple(card.grid), astuple(fit_settings("lamost_lrs"))), rows["flux"], rows["ivar"],
+                       rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+    assert list(fit["fit_class"]) == ["STAR", "STAR"]
+    for i, name in enumerate(names):
+        z_lamost = fits.getheader(lamost_data / name)["Z"]
+        assert abs(fit["fit_z"][i] - z_lamost) * SPEED_OF_LIGHT_KMS < 25.0, (name, fit["fit_z"][i], z_lamost)
+        low, high = REAL_LAMOST[name][1]
+        assert low < fit["fit_teff"][i] < high, (name, fit["fit_teff"][i])
+        assert np.isfinite(fit["fit_teff_err"][i]) and fit["fit_teff_err"][i] > 0
