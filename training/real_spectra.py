@@ -6,7 +6,8 @@ coadds), predicted by the default ViT and fitted as `annotate run` does (the sur
 settings, the ViT as the prior). Printed per file: the pipeline's class, subclass and z (SDSS:
 the SPECOBJ or SPALL row; LAMOST: the primary header), the ViT's class and z, the fit's class,
 z ± σ_z and stellar labels, and the velocity between the fit's z and the pipeline's in km/s and
-in units of the two σ combined (the pull).
+in units of the two σ combined (the pull; the fit's alone where the pipeline gives no z_err). A
+file that cannot be read gets a row saying why.
 
     python training/real_spectra.py            # the SDSS DR18 spectra that ppxf ships
     python training/real_spectra.py FILE ...   # those files as well
@@ -34,57 +35,70 @@ from annotate.checkpoint import load_checkpoint
 from annotate.fit.settings import fit_settings
 from annotate.fit.stage import _fitter, fit_rows, single_threaded
 from annotate.ingest import ingest_rows
+from annotate.errors import SpectrumError
 from annotate.readers import identify_loader
 from annotate.store import STATUS
 from annotate.predict import predict_batch
 
 
 def pipeline_values(path: Path) -> dict:
-    """class, subclass, z, z_err as the file's own pipeline gives them ('' / NaN where it does not)."""
+    """class, subclass, z, z_err as the file's own pipeline gives them ('' / NaN where it does not;
+    a z_err of 0 or below, a placeholder, as NaN)."""
+    out = {"class": "", "subclass": "", "z": np.nan, "z_err": np.nan}
     with fits.open(path) as hdul:
         for name in ("SPECOBJ", "SPALL"):
-            if name in hdul:
+            if name in hdul and hdul[name].data is not None and len(hdul[name].data):
                 row = hdul[name].data[0]
-                return {"class": str(row["CLASS"]).strip(), "subclass": str(row["SUBCLASS"]).strip(),
-                        "z": float(row["Z"]), "z_err": float(row["Z_ERR"])}
-        header = hdul[0].header
-        if "CLASS" in header and "Z" in header:
-            return {"class": str(header["CLASS"]).strip(), "subclass": str(header.get("SUBCLASS", "")).strip(),
-                    "z": float(header["Z"]), "z_err": float(header.get("Z_ERR", np.nan))}
-    return {"class": "", "subclass": "", "z": np.nan, "z_err": np.nan}
+                out = {"class": str(row["CLASS"]).strip(), "subclass": str(row["SUBCLASS"]).strip(),
+                       "z": float(row["Z"]), "z_err": float(row["Z_ERR"])}
+                break
+        else:
+            header = hdul[0].header
+            if "CLASS" in header and "Z" in header:
+                out = {"class": str(header["CLASS"]).strip(), "subclass": str(header.get("SUBCLASS", "")).strip(),
+                       "z": float(header["Z"]), "z_err": float(header.get("Z_ERR", np.nan))}
+    if not out["z_err"] > 0:
+        out["z_err"] = np.nan
+    return out
 
 
-def check(paths: list[Path]) -> list[dict]:
+def check_one(path: Path, model, card) -> dict:
+    """One file's row for the table (or {'file', 'error'} where it cannot be read)."""
     import torch
 
-    model, card = load_checkpoint(None, "cpu")
-    results = []
-    for path in paths:
+    try:
         with fits.open(path) as hdul:
             reader = identify_loader(hdul).name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows = ingest_rows({"start": 0, "paths": [str(path)], "refused": [False], "grid": card.grid.to_dict(),
-                                "reader": reader})
-        if rows["status"][0] != STATUS["OK"]:
-            results.append({"file": path.name, "error": rows["error"][0]})
-            continue
-        with torch.inference_mode():
-            vit = predict_batch(model, card, rows["flux"], rows["mask"])
-        fitter = _fitter(astuple(card.grid), astuple(fit_settings(reader)))
-        with single_threaded():
-            fit = fit_rows(fitter, rows["flux"], rows["ivar"], rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
         ref = pipeline_values(path)
-        dv = (fit["fit_z"][0] - ref["z"]) * SPEED_OF_LIGHT_KMS / (1 + ref["z"])
-        sigma = np.hypot(fit["fit_z_err"][0], ref["z_err"]) * SPEED_OF_LIGHT_KMS / (1 + ref["z"])
-        results.append({"file": path.name, "reader": reader, "pipeline": ref,
-                        "vit": (CLASS_NAMES[int(np.argmax(vit["prob"][0]))], float(np.max(vit["prob"][0])), float(vit["z"][0])),
-                        "fit": (str(fit["fit_class"][0]), float(fit["fit_z"][0]), float(fit["fit_z_err"][0]), str(fit["fit_spectype"][0])),
-                        "dv_kms": float(dv), "sigma_fit_kms": float(fit["fit_z_err"][0] * SPEED_OF_LIGHT_KMS / (1 + ref["z"])),
-                        "pull": float(dv / sigma),
-                        "labels": tuple(float(fit[f"fit_{key}"][0]) for key in ("teff", "logg", "feh")),
-                        "label_errs": tuple(float(fit[f"fit_{key}_err"][0]) for key in ("teff", "logg", "feh"))})
-    return results
+    except (OSError, ValueError, KeyError, IndexError, SpectrumError) as exc:
+        return {"file": path.name, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = ingest_rows({"start": 0, "paths": [str(path)], "refused": [False], "grid": card.grid.to_dict(),
+                            "reader": reader})
+    if rows["status"][0] != STATUS["OK"]:
+        return {"file": path.name, "error": rows["error"][0]}
+    with torch.inference_mode():
+        vit = predict_batch(model, card, rows["flux"], rows["mask"])
+    fitter = _fitter(astuple(card.grid), astuple(fit_settings(reader)))
+    with single_threaded():
+        fit = fit_rows(fitter, rows["flux"], rows["ivar"], rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+    kms = SPEED_OF_LIGHT_KMS / (1 + ref["z"])
+    dv = (fit["fit_z"][0] - ref["z"]) * kms
+    sigma = np.hypot(fit["fit_z_err"][0], np.nan_to_num(ref["z_err"])) * kms
+    return {"file": path.name, "reader": reader, "pipeline": ref,
+            "vit": (CLASS_NAMES[int(np.argmax(vit["prob"][0]))], float(np.max(vit["prob"][0])), float(vit["z"][0])),
+            "fit": (str(fit["fit_class"][0]), float(fit["fit_z"][0]), float(fit["fit_z_err"][0]), str(fit["fit_spectype"][0])),
+            "dv_kms": float(dv), "sigma_fit_kms": float(fit["fit_z_err"][0] * kms), "pull": float(dv / sigma),
+            "labels": tuple(float(fit[f"fit_{key}"][0]) for key in ("teff", "logg", "feh")),
+            "label_errs": tuple(float(fit[f"fit_{key}_err"][0]) for key in ("teff", "logg", "feh"))}
+
+
+def check(paths: list[Path]):
+    """`check_one` of each file in turn (a generator: each row as soon as it is made)."""
+    model, card = load_checkpoint(None, "cpu")
+    for path in paths:
+        yield check_one(Path(path), model, card)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,16 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spectra = Path(ppxf.__file__).parent / "spectra"
     paths = [spectra / "NGC3522_SDSS_DR18.fits", spectra / "NGC3073_SDSS_DR18.fits", *args.files]
-    print("file | pipeline class, subclass, z | ViT class (P), z | fit class, z ± σ_z, type | Δv to pipeline (km/s), σ_z fit (km/s), pull | Teff, log g, [Fe/H]")
+    print("file | pipeline class, subclass, z | ViT class (P), z | fit class, z ± σ_z, type | Δv to pipeline (km/s), σ_z fit (km/s), pull | Teff, log g, [Fe/H]",
+          flush=True)
     for r in check(paths):
         if "error" in r:
-            print(f"{r['file']} | not read: {r['error']}")
+            print(f"{r['file']} | not read: {r['error']}", flush=True)
             continue
         ref, (vc, vp, vz), (fc, fz, fe, ft) = r["pipeline"], r["vit"], r["fit"]
         labels = ", ".join(f"{v:.0f} ± {e:.0f}" if i == 0 else f"{v:.2f} ± {e:.2f}"
                            for i, (v, e) in enumerate(zip(r["labels"], r["label_errs"]))) if np.isfinite(r["labels"][0]) else "–"
         print(f"{r['file']} | {ref['class']} {ref['subclass']}, {ref['z']:.5f} | {vc} ({vp:.2f}), {vz:.4f} | "
-              f"{fc}, {fz:.5f} ± {fe:.5f}, {ft or '–'} | {r['dv_kms']:+.0f}, {r['sigma_fit_kms']:.0f}, {r['pull']:+.1f} | {labels}")
+              f"{fc}, {fz:.5f} ± {fe:.5f}, {ft or '–'} | {r['dv_kms']:+.0f}, {r['sigma_fit_kms']:.0f}, {r['pull']:+.1f} | {labels}",
+              flush=True)
     return 0
 
 

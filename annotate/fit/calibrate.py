@@ -42,7 +42,7 @@ from ..stellarbaseline import LABELS as STELLAR_LABELS
 from .build import N_STAR_PCA, build_in_memory, held_out_populations, held_out_stars, qso_basis
 from .evaluate import ross_success
 from .fitter import Fitter
-from .settings import CALIBRATION_PATH, FitSettings
+from .settings import CALIBRATION_PATH, QSO_LINE_SCATTER, FitSettings
 from .stage import fit_rows
 
 SEED = 2027
@@ -84,7 +84,8 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
         pop_fold, star_fold = populations[fold::folds], stars[fold::folds]
         bases = build_in_memory(np.setdiff1d(populations, pop_fold), np.setdiff1d(stars, star_fold), qso, n_star_pca)
         sample = draw_sample(n // folds, lib.with_populations(pop_fold), grid, seed=seed + fold, star_indices=star_fold,
-                             settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None,
+                             settings=SimulationSettings(realism=Realism(strength=realism, qso_line_scatter=QSO_LINE_SCATTER)
+                                                         if realism > 0 else None,
                                                          **({"class_fractions": (0.0, 0.0, 1.0)} if stars_only else {})))
         fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
                        sample["flux"], sample["ivar"], sample["mask"], None)
@@ -119,7 +120,8 @@ def calibrate(n: int = N_OBJECTS, seed: int = SEED) -> dict:
     return {"scale": scales, "floor_kms": floors, "z_edges": {cls: list(Z_EDGES[cls]) for cls in CLASS_NAMES},
             "n": n, "seed": seed, "rows_used": int(good.sum()),
             "sample": f"training templates in {FOLDS} folds, each fitted with bases built without it; "
-                      f"quasar draws of seeds from this one; realism effects at strength {REALISM:g}",
+                      f"quasar draws of seeds from this one; realism effects at strength {REALISM:g}, "
+                      f"quasar line offsets at {QSO_LINE_SCATTER:g} × Shen et al. 2016",
             "made_by": "python -m annotate.fit.calibrate"}
 
 

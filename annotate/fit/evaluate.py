@@ -26,22 +26,24 @@ from ..simulate.spectra import SimulationSettings, draw_sample
 from ..simulate.templates import load_library
 from .bases import load_bases
 from .fitter import Fitter, FitSettings
-from .settings import load_calibration
+from .settings import QSO_LINE_SCATTER, load_calibration
 from .stage import fit_rows
 
 
 def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0, stars_only: bool = False,
-                    cosmic_rays: float = 0.0) -> dict:
+                    cosmic_rays: float = 0.0, qso_line_scatter: float = QSO_LINE_SCATTER) -> dict:
     """n simulated spectra from the held-out stars and populations and quasar draws of `seed`,
-    with the simulator's realism effects at `realism` strength (0: none) and cosmic-ray hits left
-    in a `cosmic_rays` share of them (`Realism.cosmic_ray_probability`; needs realism > 0); only
-    stars with `stars_only`."""
+    with the simulator's realism effects at `realism` strength (0: none), the quasars' lines off
+    their systemic velocity by `qso_line_scatter` × Shen et al.'s scatter (as the σ_z calibration's
+    sample; 0: at it, as before 2026-12-07) and cosmic-ray hits left in a `cosmic_rays` share of
+    them (`Realism.cosmic_ray_probability`; both need realism > 0); only stars with `stars_only`."""
     if cosmic_rays > 0 and realism <= 0:
         raise ValueError("cosmic rays are a realism effect: give realism > 0 with them")
     bases = load_bases()
     lib = load_library()
     stars, held = bases.held_out_stars, bases.held_out_populations
-    settings = SimulationSettings(realism=Realism(strength=realism, cosmic_ray_probability=cosmic_rays)
+    settings = SimulationSettings(realism=Realism(strength=realism, cosmic_ray_probability=cosmic_rays,
+                                                  qso_line_scatter=qso_line_scatter)
                                   if realism > 0 else None)
     if stars_only:
         settings = replace(settings, class_fractions=(0.0, 0.0, 1.0))
@@ -71,7 +73,7 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
              model: str | None = None, stars_only: bool = False, cosmic_rays: float = 0.0,
-             flux_offset: tuple | None = None, **settings) -> dict:
+             flux_offset: tuple | None = None, qso_line_scatter: float = QSO_LINE_SCATTER, **settings) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism, stars_only)`; with `prior`, seeded
     by the ViT of `model` (default: the shipped default model) as in `annotate run` (the ViT's
     own time not counted). `settings`: other FitSettings fields than the defaults. 'stellar':
@@ -82,7 +84,7 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
     subtracted wrongly; `add_flux_offset`), 'flux_offset_flagged' the share of the true stars the
     fit classed STAR that got PredFlag.FLUX_OFFSET."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays)
+    sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays, qso_line_scatter)
     if flux_offset is not None:
         sample["flux"] = add_flux_offset(sample["flux"], sample["mask"], flux_offset, seed)
     vit = None
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add to each spectrum a constant uniform in [LO, HI] times its median |flux| "
                              "(a sky subtracted wrongly)")
     parser.add_argument("--stars", action="store_true", help="a sample of held-out stars only (stellar parameters)")
+    parser.add_argument("--qso-line-scatter", type=float, default=QSO_LINE_SCATTER, metavar="S",
+                        help="with --realism: quasars' lines off their systemic velocity by S times Shen et al. "
+                             f"(2016)'s scatter (default {QSO_LINE_SCATTER:g}, as the σ_z calibration; 0: at it)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
     args = parser.parse_args(argv)
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cosmic_rays > 0 and args.realism <= 0:
         parser.error("--cosmic-rays needs --realism above 0")
     result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, args.stars,
-                      args.cosmic_rays, args.flux_offset, **overrides)
+                      args.cosmic_rays, args.flux_offset, args.qso_line_scatter, **overrides)
     print("\n".join(report_lines(result)))
     return 0
 

@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
+# the simulated quasars of the σ_z calibration and of the evaluation have their lines off the
+# systemic velocity by this times Shen et al.'s scatter (simulate.realism.QSO_LINE_SCATTER_KMS), as
+# real quasars' are; the simulator's own default leaves them at it
+QSO_LINE_SCATTER = 1.0
 TYPE_BIN = 4  # pixels per bin when the spectral type is read
 
 

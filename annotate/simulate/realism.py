@@ -34,11 +34,15 @@ Astrophysics (rest frame):
   C IV blueshifts from 0 to a few 1000 km/s);
 - quasar line offsets (`qso_line_scatter`; `line_offsets`): each line family's peak moved from
   the systemic velocity by a zero-mean Gaussian of the intrinsic scatter Shen et al. (2016, ApJ
-  831, 7) measured for it against host-galaxy absorption in 849 SDSS-RM quasars (QSO_LINE_SCATTER_KMS:
-  broad Balmer lines 400 km/s, C III] 233, Mg II 205, [O III] 56, [O II] 46), drawn from a stream
-  of their own. Without them every line of a simulated quasar sat at one velocity, and the
+  831, 7) measured for it against host-galaxy absorption in 849 SDSS-RM quasars
+  (QSO_LINE_SCATTER_KMS: broad Hβ 400 km/s, which Hα and Hγ share here, one draw for the three;
+  C III] 233, Mg II 205, [O III] 56, [O II] 46), drawn from a stream of their own. Without them
+  every line but the blueshifted high-ionisation ones sat at the systemic velocity, and the
   template fit's σ_z, calibrated on such quasars, claimed tens of km/s where broad-line redshifts
-  are uncertain by hundreds.
+  are uncertain by hundreds. Off by default (0), as the cosmic rays are, so that the recipes and
+  model cards written before them simulate what they did; the fit's σ_z calibration and
+  evaluation switch them on (`annotate.fit.calibrate.QSO_LINE_SCATTER`), and a recipe may with
+  `realism: {qso_line_scatter: 1}`.
 
 Night-sky lines: the strongest lines of the Kitt Peak / Lick night sky (Osterbrock et al. 1996,
 PASP 108, 277; 1997, PASP 109, 614), air wavelengths, with rough relative intensities; the OH
@@ -71,7 +75,8 @@ CALZETTI_RV = 4.05
 GAS_TO_STARS_EBV = 1.0 / 0.44  # Calzetti et al. 2000: E(B-V)_stars = 0.44 E(B-V)_gas
 HIGH_IONISATION = ("Lya", "NV", "SiIV+OIV]", "CIV")
 # Shen et al. 2016, ApJ 831, 7 (abstract and Table 3): the intrinsic scatter (km/s) of each line's
-# peak velocity about the systemic one once its mean shift is removed; the lines of a family share
+# peak velocity about the systemic one once its mean shift is removed (for the Balmer lines, that
+# of broad Hβ; Hα and Hγ sharing its draw is this model's assumption); the lines of a family share
 # one draw. The high-ionisation lines keep their blueshift model (civ_blueshift_kms) instead.
 QSO_LINE_SCATTER_KMS = {"CIII]": 233.0, "MgII": 205.0, "Balmer": 400.0, "[OIII]": 56.0, "[OII]": 46.0}
 QSO_LINE_FAMILY = {"CIII]": "CIII]", "MgII": "MgII", "Hgamma": "Balmer", "Hbeta": "Balmer", "Halpha": "Balmer",
@@ -106,7 +111,7 @@ class Realism:
     qso_slope_sigma: float = 0.5           # σ of α_ν (mean -0.5)
     qso_width_scatter_dex: float = 0.1     # scatter of each broad line's FWHM around the object's
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
-    qso_line_scatter: float = 1.0          # times QSO_LINE_SCATTER_KMS: σ of each line family's offset (0: none)
+    qso_line_scatter: float = 0.0          # × QSO_LINE_SCATTER_KMS × strength: σ of each line family's offset (0, the default: none)
     cosmic_ray_probability: float = 0.0    # chance of 1-3 cosmic-ray hits left in the spectrum (not × strength)
     cosmic_ray_sigma: tuple = (10.0, 1000.0)    # log-uniform peak of a hit / the spectrum's median noise σ
     cosmic_ray_widths: tuple = (0.5, 0.35, 0.15)  # chances of a hit covering 1, 2 and 3 pixels

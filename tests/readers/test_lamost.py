@@ -127,7 +127,7 @@ def test_real_lamost_stars_are_fitted_as_stars_at_the_pipelines_velocity(lamost_
 
     import torch
 
-    from annotate import SPEED_OF_LIGHT_KMS
+    from annotate import CLASS_NAMES, SPEED_OF_LIGHT_KMS
     from annotate.checkpoint import load_checkpoint
     from annotate.fit.settings import fit_settings
     from annotate.fit.stage import _fitter, fit_rows, single_threaded
@@ -143,6 +143,7 @@ def test_real_lamost_stars_are_fitted_as_stars_at_the_pipelines_velocity(lamost_
     with single_threaded():
         fit = fit_rows(_fitter(astuple(card.grid), astuple(fit_settings("lamost_lrs"))), rows["flux"], rows["ivar"],
                        rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+    assert list(vit["prob"].argmax(axis=1)) == [CLASS_NAMES.index("STAR")] * 2
     assert list(fit["fit_class"]) == ["STAR", "STAR"]
     for i, name in enumerate(names):
         z_lamost = fits.getheader(lamost_data / name)["Z"]

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -218,50 +220,56 @@ def test_star_blends_and_class_fractions_shape_the_training_sample_only():
 
 def test_quasar_lines_are_offset_by_family_with_the_published_scatter():
     """Each line family's peak moves by its own draw (the Balmer lines and the [O III] doublet
-    together), z stays systemic; over many quasars the offsets' spread is Shen et al.'s scatter;
-    scatter 0 leaves every line at the systemic velocity."""
+    together), z stays systemic; over many quasars the offsets' spread is Shen et al.'s scatter
+    times qso_line_scatter and strength; the default, 0, leaves every line at the systemic velocity."""
     from annotate.simulate.realism import QSO_LINE_SCATTER_KMS, line_offset_rng, line_offsets
 
-    realism = Realism(civ_blueshift_kms=(0.0, 0.0), qso_width_scatter_dex=0.0)
-    draws = [line_offsets(realism, np.random.default_rng(s)) for s in range(4000)]
+    on = Realism(civ_blueshift_kms=(0.0, 0.0), qso_width_scatter_dex=0.0, qso_line_scatter=1.0)
+    draws = [line_offsets(on, np.random.default_rng(s)) for s in range(4000)]
     for line, family in (("MgII", "MgII"), ("Hbeta", "Balmer"), ("[OIII]5007", "[OIII]"), ("CIII]", "CIII]")):
         values = np.array([d[line] for d in draws])
         assert np.std(values) == pytest.approx(QSO_LINE_SCATTER_KMS[family], rel=0.05)
         assert abs(np.mean(values)) < 4 * QSO_LINE_SCATTER_KMS[family] / np.sqrt(len(values))
     assert all(d["Hbeta"] == d["Halpha"] == d["Hgamma"] and d["[OIII]4959"] == d["[OIII]5007"] for d in draws)
     assert "CIV" not in draws[0]   # the high-ionisation lines keep their blueshift model
-    assert line_offsets(Realism(strength=2.0), np.random.default_rng(1))["MgII"] == \
-        pytest.approx(2.0 * line_offsets(Realism(), np.random.default_rng(1))["MgII"])
+    assert line_offsets(Realism(strength=2.0, qso_line_scatter=0.5), np.random.default_rng(1))["MgII"] == \
+        pytest.approx(line_offsets(on, np.random.default_rng(1))["MgII"])
+    assert Realism().qso_line_scatter == 0.0
 
-    def peak(loglam, flux, centre, half=60.0):
-        wave = 10**loglam
-        near = (wave > centre - half) & (wave < centre + half)
-        continuum = np.interp(wave[near], wave[near][[0, -1]], flux[near][[0, -1]])
-        return wave[near][np.argmax(flux[near] - continuum)]
+    # a quasar with each family moved (seed 14: Mg II +390, the Balmer lines −491, [O III] +43,
+    # C III] +64 km/s) against the same quasar with none: around each line the moved spectrum is the
+    # still one shifted by that line's draw (to 10 % of their difference unshifted), z systemic
+    offsets = line_offsets(on, line_offset_rng(14))
+    assert abs(offsets["MgII"]) > 300 and abs(offsets["Hbeta"]) > 400 and abs(offsets["[OIII]5007"]) > 30
 
-    settings = SimulationSettings(realism=realism)
-    offsets = line_offsets(realism, line_offset_rng(11))
-    loglam, flux, z, _ = quasar_rest(np.random.default_rng(3), settings, z=0.5, extra_rng=np.random.default_rng(5),
-                                     offset_rng=line_offset_rng(11), loglam_step=1e-5)
+    def quasar(realism):
+        return quasar_rest(np.random.default_rng(3), SimulationSettings(realism=realism), z=0.5,
+                           extra_rng=np.random.default_rng(5), offset_rng=line_offset_rng(14), loglam_step=1e-5)
+
+    loglam, moved, z, _ = quasar(on)
+    _, still, _, _ = quasar(replace(on, qso_line_scatter=0.0))
     assert z == 0.5
-    for line, centre in (("MgII", 2798.75), ("Hbeta", 4862.68)):
-        assert peak(loglam, flux, centre) == pytest.approx(centre * (1 + offsets[line] / 299792.458), abs=0.2)
-    still = SimulationSettings(realism=Realism(civ_blueshift_kms=(0.0, 0.0), qso_width_scatter_dex=0.0, qso_line_scatter=0.0))
-    loglam, flux, _, _ = quasar_rest(np.random.default_rng(3), still, z=0.5, extra_rng=np.random.default_rng(5),
-                                     offset_rng=line_offset_rng(11), loglam_step=1e-5)
-    assert peak(loglam, flux, 2798.75) == pytest.approx(2798.75, abs=0.2)
+    wave = 10**loglam
+    for line, low, high in (("MgII", 2700, 2900), ("Hbeta", 4700, 4940), ("[OIII]5007", 5000, 5017),
+                            ("CIII]", 1850, 1960)):
+        window = (wave > low) & (wave < high)
+        shifted = np.interp(wave[window] / (1 + offsets[line] / 299792.458), wave, still)
+        unshifted = np.abs(moved[window] - still[window]).max()
+        assert np.abs(moved[window] - shifted).max() < 0.1 * unshifted, line
 
 
 def test_quasar_line_offsets_change_only_the_quasars():
     lib = load_library()
-    plain = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism(qso_line_scatter=0.0)))
-    moved = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism()))
+    plain = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism()))
+    moved = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism(qso_line_scatter=1.0)))
     for key in ("z", "class", "snr", "mask", "teff"):
         assert np.array_equal(plain[key], moved[key], equal_nan=key == "teff"), key
     quasar = plain["class"] == "QSO"
     assert quasar.any() and (~quasar).any()
     assert np.array_equal(plain["flux"][~quasar], moved["flux"][~quasar])
     assert all(not np.array_equal(plain["flux"][i], moved["flux"][i]) for i in np.flatnonzero(quasar))
+    off = draw_sample(90, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism(qso_line_scatter=0.0)))
+    assert np.array_equal(plain["flux"], off["flux"])   # the default is off
 
 
 def test_cosmic_rays_add_hits_and_change_nothing_else():
