@@ -36,8 +36,6 @@ def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | N
     if len(w) > SKY_CHUNK:  # a few rows at a time: the temporaries are several copies of the rows
         return np.concatenate([sky_line_weights(w[a:a + SKY_CHUNK], window, grow, near)
                                for a in range(0, len(w), SKY_CHUNK)])
-    from scipy.ndimage import maximum_filter1d
-
     valid = w > 0
     if not valid.any():
         return w
@@ -47,8 +45,10 @@ def sky_line_weights(w: np.ndarray, window: int, grow: int, near: np.ndarray | N
     last = np.maximum.accumulate(np.where(valid, index, -1), axis=-1)
     first = np.minimum.accumulate(np.where(valid, index, n)[..., ::-1], axis=-1)[..., ::-1]
     source = np.where(last >= 0, last, np.minimum(first, n - 1))
-    if near is not None:
+    if near is not None:   # the fit's path: no scipy.ndimage (whose import took 0.08 s in each process)
         return _sky_weights_near(w, valid, source, window, grow, near)
+    from scipy.ndimage import maximum_filter1d
+
     with np.errstate(divide="ignore"):
         variance = np.take_along_axis(np.where(valid, 1.0 / np.where(valid, w, 1.0), 0.0), source, axis=-1)
     local = _block_median_level(variance, window)
