@@ -33,7 +33,7 @@ from astropy.io import fits
 from annotate import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from annotate.checkpoint import load_checkpoint
 from annotate.fit.settings import fit_settings
-from annotate.fit.stage import _fitter, fit_rows, single_threaded
+from annotate.fit.stage import fit_batch
 from annotate.ingest import ingest_rows
 from annotate.errors import SpectrumError
 from annotate.readers import identify_loader
@@ -80,9 +80,8 @@ def check_one(path: Path, model, card) -> dict:
         return {"file": path.name, "error": rows["error"][0]}
     with torch.inference_mode():
         vit = predict_batch(model, card, rows["flux"], rows["mask"])
-    fitter = _fitter(astuple(card.grid), astuple(fit_settings(reader)))
-    with single_threaded():
-        fit = fit_rows(fitter, rows["flux"], rows["ivar"], rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+    fit = fit_batch(astuple(card.grid), astuple(fit_settings(reader)), rows["flux"], rows["ivar"], rows["mask"],
+                    {key: vit[key] for key in ("prob", "z", "z_err")})
     kms = SPEED_OF_LIGHT_KMS / (1 + ref["z"])
     dv = (fit["fit_z"][0] - ref["z"]) * kms
     sigma = np.hypot(fit["fit_z_err"][0], np.nan_to_num(ref["z_err"])) * kms

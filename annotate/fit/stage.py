@@ -95,19 +95,26 @@ def _warm_fitter(grid: tuple, settings: tuple) -> None:
         training_stars(fitter.grid, fitter.bases)
 
 
+def fit_batch(grid: tuple, settings: tuple, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray,
+              vit: dict | None) -> dict:
+    """`fit_rows` as a run fits a batch: with this process's Fitter for the grid and settings
+    (WavelengthGrid and FitSettings fields) and BLAS on one thread (`single_threaded`)."""
+    with single_threaded():
+        return fit_rows(_fitter(grid, settings), flux, ivar, mask, vit)
+
+
 def fit_task(task: dict) -> dict:
     """Fit rows [start, stop) of a spectra store (runs on a Dask worker). task: {'store', 'start',
     'stop', 'grid' (WavelengthGrid fields), 'settings' (FitSettings fields), 'prob', 'z', 'z_err'
     (the ViT's predictions for those rows)}. Rows whose store status is not OK are not fitted."""
     from ..store import STATUS, read_rows
 
-    fitter = _fitter(tuple(task["grid"]), tuple(task["settings"]))
     rows = read_rows(task["store"], task["start"], task["stop"])
     out = empty_fit(task["stop"] - task["start"])
     ok = rows["status"] == STATUS["OK"]
     vit = {key: np.asarray(task[key])[ok] for key in ("prob", "z", "z_err")}
-    with single_threaded():
-        result = fit_rows(fitter, rows["flux"][ok], rows["ivar"][ok], rows["mask"][ok], vit)
+    result = fit_batch(tuple(task["grid"]), tuple(task["settings"]), rows["flux"][ok], rows["ivar"][ok],
+                       rows["mask"][ok], vit)
     for key in FIT_KEYS:
         out[key][ok] = result[key]
     return out

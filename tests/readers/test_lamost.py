@@ -130,7 +130,7 @@ def test_real_lamost_stars_are_fitted_as_stars_at_the_pipelines_velocity(lamost_
     from annotate import CLASS_NAMES, SPEED_OF_LIGHT_KMS
     from annotate.checkpoint import load_checkpoint
     from annotate.fit.settings import fit_settings
-    from annotate.fit.stage import _fitter, fit_rows, single_threaded
+    from annotate.fit.stage import fit_batch
     from annotate.ingest import ingest_rows
     from annotate.predict import predict_batch
 
@@ -140,9 +140,8 @@ def test_real_lamost_stars_are_fitted_as_stars_at_the_pipelines_velocity(lamost_
                         "grid": card.grid.to_dict(), "reader": "lamost_lrs"})
     with torch.inference_mode():
         vit = predict_batch(model, card, rows["flux"], rows["mask"])
-    with single_threaded():
-        fit = fit_rows(_fitter(astuple(card.grid), astuple(fit_settings("lamost_lrs"))), rows["flux"], rows["ivar"],
-                       rows["mask"], {key: vit[key] for key in ("prob", "z", "z_err")})
+    fit = fit_batch(astuple(card.grid), astuple(fit_settings("lamost_lrs")), rows["flux"], rows["ivar"], rows["mask"],
+                    {key: vit[key] for key in ("prob", "z", "z_err")})
     assert list(vit["prob"].argmax(axis=1)) == [CLASS_NAMES.index("STAR")] * 2
     assert list(fit["fit_class"]) == ["STAR", "STAR"]
     for i, name in enumerate(names):
