@@ -4,10 +4,13 @@ Evaluation only: the files are never trained on and no setting is chosen on them
 by annotate's readers (SDSS/BOSS spec files, LAMOST low-resolution files, single-target DESI
 coadds), predicted by the default ViT and fitted as `annotate run` does (the survey's fit
 settings, the ViT as the prior). Printed per file: the pipeline's class, subclass and z (SDSS:
-the SPECOBJ or SPALL row; LAMOST: the primary header), the ViT's class and z, the fit's class,
+the SPECOBJ or SPALL row; LAMOST: the primary header; a DESI coadd-X.fits: the REDSHIFTS row of
+the redrock-X.fits beside it), the ViT's class and z, the fit's class,
 z ± σ_z and stellar labels, and the velocity between the fit's z and the pipeline's in km/s and
 in units of the two σ combined (the pull; the fit's alone where the pipeline gives no z_err). A
-file that cannot be read gets a row saying why.
+file that cannot be read gets a row saying why. Where fastspecfit's own tests fit a target of its
+fixtures at another redshift than redrock's (its `input_redshift`), a line says so: redrock's z
+is then not the object's.
 
     python training/real_spectra.py            # the SDSS DR18 spectra that ppxf ships
     python training/real_spectra.py FILE ...   # those files as well
@@ -43,8 +46,15 @@ from annotate.predict import predict_batch
 
 def pipeline_values(path: Path) -> dict:
     """class, subclass, z, z_err as the file's own pipeline gives them ('' / NaN where it does not;
-    a z_err of 0 or below, a placeholder, as NaN)."""
+    a z_err of 0 or below, a placeholder, as NaN); for a DESI coadd-X.fits, redrock's first row in
+    the redrock-X.fits beside it, where there is one."""
     out = {"class": "", "subclass": "", "z": np.nan, "z_err": np.nan}
+    redrock = path.with_name("redrock-" + path.name.removeprefix("coadd-"))
+    if path.name.startswith("coadd-") and redrock.is_file():
+        row = fits.getdata(redrock, "REDSHIFTS")[0]
+        out = {"class": str(row["SPECTYPE"]).strip(), "subclass": str(row["SUBTYPE"]).strip(),
+               "z": float(row["Z"]), "z_err": float(row["ZERR"]), "targetid": int(row["TARGETID"])}
+        return out | {"z_err": out["z_err"] if out["z_err"] > 0 else np.nan}
     with fits.open(path) as hdul:
         for name in ("SPECOBJ", "SPALL"):
             if name in hdul and hdul[name].data is not None and len(hdul[name].data):
@@ -59,6 +69,25 @@ def pipeline_values(path: Path) -> dict:
                        "z": float(header["Z"]), "z_err": float(header.get("Z_ERR", np.nan))}
     if not out["z_err"] > 0:
         out["z_err"] = np.nan
+    return out
+
+
+def fixture_redshifts(data_folder: Path) -> dict:
+    """{TARGETID: z} at which fastspecfit's own tests fit the targets of its fixtures in
+    `data_folder` (fastspecfit/test/data): the `input_redshift` of each target in its
+    test/build_test_spectra.py, read as text (the module imports what a --no-deps install lacks);
+    {} where there is no such file."""
+    import ast
+
+    source = Path(data_folder).parent / "build_test_spectra.py"
+    if not source.is_file():
+        return {}
+    out = {}
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "dict":
+            keywords = {k.arg: k.value for k in node.keywords}
+            if "targetid" in keywords and "input_redshift" in keywords:
+                out[int(ast.literal_eval(keywords["targetid"]))] = float(ast.literal_eval(keywords["input_redshift"]))
     return out
 
 
@@ -82,6 +111,7 @@ def check_one(path: Path, model, card) -> dict:
         vit = predict_batch(model, card, rows["flux"], rows["mask"])
     fit = fit_batch(astuple(card.grid), astuple(fit_settings(reader)), rows["flux"], rows["ivar"], rows["mask"],
                     {key: vit[key] for key in ("prob", "z", "z_err")})
+    fixture_z = fixture_redshifts(path.parent).get(ref.get("targetid"), np.nan)
     kms = SPEED_OF_LIGHT_KMS / (1 + ref["z"])
     dv = (fit["fit_z"][0] - ref["z"]) * kms
     sigma = np.hypot(fit["fit_z_err"][0], np.nan_to_num(ref["z_err"])) * kms
@@ -89,6 +119,7 @@ def check_one(path: Path, model, card) -> dict:
             "vit": (CLASS_NAMES[int(np.argmax(vit["prob"][0]))], float(np.max(vit["prob"][0])), float(vit["z"][0])),
             "fit": (str(fit["fit_class"][0]), float(fit["fit_z"][0]), float(fit["fit_z_err"][0]), str(fit["fit_spectype"][0])),
             "dv_kms": float(dv), "sigma_fit_kms": float(fit["fit_z_err"][0] * kms), "pull": float(dv / sigma),
+            "fixture_z": float(fixture_z),
             "labels": tuple(float(fit[f"fit_{key}"][0]) for key in ("teff", "logg", "feh")),
             "label_errs": tuple(float(fit[f"fit_{key}_err"][0]) for key in ("teff", "logg", "feh"))}
 
@@ -120,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['file']} | {ref['class']} {ref['subclass']}, {ref['z']:.5f} | {vc} ({vp:.2f}), {vz:.4f} | "
               f"{fc}, {fz:.5f} ± {fe:.5f}, {ft or '–'} | {r['dv_kms']:+.0f}, {r['sigma_fit_kms']:.0f}, {r['pull']:+.1f} | {labels}",
               flush=True)
+        if abs(r["fixture_z"] - ref["z"]) > 0.01:
+            print(f"  fastspecfit's own tests fit this target at z {r['fixture_z']:.4f}, not at the pipeline's "
+                  f"{ref['z']:.4f}: the fit's z is {fz - r['fixture_z']:+.4f} from it", flush=True)
     return 0
 
 
