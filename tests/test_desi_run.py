@@ -52,7 +52,7 @@ def test_real_desi_coadds_are_read_predicted_and_written_back(desi_layout, catal
                                         | PredFlag.SPIKES_LEFT_OUT)
         assert np.isfinite(row["PRED_Z"]) and row["PRED_Z_ERR"] > 0
         assert row["PRED_CLASS"].strip() in ("GALAXY", "QSO", "STAR")
-        if catalog == "ztile":  # the bright LRG at z 0.369: the fit agrees with redrock to a few km/s
+        if catalog == "ztile":  # the blue BGS galaxy at z 0.369: the fit agrees with redrock to a few km/s
             assert row["PRED_CLASS"].strip() == "GALAXY"
             dv = SPEED_OF_LIGHT_KMS * abs(row["PRED_Z"] - row["Z"]) / (1 + row["Z"])
             assert dv < 50, dv

@@ -356,7 +356,7 @@ def _cand(spectype, z, chi2, edge=False, rchi2=1.0):
 
 
 def test_a_confidently_wrong_vit_does_not_hide_the_right_class(bases, held_out_library):
-    """On real spectra the ViT can be sure and wrong (a DESI LRG: P(QSO) 0.996): by default the fit
+    """On real spectra the ViT can be sure and wrong (a blue DESI galaxy: P(QSO) 0.996): by default the fit
     still scans every class, so the χ² decides; skipping classes is an explicit setting."""
     sample = _one_sample(held_out_library, "GALAXY", seed=5, snr=10.0, n=3)
     wrong = {"prob": np.tile([0.0005, 0.999, 0.0005], (3, 1)), "z": np.full(3, 2.5), "z_err": np.full(3, 0.01)}

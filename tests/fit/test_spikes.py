@@ -102,7 +102,7 @@ def test_real_sdss_spectra_lose_no_pixel(ppxf_spectra):
 
 
 def test_real_desi_coadds_lose_no_pixel(desi_data):
-    """The two DESI coadds fastspecfit ships (a faint galaxy and an LRG; the red arm's lines are the
+    """The two DESI coadds fastspecfit ships (a Lyα emitter and a blue galaxy; the red arm's lines are the
     narrowest on the grid), at their own ivar."""
     from annotate.fit.weights import spectrum_arrays
     from annotate.grid import WavelengthGrid, resample
