@@ -29,6 +29,18 @@ Astrophysics (rest frame):
   quasars (Hopkins et al. 2004, AJ 128, 1112);
 - star-formation histories: light fractions of a delayed-τ history over the populations' ages with
   a random τ and start, and sometimes a recent burst, instead of a mix of two populations;
+- star-forming continua (`star_forming_continuum`): a galaxy given nebular lines of EW(Hα) ≥ 3 Å
+  (SF_EW_MIN_AA: the divide between galaxies ionised by young stars or an AGN and the retired ones
+  that old stars ionise, Cid Fernandes et al. 2011, MNRAS 413, 1687) gets a history whose star
+  formation goes on (delayed-τ with τ of 1-10 Gyr, SF_TAU_GYR, and no burst), over the populations
+  of the set with ages below 1 Gyr that covers most of the observed range (what it lacks is
+  masked), instead of a continuum drawn apart from its lines. Without it the galaxies' populations
+  came from the set that covers the whole range, Maraston's, whose youngest are 3 Gyr old: 95 % of
+  simulated galaxies had f_λ(4000-4500 Å) / f_λ(6500-7000 Å) below 1.1 and none was as blue as
+  the blue cloud of star-forming galaxies that flux-limited surveys hold in numbers (Strateva et
+  al. 2001, AJ 122, 1861); the default ViT, trained so, calls a blue DESI galaxy a quasar
+  (REALISM.md). Off by default, so that the recipes and model cards written before it simulate
+  what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
@@ -81,6 +93,9 @@ HIGH_IONISATION = ("Lya", "NV", "SiIV+OIV]", "CIV")
 QSO_LINE_SCATTER_KMS = {"CIII]": 233.0, "MgII": 205.0, "Balmer": 400.0, "[OIII]": 56.0, "[OII]": 46.0}
 QSO_LINE_FAMILY = {"CIII]": "CIII]", "MgII": "MgII", "Hgamma": "Balmer", "Hbeta": "Balmer", "Halpha": "Balmer",
                    "[OIII]4959": "[OIII]", "[OIII]5007": "[OIII]", "[OII]3727": "[OII]"}
+SF_EW_MIN_AA = 3.0          # EW(Hα) from which a galaxy's lines come from young stars or an AGN (WHAN, Cid Fernandes et al. 2011)
+SF_TAU_GYR = (1.0, 10.0)    # τ of a star-forming galaxy's delayed-τ history (no burst): star formation that goes on today
+SF_YOUNG_GYR = 1.0          # a star-forming galaxy's populations come from a set that holds ages below this
 DICHROICS_AA = ((5750.0, 6050.0), (7500.0, 7650.0))  # where blue/red (and red/near-IR) arms meet
 
 
@@ -112,6 +127,7 @@ class Realism:
     qso_width_scatter_dex: float = 0.1     # scatter of each broad line's FWHM around the object's
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
     qso_line_scatter: float = 0.0          # × QSO_LINE_SCATTER_KMS × strength: σ of each line family's offset (0, the default: none)
+    star_forming_continuum: bool = False   # galaxies with EW(Hα) ≥ SF_EW_MIN_AA get an ongoing history (False, the default: as before)
     cosmic_ray_probability: float = 0.0    # chance of 1-3 cosmic-ray hits left in the spectrum (not × strength)
     cosmic_ray_sigma: tuple = (10.0, 1000.0)    # log-uniform peak of a hit / the spectrum's median noise σ
     cosmic_ray_widths: tuple = (0.5, 0.35, 0.15)  # chances of a hit covering 1, 2 and 3 pixels
@@ -130,6 +146,8 @@ class Realism:
         if isinstance(self.qso_line_scatter, bool) or not isinstance(self.qso_line_scatter, numbers.Real) \
                 or not 0.0 <= self.qso_line_scatter < np.inf:
             raise ConfigError(f"realism qso_line_scatter must be a number >= 0, got {self.qso_line_scatter!r}")
+        if not isinstance(self.star_forming_continuum, (bool, np.bool_)):
+            raise ConfigError(f"realism star_forming_continuum must be true or false, got {self.star_forming_continuum!r}")
         if not 0.0 <= self.cosmic_ray_probability <= 1.0:
             raise ConfigError(f"realism cosmic_ray_probability must lie in [0, 1], got {self.cosmic_ray_probability}")
         if len(self.cosmic_ray_sigma) != 2 or not 0 < self.cosmic_ray_sigma[0] <= self.cosmic_ray_sigma[1] < np.inf:
@@ -192,17 +210,17 @@ def attenuate(rest_wave_aa: np.ndarray, flux: np.ndarray, ebv: float, curve) -> 
 
 
 def delayed_tau_weights(age_gyr: np.ndarray, rng: np.random.Generator, burst_probability: float = 0.5,
-                        burst_light: tuple = (0.05, 5.0)) -> np.ndarray:
+                        burst_light: tuple = (0.05, 5.0), tau_gyr: tuple = (0.2, 10.0)) -> np.ndarray:
     """Light fractions (n,) over populations of ages `age_gyr`: a delayed-τ star-formation rate
-    t exp(-t/τ) since a random start, integrated over each population's age bin, and with
-    `burst_probability` a burst in the youngest quarter of the ages whose light is a log-uniform
-    `burst_light` times the history's. Ages need not be sorted."""
+    t exp(-t/τ) since a random start, τ log-uniform in `tau_gyr`, integrated over each
+    population's age bin, and with `burst_probability` a burst in the youngest quarter of the ages
+    whose light is a log-uniform `burst_light` times the history's. Ages need not be sorted."""
     ages = np.asarray(age_gyr, float)
     order = np.argsort(ages)
     sorted_ages = ages[order]
     edges = np.concatenate([[0.0], 0.5 * (sorted_ages[1:] + sorted_ages[:-1]), [sorted_ages[-1] * 1.2 + 0.1]])
     start = rng.uniform(0.3, 1.0) * edges[-1]  # lookback time at which star formation began
-    tau = np.exp(rng.uniform(np.log(0.2), np.log(10.0)))
+    tau = np.exp(rng.uniform(*np.log(tau_gyr)))
     lookback = np.linspace(0.0, edges[-1], 400)
     t = np.clip(start - lookback, 0.0, None)
     sfr = t * np.exp(-t / tau)
@@ -265,6 +283,12 @@ def bad_columns(n_pix: int, rng: np.random.Generator, probability: float) -> np.
             start = int(rng.integers(0, max(1, n_pix - length)))
             mask[start:start + length] = True
     return mask
+
+
+def star_forming_rng(seed: int) -> np.random.Generator:
+    """The star-forming continua's own stream for a sample drawn with `seed` (`star_forming_continuum`):
+    turning them on changes no other galaxy's draws."""
+    return np.random.default_rng([int(seed), 0x5F0A])
 
 
 def line_offset_rng(seed: int) -> np.random.Generator:

@@ -22,6 +22,7 @@ from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
                       cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, line_offset_rng,
+                      SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, star_forming_rng,
                       line_offsets, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
@@ -176,10 +177,13 @@ def star_neighbours(lib: TemplateLibrary, indices: np.ndarray, k: int = BLEND_NE
 
 
 def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings,
-                extra_rng: np.random.Generator | None = None):
+                extra_rng: np.random.Generator | None = None, sf_rng: np.random.Generator | None = None):
     """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines. With
     `settings.realism` (and `extra_rng`, its stream) often a delayed-τ history over one set's
-    populations instead, and Calzetti dust on the stars and, more strongly, on the lines."""
+    populations instead, and Calzetti dust on the stars and, more strongly, on the lines; with its
+    `star_forming_continuum` (and `sf_rng`, its stream), a galaxy whose lines reach EW(Hα) ≥
+    SF_EW_MIN_AA gets a history of ongoing star formation instead (`rng`'s and `extra_rng`'s draws
+    are the same either way)."""
     low = settings.low_z_fraction > 0 and rng.random() < settings.low_z_fraction
     z = rng.uniform(*(settings.z_galaxy_low if low else settings.z_galaxy))
     # populations that cover the rest-frame range observed at this z, as far as any does (the
@@ -194,8 +198,8 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     used = [old, young]
     label = f"{lib.gal_set[old]}+{lib.gal_set[young]}"
     realism = settings.realism if extra_rng is not None else None
+    members = usable[lib.gal_set[usable] == lib.gal_set[old]]
     if realism is not None and extra_rng.random() < realism.sfh_probability:
-        members = usable[lib.gal_set[usable] == lib.gal_set[old]]
         weights = delayed_tau_weights(lib.gal_age_gyr[members], extra_rng, realism.burst_probability,
                                       realism.burst_light)
         flux = weights @ lib.gal_flux[members].astype(np.float64)
@@ -203,17 +207,29 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
         label = f"{lib.gal_set[old]}:tau"
     step = lib.gal_loglam[1] - lib.gal_loglam[0]
     dispersion = rng.uniform(60.0, 300.0)
-    template_sigma = float(np.max(lib.gal_sigma_kms[used]))
-    extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
-    flux = broaden(flux, extra, step)
     wave = 10.0**lib.gal_loglam
     ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
-    if ebv > 0:
-        flux = attenuate(wave, flux, ebv, calzetti_k)
+
+    def stars(flux, used):  # broadened to the dispersion and the resolution, then dust
+        template_sigma = float(np.max(lib.gal_sigma_kms[used]))
+        extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
+        flux = broaden(flux, extra, step)
+        return attenuate(wave, flux, ebv, calzetti_k) if ebv > 0 else flux
+
+    flux = stars(flux, used)
     if rng.random() < 0.55:  # star-forming: emission lines scaled to a random H-alpha EW
+        ew_halpha = loguniform(rng, 2.0, 150.0)
+        if realism is not None and sf_rng is not None and realism.star_forming_continuum and ew_halpha >= SF_EW_MIN_AA:
+            # the set with young populations that covers most of the range (the best-covering set,
+            # Maraston's, starts at 3 Gyr): what it lacks stays without data, masked when observed
+            young_sets = [name for name in np.unique(lib.gal_set) if lib.gal_age_gyr[lib.gal_set == name].min() < SF_YOUNG_GYR]
+            sf_set = min(young_sets, key=lambda name: missing[lib.gal_set == name].min())
+            members_sf = np.flatnonzero(lib.gal_set == sf_set)
+            weights = delayed_tau_weights(lib.gal_age_gyr[members_sf], sf_rng, 0.0, realism.burst_light, SF_TAU_GYR)
+            flux = stars(weights @ lib.gal_flux[members_sf].astype(np.float64), list(members_sf[weights > 0]))
+            label = f"{sf_set}:sf"
         near_ha = np.abs(wave - 6564.61) < 50
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
-        ew_halpha = loguniform(rng, 2.0, 150.0)
         ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
         ratios[GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))] = 1.0
         if ebv > 0:  # the lines see E(B-V)_gas = E(B-V)_stars / 0.44; relative to H-alpha
@@ -330,6 +346,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     extra_rng = realism_rng(seed) if realism is not None else None
     cosmic_rng = cosmic_ray_rng(seed) if realism is not None and realism.cosmic_ray_probability > 0 else None
     offset_rng = line_offset_rng(seed) if realism is not None else None
+    sf_rng = star_forming_rng(seed) if realism is not None else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
     neighbours = star_neighbours(lib, star_indices) if settings.star_blend_probability > 0 else {}
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
@@ -358,7 +375,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
             loglam, flux, z, labels = star_rest(lib, index, rng, settings, blend)
             out["teff"][i], out["logg"][i], out["feh"][i] = labels["teff"], labels["logg"], labels["feh"]
         elif name == "GALAXY":
-            loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng)
+            loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng, sf_rng)
         else:
             loglam, flux, z, labels = quasar_rest(rng, settings, extra_rng=extra_rng, offset_rng=offset_rng)
         out["z"][i], out["template"][i] = z, labels["template"]

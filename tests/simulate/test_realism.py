@@ -7,7 +7,8 @@ from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid, air_to_vacuum
 from annotate.simulate.realism import (Realism, bad_columns, calibration_error, calzetti_k, delayed_tau_weights,
                                        instrument_range, observe_with_sky, sky_model, smc_k, throughput)
-from annotate.simulate.spectra import SimulationSettings, draw_sample, quasar_rest
+from annotate.simulate.realism import realism_rng, star_forming_rng
+from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, quasar_rest
 from annotate.simulate.templates import load_library
 
 GRID = WavelengthGrid()
@@ -272,6 +273,37 @@ def test_quasar_line_offsets_change_only_the_quasars():
     assert np.array_equal(plain["flux"], off["flux"])   # the default is off
 
 
+def _blue_red(loglam, flux):
+    """Rest-frame f_λ(4000-4500 Å) / f_λ(6500-7000 Å) of a noiseless rest spectrum."""
+    wave = 10.0**loglam
+    return np.nanmedian(flux[(wave > 4000) & (wave < 4500)]) / np.nanmedian(flux[(wave > 6500) & (wave < 7000)])
+
+
+def test_star_forming_continua_are_blue_and_change_only_the_star_forming_galaxies():
+    """With `star_forming_continuum`, a galaxy given lines of EW(Hα) ≥ 3 Å gets an ongoing history
+    over a set with young populations: the blue cloud's continua (rest f_λ(4000-4500 Å) /
+    f_λ(6500-7000 Å) median 1.33 over 2,000 local galaxies, against 0.57 without), about half
+    the galaxies, the same objects, and every other galaxy as without it."""
+    lib = load_library()
+    settings = {on: SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05),
+                                       realism=Realism(star_forming_continuum=on)) for on in (False, True)}
+    streams = {on: (np.random.default_rng(3), realism_rng(3), star_forming_rng(3)) for on in (False, True)}
+    drawn = {on: [galaxy_rest(lib, streams[on][0], settings[on], *streams[on][1:]) for _ in range(300)]
+             for on in (False, True)}
+    marked = np.array([labels["template"].endswith(":sf") for *_, labels in drawn[True]])
+    assert 0.35 < marked.mean() < 0.65   # 55 % get lines, 91 % of those EW(Hα) ≥ 3 Å
+    for before, after, sf in zip(drawn[False], drawn[True], marked):
+        assert before[2] == after[2]    # the same z: `rng` and `extra_rng` draw as many numbers either way
+        assert np.array_equal(before[1], after[1], equal_nan=True) != sf
+    ratio = {on: np.array([_blue_red(loglam, flux) for loglam, flux, *_ in drawn[on]]) for on in (False, True)}
+    assert np.median(ratio[True][marked]) > 1.0 > 0.8 > np.median(ratio[False][marked])
+    assert np.median(ratio[True][~marked]) < 0.8
+    sample = draw_sample(60, lib, GRID, seed=4, settings=SimulationSettings(realism=Realism(star_forming_continuum=True)))
+    assert any(str(t).endswith(":sf") for t in sample["template"])
+    assert Realism.from_dict({"star_forming_continuum": True}).star_forming_continuum
+    assert not Realism().star_forming_continuum   # off by default: earlier recipes draw what they did
+
+
 def test_cosmic_rays_add_hits_and_change_nothing_else():
     """Hits of 1-3 pixels at usable pixels, peaks 10-1000 times the median noise, in about the
     share of spectra asked for; the ivar, mask, objects and every other pixel as without them."""
@@ -301,7 +333,8 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
                                          ({"cosmic_ray_widths": [0, 0, 0]}, "cosmic_ray_widths"),
                                          ({"cosmic_ray_widths": [1, 1]}, "cosmic_ray_widths"),
                                          ({"qso_line_scatter": -1}, "qso_line_scatter"),
-                                         ({"qso_line_scatter": "wide"}, "qso_line_scatter")])
+                                         ({"qso_line_scatter": "wide"}, "qso_line_scatter"),
+                                         ({"star_forming_continuum": "yes"}, "star_forming_continuum")])
 def test_cosmic_ray_and_line_offset_settings_are_checked(spec, words):
     with pytest.raises(ConfigError, match=words):
         Realism.from_dict(spec)
