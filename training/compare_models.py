@@ -46,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0],
                         help="realism strengths; 0: the plain simulator (default 0 1 2)")
     parser.add_argument("--stars", type=int, default=0, help="held-out star spectra for the stellar comparison (default 0: none)")
+    parser.add_argument("--star-forming", action="store_true",
+                        help="galaxies with lines of EW(Hα) >= 3 Å given the continua of ongoing star formation "
+                             "(Realism.star_forming_continuum), at each strength above 0")
     args = parser.parse_args(argv)
     lib, grid = load_library(), WavelengthGrid()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
     for strength in args.strengths:
-        settings = SimulationSettings(realism=Realism(strength=strength) if strength > 0 else None)
+        settings = SimulationSettings(realism=Realism(strength=strength, star_forming_continuum=args.star_forming)
+                                      if strength > 0 else None)
         sample = draw_sample(args.n, lib, grid, seed=args.seed, star_indices=stars, settings=settings)
         for folder in args.checkpoints:
             out = predict(folder, sample)
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({recall}), z NMAD {nmad(sample['z'], out['z']):.4f} ({extragalactic}), "
                   f"Ross success {np.mean(success):.3f} ({by_class}), "
                   f"|Δz| within 1σ / 2σ {within(out, sample, 1):.3f} / {within(out, sample, 2):.3f}")
+            star_forming = np.char.endswith(sample["template"].astype(str), ":sf")
+            if star_forming.any():
+                print(f"  star-forming galaxies ({star_forming.sum()}): GALAXY {np.mean(predicted[star_forming] == 'GALAXY'):.3f}, "
+                      f"QSO {np.mean(predicted[star_forming] == 'QSO'):.3f}, Ross success {np.mean(success[star_forming]):.3f}")
     if args.stars:
         compare_stellar(args.checkpoints, args.stars, args.seed + 1, lib, grid, stars)
     return 0

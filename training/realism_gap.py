@@ -24,7 +24,8 @@ from PIL import Image
 from scipy.ndimage import median_filter
 
 from annotate.grid import WavelengthGrid, air_to_vacuum
-from annotate.simulate.realism import SKY_LINES, Realism, calibration_error, realism_rng, sky_model, throughput
+from annotate.simulate.realism import (SKY_LINES, Realism, calibration_error, realism_rng, sky_model, star_forming_rng,
+                                      throughput)
 from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, loguniform, observe
 from annotate.simulate.templates import load_library
 from real_spectra import fixture_redshifts  # training/, the script's folder
@@ -81,10 +82,11 @@ def simulate(realism, n, seed, z, snr):
     """Galaxies with what the realism code keeps inside: the noiseless (calibrated) spectrum and the sky."""
     settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=z, snr=snr, realism=realism)
     rng, extra = np.random.default_rng(seed), (realism_rng(seed) if realism else None)
+    sf = star_forming_rng(seed) if realism else None
     quiet = replace(realism, sky_residual=0.0, sky_shift_pix=0.0) if realism else None
     out = []
     for i in range(n):
-        loglam, rest, zi, _ = galaxy_rest(LIB, rng, settings, extra)
+        loglam, rest, zi, _ = galaxy_rest(LIB, rng, settings, extra, sf)
         snr_i, level = loguniform(rng, *settings.snr), loguniform(rng, *settings.flux_level)
         before = copy.deepcopy((rng, extra))
         flux, ivar, _ = observe(loglam, rest, zi, GRID, snr_i, level, rng, realism, extra)
@@ -162,6 +164,28 @@ def blue_red(s):
     return np.median(s["flux"][blue]) / np.median(s["flux"][red]) if blue.sum() > 20 and red.sum() > 20 else np.nan
 
 
+def ab_magnitude(wave, flux, centre, fwhm):
+    """AB magnitude of f_λ through a Gaussian band (photon counting; pixels with data only)."""
+    response, good, width = np.exp(-0.5 * ((wave - centre) / (fwhm / 2.355)) ** 2), np.isfinite(flux), np.gradient(wave)
+    f_nu = np.sum((flux * wave * response * width)[good]) / np.sum((response * 2.998e18 / wave * width)[good])
+    return -2.5 * np.log10(f_nu)
+
+
+def rest_colours(realism, n=2000, seed=13):
+    """(g - r, blue/red, star-forming?) of n noiseless local galaxies in the rest frame; g and r
+    as Gaussians of the SDSS bands' centres and widths (4770 and 6231 Å, FWHM 1370 Å)."""
+    settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=realism)
+    rng, extra, sf = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed)
+    out = []
+    for _ in range(n):
+        loglam, flux, _, labels = galaxy_rest(LIB, rng, settings, extra, sf)
+        wave = 10**loglam
+        blue, red = (wave > 4000) & (wave < 4500), (wave > 6500) & (wave < 7000)
+        out.append((ab_magnitude(wave, flux, 4770, 1370) - ab_magnitude(wave, flux, 6231, 1370),
+                    np.nanmedian(flux[blue]) / np.nanmedian(flux[red]), labels["template"].endswith(":sf")))
+    return tuple(np.array(column) for column in zip(*out))
+
+
 def sky_ratio(s):
     """sky at 7000 Å / median object flux (the simulator's `sky_to_object`)."""
     return np.median(s["sky"][np.abs(s["wave"] - 7000) < 50]) / np.median(s["flux"][s["good"]])
@@ -186,6 +210,10 @@ def main():
     local = {k: simulate(r, 200, 11, (0.0, 0.05), (40.0, 60.0)) for k, r in SIMS.items()}
     low_sky = [s for s in local["realism"] if sky_ratio(s) < 0.045]  # the default draws at the SDSS files' sky level
     distant = {k: simulate(r, 150, 12, (0.30, 0.45), (0.7 * desi_snr, 1.4 * desi_snr)) for k, r in SIMS.items()}
+    # the star-forming galaxies' continua (Realism.star_forming_continuum), for the continuum section only
+    star_forming = replace(SIMS["realism"], star_forming_continuum=True)
+    local["realism+sf"] = simulate(star_forming, 200, 11, (0.0, 0.05), (40.0, 60.0))
+    distant["realism+sf"] = simulate(star_forming, 150, 12, (0.30, 0.45), (0.7 * desi_snr, 1.4 * desi_snr))
     sims = {"old z<0.05": local["old"], "realism z<0.05": local["realism"],
             "realism sky<0.045 z<0.05": low_sky, "realism z 0.30-0.45": distant["realism"]}
     sources = [(s["name"], [s]) for s in real] + list(sims.items())  # name, spectra
@@ -242,7 +270,7 @@ def main():
 
     print("\n# 4. Continuum: median f_lambda rest 4000-4500 Å / 6500-7000 Å")
     ratios = {(z, k): np.array([blue_red(s) for s in group[k]]) for z, group in (("z<0.05", local), ("z 0.30-0.45", distant))
-              for k in SIMS}
+              for k in group}
     for (z, k), v in ratios.items():
         print(f"{k} sim {z}: median {np.nanmedian(v):.2f}, 5-95 % {np.nanpercentile(v, 5):.2f}-{np.nanpercentile(v, 95):.2f}")
     for s in real[:4]:
@@ -250,8 +278,14 @@ def main():
             print(f"{s['name']} z {s['z']:.4f}: rest 4000-4500 or 6500-7000 Å not in view")
             continue
         z = "z 0.30-0.45" if s["z"] > 0.1 else "z<0.05"
-        ranks = ", ".join(f"{k} {100 * np.nanmean(ratios[(z, k)] < blue_red(s)):.0f} %" for k in SIMS)
+        ranks = ", ".join(f"{k} {100 * np.nanmean(ratios[(z, k)] < blue_red(s)):.0f} %" for k in local)
         print(f"{s['name']} z {s['z']:.4f}: {blue_red(s):.2f}; percentile among the {z} sims: {ranks}")
+    g_r, ratio, sf = rest_colours(star_forming)
+    print(f"2000 local galaxies with star-forming continua, noiseless rest frame: {sf.mean():.2f} star-forming")
+    for name, group in (("star-forming", sf), ("the others", ~sf)):
+        print(f"  {name}: g - r median {np.median(g_r[group]):.2f} (25-75 % {np.percentile(g_r[group], 25):.2f}-"
+              f"{np.percentile(g_r[group], 75):.2f}), blue/red median {np.median(ratio[group]):.2f} "
+              f"(5-95 % {np.percentile(ratio[group], 5):.2f}-{np.percentile(ratio[group], 95):.2f})")
     types = [t[:1] for t in LIB.star_sptype]
     print(f"\n# Templates: {LIB.n_star} MILES stars, Teff {np.nanmin(LIB.star_teff):.0f}-{np.nanmax(LIB.star_teff):.0f} K; "
           f"types O B A F G K M: {[types.count(c) for c in 'OBAFGKM']}; C D L T: {[types.count(c) for c in 'CDLT']}")
@@ -287,8 +321,8 @@ def plots(real, local, distant, res, ratios):
     save(fig, "residuals.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, z in zip(axes, ("z<0.05", "z 0.30-0.45")):
-        for k in SIMS:
-            ax.hist(ratios[(z, k)], np.linspace(0, 2.5, 26), histtype="step", label=f"{k} sim")
+        for k in (*SIMS, "realism+sf"):
+            ax.hist(ratios[(z, k)], np.linspace(0, 3.5, 36), histtype="step", label=f"{k} sim")
         for i, s in enumerate([s for s in real[:4] if (s["z"] > 0.1) == (z != "z<0.05") and np.isfinite(blue_red(s))]):
             ax.axvline(blue_red(s), color="k", ls="--"), ax.text(blue_red(s) + 0.02, 20 + 25 * i, s["name"], fontsize=7)
         ax.set_title(f"galaxies {z}", fontsize=9), ax.set_xlabel("f(4000-4500 Å) / f(6500-7000 Å), rest frame")

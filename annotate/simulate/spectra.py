@@ -219,10 +219,11 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     flux = stars(flux, used)
     if rng.random() < 0.55:  # star-forming: emission lines scaled to a random H-alpha EW
         ew_halpha = loguniform(rng, 2.0, 150.0)
-        if realism is not None and sf_rng is not None and realism.star_forming_continuum and ew_halpha >= SF_EW_MIN_AA:
-            # the set with young populations that covers most of the range (the best-covering set,
-            # Maraston's, starts at 3 Gyr): what it lacks stays without data, masked when observed
-            young_sets = [name for name in np.unique(lib.gal_set) if lib.gal_age_gyr[lib.gal_set == name].min() < SF_YOUNG_GYR]
+        # the set with young populations that covers most of the range (the best-covering set,
+        # Maraston's, starts at 3 Gyr): what it lacks stays without data, masked when observed
+        young_sets = [name for name in np.unique(lib.gal_set) if lib.gal_age_gyr[lib.gal_set == name].min() < SF_YOUNG_GYR]
+        if (realism is not None and sf_rng is not None and realism.star_forming_continuum and ew_halpha >= SF_EW_MIN_AA
+                and young_sets):
             sf_set = min(young_sets, key=lambda name: missing[lib.gal_set == name].min())
             members_sf = np.flatnonzero(lib.gal_set == sf_set)
             weights = delayed_tau_weights(lib.gal_age_gyr[members_sf], sf_rng, 0.0, realism.burst_light, SF_TAU_GYR)
