@@ -124,9 +124,10 @@ def check_one(path: Path, model, card) -> dict:
             "label_errs": tuple(float(fit[f"fit_{key}_err"][0]) for key in ("teff", "logg", "feh"))}
 
 
-def check(paths: list[Path]):
-    """`check_one` of each file in turn (a generator: each row as soon as it is made)."""
-    model, card = load_checkpoint(None, "cpu")
+def check(paths: list[Path], model_folder: str | None = None):
+    """`check_one` of each file in turn (a generator: each row as soon as it is made), with the
+    checkpoint in `model_folder` (default: the shipped default model)."""
+    model, card = load_checkpoint(model_folder, "cpu")
     for path in paths:
         yield check_one(Path(path), model, card)
 
@@ -136,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped default model)")
     args = parser.parse_args(argv)
     spectra = Path(ppxf.__file__).parent / "spectra"
     paths = [spectra / "NGC3522_SDSS_DR18.fits", spectra / "NGC3073_SDSS_DR18.fits", *args.files]
     print("file | pipeline class, subclass, z | ViT class (P), z | fit class, z ± σ_z, type | Δv to pipeline (km/s), σ_z fit (km/s), pull | Teff, log g, [Fe/H]",
           flush=True)
-    for r in check(paths):
+    for r in check(paths, args.model):
         if "error" in r:
             print(f"{r['file']} | not read: {r['error']}", flush=True)
             continue
