@@ -56,6 +56,7 @@ def test_real_desi_coadds_are_read_predicted_and_written_back(desi_layout, catal
             assert row["PRED_CLASS"].strip() == "GALAXY"
             dv = SPEED_OF_LIGHT_KMS * abs(row["PRED_Z"] - row["Z"]) / (1 + row["Z"])
             assert dv < 50, dv
+            assert row["PRED_FLAGS"] & PredFlag.FIT_VIT_DISAGREE   # the ViT calls this blue galaxy a quasar
         else:  # a Lyα emitter at z 3.148 (fastspecfit's own tests fit it there), one line in view, that
             # redrock put at 0.0073 and the fit, whose templates lack such galaxies, puts at 0.353:
             # the wrong answer must not leave unflagged (the ViT says QSO, the fit GALAXY)

@@ -146,7 +146,7 @@ class Realism:
         if isinstance(self.qso_line_scatter, bool) or not isinstance(self.qso_line_scatter, numbers.Real) \
                 or not 0.0 <= self.qso_line_scatter < np.inf:
             raise ConfigError(f"realism qso_line_scatter must be a number >= 0, got {self.qso_line_scatter!r}")
-        if not isinstance(self.star_forming_continuum, (bool, np.bool_)):
+        if not isinstance(self.star_forming_continuum, bool):
             raise ConfigError(f"realism star_forming_continuum must be true or false, got {self.star_forming_continuum!r}")
         if not 0.0 <= self.cosmic_ray_probability <= 1.0:
             raise ConfigError(f"realism cosmic_ray_probability must lie in [0, 1], got {self.cosmic_ray_probability}")
@@ -287,7 +287,9 @@ def bad_columns(n_pix: int, rng: np.random.Generator, probability: float) -> np.
 
 def star_forming_rng(seed: int) -> np.random.Generator:
     """The star-forming continua's own stream for a sample drawn with `seed` (`star_forming_continuum`):
-    turning them on changes no other galaxy's draws."""
+    turning them on changes no other object's draws, save for the cosmic-ray hits where those are
+    on too (`cosmic_rays` draws over each spectrum's usable pixels, and a star-forming galaxy's
+    coverage is its young set's)."""
     return np.random.default_rng([int(seed), 0x5F0A])
 
 
