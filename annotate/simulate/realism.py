@@ -36,11 +36,11 @@ Astrophysics (rest frame):
   of the set with ages below 1 Gyr that covers most of the observed range (what it lacks is
   masked), instead of a continuum drawn apart from its lines. Without it the galaxies' populations
   came from the set that covers the whole range, Maraston's, whose youngest are 3 Gyr old: 95 % of
-  simulated galaxies had f_λ(4000-4500 Å) / f_λ(6500-7000 Å) below 1.1 and none was as blue as
-  the blue cloud of star-forming galaxies that flux-limited surveys hold in numbers (Strateva et
-  al. 2001, AJ 122, 1861); the default ViT, trained so, calls a blue DESI galaxy a quasar
-  (REALISM.md). Off by default, so that the recipes and model cards written before it simulate
-  what they did;
+  simulated galaxies had f_λ(4000-4500 Å) / f_λ(6500-7000 Å) below 1.1, while flux-limited
+  surveys hold star-forming galaxies, the blue cloud, in numbers (Strateva et al. 2001, AJ 122,
+  1861); the default model's eighth stage, trained so, classed 22 % of star-forming galaxies
+  QSO (REALISM.md, README). Off by default, so that the recipes and model cards written before it
+  simulate what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
