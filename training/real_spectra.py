@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from dataclasses import astuple
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,39 +40,29 @@ from annotate.fit.settings import fit_settings
 from annotate.fit.stage import fit_batch
 from annotate.ingest import ingest_rows
 from annotate.errors import SpectrumError
-from annotate.readers import identify_loader
+from annotate.readers import identify_loader, read_spectrum
 from annotate.store import STATUS
 from annotate.predict import predict_batch
 
 
-def pipeline_values(path: Path) -> dict:
-    """class, subclass, z, z_err as the file's own pipeline gives them ('' / NaN where it does not;
-    a z_err of 0 or below, a placeholder, as NaN); for a DESI coadd-X.fits, redrock's first row in
-    the redrock-X.fits beside it, where there is one."""
-    out = {"class": "", "subclass": "", "z": np.nan, "z_err": np.nan}
+def pipeline_values(path: Path, reader: str) -> dict:
+    """class, subclass, z, z_err as the file's own pipeline gives them, from the labels the
+    survey's `reader` finds in it (SDSS: the SPALL or SPECOBJ row; LAMOST: the primary header;
+    '' / NaN where it gives none, a z_err of 0 or below, a placeholder, as NaN); for a DESI
+    coadd-X.fits, redrock's first row in the redrock-X.fits beside it, where there is one."""
     redrock = path.with_name("redrock-" + path.name.removeprefix("coadd-"))
     if path.name.startswith("coadd-") and redrock.is_file():
         row = fits.getdata(redrock, "REDSHIFTS")[0]
         out = {"class": str(row["SPECTYPE"]).strip(), "subclass": str(row["SUBTYPE"]).strip(),
                "z": float(row["Z"]), "z_err": float(row["ZERR"]), "targetid": int(row["TARGETID"])}
-        return out | {"z_err": out["z_err"] if out["z_err"] > 0 else np.nan}
-    with fits.open(path) as hdul:
-        for name in ("SPECOBJ", "SPALL"):
-            if name in hdul and hdul[name].data is not None and len(hdul[name].data):
-                row = hdul[name].data[0]
-                out = {"class": str(row["CLASS"]).strip(), "subclass": str(row["SUBCLASS"]).strip(),
-                       "z": float(row["Z"]), "z_err": float(row["Z_ERR"])}
-                break
-        else:
-            header = hdul[0].header
-            if "CLASS" in header and "Z" in header:
-                out = {"class": str(header["CLASS"]).strip(), "subclass": str(header.get("SUBCLASS", "")).strip(),
-                       "z": float(header["Z"]), "z_err": float(header.get("Z_ERR", np.nan))}
-    if not out["z_err"] > 0:
-        out["z_err"] = np.nan
-    return out
+    else:
+        labels = read_spectrum(path, reader).labels
+        out = {"class": str(labels.get("CLASS", "")), "subclass": str(labels.get("SUBCLASS", "")),
+               "z": float(labels.get("Z", np.nan)), "z_err": float(labels.get("Z_ERR", np.nan))}
+    return out | {"z_err": out["z_err"] if out["z_err"] > 0 else np.nan}
 
 
+@lru_cache(maxsize=None)
 def fixture_redshifts(data_folder: Path) -> dict:
     """{TARGETID: z} at which fastspecfit's own tests fit the targets of its fixtures in
     `data_folder` (fastspecfit/test/data): the `input_redshift` of each target in its
@@ -101,7 +92,7 @@ def check_one(path: Path, model, card) -> dict:
     try:
         with fits.open(path) as hdul:
             reader = identify_loader(hdul).name
-        ref = pipeline_values(path)
+        ref = pipeline_values(path, reader)
     except (OSError, ValueError, KeyError, IndexError, SpectrumError) as exc:
         return {"file": path.name, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     with warnings.catch_warnings():

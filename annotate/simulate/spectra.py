@@ -198,8 +198,8 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     used = [old, young]
     label = f"{lib.gal_set[old]}+{lib.gal_set[young]}"
     realism = settings.realism if extra_rng is not None else None
-    members = usable[lib.gal_set[usable] == lib.gal_set[old]]
     if realism is not None and extra_rng.random() < realism.sfh_probability:
+        members = usable[lib.gal_set[usable] == lib.gal_set[old]]
         weights = delayed_tau_weights(lib.gal_age_gyr[members], extra_rng, realism.burst_probability,
                                       realism.burst_light)
         flux = weights @ lib.gal_flux[members].astype(np.float64)
@@ -209,26 +209,25 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     dispersion = rng.uniform(60.0, 300.0)
     wave = 10.0**lib.gal_loglam
     ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
-
-    def stars(flux, used):  # broadened to the dispersion and the resolution, then dust
-        template_sigma = float(np.max(lib.gal_sigma_kms[used]))
-        extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
-        flux = broaden(flux, extra, step)
-        return attenuate(wave, flux, ebv, calzetti_k) if ebv > 0 else flux
-
-    flux = stars(flux, used)
-    if rng.random() < 0.55:  # star-forming: emission lines scaled to a random H-alpha EW
-        ew_halpha = loguniform(rng, 2.0, 150.0)
+    star_forming = rng.random() < 0.55  # emission lines scaled to a random H-alpha EW
+    ew_halpha = loguniform(rng, 2.0, 150.0) if star_forming else 0.0
+    if (star_forming and realism is not None and sf_rng is not None and realism.star_forming_continuum
+            and ew_halpha >= SF_EW_MIN_AA):
         # the set with young populations that covers most of the range (the best-covering set,
         # Maraston's, starts at 3 Gyr): what it lacks stays without data, masked when observed
         young_sets = [name for name in np.unique(lib.gal_set) if lib.gal_age_gyr[lib.gal_set == name].min() < SF_YOUNG_GYR]
-        if (realism is not None and sf_rng is not None and realism.star_forming_continuum and ew_halpha >= SF_EW_MIN_AA
-                and young_sets):
+        if young_sets:
             sf_set = min(young_sets, key=lambda name: missing[lib.gal_set == name].min())
             members_sf = np.flatnonzero(lib.gal_set == sf_set)
             weights = delayed_tau_weights(lib.gal_age_gyr[members_sf], sf_rng, 0.0, realism.burst_light, SF_TAU_GYR)
-            flux = stars(weights @ lib.gal_flux[members_sf].astype(np.float64), list(members_sf[weights > 0]))
+            flux, used = weights @ lib.gal_flux[members_sf].astype(np.float64), list(members_sf[weights > 0])
             label = f"{sf_set}:sf"
+    template_sigma = float(np.max(lib.gal_sigma_kms[used]))
+    extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
+    flux = broaden(flux, extra, step)
+    if ebv > 0:
+        flux = attenuate(wave, flux, ebv, calzetti_k)
+    if star_forming:
         near_ha = np.abs(wave - 6564.61) < 50
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
         ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
