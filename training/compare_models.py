@@ -11,6 +11,7 @@ the same spectra.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
@@ -49,13 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--star-forming", action="store_true",
                         help="galaxies with lines of EW(Hα) >= 3 Å given the continua of ongoing star formation "
                              "(Realism.star_forming_continuum), at each strength above 0")
+    parser.add_argument("--starburst", type=float, default=0.0,
+                        help="share of the galaxies with lines given a starburst's EW(Hα) of 150-1,000 Å "
+                             "(Realism.starburst_share), at each strength above 0 (default 0: none)")
     args = parser.parse_args(argv)
     lib, grid = load_library(), WavelengthGrid()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
     for strength in args.strengths:
-        settings = SimulationSettings(realism=Realism(strength=strength, star_forming_continuum=args.star_forming)
-                                      if strength > 0 else None)
+        settings = SimulationSettings(realism=Realism(strength=strength, star_forming_continuum=args.star_forming,
+                                                      starburst_share=args.starburst) if strength > 0 else None)
         sample = draw_sample(args.n, lib, grid, seed=args.seed, star_indices=stars, settings=settings)
+        starburst = np.zeros(args.n, bool)
+        if strength > 0 and args.starburst > 0:   # the galaxies whose lines the share changed
+            plain = draw_sample(args.n, lib, grid, seed=args.seed, star_indices=stars,
+                                settings=SimulationSettings(realism=replace(settings.realism, starburst_share=0.0)))
+            starburst = np.any(plain["flux"] != sample["flux"], axis=1)
         for folder in args.checkpoints:
             out = predict(folder, sample)
             predicted = np.array(CLASS_NAMES)[np.argmax(out["prob"], axis=1)]
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             if star_forming.any():
                 print(f"  star-forming galaxies ({star_forming.sum()}): GALAXY {np.mean(predicted[star_forming] == 'GALAXY'):.3f}, "
                       f"QSO {np.mean(predicted[star_forming] == 'QSO'):.3f}, Ross success {np.mean(success[star_forming]):.3f}")
+            if starburst.any():
+                print(f"  starbursts ({starburst.sum()}): GALAXY {np.mean(predicted[starburst] == 'GALAXY'):.3f}, "
+                      f"QSO {np.mean(predicted[starburst] == 'QSO'):.3f}, Ross success {np.mean(success[starburst]):.3f}")
     if args.stars:
         compare_stellar(args.checkpoints, args.stars, args.seed + 1, lib, grid, stars)
     return 0

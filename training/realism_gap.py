@@ -24,8 +24,8 @@ from PIL import Image
 from scipy.ndimage import median_filter
 
 from annotate.grid import WavelengthGrid, air_to_vacuum
-from annotate.simulate.realism import (SKY_LINES, Realism, calibration_error, realism_rng, sky_model, star_forming_rng,
-                                      throughput)
+from annotate.simulate.realism import (SKY_LINES, Realism, calibration_error, halpha_equivalent_width, realism_rng,
+                                       sky_model, star_forming_rng, starburst_rng, throughput)
 from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, loguniform, observe
 from annotate.simulate.templates import load_library
 from real_spectra import fixture_redshifts  # training/, the script's folder
@@ -186,6 +186,14 @@ def rest_colours(realism, n=2000, seed=13):
     return tuple(np.array(column) for column in zip(*out))
 
 
+def line_strengths(realism, n=2000, seed=13):
+    """Rest-frame EW(Hα) (`halpha_equivalent_width`) of n noiseless local galaxies."""
+    settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=realism)
+    streams = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed), starburst_rng(seed)
+    return np.array([halpha_equivalent_width(10**loglam, flux)
+                     for loglam, flux, *_ in (galaxy_rest(LIB, *streams[:1], settings, *streams[1:]) for _ in range(n))])
+
+
 def sky_ratio(s):
     """sky at 7000 Å / median object flux (the simulator's `sky_to_object`)."""
     return np.median(s["sky"][np.abs(s["wave"] - 7000) < 50]) / np.median(s["flux"][s["good"]])
@@ -286,6 +294,14 @@ def main():
         print(f"  {name}: g - r median {np.median(g_r[group]):.2f} (25-75 % {np.percentile(g_r[group], 25):.2f}-"
               f"{np.percentile(g_r[group], 75):.2f}), blue/red median {np.median(ratio[group]):.2f} "
               f"(5-95 % {np.percentile(ratio[group], 5):.2f}-{np.percentile(ratio[group], 95):.2f})")
+    print("\n# 4b. Emission lines: rest-frame EW(Hα) (Å; ±10 Å, continuum 6460-6530 and 6600-6680 Å)")
+    for s in real[:3]:
+        print(f"{s['name']} z {s['z']:.4f}: {halpha_equivalent_width(s['wave'] / (1 + s['z']), np.where(s['good'], s['flux'], np.nan)):.0f}")
+    for share in (0.0, 0.15):
+        ew = line_strengths(replace(star_forming, starburst_share=share))
+        print(f"2000 local galaxies, starburst_share {share:g}: {np.mean(ew > 3):.2f} with EW > 3 Å; of those, EW "
+              f"median {np.median(ew[ew > 3]):.0f}, 90 / 99 % {np.percentile(ew[ew > 3], 90):.0f} / "
+              f"{np.percentile(ew[ew > 3], 99):.0f}, above 200 Å {np.mean(ew[ew > 3] > 200):.3f}")
     types = [t[:1] for t in LIB.star_sptype]
     print(f"\n# Templates: {LIB.n_star} MILES stars, Teff {np.nanmin(LIB.star_teff):.0f}-{np.nanmax(LIB.star_teff):.0f} K; "
           f"types O B A F G K M: {[types.count(c) for c in 'OBAFGKM']}; C D L T: {[types.count(c) for c in 'CDLT']}")

@@ -41,6 +41,13 @@ Astrophysics (rest frame):
   1861); the default model's eighth stage, trained so, classed 22 % of star-forming galaxies
   QSO (REALISM.md, README). Off by default, so that the recipes and model cards written before it
   simulate what they did;
+- starbursts (`starburst_share`): that share of the galaxies given nebular lines have EW(Hα)
+  drawn log-uniform in 150-1,000 Å (STARBURST_EW_AA) instead of 2-150 Å. Galaxies forming stars
+  at that rate are rare but real: H II galaxies and blue compact dwarfs reach EW(Hα) of several
+  hundred Å (Terlevich et al. 1991, A&AS 91, 285), the "green peas" 1,000 Å in [O III] 5007
+  (Cardamone et al. 2009, MNRAS 399, 1191), and emission-line targets of the deep surveys (DESI's
+  BGS and ELG samples) are chosen for such lines. Drawn from a stream of its own; off (0) by
+  default, so that the recipes and model cards written before it simulate what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
@@ -96,6 +103,7 @@ QSO_LINE_FAMILY = {"CIII]": "CIII]", "MgII": "MgII", "Hgamma": "Balmer", "Hbeta"
 SF_EW_MIN_AA = 3.0          # EW(Hα) from which a galaxy's lines come from young stars or an AGN (WHAN, Cid Fernandes et al. 2011)
 SF_TAU_GYR = (1.0, 10.0)    # τ of a star-forming galaxy's delayed-τ history (no burst): star formation that goes on today
 SF_YOUNG_GYR = 1.0          # a star-forming galaxy's populations come from a set that holds ages below this
+STARBURST_EW_AA = (150.0, 1000.0)  # log-uniform EW(Hα) of a starburst (`starburst_share`), above the 2-150 Å of the others
 DICHROICS_AA = ((5750.0, 6050.0), (7500.0, 7650.0))  # where blue/red (and red/near-IR) arms meet
 
 
@@ -128,6 +136,7 @@ class Realism:
     civ_blueshift_kms: tuple = (0.0, 2500.0)  # uniform blueshift of C IV (the lines near Lyα: half)
     qso_line_scatter: float = 0.0          # × QSO_LINE_SCATTER_KMS × strength: σ of each line family's offset (0, the default: none)
     star_forming_continuum: bool = False   # galaxies with EW(Hα) ≥ SF_EW_MIN_AA get an ongoing history (False, the default: as before)
+    starburst_share: float = 0.0           # share of the galaxies with lines whose EW(Hα) is a starburst's (STARBURST_EW_AA; not × strength; 0, the default: none)
     cosmic_ray_probability: float = 0.0    # chance of 1-3 cosmic-ray hits left in the spectrum (not × strength)
     cosmic_ray_sigma: tuple = (10.0, 1000.0)    # log-uniform peak of a hit / the spectrum's median noise σ
     cosmic_ray_widths: tuple = (0.5, 0.35, 0.15)  # chances of a hit covering 1, 2 and 3 pixels
@@ -148,6 +157,9 @@ class Realism:
             raise ConfigError(f"realism qso_line_scatter must be a number >= 0, got {self.qso_line_scatter!r}")
         if not isinstance(self.star_forming_continuum, bool):
             raise ConfigError(f"realism star_forming_continuum must be true or false, got {self.star_forming_continuum!r}")
+        if isinstance(self.starburst_share, bool) or not isinstance(self.starburst_share, numbers.Real) \
+                or not 0.0 <= self.starburst_share <= 1.0:
+            raise ConfigError(f"realism starburst_share must be a number in [0, 1], got {self.starburst_share!r}")
         if not 0.0 <= self.cosmic_ray_probability <= 1.0:
             raise ConfigError(f"realism cosmic_ray_probability must lie in [0, 1], got {self.cosmic_ray_probability}")
         if len(self.cosmic_ray_sigma) != 2 or not 0 < self.cosmic_ray_sigma[0] <= self.cosmic_ray_sigma[1] < np.inf:
@@ -291,6 +303,26 @@ def star_forming_rng(seed: int) -> np.random.Generator:
     on too (`cosmic_rays` draws over each spectrum's usable pixels, and a star-forming galaxy's
     coverage is its young set's)."""
     return np.random.default_rng([int(seed), 0x5F0A])
+
+
+def halpha_equivalent_width(rest_wave: np.ndarray, flux: np.ndarray) -> float:
+    """Rest-frame EW (Å, emission positive) of the flux above the continuum within ±10 Å of Hα,
+    the continuum the median of 6,460-6,530 and 6,600-6,680 Å (clear of [N II] and [S II]); NaN
+    pixels are left out, NaN where either side has none. How REALISM.md compares the simulated
+    galaxies' lines with real ones."""
+    rest_wave, flux = np.asarray(rest_wave, float), np.asarray(flux, float)
+    side = ((rest_wave > 6460) & (rest_wave < 6530)) | ((rest_wave > 6600) & (rest_wave < 6680))
+    window = np.abs(rest_wave - 6564.61) < 10.0
+    if not (np.isfinite(flux[side]).any() and np.isfinite(flux[window]).any()):
+        return float("nan")
+    continuum = np.nanmedian(flux[side])
+    return float(np.nansum(((flux - continuum) / continuum * np.gradient(rest_wave))[window]))
+
+
+def starburst_rng(seed: int) -> np.random.Generator:
+    """The starbursts' own stream for a sample drawn with `seed` (`starburst_share`): drawn from
+    only where the share is above 0, so that with it at 0 every draw is as before."""
+    return np.random.default_rng([int(seed), 0x5B5A])
 
 
 def line_offset_rng(seed: int) -> np.random.Generator:

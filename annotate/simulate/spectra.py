@@ -22,7 +22,7 @@ from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
                       cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, line_offset_rng,
-                      SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, star_forming_rng,
+                      SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, STARBURST_EW_AA, star_forming_rng, starburst_rng,
                       line_offsets, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
@@ -177,13 +177,15 @@ def star_neighbours(lib: TemplateLibrary, indices: np.ndarray, k: int = BLEND_NE
 
 
 def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: SimulationSettings,
-                extra_rng: np.random.Generator | None = None, sf_rng: np.random.Generator | None = None):
+                extra_rng: np.random.Generator | None = None, sf_rng: np.random.Generator | None = None,
+                burst_rng: np.random.Generator | None = None):
     """(rest loglam, rest flux, z, labels): two SSPs, velocity dispersion, nebular lines. With
     `settings.realism` (and `extra_rng`, its stream) often a delayed-τ history over one set's
     populations instead, and Calzetti dust on the stars and, more strongly, on the lines; with its
     `star_forming_continuum` (and `sf_rng`, its stream), a galaxy whose lines reach EW(Hα) ≥
     SF_EW_MIN_AA gets a history of ongoing star formation instead (`rng`'s and `extra_rng`'s draws
-    are the same either way)."""
+    are the same either way); with its `starburst_share` (and `burst_rng`, its stream), that share
+    of the galaxies with lines get a starburst's EW(Hα) (STARBURST_EW_AA) before that choice."""
     low = settings.low_z_fraction > 0 and rng.random() < settings.low_z_fraction
     z = rng.uniform(*(settings.z_galaxy_low if low else settings.z_galaxy))
     # populations that cover the rest-frame range observed at this z, as far as any does (the
@@ -211,6 +213,9 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
     star_forming = rng.random() < 0.55  # emission lines scaled to a random H-alpha EW
     ew_halpha = loguniform(rng, 2.0, 150.0) if star_forming else 0.0
+    if (star_forming and realism is not None and burst_rng is not None and realism.starburst_share > 0
+            and burst_rng.random() < realism.starburst_share):
+        ew_halpha = float(loguniform(burst_rng, *STARBURST_EW_AA))
     if (star_forming and realism is not None and sf_rng is not None and realism.star_forming_continuum
             and ew_halpha >= SF_EW_MIN_AA):
         # the set with young populations that covers most of the range (the best-covering set,
@@ -347,6 +352,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
     cosmic_rng = cosmic_ray_rng(seed) if realism is not None and realism.cosmic_ray_probability > 0 else None
     offset_rng = line_offset_rng(seed) if realism is not None else None
     sf_rng = star_forming_rng(seed) if realism is not None else None
+    burst_rng = starburst_rng(seed) if realism is not None else None
     star_indices = np.arange(lib.n_star) if star_indices is None else np.asarray(star_indices)
     neighbours = star_neighbours(lib, star_indices) if settings.star_blend_probability > 0 else {}
     classes = rng.choice(len(CLASS_NAMES), size=n, p=np.asarray(settings.class_fractions) / sum(settings.class_fractions))
@@ -375,7 +381,7 @@ def draw_sample(n: int, lib: TemplateLibrary, grid: WavelengthGrid, seed: int = 
             loglam, flux, z, labels = star_rest(lib, index, rng, settings, blend)
             out["teff"][i], out["logg"][i], out["feh"][i] = labels["teff"], labels["logg"], labels["feh"]
         elif name == "GALAXY":
-            loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng, sf_rng)
+            loglam, flux, z, labels = galaxy_rest(lib, rng, settings, extra_rng, sf_rng, burst_rng)
         else:
             loglam, flux, z, labels = quasar_rest(rng, settings, extra_rng=extra_rng, offset_rng=offset_rng)
         out["z"][i], out["template"][i] = z, labels["template"]

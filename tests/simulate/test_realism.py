@@ -7,7 +7,8 @@ from annotate.errors import ConfigError
 from annotate.grid import WavelengthGrid, air_to_vacuum
 from annotate.simulate.realism import (Realism, bad_columns, calibration_error, calzetti_k, delayed_tau_weights,
                                        instrument_range, observe_with_sky, sky_model, smc_k, throughput)
-from annotate.simulate.realism import realism_rng, star_forming_rng
+from annotate.simulate.realism import (STARBURST_EW_AA, halpha_equivalent_width, realism_rng, star_forming_rng,
+                                       starburst_rng)
 from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, quasar_rest
 from annotate.simulate.templates import load_library
 
@@ -311,6 +312,38 @@ def test_star_forming_continua_are_blue_and_change_only_the_star_forming_galaxie
     assert not Realism().star_forming_continuum   # off by default: earlier recipes draw what they did
 
 
+def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing_else():
+    """With `starburst_share`, that share of the galaxies given lines get EW(Hα) of 150-1,000 Å
+    (STARBURST_EW_AA) in place of their 2-150 Å: the same galaxies, z and continua, only their
+    lines stronger; every other object as without it, to the bit."""
+    lib = load_library()
+    drawn = {}
+    for share in (0.0, 1.0):
+        settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=Realism(starburst_share=share))
+        rng, extra, sf, burst = np.random.default_rng(6), realism_rng(6), star_forming_rng(6), starburst_rng(6)
+        drawn[share] = [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(120)]
+    ew = {share: np.array([halpha_equivalent_width(10.0 ** loglam, flux) for loglam, flux, *_ in drawn[share]])
+          for share in drawn}
+    changed = np.array([not np.array_equal(a[1], b[1], equal_nan=True) for a, b in zip(drawn[0.0], drawn[1.0])])
+    assert 0.4 < changed.mean() < 0.7   # 55 % of galaxies get lines
+    assert all(a[2] == b[2] for a, b in zip(drawn[0.0], drawn[1.0]))   # the same z: no other stream moves
+    assert np.all(ew[0.0][changed] < 200.0)
+    # the measured EW of the starbursts lies in the drawn range, less what falls outside ±10 Å
+    assert np.all((ew[1.0][changed] > 0.8 * STARBURST_EW_AA[0]) & (ew[1.0][changed] < 1.05 * STARBURST_EW_AA[1]))
+    assert np.median(ew[1.0][changed]) > 250.0   # log-uniform over 150-1,000 Å: median 387 Å
+    # through draw_sample: a share of 0.5, and every spectrum but the changed galaxies' as without it
+    plain, burst = (draw_sample(120, lib, GRID, seed=8, settings=SimulationSettings(realism=Realism(starburst_share=share)))
+                    for share in (0.0, 0.5))
+    moved = np.any(plain["flux"] != burst["flux"], axis=1)
+    assert moved.any() and set(burst["class"][moved]) == {"GALAXY"}
+    assert 0.1 < moved.sum() / (burst["class"] == "GALAXY").sum() < 0.45   # 0.55 × 0.5 expected
+    for key in ("ivar", "mask"):
+        assert np.array_equal(plain[key][~moved], burst[key][~moved]), key
+    assert np.array_equal(plain["z"], burst["z"]) and np.array_equal(plain["class"], burst["class"])
+    assert Realism.from_dict({"starburst_share": 0.15}).starburst_share == 0.15
+    assert Realism().starburst_share == 0.0   # off by default: earlier recipes draw what they did
+
+
 def test_cosmic_rays_add_hits_and_change_nothing_else():
     """Hits of 1-3 pixels at usable pixels, peaks 10-1000 times the median noise, in about the
     share of spectra asked for; the ivar, mask, objects and every other pixel as without them."""
@@ -341,7 +374,9 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
                                          ({"cosmic_ray_widths": [1, 1]}, "cosmic_ray_widths"),
                                          ({"qso_line_scatter": -1}, "qso_line_scatter"),
                                          ({"qso_line_scatter": "wide"}, "qso_line_scatter"),
-                                         ({"star_forming_continuum": "yes"}, "star_forming_continuum")])
+                                         ({"star_forming_continuum": "yes"}, "star_forming_continuum"),
+                                         ({"starburst_share": 1.5}, "starburst_share"),
+                                         ({"starburst_share": True}, "starburst_share")])
 def test_cosmic_ray_and_line_offset_settings_are_checked(spec, words):
     with pytest.raises(ConfigError, match=words):
         Realism.from_dict(spec)
