@@ -46,8 +46,14 @@ Astrophysics (rest frame):
   at that rate are rare but real: H II galaxies and blue compact dwarfs reach EW(Hα) of several
   hundred Å (Terlevich et al. 1991, A&AS 91, 285), the "green peas" 1,000 Å in [O III] 5007
   (Cardamone et al. 2009, MNRAS 399, 1191), and emission-line targets of the deep surveys (DESI's
-  BGS and ELG samples) are chosen for such lines. Drawn from a stream of its own; off (0) by
-  default, so that the recipes and model cards written before it simulate what they did;
+  BGS and ELG samples) are chosen for such lines. Lines that strong come from stars a few Myr
+  old: an instantaneous burst's EW(Hα) is about 1,000 Å at 3-5 Myr and falls below 100 Å by
+  10 Myr (Leitherer et al. 1999, ApJS 123, 3, Starburst99). So with `star_forming_continuum` a
+  starburst's continuum also holds a population of its young set at most 10 Myr old
+  (STARBURST_AGE_GYR), whose share of the continuum at Hα is EW(Hα) / 1,000 Å
+  (STARBURST_YOUNG_EW_AA), at most 0.9: a blue, nearly flat f_ν continuum. Drawn from a stream
+  of its own; off (0) by default, so that the recipes and model cards written before it simulate
+  what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
@@ -104,6 +110,9 @@ SF_EW_MIN_AA = 3.0          # EW(Hα) from which a galaxy's lines come from youn
 SF_TAU_GYR = (1.0, 10.0)    # τ of a star-forming galaxy's delayed-τ history (no burst): star formation that goes on today
 SF_YOUNG_GYR = 1.0          # a star-forming galaxy's populations come from a set that holds ages below this
 STARBURST_EW_AA = (150.0, 1000.0)  # log-uniform EW(Hα) of a starburst (`starburst_share`), above the 2-150 Å of the others
+STARBURST_AGE_GYR = 0.01    # a starburst's continuum holds a population at most this old (with `star_forming_continuum`) ...
+STARBURST_YOUNG_EW_AA = 1000.0  # ... whose share of the continuum at Hα is EW(Hα) / this, the EW(Hα) of such a population alone
+STARBURST_MAX_SHARE = 0.9   # ... and at most this
 DICHROICS_AA = ((5750.0, 6050.0), (7500.0, 7650.0))  # where blue/red (and red/near-IR) arms meet
 
 

@@ -22,7 +22,8 @@ from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from ..grid import WavelengthGrid, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
                       cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, line_offset_rng,
-                      SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, STARBURST_EW_AA, star_forming_rng, starburst_rng,
+                      SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, STARBURST_AGE_GYR, STARBURST_EW_AA, STARBURST_MAX_SHARE,
+                      STARBURST_YOUNG_EW_AA, star_forming_rng, starburst_rng,
                       line_offsets, observe_with_sky, realism_rng, smc_k)
 from .templates import TemplateLibrary
 
@@ -213,9 +214,11 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
     star_forming = rng.random() < 0.55  # emission lines scaled to a random H-alpha EW
     ew_halpha = loguniform(rng, 2.0, 150.0) if star_forming else 0.0
+    starburst = False
     if (star_forming and realism is not None and burst_rng is not None and realism.starburst_share > 0
             and burst_rng.random() < realism.starburst_share):
         ew_halpha = float(loguniform(burst_rng, *STARBURST_EW_AA))
+        starburst = True
     if (star_forming and realism is not None and sf_rng is not None and realism.star_forming_continuum
             and ew_halpha >= SF_EW_MIN_AA):
         # the set with young populations that covers most of the range (the best-covering set,
@@ -227,6 +230,16 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
             weights = delayed_tau_weights(lib.gal_age_gyr[members_sf], sf_rng, 0.0, realism.burst_light, SF_TAU_GYR)
             flux, used = weights @ lib.gal_flux[members_sf].astype(np.float64), list(members_sf[weights > 0])
             label = f"{sf_set}:sf"
+            young = members_sf[lib.gal_age_gyr[members_sf] <= STARBURST_AGE_GYR]
+            if starburst and len(young):
+                # lines this strong come from stars a few Myr old: a population of the set at most
+                # STARBURST_AGE_GYR old gives the share of the continuum at Hα the EW asks for
+                chosen = int(burst_rng.choice(young))
+                burst = lib.gal_flux[chosen].astype(np.float64)
+                share = min(ew_halpha / STARBURST_YOUNG_EW_AA, STARBURST_MAX_SHARE)
+                near = np.abs(wave - 6564.61) < 50
+                flux = (1 - share) * flux / np.nanmedian(flux[near]) + share * burst / np.nanmedian(burst[near])
+                used.append(chosen)
     template_sigma = float(np.max(lib.gal_sigma_kms[used]))
     extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
     flux = broaden(flux, extra, step)
@@ -243,7 +256,7 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
             ratios = ratios * 10.0 ** (-0.4 * extra_ebv * (calzetti_k(centres) - calzetti_k(np.float64(6564.61))))
         sigma_gas = np.sqrt(rng.uniform(40.0, 150.0) ** 2 + settings.resolution_sigma_kms**2)
         flux = add_lines(lib.gal_loglam, flux, GALAXY_LINES, ew_halpha * continuum * ratios, sigma_gas)
-    return lib.gal_loglam, flux, z, {"template": label}
+    return lib.gal_loglam, flux, z, {"template": f"starburst:{label}" if starburst else label}
 
 
 def quasar_rest(rng: np.random.Generator, settings: SimulationSettings, z: float | None = None,

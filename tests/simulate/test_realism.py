@@ -326,6 +326,7 @@ def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing
           for share in drawn}
     changed = np.array([not np.array_equal(a[1], b[1], equal_nan=True) for a, b in zip(drawn[0.0], drawn[1.0])])
     assert 0.4 < changed.mean() < 0.7   # 55 % of galaxies get lines
+    assert np.array_equal(changed, [labels["template"].startswith("starburst:") for *_, labels in drawn[1.0]])
     assert all(a[2] == b[2] for a, b in zip(drawn[0.0], drawn[1.0]))   # the same z: no other stream moves
     assert np.all(ew[0.0][changed] < 200.0)
     # the measured EW of the starbursts lies in the drawn range, less what falls outside ±10 Å
@@ -336,10 +337,23 @@ def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing
                     for share in (0.0, 0.5))
     moved = np.any(plain["flux"] != burst["flux"], axis=1)
     assert moved.any() and set(burst["class"][moved]) == {"GALAXY"}
+    assert np.array_equal(moved, np.char.startswith(burst["template"], "starburst:"))   # marked in the label
     assert 0.1 < moved.sum() / (burst["class"] == "GALAXY").sum() < 0.45   # 0.55 × 0.5 expected
     for key in ("ivar", "mask"):
         assert np.array_equal(plain[key][~moved], burst[key][~moved]), key
     assert np.array_equal(plain["z"], burst["z"]) and np.array_equal(plain["class"], burst["class"])
+    # with the star-forming continua, a starburst's continuum holds a population a few Myr old: bluer
+    # than the same objects drawn without it (rest f_λ(4000-4500 Å) / f_λ(6500-7000 Å), REALISM.md)
+    blue = {}
+    for share in (0.0, 1.0):
+        settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05),
+                                      realism=Realism(star_forming_continuum=True, starburst_share=share))
+        rng, extra, sf, burst = np.random.default_rng(7), realism_rng(7), star_forming_rng(7), starburst_rng(7)
+        blue[share] = [(_blue_red(loglam, flux), labels["template"]) for loglam, flux, _, labels in
+                       (galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(150))]
+    marked = np.array([template.startswith("starburst:") for _, template in blue[1.0]])
+    ratio = {share: np.array([value for value, _ in blue[share]]) for share in blue}
+    assert marked.sum() > 40 and np.median(ratio[1.0][marked]) > 1.25 * np.median(ratio[0.0][marked])
     assert Realism.from_dict({"starburst_share": 0.15}).starburst_share == 0.15
     assert Realism().starburst_share == 0.0   # off by default: earlier recipes draw what they did
 
