@@ -74,10 +74,13 @@ def test_prediction_with_rendering_on_the_device_equals_numpy_rendering(batch):
     model, card = load_checkpoint(DEFAULT_MODEL, "cpu")
     on_host = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=False)
     on_device = predict_batch(model, card, flux[5:21], mask[5:21], "cpu", render_on_device=True)
-    # the images are identical (tested above); the model's float32 arithmetic on them may differ in
-    # the last bits from run to run (threading), so predictions agree to float32 rounding
+    # the images are identical (tested above), but the two paths hand the model tensors made
+    # differently, and its float32 arithmetic on them may differ in the last bits (kernels chosen by
+    # layout, threading): the heads' outputs, of order 1, then differ by a few 1e-7, and a label is
+    # such an output times its scale (log g, [Fe/H] in dex: a few 1e-6 was seen with the default
+    # model's tenth stage). So: within 1e-5 in the labels' own units (z, dex), or 1e-5 of the value
     for key in on_host:
-        np.testing.assert_allclose(on_device[key], on_host[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(on_device[key], on_host[key], rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_inference_stays_close_to_float32(batch):
