@@ -83,10 +83,11 @@ def simulate(realism, n, seed, z, snr):
     settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=z, snr=snr, realism=realism)
     rng, extra = np.random.default_rng(seed), (realism_rng(seed) if realism else None)
     sf = star_forming_rng(seed) if realism else None
+    burst = starburst_rng(seed) if realism else None
     quiet = replace(realism, sky_residual=0.0, sky_shift_pix=0.0) if realism else None
     out = []
     for i in range(n):
-        loglam, rest, zi, _ = galaxy_rest(LIB, rng, settings, extra, sf)
+        loglam, rest, zi, _ = galaxy_rest(LIB, rng, settings, extra, sf, burst)
         snr_i, level = loguniform(rng, *settings.snr), loguniform(rng, *settings.flux_level)
         before = copy.deepcopy((rng, extra))
         flux, ivar, _ = observe(loglam, rest, zi, GRID, snr_i, level, rng, realism, extra)
@@ -172,17 +173,18 @@ def ab_magnitude(wave, flux, centre, fwhm):
 
 
 def rest_colours(realism, n=2000, seed=13):
-    """(g - r, blue/red, star-forming?) of n noiseless local galaxies in the rest frame; g and r
+    """(g - r, blue/red, star-forming?, starburst?) of n noiseless local galaxies in the rest frame; g and r
     as Gaussians of the SDSS bands' centres and widths (4770 and 6231 Å, FWHM 1370 Å)."""
     settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=realism)
-    rng, extra, sf = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed)
+    rng, extra, sf, burst = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed), starburst_rng(seed)
     out = []
     for _ in range(n):
-        loglam, flux, _, labels = galaxy_rest(LIB, rng, settings, extra, sf)
+        loglam, flux, _, labels = galaxy_rest(LIB, rng, settings, extra, sf, burst)
         wave = 10**loglam
         blue, red = (wave > 4000) & (wave < 4500), (wave > 6500) & (wave < 7000)
         out.append((ab_magnitude(wave, flux, 4770, 1370) - ab_magnitude(wave, flux, 6231, 1370),
-                    np.nanmedian(flux[blue]) / np.nanmedian(flux[red]), labels["template"].endswith(":sf")))
+                    np.nanmedian(flux[blue]) / np.nanmedian(flux[red]), labels["template"].endswith(":sf"),
+                    labels["template"].startswith("starburst:")))
     return tuple(np.array(column) for column in zip(*out))
 
 
@@ -222,6 +224,10 @@ def main():
     star_forming = replace(SIMS["realism"], star_forming_continuum=True)
     local["realism+sf"] = simulate(star_forming, 200, 11, (0.0, 0.05), (40.0, 60.0))
     distant["realism+sf"] = simulate(star_forming, 150, 12, (0.30, 0.45), (0.7 * desi_snr, 1.4 * desi_snr))
+    # ... and with starbursts (Realism.starburst_share) among them, as the default model's tenth stage trains
+    starbursts = replace(star_forming, starburst_share=0.15)
+    local["realism+sf+starbursts"] = simulate(starbursts, 200, 11, (0.0, 0.05), (40.0, 60.0))
+    distant["realism+sf+starbursts"] = simulate(starbursts, 150, 12, (0.30, 0.45), (0.7 * desi_snr, 1.4 * desi_snr))
     sims = {"old z<0.05": local["old"], "realism z<0.05": local["realism"],
             "realism sky<0.045 z<0.05": low_sky, "realism z 0.30-0.45": distant["realism"]}
     sources = [(s["name"], [s]) for s in real] + list(sims.items())  # name, spectra
@@ -288,9 +294,10 @@ def main():
         z = "z 0.30-0.45" if s["z"] > 0.1 else "z<0.05"
         ranks = ", ".join(f"{k} {100 * np.nanmean(ratios[(z, k)] < blue_red(s)):.0f} %" for k in local)
         print(f"{s['name']} z {s['z']:.4f}: {blue_red(s):.2f}; percentile among the {z} sims: {ranks}")
-    g_r, ratio, sf = rest_colours(star_forming)
-    print(f"2000 local galaxies with star-forming continua, noiseless rest frame: {sf.mean():.2f} star-forming")
-    for name, group in (("star-forming", sf), ("the others", ~sf)):
+    g_r, ratio, sf, burst = rest_colours(starbursts)
+    print(f"2000 local galaxies with star-forming continua and starbursts, noiseless rest frame: {sf.mean():.2f} "
+          f"star-forming, {burst.mean():.3f} starbursts")
+    for name, group in (("star-forming, not starbursts", sf & ~burst), ("starbursts", burst), ("the others", ~sf)):
         print(f"  {name}: g - r median {np.median(g_r[group]):.2f} (25-75 % {np.percentile(g_r[group], 25):.2f}-"
               f"{np.percentile(g_r[group], 75):.2f}), blue/red median {np.median(ratio[group]):.2f} "
               f"(5-95 % {np.percentile(ratio[group], 5):.2f}-{np.percentile(ratio[group], 95):.2f})")
@@ -298,7 +305,7 @@ def main():
     for s in real[:3]:
         print(f"{s['name']} z {s['z']:.4f}: {halpha_equivalent_width(s['wave'] / (1 + s['z']), np.where(s['good'], s['flux'], np.nan)):.0f}")
     for share in (0.0, 0.15):
-        ew = line_strengths(replace(star_forming, starburst_share=share))
+        ew = line_strengths(replace(starbursts, starburst_share=share))
         print(f"2000 local galaxies, starburst_share {share:g}: {np.mean(ew > 3):.2f} with EW > 3 Å; of those, EW "
               f"median {np.median(ew[ew > 3]):.0f}, 90 / 99 % {np.percentile(ew[ew > 3], 90):.0f} / "
               f"{np.percentile(ew[ew > 3], 99):.0f}, above 200 Å {np.mean(ew[ew > 3] > 200):.3f}")
