@@ -52,8 +52,9 @@ Astrophysics (rest frame):
   starburst's continuum also holds a population of its young set at most 10 Myr old
   (STARBURST_AGE_GYR), whose share of the continuum at Hα is EW(Hα) / 1,000 Å
   (STARBURST_YOUNG_EW_AA), at most 0.9: a blue, nearly flat f_ν continuum. Drawn from a stream
-  of its own; off (0) by default, so that the recipes and model cards written before it simulate
-  what they did;
+  of its own (which, with the star-forming continua on, still shifts the other galaxies'
+  histories: `starburst_rng`); off (0) by default, so that the recipes and model cards written
+  before it simulate what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
@@ -317,20 +318,28 @@ def star_forming_rng(seed: int) -> np.random.Generator:
 def halpha_equivalent_width(rest_wave: np.ndarray, flux: np.ndarray) -> float:
     """Rest-frame EW (Å, emission positive) of the flux above the continuum within ±10 Å of Hα,
     the continuum the median of 6,460-6,530 and 6,600-6,680 Å (clear of [N II] and [S II]); NaN
-    pixels are left out, NaN where either side has none. How REALISM.md compares the simulated
-    galaxies' lines with real ones."""
+    pixels are left out (within ±10 Å they add nothing, so a gap there lowers the EW); NaN where
+    the continuum windows or the line window have no pixel, or the continuum is not above 0. How REALISM.md compares the
+    simulated galaxies' lines with real ones."""
     rest_wave, flux = np.asarray(rest_wave, float), np.asarray(flux, float)
     side = ((rest_wave > 6460) & (rest_wave < 6530)) | ((rest_wave > 6600) & (rest_wave < 6680))
     window = np.abs(rest_wave - 6564.61) < 10.0
     if not (np.isfinite(flux[side]).any() and np.isfinite(flux[window]).any()):
         return float("nan")
     continuum = np.nanmedian(flux[side])
+    if not continuum > 0:
+        return float("nan")
     return float(np.nansum(((flux - continuum) / continuum * np.gradient(rest_wave))[window]))
 
 
 def starburst_rng(seed: int) -> np.random.Generator:
     """The starbursts' own stream for a sample drawn with `seed` (`starburst_share`): drawn from
-    only where the share is above 0, so that with it at 0 every draw is as before."""
+    only where the share is above 0, so that with it at 0 every draw is as before. With
+    `star_forming_continuum` on as well, the share also changes other galaxies' continua (not
+    their class, z or lines): a starburst drawn from a galaxy whose EW(Hα) was below SF_EW_MIN_AA
+    becomes star-forming and draws from `star_forming_rng`, so every later star-forming galaxy's
+    history is drawn anew; and a starburst's young population is drawn from this stream, so which
+    galaxies become starbursts then depends on that setting too."""
     return np.random.default_rng([int(seed), 0x5B5A])
 
 

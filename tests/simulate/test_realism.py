@@ -312,10 +312,23 @@ def test_star_forming_continua_are_blue_and_change_only_the_star_forming_galaxie
     assert not Realism().star_forming_continuum   # off by default: earlier recipes draw what they did
 
 
+def test_halpha_equivalent_width_of_a_known_line():
+    """A Gaussian Hα of EW 50 Å (σ 2 Å) on a flat continuum reads 50 Å; a gap in the line window
+    lowers it; a continuum at or below 0, or no pixel in the continuum windows, gives NaN."""
+    wave = np.arange(6400.0, 6700.0, 0.5)
+    line = 50.0 * np.exp(-0.5 * ((wave - 6564.61) / 2.0) ** 2) / (2.0 * np.sqrt(2 * np.pi))
+    assert halpha_equivalent_width(wave, 3.0 * (1.0 + line)) == pytest.approx(50.0, rel=1e-3)
+    gap = np.where(np.abs(wave - 6564.61) < 1.0, np.nan, 1.0 + line)
+    assert 20.0 < halpha_equivalent_width(wave, gap) < 40.0
+    assert np.isnan(halpha_equivalent_width(wave, line - 1.0))
+    assert np.isnan(halpha_equivalent_width(wave, np.where(np.abs(wave - 6564.61) > 10.0, np.nan, 1.0 + line)))
+
+
 def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing_else():
     """With `starburst_share`, that share of the galaxies given lines get EW(Hα) of 150-1,000 Å
     (STARBURST_EW_AA) in place of their 2-150 Å: the same galaxies, z and continua, only their
-    lines stronger; every other object as without it, to the bit."""
+    lines stronger; without the star-forming continua every other object as without it, to the
+    bit, and with them at a share of 0 every galaxy as without the starbursts' stream."""
     lib = load_library()
     drawn = {}
     for share in (0.0, 1.0):
@@ -354,6 +367,14 @@ def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing
     marked = np.array([template.startswith("starburst:") for _, template in blue[1.0]])
     ratio = {share: np.array([value for value, _ in blue[share]]) for share in blue}
     assert marked.sum() > 40 and np.median(ratio[1.0][marked]) > 1.25 * np.median(ratio[0.0][marked])
+    # a share of 0 draws nothing from the starbursts' stream: with the star-forming continua on, the
+    # galaxies are those drawn without the stream at all (as before the share existed)
+    settings = SimulationSettings(class_fractions=(1, 0, 0), realism=Realism(star_forming_continuum=True))
+    streams = {with_stream: (np.random.default_rng(9), realism_rng(9), star_forming_rng(9),
+                             starburst_rng(9) if with_stream else None) for with_stream in (False, True)}
+    drawn = {key: [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(60)]
+             for key, (rng, extra, sf, burst) in streams.items()}
+    assert all(np.array_equal(a[1], b[1], equal_nan=True) and a[3] == b[3] for a, b in zip(drawn[False], drawn[True]))
     assert Realism.from_dict({"starburst_share": 0.15}).starburst_share == 0.15
     assert Realism().starburst_share == 0.0   # off by default: earlier recipes draw what they did
 
