@@ -173,8 +173,9 @@ def ab_magnitude(wave, flux, centre, fwhm):
 
 
 def rest_colours(realism, n=2000, seed=13):
-    """(g - r, blue/red, star-forming?, starburst?) of n noiseless local galaxies in the rest frame; g and r
-    as Gaussians of the SDSS bands' centres and widths (4770 and 6231 Å, FWHM 1370 Å)."""
+    """(g - r, blue/red, star-forming?, starburst?, EW(Hα)) of n noiseless local galaxies in the
+    rest frame; g and r as Gaussians of the SDSS bands' centres and widths (4770 and 6231 Å, FWHM
+    1370 Å), EW(Hα) by `halpha_equivalent_width`."""
     settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=realism)
     rng, extra, sf, burst = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed), starburst_rng(seed)
     out = []
@@ -184,16 +185,8 @@ def rest_colours(realism, n=2000, seed=13):
         blue, red = (wave > 4000) & (wave < 4500), (wave > 6500) & (wave < 7000)
         out.append((ab_magnitude(wave, flux, 4770, 1370) - ab_magnitude(wave, flux, 6231, 1370),
                     np.nanmedian(flux[blue]) / np.nanmedian(flux[red]), labels["template"].endswith(":sf"),
-                    labels["template"].startswith("starburst:")))
+                    labels["template"].startswith("starburst:"), halpha_equivalent_width(wave, flux)))
     return tuple(np.array(column) for column in zip(*out))
-
-
-def line_strengths(realism, n=2000, seed=13):
-    """Rest-frame EW(Hα) (`halpha_equivalent_width`) of n noiseless local galaxies."""
-    settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05), realism=realism)
-    streams = np.random.default_rng(seed), realism_rng(seed), star_forming_rng(seed), starburst_rng(seed)
-    return np.array([halpha_equivalent_width(10**loglam, flux)
-                     for loglam, flux, *_ in (galaxy_rest(LIB, *streams[:1], settings, *streams[1:]) for _ in range(n))])
 
 
 def sky_ratio(s):
@@ -294,7 +287,7 @@ def main():
         z = "z 0.30-0.45" if s["z"] > 0.1 else "z<0.05"
         ranks = ", ".join(f"{k} {100 * np.nanmean(ratios[(z, k)] < blue_red(s)):.0f} %" for k in local)
         print(f"{s['name']} z {s['z']:.4f}: {blue_red(s):.2f}; percentile among the {z} sims: {ranks}")
-    g_r, ratio, sf, burst = rest_colours(starbursts)
+    g_r, ratio, sf, burst, ew_burst = rest_colours(starbursts)
     print(f"2000 local galaxies with star-forming continua and starbursts, noiseless rest frame: {sf.mean():.2f} "
           f"star-forming, {burst.mean():.3f} starbursts")
     for name, group in (("star-forming, not starbursts", sf & ~burst), ("starbursts", burst), ("the others", ~sf)):
@@ -304,8 +297,7 @@ def main():
     print("\n# 4b. Emission lines: rest-frame EW(Hα) (Å; ±10 Å, continuum 6460-6530 and 6600-6680 Å)")
     for s in real[:3]:
         print(f"{s['name']} z {s['z']:.4f}: {halpha_equivalent_width(s['wave'] / (1 + s['z']), np.where(s['good'], s['flux'], np.nan)):.0f}")
-    for share in (0.0, 0.15):
-        ew = line_strengths(replace(starbursts, starburst_share=share))
+    for share, ew in ((0.0, rest_colours(star_forming)[-1]), (0.15, ew_burst)):
         print(f"2000 local galaxies, starburst_share {share:g}: {np.mean(ew > 3):.2f} with EW > 3 Å; of those, EW "
               f"median {np.median(ew[ew > 3]):.0f}, 90 / 99 % {np.percentile(ew[ew > 3], 90):.0f} / "
               f"{np.percentile(ew[ew > 3], 99):.0f}, above 200 Å {np.mean(ew[ew > 3] > 200):.3f}")

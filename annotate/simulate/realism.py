@@ -319,8 +319,8 @@ def halpha_equivalent_width(rest_wave: np.ndarray, flux: np.ndarray) -> float:
     """Rest-frame EW (Å, emission positive) of the flux above the continuum within ±10 Å of Hα,
     the continuum the median of 6,460-6,530 and 6,600-6,680 Å (clear of [N II] and [S II]); NaN
     pixels are left out (within ±10 Å they add nothing, so a gap there lowers the EW); NaN where
-    the continuum windows or the line window have no pixel, or the continuum is not above 0. How REALISM.md compares the
-    simulated galaxies' lines with real ones."""
+    the continuum windows or the line window have no pixel, or the continuum is not above 0. How
+    REALISM.md compares the simulated galaxies' lines with real ones."""
     rest_wave, flux = np.asarray(rest_wave, float), np.asarray(flux, float)
     side = ((rest_wave > 6460) & (rest_wave < 6530)) | ((rest_wave > 6600) & (rest_wave < 6680))
     window = np.abs(rest_wave - 6564.61) < 10.0

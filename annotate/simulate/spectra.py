@@ -230,8 +230,8 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
             weights = delayed_tau_weights(lib.gal_age_gyr[members_sf], sf_rng, 0.0, realism.burst_light, SF_TAU_GYR)
             flux, used = weights @ lib.gal_flux[members_sf].astype(np.float64), list(members_sf[weights > 0])
             label = f"{sf_set}:sf"
-            young = members_sf[lib.gal_age_gyr[members_sf] <= STARBURST_AGE_GYR]
-            if starburst and len(young):
+            young = members_sf[lib.gal_age_gyr[members_sf] <= STARBURST_AGE_GYR] if starburst else []
+            if len(young):
                 # lines this strong come from stars a few Myr old: a population of the set at most
                 # STARBURST_AGE_GYR old gives the share of the continuum at Hα the EW asks for
                 chosen = int(burst_rng.choice(young))
