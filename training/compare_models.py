@@ -52,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starburst", type=float, default=0.0,
                         help="share of the galaxies with lines given a starburst's EW(Hα) of 150-1,000 Å "
                              "(Realism.starburst_share), at each strength above 0 (default 0: none)")
+    parser.add_argument("--weak-lines", action="store_true",
+                        help="galaxies with lines also given the weaker nebular lines (Realism.weak_nebular_lines), "
+                             "at each strength above 0")
     args = parser.parse_args(argv)
     lib, grid = load_library(), WavelengthGrid()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
     for strength in args.strengths:
         settings = SimulationSettings(realism=Realism(strength=strength, star_forming_continuum=args.star_forming,
-                                                      starburst_share=args.starburst) if strength > 0 else None)
+                                                      starburst_share=args.starburst, weak_nebular_lines=args.weak_lines)
+                                    if strength > 0 else None)
         sample = draw_sample(args.n, lib, grid, seed=args.seed, star_indices=stars, settings=settings)
         for folder in args.checkpoints:
             out = predict(folder, sample)

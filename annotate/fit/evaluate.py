@@ -32,14 +32,16 @@ from .stage import fit_rows
 
 def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.0, stars_only: bool = False,
                     cosmic_rays: float = 0.0, qso_line_scatter: float = QSO_LINE_SCATTER,
-                    star_forming: bool = False) -> dict:
+                    star_forming: bool = False, starburst: float = 0.0, weak_lines: bool = False) -> dict:
     """n simulated spectra from the held-out stars and populations and quasar draws of `seed`,
     with the simulator's realism effects at `realism` strength (0: none), the quasars' lines off
     their systemic velocity by `qso_line_scatter` × Shen et al.'s scatter (as the σ_z calibration's
     sample; 0: at it, as before 2026-12-07) and cosmic-ray hits left in a `cosmic_rays` share of
     them (`Realism.cosmic_ray_probability`; both need realism > 0); with `star_forming`, galaxies
     with lines of EW(Hα) ≥ 3 Å given the continua of ongoing star formation
-    (`Realism.star_forming_continuum`); only stars with `stars_only`."""
+    (`Realism.star_forming_continuum`), with `starburst` that share of the galaxies with lines
+    given a starburst's (`Realism.starburst_share`), with `weak_lines` the weaker nebular lines
+    (`Realism.weak_nebular_lines`); only stars with `stars_only`."""
     if cosmic_rays > 0 and realism <= 0:
         raise ValueError("cosmic rays are a realism effect: give realism > 0 with them")
     bases = load_bases()
@@ -47,7 +49,8 @@ def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.
     stars, held = bases.held_out_stars, bases.held_out_populations
     settings = SimulationSettings(realism=Realism(strength=realism, cosmic_ray_probability=cosmic_rays,
                                                   qso_line_scatter=qso_line_scatter,
-                                                  star_forming_continuum=star_forming)
+                                                  star_forming_continuum=star_forming, starburst_share=starburst,
+                                                  weak_nebular_lines=weak_lines)
                                   if realism > 0 else None)
     if stars_only:
         settings = replace(settings, class_fractions=(0.0, 0.0, 1.0))
@@ -78,7 +81,7 @@ def success_by_target_bin(success: np.ndarray, chosen: np.ndarray, snr: np.ndarr
 def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_below: float | None = None,
              model: str | None = None, stars_only: bool = False, cosmic_rays: float = 0.0,
              flux_offset: tuple | None = None, qso_line_scatter: float = QSO_LINE_SCATTER, star_forming: bool = False,
-             **settings) -> dict:
+             starburst: float = 0.0, weak_lines: bool = False, **settings) -> dict:
     """The fit's figures on `held_out_sample(n, seed, realism, stars_only)`; with `prior`, seeded
     by the ViT of `model` (default: the shipped default model) as in `annotate run` (the ViT's
     own time not counted). `settings`: other FitSettings fields than the defaults. 'stellar':
@@ -89,7 +92,8 @@ def evaluate(n: int, seed: int, prior: bool = False, realism: float = 0.0, skip_
     subtracted wrongly; `add_flux_offset`), 'flux_offset_flagged' the share of the true stars the
     fit classed STAR that got PredFlag.FLUX_OFFSET."""
     grid = WavelengthGrid()
-    sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays, qso_line_scatter, star_forming)
+    sample = held_out_sample(n, seed, grid, realism, stars_only, cosmic_rays, qso_line_scatter, star_forming,
+                             starburst, weak_lines)
     if flux_offset is not None:
         sample["flux"] = add_flux_offset(sample["flux"], sample["mask"], flux_offset, seed)
     vit = None
@@ -207,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--star-forming", action="store_true",
                         help="with --realism: star-forming galaxies with the continua of ongoing star formation "
                              "(Realism.star_forming_continuum; off by default, as in the earlier figures)")
+    parser.add_argument("--starburst", type=float, default=0.0, metavar="SHARE",
+                        help="with --realism: that share of the galaxies with lines given a starburst's EW(Hα) "
+                             "(Realism.starburst_share; default 0)")
+    parser.add_argument("--weak-lines", action="store_true",
+                        help="with --realism: galaxies with lines also given the weaker nebular lines "
+                             "(Realism.weak_nebular_lines; off by default)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another FitSettings value than the default, e.g. --set walk_margin=inf (numbers only)")
     args = parser.parse_args(argv)
@@ -218,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
     if args.cosmic_rays > 0 and args.realism <= 0:
         parser.error("--cosmic-rays needs --realism above 0")
-    if args.star_forming and args.realism <= 0:
-        parser.error("--star-forming needs --realism above 0")
+    for flag, value in (("--star-forming", args.star_forming), ("--starburst", args.starburst > 0),
+                        ("--weak-lines", args.weak_lines)):
+        if value and args.realism <= 0:
+            parser.error(f"{flag} needs --realism above 0")
     result = evaluate(args.n, args.seed, args.prior, args.realism, args.skip_below, args.model, args.stars,
-                      args.cosmic_rays, args.flux_offset, args.qso_line_scatter, args.star_forming, **overrides)
+                      args.cosmic_rays, args.flux_offset, args.qso_line_scatter, args.star_forming, args.starburst,
+                      args.weak_lines, **overrides)
     print("\n".join(report_lines(result)))
     return 0
 

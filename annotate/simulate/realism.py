@@ -55,6 +55,14 @@ Astrophysics (rest frame):
   of its own (which, with the star-forming continua on, still shifts the other galaxies'
   histories: `starburst_rng`); off (0) by default, so that the recipes and model cards written
   before it simulate what they did;
+- weak nebular lines (`weak_nebular_lines`): a galaxy given nebular lines also shows the weaker
+  ones of star-forming galaxies that the simulator's line list lacked (spectra.WEAK_GALAXY_LINES:
+  H8-H9 and Hε, He I 5876 and 6678, [Ne III] 3869 and 3968, [O I] 6300 and 6363, [Ar III] 7136,
+  [O II] 7320 and 7330, [S III] 9069 and 9531), each at a typical ratio to Hα times the ratio draw
+  of the stronger line of its ion or kind, so no random draw is added. A real blue star-forming
+  galaxy (DESI tile 80613, REALISM.md section 4c) shows He I 5876 at 23σ and [Ne III] 3869 at 16σ;
+  quasars' simulated narrow lines hold none of them either. Off by default, so that the recipes and
+  model cards written before it simulate what they did;
 - quasar diversity: a wider continuum slope, a width per broad line, and blueshifts of the
   high-ionisation lines (C IV and the lines near Lyα; Richards et al. 2011, AJ 141, 167 find
   C IV blueshifts from 0 to a few 1000 km/s);
@@ -147,6 +155,7 @@ class Realism:
     qso_line_scatter: float = 0.0          # × QSO_LINE_SCATTER_KMS × strength: σ of each line family's offset (0, the default: none)
     star_forming_continuum: bool = False   # galaxies with EW(Hα) ≥ SF_EW_MIN_AA get an ongoing history (False, the default: as before)
     starburst_share: float = 0.0           # share of the galaxies with lines whose EW(Hα) is a starburst's (STARBURST_EW_AA; not × strength; 0, the default: none)
+    weak_nebular_lines: bool = False       # galaxies with lines also get spectra.WEAK_GALAXY_LINES (False, the default: as before)
     cosmic_ray_probability: float = 0.0    # chance of 1-3 cosmic-ray hits left in the spectrum (not × strength)
     cosmic_ray_sigma: tuple = (10.0, 1000.0)    # log-uniform peak of a hit / the spectrum's median noise σ
     cosmic_ray_widths: tuple = (0.5, 0.35, 0.15)  # chances of a hit covering 1, 2 and 3 pixels
@@ -167,6 +176,8 @@ class Realism:
             raise ConfigError(f"realism qso_line_scatter must be a number >= 0, got {self.qso_line_scatter!r}")
         if not isinstance(self.star_forming_continuum, bool):
             raise ConfigError(f"realism star_forming_continuum must be true or false, got {self.star_forming_continuum!r}")
+        if not isinstance(self.weak_nebular_lines, bool):
+            raise ConfigError(f"realism weak_nebular_lines must be true or false, got {self.weak_nebular_lines!r}")
         if isinstance(self.starburst_share, bool) or not isinstance(self.starburst_share, numbers.Real) \
                 or not 0.0 <= self.starburst_share <= 1.0:
             raise ConfigError(f"realism starburst_share must be a number in [0, 1], got {self.starburst_share!r}")

@@ -8,6 +8,8 @@ Line lists (vacuum rest wavelengths, Å):
 - QSO_LINES: Vanden Berk et al. 2001, AJ 122, 549, Table 2 (composite SDSS quasar): rest
   equivalent widths of the strongest broad lines, rounded.
 - GALAXY_LINES: the SDSS spectro1d line list (vacuum), with typical H II region line ratios.
+- WEAK_GALAXY_LINES: the weaker nebular lines of star-forming galaxies that list lacks
+  (`Realism.weak_nebular_lines`; see there).
 Lyman-alpha forest mean optical depth: τ_eff(z) = 0.0018 (1 + z)^3.92, Faucher-Giguère et al.
 2008, ApJ 681, 831; fluctuations are log-normal per pixel.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import CLASS_NAMES, SPEED_OF_LIGHT_KMS
-from ..grid import WavelengthGrid, resample
+from ..grid import WavelengthGrid, air_to_vacuum, resample
 from .realism import (HIGH_IONISATION, GAS_TO_STARS_EBV, Realism, attenuate, bad_columns, calzetti_k,
                       cosmic_ray_rng, cosmic_rays, delayed_tau_weights, instrument_range, line_offset_rng,
                       SF_EW_MIN_AA, SF_TAU_GYR, SF_YOUNG_GYR, STARBURST_AGE_GYR, STARBURST_EW_AA, STARBURST_MAX_SHARE,
@@ -44,6 +46,25 @@ GALAXY_LINES = (
     ("[OIII]5007", 5008.24, 0.36), ("[NII]6548", 6549.86, 0.12), ("Halpha", 6564.61, 1.0),
     ("[NII]6584", 6585.27, 0.35), ("[SII]6717", 6718.29, 0.2), ("[SII]6731", 6732.67, 0.15),
 )
+# (name, vacuum rest wavelength Å, flux relative to H-alpha, the GALAXY_LINES line whose ratio
+# draw it shares): the weaker lines a star-forming galaxy's spectrum shows beside GALAXY_LINES
+# (`Realism.weak_nebular_lines`). Hydrogen at Case B (T 10^4 K: H9, H8, Hε 0.073, 0.105, 0.159
+# of Hβ; Osterbrock & Ferland 2006, Astrophysics of Gaseous Nebulae, Table 4.4), He I 5876 and
+# 6678 at about 0.11 and 0.03 of Hβ (He I 3889 adds about 0.1 of Hβ to H8), the forbidden lines
+# at ratios typical of H II regions: [Ne III] 3869 a tenth of [O III] 5007 (its ionisation
+# follows O++), [Ar III] 7136 about 0.08 of Hβ, [O I] 6300 3 % of Hα, [O II] 7320+7330 about
+# 0.04 of Hβ, [S III] 9069 8 % of Hα; the doublets' second members at their atomic ratios
+# ([Ne III] 3968 / 3869 0.31, [O I] 6363 / 6300 0.32, [S III] 9531 / 9069 2.5). Each takes the
+# ratio draw of the GALAXY_LINES line named beside it (the Balmer and He I lines that of Hα, 1).
+WEAK_GALAXY_LINES = tuple((name, round(float(air_to_vacuum(np.float64(air))), 2), ratio, tied) for name, air, ratio, tied in (
+    ("H9", 3835.38, 0.026, "Halpha"), ("[NeIII]3869", 3868.76, 0.036, "[OIII]5007"),
+    ("H8+HeI3889", 3889.05, 0.07, "Halpha"), ("[NeIII]3968", 3967.47, 0.011, "[OIII]5007"),
+    ("Hepsilon", 3970.07, 0.056, "Halpha"), ("HeI5876", 5875.62, 0.038, "Halpha"),
+    ("[OI]6300", 6300.30, 0.03, "[SII]6717"), ("[OI]6363", 6363.78, 0.0096, "[SII]6717"),
+    ("HeI6678", 6678.15, 0.0105, "Halpha"), ("[ArIII]7136", 7135.79, 0.028, "[OIII]5007"),
+    ("[OII]7320", 7319.99, 0.008, "[OII]3729"), ("[OII]7330", 7330.73, 0.007, "[OII]3729"),
+    ("[SIII]9069", 9068.6, 0.08, "[SII]6731"), ("[SIII]9531", 9530.6, 0.2, "[SII]6731"),
+))
 LYA = 1215.67
 BLEND_NEIGHBOURS = 5
 LYMAN_LIMIT = 911.75
@@ -250,12 +271,17 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
         ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
         ratios[GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))] = 1.0
+        lines = GALAXY_LINES
+        if realism is not None and realism.weak_nebular_lines:  # no draws of their own: each follows its ion's line
+            drawn = {name: ratio / base for (name, _, base), ratio in zip(GALAXY_LINES, ratios)}
+            lines = GALAXY_LINES + tuple((name, centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES)
+            ratios = np.concatenate([ratios, [ratio * drawn[tied] for _, _, ratio, tied in WEAK_GALAXY_LINES]])
         if ebv > 0:  # the lines see E(B-V)_gas = E(B-V)_stars / 0.44; relative to H-alpha
-            centres = np.array([c for _, c, _ in GALAXY_LINES])
+            centres = np.array([c for _, c, _ in lines])
             extra_ebv = ebv * (GAS_TO_STARS_EBV - 1.0)
             ratios = ratios * 10.0 ** (-0.4 * extra_ebv * (calzetti_k(centres) - calzetti_k(np.float64(6564.61))))
         sigma_gas = np.sqrt(rng.uniform(40.0, 150.0) ** 2 + settings.resolution_sigma_kms**2)
-        flux = add_lines(lib.gal_loglam, flux, GALAXY_LINES, ew_halpha * continuum * ratios, sigma_gas)
+        flux = add_lines(lib.gal_loglam, flux, lines, ew_halpha * continuum * ratios, sigma_gas)
     return lib.gal_loglam, flux, z, {"template": f"starburst:{label}" if starburst else label}
 
 

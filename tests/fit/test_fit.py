@@ -599,3 +599,29 @@ def test_star_group_binned_is_the_mean_of_each_bins_pixels(bases):
         for r in range(4):
             for j in (0, 7, binned.shape[2] // 2, binned.shape[2] - 1):
                 np.testing.assert_allclose(binned[r][:, j], flux[:, r + 4 * j:r + 4 * j + 4].mean(axis=1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("flags", [["--star-forming"], ["--starburst", "0.2"], ["--weak-lines"]])
+def test_evaluate_refuses_realism_options_without_realism(flags, capsys):
+    """The simulator's galaxy options are realism effects: `annotate.fit.evaluate` names the flag
+    and stops before drawing anything when --realism is not above 0."""
+    from annotate.fit.evaluate import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--n", "2", *flags])
+    assert stop.value.code == 2
+    assert f"{flags[0]} needs --realism above 0" in capsys.readouterr().err
+
+
+def test_held_out_sample_passes_the_galaxy_options_to_the_simulator():
+    """`held_out_sample` with starbursts and weak lines draws the same objects as without, and
+    only galaxies change."""
+    from annotate.fit.evaluate import held_out_sample
+
+    grid = WavelengthGrid()
+    plain = held_out_sample(40, 5, grid, realism=1.0, star_forming=True)
+    more = held_out_sample(40, 5, grid, realism=1.0, star_forming=True, starburst=1.0, weak_lines=True)
+    assert np.array_equal(plain["z"], more["z"]) and np.array_equal(plain["class"], more["class"])
+    moved = np.any(plain["flux"] != more["flux"], axis=1)
+    assert moved.any() and set(more["class"][moved]) == {"GALAXY"}
+    assert np.array_equal(moved, np.char.startswith(more["template"].astype(str), "starburst:"))

@@ -9,7 +9,7 @@ from annotate.simulate.realism import (Realism, bad_columns, calibration_error, 
                                        instrument_range, observe_with_sky, sky_model, smc_k, throughput)
 from annotate.simulate.realism import (STARBURST_EW_AA, halpha_equivalent_width, realism_rng, star_forming_rng,
                                        starburst_rng)
-from annotate.simulate.spectra import SimulationSettings, draw_sample, galaxy_rest, quasar_rest
+from annotate.simulate.spectra import WEAK_GALAXY_LINES, SimulationSettings, draw_sample, galaxy_rest, quasar_rest
 from annotate.simulate.templates import load_library
 
 GRID = WavelengthGrid()
@@ -379,6 +379,64 @@ def test_starbursts_raise_the_lines_of_that_share_of_galaxies_and_change_nothing
     assert Realism().starburst_share == 0.0   # off by default: earlier recipes draw what they did
 
 
+def _line_flux(wave, flux, centre, half=12.0):
+    """Flux of a line alone in `flux` (a difference of two spectra), summed over ±half Å."""
+    near = np.abs(wave - centre) < half
+    return float(np.sum((flux * np.gradient(wave))[near]))
+
+
+def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_else():
+    """With `weak_nebular_lines`, a galaxy given lines also gets WEAK_GALAXY_LINES: the difference
+    from the same galaxy without them is those lines alone, each at its table ratio to Hα times
+    the ratio draw of the line it follows (without dust: fixed for the Balmer and He I lines, the
+    same factor for two lines that follow one line); no other draw moves, and every spectrum but
+    those galaxies' is the same to the bit."""
+    lib = load_library()
+    drawn = {}
+    for on in (False, True):
+        settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05),
+                                      realism=Realism(galaxy_ebv_mean=0.0, weak_nebular_lines=on))
+        rng, extra, sf, burst = np.random.default_rng(12), realism_rng(12), star_forming_rng(12), starburst_rng(12)
+        drawn[on] = [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(40)]
+    table = {name: (centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES}
+    changed = strong_lines = 0
+    for (loglam, before, z0, _), (_, after, z1, _) in zip(drawn[False], drawn[True]):
+        assert z0 == z1
+        wave, added = 10.0 ** loglam, np.nan_to_num(after - before)
+        ew = halpha_equivalent_width(wave, before)
+        if not np.isfinite(ew) or ew <= 0.5:    # a galaxy without lines is the same to the bit
+            assert np.array_equal(before, after, equal_nan=True)
+            continue
+        changed += 1
+        continuum = np.nanmedian(before[np.abs(wave - 6564.61) < 50])
+        halpha = ew * continuum
+        # He I 5876 and 6678 follow Hα, which is fixed: their table ratios (to 10 % where the lines are
+        # strong: Hα's flux here is the measured EW, over ±10 Å, times the median flux within 50 Å, and
+        # a weak line's EW reads the stars' Hα absorption too)
+        he1, he2 = (_line_flux(wave, added, table[name][0]) for name in ("HeI5876", "HeI6678"))
+        if ew > 20.0:
+            strong_lines += 1
+            assert he1 / halpha == pytest.approx(table["HeI5876"][1], rel=0.1)
+        assert he1 / he2 == pytest.approx(table["HeI5876"][1] / table["HeI6678"][1], rel=0.02)
+        # [O I] 6300 and 6363 both follow [S II] 6717: one factor, within the drawn 0.5-2 (He I 5876,
+        # which has none, stands for Hα)
+        o1, o2 = (_line_flux(wave, added, table[name][0], 20.0) / he1 * table["HeI5876"][1] / table[name][1]
+                  for name in ("[OI]6300", "[OI]6363"))
+        assert o1 == pytest.approx(o2, rel=0.03) and 0.5 * 0.97 < o1 < 2.0 * 1.03
+        assert np.all(added[np.abs(wave - 6564.61) < 8] == 0)   # Hα itself untouched
+    assert 10 < changed < 35 and strong_lines > 5   # 55 % of galaxies get lines, of EW(Hα) 2-150 Å
+    # through draw_sample: only the galaxies with lines change
+    plain, weak = (draw_sample(60, lib, GRID, seed=13, settings=SimulationSettings(realism=Realism(weak_nebular_lines=on)))
+                   for on in (False, True))
+    moved = np.any(plain["flux"] != weak["flux"], axis=1)
+    assert moved.any() and set(weak["class"][moved]) == {"GALAXY"}
+    for key in ("ivar", "mask", "z", "class", "snr", "template"):
+        assert np.array_equal(plain[key][~moved], weak[key][~moved]) if key in ("ivar", "mask") \
+            else np.array_equal(plain[key], weak[key]), key
+    assert Realism.from_dict({"weak_nebular_lines": True}).weak_nebular_lines
+    assert not Realism().weak_nebular_lines   # off by default: earlier recipes draw what they did
+
+
 def test_cosmic_rays_add_hits_and_change_nothing_else():
     """Hits of 1-3 pixels at usable pixels, peaks 10-1000 times the median noise, in about the
     share of spectra asked for; the ivar, mask, objects and every other pixel as without them."""
@@ -411,7 +469,8 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
                                          ({"qso_line_scatter": "wide"}, "qso_line_scatter"),
                                          ({"star_forming_continuum": "yes"}, "star_forming_continuum"),
                                          ({"starburst_share": 1.5}, "starburst_share"),
-                                         ({"starburst_share": True}, "starburst_share")])
+                                         ({"starburst_share": True}, "starburst_share"),
+                                         ({"weak_nebular_lines": 1}, "weak_nebular_lines")])
 def test_cosmic_ray_and_line_offset_settings_are_checked(spec, words):
     with pytest.raises(ConfigError, match=words):
         Realism.from_dict(spec)
