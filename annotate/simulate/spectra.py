@@ -55,16 +55,19 @@ GALAXY_LINES = (
 # follows O++), [Ar III] 7136 about 0.08 of Hβ, [O I] 6300 3 % of Hα, [O II] 7320+7330 about
 # 0.04 of Hβ, [S III] 9069 8 % of Hα; the doublets' second members at their atomic ratios
 # ([Ne III] 3968 / 3869 0.31, [O I] 6363 / 6300 0.32, [S III] 9531 / 9069 2.5). Each takes the
-# ratio draw of the GALAXY_LINES line named beside it (the Balmer and He I lines that of Hα, 1).
+# ratio draw of the GALAXY_LINES line named beside it: the high Balmer lines Hδ's (the series stays
+# smooth), He I Hα's (1), [Ne III] and [Ar III] [O III]'s (both doubly ionised), [O I] and [S III]
+# those of [S II] (the neutral and the sulphur lines), [O II] 7320-7330 that of [O II] 3729.
 WEAK_GALAXY_LINES = tuple((name, round(float(air_to_vacuum(np.float64(air))), 2), ratio, tied) for name, air, ratio, tied in (
-    ("H9", 3835.38, 0.026, "Halpha"), ("[NeIII]3869", 3868.76, 0.036, "[OIII]5007"),
-    ("H8+HeI3889", 3889.05, 0.07, "Halpha"), ("[NeIII]3968", 3967.47, 0.011, "[OIII]5007"),
-    ("Hepsilon", 3970.07, 0.056, "Halpha"), ("HeI5876", 5875.62, 0.038, "Halpha"),
+    ("H9", 3835.38, 0.026, "Hdelta"), ("[NeIII]3869", 3868.76, 0.036, "[OIII]5007"),
+    ("H8+HeI3889", 3889.05, 0.07, "Hdelta"), ("[NeIII]3968", 3967.47, 0.011, "[OIII]5007"),
+    ("Hepsilon", 3970.07, 0.056, "Hdelta"), ("HeI5876", 5875.62, 0.038, "Halpha"),
     ("[OI]6300", 6300.30, 0.03, "[SII]6717"), ("[OI]6363", 6363.78, 0.0096, "[SII]6717"),
     ("HeI6678", 6678.15, 0.0105, "Halpha"), ("[ArIII]7136", 7135.79, 0.028, "[OIII]5007"),
     ("[OII]7320", 7319.99, 0.008, "[OII]3729"), ("[OII]7330", 7330.73, 0.007, "[OII]3729"),
     ("[SIII]9069", 9068.6, 0.08, "[SII]6731"), ("[SIII]9531", 9530.6, 0.2, "[SII]6731"),
 ))
+GALAXY_LINE_INDEX = {name: i for i, (name, _, _) in enumerate(GALAXY_LINES)}
 LYA = 1215.67
 BLEND_NEIGHBOURS = 5
 LYMAN_LIMIT = 911.75
@@ -269,13 +272,15 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     if star_forming:
         near_ha = np.abs(wave - 6564.61) < 50
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
-        ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
-        ratios[GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))] = 1.0
+        scatter = loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
+        ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * scatter
+        halpha = GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))
+        ratios[halpha] = 1.0
         lines = GALAXY_LINES
-        if realism is not None and realism.weak_nebular_lines:  # no draws of their own: each follows its ion's line
-            drawn = {name: ratio / base for (name, _, base), ratio in zip(GALAXY_LINES, ratios)}
+        if realism is not None and realism.weak_nebular_lines:  # no draws of their own: each follows a line's
+            scatter[halpha] = 1.0
             lines = GALAXY_LINES + tuple((name, centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES)
-            ratios = np.concatenate([ratios, [ratio * drawn[tied] for _, _, ratio, tied in WEAK_GALAXY_LINES]])
+            ratios = np.concatenate([ratios, [ratio * scatter[GALAXY_LINE_INDEX[tied]] for _, _, ratio, tied in WEAK_GALAXY_LINES]])
         if ebv > 0:  # the lines see E(B-V)_gas = E(B-V)_stars / 0.44; relative to H-alpha
             centres = np.array([c for _, c, _ in lines])
             extra_ebv = ebv * (GAS_TO_STARS_EBV - 1.0)

@@ -388,7 +388,7 @@ def _line_flux(wave, flux, centre, half=12.0):
 def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_else():
     """With `weak_nebular_lines`, a galaxy given lines also gets WEAK_GALAXY_LINES: the difference
     from the same galaxy without them is those lines alone, each at its table ratio to Hα times
-    the ratio draw of the line it follows (without dust: fixed for the Balmer and He I lines, the
+    the ratio draw of the line it follows (without dust: fixed for the He I lines, which follow Hα; the
     same factor for two lines that follow one line); no other draw moves, and every spectrum but
     those galaxies' is the same to the bit."""
     lib = load_library()
