@@ -32,11 +32,11 @@ def test_shipped_model_loads_offline():
     assert model.z_kind == "bins" and card.z_head["n_bins"] == 768
     assert 1.2e6 < sum(p.numel() for p in model.parameters()) < 1.3e6
     # its last stage trained with each object's realism effects drawn between 1 and 2 times the
-    # first stages', star-forming galaxies with young populations, starbursts among them, and quasar
-    # lines off their systemic velocity (training/README.md)
+    # first stages', star-forming galaxies with young populations, starbursts among them, the
+    # weaker nebular lines, and quasar lines off their systemic velocity (training/README.md)
     assert card.training["recipe"]["data"]["simulate"]["realism"] == {
         "strength": 1.0, "strength_max": 2.0, "star_forming_continuum": True, "qso_line_scatter": 1.0,
-        "starburst_share": 0.15}
+        "starburst_share": 0.15, "weak_nebular_lines": True}
     size = sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir())
     assert size < 10e6
 

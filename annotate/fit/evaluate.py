@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides[field] = type(getattr(FitSettings(), field))(float(value))
     if args.cosmic_rays > 0 and args.realism <= 0:
         parser.error("--cosmic-rays needs --realism above 0")
+    if not 0.0 <= args.starburst <= 1.0:
+        parser.error(f"--starburst {args.starburst:g}: a share in [0, 1]")
     for flag, value in (("--star-forming", args.star_forming), ("--starburst", args.starburst > 0),
                         ("--weak-lines", args.weak_lines)):
         if value and args.realism <= 0:

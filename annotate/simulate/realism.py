@@ -59,7 +59,8 @@ Astrophysics (rest frame):
   ones of star-forming galaxies that the simulator's line list lacked (spectra.WEAK_GALAXY_LINES:
   H8-H9 and Hε, He I 5876 and 6678, [Ne III] 3869 and 3968, [O I] 6300 and 6363, [Ar III] 7136,
   [O II] 7320 and 7330, [S III] 9069 and 9531), each at a typical ratio to Hα times the ratio draw
-  of the stronger line of its ion or kind, so no random draw is added. A real blue star-forming
+  of a stronger line (the high Balmer lines Hδ's, [Ne III] and [Ar III] [O III]'s, ...), so no
+  random draw is added. A real blue star-forming
   galaxy (DESI tile 80613, REALISM.md section 4c) shows He I 5876 at 23σ and [Ne III] 3869 at 16σ;
   quasars' simulated narrow lines hold none of them either. Off by default, so that the recipes and
   model cards written before it simulate what they did;

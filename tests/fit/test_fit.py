@@ -601,27 +601,32 @@ def test_star_group_binned_is_the_mean_of_each_bins_pixels(bases):
                 np.testing.assert_allclose(binned[r][:, j], flux[:, r + 4 * j:r + 4 * j + 4].mean(axis=1), rtol=1e-14)
 
 
-@pytest.mark.parametrize("flags", [["--star-forming"], ["--starburst", "0.2"], ["--weak-lines"]])
-def test_evaluate_refuses_realism_options_without_realism(flags, capsys):
+@pytest.mark.parametrize("flags, words", [(["--star-forming"], "--star-forming needs --realism above 0"),
+                                          (["--starburst", "0.2"], "--starburst needs --realism above 0"),
+                                          (["--weak-lines"], "--weak-lines needs --realism above 0"),
+                                          (["--realism", "1", "--starburst", "1.5"], "--starburst 1.5: a share in [0, 1]")])
+def test_evaluate_refuses_realism_options_it_cannot_draw(flags, words, capsys):
     """The simulator's galaxy options are realism effects: `annotate.fit.evaluate` names the flag
-    and stops before drawing anything when --realism is not above 0."""
+    and stops before drawing anything when --realism is not above 0, or a share is not one."""
     from annotate.fit.evaluate import main
 
     with pytest.raises(SystemExit) as stop:
         main(["--n", "2", *flags])
     assert stop.value.code == 2
-    assert f"{flags[0]} needs --realism above 0" in capsys.readouterr().err
+    assert words in capsys.readouterr().err
 
 
 def test_held_out_sample_passes_the_galaxy_options_to_the_simulator():
-    """`held_out_sample` with starbursts and weak lines draws the same objects as without, and
-    only galaxies change."""
+    """`held_out_sample` with starbursts, and with weak lines on top, draws the same objects as
+    without, and each option changes galaxies only: the starbursts, then the same galaxies again."""
     from annotate.fit.evaluate import held_out_sample
 
     grid = WavelengthGrid()
     plain = held_out_sample(40, 5, grid, realism=1.0, star_forming=True)
-    more = held_out_sample(40, 5, grid, realism=1.0, star_forming=True, starburst=1.0, weak_lines=True)
-    assert np.array_equal(plain["z"], more["z"]) and np.array_equal(plain["class"], more["class"])
-    moved = np.any(plain["flux"] != more["flux"], axis=1)
-    assert moved.any() and set(more["class"][moved]) == {"GALAXY"}
-    assert np.array_equal(moved, np.char.startswith(more["template"].astype(str), "starburst:"))
+    burst = held_out_sample(40, 5, grid, realism=1.0, star_forming=True, starburst=1.0)
+    weak = held_out_sample(40, 5, grid, realism=1.0, star_forming=True, starburst=1.0, weak_lines=True)
+    starbursts = np.char.startswith(burst["template"].astype(str), "starburst:")
+    assert starbursts.any()
+    for before, after in ((plain, burst), (burst, weak)):
+        assert np.array_equal(before["z"], after["z"]) and np.array_equal(before["class"], after["class"])
+        assert np.array_equal(np.any(before["flux"] != after["flux"], axis=1), starbursts)

@@ -9,7 +9,8 @@ from annotate.simulate.realism import (Realism, bad_columns, calibration_error, 
                                        instrument_range, observe_with_sky, sky_model, smc_k, throughput)
 from annotate.simulate.realism import (STARBURST_EW_AA, halpha_equivalent_width, realism_rng, star_forming_rng,
                                        starburst_rng)
-from annotate.simulate.spectra import WEAK_GALAXY_LINES, SimulationSettings, draw_sample, galaxy_rest, quasar_rest
+from annotate.simulate.spectra import (GALAXY_LINE_INDEX, WEAK_GALAXY_LINES, SimulationSettings, draw_sample, galaxy_rest,
+                                      quasar_rest)
 from annotate.simulate.templates import load_library
 
 GRID = WavelengthGrid()
@@ -388,51 +389,66 @@ def _line_flux(wave, flux, centre, half=12.0):
 def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_else():
     """With `weak_nebular_lines`, a galaxy given lines also gets WEAK_GALAXY_LINES: the difference
     from the same galaxy without them is those lines alone, each at its table ratio to Hα times
-    the ratio draw of the line it follows (without dust: fixed for the He I lines, which follow Hα; the
-    same factor for two lines that follow one line); no other draw moves, and every spectrum but
-    those galaxies' is the same to the bit."""
+    the ratio draw of the line it follows (He I: Hα's, fixed; [Ne III] and [Ar III]: [O III]'s;
+    H9 and H8: Hδ's), dimmed in the blue by the dust as the other lines are; no other draw moves,
+    and every spectrum but those galaxies' is the same to the bit."""
     lib = load_library()
-    drawn = {}
-    for on in (False, True):
-        settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05),
-                                      realism=Realism(galaxy_ebv_mean=0.0, weak_nebular_lines=on))
-        rng, extra, sf, burst = np.random.default_rng(12), realism_rng(12), star_forming_rng(12), starburst_rng(12)
-        drawn[on] = [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(40)]
     table = {name: (centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES}
-    changed = strong_lines = 0
-    for (loglam, before, z0, _), (_, after, z1, _) in zip(drawn[False], drawn[True]):
-        assert z0 == z1
-        wave, added = 10.0 ** loglam, np.nan_to_num(after - before)
-        ew = halpha_equivalent_width(wave, before)
-        if not np.isfinite(ew) or ew <= 0.5:    # a galaxy without lines is the same to the bit
-            assert np.array_equal(before, after, equal_nan=True)
-            continue
-        changed += 1
-        continuum = np.nanmedian(before[np.abs(wave - 6564.61) < 50])
-        halpha = ew * continuum
-        # He I 5876 and 6678 follow Hα, which is fixed: their table ratios (to 10 % where the lines are
-        # strong: Hα's flux here is the measured EW, over ±10 Å, times the median flux within 50 Å, and
-        # a weak line's EW reads the stars' Hα absorption too)
-        he1, he2 = (_line_flux(wave, added, table[name][0]) for name in ("HeI5876", "HeI6678"))
-        if ew > 20.0:
-            strong_lines += 1
-            assert he1 / halpha == pytest.approx(table["HeI5876"][1], rel=0.1)
-        assert he1 / he2 == pytest.approx(table["HeI5876"][1] / table["HeI6678"][1], rel=0.02)
-        # [O I] 6300 and 6363 both follow [S II] 6717: one factor, within the drawn 0.5-2 (He I 5876,
-        # which has none, stands for Hα)
-        o1, o2 = (_line_flux(wave, added, table[name][0], 20.0) / he1 * table["HeI5876"][1] / table[name][1]
-                  for name in ("[OI]6300", "[OI]6363"))
-        assert o1 == pytest.approx(o2, rel=0.03) and 0.5 * 0.97 < o1 < 2.0 * 1.03
-        assert np.all(added[np.abs(wave - 6564.61) < 8] == 0)   # Hα itself untouched
-    assert 10 < changed < 35 and strong_lines > 5   # 55 % of galaxies get lines, of EW(Hα) 2-150 Å
+    assert all(tied in GALAXY_LINE_INDEX for *_, tied in WEAK_GALAXY_LINES)
+
+    def factor(wave, added, name, he1, half=8.0):
+        """The line's flux in `added` over its table ratio, with He I 5876 (Hα's fixed factor) as Hα."""
+        return _line_flux(wave, added, table[name][0], half) / he1 * table["HeI5876"][1] / table[name][1]
+
+    for ebv in (0.0, 0.15):
+        drawn = {}
+        for on in (False, True):
+            settings = SimulationSettings(class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.05),
+                                          realism=Realism(galaxy_ebv_mean=ebv, weak_nebular_lines=on))
+            rng, extra, sf, burst = np.random.default_rng(12), realism_rng(12), star_forming_rng(12), starburst_rng(12)
+            drawn[on] = [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(40)]
+        with_lines, neon, oxygen, dimmed = 0, [], [], []
+        for (loglam, before, z0, _), (_, after, z1, _) in zip(drawn[False], drawn[True]):
+            assert z0 == z1
+            wave, added = 10.0 ** loglam, np.nan_to_num(after - before)
+            ew = halpha_equivalent_width(wave, before)
+            if not added.any():   # a galaxy without lines: its stars' Hα absorption only
+                assert ew < 1.0
+                continue
+            with_lines += 1
+            he1, he2 = (_line_flux(wave, added, table[name][0], 12.0) for name in ("HeI5876", "HeI6678"))
+            ne, ar = factor(wave, added, "[NeIII]3869", he1), factor(wave, added, "[ArIII]7136", he1, 12.0)
+            if ebv == 0:
+                # Hα's flux is the measured EW (over ±10 Å) times the median flux within 50 Å, lines
+                # included; where the lines are strong, the stars' Hα absorption weighs little in it
+                if ew > 20.0:
+                    continuum = np.nanmedian(before[np.abs(wave - 6564.61) < 50])
+                    assert he1 / (ew * continuum) == pytest.approx(table["HeI5876"][1], rel=0.1)
+                assert he1 / he2 == pytest.approx(table["HeI5876"][1] / table["HeI6678"][1], rel=0.02)
+                assert ne == pytest.approx(ar, rel=0.02) and 0.5 * 0.97 < ne < 2.0 * 1.03
+                assert factor(wave, added, "H9", he1) == pytest.approx(factor(wave, added, "H8+HeI3889", he1), rel=0.02)
+                if ew > 15.0:   # [O III] 5007's own factor, measured in `before` over its local continuum
+                    side = ((wave > 4975) & (wave < 4995)) | ((wave > 5020) & (wave < 5045))
+                    neon.append(ne)
+                    oxygen.append(_line_flux(wave, before - np.nanmedian(before[side]), 5008.24, 10.0) / he1
+                                  * table["HeI5876"][1] / 0.36)
+            else:
+                dimmed.append(ne / ar)
+            assert np.all(added[np.abs(wave - 6564.61) < 8] == 0)   # Hα itself untouched
+        assert 15 < with_lines < 35   # 55 % of galaxies get lines
+        if ebv == 0:   # [Ne III] follows [O III]: across galaxies their factors rise together
+            assert len(neon) > 8 and np.corrcoef(neon, oxygen)[0, 1] > 0.9
+        else:   # the dust dims [Ne III] 3869 against [Ar III] 7136, which share their factor (E(B-V) ≥ 0)
+            assert np.all(np.array(dimmed) < 1.005) and np.median(dimmed) < 0.9
     # through draw_sample: only the galaxies with lines change
     plain, weak = (draw_sample(60, lib, GRID, seed=13, settings=SimulationSettings(realism=Realism(weak_nebular_lines=on)))
                    for on in (False, True))
     moved = np.any(plain["flux"] != weak["flux"], axis=1)
     assert moved.any() and set(weak["class"][moved]) == {"GALAXY"}
-    for key in ("ivar", "mask", "z", "class", "snr", "template"):
-        assert np.array_equal(plain[key][~moved], weak[key][~moved]) if key in ("ivar", "mask") \
-            else np.array_equal(plain[key], weak[key]), key
+    for key in ("ivar", "mask"):
+        assert np.array_equal(plain[key][~moved], weak[key][~moved]), key
+    for key in ("z", "class", "snr", "template"):
+        assert np.array_equal(plain[key], weak[key]), key
     assert Realism.from_dict({"weak_nebular_lines": True}).weak_nebular_lines
     assert not Realism().weak_nebular_lines   # off by default: earlier recipes draw what they did
 
