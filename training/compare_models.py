@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="galaxies with lines also given the weaker nebular lines (Realism.weak_nebular_lines), "
                              "at each strength above 0")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.starburst <= 1.0:
+        parser.error(f"--starburst {args.starburst:g}: a share in [0, 1]")
     lib, grid = load_library(), WavelengthGrid()
     stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
     for strength in args.strengths:

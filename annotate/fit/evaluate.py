@@ -44,6 +44,8 @@ def held_out_sample(n: int, seed: int, grid: WavelengthGrid, realism: float = 0.
     (`Realism.weak_nebular_lines`); only stars with `stars_only`."""
     if cosmic_rays > 0 and realism <= 0:
         raise ValueError("cosmic rays are a realism effect: give realism > 0 with them")
+    if (star_forming or starburst > 0 or weak_lines) and realism <= 0:
+        raise ValueError("star-forming continua, starbursts and weak lines are realism effects: give realism > 0 with them")
     bases = load_bases()
     lib = load_library()
     stars, held = bases.held_out_stars, bases.held_out_populations

@@ -390,7 +390,7 @@ def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_e
     """With `weak_nebular_lines`, a galaxy given lines also gets WEAK_GALAXY_LINES: the difference
     from the same galaxy without them is those lines alone, each at its table ratio to Hα times
     the ratio draw of the line it follows (He I: Hα's, fixed; [Ne III] and [Ar III]: [O III]'s;
-    H9 and H8: Hδ's), dimmed in the blue by the dust as the other lines are; no other draw moves,
+    H9 and H8: Hδ's, which varies), dimmed in the blue by the dust as the other lines are; no other draw moves,
     and every spectrum but those galaxies' is the same to the bit."""
     lib = load_library()
     table = {name: (centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES}
@@ -407,7 +407,7 @@ def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_e
                                           realism=Realism(galaxy_ebv_mean=ebv, weak_nebular_lines=on))
             rng, extra, sf, burst = np.random.default_rng(12), realism_rng(12), star_forming_rng(12), starburst_rng(12)
             drawn[on] = [galaxy_rest(lib, rng, settings, extra, sf, burst) for _ in range(40)]
-        with_lines, neon, oxygen, dimmed = 0, [], [], []
+        with_lines, neon, oxygen, dimmed, balmer = 0, [], [], [], []
         for (loglam, before, z0, _), (_, after, z1, _) in zip(drawn[False], drawn[True]):
             assert z0 == z1
             wave, added = 10.0 ** loglam, np.nan_to_num(after - before)
@@ -426,7 +426,9 @@ def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_e
                     assert he1 / (ew * continuum) == pytest.approx(table["HeI5876"][1], rel=0.1)
                 assert he1 / he2 == pytest.approx(table["HeI5876"][1] / table["HeI6678"][1], rel=0.02)
                 assert ne == pytest.approx(ar, rel=0.02) and 0.5 * 0.97 < ne < 2.0 * 1.03
-                assert factor(wave, added, "H9", he1) == pytest.approx(factor(wave, added, "H8+HeI3889", he1), rel=0.02)
+                h8 = factor(wave, added, "H8+HeI3889", he1)
+                assert factor(wave, added, "H9", he1) == pytest.approx(h8, rel=0.02) and 0.5 * 0.97 < h8 < 2.0 * 1.03
+                balmer.append(h8)
                 if ew > 15.0:   # [O III] 5007's own factor, measured in `before` over its local continuum
                     side = ((wave > 4975) & (wave < 4995)) | ((wave > 5020) & (wave < 5045))
                     neon.append(ne)
@@ -438,6 +440,8 @@ def test_weak_nebular_lines_add_their_lines_at_their_ratios_and_change_nothing_e
         assert 15 < with_lines < 35   # 55 % of galaxies get lines
         if ebv == 0:   # [Ne III] follows [O III]: across galaxies their factors rise together
             assert len(neon) > 8 and np.corrcoef(neon, oxygen)[0, 1] > 0.9
+            # the high Balmer lines follow Hδ's draw, not Hα's fixed 1 (under which they would not vary)
+            assert np.std(balmer) > 0.2
         else:   # the dust dims [Ne III] 3869 against [Ar III] 7136, which share their factor (E(B-V) ≥ 0)
             assert np.all(np.array(dimmed) < 1.005) and np.median(dimmed) < 0.9
     # through draw_sample: only the galaxies with lines change
