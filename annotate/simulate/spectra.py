@@ -235,6 +235,7 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     step = lib.gal_loglam[1] - lib.gal_loglam[0]
     dispersion = rng.uniform(60.0, 300.0)
     wave = 10.0**lib.gal_loglam
+    near_ha = np.abs(wave - 6564.61) < 50   # where a continuum at Hα is read
     ebv = extra_rng.exponential(realism.galaxy_ebv_mean * realism.strength) if realism is not None else 0.0
     star_forming = rng.random() < 0.55  # emission lines scaled to a random H-alpha EW
     ew_halpha = loguniform(rng, 2.0, 150.0) if star_forming else 0.0
@@ -261,8 +262,7 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
                 chosen = int(burst_rng.choice(young))
                 burst = lib.gal_flux[chosen].astype(np.float64)
                 share = min(ew_halpha / STARBURST_YOUNG_EW_AA, STARBURST_MAX_SHARE)
-                near = np.abs(wave - 6564.61) < 50
-                flux = (1 - share) * flux / np.nanmedian(flux[near]) + share * burst / np.nanmedian(burst[near])
+                flux = (1 - share) * flux / np.nanmedian(flux[near_ha]) + share * burst / np.nanmedian(burst[near_ha])
                 used.append(chosen)
     template_sigma = float(np.max(lib.gal_sigma_kms[used]))
     extra = np.sqrt(max(dispersion**2 + settings.resolution_sigma_kms**2 - template_sigma**2, 0.0))
@@ -270,15 +270,12 @@ def galaxy_rest(lib: TemplateLibrary, rng: np.random.Generator, settings: Simula
     if ebv > 0:
         flux = attenuate(wave, flux, ebv, calzetti_k)
     if star_forming:
-        near_ha = np.abs(wave - 6564.61) < 50
         continuum = np.nanmedian(flux[near_ha]) if np.isfinite(flux[near_ha]).any() else np.nanmedian(flux)
         scatter = loguniform(rng, 0.5, 2.0, len(GALAXY_LINES))
+        scatter[GALAXY_LINE_INDEX["Halpha"]] = 1.0   # the lines are scaled to Hα's EW
         ratios = np.array([ratio for _, _, ratio in GALAXY_LINES]) * scatter
-        halpha = GALAXY_LINES.index(next(l for l in GALAXY_LINES if l[0] == "Halpha"))
-        ratios[halpha] = 1.0
         lines = GALAXY_LINES
         if realism is not None and realism.weak_nebular_lines:  # no draws of their own: each follows a line's
-            scatter[halpha] = 1.0
             lines = GALAXY_LINES + tuple((name, centre, ratio) for name, centre, ratio, _ in WEAK_GALAXY_LINES)
             ratios = np.concatenate([ratios, [ratio * scatter[GALAXY_LINE_INDEX[tied]] for _, _, ratio, tied in WEAK_GALAXY_LINES]])
         if ebv > 0:  # the lines see E(B-V)_gas = E(B-V)_stars / 0.44; relative to H-alpha
