@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ..errors import ConfigError
 from ..grid import WavelengthGrid
 from ..model import ZHead, build_model
 from ..render import RenderSettings
+from .average import WeightAverage
 from .data import (DeviceBatches, RenderedBatches, batch_loader, encode_targets, epoch_batches, fit_label_norm,
                    load_training_data, split_by_object)
 from .evaluate import evaluate, held_out_metrics, validation_score
@@ -165,6 +167,7 @@ class _Run:
     card_base: dict
     started: float
     last_save: float = 0.0
+    average: object = None  # average.WeightAverage when the recipe keeps one (`ema`)
 
     @property
     def device(self) -> torch.device:
@@ -193,7 +196,7 @@ class _Run:
 
         if self.ranks.main:
             where = save_state(self.out_dir, self.state, self.model, self.optimiser, self.schedule,
-                               recipe_record(self.recipe), world_size=self.ranks.world_size)
+                               recipe_record(self.recipe), world_size=self.ranks.world_size, average=self.average)
             self.log(f"state saved at step {self.state.step} ({reason}): {where}")
         self.ranks.barrier()
         self.last_save = time.time()
@@ -240,8 +243,9 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
         total_steps = min(total_steps, recipe.max_steps)
     schedule = _schedule(optimiser, recipe, max(total_steps, 1))
     state = TrainState(history=[])
+    average = WeightAverage(model, recipe.ema) if recipe.ema else None
     if resume_from is not None:
-        state = load_state(resume_from, model, optimiser, schedule)
+        state = load_state(resume_from, model, optimiser, schedule, average)
         log(f"resumed from {resume_from}: step {state.step}, epoch {state.epoch + 1}, batch {state.batch}")
     # one process rendering on the CPU: the 2D Maps as their blocks (annotate.blockpatch), the patch
     # projection's kernels summed per block each step; under DistributedDataParallel, pixels
@@ -254,7 +258,8 @@ def _setup(recipe: Recipe, out_dir: Path, log) -> _Run:
     card_base = dict(backbone=backbone_dict(model.backbone.config), render=settings, grid=grid, label_norm=norms,
                      name=recipe.name, z_head=z_head.to_dict())
     return _Run(recipe, out_dir, log, ranks, settings, data, split, train_rows, norms, dataset, val_batches,
-                model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time())
+                model, forward, optimiser, schedule, state, total_steps, card_base, started, last_save=time.time(),
+                average=average)
 
 
 def _dataset(recipe: Recipe, data: dict, norms: dict, settings: RenderSettings, device: torch.device, log,
@@ -318,6 +323,8 @@ def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
         run.optimiser.step()
         run.schedule.step()
         state.step, state.batch = state.step + 1, state.batch + 1
+        if run.average is not None:
+            run.average.update(run.model, state.step)
         state.loss_sum += float(loss.detach())
         if on_step is not None and ranks.main:
             on_step(state.step, run.total_steps, state.loss_sum / state.batch)
@@ -336,28 +343,36 @@ def _run_epoch(run: _Run, stop: _Stop, on_step) -> bool:
 
 def _end_epoch(run: _Run, epoch_start: float) -> None:
     """Validation metrics into the history and the log line, the checkpoint where the epoch is the
-    best so far, the learning curve; then the next epoch begins with its state saved."""
+    best so far, the learning curve (all with the weights' moving average under `ema`); then the
+    next epoch begins with its state saved."""
+    if run.ranks.main:
+        with run.average.applied(run.model) if run.average is not None else nullcontext():
+            _validate(run, epoch_start)
+    state = run.state
+    state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+    run.save(f"end of epoch {state.epoch}")
+
+
+def _validate(run: _Run, epoch_start: float) -> None:
+    """`_end_epoch`'s validation, history, checkpoint and learning curve for the model's weights."""
     from .log import epoch_line, plot_learning_curve, write_history
 
     recipe, state = run.recipe, run.state
-    if run.ranks.main:
-        val = evaluate(run.model, run.loader(run.val_batches), run.norms,
-                       run.device, run.autocast, recipe.tasks, settings=run.settings)
-        record = {"epoch": state.epoch + 1, "step": state.step,
-                  "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
-                  **{f"val_{k}": v for k, v in val.items()}}
-        record["val_score"] = validation_score(val, recipe.tasks)
-        state.history.append(record)
-        run.log(epoch_line(record, recipe.epochs))
-        if state.best is None or _better(record, state.best, recipe.select_by):
-            state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
-            card = ModelCard(**run.card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
-                                                        "best_epoch": record["epoch"]})
-            save_checkpoint(run.model, card, run.out_dir, half=recipe.save_half)
-        write_history(run.out_dir, state.history)
-        plot_learning_curve(run.out_dir, state.history, recipe.name)
-    state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-    run.save(f"end of epoch {state.epoch}")
+    val = evaluate(run.model, run.loader(run.val_batches), run.norms,
+                   run.device, run.autocast, recipe.tasks, settings=run.settings)
+    record = {"epoch": state.epoch + 1, "step": state.step,
+              "train_loss": state.loss_sum / max(state.batch, 1), "seconds": round(time.time() - epoch_start, 1),
+              **{f"val_{k}": v for k, v in val.items()}}
+    record["val_score"] = validation_score(val, recipe.tasks)
+    state.history.append(record)
+    run.log(epoch_line(record, recipe.epochs))
+    if state.best is None or _better(record, state.best, recipe.select_by):
+        state.best = {k: record[k] for k in ("epoch", "step", "val_loss", "val_score")}
+        card = ModelCard(**run.card_base, training={"recipe": recipe.to_json(), "tasks": list(recipe.tasks),
+                                                    "best_epoch": record["epoch"]})
+        save_checkpoint(run.model, card, run.out_dir, half=recipe.save_half)
+    write_history(run.out_dir, state.history)
+    plot_learning_curve(run.out_dir, state.history, recipe.name)
 
 
 def _better(record: dict, best: dict, select_by: str) -> bool:

@@ -19,7 +19,7 @@ TASKS = TASK_NAMES  # annotate.tasks: class, z, stellar
 RESUMABLE_CHANGES = ("device", "num_workers", "checkpoint_every", "checkpoint_minutes", "render_on")
 RENDER_ON = ("auto", "cpu", "device")
 FLOAT_KEYS = ("lr", "head_lr", "weight_decay", "warmup_fraction", "val_fraction", "test_fraction", "image_mean",
-              "image_std", "checkpoint_minutes")
+              "image_std", "checkpoint_minutes", "ema")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Recipe:
     max_steps: int | None = None
     checkpoint_every: int = 500
     checkpoint_minutes: float = 10.0
+    ema: float | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
@@ -90,6 +91,9 @@ class Recipe:
                               "(training/calibrate_z_sigma.py), not a recipe's; leave it out")
         if self.head_lr is not None and not (isinstance(self.head_lr, (int, float)) and 0 < self.head_lr < 1):
             raise ConfigError(f"head_lr must be a learning rate between 0 and 1, got {self.head_lr!r}")
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool)
+                                         and 0 < self.ema < 1):
+            raise ConfigError(f"ema must be a decay between 0 and 1 (e.g. 0.999), got {self.ema!r}")
         if self.select_by not in ("score", "loss"):
             raise ConfigError("select_by must be score (validation accuracy / R²) or loss")
         if self.render_on not in RENDER_ON:

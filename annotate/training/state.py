@@ -3,6 +3,7 @@
 A state is a folder `<out>/state/step-00001200/` holding
 
     model.safetensors       the weights being trained (float32)
+    ema.safetensors         their moving average, when the recipe keeps one (`ema`; average.py)
     optimizer.safetensors   the AdamW moments per parameter, the RNG states
     state.json              step, epoch, batch within the epoch, the optimiser's hyper-parameters,
                             the LR schedule, the history so far, the best score, the recipe
@@ -43,7 +44,7 @@ class TrainState:
 
 
 def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
-               schedule, recipe: dict, keep: int = 1, world_size: int = 1) -> Path:
+               schedule, recipe: dict, keep: int = 1, world_size: int = 1, average=None) -> Path:
     """Write the state atomically (tmp folder + rename), then drop all but the `keep` newest. A
     state saved again at the same step (end of an epoch after a save on its last batch) replaces
     the first only after the new one is in place."""
@@ -57,6 +58,8 @@ def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, o
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / "model.safetensors"))
+    if average is not None:
+        save_file(average.state(), str(tmp / "ema.safetensors"))
     optim = optimiser.state_dict()
     tensors, per_param = {}, {}
     for index, values in optim["state"].items():
@@ -112,14 +115,18 @@ def read_state_json(folder: Path) -> dict:
         raise CheckpointError(f"{folder}: unreadable training state ({exc})") from None
 
 
-def load_state(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer, schedule) -> TrainState:
-    """Restore weights, optimiser moments, schedule and RNG from a state folder."""
+def load_state(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer, schedule,
+               average=None) -> TrainState:
+    """Restore weights, optimiser moments, schedule and RNG from a state folder, and the weights'
+    moving average into `average` (an average.WeightAverage) when the recipe keeps one."""
     from safetensors.torch import load_file
 
     raw = read_state_json(folder)
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
         tensors = load_file(str(folder / "optimizer.safetensors"), device="cpu")
+        if average is not None:
+            average.load(load_file(str(folder / "ema.safetensors"), device="cpu"))
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: training state does not load ({str(exc).splitlines()[0]})") from None
     device = next(model.parameters()).device

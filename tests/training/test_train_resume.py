@@ -239,3 +239,24 @@ def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
     assert card.training["tasks"] == ["class", "z"]
     assert "held_out_stars" in card.training and not any(line.startswith("1 epoch ")
                                                          for line in outputs[1][0].splitlines())
+
+
+def test_a_killed_run_with_a_weight_average_resumes_to_the_same_average(tmp_path, store):
+    """With `ema` the state holds the moving average too: a run killed after a mid-epoch save
+    ends with the checkpoint (the average) of the uninterrupted run, bit for bit."""
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    code, lines, clean_summary = _train_in_child(_recipe_file(clean, store, ema=0.9), clean / "ckpt")
+    assert code == 0, lines[-20:]
+    recipe_path = _recipe_file(tmp_path, store, ema=0.9)
+    out = tmp_path / "ckpt"
+    _train_until_killed(recipe_path, out, "state saved at step 4 ")
+    state = latest_state(out)
+    assert (state / "ema.safetensors").is_file()
+    code, lines, summary = _train_in_child(recipe_path, out)
+    assert code == 0 and lines[1].startswith(f"resumed from {state}: step 4"), lines[:3]
+    assert summary["best_epoch"] == clean_summary["best_epoch"]
+    resumed, reference = load_file(str(out / "model.safetensors")), load_file(str(clean / "ckpt" / "model.safetensors"))
+    for name in reference:
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+    assert summary["test"]["loss"] == pytest.approx(clean_summary["test"]["loss"], rel=1e-12)
