@@ -162,3 +162,17 @@ def run_dying_once_written(dataset: str, code: str, *args) -> None:
     done = subprocess.run([sys.executable, "-c", _DIES_ONCE_WRITTEN.format(dataset=dataset) + code,
                            *[str(a) for a in args]], capture_output=True, text=True, timeout=300)
     assert done.returncode == 9, done.stderr
+
+
+def small_recipe(tmp_path, store, **overrides):
+    """A recipe (read from YAML, as `annotate train` reads one) that trains the micro ViT on the
+    CPU from `store` for 2 epochs in batches of 8; `overrides` replace any of its keys."""
+    import yaml
+
+    from annotate.training import Recipe
+
+    raw = {"name": "tiny-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 2, "batch_size": 8,
+           "lr": 1e-3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 1, "device": "cpu", **overrides}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return Recipe.from_yaml(path)

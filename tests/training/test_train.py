@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from annotate.checkpoint import load_checkpoint
 from annotate.errors import ConfigError
@@ -11,14 +10,7 @@ from annotate.grid import WavelengthGrid
 from annotate.training import Recipe, train
 from annotate.training.data import encode_targets, fit_label_norm, split_by_object
 from helpers import _labelled_store
-
-
-def _recipe(tmp_path, store, **overrides):
-    raw = {"name": "tiny-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 2, "batch_size": 8,
-           "lr": 1e-3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 1, "device": "cpu", **overrides}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return Recipe.from_yaml(path)
+from helpers import small_recipe as _recipe
 
 
 def test_split_is_by_object_and_seeded():

@@ -4,15 +4,15 @@ checkpoint and the held-out figures use it while training goes on with the weigh
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.numpy import load_file
 from torch import nn
 
 from annotate.errors import ConfigError
-from annotate.training import Recipe, train
+from annotate.training import train
 from annotate.training.average import WeightAverage, decay_at
 from annotate.training.state import latest_state
 from helpers import _labelled_store
+from helpers import small_recipe as _recipe
 
 
 class _Tiny(nn.Module):
@@ -55,14 +55,6 @@ def test_applied_lends_the_average_and_gives_the_weights_back():
     assert model.weight.tolist() == [4.0, 4.0, 4.0]
     with pytest.raises(ValueError, match="does not fit this model"):
         average.load({"weight": torch.zeros(3)})
-
-
-def _recipe(tmp_path, store, **overrides):
-    raw = {"name": "ema-test", "backbone": "vit-micro", "data": {"store": str(store)}, "epochs": 2, "batch_size": 8,
-           "lr": 1e-3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 1, "device": "cpu", **overrides}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return Recipe.from_yaml(path)
 
 
 def test_the_checkpoint_is_the_average_and_training_goes_on_with_the_weights(tmp_path, monkeypatch):
