@@ -59,6 +59,17 @@ def simulate(n_objects: int, grid: WavelengthGrid, seed: int, star_indices: np.n
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
+def robustness_sets(n: int, grid: WavelengthGrid, seed: int, held: np.ndarray, effects: Realism,
+                    harder_strength: float, workers: int | None = None) -> dict:
+    """{'matched', 'harder'}: the robustness sets of a training run with data seed `seed` (see
+    `simulate_training_set`): n new objects (seed + 2, stars from `held`) at the realism `effects`
+    and the same objects with every effect `harder_strength` times the strongest (`Realism.top`)."""
+    settings = SimulationSettings(realism=effects)
+    harder = replace(settings, realism=replace(effects, strength=effects.top * harder_strength, strength_max=None))
+    return {"matched": simulate(n, grid, seed + 2, held, settings, workers),
+            "harder": simulate(n, grid, seed + 2, held, harder, workers)}
+
+
 def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, held_out_star_fraction: float = 0.15,
                           n_held_out_spectra: int = 0, workers: int | None = None,
                           class_fractions: tuple | None = None, realism: dict | float | None = None,
@@ -97,9 +108,7 @@ def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, h
         star_only = replace(settings, class_fractions=(0.0, 0.0, 1.0))
         data["held_out_stars"] = simulate(n_held_out_spectra, grid, seed + 1, held, star_only, workers)
     if n_robustness_spectra and effects is not None:
-        harder = replace(settings, realism=replace(effects, strength=effects.top * harder_strength, strength_max=None))
-        data["robustness"] = {"matched": simulate(n_robustness_spectra, grid, seed + 2, held, settings, workers),
-                              "harder": simulate(n_robustness_spectra, grid, seed + 2, held, harder, workers)}
+        data["robustness"] = robustness_sets(n_robustness_spectra, grid, seed, held, effects, harder_strength, workers)
     data["held_out_star_names"] = lib.star_name[held]
     data["train_star_indices"] = train_stars
     return data

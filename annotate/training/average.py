@@ -2,8 +2,8 @@
 
 After each optimiser step t (1, 2, …) every floating-point tensor of the model's state moves the
 average A toward the weights W: A ← d_t · A + (1 − d_t) · W, with d_t = min(ema, (1 + t) / (10 + t))
-so that the first steps, whose average would otherwise be held at the starting weights, count in
-full (the warm-up of Tarvainen & Valpola 2017 and timm's ModelEmaV2). Validation, the best
+(the `num_updates` rule of TensorFlow's ExponentialMovingAverage), so that the average is not held
+near the starting weights for the first thousands of steps: step 1's weights weigh 9/11. Validation, the best
 checkpoint and the held-out figures then use A, not W (`applied`); the training itself goes on
 with W. Other tensors (integer buffers) are copied as they are.
 """

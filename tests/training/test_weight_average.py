@@ -27,7 +27,7 @@ def test_the_average_follows_its_formula_with_the_warm_up():
     average = WeightAverage(model, 0.9)
     expected = np.zeros(3)
     rng = np.random.default_rng(0)
-    for step in range(1, 40):
+    for step in range(1, 121):          # the cap (0.9) takes over from step 80
         values = rng.normal(size=3)
         with torch.no_grad():
             model.weight.copy_(torch.from_numpy(values))
@@ -35,8 +35,8 @@ def test_the_average_follows_its_formula_with_the_warm_up():
         average.update(model, step)
         d = min(0.9, (1 + step) / (10 + step))
         expected = d * expected + (1 - d) * values
-    np.testing.assert_allclose(average.tensors["weight"].numpy(), expected, rtol=1e-6, atol=1e-7)
-    assert int(average.tensors["count"]) == 39                 # integer buffers are copied, not averaged
+    np.testing.assert_allclose(average.tensors["weight"].numpy(), expected, rtol=1e-5, atol=1e-6)  # float32 sums
+    assert int(average.tensors["count"]) == 120                # integer buffers are copied, not averaged
     assert decay_at(0.9, 1) == pytest.approx(2 / 11) and decay_at(0.9, 1000) == 0.9
     assert decay_at(0.999, 100) == pytest.approx(101 / 110)
 
