@@ -112,6 +112,8 @@ def test_resuming_with_a_different_recipe_is_refused(tmp_path, store):
     _train_until_killed(_recipe_file(tmp_path, store), out, "state saved at step 2 ")
     with pytest.raises(ConfigError, match=r"different recipe \(lr changed\)"):
         train(Recipe.from_yaml(_recipe_file(tmp_path, store, lr=5e-4)), out, log=lambda line: None)
+    with pytest.raises(ConfigError, match=r"different recipe \(ema changed\)"):  # no average was kept so far
+        train(Recipe.from_yaml(_recipe_file(tmp_path, store, ema=0.99)), out, log=lambda line: None)
     # device and checkpoint cadence may change between the crash and the resumption
     summary = train(Recipe.from_yaml(_recipe_file(tmp_path, store, checkpoint_every=5)), out, log=lambda line: None)
     assert summary["steps"] == 3 * -(-summary["split_counts"]["train"] // 6)  # 3 epochs of batches of 6
@@ -223,20 +225,22 @@ def test_a_data_error_on_rank_0_ends_every_rank(tmp_path, store):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process group on loopback")
-def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_distributed_data_parallel_on_two_cpu_ranks(tmp_path, store, ema):
     """torchrun-style environment, gloo backend: both ranks take the same number of steps, only
     rank 0 writes, and the checkpoint loads. Two of the three tasks: DDP must not wait for the
-    gradients of the head left out."""
+    gradients of the head left out. With `ema` every rank keeps the average and rank 0 scores
+    and saves it."""
     from annotate.checkpoint import load_checkpoint
 
-    recipe_path = _recipe_file(tmp_path, store, epochs=1, tasks=["class", "z"])
+    recipe_path = _recipe_file(tmp_path, store, epochs=1, tasks=["class", "z"], **({"ema": ema} if ema else {}))
     out = tmp_path / "ddp"
     codes, outputs = _two_ranks(recipe_path, out)
     assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     _, card = load_checkpoint(out)
     batches = -(-card.training["split_counts"]["train"] // 6)
     assert card.training["steps"] == batches // 2  # each step takes one batch per rank
-    assert card.training["tasks"] == ["class", "z"]
+    assert card.training["tasks"] == ["class", "z"] and card.training["recipe"]["ema"] == ema
     assert "held_out_stars" in card.training and not any(line.startswith("1 epoch ")
                                                          for line in outputs[1][0].splitlines())
 
