@@ -19,19 +19,16 @@ import torch
 
 from annotate.checkpoint import load_checkpoint
 from annotate.grid import WavelengthGrid
-from annotate.simulate.dataset import held_out_star_indices, robustness_sets
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices, robustness_sets
 from annotate.simulate.realism import Realism
 from annotate.simulate.templates import load_library
 from annotate.training import Recipe
 from annotate.training.evaluate import held_out_metrics
 
-HELD_OUT_FRACTION = 0.15  # simulate_training_set's default share of held-out MILES stars
-
-
 def sets_of(recipe: Recipe, seed: int, workers: int = 2) -> dict:
     """{'matched', 'harder'}: the robustness sets a run of `recipe` with data seed `seed` draws."""
     sim = recipe.data["simulate"]
-    held = held_out_star_indices(load_library().n_star, HELD_OUT_FRACTION, sim.get("held_out_seed", seed))
+    held = held_out_star_indices(load_library().n_star, HELD_OUT_STAR_FRACTION, sim.get("held_out_seed", seed))
     return robustness_sets(int(sim["n_robustness_spectra"]), WavelengthGrid(**recipe.grid), seed, held,
                            Realism.from_dict(sim["realism"]), sim.get("harder_strength", 2.0), workers)
 
@@ -43,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training runs' data seeds (sets at seed + 2)")
     args = parser.parse_args(argv)
     recipe = Recipe.from_yaml(args.recipe)
+    models = {folder: load_checkpoint(folder, "cpu") for folder in args.checkpoints}
     for seed in args.seeds:
         data = {"robustness": sets_of(recipe, seed)}
-        for folder in args.checkpoints:
-            model, card = load_checkpoint(folder, "cpu")
+        for folder, (model, card) in models.items():
             _, _, scores = held_out_metrics(model, recipe, data, np.array([]), card.label_norm, card.render,
                                             torch.device("cpu"), nullcontext)
             a, b = scores["matched"]["class_accuracy"], scores["harder"]["class_accuracy"]

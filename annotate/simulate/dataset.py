@@ -59,6 +59,9 @@ def simulate(n_objects: int, grid: WavelengthGrid, seed: int, star_indices: np.n
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
+HELD_OUT_STAR_FRACTION = 0.15  # share of the MILES stars held out by star (simulate_training_set)
+
+
 def robustness_sets(n: int, grid: WavelengthGrid, seed: int, held: np.ndarray, effects: Realism,
                     harder_strength: float, workers: int | None = None) -> dict:
     """{'matched', 'harder'}: the robustness sets of a training run with data seed `seed` (see
@@ -70,7 +73,8 @@ def robustness_sets(n: int, grid: WavelengthGrid, seed: int, held: np.ndarray, e
             "harder": simulate(n, grid, seed + 2, held, harder, workers)}
 
 
-def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0, held_out_star_fraction: float = 0.15,
+def simulate_training_set(n_objects: int, grid: WavelengthGrid, seed: int = 0,
+                          held_out_star_fraction: float = HELD_OUT_STAR_FRACTION,
                           n_held_out_spectra: int = 0, workers: int | None = None,
                           class_fractions: tuple | None = None, realism: dict | float | None = None,
                           n_robustness_spectra: int = 0, harder_strength: float = 2.0,

@@ -49,12 +49,9 @@ class WeightAverage:
         finally:
             model.load_state_dict(own)
 
-    def state(self) -> dict:
-        """The tensors to save with a training state (on the CPU, contiguous)."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
-
     def load(self, tensors: dict) -> None:
-        """Restore a saved average (`state`); its entries must be the model's."""
+        """Restore a saved average (its `tensors`, as a training state holds them); its entries must
+        be the model's."""
         if set(tensors) != set(self.tensors):
             missing = sorted(set(self.tensors) ^ set(tensors))[:3]
             raise ValueError(f"the saved weight average does not fit this model (entries {', '.join(missing)} differ)")

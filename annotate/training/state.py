@@ -56,10 +56,9 @@ def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, o
     tmp = root / (final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
+    save_file(_on_cpu(model.state_dict()), str(tmp / "model.safetensors"))
     if average is not None:
-        save_file(average.state(), str(tmp / "ema.safetensors"))
+        save_file(_on_cpu(average.tensors), str(tmp / "ema.safetensors"))
     optim = optimiser.state_dict()
     tensors, per_param = {}, {}
     for index, values in optim["state"].items():
@@ -86,6 +85,11 @@ def save_state(out_dir: str | Path, state: TrainState, model: torch.nn.Module, o
     for old in older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _on_cpu(tensors: dict) -> dict:
+    """Named tensors as safetensors writes them: detached, on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def _jsonable(value):
