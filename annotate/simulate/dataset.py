@@ -63,12 +63,17 @@ HELD_OUT_STAR_FRACTION = 0.15  # share of the MILES stars held out by star (simu
 
 
 def robustness_sets(n: int, grid: WavelengthGrid, seed: int, held: np.ndarray, effects: Realism,
-                    harder_strength: float, workers: int | None = None) -> dict:
+                    harder_strength: float, workers: int | None = None, hold: tuple = ()) -> dict:
     """{'matched', 'harder'}: the robustness sets of a training run with data seed `seed` (see
     `simulate_training_set`): n new objects (seed + 2, stars from `held`) at the realism `effects`
-    and the same objects with every effect `harder_strength` times the strongest (`Realism.top`)."""
+    and the same objects with every effect `harder_strength` times the strongest (`Realism.top`),
+    except those of the groups in `hold` (realism.HOLD_GROUPS), which the harder set gives at the
+    mean strength of the matched one."""
     settings = SimulationSettings(realism=effects)
-    harder = replace(settings, realism=replace(effects, strength=effects.top * harder_strength, strength_max=None))
+    stronger = replace(effects, strength=effects.top * harder_strength, strength_max=None)
+    if hold:
+        stronger = stronger.holding(hold, (effects.strength + effects.top) / 2)
+    harder = replace(settings, realism=stronger)
     return {"matched": simulate(n, grid, seed + 2, held, settings, workers),
             "harder": simulate(n, grid, seed + 2, held, harder, workers)}
 

@@ -88,7 +88,7 @@ for the rest. Mercury lines (4358, 5461 Å) are street-light lines present at mo
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -124,6 +124,19 @@ STARBURST_AGE_GYR = 0.01    # a starburst's continuum holds a population at most
 STARBURST_YOUNG_EW_AA = 1000.0  # ... whose share of the continuum at Hα is EW(Hα) / this, the EW(Hα) of such a population alone
 STARBURST_MAX_SHARE = 0.9   # ... and at most this
 DICHROICS_AA = ((5750.0, 6050.0), (7500.0, 7650.0))  # where blue/red (and red/near-IR) arms meet
+
+
+# the effects whose amplitudes the strength multiplies, by group (`Realism.holding`): each field
+# is such an amplitude, a number or the ends of the range it is drawn from
+HOLD_GROUPS = {
+    "calibration": ("calibration_rms",),
+    "throughput": ("blue_throughput_loss", "red_throughput_loss", "dichroic_depth", "range_probability"),
+    "sky": ("sky_to_object", "sky_residual", "sky_shift_pix"),
+    "bad_columns": ("bad_column_probability",),
+    "galaxy_dust": ("galaxy_ebv_mean",),
+    "qso_dust": ("qso_ebv_mean",),
+    "qso_lines": ("qso_width_scatter_dex", "civ_blueshift_kms", "qso_line_scatter"),
+}
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,24 @@ class Realism:
         if self.strength_max is None:
             return None
         return np.random.default_rng([seed, 0x57E4]).uniform(self.strength, self.strength_max, n)
+
+    def holding(self, groups, strength: float) -> "Realism":
+        """This realism (of a fixed strength) with the effects of `groups` (names of HOLD_GROUPS)
+        as `strength` would give them and every other effect as before: which effects a harder
+        set's losses come from (training/robustness_sets.py --hold)."""
+        if self.strength_max is not None:
+            raise ConfigError("only a realism of one strength can hold effects at another")
+        unknown = sorted(set(groups) - set(HOLD_GROUPS))
+        if unknown:
+            raise ConfigError(f"unknown effect groups {unknown}; known: {sorted(HOLD_GROUPS)}")
+        if self.strength <= 0:
+            raise ConfigError("a realism of strength 0 has no effects to hold")
+        factor = float(strength) / self.strength
+        changes = {}
+        for name in (field for group in groups for field in HOLD_GROUPS[group]):
+            value = getattr(self, name)
+            changes[name] = tuple(v * factor for v in value) if isinstance(value, tuple) else value * factor
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, spec: dict | float | None) -> "Realism | None":

@@ -70,24 +70,27 @@ def validation_score(metrics: dict, tasks: tuple) -> float:
     return sum(finite) / len(finite) if finite else -math.inf
 
 
+def part_batches(model, recipe: Recipe, part: dict, norms: dict, settings: RenderSettings, rows: np.ndarray | None = None):
+    """Batches of the rows of a simulated set `part` (a bool selection; None: all), rendered and
+    normalised as `model` was trained (`recipe`, its card's label norms and render settings)."""
+    dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std,
+                              blocks=supports_blocks(model, settings))
+    indices = np.arange(len(part["flux"])) if rows is None else np.flatnonzero(rows)
+    return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
+
+
 def held_out_metrics(model, recipe: Recipe, data: dict, split: np.ndarray, norms: dict, settings: RenderSettings,
                      device, autocast) -> tuple[dict, dict, dict]:
     """Metrics on the test split, on the spectra of held-out stars (with RMSE by S/N next to the
     k-nearest-templates baseline, `stellarbaseline`) and on the robustness sets (empty where
     absent)."""
 
-    def batches(part: dict, rows: np.ndarray):
-        dataset = RenderedBatches(part, encode_targets(part, norms), settings, recipe.image_mean, recipe.image_std,
-                                  blocks=supports_blocks(model, settings))
-        indices = np.flatnonzero(rows)
-        return batch_loader(dataset, [indices[i:i + recipe.batch_size] for i in range(0, len(indices), recipe.batch_size)])
-
     def everything(part: dict):
-        return batches(part, np.ones(len(part["flux"]), bool))
+        return part_batches(model, recipe, part, norms, settings)
 
     tasks = tuple(recipe.tasks)
-    test = evaluate(model, batches(data, split == "test"), norms, device, autocast, tasks, settings=settings) \
-        if (split == "test").any() else {}
+    test = evaluate(model, part_batches(model, recipe, data, norms, settings, split == "test"), norms, device, autocast,
+                    tasks, settings=settings) if (split == "test").any() else {}
     extra = data.get("held_out_stars")
     held_out = {}
     if extra is not None:

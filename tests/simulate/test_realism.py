@@ -494,3 +494,41 @@ def test_cosmic_rays_add_hits_and_change_nothing_else():
 def test_cosmic_ray_and_line_offset_settings_are_checked(spec, words):
     with pytest.raises(ConfigError, match=words):
         Realism.from_dict(spec)
+
+
+def test_holding_effect_groups_keeps_them_at_another_strength():
+    from annotate.simulate.realism import HOLD_GROUPS
+
+    lib = load_library()
+    harder = Realism(strength=2.8, qso_line_scatter=1.0)
+    draw = lambda realism: draw_sample(24, lib, GRID, seed=5, settings=SimulationSettings(realism=realism))  # noqa: E731
+    strong = draw(harder)
+    # every group held at 1.5 is the realism of strength 1.5: the groups hold every scaled effect
+    everything = draw(harder.holding(tuple(HOLD_GROUPS), 1.5))
+    at_matched = draw(Realism(strength=1.5, qso_line_scatter=1.0))
+    for key in ("flux", "ivar"):
+        np.testing.assert_allclose(everything[key], at_matched[key], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(everything["mask"], at_matched["mask"])
+    # the quasars' dust alone: only the quasars change, each by its attenuation
+    dust = draw(harder.holding(("qso_dust",), 1.5))
+    qso = strong["class"] == "QSO"
+    assert qso.any() and (~qso).any()
+    np.testing.assert_array_equal(dust["flux"][~qso], strong["flux"][~qso])
+    assert not np.array_equal(dust["flux"][qso], strong["flux"][qso])
+    assert harder.holding(("calibration",), 1.4).calibration_rms == pytest.approx((0.01, 0.1))
+    with pytest.raises(ConfigError, match="unknown effect groups \\['dust'\\]"):
+        harder.holding(("dust",), 1.5)
+    with pytest.raises(ConfigError, match="only a realism of one strength"):
+        Realism(strength=1.0, strength_max=2.0).holding(("sky",), 1.5)
+
+
+def test_a_robustness_set_can_hold_effects_in_its_harder_half():
+    from annotate.simulate.dataset import robustness_sets
+
+    held = np.arange(0, load_library().n_star, 7)
+    effects = Realism(strength=1.0, strength_max=2.0)
+    plain = robustness_sets(12, GRID, 3, held, effects, 1.4, workers=1)
+    calm = robustness_sets(12, GRID, 3, held, effects, 1.4, workers=1, hold=("calibration", "sky"))
+    np.testing.assert_array_equal(plain["matched"]["flux"], calm["matched"]["flux"])
+    assert not np.array_equal(plain["harder"]["flux"], calm["harder"]["flux"])
+    np.testing.assert_array_equal(plain["harder"]["z"], calm["harder"]["z"])

@@ -1,0 +1,62 @@
+"""training/robustness_sets.py: it scores a checkpoint on the robustness sets its training drew
+(so it reproduces training.json), pools sets, and holds effect groups back in the harder sets."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.training import train
+from helpers import small_recipe
+
+SCRIPT = Path(__file__).resolve().parents[2] / "training" / "robustness_sets.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("robustness_sets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooled_figures_of_several_sets():
+    script = _script()
+    true = np.array([0, 0, 1, 1, 2, 2, 2, 2, 1, 0])
+    # set 1: matched all right, harder 2 wrong (20 points); set 2: matched 1 wrong, harder 2 wrong (10)
+    first = (true, true.copy(), np.where(np.arange(10) < 2, (true + 1) % 3, true))
+    second = (true, np.where(np.arange(10) == 9, 1, true), np.where(np.arange(10) >= 8, 2, true))
+    s = script.drop_summary([first, second], limit=15)
+    assert (s["n_sets"], s["n"]) == (2, 20)
+    assert s["matched"] == pytest.approx(0.95) and s["harder"] == pytest.approx(0.8)
+    assert s["drop"] == pytest.approx(15.0) and s["mean_drop"] == pytest.approx(15.0)
+    assert s["sd"] == pytest.approx(np.std([20.0, 10.0], ddof=1)) and s["stderr"] == pytest.approx(5.0)
+    assert (s["min"], s["max"], s["above"]) == (pytest.approx(10.0), pytest.approx(20.0), 1)
+    # recall per class: galaxies (rows 0, 1, 9) lose rows 0 and 1 in the first harder set and
+    # row 9 in both sets of the second
+    assert s["recall"]["GALAXY"] == (pytest.approx(5 / 6), pytest.approx(3 / 6))
+    assert s["recall"]["STAR"] == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_the_script_reproduces_the_training_runs_own_robustness_figures(tmp_path, capsys):
+    simulate = {"n_objects": 120, "seed": 0, "workers": 1, "realism": {"strength": 1.0, "strength_max": 1.5},
+                "n_robustness_spectra": 40}
+    recipe = small_recipe(tmp_path, "unused", data={"simulate": simulate}, epochs=1, batch_size=16,
+                          val_fraction=0.2, test_fraction=0.2)
+    summary = train(recipe, tmp_path / "ckpt", log=lambda line: None)
+    script = _script()
+    recipe_path = str(tmp_path / "recipe.yaml")
+    assert script.main([str(tmp_path / "ckpt"), "--recipe", recipe_path, "--seeds", "0", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    own = json.loads((tmp_path / "ckpt" / "training.json").read_text())["robustness"]
+    assert own == summary["robustness"]
+    expected = f"matched {own['matched']['class_accuracy']:.4f}, harder {own['harder']['class_accuracy']:.4f}"
+    assert lines[0].startswith("sets of data seed 0 (objects at seed 2)") and expected in lines[0]
+    assert lines[1].startswith("sets of data seed 5 (objects at seed 7)")
+    assert lines[2].startswith(f"{tmp_path / 'ckpt'}, 2 sets (80 objects)")
+    # holding every effect group in the harder sets leaves the matched sets as they were
+    assert script.main([str(tmp_path / "ckpt"), "--recipe", recipe_path, "--seeds", "0",
+                        "--hold", *sorted(script.HOLD_GROUPS)]) == 0
+    held = capsys.readouterr().out.splitlines()[0]
+    assert f"matched {own['matched']['class_accuracy']:.4f}" in held and "held at the matched strength" in held
