@@ -25,7 +25,7 @@ from annotate import CLASS_NAMES, SPEED_OF_LIGHT_KMS
 from annotate.checkpoint import load_checkpoint, write_card
 from annotate.model import ONE_SIGMA, ZHead, calibrate_sigma
 from annotate.render import render, to_model_input
-from annotate.simulate.dataset import held_out_star_indices
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices
 from annotate.simulate.realism import Realism
 from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = card.training.get("recipe", {}).get("data", {}).get("simulate", {})
     realism = Realism.from_dict(spec.get("realism", 1.0))  # as the checkpoint was trained (strength 1 if unknown)
     lib = load_library()
-    held = held_out_star_indices(lib.n_star, float(spec.get("held_out_star_fraction", 0.15)),
+    held = held_out_star_indices(lib.n_star, float(spec.get("held_out_star_fraction", HELD_OUT_STAR_FRACTION)),
                                  int(spec.get("held_out_seed", spec.get("seed", 0))))
     settings = SimulationSettings(realism=realism)
     fit_sample = draw_sample(args.n, lib, card.grid, seed=args.seed, settings=settings,

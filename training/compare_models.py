@@ -20,7 +20,7 @@ from annotate.grid import WavelengthGrid
 from annotate.metrics import nmad
 from annotate.fit.evaluate import ross_success
 from annotate.predict import predict_batch
-from annotate.simulate.dataset import held_out_star_indices
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices
 from annotate.simulate.realism import Realism
 from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.starburst <= 1.0:
         parser.error(f"--starburst {args.starburst:g}: a share in [0, 1]")
     lib, grid = load_library(), WavelengthGrid()
-    stars = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    stars = held_out_star_indices(lib.n_star, HELD_OUT_STAR_FRACTION, seed=0)
     for strength in args.strengths:
         settings = SimulationSettings(realism=Realism(strength=strength, star_forming_continuum=args.star_forming,
                                                       starburst_share=args.starburst, weak_nebular_lines=args.weak_lines)

@@ -31,7 +31,7 @@ from annotate import CLASS_NAMES  # noqa: E402
 from annotate.checkpoint import load_checkpoint  # noqa: E402
 from annotate.grid import WavelengthGrid  # noqa: E402
 from annotate.predict import predict_batch  # noqa: E402
-from annotate.simulate.dataset import held_out_star_indices  # noqa: E402
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices  # noqa: E402
 from annotate.simulate.realism import Realism  # noqa: E402
 from annotate.simulate.spectra import SimulationSettings, draw_sample  # noqa: E402
 from annotate.simulate.templates import load_library  # noqa: E402
@@ -57,7 +57,7 @@ def look_alikes(n: int, grid: WavelengthGrid) -> list[tuple[str, dict, bool]]:
     (LIKE_REAL): galaxies at z < 0.02, and held-out MILES stars of 3,800-5,800 K (the G and K stars
     whose spectra an old stellar population resembles)."""
     lib = load_library()
-    held = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    held = held_out_star_indices(lib.n_star, HELD_OUT_STAR_FRACTION, seed=0)
     galaxies = draw_sample(n, lib, grid, seed=SEED, star_indices=held,
                            settings=replace(LIKE_REAL, class_fractions=(1, 0, 0), z_galaxy=(0.0, 0.02)))
     cool = held[(lib.star_teff[held] > 3800) & (lib.star_teff[held] < 5800)]

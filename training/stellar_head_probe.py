@@ -18,7 +18,7 @@ from torch import nn
 from annotate import stellarbaseline
 from annotate.checkpoint import load_checkpoint
 from annotate.metrics import r2_score
-from annotate.simulate.dataset import held_out_star_indices
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices
 from annotate.simulate.realism import Realism
 from annotate.simulate.spectra import SimulationSettings
 from annotate.simulate.templates import load_library
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     model, card = load_checkpoint(args.model, "cpu")
     lib = load_library()
-    held = held_out_star_indices(lib.n_star, 0.15, seed=0)
+    held = held_out_star_indices(lib.n_star, HELD_OUT_STAR_FRACTION, seed=0)
     train_stars = np.setdiff1d(np.arange(lib.n_star), held)
     stars_only = SimulationSettings(class_fractions=(0, 0, 1), realism=Realism(strength=1.0))
     x_fit, fit_sample = features(model, card, args.n_fit, 201, train_stars, settings=stars_only)

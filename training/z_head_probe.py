@@ -20,7 +20,7 @@ from annotate.checkpoint import load_checkpoint
 from annotate.metrics import nmad, outlier_fraction
 from annotate.model import ZHead, bin_centres, read_bins, two_hot
 from annotate.render import render, to_model_input
-from annotate.simulate.dataset import held_out_star_indices
+from annotate.simulate.dataset import HELD_OUT_STAR_FRACTION, held_out_star_indices
 from annotate.simulate.realism import Realism
 from annotate.simulate.spectra import SimulationSettings, draw_sample
 from annotate.simulate.templates import load_library
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     model, card = load_checkpoint(args.model, "cpu")
     n_star = load_library().n_star
-    held = held_out_star_indices(n_star, 0.15, seed=0)
+    held = held_out_star_indices(n_star, HELD_OUT_STAR_FRACTION, seed=0)
     train_stars = np.setdiff1d(np.arange(n_star), held)
     x_fit, fit_sample = features(model, card, args.n_fit, 101, train_stars)
     x_score, score_sample = features(model, card, args.n_score, 102, held)
