@@ -1,12 +1,19 @@
 """Choose the default model's architecture by measured accuracy per CPU-second.
 
 Trains each candidate backbone with the same recipe (the default model's, on a smaller simulated
-set with the same realism effects and the same seed and split) for the same number of epochs, on
-this machine, one after the other, and writes their held-out figures and training time to
-`training/architectures.md` and `.json`. Each run lives in its own folder under --workdir and
-resumes there if interrupted (rerun the same command).
+set with the same realism effects and the same seed and split), on this machine, one after the
+other, from scratch (the recipe's `init_from` is dropped), and writes their held-out figures and
+training time to `training/<--out>.md` and `.json` (or --out-dir). Each run lives in its own folder under
+--workdir and resumes there if interrupted (rerun the same command).
+
+Two budgets: the same number of epochs for every backbone (--epochs), or the same wall-clock
+minutes (--minutes): each backbone then gets the epochs that fit in them on this machine, chosen
+as `timed_run.py` chooses them (its training step and the simulator's rate measured first), so
+that each run's learning rate is annealed to its end and a faster backbone sees more images.
 
     python training/compare_architectures.py --workdir /tmp/arch [--objects 8000] [--epochs 3]
+    python training/compare_architectures.py --workdir /tmp/arch10 --recipe training/default-tiny-ema.yaml \
+        --objects 30000 --minutes 10 --out architectures-10min
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ CANDIDATES = ("vit-mini-p32", "vit-tiny-p32", "vit-wide-p32", "vit-tiny")
 def candidate_recipe(base: dict, backbone: str, objects: int, epochs: int) -> dict:
     recipe = {**base, "name": f"compare-{backbone}", "backbone": backbone, "epochs": epochs,
               "checkpoint_every": 200, "save_half": False}
+    recipe.pop("init_from", None)
     simulate = {**base["data"]["simulate"], "n_objects": objects,
                 "n_held_out_spectra": min(base["data"]["simulate"].get("n_held_out_spectra", 0), 1000),
                 "n_robustness_spectra": min(base["data"]["simulate"].get("n_robustness_spectra", 0), 1000)}
@@ -45,7 +53,8 @@ def row(backbone: str, folder: Path) -> dict:
     summary = json.loads((folder / "training.json").read_text())
     test, stars = summary["test"], summary["held_out_stars"]
     harder = summary.get("robustness", {})
-    return {"backbone": backbone, "parameters": parameters(folder), "seconds": summary["seconds"],
+    epochs = json.loads((folder / "recipe.json").read_text()).get("epochs") if (folder / "recipe.json").is_file() else None
+    return {"backbone": backbone, "parameters": parameters(folder), "seconds": summary["seconds"], "epochs": epochs,
             "class_accuracy": test["class_accuracy"], "z_nmad": test["z_nmad"], "z_eta": test["z_eta"],
             "teff_r2_stars": stars.get("teff_r2"), "logg_r2_stars": stars.get("logg_r2"),
             "feh_r2_stars": stars.get("feh_r2"),
@@ -53,30 +62,38 @@ def row(backbone: str, folder: Path) -> dict:
             "class_accuracy_harder": harder.get("harder", {}).get("class_accuracy")}
 
 
-def table(rows: list[dict], objects: int, epochs: int, machine: str) -> str:
+def score(r: dict) -> float:
+    """Mean of class accuracy, 1 − min(NMAD / 0.01, 1) and the mean stellar R² of a row."""
+    stellar = [r[k] for k in ("teff_r2_stars", "logg_r2_stars", "feh_r2_stars") if r[k] is not None]
+    return (r["class_accuracy"] + (1 - min(r["z_nmad"] / 0.01, 1)) + sum(stellar) / max(len(stellar), 1)) / 3
+
+
+def table(rows: list[dict], objects: int, epochs: int, machine: str, recipe: str = "training/default-tiny.yaml",
+          minutes: float | None = None, out: str = "architectures") -> str:
     def f(value, digits=3):
         return "—" if value is None else f"{value:.{digits}f}"
 
+    budget = (f"with a budget of {minutes:g} minutes each (the epochs that `timed_run.py`'s plan fits in it, per "
+              "backbone; a conservative plan: 'training s' is what each run took)") if minutes else f"for {epochs} epochs"
+    command = f"--minutes {minutes:g}" if minutes else f"--epochs {epochs}"
     lines = [
         "# Architecture comparison for the default model",
         "",
-        f"Each backbone trained with `training/default-tiny.yaml` on {objects:,} simulated objects (realism on) "
-        f"for {epochs} epochs, same seed and split, on {machine}; held-out test split (all classes) and held-out "
+        f"Each backbone trained from scratch with `{recipe}` on {objects:,} simulated objects (realism on) "
+        f"{budget}, same seed and split, on {machine}; held-out test split (all classes) and held-out "
         "MILES stars. Made by:",
         "",
-        f"    python training/compare_architectures.py --objects {objects} --epochs {epochs}",
+        f"    python training/compare_architectures.py --recipe {recipe} --objects {objects} {command} --out {out}",
         "",
-        "| backbone | parameters | training s | class acc. | z NMAD | η | Teff R² | log g R² | [Fe/H] R² "
-        "| class acc. matched / 2× realism | score per CPU-hour |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backbone | parameters | epochs | training s | class acc. | z NMAD | η | Teff R² | log g R² | [Fe/H] R² "
+        "| class acc. matched / harder realism | score | score per CPU-hour |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        stellar = [r[k] for k in ("teff_r2_stars", "logg_r2_stars", "feh_r2_stars") if r[k] is not None]
-        score = (r["class_accuracy"] + (1 - min(r["z_nmad"] / 0.01, 1)) + sum(stellar) / max(len(stellar), 1)) / 3
-        lines.append(f"| `{r['backbone']}` | {r['parameters']:,} | {r['seconds']:.0f} | {f(r['class_accuracy'])} "
-                     f"| {f(r['z_nmad'], 4)} | {f(r['z_eta'])} | {f(r['teff_r2_stars'])} | {f(r['logg_r2_stars'])} "
-                     f"| {f(r['feh_r2_stars'])} | {f(r['class_accuracy_matched'])} / {f(r['class_accuracy_harder'])} "
-                     f"| {score / (2 * r['seconds'] / 3600):.2f} |")
+        lines.append(f"| `{r['backbone']}` | {r['parameters']:,} | {r.get('epochs') or '—'} | {r['seconds']:.0f} "
+                     f"| {f(r['class_accuracy'])} | {f(r['z_nmad'], 4)} | {f(r['z_eta'])} | {f(r['teff_r2_stars'])} "
+                     f"| {f(r['logg_r2_stars'])} | {f(r['feh_r2_stars'])} | {f(r['class_accuracy_matched'])} / "
+                     f"{f(r['class_accuracy_harder'])} | {score(r):.3f} | {score(r) / (2 * r['seconds'] / 3600):.2f} |")
     lines += ["", "Score = mean of class accuracy, 1 − min(NMAD/0.01, 1) and the mean stellar R²; per CPU-hour "
               "counts both cores for the training time (which includes simulating the set, the per-epoch "
               "validation and the held-out evaluation with the stellar baseline)."]
@@ -86,32 +103,55 @@ def table(rows: list[dict], objects: int, epochs: int, machine: str) -> str:
     return "\n".join(lines + [""])
 
 
+def timed_epochs(recipe, minutes: float, started: float) -> int:
+    """The epochs of `recipe` that fit in `minutes` from `started` (timed_run's plan)."""
+    sys.path.insert(0, str(HERE))
+    from timed_run import plan, simulation_rate, step_seconds
+
+    return plan(recipe, minutes, time.perf_counter() - started, step_seconds(recipe), simulation_rate(recipe))["epochs"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--recipe", default="training/default-tiny.yaml", help="the recipe every backbone trains with")
     parser.add_argument("--objects", type=int, default=8000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="epochs of each (default 3; with --minutes: at most this many, default 100)")
+    parser.add_argument("--minutes", type=float, help="the same wall-clock budget for each backbone instead")
     parser.add_argument("--backbones", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--machine", default=f"{os.cpu_count()} CPU cores")
+    parser.add_argument("--out", default="architectures", help="the results' name: <out-dir>/<out>.md and .json")
+    parser.add_argument("--out-dir", default=str(HERE), help="their folder (default: training/)")
     args = parser.parse_args(argv)
+
+    from dataclasses import replace
 
     from annotate.training import Recipe, train
 
-    base = yaml.safe_load((HERE / "default-tiny.yaml").read_text())
+    base = yaml.safe_load(Path(args.recipe).read_text())
     rows = []
+    cap = args.epochs or (100 if args.minutes else 3)
     for backbone in args.backbones:
+        started = time.perf_counter()
         folder = Path(args.workdir) / backbone
         folder.mkdir(parents=True, exist_ok=True)
         recipe_file = folder / "recipe.yaml"
-        recipe_file.write_text(yaml.safe_dump(candidate_recipe(base, backbone, args.objects, args.epochs)))
+        recipe_file.write_text(yaml.safe_dump(candidate_recipe(base, backbone, args.objects, cap)))
         recipe = Recipe.from_yaml(recipe_file)
-        start = time.time()
-        train(recipe, folder, log=lambda line: None)
-        print(f"{backbone}: {time.time() - start:.0f} s", flush=True)
+        max_minutes = None
+        if args.minutes:  # the epochs planned at the first start stay those of a resumed run
+            planned = folder / "planned-epochs.json"
+            if not planned.is_file():
+                planned.write_text(json.dumps(timed_epochs(recipe, args.minutes, started)))
+            recipe = replace(recipe, epochs=int(json.loads(planned.read_text())))
+            max_minutes = max(args.minutes - (time.perf_counter() - started) / 60, 0.5)
+        train(recipe, folder, log=lambda line: None, max_minutes=max_minutes)
+        print(f"{backbone}: {recipe.epochs} epochs, {time.perf_counter() - started:.0f} s", flush=True)
         rows.append(row(backbone, folder))
-    (HERE / "architectures.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (HERE / "architectures.md").write_text(table(rows, args.objects, args.epochs, args.machine))
-    print(table(rows, args.objects, args.epochs, args.machine))
+    text = table(rows, args.objects, cap, args.machine, args.recipe, args.minutes, args.out)
+    (Path(args.out_dir) / f"{args.out}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (Path(args.out_dir) / f"{args.out}.md").write_text(text)
+    print(text)
     return 0
 
 
