@@ -176,3 +176,14 @@ def small_recipe(tmp_path, store, **overrides):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return Recipe.from_yaml(path)
+
+
+def training_script(name: str):
+    """The module of `training/<name>.py` (the training scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,20 +1,12 @@
 """training/compare_architectures.py: each backbone from scratch with the same recipe, for the
 same epochs or for the same minutes (the epochs that fit, planned once and kept on a rerun)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "training" / "compare_architectures.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("compare_architectures", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import training_script
 
 
 def _base(tmp_path) -> Path:
@@ -29,7 +21,7 @@ def _base(tmp_path) -> Path:
 
 
 def test_a_candidate_trains_from_scratch_on_the_smaller_set(tmp_path):
-    script = _script()
+    script = training_script("compare_architectures")
     base = yaml.safe_load(_base(tmp_path).read_text())
     recipe = script.candidate_recipe(base, "vit-micro", 500, 4)
     assert "init_from" not in recipe and "init_from" in base
@@ -38,7 +30,7 @@ def test_a_candidate_trains_from_scratch_on_the_smaller_set(tmp_path):
 
 
 def test_equal_minutes_plan_each_backbones_epochs_once(tmp_path, capsys, monkeypatch):
-    script = _script()
+    script = training_script("compare_architectures")
     planned = []
 
     def plan(recipe, minutes, started):

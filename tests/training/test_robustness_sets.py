@@ -1,28 +1,17 @@
 """training/robustness_sets.py: it scores a checkpoint on the robustness sets its training drew
 (so it reproduces training.json), pools sets, and holds effect groups back in the harder sets."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from annotate.training import train
-from helpers import small_recipe
-
-SCRIPT = Path(__file__).resolve().parents[2] / "training" / "robustness_sets.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("robustness_sets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import small_recipe, training_script
 
 
 def test_pooled_figures_of_several_sets():
-    script = _script()
+    script = training_script("robustness_sets")
     true = np.array([0, 0, 1, 1, 2, 2, 2, 2, 1, 0])
     # set 1: matched all right, harder 2 wrong (20 points); set 2: matched 1 wrong, harder 2 wrong (10)
     first = (true, true.copy(), np.where(np.arange(10) < 2, (true + 1) % 3, true))
@@ -45,7 +34,7 @@ def test_the_script_reproduces_the_training_runs_own_robustness_figures(tmp_path
     recipe = small_recipe(tmp_path, "unused", data={"simulate": simulate}, epochs=1, batch_size=16,
                           val_fraction=0.2, test_fraction=0.2)
     summary = train(recipe, tmp_path / "ckpt", log=lambda line: None)
-    script = _script()
+    script = training_script("robustness_sets")
     recipe_path = str(tmp_path / "recipe.yaml")
     assert script.main([str(tmp_path / "ckpt"), "--recipe", recipe_path, "--seeds", "0", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
