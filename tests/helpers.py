@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (fixtures are in conftest.py): bad-input cases of
-`annotate run`, file hashes, an interrupted run, and a labelled spectra store for training."""
+`annotate run`, file hashes, an interrupted run, a labelled spectra store for training, and the
+training scripts' modules."""
 
 import hashlib
 import os

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -83,7 +84,8 @@ def table(rows: list[dict], objects: int, epochs: int, machine: str, recipe: str
         f"{budget}, same seed and split, on {machine}; held-out test split (all classes) and held-out "
         "MILES stars. Made by:",
         "",
-        f"    python training/compare_architectures.py --recipe {recipe} --objects {objects} {command} --out {out}",
+        f"    python training/compare_architectures.py --workdir DIR --recipe {recipe} --objects {objects} {command} "
+        f"--out {out}",
         "",
         "| backbone | parameters | epochs | training s | class acc. | z NMAD | η | Teff R² | log g R² | [Fe/H] R² "
         "| class acc. matched / harder realism | score | score per CPU-hour |",
@@ -103,12 +105,21 @@ def table(rows: list[dict], objects: int, epochs: int, machine: str, recipe: str
     return "\n".join(lines + [""])
 
 
-def timed_epochs(recipe, minutes: float, started: float) -> int:
-    """The epochs of `recipe` that fit in `minutes` from `started` (timed_run's plan)."""
-    sys.path.insert(0, str(HERE))
-    from timed_run import plan, simulation_rate, step_seconds
+def _timed_run():
+    """The module of training/timed_run.py, beside this script."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import timed_run
 
-    return plan(recipe, minutes, time.perf_counter() - started, step_seconds(recipe), simulation_rate(recipe))["epochs"]
+    return timed_run
+
+
+def timed_plan(recipe, minutes: float, started: float) -> dict:
+    """timed_run's plan for `recipe` in `minutes` from `started`: its training step and the
+    simulator's rate measured first, their time counted as spent."""
+    timed_run = _timed_run()
+    step_s, rate = timed_run.step_seconds(recipe), timed_run.simulation_rate(recipe)
+    return timed_run.plan(recipe, minutes, time.perf_counter() - started, step_s, rate)
 
 
 def main(argv=None) -> int:
@@ -124,8 +135,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=str(HERE), help="their folder (default: training/)")
     args = parser.parse_args(argv)
 
-    from dataclasses import replace
-
     from annotate.training import Recipe, train
 
     base = yaml.safe_load(Path(args.recipe).read_text())
@@ -139,13 +148,23 @@ def main(argv=None) -> int:
         recipe_file.write_text(yaml.safe_dump(candidate_recipe(base, backbone, args.objects, cap)))
         recipe = Recipe.from_yaml(recipe_file)
         max_minutes = None
-        if args.minutes:  # the epochs planned at the first start stay those of a resumed run
-            planned = folder / "planned-epochs.json"
+        if args.minutes:  # the plan made at the first start stays that of a resumed run
+            planned = folder / "plan.json"
             if not planned.is_file():
-                planned.write_text(json.dumps(timed_epochs(recipe, args.minutes, started)))
-            recipe = replace(recipe, epochs=int(json.loads(planned.read_text())))
-            max_minutes = max(args.minutes - (time.perf_counter() - started) / 60, 0.5)
-        train(recipe, folder, log=lambda line: None, max_minutes=max_minutes)
+                planned.write_text(json.dumps({"minutes": args.minutes, **timed_plan(recipe, args.minutes, started)}))
+            chosen = json.loads(planned.read_text())
+            if chosen["minutes"] != args.minutes:
+                print(f"{folder} was planned for --minutes {chosen['minutes']:g}; rerun with that, or another --workdir",
+                      file=sys.stderr)
+                return 2
+            recipe = replace(recipe, epochs=int(chosen["epochs"]))
+            recipe_file.write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False))
+            max_minutes = max(args.minutes - (time.perf_counter() - started) / 60 - _timed_run().FINISH_S / 60, 0.5)
+        summary = train(recipe, folder, log=lambda line: None, max_minutes=max_minutes)
+        if summary.get("stopped"):
+            print(f"{backbone}: stopped at the budget before its {recipe.epochs} epochs ended (its state is saved: "
+                  "the same command continues it); left out of the table", flush=True)
+            continue
         print(f"{backbone}: {recipe.epochs} epochs, {time.perf_counter() - started:.0f} s", flush=True)
         rows.append(row(backbone, folder))
     text = table(rows, args.objects, cap, args.machine, args.recipe, args.minutes, args.out)

@@ -58,23 +58,32 @@ def classified(model, card, recipe: Recipe, part: dict) -> tuple[np.ndarray, np.
 
 def drop_summary(sets: list, limit: float = 2.0) -> dict:
     """Pooled figures of (true, matched prediction, harder prediction) per set: accuracies over all
-    objects, the drop in points, its mean over the sets with the standard error, the sets' spread
-    and how many dropped by more than `limit` points."""
+    objects and the drop between them in points (sets of equal size: the mean of the sets'
+    drops), the standard error of the sets' mean drop, their spread, how many dropped by more than
+    `limit` points, each class's recall and the harder sets' errors by true → predicted class."""
     true = np.concatenate([t for t, _, _ in sets])
+    predicted = np.concatenate([h for _, _, h in sets])
     matched = np.concatenate([m for _, m, _ in sets]) == true
-    harder = np.concatenate([h for _, _, h in sets]) == true
+    harder = predicted == true
     drops = np.array([100 * (np.mean(m == t) - np.mean(h == t)) for t, m, h in sets])
+    errors = {f"{CLASS_NAMES[a]}→{CLASS_NAMES[b]}": int(np.sum((true == a) & (predicted == b)))
+              for a in range(len(CLASS_NAMES)) for b in range(len(CLASS_NAMES)) if a != b}
     return {"n_sets": len(sets), "n": len(true), "matched": float(matched.mean()), "harder": float(harder.mean()),
             "drop": 100 * float(matched.mean() - harder.mean()), "mean_drop": float(drops.mean()),
             "stderr": float(drops.std(ddof=1) / np.sqrt(len(drops))) if len(drops) > 1 else float("nan"),
             "sd": float(drops.std(ddof=1)) if len(drops) > 1 else float("nan"),
             "min": float(drops.min()), "max": float(drops.max()), "above": int((drops > limit).sum()), "limit": limit,
             "recall": {name: (float(np.mean(matched[true == k])), float(np.mean(harder[true == k])))
-                       for k, name in enumerate(CLASS_NAMES) if (true == k).any()}}
+                       for k, name in enumerate(CLASS_NAMES) if (true == k).any()},
+            "harder_errors": {pair: n for pair, n in errors.items() if n}}
 
 
 def recalls(summary: dict) -> str:
     return ", ".join(f"{name} {a:.4f} → {b:.4f}" for name, (a, b) in summary["recall"].items())
+
+
+def errors(summary: dict) -> str:
+    return ", ".join(f"{pair} {n}" for pair, n in sorted(summary["harder_errors"].items(), key=lambda item: -item[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe.from_yaml(args.recipe)
     models = {folder: load_checkpoint(folder, "cpu") for folder in args.checkpoints}
     scored = {folder: [] for folder in models}
-    held = f", harder with {' '.join(args.hold)} held at the matched strength" if args.hold else ""
+    held = f", harder with {' '.join(args.hold)} held at the matched sets' mean strength" if args.hold else ""
     for seed in args.seeds:
         data = sets_of(recipe, seed, hold=tuple(args.hold))
         for folder, (model, card) in models.items():
@@ -103,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     for folder, sets in scored.items():
         if len(sets) > 1:
             s = drop_summary(sets, args.limit)
-            print(f"{folder}, {s['n_sets']} sets ({s['n']} objects{held}): class accuracy matched {s['matched']:.4f}, "
-                  f"harder {s['harder']:.4f}, drop {s['drop']:.2f} points (per set {s['mean_drop']:.2f} ± "
-                  f"{s['stderr']:.2f} standard error, sd {s['sd']:.2f}, {s['min']:.2f} to {s['max']:.2f}; "
-                  f"{s['above']} of {s['n_sets']} above {s['limit']:g}); recall {recalls(s)}")
+            print(f"{folder}, {s['n_sets']} sets ({s['n']} objects{held}): class accuracy matched {s['matched']:.5f}, "
+                  f"harder {s['harder']:.5f}, drop {s['drop']:.2f} points (the sets' mean {s['mean_drop']:.2f} ± "
+                  f"{s['stderr']:.2f} standard error; sd {s['sd']:.2f}, {s['min']:.2f} to {s['max']:.2f}; "
+                  f"{s['above']} of {s['n_sets']} above {s['limit']:g}); recall {recalls(s)}; the harder sets' errors "
+                  f"{errors(s)}")
     return 0
 
 

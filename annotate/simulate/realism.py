@@ -225,8 +225,8 @@ class Realism:
         unknown = sorted(set(groups) - set(HOLD_GROUPS))
         if unknown:
             raise ConfigError(f"unknown effect groups {unknown}; known: {sorted(HOLD_GROUPS)}")
-        if self.strength <= 0:
-            raise ConfigError("a realism of strength 0 has no effects to hold")
+        if self.strength <= 0 or not strength > 0:
+            raise ConfigError(f"effects are held between strengths above 0, not {self.strength:g} and {strength:g}")
         factor = float(strength) / self.strength
         changes = {}
         for name in (field for group in groups for field in HOLD_GROUPS[group]):

@@ -520,10 +520,13 @@ def test_holding_effect_groups_keeps_them_at_another_strength():
         harder.holding(("dust",), 1.5)
     with pytest.raises(ConfigError, match="only a realism of one strength"):
         Realism(strength=1.0, strength_max=2.0).holding(("sky",), 1.5)
+    with pytest.raises(ConfigError, match="strengths above 0, not 2.8 and 0"):
+        harder.holding(("sky",), 0.0)
 
 
 def test_a_robustness_set_can_hold_effects_in_its_harder_half():
-    from annotate.simulate.dataset import robustness_sets
+    from annotate.simulate.dataset import robustness_sets, simulate
+    from annotate.simulate.realism import HOLD_GROUPS
 
     held = np.arange(0, load_library().n_star, 7)
     effects = Realism(strength=1.0, strength_max=2.0)
@@ -532,3 +535,7 @@ def test_a_robustness_set_can_hold_effects_in_its_harder_half():
     np.testing.assert_array_equal(plain["matched"]["flux"], calm["matched"]["flux"])
     assert not np.array_equal(plain["harder"]["flux"], calm["harder"]["flux"])
     np.testing.assert_array_equal(plain["harder"]["z"], calm["harder"]["z"])
+    # every group held: the harder set is the objects at the matched sets' mean strength, 1.5
+    still = robustness_sets(12, GRID, 3, held, effects, 1.4, workers=1, hold=tuple(HOLD_GROUPS))["harder"]
+    middle = simulate(12, GRID, 5, held, SimulationSettings(realism=Realism(strength=1.5)), workers=1)
+    np.testing.assert_allclose(still["flux"], middle["flux"], rtol=1e-9, atol=1e-12)

@@ -13,19 +13,22 @@ from helpers import small_recipe, training_script
 def test_pooled_figures_of_several_sets():
     script = training_script("robustness_sets")
     true = np.array([0, 0, 1, 1, 2, 2, 2, 2, 1, 0])
-    # set 1: matched all right, harder 2 wrong (20 points); set 2: matched 1 wrong, harder 2 wrong (10)
-    first = (true, true.copy(), np.where(np.arange(10) < 2, (true + 1) % 3, true))
-    second = (true, np.where(np.arange(10) == 9, 1, true), np.where(np.arange(10) >= 8, 2, true))
+    # set 1 (10 objects): matched all right, harder rows 0 and 1 (galaxies) taken for quasars: 20 points
+    first = (true, true.copy(), np.where(np.arange(10) < 2, 1, true))
+    # set 2 (the first 5): matched row 4 (a star) taken for a galaxy, harder right: -20 points
+    short = true[:5]
+    second = (short, np.where(np.arange(5) == 4, 0, short), short.copy())
     s = script.drop_summary([first, second], limit=15)
-    assert (s["n_sets"], s["n"]) == (2, 20)
-    assert s["matched"] == pytest.approx(0.95) and s["harder"] == pytest.approx(0.8)
-    assert s["drop"] == pytest.approx(15.0) and s["mean_drop"] == pytest.approx(15.0)
-    assert s["sd"] == pytest.approx(np.std([20.0, 10.0], ddof=1)) and s["stderr"] == pytest.approx(5.0)
-    assert (s["min"], s["max"], s["above"]) == (pytest.approx(10.0), pytest.approx(20.0), 1)
-    # recall per class: galaxies (rows 0, 1, 9) lose rows 0 and 1 in the first harder set and
-    # row 9 in both sets of the second
-    assert s["recall"]["GALAXY"] == (pytest.approx(5 / 6), pytest.approx(3 / 6))
-    assert s["recall"]["STAR"] == (pytest.approx(1.0), pytest.approx(1.0))
+    assert (s["n_sets"], s["n"]) == (2, 15)
+    assert s["matched"] == pytest.approx(14 / 15) and s["harder"] == pytest.approx(13 / 15)
+    assert s["drop"] == pytest.approx(100 / 15)             # pooled over the 15 objects ...
+    assert s["mean_drop"] == pytest.approx(0.0)             # ... the sets' mean weighs each set alike
+    assert s["sd"] == pytest.approx(np.std([20.0, -20.0], ddof=1)) and s["stderr"] == pytest.approx(20.0)
+    assert (s["min"], s["max"], s["above"]) == (pytest.approx(-20.0), pytest.approx(20.0), 1)
+    assert s["recall"]["GALAXY"] == (pytest.approx(1.0), pytest.approx(3 / 5))
+    assert s["recall"]["STAR"] == (pytest.approx(4 / 5), pytest.approx(1.0))
+    assert s["harder_errors"] == {"GALAXY→QSO": 2}
+    assert script.errors(s) == "GALAXY→QSO 2"
 
 
 def test_the_script_reproduces_the_training_runs_own_robustness_figures(tmp_path, capsys):
@@ -48,4 +51,4 @@ def test_the_script_reproduces_the_training_runs_own_robustness_figures(tmp_path
     assert script.main([str(tmp_path / "ckpt"), "--recipe", recipe_path, "--seeds", "0",
                         "--hold", *sorted(script.HOLD_GROUPS)]) == 0
     held = capsys.readouterr().out.splitlines()[0]
-    assert f"matched {own['matched']['class_accuracy']:.4f}" in held and "held at the matched strength" in held
+    assert f"matched {own['matched']['class_accuracy']:.4f}" in held and "held at the matched sets' mean strength" in held
