@@ -42,7 +42,7 @@ from annotate.training.evaluate import part_batches, predict_rows
 
 def sets_of(recipe: Recipe, seed: int, workers: int = 2, hold: tuple = ()) -> dict:
     """{'matched', 'harder'}: the robustness sets a run of `recipe` with data seed `seed` draws
-    (the harder one with the effects of `hold` kept at the matched strength)."""
+    (the harder one with the effects of `hold` kept at the matched sets' mean strength)."""
     sim = recipe.data["simulate"]
     held = held_out_star_indices(load_library().n_star, HELD_OUT_STAR_FRACTION, sim.get("held_out_seed", seed))
     return robustness_sets(int(sim["n_robustness_spectra"]), WavelengthGrid(**recipe.grid), seed, held,
