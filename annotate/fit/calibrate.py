@@ -15,6 +15,13 @@ robust spread of the pulls follows): a quasar's broad lines and a star's narrow 
 curvature's σ wrong by different factors, and a quasar's by a factor that changes with the lines
 in view.
 
+Galaxies are calibrated on folds of whole population libraries (`library_fold_fits`): the
+galaxies of each library (BC03, Maraston 2011, MaStar) are fitted with a galaxy basis built from
+the other libraries' populations alone. A real galaxy comes from no library, so its mismatch with
+the basis is more like another library's than like a neighbouring age or metallicity of the
+same library, which folds of single populations leave in the basis (their figures are kept in
+the output as 'galaxy_population_folds', for comparison).
+
 The stellar labels' σ (annotate.fit.stellar) is calibrated the same way, on spectra of stars
 only (`--part stellar` redoes that part alone): the fold's stars are fitted with bases, and
 neighbours, built without them, and per label a scale of the neighbours' spread and a floor are
@@ -55,6 +62,7 @@ SCALES = np.round(np.arange(0.8, 12.01, 0.05), 2)
 FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.0, 5.0), np.arange(300.0, 1000.1, 10.0)])
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within 1σ
 N_OBJECTS = 4800
+N_GALAXIES = 1800  # galaxies of the library folds (a third per library)
 # fitted-z bins with a scale and floor each: a quasar's σ_stat errs by a factor that depends on
 # the lines in view (blueshifted C IV from z ≈ 1.4, the Lyα forest from z ≈ 2.1), 0.96 of pulls
 # within ±1 at z < 0.8 against 0.32 at z 2.4–3.2 with one scale for all
@@ -95,33 +103,83 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def calibrate(n: int = N_OBJECTS, seed: int = SEED) -> dict:
-    fits = fold_fits(n, seed)
+def library_folds(lib, populations: np.ndarray) -> dict:
+    """Library name -> the indices among `populations` of its populations (`gal_set`), in the
+    library's order."""
+    populations = np.asarray(populations, int)
+    return {str(name): populations[lib.gal_set[populations] == name] for name in dict.fromkeys(lib.gal_set[populations])}
+
+
+def library_fold_fits(n: int, seed: int = SEED + 200, realism: float = REALISM) -> dict:
+    """`fold_fits`'s keys for n galaxies of the training populations, a fold per library
+    (`library_folds`): each library's galaxies fitted with a galaxy basis built from the other
+    libraries' training populations (the stars and quasars of the bases as in use); 'library'
+    names each row's."""
+    grid = WavelengthGrid()
+    lib = load_library()
+    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
+    stars = np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star))
+    qso = qso_basis(log=lambda _: None)
+    folds = library_folds(lib, populations)
+    parts = []
+    for k, (name, fold) in enumerate(folds.items()):
+        bases = build_in_memory(np.setdiff1d(populations, fold), stars, qso)
+        sample = draw_sample(n // len(folds), lib.with_populations(fold), grid, seed=seed + k,
+                             settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None,
+                                                         class_fractions=(1.0, 0.0, 0.0)))
+        fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
+                       sample["flux"], sample["ivar"], sample["mask"], None)
+        both = {**sample, **fit, "library": np.full(len(fit["fit_z"]), name)}
+        parts.append({key: both[key] for key in ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err", "library")})
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def scale_and_floor(fits: dict, chosen: np.ndarray, scales: np.ndarray = SCALES,
+                    floors: np.ndarray = FLOORS_KMS) -> tuple[float, float]:
+    """The (scale, floor km/s) of the grids `scales` × `floors` whose σ_v = √((scale · σ_stat)² + floor²)
+    holds 68.27 % of the velocity errors of the rows `chosen` of `fits` (`fold_fits`'s keys) in
+    every S/N bin (quantile_cost)."""
     z = fits["fit_z"]
     sigma_v = fits["fit_z_err"] * SPEED_OF_LIGHT_KMS / (1 + z)
     dv = (z - fits["z"]) * SPEED_OF_LIGHT_KMS / (1 + fits["z"])
-    good = ross_success(fits["fit_class"], z, fits["class"], fits["z"]) & np.isfinite(sigma_v)
     bins = np.digitize(fits["snr"], SNR_EDGES) - 1
+    groups = [chosen & (bins == b) for b in range(len(SNR_EDGES) - 1)]
+    cost_of = {(float(scale), float(floor)): quantile_cost(dv, np.hypot(scale * sigma_v, floor), groups)
+               for scale in scales for floor in floors}
+    return min(cost_of, key=cost_of.get)
 
-    def cost(chosen: np.ndarray, scale: float, floor: float) -> float:
-        """0 where 68.27 % of rows `chosen` lie within 1σ in every S/N bin (quantile_cost)."""
-        return quantile_cost(dv, np.hypot(scale * sigma_v, floor), [chosen & (bins == b) for b in range(len(SNR_EDGES) - 1)])
 
+def usable(fits: dict) -> np.ndarray:
+    """The rows a σ_z is calibrated on: Ross et al. successes with a finite σ."""
+    return ross_success(fits["fit_class"], fits["fit_z"], fits["class"], fits["z"]) & np.isfinite(fits["fit_z_err"])
+
+
+def calibrate(n: int = N_OBJECTS, seed: int = SEED, n_galaxies: int = N_GALAXIES) -> dict:
+    fits = fold_fits(n, seed)
+    good = usable(fits)
     scales, floors = {}, {}
     for cls in CLASS_NAMES:  # each class its own scale and floor: their σ_stat err differently
         scales[cls], floors[cls] = [], []
-        z_bin = np.searchsorted(Z_EDGES[cls], z, side="right")   # by the fitted z, as in use
+        z_bin = np.searchsorted(Z_EDGES[cls], fits["fit_z"], side="right")   # by the fitted z, as in use
         for k in range(len(Z_EDGES[cls]) + 1):
-            chosen = good & (fits["class"] == cls) & (z_bin == k)
-            cost_of = {(float(scale), float(floor)): cost(chosen, scale, floor) for scale in SCALES for floor in FLOORS_KMS}
-            best = min(cost_of, key=cost_of.get)
+            best = scale_and_floor(fits, good & (fits["class"] == cls) & (z_bin == k))
             scales[cls].append(best[0])
             floors[cls].append(best[1])
+    population_folds = {"scale": scales["GALAXY"], "floor_kms": floors["GALAXY"]}
+    galaxies = library_fold_fits(n_galaxies, seed + 200)
+    galaxy_good = usable(galaxies)
+    best = scale_and_floor(galaxies, galaxy_good)
+    scales["GALAXY"], floors["GALAXY"] = [best[0]], [best[1]]
     return {"scale": scales, "floor_kms": floors, "z_edges": {cls: list(Z_EDGES[cls]) for cls in CLASS_NAMES},
             "n": n, "seed": seed, "rows_used": int(good.sum()),
             "sample": f"training templates in {FOLDS} folds, each fitted with bases built without it; "
                       f"quasar draws of seeds from this one; realism effects at strength {REALISM:g}, "
                       f"quasar line offsets at {QSO_LINE_SCATTER:g} × Shen et al. 2016",
+            "galaxy_sample": f"{n_galaxies} galaxies of the training populations, seed {seed + 200}, a fold per "
+                             f"library ({', '.join(dict.fromkeys(galaxies['library']))}), each fitted with a "
+                             f"galaxy basis built from the other libraries; realism effects at strength "
+                             f"{REALISM:g}; {int(galaxy_good.sum())} rows used",
+            "galaxy_population_folds": population_folds,
             "made_by": "python -m annotate.fit.calibrate"}
 
 
@@ -178,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N_OBJECTS)
     parser.add_argument("--n-stars", type=int, default=N_STARS)
+    parser.add_argument("--n-galaxies", type=int, default=N_GALAXIES, help="galaxies of the library folds")
     parser.add_argument("--part", choices=("all", "stellar"), default="all",
                         help="stellar: redo only the stellar labels' σ, keeping the rest of --out")
     parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
@@ -187,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--part stellar keeps the rest of {args.out}, which does not exist (run --part all)")
         result = json.loads(args.out.read_text())
     else:
-        result = calibrate(args.n)
+        result = calibrate(args.n, n_galaxies=args.n_galaxies)
     result["stellar"] = calibrate_stellar(args.n_stars)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
