@@ -46,11 +46,11 @@ class FitSettings:
     window better than a line of σ ≥ spike_sigma pixels by Δχ² > spike_delta_chi2 (cosmic-ray
     hits; `spikes.spike_pixels`) are left out (spike_sigma 0: none are)."""
 
-    bin_galaxy: int = 3
+    bin_galaxy: int = 4      # with n_poly_coarse 5: as robust as 3-pixel bins on the training folds, and faster (README)
     bin_qso: int = 6
     bin_star: int = 3
     n_poly: int = 5          # flux-calibration errors and dust: a quadratic is too stiff (evaluate.py)
-    n_poly_coarse: int = 3
+    n_poly_coarse: int = 5    # strong calibration errors: 3 lost galaxies and quasars at realism 2-2.8 on the training folds (README)
     coarse_pca: int = 4
     n_candidates: int = 3
     max_refine: int = 3
