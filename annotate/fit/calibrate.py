@@ -63,6 +63,7 @@ FLOORS_KMS = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 300.0, 5
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within 1σ
 N_OBJECTS = 4800
 N_GALAXIES = 1800  # galaxies of the library folds (a third per library)
+FOLD_KEYS = ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err")  # what a fold's fit gives the calibration
 # fitted-z bins with a scale and floor each: a quasar's σ_stat errs by a factor that depends on
 # the lines in view (blueshifted C IV from z ≈ 1.4, the Lyα forest from z ≈ 2.1), 0.96 of pulls
 # within ±1 at z < 0.8 against 0.32 at z 2.4–3.2 with one scale for all
@@ -83,9 +84,7 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
     `stars_only`: only stars, and also their true and fitted labels and the labels' uncalibrated
     σ (the neighbours' spread)."""
     grid = WavelengthGrid()
-    lib = load_library()
-    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
-    stars = np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star))
+    lib, populations, stars = training_templates()
     qso = qso_basis(log=lambda _: None)
     parts = []
     for fold in range(folds):
@@ -95,12 +94,24 @@ def fold_fits(n: int, seed: int = SEED, folds: int = FOLDS, realism: float = REA
                              settings=SimulationSettings(realism=Realism(strength=realism, qso_line_scatter=QSO_LINE_SCATTER)
                                                          if realism > 0 else None,
                                                          **({"class_fractions": (0.0, 0.0, 1.0)} if stars_only else {})))
-        fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
-                       sample["flux"], sample["ivar"], sample["mask"], None)
-        both = {**sample, **fit}
-        parts.append({key: both[key] for key in ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err")
-                      + (STAR_FIT_KEYS if stars_only else ())})
+        parts.append(uncalibrated_fit(grid, bases, sample, FOLD_KEYS + (STAR_FIT_KEYS if stars_only else ())))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def training_templates() -> tuple:
+    """(library, indices of its training populations, of its training stars): the templates
+    outside the held-out ones, which the calibration folds."""
+    lib = load_library()
+    return (lib, np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal)),
+            np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star)))
+
+
+def uncalibrated_fit(grid, bases, sample: dict, keys: tuple) -> dict:
+    """`keys` of a simulated `sample` and of its fit with `bases` (no prior, σ uncalibrated)."""
+    fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
+                   sample["flux"], sample["ivar"], sample["mask"], None)
+    both = {**sample, **fit}
+    return {key: both[key] for key in keys}
 
 
 def library_folds(lib, populations: np.ndarray) -> dict:
@@ -116,9 +127,7 @@ def library_fold_fits(n: int, seed: int = SEED + 200, realism: float = REALISM) 
     libraries' training populations (the stars and quasars of the bases as in use); 'library'
     names each row's."""
     grid = WavelengthGrid()
-    lib = load_library()
-    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
-    stars = np.setdiff1d(np.arange(lib.n_star), held_out_stars(lib.n_star))
+    lib, populations, stars = training_templates()
     qso = qso_basis(log=lambda _: None)
     folds = library_folds(lib, populations)
     parts = []
@@ -127,10 +136,8 @@ def library_fold_fits(n: int, seed: int = SEED + 200, realism: float = REALISM) 
         sample = draw_sample(n // len(folds), lib.with_populations(fold), grid, seed=seed + k,
                              settings=SimulationSettings(realism=Realism(strength=realism) if realism > 0 else None,
                                                          class_fractions=(1.0, 0.0, 0.0)))
-        fit = fit_rows(Fitter(grid, FitSettings(prior=False, calibrated=False), bases),
-                       sample["flux"], sample["ivar"], sample["mask"], None)
-        both = {**sample, **fit, "library": np.full(len(fit["fit_z"]), name)}
-        parts.append({key: both[key] for key in ("class", "z", "snr", "fit_class", "fit_z", "fit_z_err", "library")})
+        part = uncalibrated_fit(grid, bases, sample, FOLD_KEYS)
+        parts.append({**part, "library": np.full(len(part["fit_z"]), name)})
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 

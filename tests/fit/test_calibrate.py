@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 
 from annotate import SPEED_OF_LIGHT_KMS
-from annotate.fit.build import held_out_populations
-from annotate.fit.calibrate import library_fold_fits, library_folds, scale_and_floor
-from annotate.simulate.templates import load_library
+from annotate.fit.calibrate import library_fold_fits, library_folds, scale_and_floor, training_templates
 
 
 def test_library_folds_split_the_training_populations_by_library():
-    lib = load_library()
-    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
+    lib, populations, _ = training_templates()
     folds = library_folds(lib, populations)
     assert list(folds) == list(dict.fromkeys(lib.gal_set[populations]))
     assert len(folds) == 3
@@ -55,8 +52,7 @@ def test_library_fold_galaxies_are_fitted_without_their_library(monkeypatch):
 
     monkeypatch.setattr(calibrate, "build_in_memory", recording)
     fits = library_fold_fits(6, realism=0.0)
-    lib = load_library()
-    populations = np.setdiff1d(np.arange(lib.n_gal), held_out_populations(lib.n_gal))
+    lib, populations, _ = training_templates()
     folds = library_folds(lib, populations)
     assert list(fits["library"]) == [name for name in folds for _ in range(2)]
     assert len(built) == 3
